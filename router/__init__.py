@@ -1,0 +1,27 @@
+"""scoregate's data plane: accept, authenticate, route, admit, balance, forward, record.
+
+What the control plane (serving/) may import is re-exported here and nothing else.
+"""
+
+from .app import RouterApp, RouterSettings
+from .pipeline import BodySettings
+from .routing_table import (
+    DeploymentRoute,
+    EndpointRoute,
+    Replica,
+    RequestSettings,
+    RoutingTable,
+    RoutingTableHolder,
+)
+
+__all__ = [
+    "BodySettings",
+    "DeploymentRoute",
+    "EndpointRoute",
+    "Replica",
+    "RequestSettings",
+    "RouterApp",
+    "RouterSettings",
+    "RoutingTable",
+    "RoutingTableHolder",
+]

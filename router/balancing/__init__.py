@@ -1,0 +1,42 @@
+"""Pick replica: the ReplicaPicker protocol and the in-flight counts policies read.
+
+A picker is a policy only: given the candidate replicas of one deployment and how many
+requests each has in flight from this gateway, it returns one. Bookkeeping (counting
+in flight, releasing) lives in InFlightCounter so every policy sees the same numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+from ..routing_table import Replica
+
+
+class InFlightCounter:
+    """Requests in flight per replica id; plain synchronous bookkeeping."""
+
+    __slots__ = ("_counts",)
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+
+    def get(self, replica_id: str) -> int:
+        return self._counts.get(replica_id, 0)
+
+    def acquire(self, replica_id: str) -> None:
+        self._counts[replica_id] = self._counts.get(replica_id, 0) + 1
+
+    def release(self, replica_id: str) -> None:
+        left = self._counts.get(replica_id, 0) - 1
+        if left > 0:
+            self._counts[replica_id] = left
+        else:
+            self._counts.pop(replica_id, None)
+
+    def total(self) -> int:
+        return sum(self._counts.values())
+
+
+class ReplicaPicker(Protocol):
+    def choose(self, candidates: Sequence[Replica], in_flight: InFlightCounter) -> Replica:
+        """Return one of `candidates` (never empty)."""

@@ -1,0 +1,39 @@
+"""Where desired state lives: the Store protocol and its records.
+
+The embedded default is serving.store.sqlite (a file in the state dir); on a cluster
+the same protocol is backed by Kubernetes objects. Calls are synchronous and short:
+async callers run them with asyncio.to_thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..resources import Deployment, Endpoint
+
+
+@dataclass(frozen=True)
+class EndpointRecord:
+    endpoint: Endpoint
+    primary_key: str
+    secondary_key: str
+    created_at: float
+    updated_at: float
+
+
+class StoreError(Exception):
+    """A change the store refuses (e.g. deleting a deployment that still has traffic)."""
+
+
+class Store(Protocol):
+    def apply(self, endpoints: list[Endpoint], deployments: list[Deployment]) -> None: ...
+    def list_endpoints(self) -> list[EndpointRecord]: ...
+    def get_endpoint(self, name: str) -> EndpointRecord | None: ...
+    def delete_endpoint(self, name: str) -> bool: ...
+    def list_deployments(self, endpoint_name: str | None = None) -> list[Deployment]: ...
+    def get_deployment(self, endpoint_name: str, name: str) -> Deployment | None: ...
+    def delete_deployment(self, endpoint_name: str, name: str) -> bool: ...
+    def set_instance_count(self, endpoint_name: str, name: str, count: int) -> Deployment: ...
+    def regenerate_key(self, endpoint_name: str, key_type: str) -> EndpointRecord: ...
+    def close(self) -> None: ...

@@ -1,0 +1,183 @@
+"""Command line: `python -m loadtests run ...` and `python -m loadtests compare ...`.
+
+build_parser() and run_cli(argv) are separate so the gateway's CLI can mount
+the same commands as `scoregate loadtest`; add_run_arguments() and
+run_command() let it reuse just the `run` options under its own parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from pathlib import Path
+
+from .generators.http import Target
+from .profiles import ProfileError, parse_profile
+from .results import RunResult, comparison_markdown
+from .runner import RunSpec, WorkerError, run
+
+DEFAULT_OUTPUT_ROOT = "loadtest-results"
+COMMANDS = ("run", "compare")
+
+
+def _positive(kind):
+    def convert(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
+        return value
+    return convert
+
+
+def _header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"header must be 'Name: value', got {text!r}")
+    return name.strip(), value.strip()
+
+
+def _profile(text: str) -> str:
+    try:
+        return parse_profile(text).spec
+    except ProfileError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_run_arguments(p: argparse.ArgumentParser, require_url: bool = True) -> None:
+    """The options of `run`; a caller may add its own target options (e.g. --endpoint)."""
+    p.add_argument("--url", required=require_url, help="target URL (http:// or https://)")
+    p.add_argument("--method", default="GET", type=str.upper, help="HTTP method (GET)")
+    p.add_argument("--header", "-H", action="append", type=_header, default=[],
+                   metavar="'K: V'", help="request header; repeatable")
+    body = p.add_mutually_exclusive_group()
+    body.add_argument("--body-file", type=Path, help="send this file as the request body")
+    body.add_argument("--body", help="send this text as the request body")
+    p.add_argument("--cafile", help="PEM CA bundle to verify the server's certificate")
+    load = p.add_mutually_exclusive_group(required=True)
+    load.add_argument("--rate", type=_positive(float), help="open loop, constant req/s")
+    load.add_argument("--profile", type=_profile,
+                      help="open loop rate profile: step:100,200,400@2s | ramp:100,1000@10s "
+                           "| burst:100,1000@2s+0.5s[/5s] | constant:200")
+    load.add_argument("--closed-loop", action="store_true",
+                      help="closed loop: --connections requests in flight, as fast as answered")
+    p.add_argument("--connections", type=_positive(int),
+                   help="connection pool size (open loop 256, closed loop 16)")
+    p.add_argument("--duration", type=_positive(float), required=True, help="seconds")
+    p.add_argument("--timeout", type=_positive(float), default=10.0,
+                   help="per-request timeout in seconds (10)")
+    p.add_argument("--max-in-flight", type=_positive(int), default=10_000,
+                   help="open loop: starts beyond this many outstanding are dropped (10000)")
+    p.add_argument("--behind-threshold-ms", type=_positive(float), default=25.0,
+                   help="flag the generator as behind when p99 start lateness exceeds this")
+    p.add_argument("--processes", type=_positive(int), default=1,
+                   help="worker processes that split the load (1)")
+    p.add_argument("--output", type=Path, help=f"directory for results (default "
+                   f"{DEFAULT_OUTPUT_ROOT}/LABEL-TIMESTAMP)")
+    p.add_argument("--label", default=None, help="name of this run in reports")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--format", choices=("markdown", "json"), default="markdown",
+                   help="what to print on stdout at the end (markdown)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress lines on stderr")
+
+
+def build_parser(prog: str = "python -m loadtests") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Open- and closed-loop HTTP load tests with honest latencies.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_run_arguments(sub.add_parser("run", help="run a load test against a URL"))
+    cmp_ = sub.add_parser("compare", help="one report for several runs (first = baseline)")
+    cmp_.add_argument("dirs", nargs="+", type=Path, help="run output directories")
+    cmp_.add_argument("--output", type=Path, required=True, help="directory for the report")
+    cmp_.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    return parser
+
+
+def spec_from_args(args: argparse.Namespace, url: str | None = None,
+                   headers: list[tuple[str, str]] | None = None) -> RunSpec:
+    """A RunSpec from parsed `run` options (url/headers may come from the caller)."""
+    body = args.body_file.read_bytes() if args.body_file else (
+        args.body.encode() if args.body is not None else None)
+    target = Target(url=url or args.url, method=args.method,
+                    headers=tuple(args.header) + tuple(headers or ()), body=body,
+                    cafile=args.cafile, timeout=args.timeout)
+    mode = "closed" if args.closed_loop else "open"
+    profile = None
+    if mode == "open":
+        profile = args.profile or parse_profile(f"{args.rate:g}").spec
+    return RunSpec(target=target, duration=args.duration, mode=mode, profile=profile,
+                   connections=args.connections or 0, max_in_flight=args.max_in_flight,
+                   processes=args.processes, label=args.label or _default_label(target.url),
+                   behind_threshold_ms=args.behind_threshold_ms)
+
+
+def _default_label(url: str) -> str:
+    host = re.sub(r"^\w+://", "", url).split("/")[0]
+    return host or "run"
+
+
+def _output_dir(args: argparse.Namespace, label: str) -> Path:
+    if args.output:
+        return args.output
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
+    return Path(DEFAULT_OUTPUT_ROOT) / f"{safe}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def run_command(args: argparse.Namespace, spec: RunSpec | None = None) -> int:
+    """Run, write results.json, summary.md and plots, print the summary."""
+    try:
+        spec = spec or spec_from_args(args)
+        result = run(spec, None if args.quiet else sys.stderr)
+    except (OSError, ValueError, WorkerError) as exc:
+        print(f"loadtests: error: {exc}", file=sys.stderr)
+        return 1
+    out = _output_dir(args, spec.label)
+    result.write(out)
+    if not args.no_plots:
+        from .report import write_plots
+
+        write_plots([result], out)
+    if args.format == "json":
+        import json
+
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(result.summary_markdown(), end="")
+    if not args.quiet:
+        print(f"results in {out}", file=sys.stderr)
+        if result.fell_behind:
+            print("warning: the generator fell behind its schedule: "
+                  + "; ".join(result.behind_reasons()), file=sys.stderr)
+    return 0
+
+
+def compare_command(args: argparse.Namespace) -> int:
+    try:
+        results = [RunResult.load(d) for d in args.dirs]
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"loadtests: error: cannot read results: {exc}", file=sys.stderr)
+        return 1
+    args.output.mkdir(parents=True, exist_ok=True)
+    text = comparison_markdown(results)
+    (args.output / "summary.md").write_text(text)
+    if not args.no_plots:
+        from .report import write_plots
+
+        write_plots(results, args.output)
+    print(text, end="")
+    return 0
+
+
+def run_cli(argv: list[str] | None = None) -> int:
+    """Parse argv and run the command; `run` may be omitted (`--url ... --rate ...`)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
+        argv.insert(0, "run")
+    args = build_parser().parse_args(argv)
+    if args.command == "compare":
+        return compare_command(args)
+    return run_command(args)

@@ -1,0 +1,128 @@
+"""Open-loop generator: requests start on a schedule, not when answers arrive.
+
+A closed loop (send, wait, send) slows down exactly when the server stalls,
+so the stall is sampled by a handful of requests and vanishes from the
+percentiles ("coordinated omission").  Here every request has a scheduled
+start from the rate profile and its latency is measured from that scheduled
+time, so time spent waiting for a free connection, or for a late generator,
+is charged to the request as a real user would see it.
+
+Bounds: the schedule ends at `duration`; at most `max_in_flight` requests are
+outstanding (a start beyond the cap is counted as dropped, "in_flight_cap");
+starts the generator could not make before `duration` ran out are counted as
+"out_of_time"; leftovers after the drain (request timeout + 1 s) are
+cancelled and counted as timeouts.  How late each start actually ran is
+recorded too, so the report can say when the generator fell behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from dataclasses import dataclass
+
+from ..profiles import parse_profile
+from ..recorder import Recorder
+from .http import TIMEOUT, Target, make_session, send_one
+
+YIELD_EVERY = 64  # starts launched back to back before letting tasks run
+CANCELLED = "cancelled: still running when the run ended"
+
+
+@dataclass(frozen=True)
+class OpenLoopConfig:
+    """Schedule and bounds of one open-loop run (or one worker's share)."""
+
+    profile: str
+    duration: float
+    connections: int = 256
+    max_in_flight: int = 10_000
+    worker_index: int = 0
+    worker_count: int = 1
+
+
+async def wait_until_wall(start_at: float | None) -> None:
+    """Sleep until a wall-clock instant shared with sibling worker processes."""
+    if start_at is not None:
+        delay = start_at - time.time()
+        if delay > 0:
+            await asyncio.sleep(min(delay, 60.0))
+
+
+async def run_open_loop(target: Target, cfg: OpenLoopConfig,
+                        recorder: Recorder | None = None,
+                        start_at: float | None = None) -> Recorder:
+    """Run the schedule against `target`; returns the (given or new) recorder."""
+    rec = recorder if recorder is not None else Recorder()
+    profile = parse_profile(cfg.profile)
+    schedule = itertools.islice(profile.arrivals(cfg.duration), cfg.worker_index,
+                                None, max(1, cfg.worker_count))
+    tasks: set[asyncio.Task] = set()
+
+    async def one(scheduled: float) -> None:
+        begin = time.perf_counter()
+        rec.on_start(begin, begin - scheduled)
+        try:
+            status, kind, message = await send_one(session, target)
+        except asyncio.CancelledError:
+            rec.on_done(scheduled, time.perf_counter(), None, TIMEOUT, CANCELLED)
+            raise
+        rec.on_done(scheduled, time.perf_counter(), status, kind, message)
+
+    async with make_session(target, cfg.connections) as session:
+        await wait_until_wall(start_at)
+        t0 = rec.t0 = time.perf_counter()
+        end = t0 + cfg.duration
+        try:
+            await _launch_all(schedule, t0, end, cfg.max_in_flight, rec, tasks, one)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            raise
+        await drain(tasks, target.timeout + 1.0)
+        # starts that were launched but never got to run before the drain ended
+        rec.on_drop("out_of_time", rec.scheduled - rec.sent - sum(rec.dropped.values()))
+        rec.elapsed = time.perf_counter() - t0
+    return rec
+
+
+async def _launch_all(schedule, t0: float, end: float, max_in_flight: int, rec: Recorder,
+                      tasks: set[asyncio.Task], one) -> None:
+    """Start one task per scheduled offset, on time, within the in-flight cap."""
+    loop = asyncio.get_running_loop()
+    launched_in_a_row = 0
+    for offset in schedule:
+        rec.scheduled += 1
+        scheduled = t0 + offset
+        now = time.perf_counter()
+        if scheduled > now:
+            await asyncio.sleep(scheduled - now)
+            launched_in_a_row = 0
+        elif now >= end:
+            rec.on_drop("out_of_time")
+            continue
+        if len(tasks) >= max_in_flight:
+            rec.on_drop("in_flight_cap")
+            continue
+        task = loop.create_task(one(scheduled))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        launched_in_a_row += 1
+        if launched_in_a_row >= YIELD_EVERY:
+            launched_in_a_row = 0
+            await asyncio.sleep(0)
+
+
+async def drain(tasks: set[asyncio.Task], grace: float) -> None:
+    """Wait for outstanding requests, bounded; stragglers are cancelled.
+
+    Each request task records its own cancellation as a timeout.
+    """
+    if tasks:
+        await asyncio.wait(set(tasks), timeout=grace)
+    leftovers = [t for t in tasks if not t.done()]
+    for t in leftovers:
+        t.cancel()
+    if leftovers:
+        await asyncio.wait(leftovers, timeout=5.0)

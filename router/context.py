@@ -1,0 +1,60 @@
+"""RequestContext: what one scoring request has learned so far, stage by stage.
+
+Created by router.handlers when a request arrives, filled in by each stage of
+router.pipeline, read by router.recording at the end. One per request, so __slots__.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
+
+
+def request_id_from(header_value: str | None) -> str:
+    """Keep the caller's request id when it is short and plain, else make one."""
+    if header_value and _SANE_REQUEST_ID.match(header_value):
+        return header_value
+    return str(uuid.uuid4())
+
+
+class RequestContext:
+    __slots__ = (
+        "request_id",
+        "endpoint",
+        "deployment",
+        "replica",
+        "started_ns",
+        "upstream_started_ns",
+        "upstream_ended_ns",
+        "status",
+        "error_code",
+        "bytes_in",
+        "bytes_out",
+        "client",
+    )
+
+    def __init__(self, request_id: str, client: str | None = None) -> None:
+        self.request_id = request_id
+        self.client = client
+        self.endpoint: str | None = None
+        self.deployment: str | None = None
+        self.replica: str | None = None
+        self.started_ns = time.perf_counter_ns()
+        self.upstream_started_ns = 0
+        self.upstream_ended_ns = 0
+        self.status = 0
+        self.error_code: str | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    def elapsed_s(self) -> float:
+        return (time.perf_counter_ns() - self.started_ns) / 1e9
+
+    def upstream_s(self) -> float:
+        if not self.upstream_started_ns:
+            return 0.0
+        end = self.upstream_ended_ns or time.perf_counter_ns()
+        return (end - self.upstream_started_ns) / 1e9

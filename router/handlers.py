@@ -1,0 +1,93 @@
+"""HTTP routes of the scoring port → ScoringPipeline; every refusal → a JSON body.
+
+The first and last thing a request meets: it gets its request id and RequestContext
+here, and whatever happens in router.pipeline, it leaves here with either the model's
+answer or `{"code", "message", "request_id"}` and the matching status, and is recorded
+once by router.recording.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from aiohttp import web
+
+from .context import RequestContext, request_id_from
+from .errors import ScoringError
+from .pipeline import ScoringPipeline
+from .recording import Recorder
+
+log = logging.getLogger("scoregate.router")
+
+ENDPOINT_PREFIX = "/api/v1/endpoint/"
+
+
+def error_response(status: int, code: str, message: str, request_id: str,
+                   headers: dict[str, str] | None = None) -> web.Response:
+    body = orjson.dumps({"code": code, "message": message, "request_id": request_id})
+    response = web.Response(status=status, body=body, content_type="application/json")
+    response.headers["x-request-id"] = request_id
+    if headers:
+        response.headers.update(headers)
+    return response
+
+
+class ScoringHandlers:
+    def __init__(self, pipeline: ScoringPipeline, recorder: Recorder) -> None:
+        self._pipeline = pipeline
+        self._recorder = recorder
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.route("*", "/api/v1/endpoint/{endpoint}/score", self.score),
+            web.get("/api/v1/endpoint/{endpoint}/swagger.json", self.swagger),
+            web.route("*", "/api/v1/endpoint/{endpoint}/{tail:.*}", self.passthrough),
+            web.route("*", "/{tail:.*}", self.not_found),
+        ]
+
+    async def score(self, request: web.Request) -> web.StreamResponse:
+        if request.method != "POST":
+            return self._refuse(request, 405, "MethodNotAllowed", "scoring takes POST",
+                                {"Allow": "POST"})
+        return await self._run(request, None)
+
+    async def swagger(self, request: web.Request) -> web.StreamResponse:
+        return await self._run(request, "/swagger.json")
+
+    async def passthrough(self, request: web.Request) -> web.StreamResponse:
+        # Forward the raw (still percent-encoded) remainder of the path unchanged.
+        raw = request.rel_url.raw_path
+        prefix_end = raw.find("/", len(ENDPOINT_PREFIX))
+        return await self._run(request, raw[prefix_end:] if prefix_end > 0 else "/")
+
+    async def not_found(self, request: web.Request) -> web.StreamResponse:
+        return self._refuse(request, 404, "NotFound",
+                            "no such route; scoring is POST /api/v1/endpoint/{endpoint}/score")
+
+    def _refuse(self, request, status, code, message, headers=None) -> web.Response:
+        request_id = request_id_from(request.headers.get("x-request-id"))
+        return error_response(status, code, message, request_id, headers)
+
+    async def _run(self, request: web.Request, upstream_path: str | None) -> web.StreamResponse:
+        ctx = RequestContext(request_id_from(request.headers.get("x-request-id")), request.remote)
+        try:
+            response = await self._pipeline.handle(
+                request, ctx, request.match_info["endpoint"], upstream_path)
+            ctx.status = response.status
+            return response
+        except ScoringError as exc:
+            ctx.status, ctx.error_code = exc.status, exc.code
+            headers = dict(exc.headers)
+            if exc.retry_after_s is not None:
+                headers.setdefault("Retry-After", str(exc.retry_after_s))
+            if ctx.deployment:
+                headers.setdefault("azureml-model-deployment", ctx.deployment)
+            return error_response(exc.status, exc.code, exc.message, ctx.request_id, headers)
+        except Exception:
+            log.exception("request %s failed inside the gateway", ctx.request_id)
+            ctx.status, ctx.error_code = 500, "InternalError"
+            return error_response(500, "InternalError", "the gateway failed to handle the request",
+                                  ctx.request_id)
+        finally:
+            self._recorder.record(ctx)

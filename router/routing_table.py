@@ -1,0 +1,104 @@
+"""Routing state the data path reads: a frozen snapshot, swapped whole.
+
+The control plane (serving.controller.publisher) builds a new RoutingTable on every
+change of desired or observed state and hands it to RoutingTableHolder.swap(). A
+request reads `holder.current` once, at its start, and uses that snapshot to the end,
+so it never sees half of an update. Nothing here is mutated after construction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
+
+_EMPTY: Mapping = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Replica:
+    """One running model server a request can be forwarded to."""
+
+    replica_id: str
+    host: str
+    port: int
+    scoring_path: str = "/score"
+
+    @property
+    def authority(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSettings:
+    """Per-deployment request handling, named as in the deployment YAML."""
+
+    request_timeout_ms: int = 5000
+    max_concurrent_requests_per_instance: int = 1
+    max_queue_wait_ms: int = 500
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentRoute:
+    name: str
+    replicas: tuple[Replica, ...] = ()
+    request_settings: RequestSettings = RequestSettings()
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointRoute:
+    """An endpoint as the router sees it.
+
+    `traffic` holds only deployments with a positive weight and at least one ready
+    replica is NOT required here: a weight toward a deployment without replicas gives
+    503, which is what a caller of a real cluster would see during a spike.
+    """
+
+    name: str
+    auth_mode: str = "key"  # key | aml_token | none
+    keys: tuple[str, ...] = ()
+    traffic: tuple[tuple[str, int], ...] = ()
+    mirror_traffic: tuple[tuple[str, int], ...] = ()
+    deployments: Mapping[str, DeploymentRoute] = field(default_factory=lambda: _EMPTY)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.deployments, MappingProxyType):
+            object.__setattr__(self, "deployments", MappingProxyType(dict(self.deployments)))
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingTable:
+    version: int = 0
+    endpoints: Mapping[str, EndpointRoute] = field(default_factory=lambda: _EMPTY)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.endpoints, MappingProxyType):
+            object.__setattr__(self, "endpoints", MappingProxyType(dict(self.endpoints)))
+
+
+class RoutingTableHolder:
+    """The one mutable reference: replaced atomically, never edited in place.
+
+    Listeners are called synchronously after a swap (e.g. the upstream pool dropping
+    connections to replicas that left); they must not block.
+    """
+
+    __slots__ = ("_current", "_listeners")
+
+    def __init__(self, initial: RoutingTable | None = None) -> None:
+        self._current = initial or RoutingTable()
+        self._listeners: list = []
+
+    @property
+    def current(self) -> RoutingTable:
+        return self._current
+
+    def swap(self, table: RoutingTable) -> None:
+        if table.version <= self._current.version and table is not self._current:
+            table = RoutingTable(version=self._current.version + 1, endpoints=table.endpoints)
+        old, self._current = self._current, table
+        for listener in tuple(self._listeners):
+            listener(old, table)
+
+    def subscribe(self, listener) -> None:
+        self._listeners.append(listener)

@@ -1,0 +1,143 @@
+"""Forward: send the request to the chosen replica and stream its answer back.
+
+Follows router.balancing in router.pipeline. Small bodies (already read by the
+pipeline) are sent from memory; large or chunked ones are streamed with a byte limit.
+Small responses are returned whole, larger ones streamed chunk by chunk. A non-2xx
+answer of the model becomes 424 with the model's status and reason in
+`ms-azureml-model-error-statuscode` / `-reason` and its body kept.
+
+Failures map to the contract: connection refused or broken before the answer → 502,
+no answer within `request_timeout_ms` → 504. A failure after the answer started
+streaming cannot change the status any more: the caller's connection is aborted so it
+sees a truncated response rather than a silently short one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+from aiohttp import web
+
+from ..context import RequestContext
+from ..errors import PayloadTooLarge, UpstreamConnectionError, UpstreamTimeout
+from ..routing_table import DeploymentRoute, Replica
+from .headers import downstream_response_headers, upstream_request_headers
+from .pool import UpstreamPool
+
+DEPLOYMENT_HEADER = "azureml-model-deployment"
+WHOLE_RESPONSE_MAX_BYTES = 256 * 1024
+STREAM_CHUNK_BYTES = 64 * 1024
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _limited(stream: aiohttp.StreamReader, limit: int, ctx: RequestContext):
+    async for chunk in stream.iter_chunked(STREAM_CHUNK_BYTES):
+        ctx.bytes_in += len(chunk)
+        if ctx.bytes_in > limit:
+            raise _BodyTooLarge()
+        yield chunk
+
+
+class Forwarder:
+    __slots__ = ("_pool", "_max_body_bytes")
+
+    def __init__(self, pool: UpstreamPool, *, max_body_bytes: int) -> None:
+        self._pool = pool
+        self._max_body_bytes = max_body_bytes
+
+    async def forward(
+        self,
+        request: web.Request,
+        ctx: RequestContext,
+        deployment: DeploymentRoute,
+        replica: Replica,
+        path: str | None,
+        body: bytes | None,
+    ) -> web.StreamResponse:
+        headers = upstream_request_headers(
+            request.headers, request_id=ctx.request_id, client_ip=request.remote, scheme=request.scheme
+        )
+        if body is not None:
+            data = body or None
+        elif request.can_read_body:
+            data = _limited(request.content, self._max_body_bytes, ctx)
+            if request.content_length is not None:
+                headers["Content-Length"] = str(request.content_length)
+        else:
+            data = None
+        url = f"http://{replica.host}:{replica.port}{path or replica.scoring_path}"
+        if request.query_string:
+            url = f"{url}?{request.query_string}"
+        timeout_s = deployment.request_settings.request_timeout_ms / 1000
+        ctx.upstream_started_ns = time.perf_counter_ns()
+        streaming: list[web.StreamResponse] = []  # set once the answer started
+        try:
+            async with asyncio.timeout(timeout_s):
+                async with self._pool.session.request(
+                    request.method, url, headers=headers, data=data, allow_redirects=False
+                ) as upstream:
+                    return await self._relay(request, ctx, deployment, upstream, streaming)
+        except _BodyTooLarge:
+            raise PayloadTooLarge(f"request body exceeds {self._max_body_bytes} bytes") from None
+        except TimeoutError:
+            if streaming:
+                self._abort(request)
+                return streaming[0]
+            raise UpstreamTimeout(
+                f"the model did not answer within {deployment.request_settings.request_timeout_ms} ms"
+            ) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            if streaming:
+                self._abort(request)
+                return streaming[0]
+            if isinstance(exc, aiohttp.ClientPayloadError) and isinstance(exc.__cause__, _BodyTooLarge):
+                raise PayloadTooLarge(f"request body exceeds {self._max_body_bytes} bytes") from None
+            raise UpstreamConnectionError(
+                f"the connection to the model failed: {type(exc).__name__}"
+            ) from None
+        finally:
+            ctx.upstream_ended_ns = time.perf_counter_ns()
+
+    async def _relay(
+        self,
+        request: web.Request,
+        ctx: RequestContext,
+        deployment: DeploymentRoute,
+        upstream: aiohttp.ClientResponse,
+        streaming: list[web.StreamResponse],
+    ) -> web.StreamResponse:
+        headers = downstream_response_headers(upstream.headers)
+        headers[DEPLOYMENT_HEADER] = deployment.name
+        headers["x-request-id"] = ctx.request_id
+        status = upstream.status
+        if not 200 <= status < 300:
+            headers["ms-azureml-model-error-statuscode"] = str(status)
+            headers["ms-azureml-model-error-reason"] = (upstream.reason or "")[:200]
+            ctx.error_code = "ModelError"
+            status = 424
+        length = upstream.content_length
+        if length is not None and length <= WHOLE_RESPONSE_MAX_BYTES:
+            payload = await upstream.read()
+            ctx.bytes_out = len(payload)
+            return web.Response(status=status, headers=headers, body=payload)
+        response = web.StreamResponse(status=status, headers=headers)
+        if length is not None:
+            response.content_length = length
+        await response.prepare(request)
+        streaming.append(response)
+        async for chunk in upstream.content.iter_chunked(STREAM_CHUNK_BYTES):
+            ctx.bytes_out += len(chunk)
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+
+    @staticmethod
+    def _abort(request: web.Request) -> None:
+        transport = request.transport
+        if transport is not None:
+            transport.abort()

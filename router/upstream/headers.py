@@ -1,0 +1,72 @@
+"""Header rules between the caller and a replica: hop-by-hop, credentials, forwarding.
+
+Used by router.upstream.forward in both directions. Hop-by-hop headers describe one
+connection, never the message, so a proxy must drop them and every header the
+`Connection` header names (RFC 9110 §7.6.1).
+"""
+
+from __future__ import annotations
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+HOP_BY_HOP = frozenset(
+    h.lower()
+    for h in (
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "Proxy-Connection",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+    )
+)
+# Not forwarded upstream on top of hop-by-hop: the gateway's own credential, and
+# headers the client library sets itself from the new message.
+_DROP_UPSTREAM = HOP_BY_HOP | {"authorization", "host", "content-length", "x-forwarded-for",
+                               "x-forwarded-proto", "x-forwarded-host", "x-request-id"}
+# Not returned to the caller: set by our own server for the new message.
+_DROP_DOWNSTREAM = HOP_BY_HOP | {"content-length", "date", "server"}
+
+
+def _connection_listed(headers: CIMultiDictProxy) -> set[str]:
+    listed: set[str] = set()
+    for value in headers.getall("Connection", ()):
+        for name in value.split(","):
+            name = name.strip().lower()
+            if name:
+                listed.add(name)
+    return listed
+
+
+def upstream_request_headers(
+    headers: CIMultiDictProxy, *, request_id: str, client_ip: str | None, scheme: str
+) -> CIMultiDict:
+    listed = _connection_listed(headers)
+    out: CIMultiDict = CIMultiDict()
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower in _DROP_UPSTREAM or lower in listed:
+            continue
+        out.add(name, value)
+    prior = headers.get("X-Forwarded-For")
+    if client_ip:
+        out["X-Forwarded-For"] = f"{prior}, {client_ip}" if prior else client_ip
+    elif prior:
+        out["X-Forwarded-For"] = prior
+    out["X-Forwarded-Proto"] = scheme
+    out["x-request-id"] = request_id
+    return out
+
+
+def downstream_response_headers(headers: CIMultiDictProxy) -> CIMultiDict:
+    listed = _connection_listed(headers)
+    out: CIMultiDict = CIMultiDict()
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower in _DROP_DOWNSTREAM or lower in listed:
+            continue
+        out.add(name, value)
+    return out

@@ -1,0 +1,206 @@
+"""The management API on the admin port, used by the CLI (bearer admin token).
+
+    POST   /api/v1/apply                                   documents → stored desired state
+    GET    /api/v1/endpoints                               list
+    GET    /api/v1/endpoints/{e}                           show
+    DELETE /api/v1/endpoints/{e}                           delete, waits for its replicas to stop
+    GET    /api/v1/endpoints/{e}/keys                      {primaryKey, secondaryKey}
+    POST   /api/v1/endpoints/{e}/regenerate-keys           {"key_type": "primary" | "secondary"}
+    GET    /api/v1/endpoints/{e}/deployments               list
+    GET    /api/v1/endpoints/{e}/deployments/{d}           show
+    DELETE /api/v1/endpoints/{e}/deployments/{d}           delete
+    POST   /api/v1/endpoints/{e}/deployments/{d}/scale     {"instance_count": N}
+    GET    /api/v1/endpoints/{e}/deployments/{d}/logs      ?lines=N → text
+Errors are JSON `{"code", "message"}`. Writes go to the Store and then wake the
+controller, which does the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+
+from aiohttp import web
+
+from .backends import Backend
+from .controller.loop import Controller
+from .manifests import Document, ManifestError, parse_all
+from .store import Store, StoreError
+from .views import deployment_view, endpoint_view
+
+DELETE_WAIT_S = 30.0
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"code": code, "message": message}, status=status)
+
+
+class AdminApi:
+    def __init__(self, store: Store, controller: Controller, backend: Backend, *,
+                 admin_token: str, scoring_url: str) -> None:
+        self._store = store
+        self._controller = controller
+        self._backend = backend
+        self._token = admin_token.encode()
+        self._scoring_url = scoring_url
+
+    def routes(self) -> list[web.RouteDef]:
+        p = "/api/v1"
+        return [
+            web.post(f"{p}/apply", self.apply),
+            web.get(f"{p}/endpoints", self.list_endpoints),
+            web.get(f"{p}/endpoints/{{e}}", self.show_endpoint),
+            web.delete(f"{p}/endpoints/{{e}}", self.delete_endpoint),
+            web.get(f"{p}/endpoints/{{e}}/keys", self.get_keys),
+            web.post(f"{p}/endpoints/{{e}}/regenerate-keys", self.regenerate_keys),
+            web.get(f"{p}/endpoints/{{e}}/deployments", self.list_deployments),
+            web.get(f"{p}/endpoints/{{e}}/deployments/{{d}}", self.show_deployment),
+            web.delete(f"{p}/endpoints/{{e}}/deployments/{{d}}", self.delete_deployment),
+            web.post(f"{p}/endpoints/{{e}}/deployments/{{d}}/scale", self.scale_deployment),
+            web.get(f"{p}/endpoints/{{e}}/deployments/{{d}}/logs", self.deployment_logs),
+        ]
+
+    @web.middleware
+    async def auth_middleware(self, request: web.Request, handler):
+        if request.path.startswith("/api/"):
+            header = request.headers.get("Authorization", "")
+            given = header[7:].encode() if header[:7].lower() == "bearer " else b""
+            if not hmac.compare_digest(given, self._token):
+                return _error(401, "Unauthorized", "missing or wrong admin token")
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status >= 400:
+                return _error(exc.status, exc.reason.replace(" ", ""), exc.text or exc.reason)
+            raise
+
+    # -- helpers ------------------------------------------------------------------------
+    async def _record_or_404(self, name: str):
+        record = await asyncio.to_thread(self._store.get_endpoint, name)
+        if record is None:
+            raise web.HTTPNotFound(text=f"no endpoint '{name}'")
+        return record
+
+    async def _deployment_or_404(self, endpoint: str, name: str):
+        deployment = await asyncio.to_thread(self._store.get_deployment, endpoint, name)
+        if deployment is None:
+            raise web.HTTPNotFound(text=f"no deployment '{name}' on endpoint '{endpoint}'")
+        return deployment
+
+    async def _json_body(self, request: web.Request) -> dict:
+        try:
+            body = await request.json()
+        except ValueError:
+            raise web.HTTPBadRequest(text="the body must be JSON") from None
+        if not isinstance(body, dict):
+            raise web.HTTPBadRequest(text="the body must be a JSON object")
+        return body
+
+    # -- handlers -----------------------------------------------------------------------
+    async def apply(self, request: web.Request) -> web.Response:
+        body = await self._json_body(request)
+        raw_docs = body.get("documents")
+        if not isinstance(raw_docs, list) or not raw_docs:
+            return _error(400, "ValidationError", "'documents' must be a non-empty list")
+        try:
+            documents = [Document(str(d["source"]), str(d["base_dir"]), d["body"]) for d in raw_docs]
+        except (KeyError, TypeError):
+            return _error(400, "ValidationError", "each document needs source, base_dir and body")
+        existing = await asyncio.to_thread(self._store.list_endpoints)
+        existing_deployments = await asyncio.to_thread(self._store.list_deployments)
+        try:
+            endpoints, deployments = await asyncio.to_thread(
+                parse_all, documents, {r.endpoint.name for r in existing},
+                {(d.endpoint_name, d.name) for d in existing_deployments})
+        except ManifestError as exc:
+            return _error(400, "ValidationError", str(exc))
+        await asyncio.to_thread(self._store.apply, endpoints, deployments)
+        self._controller.notify()
+        return web.json_response({"applied": [
+            *({"kind": "endpoint", "name": e.name} for e in endpoints),
+            *({"kind": "deployment", "name": d.name, "endpoint_name": d.endpoint_name}
+              for d in deployments)]})
+
+    async def list_endpoints(self, _request: web.Request) -> web.Response:
+        records = await asyncio.to_thread(self._store.list_endpoints)
+        deployments = await asyncio.to_thread(self._store.list_deployments)
+        return web.json_response([
+            endpoint_view(r, [d for d in deployments if d.endpoint_name == r.endpoint.name],
+                          self._scoring_url) for r in records])
+
+    async def show_endpoint(self, request: web.Request) -> web.Response:
+        record = await self._record_or_404(request.match_info["e"])
+        deployments = await asyncio.to_thread(self._store.list_deployments, record.endpoint.name)
+        return web.json_response(endpoint_view(record, deployments, self._scoring_url))
+
+    async def delete_endpoint(self, request: web.Request) -> web.Response:
+        name = request.match_info["e"]
+        if not await asyncio.to_thread(self._store.delete_endpoint, name):
+            return _error(404, "NotFound", f"no endpoint '{name}'")
+        self._controller.notify()
+        await self._wait_gone(lambda r: r.endpoint == name)
+        return web.json_response({"deleted": name})
+
+    async def _wait_gone(self, match) -> None:
+        deadline = time.monotonic() + DELETE_WAIT_S
+        while time.monotonic() < deadline and any(match(r) for r in self._backend.observe()):
+            await asyncio.sleep(0.05)
+
+    async def get_keys(self, request: web.Request) -> web.Response:
+        record = await self._record_or_404(request.match_info["e"])
+        return web.json_response({"primaryKey": record.primary_key, "secondaryKey": record.secondary_key})
+
+    async def regenerate_keys(self, request: web.Request) -> web.Response:
+        await self._record_or_404(request.match_info["e"])
+        body = await self._json_body(request)
+        try:
+            record = await asyncio.to_thread(
+                self._store.regenerate_key, request.match_info["e"], str(body.get("key_type", "primary")))
+        except StoreError as exc:
+            return _error(400, "ValidationError", str(exc))
+        self._controller.notify()
+        await self._controller.reconcile_once()  # the new key works when this returns
+        return web.json_response({"primaryKey": record.primary_key, "secondaryKey": record.secondary_key})
+
+    async def list_deployments(self, request: web.Request) -> web.Response:
+        record = await self._record_or_404(request.match_info["e"])
+        deployments = await asyncio.to_thread(self._store.list_deployments, record.endpoint.name)
+        replicas = self._backend.observe()
+        return web.json_response([deployment_view(d, replicas) for d in deployments])
+
+    async def show_deployment(self, request: web.Request) -> web.Response:
+        deployment = await self._deployment_or_404(request.match_info["e"], request.match_info["d"])
+        return web.json_response(deployment_view(deployment, self._backend.observe()))
+
+    async def delete_deployment(self, request: web.Request) -> web.Response:
+        endpoint, name = request.match_info["e"], request.match_info["d"]
+        await self._deployment_or_404(endpoint, name)
+        try:
+            await asyncio.to_thread(self._store.delete_deployment, endpoint, name)
+        except StoreError as exc:
+            return _error(409, "Conflict", str(exc))
+        self._controller.notify()
+        await self._wait_gone(lambda r: r.endpoint == endpoint and r.deployment == name)
+        return web.json_response({"deleted": name, "endpoint_name": endpoint})
+
+    async def scale_deployment(self, request: web.Request) -> web.Response:
+        endpoint, name = request.match_info["e"], request.match_info["d"]
+        await self._deployment_or_404(endpoint, name)
+        body = await self._json_body(request)
+        count = body.get("instance_count")
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= 64:
+            return _error(400, "ValidationError", "instance_count must be an integer from 0 to 64")
+        deployment = await asyncio.to_thread(self._store.set_instance_count, endpoint, name, count)
+        self._controller.notify()
+        return web.json_response(deployment_view(deployment, self._backend.observe()))
+
+    async def deployment_logs(self, request: web.Request) -> web.Response:
+        endpoint, name = request.match_info["e"], request.match_info["d"]
+        await self._deployment_or_404(endpoint, name)
+        try:
+            lines = max(1, min(10_000, int(request.query.get("lines", "100"))))
+        except ValueError:
+            return _error(400, "ValidationError", "lines must be an integer")
+        text = await asyncio.to_thread(self._backend.logs, endpoint, name, lines)
+        return web.Response(text=text + ("\n" if text else ""), content_type="text/plain")

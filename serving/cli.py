@@ -1,0 +1,241 @@
+"""`scoregate`: the command line, in the style of `az ml` (JSON output by default).
+
+`serve` runs the gateway in this process; every other verb finds the running gateway
+through the state dir (`--state-dir`, `SCOREGATE_STATE_DIR`, default ./.scoregate) and
+talks to its admin API. Errors are one line on stderr and a non-zero exit code:
+1 the request failed, 2 bad arguments or input, 3 no gateway is running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .client import AdminClient, CliError, GatewayNotRunning, score_request
+from .statedir import resolve_state_dir
+
+
+def _print(data, output: str) -> None:
+    if output == "table":
+        _print_table(data)
+    elif isinstance(data, str):
+        sys.stdout.write(data if data.endswith("\n") else data + "\n")
+    else:
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def _print_table(data) -> None:
+    rows = data if isinstance(data, list) else [data]
+    if not rows or not isinstance(rows[0], dict):
+        sys.stdout.write(f"{data}\n")
+        return
+    columns = [k for k, v in rows[0].items() if not isinstance(v, (dict, list))]
+    if "traffic" in rows[0]:
+        columns.append("traffic")
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    sys.stdout.write("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip() + "\n")
+    sys.stdout.write("  ".join("-" * w for w in widths) + "\n")
+    for row in cells:
+        sys.stdout.write("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() + "\n")
+
+
+def _cell(value) -> str:
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items())
+    return "" if value is None else str(value)
+
+
+# -- parser ------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--state-dir", default=argparse.SUPPRESS,
+                        help="state dir of the gateway (default: $SCOREGATE_STATE_DIR or ./.scoregate)")
+    common.add_argument("-o", "--output", choices=("json", "table"), default=argparse.SUPPRESS)
+
+    parser = argparse.ArgumentParser(prog="scoregate", description="Inference router and serving gateway.")
+    parser.add_argument("--state-dir", default=None)
+    parser.add_argument("-o", "--output", choices=("json", "table"), default="json")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    serve = verbs.add_parser("serve", parents=[common], help="run the gateway (router + controller)")
+    serve.add_argument("paths", nargs="*", help="YAML files or folders to apply at start")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8443)
+    serve.add_argument("--admin-host", default="127.0.0.1")
+    serve.add_argument("--admin-port", type=int, default=8081)
+    serve.add_argument("--tls-cert", help="PEM certificate chain (default: a development certificate)")
+    serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    serve.add_argument("--drain-timeout", type=float, default=30.0,
+                       help="seconds in-flight requests get to finish at shutdown")
+    serve.add_argument("--log-level", default="INFO")
+
+    apply = verbs.add_parser("apply", parents=[common], help="create or update resources from YAML")
+    apply.add_argument("-f", "--file", action="append", required=True, help="YAML file or folder")
+
+    endpoint = verbs.add_parser("endpoint", help="online endpoints").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    endpoint.add_parser("list", parents=[common])
+    for action in ("show", "delete", "get-credentials"):
+        p = endpoint.add_parser(action, parents=[common])
+        p.add_argument("-n", "--name", required=True)
+        if action == "delete":
+            p.add_argument("-y", "--yes", action="store_true", help="accepted for az compatibility")
+    regen = endpoint.add_parser("regenerate-keys", parents=[common])
+    regen.add_argument("-n", "--name", required=True)
+    regen.add_argument("--key-type", choices=("primary", "secondary"), default="primary")
+    invoke = endpoint.add_parser("invoke", parents=[common])
+    invoke.add_argument("-n", "--name", required=True)
+    invoke.add_argument("-r", "--request-file", required=True)
+    invoke.add_argument("-d", "--deployment-name")
+
+    deployment = verbs.add_parser("deployment", help="online deployments").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    dlist = deployment.add_parser("list", parents=[common])
+    dlist.add_argument("-e", "--endpoint-name", required=True)
+    for action in ("show", "delete", "logs", "scale"):
+        p = deployment.add_parser(action, parents=[common])
+        p.add_argument("-n", "--name", required=True)
+        p.add_argument("-e", "--endpoint-name", required=True)
+        if action == "logs":
+            p.add_argument("-l", "--lines", type=int, default=100)
+        if action == "delete":
+            p.add_argument("-y", "--yes", action="store_true")
+        if action == "scale":
+            p.add_argument("--instance-count", type=int, required=True)
+
+    tls = verbs.add_parser("tls", help="certificates").add_subparsers(dest="action", required=True)
+    dev_cert = tls.add_parser("dev-cert", help="write a development CA and server certificate")
+    dev_cert.add_argument("--hostname", action="append", help="name or IP (repeatable)")
+    dev_cert.add_argument("--out", required=True, help="output folder")
+
+    verbs.add_parser("loadtest", help="load-test an endpoint or URL (see `scoregate loadtest -h`)",
+                     add_help=False)
+    return parser
+
+
+# -- commands ----------------------------------------------------------------------------
+
+def _serve(args) -> int:
+    from .embedded import ServeOptions, run_serve
+
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise CliError("--tls-cert and --tls-key go together", 2)
+    return run_serve(ServeOptions(
+        state_dir=resolve_state_dir(args.state_dir), paths=args.paths, host=args.host, port=args.port,
+        admin_host=args.admin_host, admin_port=args.admin_port, tls_cert=args.tls_cert,
+        tls_key=args.tls_key, drain_timeout_s=args.drain_timeout))
+
+
+def _apply(args, client: AdminClient):
+    from .manifests import ManifestError, read_documents
+
+    try:
+        documents = read_documents(args.file)
+    except ManifestError as exc:
+        raise CliError(str(exc), 2) from None
+    return client.post("/apply", {"documents": [
+        {"source": d.source, "base_dir": d.base_dir, "body": d.body} for d in documents]})
+
+
+def _endpoint(args, client: AdminClient):
+    base = f"/endpoints/{args.name}" if hasattr(args, "name") else "/endpoints"
+    match args.action:
+        case "list":
+            return client.get("/endpoints")
+        case "show":
+            return client.get(base)
+        case "delete":
+            return client.delete(base)
+        case "get-credentials":
+            return client.get(f"{base}/keys")
+        case "regenerate-keys":
+            return client.post(f"{base}/regenerate-keys", {"key_type": args.key_type})
+        case "invoke":
+            return _invoke(args, client)
+    raise CliError(f"unknown action {args.action}", 2)
+
+
+def _invoke(args, client: AdminClient):
+    try:
+        body = Path(args.request_file).read_bytes()
+    except OSError as exc:
+        raise CliError(f"cannot read {args.request_file}: {exc.strerror}", 2) from None
+    endpoint = client.get(f"/endpoints/{args.name}")
+    headers = {"Content-Type": "application/json"}
+    if endpoint["auth_mode"] != "none":
+        headers["Authorization"] = f"Bearer {client.get(f'/endpoints/{args.name}/keys')['primaryKey']}"
+    if args.deployment_name:
+        headers["azureml-model-deployment"] = args.deployment_name
+    status, text = score_request(client.info, endpoint["scoring_uri"], body, headers)
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = text
+    if not 200 <= status < 300:
+        message = data.get("message") if isinstance(data, dict) else text
+        raise CliError(f"scoring failed with HTTP {status}: {message}", 1)
+    return data
+
+
+def _deployment(args, client: AdminClient):
+    base = f"/endpoints/{args.endpoint_name}/deployments"
+    match args.action:
+        case "list":
+            return client.get(base)
+        case "show":
+            return client.get(f"{base}/{args.name}")
+        case "delete":
+            return client.delete(f"{base}/{args.name}")
+        case "logs":
+            return client.get_text(f"{base}/{args.name}/logs?lines={args.lines}")
+        case "scale":
+            return client.post(f"{base}/{args.name}/scale", {"instance_count": args.instance_count})
+    raise CliError(f"unknown action {args.action}", 2)
+
+
+def _dev_cert(args):
+    from tls import write_dev_certificates
+
+    names = args.hostname or ["localhost", "127.0.0.1", "::1"]
+    paths = write_dev_certificates(Path(args.out), names)
+    return {"ca_cert": str(paths.ca_cert), "ca_key": str(paths.ca_key),
+            "cert": str(paths.cert), "key": str(paths.key), "hostnames": names}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "loadtest":
+        from .loadtest_cli import run_loadtest
+
+        return run_loadtest(argv[1:])
+    args = build_parser().parse_args(argv)
+    output = getattr(args, "output", "json")
+    try:
+        if args.verb == "serve":
+            return _serve(args)
+        if args.verb == "tls":
+            _print(_dev_cert(args), output)
+            return 0
+        client = AdminClient.from_state_dir(resolve_state_dir(args.state_dir))
+        handler = {"apply": _apply, "endpoint": _endpoint, "deployment": _deployment}[args.verb]
+        _print(handler(args, client), output)
+        return 0
+    except GatewayNotRunning as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 3
+    except CliError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

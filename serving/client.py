@@ -1,0 +1,87 @@
+"""The CLI's side of the admin API: find the gateway in the state dir and call it.
+
+Synchronous urllib on purpose: a CLI verb makes one or two calls, and importing an
+async HTTP stack would cost more start-up time than the calls themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from .statedir import GatewayInfo, StateDir
+
+TIMEOUT_S = 60.0
+
+
+class CliError(Exception):
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class GatewayNotRunning(CliError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 3)
+
+
+class AdminClient:
+    def __init__(self, info: GatewayInfo) -> None:
+        self.info = info
+
+    @classmethod
+    def from_state_dir(cls, root: Path) -> "AdminClient":
+        info = StateDir(root).read_gateway()
+        if info is None:
+            raise GatewayNotRunning(
+                f"no running gateway found in {root} (start one with `scoregate serve`,"
+                " or point --state-dir / SCOREGATE_STATE_DIR at its state dir)")
+        return cls(info)
+
+    def _call(self, method: str, path: str, body: dict | None = None) -> bytes:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            f"{self.info.admin_url}/api/v1{path}", data=data, method=method,
+            headers={"Authorization": f"Bearer {self.info.admin_token}",
+                     "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+                return response.read()
+        except urllib.error.HTTPError as exc:
+            payload = exc.read()
+            try:
+                message = json.loads(payload).get("message", payload.decode(errors="replace"))
+            except ValueError:
+                message = payload.decode(errors="replace")
+            raise CliError(message, 2 if exc.code == 400 else 1) from None
+        except urllib.error.URLError as exc:
+            raise GatewayNotRunning(
+                f"the gateway at {self.info.admin_url} does not answer ({exc.reason})") from None
+
+    def get(self, path: str):
+        return json.loads(self._call("GET", path))
+
+    def get_text(self, path: str) -> str:
+        return self._call("GET", path).decode("utf-8", errors="replace")
+
+    def post(self, path: str, body: dict):
+        return json.loads(self._call("POST", path, body))
+
+    def delete(self, path: str):
+        return json.loads(self._call("DELETE", path))
+
+
+def score_request(info: GatewayInfo, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
+    """POST to the scoring URL over HTTPS, trusting the gateway's CA; (status, text)."""
+    context = ssl.create_default_context(cafile=info.ca_cert or None)
+    request = urllib.request.Request(url, data=body, method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT_S, context=context) as response:
+            return response.status, response.read().decode("utf-8", errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode("utf-8", errors="replace")
+    except urllib.error.URLError as exc:
+        raise CliError(f"cannot reach {url}: {exc.reason}") from None

@@ -1,0 +1,110 @@
+"""The reconcile loop: read desired state, observe the backend, plan, act, publish.
+
+Runs one pass at a time, woken by notify() (an apply, a delete, a replica that became
+ready or exited) or every `interval_s` otherwise. The planner
+(serving.controller.planner) decides; this module only executes and publishes
+(serving.controller.publisher). Stops run as tracked background tasks so a replica
+slow to exit never holds up the next pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Callable
+
+from ..backends import Backend
+from ..resources import Deployment
+from ..store import EndpointRecord, Store
+from .planner import ForgetReplica, StartReplica, StopReplica, plan
+from .publisher import RoutingPublisher
+
+log = logging.getLogger("scoregate.controller")
+
+
+class Controller:
+    def __init__(self, store: Store, backend: Backend, publisher: RoutingPublisher, *,
+                 interval_s: float = 1.0, clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._backend = backend
+        self._publisher = publisher
+        self._interval_s = interval_s
+        self._clock = clock
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._stopping: dict[str, asyncio.Task] = {}
+        self._records: list[EndpointRecord] = []
+        self._deployments: list[Deployment] = []
+        self.passes = 0
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.reconcile_once()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="controller")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        if self._stopping:
+            await asyncio.gather(*self._stopping.values(), return_exceptions=True)
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    def on_replica_change(self) -> None:
+        """Backend callback: republish at once (no await), then let the loop re-plan."""
+        self._publish()
+        self._wake.set()
+
+    # -- reading ------------------------------------------------------------------------
+    @property
+    def desired(self) -> tuple[list[EndpointRecord], list[Deployment]]:
+        return self._records, self._deployments
+
+    # -- the loop -----------------------------------------------------------------------
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._interval_s)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.reconcile_once()
+            except Exception:  # keep reconciling; the next pass may succeed
+                log.exception("reconcile pass failed")
+                await asyncio.sleep(self._interval_s)
+
+    async def reconcile_once(self) -> None:
+        self._records = await asyncio.to_thread(self._store.list_endpoints)
+        self._deployments = await asyncio.to_thread(self._store.list_deployments)
+        actions = plan(self._deployments, self._backend.observe(), self._clock())
+        for action in actions:
+            if isinstance(action, ForgetReplica):
+                self._backend.forget(action.replica_id)
+            elif isinstance(action, StopReplica):
+                self._stop_in_background(action)
+            elif isinstance(action, StartReplica):
+                d = action.deployment
+                replica_id = await self._backend.start_replica(d, action.spec_hash, action.restarts)
+                log.info("starting replica %s of %s/%s (restarts: %d)", replica_id,
+                         d.endpoint_name, d.name, action.restarts)
+        self._publish()
+        self.passes += 1
+
+    def _stop_in_background(self, action: StopReplica) -> None:
+        if action.replica_id in self._stopping:
+            return
+        log.info("stopping replica %s: %s", action.replica_id, action.reason)
+        task = asyncio.get_running_loop().create_task(self._backend.stop_replica(action.replica_id))
+        self._stopping[action.replica_id] = task
+        task.add_done_callback(lambda _t, rid=action.replica_id: self._stopping.pop(rid, None))
+
+    def _publish(self) -> None:
+        self._publisher.publish(self._records, self._deployments, self._backend.observe())

@@ -1,0 +1,113 @@
+"""Decide, don't act: desired deployments + observed replicas → a list of actions.
+
+A pure function, so every case is a table-driven test. serving.controller.loop applies
+the actions through a Backend. The rules, per deployment:
+- keep `instance_count` replicas of the current spec starting or ready;
+- replace an exited replica after a back-off that doubles with its restarts (0.5 s to
+  30 s), so a replica that crashes at start cannot spin the machine;
+- rolling update: replicas of an older spec keep serving until enough replicas of the
+  new spec are ready, then they are stopped;
+- replicas of deployments that are no longer desired are stopped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..backends import EXITED, READY, STARTING, ReplicaView
+from ..resources import Deployment
+
+RESTART_BACKOFF_MIN_S = 0.5
+RESTART_BACKOFF_MAX_S = 30.0
+
+
+@dataclass(frozen=True)
+class StartReplica:
+    deployment: Deployment
+    spec_hash: str
+    restarts: int = 0
+
+
+@dataclass(frozen=True)
+class StopReplica:
+    replica_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ForgetReplica:
+    """Drop the record of an exited replica (it is being replaced)."""
+
+    replica_id: str
+
+
+Action = StartReplica | StopReplica | ForgetReplica
+
+
+def restart_backoff_s(restarts: int) -> float:
+    return min(RESTART_BACKOFF_MAX_S, RESTART_BACKOFF_MIN_S * (2 ** max(0, restarts)))
+
+
+def plan(desired: list[Deployment], observed: list[ReplicaView], now: float) -> list[Action]:
+    actions: list[Action] = []
+    by_deployment: dict[tuple[str, str], list[ReplicaView]] = {}
+    for replica in observed:
+        by_deployment.setdefault((replica.endpoint, replica.deployment), []).append(replica)
+
+    wanted_keys = set()
+    for deployment in desired:
+        key = (deployment.endpoint_name, deployment.name)
+        wanted_keys.add(key)
+        actions.extend(_plan_deployment(deployment, by_deployment.get(key, []), now))
+
+    for key, replicas in by_deployment.items():
+        if key in wanted_keys:
+            continue
+        for replica in replicas:
+            if replica.state == EXITED:
+                actions.append(ForgetReplica(replica.replica_id))
+            elif replica.state in (STARTING, READY):
+                actions.append(StopReplica(replica.replica_id, "deployment deleted"))
+    return actions
+
+
+def _plan_deployment(deployment: Deployment, replicas: list[ReplicaView], now: float) -> list[Action]:
+    actions: list[Action] = []
+    spec_hash = deployment.replica_spec_hash()
+    want = deployment.instance_count
+    live = [r for r in replicas if r.state in (STARTING, READY)]
+    current = [r for r in live if r.spec_hash == spec_hash]
+    stale = [r for r in live if r.spec_hash != spec_hash]
+    exited = [r for r in replicas if r.state == EXITED]
+
+    # Replace exited replicas once their back-off is over; the others wait.
+    restarts_due: list[int] = []
+    waiting = 0
+    for replica in exited:
+        stale_spec = replica.spec_hash != spec_hash
+        due = stale_spec or now - (replica.ended_at or now) >= restart_backoff_s(replica.restarts)
+        if due:
+            actions.append(ForgetReplica(replica.replica_id))
+            if not stale_spec:
+                restarts_due.append(replica.restarts + 1)
+        else:
+            waiting += 1
+
+    missing = want - len(current) - waiting
+    restarts_due.sort()
+    for i in range(max(0, missing)):
+        restarts = restarts_due[i] if i < len(restarts_due) else 0
+        actions.append(StartReplica(deployment, spec_hash, restarts))
+
+    if len(current) > want:
+        # Stop the surplus: replicas still starting first, then the newest.
+        surplus = sorted(current, key=lambda r: (r.state == READY, -r.started_at))
+        for replica in surplus[: len(current) - want]:
+            actions.append(StopReplica(replica.replica_id, "scaled down"))
+
+    ready_current = sum(1 for r in current if r.state == READY)
+    keep_stale = max(0, want - ready_current)
+    stale.sort(key=lambda r: (r.state == READY, r.started_at), reverse=True)  # keep ready ones
+    for replica in stale[keep_stale:]:
+        actions.append(StopReplica(replica.replica_id, "replaced by a new version"))
+    return actions

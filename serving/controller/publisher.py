@@ -1,0 +1,74 @@
+"""Observed replicas + desired endpoints → a RoutingTable for the router.
+
+`build_routing_table` is pure; RoutingPublisher keeps the version counter and swaps the
+new table into the router's RoutingTableHolder only when something a request could
+notice changed. Only READY replicas are published: a replica that is starting, stopping
+or exited is never offered to a request.
+"""
+
+from __future__ import annotations
+
+from router import (
+    DeploymentRoute,
+    EndpointRoute,
+    Replica,
+    RequestSettings,
+    RoutingTable,
+    RoutingTableHolder,
+)
+
+from ..backends import READY, ReplicaView
+from ..resources import Deployment
+from ..store import EndpointRecord
+
+
+def build_routing_table(version: int, records: list[EndpointRecord], deployments: list[Deployment],
+                        replicas: list[ReplicaView]) -> RoutingTable:
+    ready: dict[tuple[str, str], list[Replica]] = {}
+    for view in replicas:
+        if view.state == READY:
+            ready.setdefault((view.endpoint, view.deployment), []).append(
+                Replica(view.replica_id, view.host, view.port))
+    by_endpoint: dict[str, dict[str, DeploymentRoute]] = {}
+    for deployment in deployments:
+        settings = deployment.request_settings
+        route = DeploymentRoute(
+            name=deployment.name,
+            replicas=tuple(sorted(ready.get((deployment.endpoint_name, deployment.name), []),
+                                  key=lambda r: r.replica_id)),
+            request_settings=RequestSettings(
+                request_timeout_ms=settings.request_timeout_ms,
+                max_concurrent_requests_per_instance=settings.max_concurrent_requests_per_instance,
+                max_queue_wait_ms=settings.max_queue_wait_ms,
+            ),
+        )
+        by_endpoint.setdefault(deployment.endpoint_name, {})[deployment.name] = route
+    endpoints = {}
+    for record in records:
+        endpoint = record.endpoint
+        routes = by_endpoint.get(endpoint.name, {})
+        endpoints[endpoint.name] = EndpointRoute(
+            name=endpoint.name,
+            auth_mode=endpoint.auth_mode,
+            keys=(record.primary_key, record.secondary_key),
+            traffic=tuple((n, w) for n, w in sorted(endpoint.traffic.items()) if w > 0 and n in routes),
+            mirror_traffic=tuple((n, p) for n, p in sorted(endpoint.mirror_traffic.items())
+                                 if p > 0 and n in routes),
+            deployments=routes,
+        )
+    return RoutingTable(version=version, endpoints=endpoints)
+
+
+class RoutingPublisher:
+    def __init__(self, holder: RoutingTableHolder) -> None:
+        self._holder = holder
+
+    def publish(self, records: list[EndpointRecord], deployments: list[Deployment],
+                replicas: list[ReplicaView]) -> bool:
+        """Swap in a new table if it differs from the current one; True if swapped."""
+        current = self._holder.current
+        table = build_routing_table(current.version + 1, records, deployments, replicas)
+        if current.version > 0 and table.endpoints == current.endpoints:
+            return False
+        self._holder.swap(table)
+        return True

@@ -1,0 +1,110 @@
+"""The aiohttp application: health, ``POST /score`` and ``GET /swagger.json``.
+
+``run()`` is user code that may block for seconds, so it always runs in a
+dedicated thread pool; the event loop only moves bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import Executor
+from typing import Awaitable, Callable
+
+from aiohttp import web
+
+from serving.modelserver.loader import ScoringScript
+from serving.modelserver.responses import (
+    JSON,
+    REQUEST_ID_HEADER,
+    encode_result,
+    error_response,
+    exception_message,
+)
+
+log = logging.getLogger("scoregate.modelserver")
+
+MAX_BODY_BYTES = 100 * 1024 * 1024
+HEALTHY = "Healthy"
+
+_SCRIPT_KEY = web.AppKey("script", ScoringScript)
+_EXECUTOR_KEY = web.AppKey("executor", Executor)
+_SWAGGER_KEY = web.AppKey("swagger", bytes)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _request_id(request: web.Request) -> str | None:
+    return request.headers.get(REQUEST_ID_HEADER)
+
+
+def _run_and_encode(script: ScoringScript, raw_data: str, request_id: str | None) -> web.Response:
+    """Runs in a scoring thread: call run(), then encode its result."""
+    try:
+        result = script.run(raw_data)
+    except (Exception, SystemExit) as exc:
+        log.error("run() raised (request id %s)", request_id, exc_info=True)
+        return error_response(500, "ScoringScriptError", exception_message(exc), request_id)
+    return encode_result(result, request_id)
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.Response(text=HEALTHY)
+
+
+async def swagger(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[_SWAGGER_KEY], content_type=JSON)
+
+
+async def score(request: web.Request) -> web.Response:
+    request_id = _request_id(request)
+    body = await request.read()
+    try:
+        raw_data = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return error_response(
+            400,
+            "InvalidRequestBody",
+            f"request body is not valid UTF-8 ({exc.reason} at byte {exc.start})",
+            request_id,
+        )
+    loop = asyncio.get_running_loop()
+    app = request.app
+    return await loop.run_in_executor(
+        app[_EXECUTOR_KEY], _run_and_encode, app[_SCRIPT_KEY], raw_data, request_id
+    )
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own refusals (404, 405, 413) get the same JSON error shape."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+        response = error_response(exc.status, type(exc).__name__.removeprefix("HTTP"), message, _request_id(request))
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+
+
+async def _echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    request_id = _request_id(request)
+    if request_id is not None:
+        response.headers[REQUEST_ID_HEADER] = request_id
+
+
+def make_app(script: ScoringScript, executor: Executor, swagger_document: bytes) -> web.Application:
+    """Build the application; the caller owns the executor's lifetime."""
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_errors])
+    app[_SCRIPT_KEY] = script
+    app[_EXECUTOR_KEY] = executor
+    app[_SWAGGER_KEY] = swagger_document
+    app.on_response_prepare.append(_echo_request_id)
+    app.router.add_get("/", health)
+    app.router.add_get("/ready", health)
+    app.router.add_post("/score", score)
+    app.router.add_get("/swagger.json", swagger)
+    return app

@@ -1,0 +1,55 @@
+"""Turn what ``run()`` returned (or raised) into HTTP responses.
+
+Encoding happens in the scoring thread, not on the event loop, so a large result
+never stalls other connections; this module is therefore plain synchronous code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+REQUEST_ID_HEADER = "x-request-id"
+JSON = "application/json"
+OCTET_STREAM = "application/octet-stream"
+_ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
+def error_response(status: int, code: str, message: str, request_id: str | None) -> web.Response:
+    """Every error body has the same JSON shape as the gateway's own errors."""
+    body = orjson.dumps({"code": code, "message": message, "request_id": request_id})
+    return web.Response(status=status, body=body, content_type=JSON)
+
+
+def exception_message(exc: BaseException) -> str:
+    """``ValueError: bad input`` — the type tells users where to look."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _default(obj: Any) -> Any:
+    # Array-likes (numpy without OPT_SERIALIZE_NUMPY coverage, pandas, torch) expose tolist().
+    tolist = getattr(obj, "tolist", None)
+    if callable(tolist):
+        return tolist()
+    raise TypeError(f"Type is not JSON serializable: {type(obj).__name__}")
+
+
+def encode_result(result: Any, request_id: str | None) -> web.Response:
+    """bytes as is, a ready ``web.Response`` untouched, anything else as JSON."""
+    if isinstance(result, web.Response):
+        return result
+    if isinstance(result, (bytes, bytearray, memoryview)):
+        return web.Response(body=bytes(result), content_type=OCTET_STREAM)
+    try:
+        body = orjson.dumps(result, default=_default, option=_ORJSON_OPTIONS)
+    except TypeError as exc:
+        return error_response(
+            500,
+            "ScoringScriptError",
+            f"run() returned a value that cannot be serialized to JSON: {exception_message(exc)}",
+            request_id,
+        )
+    return web.Response(body=body, content_type=JSON)

@@ -1,0 +1,72 @@
+"""The state dir: how `serve` and every other CLI verb find each other.
+
+    DIR/gateway.json   admin URL, admin token, scoring URL, CA path, pid (mode 0600)
+    DIR/store.db       desired state (serving.store.sqlite)
+    DIR/tls/           development CA and server certificate (tls.devcert)
+    DIR/logs/          replica output, one file per replica
+Default `./.scoregate`, or `--state-dir` / `SCOREGATE_STATE_DIR`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+ENV_VAR = "SCOREGATE_STATE_DIR"
+DEFAULT = ".scoregate"
+
+
+def resolve_state_dir(arg: str | None) -> Path:
+    return Path(arg or os.environ.get(ENV_VAR) or DEFAULT).resolve()
+
+
+@dataclass(frozen=True)
+class GatewayInfo:
+    admin_url: str
+    admin_token: str
+    scoring_url: str
+    ca_cert: str
+    pid: int
+
+
+class StateDir:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    @property
+    def store_path(self) -> Path:
+        return self.root / "store.db"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.root / "tls"
+
+    @property
+    def gateway_file(self) -> Path:
+        return self.root / "gateway.json"
+
+    def create(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
+
+    def write_gateway(self, info: GatewayInfo) -> None:
+        tmp = self.gateway_file.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(orjson.dumps(info.__dict__, option=orjson.OPT_INDENT_2))
+        os.replace(tmp, self.gateway_file)
+
+    def read_gateway(self) -> GatewayInfo | None:
+        try:
+            data = orjson.loads(self.gateway_file.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return None
+        return GatewayInfo(**{k: data[k] for k in GatewayInfo.__dataclass_fields__})
+
+    def remove_gateway(self, pid: int) -> None:
+        info = self.read_gateway()
+        if info is not None and info.pid == pid:
+            self.gateway_file.unlink(missing_ok=True)

@@ -1,0 +1,162 @@
+"""SQLite store: desired state in one file under the state dir (WAL, synchronous=FULL).
+
+Every change is one transaction, so a crash leaves either the old or the new state.
+One connection guarded by a lock: calls come from worker threads (asyncio.to_thread).
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import orjson
+
+from ..resources import Deployment, Endpoint
+from . import EndpointRecord, StoreError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS endpoints (
+    name TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    primary_key TEXT NOT NULL,
+    secondary_key TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deployments (
+    endpoint_name TEXT NOT NULL REFERENCES endpoints(name) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (endpoint_name, name)
+);
+"""
+
+
+def new_key() -> str:
+    return secrets.token_urlsafe(32)
+
+
+class SqliteStore:
+    def __init__(self, path: str | Path) -> None:
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- writes ---------------------------------------------------------------------
+    def apply(self, endpoints: list[Endpoint], deployments: list[Deployment]) -> None:
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for endpoint in endpoints:
+                    spec = orjson.dumps(endpoint.to_dict()).decode()
+                    updated = self._db.execute(
+                        "UPDATE endpoints SET spec=?, updated_at=? WHERE name=?",
+                        (spec, now, endpoint.name)).rowcount
+                    if not updated:
+                        self._db.execute(
+                            "INSERT INTO endpoints VALUES (?,?,?,?,?,?)",
+                            (endpoint.name, spec, new_key(), new_key(), now, now))
+                for deployment in deployments:
+                    spec = orjson.dumps(deployment.to_dict()).decode()
+                    self._db.execute(
+                        "INSERT INTO deployments VALUES (?,?,?,?,?) ON CONFLICT(endpoint_name, name)"
+                        " DO UPDATE SET spec=excluded.spec, updated_at=excluded.updated_at",
+                        (deployment.endpoint_name, deployment.name, spec, now, now))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def delete_endpoint(self, name: str) -> bool:
+        with self._lock:
+            return self._db.execute("DELETE FROM endpoints WHERE name=?", (name,)).rowcount > 0
+
+    def delete_deployment(self, endpoint_name: str, name: str) -> bool:
+        with self._lock:
+            row = self._db.execute("SELECT spec FROM endpoints WHERE name=?", (endpoint_name,)).fetchone()
+            if row is not None:
+                endpoint = Endpoint.from_dict(orjson.loads(row[0]))
+                if endpoint.traffic.get(name, 0) > 0 or endpoint.mirror_traffic.get(name, 0) > 0:
+                    raise StoreError(
+                        f"deployment '{name}' still receives traffic on endpoint '{endpoint_name}';"
+                        " set its traffic to 0 first")
+            return self._db.execute(
+                "DELETE FROM deployments WHERE endpoint_name=? AND name=?",
+                (endpoint_name, name)).rowcount > 0
+
+    def set_instance_count(self, endpoint_name: str, name: str, count: int) -> Deployment:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT spec FROM deployments WHERE endpoint_name=? AND name=?",
+                (endpoint_name, name)).fetchone()
+            if row is None:
+                raise StoreError(f"no deployment '{name}' on endpoint '{endpoint_name}'")
+            deployment = replace(Deployment.from_dict(orjson.loads(row[0])), instance_count=count)
+            self._db.execute(
+                "UPDATE deployments SET spec=?, updated_at=? WHERE endpoint_name=? AND name=?",
+                (orjson.dumps(deployment.to_dict()).decode(), time.time(), endpoint_name, name))
+            return deployment
+
+    def regenerate_key(self, endpoint_name: str, key_type: str) -> EndpointRecord:
+        column = {"primary": "primary_key", "secondary": "secondary_key"}.get(key_type)
+        if column is None:
+            raise StoreError("key_type must be primary or secondary")
+        with self._lock:
+            updated = self._db.execute(
+                f"UPDATE endpoints SET {column}=?, updated_at=? WHERE name=?",
+                (new_key(), time.time(), endpoint_name)).rowcount
+        if not updated:
+            raise StoreError(f"no endpoint '{endpoint_name}'")
+        record = self.get_endpoint(endpoint_name)
+        assert record is not None
+        return record
+
+    # -- reads ----------------------------------------------------------------------
+    def list_endpoints(self) -> list[EndpointRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT spec, primary_key, secondary_key, created_at, updated_at"
+                " FROM endpoints ORDER BY name").fetchall()
+        return [self._record(row) for row in rows]
+
+    def get_endpoint(self, name: str) -> EndpointRecord | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT spec, primary_key, secondary_key, created_at, updated_at"
+                " FROM endpoints WHERE name=?", (name,)).fetchone()
+        return self._record(row) if row else None
+
+    def list_deployments(self, endpoint_name: str | None = None) -> list[Deployment]:
+        with self._lock:
+            if endpoint_name is None:
+                rows = self._db.execute("SELECT spec FROM deployments ORDER BY endpoint_name, name").fetchall()
+            else:
+                rows = self._db.execute(
+                    "SELECT spec FROM deployments WHERE endpoint_name=? ORDER BY name",
+                    (endpoint_name,)).fetchall()
+        return [Deployment.from_dict(orjson.loads(row[0])) for row in rows]
+
+    def get_deployment(self, endpoint_name: str, name: str) -> Deployment | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT spec FROM deployments WHERE endpoint_name=? AND name=?",
+                (endpoint_name, name)).fetchone()
+        return Deployment.from_dict(orjson.loads(row[0])) if row else None
+
+    @staticmethod
+    def _record(row) -> EndpointRecord:
+        return EndpointRecord(Endpoint.from_dict(orjson.loads(row[0])), row[1], row[2], row[3], row[4])

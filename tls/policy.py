@@ -1,0 +1,80 @@
+"""The TLS policy of scoregate, as ready-made ssl.SSLContext objects.
+
+One place decides protocol versions and cipher suites so that the HTTPS listener, the
+admin port and router-to-replica connections cannot drift apart. The policy: TLS 1.2
+or 1.3 only; for TLS 1.2 only forward-secret AEAD suites (ECDHE with AES-GCM or
+ChaCha20-Poly1305); no compression, no renegotiation; ALPN "http/1.1" because that
+is what the router speaks. TLS 1.3 suites are all AEAD and forward secret already.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+from .errors import TLSConfigError
+from .pem import (
+    Password,
+    StrPath,
+    check_key_matches,
+    check_validity,
+    load_certificates,
+    load_private_key,
+)
+
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!PSK"
+ALPN_PROTOCOLS = ["http/1.1"]
+
+
+def server_context(
+    cert_file: StrPath, key_file: StrPath, *, password: Password = None
+) -> ssl.SSLContext:
+    """A server context for `cert_file` (leaf first, then its chain) and `key_file`.
+
+    The files are checked with `cryptography` first so that a bad file gives a
+    TLSConfigError naming it: missing, not PEM, expired, or key not matching.
+    """
+    cert_path, key_path = Path(cert_file), Path(key_file)
+    certs = load_certificates(cert_path)
+    key = load_private_key(key_path, password)
+    check_validity(cert_path, certs)
+    check_key_matches(cert_path, key_path, certs, key)
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    _apply_policy(ctx)
+    ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    try:
+        ctx.load_cert_chain(cert_path, key_path, password=password)
+    except ssl.SSLError as exc:
+        raise TLSConfigError(
+            f"{cert_path}: OpenSSL refused the certificate or key ({exc})"
+        ) from None
+    return ctx
+
+
+def client_context(cafile: StrPath | None = None) -> ssl.SSLContext:
+    """A client context that verifies the server's certificate and hostname.
+
+    With `cafile` only that CA bundle is trusted (e.g. the development CA or the
+    internal CA for replicas); without it, the system's trust store is used.
+    """
+    ca_path = None
+    if cafile is not None:
+        ca_path = Path(cafile)
+        load_certificates(ca_path)  # a clear error for a missing or non-PEM file
+    try:
+        # With a cafile, create_default_context trusts only that file, not the system store.
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_path)
+    except ssl.SSLError as exc:
+        raise TLSConfigError(f"{ca_path}: OpenSSL refused the CA file ({exc})") from None
+    _apply_policy(ctx)
+    ctx.check_hostname = True
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def _apply_policy(ctx: ssl.SSLContext) -> None:
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(TLS12_CIPHERS)
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    ctx.set_alpn_protocols(ALPN_PROTOCOLS)
