@@ -19,6 +19,7 @@ import time
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from ..context import RequestContext
 from ..errors import PayloadTooLarge, UpstreamConnectionError, UpstreamTimeout
@@ -39,6 +40,7 @@ async def _limited(stream: aiohttp.StreamReader, limit: int, ctx: RequestContext
     async for chunk in stream.iter_chunked(STREAM_CHUNK_BYTES):
         ctx.bytes_in += len(chunk)
         if ctx.bytes_in > limit:
+            ctx.error_code = PayloadTooLarge.code  # the client library may wrap what we raise
             raise _BodyTooLarge()
         yield chunk
 
@@ -70,9 +72,10 @@ class Forwarder:
                 headers["Content-Length"] = str(request.content_length)
         else:
             data = None
-        url = f"http://{replica.host}:{replica.port}{path or replica.scoring_path}"
-        if request.query_string:
-            url = f"{url}?{request.query_string}"
+        # Path and query go out byte for byte as the caller sent them (encoded=True).
+        raw = f"http://{replica.host}:{replica.port}{path or replica.scoring_path}"
+        query = request.rel_url.raw_query_string
+        url = URL(f"{raw}?{query}" if query else raw, encoded=True)
         timeout_s = deployment.request_settings.request_timeout_ms / 1000
         ctx.upstream_started_ns = time.perf_counter_ns()
         streaming: list[web.StreamResponse] = []  # set once the answer started
@@ -95,7 +98,7 @@ class Forwarder:
             if streaming:
                 self._abort(request)
                 return streaming[0]
-            if isinstance(exc, aiohttp.ClientPayloadError) and isinstance(exc.__cause__, _BodyTooLarge):
+            if ctx.error_code == PayloadTooLarge.code:
                 raise PayloadTooLarge(f"request body exceeds {self._max_body_bytes} bytes") from None
             raise UpstreamConnectionError(
                 f"the connection to the model failed: {type(exc).__name__}"

@@ -151,6 +151,9 @@ class LocalProcessBackend:
         return "\n".join(out)
 
     async def close(self) -> None:
+        for replica in self._replicas.values():
+            if replica.state != EXITED:
+                replica.state = STOPPING
         await asyncio.gather(*(self._terminate(r) for r in list(self._replicas.values())),
                              return_exceptions=True)
         self._replicas.clear()

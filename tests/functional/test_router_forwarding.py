@@ -1,0 +1,184 @@
+"""The router in this process, a recording replica behind it, real TLS in front:
+what is forwarded, what comes back, and how failures map to status codes."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import socket
+
+import aiohttp
+import pytest
+
+from router import (DeploymentRoute, EndpointRoute, Replica, RequestSettings, RouterApp, RouterSettings,
+                    RoutingTable, RoutingTableHolder)
+from tests.fakes.recording_upstream import RecordingUpstream, Script
+from tls import client_context, ensure_dev_certificates, server_context
+
+KEY = "k" * 43
+
+
+@pytest.fixture
+async def upstream():
+    server = await RecordingUpstream().start()
+    yield server
+    await server.close()
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    return ensure_dev_certificates(tmp_path_factory.mktemp("tls"))
+
+
+def table_for(port: int, timeout_ms: int = 5000) -> RoutingTable:
+    deployment = DeploymentRoute("blue", (Replica("blue-1", "127.0.0.1", port),),
+                                 RequestSettings(request_timeout_ms=timeout_ms))
+    endpoint = EndpointRoute("ep", keys=(KEY, "other"), traffic=(("blue", 100),),
+                             deployments={"blue": deployment})
+    return RoutingTable(version=1, endpoints={"ep": endpoint})
+
+
+@pytest.fixture
+async def router(upstream, certs):
+    holder = RoutingTableHolder(table_for(upstream.port))
+    app = RouterApp(RouterSettings(port=0, ssl_context=server_context(certs.cert, certs.key)), holder)
+    await app.start()
+    yield app
+    await app.drain(1)
+    await app.close()
+
+
+@pytest.fixture
+async def client(certs):
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_context(certs.ca_cert)),
+                                     auto_decompress=False) as session:
+        yield session
+
+
+def url(router, tail="score"):
+    return f"https://127.0.0.1:{router.port}/api/v1/endpoint/ep/{tail}"
+
+
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+async def test_hop_by_hop_and_credentials_are_not_forwarded(router, upstream, client):
+    headers = {**AUTH, "Connection": "keep-alive, X-Private", "X-Private": "secret", "Keep-Alive": "timeout=5",
+               "TE": "trailers", "Proxy-Authorization": "Basic abc", "Proxy-Connection": "keep-alive",
+               "X-Custom": "kept", "X-Forwarded-For": "203.0.113.9", "Content-Type": "application/json"}
+    async with client.post(url(router), data=b'{"a": 1}', headers=headers) as r:
+        assert r.status == 200
+    [seen] = upstream.seen
+    names = {k.lower() for k, _ in seen.headers}
+    for dropped in ("authorization", "x-private", "keep-alive", "te", "proxy-authorization", "proxy-connection"):
+        assert dropped not in names, dropped
+    assert seen.header("X-Custom") == "kept"
+    assert seen.header("Content-Type") == "application/json"
+    assert seen.header("X-Forwarded-For") == "203.0.113.9, 127.0.0.1"
+    assert seen.header("X-Forwarded-Proto") == "https"
+    assert seen.header("x-request-id") == r.headers["x-request-id"]
+    assert seen.body == b'{"a": 1}' and seen.path_qs == "/score"
+
+
+async def test_hop_by_hop_response_headers_are_not_returned(router, upstream, client):
+    upstream.respond = Script(headers={"Content-Type": "text/plain", "Connection": "X-Upstream-Only",
+                                       "X-Upstream-Only": "1", "Proxy-Authenticate": "Basic", "X-Model": "m1"},
+                              body=b"hello")
+    async with client.post(url(router), data=b"x", headers=AUTH) as r:
+        assert r.status == 200 and await r.read() == b"hello"
+        assert r.headers["X-Model"] == "m1"
+        assert "X-Upstream-Only" not in r.headers and "Proxy-Authenticate" not in r.headers
+        assert r.headers["azureml-model-deployment"] == "blue"
+
+
+async def test_large_bodies_stream_both_ways_intact(router, upstream, client):
+    payload = os.urandom(8 * 1024 * 1024)
+    upstream.respond = Script(headers={"Content-Type": "application/octet-stream"}, body=payload[::-1], chunks=64)
+
+    async def chunks():
+        for start in range(0, len(payload), 1 << 20):
+            yield payload[start:start + (1 << 20)]
+
+    async with client.post(url(router), data=chunks(), headers=AUTH) as r:
+        body = await r.read()
+        assert r.status == 200
+    [seen] = upstream.seen
+    assert hashlib.sha256(seen.body).digest() == hashlib.sha256(payload).digest()
+    assert hashlib.sha256(body).digest() == hashlib.sha256(payload[::-1]).digest()
+
+
+async def test_query_string_and_encoded_sub_paths_pass_unchanged(router, upstream, client):
+    async with client.get(url(router, "v2/models/m%2F1/ready?verbose=1&x=%20"), headers=AUTH) as r:
+        assert r.status == 200
+    assert upstream.seen[0].raw_path == "/v2/models/m%2F1/ready?verbose=1&x=%20"
+    assert upstream.seen[0].method == "GET" and upstream.seen[0].body == b""
+
+
+async def test_non_2xx_from_the_model_is_424_with_its_status_reason_and_body(router, upstream, client):
+    upstream.respond = Script(status=503, reason="Model Busy", body=b'{"detail": "busy"}')
+    async with client.post(url(router), data=b"{}", headers=AUTH) as r:
+        assert r.status == 424
+        assert r.headers["ms-azureml-model-error-statuscode"] == "503"
+        assert r.headers["ms-azureml-model-error-reason"] == "Model Busy"
+        assert await r.read() == b'{"detail": "busy"}'
+
+
+async def test_a_model_that_does_not_answer_in_time_is_504(router, upstream, client):
+    router.holder.swap(table_for(upstream.port, timeout_ms=200))
+    upstream.respond = Script(delay_s=2)
+    async with client.post(url(router), data=b"{}", headers=AUTH) as r:
+        body = await r.json()
+        assert r.status == 504 and body["code"] == "ModelTimeout"
+        assert body["request_id"] == r.headers["x-request-id"]
+
+
+async def test_a_refused_connection_is_502(router, client):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    router.holder.swap(table_for(closed_port))
+    async with client.post(url(router), data=b"{}", headers=AUTH) as r:
+        assert r.status == 502 and (await r.json())["code"] == "ModelConnectionError"
+
+
+async def test_no_ready_replica_is_503_with_retry_after(router, client):
+    endpoint = EndpointRoute("ep", keys=(KEY,), traffic=(("blue", 100),),
+                             deployments={"blue": DeploymentRoute("blue")})
+    router.holder.swap(RoutingTable(version=5, endpoints={"ep": endpoint}))
+    async with client.post(url(router), data=b"{}", headers=AUTH) as r:
+        assert r.status == 503 and r.headers["Retry-After"] == "1"
+        assert (await r.json())["code"] == "NoReadyReplica"
+
+
+async def test_a_declared_body_over_the_limit_is_413_without_reaching_the_model(upstream, certs, client):
+    holder = RoutingTableHolder(table_for(upstream.port))
+    from router import BodySettings
+    app = RouterApp(RouterSettings(port=0, ssl_context=server_context(certs.cert, certs.key),
+                                   body=BodySettings(max_body_bytes=1024)), holder)
+    await app.start()
+    try:
+        async with client.post(url(app), data=b"x" * 4096, headers=AUTH) as r:
+            assert r.status == 413 and (await r.json())["code"] == "PayloadTooLarge"
+        async def chunks():
+            for _ in range(8):
+                yield b"y" * 512
+        async with client.post(url(app), data=chunks(), headers=AUTH) as r:
+            assert r.status == 413, await r.text()
+    finally:
+        await app.drain(1)
+        await app.close()
+    assert all(len(s.body) <= 1024 for s in upstream.seen)
+
+
+async def test_metrics_count_requests_by_endpoint_deployment_and_status(router, upstream, client):
+    for _ in range(3):
+        async with client.post(url(router), data=b"{}", headers=AUTH) as r:
+            assert r.status == 200
+    async with client.post(url(router), data=b"{}") as r:
+        assert r.status == 401
+    value = router.recorder.registry.get_sample_value
+    assert value("scoregate_requests_total", {"endpoint": "ep", "deployment": "blue", "status": "200", "code": ""}) == 3
+    assert value("scoregate_requests_total", {"endpoint": "ep", "deployment": "-", "status": "401",
+                                              "code": "Unauthorized"}) == 1
+    assert value("scoregate_request_duration_seconds_count", {"endpoint": "ep", "deployment": "blue"}) == 3

@@ -1,0 +1,86 @@
+"""YAML validation: every error names the file and the field; good YAML parses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from serving.manifests import ManifestError, parse_all, read_documents
+from tests.support.manifests import ECHO_MODEL, write_deployment, write_endpoint
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def test_the_iris_example_parses():
+    endpoints, deployments = parse_all(read_documents([REPO / "examples" / "iris"]), set(), set())
+    assert [e.name for e in endpoints] == ["iris"]
+    assert endpoints[0].traffic == {"blue": 90, "green": 10}
+    assert sorted(d.name for d in deployments) == ["blue", "green"]
+    blue = next(d for d in deployments if d.name == "blue")
+    assert Path(blue.code).is_absolute() and blue.scoring_script == "score.py"
+    assert Path(blue.model_path, "model.json").is_file()
+    assert blue.request_settings.max_concurrent_requests_per_instance == 1
+
+
+def write(tmp_path, text: str) -> Path:
+    path = tmp_path / "bad.yml"
+    path.write_text(text)
+    return path
+
+
+DEPLOYMENT = f"""
+name: blue
+endpoint_name: ep
+code_configuration: {{code: {ECHO_MODEL}, scoring_script: score.py}}
+"""
+
+
+@pytest.mark.parametrize("text, field, words", [
+    ("name: ep\ntraffic: {aa: 50, bb: 20}\n", "traffic", "add up to 100"),
+    ("name: 1ep\n", "name", "starting with a letter"),
+    ("name: ep\nauth_mode: password\n", "auth_mode", "key, none"),
+    ("name: ep\ntrafic: {}\n", "trafic", "unknown field"),
+    ("name: ep\nmirror_traffic: {aa: 60}\n", "mirror_traffic.aa", "at most 50"),
+    ("name: ep\ntraffic: {a: 100}\n", "traffic.a", "starting with a letter"),
+    (DEPLOYMENT + "instance_count: -1\n", "instance_count", "at least 0"),
+    (DEPLOYMENT + "instance_count: many\n", "instance_count", "integer"),
+    (DEPLOYMENT + "request_settings: {request_timeout_ms: fast}\n", "request_settings.request_timeout_ms", "integer"),
+    (DEPLOYMENT + "request_settings: {max_concurrent_requests_per_instance: 0}\n",
+     "request_settings.max_concurrent_requests_per_instance", "at least 1"),
+    (DEPLOYMENT + "request_settings: {timeout: 3}\n", "request_settings.timeout", "unknown field"),
+    (DEPLOYMENT + "model: {path: ./nowhere}\n", "model.path", "does not exist"),
+    ("name: blue\nendpoint_name: ep\ncode_configuration: {code: /nonexistent, scoring_script: s.py}\n",
+     "code_configuration.code", "does not exist"),
+    (f"name: blue\nendpoint_name: ep\ncode_configuration: {{code: {ECHO_MODEL}, scoring_script: nope.py}}\n",
+     "code_configuration.scoring_script", "not a file"),
+    ("name: ep\ntraffic: [1, 2\n", "line", "not valid YAML"),
+])
+def test_errors_name_the_file_and_the_field(tmp_path, text, field, words):
+    path = write(tmp_path, text)
+    with pytest.raises(ManifestError) as caught:
+        parse_all(read_documents([path]), {"ep"}, set())
+    message = str(caught.value)
+    assert message.startswith(f"{path}: {field}"), message
+    assert words in message
+
+
+def test_references_are_checked_across_the_applied_set(tmp_path):
+    write_endpoint(tmp_path, "ep", traffic={"blue": 100})
+    with pytest.raises(ManifestError, match=r"traffic.blue: endpoint 'ep' has no deployment 'blue'"):
+        parse_all(read_documents([tmp_path]), set(), set())
+    write_deployment(tmp_path, "ep", "blue")
+    endpoints, deployments = parse_all(read_documents([tmp_path]), set(), set())
+    assert len(endpoints) == 1 and len(deployments) == 1
+    # A deployment alone needs its endpoint to exist already.
+    lone = write_deployment(tmp_path / "..", "other", "blue")
+    with pytest.raises(ManifestError, match="endpoint_name: no endpoint 'other'"):
+        parse_all(read_documents([lone]), set(), set())
+    assert parse_all(read_documents([lone]), {"other"}, set())[1][0].endpoint_name == "other"
+
+
+def test_an_empty_folder_and_a_missing_path_are_errors(tmp_path):
+    with pytest.raises(ManifestError, match="no .yml"):
+        read_documents([tmp_path])
+    with pytest.raises(ManifestError, match="no such file"):
+        read_documents([tmp_path / "missing.yml"])

@@ -1,0 +1,85 @@
+"""The planner, table-driven: desired deployments + observed replicas → actions."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from serving.backends import EXITED, READY, STARTING, STOPPING, ReplicaView
+from serving.controller.planner import ForgetReplica, StartReplica, StopReplica, plan, restart_backoff_s
+from serving.resources import Deployment
+
+NOW = 1000.0
+BLUE = Deployment(name="blue", endpoint_name="ep", code="/code", scoring_script="score.py", instance_count=2)
+HASH = BLUE.replica_spec_hash()
+
+
+def replica(rid, state=READY, spec_hash=HASH, deployment="blue", started_at=1.0, restarts=0, ended_at=None):
+    return ReplicaView(rid, "ep", deployment, spec_hash, state, "127.0.0.1", 1, 1, started_at,
+                       restarts=restarts, ended_at=ended_at)
+
+
+def summary(actions):
+    out = []
+    for a in actions:
+        if isinstance(a, StartReplica):
+            out.append(("start", a.deployment.name, a.restarts))
+        elif isinstance(a, StopReplica):
+            out.append(("stop", a.replica_id))
+        else:
+            out.append(("forget", a.replica_id))
+    return sorted(out)
+
+
+CASES = {
+    "nothing running: start instance_count": (
+        [BLUE], [], [("start", "blue", 0), ("start", "blue", 0)]),
+    "all running: keep": (
+        [BLUE], [replica("a"), replica("b", STARTING)], []),
+    "one short: start one": (
+        [BLUE], [replica("a")], [("start", "blue", 0)]),
+    "one too many: stop a starting one first": (
+        [BLUE], [replica("a"), replica("b"), replica("c", STARTING)], [("stop", "c")]),
+    "one too many, all ready: stop the newest": (
+        [BLUE], [replica("a", started_at=1), replica("b", started_at=3), replica("c", started_at=2)],
+        [("stop", "b")]),
+    "deployment deleted: stop all, forget exited": (
+        [], [replica("a"), replica("b", EXITED, ended_at=NOW)], [("forget", "b"), ("stop", "a")]),
+    "exited, back-off over: forget and restart with restarts+1": (
+        [BLUE], [replica("a"), replica("b", EXITED, restarts=2, ended_at=NOW - 10)],
+        [("forget", "b"), ("start", "blue", 3)]),
+    "exited, back-off running: wait": (
+        [BLUE], [replica("a"), replica("b", EXITED, restarts=3, ended_at=NOW - 1)], []),
+    "stopping replicas are left alone": (
+        [BLUE], [replica("a"), replica("b"), replica("c", STOPPING)], []),
+    "new spec, nothing ready yet: start new, keep old serving": (
+        [BLUE], [replica("a", spec_hash="old"), replica("b", spec_hash="old")],
+        [("start", "blue", 0), ("start", "blue", 0)]),
+    "new spec, one new ready: stop one old": (
+        [BLUE], [replica("a", spec_hash="old", started_at=1), replica("b", spec_hash="old", started_at=2),
+                 replica("n1"), replica("n2", STARTING)], [("stop", "a")]),
+    "new spec, all new ready: stop all old": (
+        [BLUE], [replica("a", spec_hash="old"), replica("b", spec_hash="old"), replica("n1"), replica("n2")],
+        [("stop", "a"), ("stop", "b")]),
+    "exited replica of an old spec: forget without restart count": (
+        [BLUE], [replica("x", EXITED, spec_hash="old", ended_at=NOW), replica("a"), replica("b")],
+        [("forget", "x")]),
+    "scale to zero": (
+        [replace(BLUE, instance_count=0)], [replica("a"), replica("b")], [("stop", "a"), ("stop", "b")]),
+}
+
+
+@pytest.mark.parametrize("desired, observed, expected", CASES.values(), ids=CASES.keys())
+def test_plan(desired, observed, expected):
+    assert summary(plan(desired, observed, NOW)) == sorted(expected)
+
+
+def test_restart_backoff_doubles_and_is_capped():
+    assert [restart_backoff_s(n) for n in range(4)] == [0.5, 1.0, 2.0, 4.0]
+    assert restart_backoff_s(50) == 30.0
+
+
+def test_only_what_makes_a_replica_changes_its_hash():
+    assert replace(BLUE, instance_count=5).replica_spec_hash() == HASH
+    assert replace(BLUE, environment_variables={"A": "1"}).replica_spec_hash() != HASH
