@@ -7,18 +7,18 @@ works for one process or many without sending per-request events anywhere.
 
 from __future__ import annotations
 
-from typing import TextIO
+from typing import Callable, TextIO
 
 
 class Progress:
     """Turns successive counter snapshots into 'per second' lines."""
 
     def __init__(self, stream: TextIO | None, label: str, duration: float,
-                 target_rate: float | None = None) -> None:
+                 target_rate: Callable[[float], float] | None = None) -> None:
         self.stream = stream
         self.label = label
         self.duration = duration
-        self.target_rate = target_rate
+        self.target_rate = target_rate  # rate(t) of the open-loop profile
         self._last = (0.0, 0, 0)
 
     def line(self, elapsed: float, counts: tuple) -> str:
@@ -28,13 +28,17 @@ class Progress:
         self._last = (elapsed, sent, completed)
         send_rate = (sent - sent_prev) / dt
         done_rate = (completed - done_prev) / dt
-        target = f" of {self.target_rate:.0f}" if self.target_rate else ""
+        target = ""
+        if self.target_rate is not None:
+            target = f", target {self.target_rate(min(elapsed, self.duration) - dt / 2):.0f}/s"
         return (f"[{self.label}] {elapsed:5.1f}s/{self.duration:g}s  "
-                f"sent {sent} ({send_rate:.0f}{target}/s)  done {completed} "
+                f"sent {sent} ({send_rate:.0f}/s{target})  done {completed} "
                 f"({done_rate:.0f}/s)  failed {failed}  dropped {dropped}  "
                 f"in-flight {in_flight}")
 
     def tick(self, elapsed: float, counts: tuple) -> None:
+        if self._last[0] and elapsed - self._last[0] < 0.1:
+            return  # the final line right after a regular one would repeat it
         text = self.line(elapsed, counts)
         if self.stream is not None:
             print(text, file=self.stream, flush=True)

@@ -17,9 +17,10 @@ SERIES_DIGITS = 2  # per-second histograms: 1 % precision is plenty, 8x smaller
 
 
 class _Second:
-    __slots__ = ("sent", "completed", "failed", "hist")
+    __slots__ = ("scheduled", "sent", "completed", "failed", "hist")
 
     def __init__(self) -> None:
+        self.scheduled = 0
         self.sent = 0
         self.completed = 0
         self.failed = 0
@@ -55,6 +56,11 @@ class Recorder:
         return sec
 
     # -- hot path --------------------------------------------------------
+    def on_scheduled(self, offset: float) -> None:
+        """One more start in the open-loop schedule, `offset` s after t0."""
+        self.scheduled += 1
+        self._second(self.t0 + offset).scheduled += 1
+
     def on_start(self, now: float, lateness_s: float | None = None) -> None:
         self.sent += 1
         self.in_flight += 1
@@ -97,13 +103,14 @@ class Recorder:
                 self.in_flight)
 
     def series(self) -> list[dict]:
-        """Per second since start: sent, completed, failed, p50/p99 ms."""
+        """Per second since start: scheduled and sent (by start time), completed,
+        failed and p50/p99/max ms (by completion time)."""
         if not self.seconds:
             return []
         out = []
         for idx in range(max(self.seconds) + 1):
             sec = self.seconds.get(idx) or _Second()
-            out.append({"second": idx, "sent": sec.sent, "completed": sec.completed,
+            out.append({"second": idx, "scheduled": sec.scheduled, "sent": sec.sent, "completed": sec.completed,
                         "failed": sec.failed, "p50_ms": sec.hist.percentile_ms(50),
                         "p99_ms": sec.hist.percentile_ms(99), "max_ms": sec.hist.max_us / 1000.0})
         return out
@@ -118,7 +125,7 @@ class Recorder:
             "error_samples": dict(self.error_samples), "dropped": dict(self.dropped),
             "latency_all": self.latency_all.encode(), "latency_ok": self.latency_ok.encode(),
             "lateness": self.lateness.encode(),
-            "seconds": {i: (s.sent, s.completed, s.failed, s.hist.encode())
+            "seconds": {i: (s.scheduled, s.sent, s.completed, s.failed, s.hist.encode())
                         for i, s in self.seconds.items()},
         }
 
@@ -133,9 +140,9 @@ class Recorder:
         rec.dropped.update(snap["dropped"])
         for name in ("latency_all", "latency_ok", "lateness"):
             setattr(rec, name, LatencyHistogram.decode(snap[name]))
-        for idx, (sent, completed, failed, hist) in snap["seconds"].items():
+        for idx, (scheduled, sent, completed, failed, hist) in snap["seconds"].items():
             sec = rec.seconds[int(idx)] = _Second()
-            sec.sent, sec.completed, sec.failed = sent, completed, failed
+            sec.scheduled, sec.sent, sec.completed, sec.failed = scheduled, sent, completed, failed
             sec.hist = LatencyHistogram.decode(hist)
         return rec
 
@@ -157,6 +164,7 @@ class Recorder:
             out.lateness.merge(p.lateness)
             for idx, sec in p.seconds.items():
                 mine = out.seconds.setdefault(idx, _Second())
+                mine.scheduled += sec.scheduled
                 mine.sent += sec.sent
                 mine.completed += sec.completed
                 mine.failed += sec.failed

@@ -33,22 +33,30 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _steps(series: list[dict], key: str) -> tuple[list[float], list[float]]:
+    """Per-second values as a step line covering [second, second + 1)."""
+    xs = [s["second"] for s in series] + [series[-1]["second"] + 1] if series else []
+    ys = [s[key] for s in series] + [series[-1][key]] if series else []
+    return xs, ys
+
+
 def plot_latency_over_time(results: list[RunResult], path: Path) -> Path:
-    """p50 (solid) and p99 (dashed) per second of completion."""
+    """p50 (solid) and p99 (dashed) of the requests completed in each second."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9, 4.5))
     try:
         for i, r in enumerate(results):
-            xs = [s["second"] for s in r.series if s["completed"]]
+            busy = [s for s in r.series if s["completed"]]
             color = f"C{i % 10}"
-            ax.plot(xs, [s["p50_ms"] for s in r.series if s["completed"]], color=color,
-                    label=f"{r.label} p50")
-            ax.plot(xs, [s["p99_ms"] for s in r.series if s["completed"]], color=color,
-                    linestyle="--", label=f"{r.label} p99")
+            for key, style in (("p50_ms", "-"), ("p99_ms", "--")):
+                xs, ys = _steps(busy, key)
+                ax.step(xs, [max(y, 0.001) for y in ys], where="post", color=color,
+                        linestyle=style, label=f"{r.label} {key[:-3]}")
         ax.set_xlabel("time since start (s)")
         ax.set_ylabel("latency (ms)")
-        ax.set_title("Latency percentiles over time")
-        ax.grid(True, alpha=0.3)
+        ax.set_yscale("log")
+        ax.set_title("Latency percentiles over time (by completion second)")
+        ax.grid(True, alpha=0.3, which="both")
         ax.legend(fontsize="small")
         return _save(fig, path)
     finally:
@@ -61,16 +69,15 @@ def plot_throughput(results: list[RunResult], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(9, 4.5))
     try:
         for i, r in enumerate(results):
-            xs = [s["second"] for s in r.series]
             color = f"C{i % 10}"
-            ax.plot(xs, [s["completed"] for s in r.series], color=color,
+            ax.step(*_steps(r.series, "completed"), where="post", color=color,
                     label=f"{r.label} completed/s")
             if any(s["failed"] for s in r.series):
-                ax.plot(xs, [s["failed"] for s in r.series], color=color, linestyle=":",
-                        label=f"{r.label} failed/s")
-            if r.target_rate:
-                ax.axhline(r.target_rate, color=color, linestyle="--", alpha=0.5,
-                           label=f"{r.label} target (mean)")
+                ax.step(*_steps(r.series, "failed"), where="post", color=color,
+                        linestyle=":", label=f"{r.label} failed/s")
+            if r.mode == "open" and r.series:
+                ax.step(*_steps(r.series, "scheduled"), where="post", color=color,
+                        linestyle="--", alpha=0.5, label=f"{r.label} target/s")
         ax.set_xlabel("time since start (s)")
         ax.set_ylabel("requests per second")
         ax.set_title("Throughput over time")

@@ -102,7 +102,7 @@ class RunResult:
                            f"({self.config.get('max_in_flight')})")
         late = self.dropped.get("out_of_time", 0)
         if late:
-            reasons.append(f"{late} scheduled requests not sent before the end")
+            reasons.append(f"{late} scheduled requests never sent (generator out of time)")
         return reasons
 
     @property
@@ -171,9 +171,10 @@ class RunResult:
             f"- target: `{c.get('method', 'GET')} {c.get('url')}`",
             f"- {shape}, {self.duration:g} s, {c.get('processes', 1)} process(es), "
             f"started {self.started_at}",
-            f"- requests: {self.sent} sent of {self.scheduled} scheduled, {self.completed} "
-            f"completed, {self.ok} ok, {self.failed} failed, {self.dropped_total} dropped "
-            f"by the generator",
+            f"- requests: {self.sent} sent"
+            + (f" of {self.scheduled} scheduled" if self.mode == "open" else "")
+            + f", {self.completed} completed, {self.ok} ok, {self.failed} failed"
+            + (f", {self.dropped_total} dropped by the generator" if self.mode == "open" else ""),
             f"- rates: achieved {self.achieved_rate:.1f} req/s"
             + (f" of {self.target_rate:.1f} targeted" if self.target_rate is not None else "")
             + f", throughput {self.throughput:.1f} req/s over {self.elapsed_s:.2f} s",
@@ -199,7 +200,7 @@ class RunResult:
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    return text.replace("|", "\\|").replace("\n", " ").strip()
 
 
 def latency_row(name: str, hist: LatencyHistogram) -> str:

@@ -94,30 +94,45 @@ async def run_share(spec: RunSpec, index: int = 0, recorder: Recorder | None = N
 
 async def _with_progress(spec: RunSpec, progress: Progress | None) -> Recorder:
     rec = Recorder()
-    job = asyncio.ensure_future(run_share(replace(spec, processes=1), 0, rec))
+    job = asyncio.ensure_future(run_share(spec, 0, rec))
     started = time.perf_counter()
     deadline = started + spec.duration + spec.target.timeout + 30.0
     while not job.done() and time.perf_counter() < deadline:
         await asyncio.wait({job}, timeout=1.0)
         if progress is not None and not job.done():
             progress.tick(time.perf_counter() - started, rec.counts())
-    if not job.done():
+    if not job.done():  # only if a bound below failed; never wait forever
         job.cancel()
-    return await job
+        await asyncio.wait({job}, timeout=5.0)
+        raise TimeoutError(f"load test did not finish within {deadline - started:.0f} s")
+    rec = job.result()
+    if progress is not None:
+        progress.tick(time.perf_counter() - started, rec.counts())
+    return rec
+
+
+def _progress(spec: RunSpec, stream: TextIO | None) -> Progress:
+    target_rate = parse_profile(spec.profile).rate if spec.mode == "open" else None
+    return Progress(stream, spec.label, spec.duration, target_rate)
+
+
+async def run_async(spec: RunSpec, progress_stream: TextIO | None = None) -> RunResult:
+    """Run in the current event loop, e.g. next to a scenario's own actions.
+
+    Always one process: worker processes need a blocking parent (use run()).
+    """
+    spec = replace(spec, processes=1)
+    started_at = time.time()
+    rec = await _with_progress(spec, _progress(spec, progress_stream))
+    return RunResult.from_recorder(rec, spec.label, spec.config(), started_at)
 
 
 def run(spec: RunSpec, progress_stream: TextIO | None = None) -> RunResult:
     """Run the spec to completion (blocking) and return the merged result."""
-    target_rate = None
-    if spec.mode == "open":
-        target_rate = parse_profile(spec.profile).expected_count(spec.duration) / spec.duration
-    progress = Progress(progress_stream, spec.label, spec.duration, target_rate)
-    started_at = time.time()
     if spec.processes == 1:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
-            rec = runner.run(_with_progress(spec, progress))
-    else:
-        rec, started_at = _run_processes(spec, progress)
+            return runner.run(run_async(spec, progress_stream))
+    rec, started_at = _run_processes(spec, _progress(spec, progress_stream))
     return RunResult.from_recorder(rec, spec.label, spec.config(), started_at)
 
 
@@ -136,6 +151,7 @@ def _run_processes(spec: RunSpec, progress: Progress) -> tuple[Recorder, float]:
         _collect(inbox, procs, "ready", time.monotonic() + STARTUP_TIMEOUT)
         start_at.value = time.time() + 0.2
         go.set()
+        time.sleep(0.2)  # so progress ticks fall on whole seconds of the run
         end = time.monotonic() + 0.2 + spec.duration + spec.target.timeout + 30.0
 
         def tick() -> None:
@@ -146,6 +162,7 @@ def _run_processes(spec: RunSpec, progress: Progress) -> tuple[Recorder, float]:
                 progress.tick(elapsed, tuple(totals))
 
         snaps = _collect(inbox, procs, "done", end, tick)
+        tick()
     finally:
         go.set()  # release workers still waiting if we bailed out early
         for p in procs:
@@ -211,4 +228,4 @@ async def _worker_async(spec: RunSpec, index: int, shared, start_at: float) -> R
     return result
 
 
-__all__ = ["RunSpec", "WorkerError", "run", "run_share"]
+__all__ = ["RunSpec", "WorkerError", "run", "run_async", "run_share"]

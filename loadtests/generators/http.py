@@ -93,7 +93,9 @@ async def send_one(session: aiohttp.ClientSession, target: Target
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # every failure is counted by kind, none escapes
-        return None, classify_error(exc), f"{type(exc).__name__}: {exc}"[:300]
+        text = str(exc)
+        name = type(exc).__name__
+        return None, classify_error(exc), (f"{name}: {text}" if text else name)[:300]
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

@@ -1,0 +1,102 @@
+"""Argument parsing and error classification (no traffic)."""
+
+import asyncio
+import errno
+
+import aiohttp
+import pytest
+
+from loadtests.cli import build_parser, run_cli, spec_from_args
+from loadtests.generators.http import classify_error
+from loadtests.runner import RunSpec
+from loadtests.generators.http import Target
+
+
+def parse(*argv):
+    return build_parser().parse_args(["run", *argv])
+
+
+def test_open_loop_arguments_become_a_spec(tmp_path):
+    body = tmp_path / "body.json"
+    body.write_bytes(b'{"data": [1, 2]}')
+    args = parse("--url", "https://127.0.0.1:8443/api/v1/endpoint/e/score", "--method", "post",
+                 "-H", "Authorization: Bearer k:with:colons", "--header", "X-A:1",
+                 "--body-file", str(body), "--cafile", "ca.pem", "--rate", "250",
+                 "--duration", "3", "--timeout", "2", "--processes", "2", "--label", "gw")
+    spec = spec_from_args(args)
+    assert spec.mode == "open" and spec.profile == "constant:250"
+    assert spec.target.method == "POST"
+    assert spec.target.headers == (("Authorization", "Bearer k:with:colons"), ("X-A", "1"))
+    assert spec.target.body == b'{"data": [1, 2]}'
+    assert spec.target.cafile == "ca.pem" and spec.target.timeout == 2
+    assert spec.processes == 2 and spec.label == "gw" and spec.total_connections == 256
+
+
+def test_closed_loop_and_profile():
+    spec = spec_from_args(parse("--url", "http://127.0.0.1:1/", "--closed-loop",
+                                "--connections", "4", "--duration", "1"))
+    assert spec.mode == "closed" and spec.total_connections == 4 and spec.profile is None
+    assert spec.label == "127.0.0.1:1"
+    spec = spec_from_args(parse("--url", "http://x/", "--profile", "step:100,200,400@2s",
+                                "--duration", "6"))
+    assert spec.profile == "step:100,200,400@2s"
+    assert spec.config()["profile"] == "step:100,200,400@2s"
+
+
+@pytest.mark.parametrize("argv", [
+    ["--url", "http://x/", "--duration", "1"],                               # no load shape
+    ["--url", "http://x/", "--rate", "1", "--closed-loop", "--duration", "1"],
+    ["--url", "http://x/", "--rate", "-1", "--duration", "1"],
+    ["--url", "http://x/", "--rate", "10", "--duration", "0"],
+    ["--url", "http://x/", "--profile", "zigzag:1@1s", "--duration", "1"],
+    ["--url", "http://x/", "--rate", "10", "--duration", "1", "--header", "no-colon"],
+    ["--rate", "10", "--duration", "1"],                                      # no url
+])
+def test_bad_arguments_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        run_cli(argv)
+    assert exc.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_compare_needs_output():
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["compare", "a", "b"])
+    args = build_parser().parse_args(["compare", "a", "b", "--output", "o"])
+    assert [str(d) for d in args.dirs] == ["a", "b"]
+
+
+def test_compare_of_missing_dirs_is_a_clear_error(tmp_path, capsys):
+    assert run_cli(["compare", str(tmp_path / "nope"), "--output", str(tmp_path / "o")]) == 1
+    assert "cannot read results" in capsys.readouterr().err
+
+
+def test_runspec_validates():
+    t = Target("http://127.0.0.1:1/")
+    with pytest.raises(ValueError):
+        RunSpec(t, duration=1, mode="open", profile="bad")
+    with pytest.raises(ValueError):
+        RunSpec(t, duration=1, mode="sideways")
+    with pytest.raises(ValueError):
+        RunSpec(t, duration=0, mode="closed")
+
+
+class _Key:
+    def __init__(self):
+        self.ssl = None
+        self.host, self.port = "127.0.0.1", 1
+
+
+@pytest.mark.parametrize("exc,kind", [
+    (asyncio.TimeoutError(), "timeout"),
+    (aiohttp.ServerTimeoutError("read"), "timeout"),
+    (aiohttp.ClientConnectorError(_Key(), OSError(errno.ECONNREFUSED, "refused")), "connect"),
+    (ConnectionRefusedError(), "connect"),
+    (aiohttp.ServerDisconnectedError(), "reset"),
+    (aiohttp.ClientPayloadError("truncated"), "reset"),
+    (ConnectionResetError(), "reset"),
+    (aiohttp.ClientOSError(errno.ECONNRESET, "reset"), "reset"),
+    (ValueError("bad"), "other"),
+])
+def test_classify_error(exc, kind):
+    assert classify_error(exc) == kind
