@@ -2,7 +2,8 @@
 
 Lifecycle, as for every long-lived object here: start() binds and serves,
 drain(timeout_s) stops accepting and lets in-flight requests finish, close() releases
-the upstream pool. The control plane feeds it through the RoutingTableHolder only.
+the upstream pool. The control plane feeds it through the RoutingTableHolder and reads
+it through the few methods under "for the control plane" below.
 """
 
 from __future__ import annotations
@@ -11,19 +12,24 @@ import asyncio
 import logging
 import random
 import ssl
+import time
 from dataclasses import dataclass, field
 
+import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .admission import Admission, UtilizationWindow
 from .auth import KeyAuthenticator
 from .balancing import InFlightCounter
+from .balancing.ejection import OutlierEjector
 from .balancing.least_outstanding import LeastOutstandingPicker
 from .handlers import ScoringHandlers
 from .mirroring import Mirror
-from .pipeline import BodySettings, ScoringPipeline
-from .recording import Recorder
-from .routing_table import RoutingTableHolder
+from .pipeline import BodySettings, RetrySettings, ScoringPipeline
+from .ratelimit import RateLimiter
+from .recording import DeploymentCollector, Recorder
+from .routing_table import RoutingTable, RoutingTableHolder
 from .traffic import DeploymentPicker
 from .upstream.forward import Forwarder
 from .upstream.pool import UpstreamPool
@@ -37,7 +43,17 @@ class RouterSettings:
     port: int = 8443
     ssl_context: ssl.SSLContext | None = None
     body: BodySettings = field(default_factory=BodySettings)
+    retry: RetrySettings = field(default_factory=RetrySettings)
+    # Admission queue bound per deployment = factor × replicas × slots per replica.
+    queue_depth_factor: int = 2
+    # Outlier ejection: consecutive failures, first back-off, longest back-off.
+    ejection_failures: int = 3
+    ejection_base_s: float = 2.0
+    ejection_max_s: float = 60.0
     keepalive_timeout_s: float = 75.0
+    # Idle upstream connections are closed by us before the replica would close them,
+    # so a request is never written onto a connection the replica is closing.
+    upstream_keepalive_s: float = 15.0
     max_line_size: int = 8190
     max_field_size: int = 8190
     backlog: int = 1024
@@ -50,23 +66,47 @@ class RouterApp:
         self.holder = holder
         self.recorder = Recorder()
         self.in_flight = InFlightCounter()
-        self._pool = UpstreamPool()
+        self._pool = UpstreamPool(keepalive_timeout_s=settings.upstream_keepalive_s)
+        self.ejector = OutlierEjector(consecutive_failures=settings.ejection_failures,
+                                      base_ejection_s=settings.ejection_base_s,
+                                      max_ejection_s=settings.ejection_max_s)
+        self.ejector.probe = self._probe_replica
         picker = LeastOutstandingPicker(rng)
-        self._mirror = Mirror(self._pool, picker, self.in_flight, self.recorder)
+        self.admission = Admission(
+            holder, self.in_flight, picker, self.ejector, queue_depth_factor=settings.queue_depth_factor,
+            on_queue_wait=lambda key, s: self.recorder.queue_wait.labels(*key).observe(s))
+        self._mirror = Mirror(self._pool, self.admission, self.recorder)
         pipeline = ScoringPipeline(
-            holder,
-            KeyAuthenticator(token_verifier),
-            DeploymentPicker(rng),
-            picker,
-            self.in_flight,
-            self._mirror,
+            holder, KeyAuthenticator(token_verifier), RateLimiter(), DeploymentPicker(rng),
+            self.admission, self.ejector, self._mirror,
             Forwarder(self._pool, max_body_bytes=settings.body.max_body_bytes),
-            settings.body,
+            self.recorder, settings.body, settings.retry,
         )
         self._handlers = ScoringHandlers(pipeline, self.recorder)
+        self.recorder.registry.register(DeploymentCollector(holder, self.admission, self.ejector))
         self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
-        holder.subscribe(lambda _old, new: self.recorder.routing_version.set(new.version))
+        holder.subscribe(self._on_table_change)
+        self.recorder.routing_version.set(holder.current.version)
+
+    def _on_table_change(self, _old: RoutingTable, new: RoutingTable) -> None:
+        self.recorder.routing_version.set(new.version)
+        self.ejector.forget({r.replica_id for e in new.endpoints.values()
+                             for d in e.deployments.values() for r in d.replicas})
+
+    async def _probe_replica(self, replica_id: str) -> bool:
+        for endpoint in self.holder.current.endpoints.values():
+            for deployment in endpoint.deployments.values():
+                for replica in deployment.replicas:
+                    if replica.replica_id == replica_id:
+                        url = f"http://{replica.host}:{replica.port}{replica.liveness_path}"
+                        try:
+                            async with asyncio.timeout(2.0):
+                                async with self._pool.session.get(url) as response:
+                                    await response.read()
+                                    return response.status == 200
+                        except (aiohttp.ClientError, OSError, TimeoutError):
+                            return False
+        return False
 
     @property
     def port(self) -> int:
@@ -77,7 +117,7 @@ class RouterApp:
 
     @property
     def started(self) -> bool:
-        return self._site is not None
+        return self._runner is not None
 
     async def start(self) -> None:
         await self._pool.start()
@@ -89,15 +129,18 @@ class RouterApp:
             keepalive_timeout=self.settings.keepalive_timeout_s,
             max_line_size=self.settings.max_line_size,
             max_field_size=self.settings.max_field_size,
+            # A caller that disconnects cancels its request: the upstream call is
+            # cancelled and the replica slot freed at once.
+            handler_cancellation=True,
             handle_signals=False,
         )
         await self._runner.setup()
-        self._site = web.TCPSite(
+        site = web.TCPSite(
             self._runner, self.settings.host, self.settings.port,
             ssl_context=self.settings.ssl_context, backlog=self.settings.backlog,
             reuse_address=True,
         )
-        await self._site.start()
+        await site.start()
         log.info("router listening on %s://%s:%d", "https" if self.settings.ssl_context else "http",
                  self.settings.host, self.port)
 
@@ -105,19 +148,40 @@ class RouterApp:
         """Stop accepting, let in-flight requests finish within timeout_s, then cancel."""
         if self._runner is not None:
             # AppRunner.cleanup: stop listening, ask keep-alive connections to close,
-            # wait for handlers up to shutdown_timeout, cancel the rest.
+            # wait for handlers up to the shutdown timeout, cancel the rest.
             self._runner._shutdown_timeout = timeout_s  # noqa: SLF001 (no public setter)
             await self._runner.cleanup()
             self._runner = None
-            self._site = None
         await self._mirror.drain(min(timeout_s, 5.0))
 
     async def close(self) -> None:
         if self._runner is not None:
             await self.drain(0)
+        await self.ejector.close()
         await self._pool.close()
 
-    # -- admin port ---------------------------------------------------------------
+    # -- for the control plane -------------------------------------------------------
+    def in_flight_for(self, replica_id: str) -> int:
+        return self.in_flight.get(replica_id)
+
+    async def wait_replica_idle(self, replica_id: str, timeout_s: float) -> bool:
+        """Wait until no request of this gateway is in flight to a replica (bounded)."""
+        deadline = time.monotonic() + timeout_s
+        while self.in_flight.get(replica_id) > 0:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
+
+    def take_utilization(self, endpoint: str, deployment: str) -> UtilizationWindow:
+        return self.admission.take_window((endpoint, deployment))
+
+    def load(self, endpoint: str, deployment: str) -> tuple[int, int]:
+        """(in flight, queued) right now."""
+        key = (endpoint, deployment)
+        return self.admission.busy(key), self.admission.queued(key)
+
+    # -- admin port ---------------------------------------------------------------------
     def admin_routes(self) -> list[web.RouteDef]:
         return [
             web.get("/metrics", self._metrics),
@@ -126,7 +190,7 @@ class RouterApp:
         ]
 
     async def _metrics(self, _request: web.Request) -> web.Response:
-        body = await asyncio.to_thread(generate_latest, self.recorder.registry)
+        body = generate_latest(self.recorder.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, _request: web.Request) -> web.Response:

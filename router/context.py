@@ -29,6 +29,7 @@ class RequestContext:
         "started_ns",
         "upstream_started_ns",
         "upstream_ended_ns",
+        "queued_ns",
         "status",
         "error_code",
         "bytes_in",
@@ -45,6 +46,7 @@ class RequestContext:
         self.started_ns = time.perf_counter_ns()
         self.upstream_started_ns = 0
         self.upstream_ended_ns = 0
+        self.queued_ns = 0
         self.status = 0
         self.error_code: str | None = None
         self.bytes_in = 0
@@ -52,6 +54,12 @@ class RequestContext:
 
     def elapsed_s(self) -> float:
         return (time.perf_counter_ns() - self.started_ns) / 1e9
+
+    def gateway_overhead_s(self) -> float:
+        """Time spent in the gateway itself: total minus queueing minus the model."""
+        upstream_ns = (self.upstream_ended_ns - self.upstream_started_ns) if self.upstream_ended_ns else 0
+        own = time.perf_counter_ns() - self.started_ns - self.queued_ns - upstream_ns
+        return max(0, own) / 1e9
 
     def upstream_s(self) -> float:
         if not self.upstream_started_ns:

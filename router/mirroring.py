@@ -1,8 +1,10 @@
 """Mirror: send a copy of a request to a shadow deployment and throw the answer away.
 
 Called by router.pipeline after the deployment is picked. The copy runs in a
-background task that the caller never waits for; the number of copies in flight is
-bounded (extra copies are dropped and counted), each copy has the shadow deployment's
+background task that the caller never waits for. It takes a slot of the shadow
+deployment only if one is free right now (router.admission.try_acquire): a copy never
+queues, so it can never delay live requests of that deployment. Copies in flight are
+bounded, extra copies are dropped and counted, each copy has the shadow deployment's
 own timeout, and every failure is swallowed into a metric. Only requests whose body was
 read into memory can be mirrored (large streamed bodies are not copied).
 """
@@ -14,7 +16,7 @@ import logging
 
 import aiohttp
 
-from .balancing import InFlightCounter, ReplicaPicker
+from .admission import Admission
 from .context import RequestContext
 from .recording import Recorder
 from .routing_table import DeploymentRoute
@@ -24,57 +26,43 @@ log = logging.getLogger("scoregate.router.mirror")
 
 
 class Mirror:
-    def __init__(
-        self,
-        pool: UpstreamPool,
-        picker: ReplicaPicker,
-        in_flight: InFlightCounter,
-        recorder: Recorder,
-        *,
-        max_in_flight: int = 64,
-    ) -> None:
+    def __init__(self, pool: UpstreamPool, admission: Admission, recorder: Recorder, *,
+                 max_in_flight: int = 64) -> None:
         self._pool = pool
-        self._picker = picker
-        self._in_flight = in_flight
+        self._admission = admission
         self._recorder = recorder
         self._max_in_flight = max_in_flight
         self._tasks: set[asyncio.Task] = set()
 
-    def send_copy(
-        self,
-        ctx: RequestContext,
-        deployment: DeploymentRoute,
-        method: str,
-        path: str | None,
-        headers: dict[str, str],
-        body: bytes,
-    ) -> None:
-        label = self._recorder.mirror.labels(ctx.endpoint or "-", deployment.name, "dropped")
-        if not deployment.replicas or len(self._tasks) >= self._max_in_flight:
-            label.inc()
+    def send_copy(self, ctx: RequestContext, deployment: DeploymentRoute, method: str,
+                  path: str | None, headers: dict[str, str], body: bytes) -> None:
+        endpoint = ctx.endpoint or "-"
+        key = (endpoint, deployment.name)
+        replica = None
+        if len(self._tasks) < self._max_in_flight:
+            replica = self._admission.try_acquire(key, deployment)
+        if replica is None:
+            self._recorder.mirror.labels(endpoint, deployment.name, "dropped").inc()
             return
+        url = f"http://{replica.host}:{replica.port}{path or replica.scoring_path}"
+        timeout_s = deployment.request_settings.request_timeout_ms / 1000
         task = asyncio.get_running_loop().create_task(
-            self._send(ctx.endpoint or "-", deployment, method, path, headers, body)
-        )
+            self._send(key, replica.replica_id, method, url, headers, body, timeout_s))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, endpoint, deployment, method, path, headers, body) -> None:
-        replica = self._picker.choose(deployment.replicas, self._in_flight)
-        self._in_flight.acquire(replica.replica_id)
+    async def _send(self, key, replica_id, method, url, headers, body, timeout_s) -> None:
         outcome = "failed"
         try:
-            async with asyncio.timeout(deployment.request_settings.request_timeout_ms / 1000):
-                async with self._pool.session.request(
-                    method, f"http://{replica.host}:{replica.port}{path or replica.scoring_path}", headers=headers, data=body
-                ) as response:
+            async with asyncio.timeout(timeout_s):
+                async with self._pool.session.request(method, url, headers=headers, data=body) as response:
                     await response.read()
                     outcome = "sent" if response.status < 300 else "failed"
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            log.debug("mirror copy to %s failed: %r", deployment.name, exc)
+            log.debug("mirror copy to %s failed: %r", key, exc)
         finally:
-            self._in_flight.release(replica.replica_id)
-            self._recorder.mirror.labels(endpoint, deployment.name, outcome).inc()
+            self._admission.release(key, replica_id)
+            self._recorder.mirror.labels(key[0], key[1], outcome).inc()
 
     async def drain(self, timeout_s: float) -> None:
         if self._tasks:

@@ -3,11 +3,13 @@
     router.handlers (accept, request id, JSON errors)
       → look up the endpoint in the current RoutingTable snapshot
       → router.auth        authenticate
+      → router.ratelimit   optional per-endpoint token bucket
       → router.traffic     pick deployment (split, pin, mirror decision)
       → read a small body into memory (bounded, with a deadline → 408)
       → router.mirroring   fire-and-forget copy to a shadow deployment
-      → router.balancing   pick replica
-      → router.upstream    forward, stream the answer back
+      → router.admission   a replica slot now, or a bounded wait in the FIFO queue
+      → router.upstream    forward and stream the answer back; if the connection could
+                           not even be opened, retry on another replica (same deadline)
     router.recording (metrics) runs in the handler once the answer is decided.
 """
 
@@ -15,18 +17,23 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from dataclasses import dataclass
 
 from aiohttp import web
 
+from .admission import Admission
 from .auth import KeyAuthenticator
-from .balancing import InFlightCounter, ReplicaPicker
+from .balancing.ejection import OutlierEjector
 from .context import RequestContext
-from .errors import BadRequest, EndpointNotFound, NoReadyReplica, PayloadTooLarge, RequestTimeout
+from .errors import (BadRequest, EndpointNotFound, NoReadyReplica, PayloadTooLarge, RequestTimeout,
+                     UpstreamConnectionError)
 from .mirroring import Mirror
+from .ratelimit import RateLimiter
+from .recording import Recorder
 from .routing_table import RoutingTableHolder
 from .traffic import PIN_HEADER, DeploymentPicker
-from .upstream.forward import Forwarder
+from .upstream.forward import Forwarder, NotSent, UpstreamDeadline, UpstreamFailed
 from .upstream.headers import upstream_request_headers
 
 # Azure ML naming rule for endpoints and deployments.
@@ -42,41 +49,55 @@ class BodySettings:
     body_timeout_s: float = 60.0
 
 
+@dataclass(frozen=True, slots=True)
+class RetrySettings:
+    # Retries only when no byte reached a model (the connection could not be opened).
+    max_retries: int = 2
+
+
 class ScoringPipeline:
     def __init__(
         self,
         holder: RoutingTableHolder,
         authenticator: KeyAuthenticator,
+        rate_limiter: RateLimiter,
         deployment_picker: DeploymentPicker,
-        replica_picker: ReplicaPicker,
-        in_flight: InFlightCounter,
+        admission: Admission,
+        ejector: OutlierEjector,
         mirror: Mirror,
         forwarder: Forwarder,
+        recorder: Recorder,
         body: BodySettings,
+        retry: RetrySettings,
     ) -> None:
         self._holder = holder
         self._auth = authenticator
+        self._rate_limiter = rate_limiter
         self._deployments = deployment_picker
-        self._replicas = replica_picker
-        self._in_flight = in_flight
+        self._admission = admission
+        self._ejector = ejector
         self._mirror = mirror
         self._forwarder = forwarder
+        self._recorder = recorder
         self._body = body
+        self._retry = retry
 
     async def handle(self, request: web.Request, ctx: RequestContext, endpoint_name: str,
                      upstream_path: str | None) -> web.StreamResponse:
         """Answer one request; `upstream_path` None means the replica's scoring path."""
         if not NAME_RULE.match(endpoint_name):
             raise EndpointNotFound("endpoint names are 2-32 letters, digits and '-', starting with a letter")
-        table = self._holder.current
-        endpoint = table.endpoints.get(endpoint_name)
+        endpoint = self._holder.current.endpoints.get(endpoint_name)
         if endpoint is None:
             raise EndpointNotFound(f"no endpoint named '{endpoint_name}'")
         ctx.endpoint = endpoint.name
         self._auth.check(endpoint, request.headers.get("Authorization"))
+        self._rate_limiter.check(endpoint.name, endpoint.rate_limit)
 
         deployment, pinned = self._deployments.pick(endpoint, request.headers.get(PIN_HEADER))
         ctx.deployment = deployment.name
+        deadline = asyncio.get_running_loop().time() + deployment.request_settings.request_timeout_ms / 1000
+
         body = await self._read_small_body(request)
         if body is not None and not pinned:
             for shadow in self._deployments.mirror_targets(endpoint, deployment.name):
@@ -85,15 +106,42 @@ class ScoringPipeline:
                     scheme=request.scheme)
                 self._mirror.send_copy(ctx, shadow, request.method, upstream_path, dict(headers), body)
 
-        if not deployment.replicas:
-            raise NoReadyReplica(f"deployment '{deployment.name}' has no ready replica")
-        replica = self._replicas.choose(deployment.replicas, self._in_flight)
-        ctx.replica = replica.replica_id
-        self._in_flight.acquire(replica.replica_id)
-        try:
-            return await self._forwarder.forward(request, ctx, deployment, replica, upstream_path, body)
-        finally:
-            self._in_flight.release(replica.replica_id)
+        key = (endpoint.name, deployment.name)
+        tried: list[str] = []
+        while True:
+            # Re-read the snapshot: replicas may have come or gone while the body arrived.
+            current = self._holder.current.endpoints.get(endpoint.name)
+            deployment = current.deployments.get(deployment.name) if current else None
+            if deployment is None:
+                raise NoReadyReplica(f"deployment '{key[1]}' is being removed")
+            queued_ns = time.perf_counter_ns()
+            replica = await self._admission.acquire(key, deployment, exclude=tried)
+            ctx.queued_ns += time.perf_counter_ns() - queued_ns
+            ctx.replica = replica.replica_id
+            try:
+                response = await self._forwarder.forward(
+                    request, ctx, deployment, replica, upstream_path, body, deadline)
+                self._ejector.on_success(replica.replica_id)
+                return response
+            except NotSent as exc:
+                self._on_failure(key, replica.replica_id, exc.kind)
+                tried.append(replica.replica_id)
+                if (body is None and ctx.bytes_in) or len(tried) > self._retry.max_retries \
+                        or asyncio.get_running_loop().time() >= deadline \
+                        or not self._admission.candidates(deployment, exclude=tried):
+                    raise UpstreamConnectionError(
+                        f"could not connect to a replica of deployment '{key[1]}' "
+                        f"({len(tried)} attempt(s))") from None
+                self._recorder.retries.labels(*key).inc()
+            except (UpstreamFailed, UpstreamDeadline) as exc:
+                self._on_failure(key, replica.replica_id, exc.kind)
+                raise
+            finally:
+                self._admission.release(key, replica.replica_id)
+
+    def _on_failure(self, key: tuple[str, str], replica_id: str, kind: str) -> None:
+        if self._ejector.on_failure(replica_id, kind):
+            self._recorder.ejections.labels(*key).inc()
 
     async def _read_small_body(self, request: web.Request) -> bytes | None:
         """Read the body into memory when it is known to be small; None means stream it."""

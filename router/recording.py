@@ -3,54 +3,66 @@
 The last stage of router.pipeline. One prometheus CollectorRegistry per RouterApp, so
 several gateways (tests) in one process do not share counters. Label sets are bounded:
 endpoint and deployment names come from the routing table (unknown names are recorded
-as "-"), and `code` is one of the fixed ScoringError codes.
+as "-"), and `code` is one of the fixed ScoringError codes. Per-deployment levels (in
+flight, queued, replicas) are read at scrape time by DeploymentCollector, so the hot
+path pays nothing for them.
 """
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
 
 from .context import RequestContext
 
 _LATENCY_BUCKETS_S = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
 )
+_OVERHEAD_BUCKETS_S = (
+    0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1,
+)
 
 
 class Recorder:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        r = self.registry
         self.requests = Counter(
             "scoregate_requests",
-            "Scoring requests answered, by endpoint, deployment, HTTP status and error code.",
-            ("endpoint", "deployment", "status", "code"),
-            registry=self.registry,
-        )
+            "Scoring requests answered, by endpoint, deployment, HTTP status and error code "
+            "(each refusal has its own code).",
+            ("endpoint", "deployment", "status", "code"), registry=r)
         self.latency = Histogram(
             "scoregate_request_duration_seconds",
             "Time from request arrival to the end of the answer, as seen by the gateway.",
-            ("endpoint", "deployment"),
-            buckets=_LATENCY_BUCKETS_S,
-            registry=self.registry,
-        )
+            ("endpoint", "deployment"), buckets=_LATENCY_BUCKETS_S, registry=r)
         self.upstream_latency = Histogram(
             "scoregate_upstream_duration_seconds",
             "Time spent waiting for and relaying the model's answer.",
-            ("endpoint", "deployment"),
-            buckets=_LATENCY_BUCKETS_S,
-            registry=self.registry,
-        )
+            ("endpoint", "deployment"), buckets=_LATENCY_BUCKETS_S, registry=r)
+        self.overhead = Histogram(
+            "scoregate_gateway_overhead_seconds",
+            "Time a request spent in the gateway itself, excluding queueing and the model.",
+            ("endpoint", "deployment"), buckets=_OVERHEAD_BUCKETS_S, registry=r)
+        self.queue_wait = Histogram(
+            "scoregate_queue_wait_seconds",
+            "Time requests waited in a deployment's admission queue (queued requests only).",
+            ("endpoint", "deployment"), buckets=_LATENCY_BUCKETS_S, registry=r)
+        self.retries = Counter(
+            "scoregate_upstream_retries",
+            "Requests sent to another replica because the connection could not be opened.",
+            ("endpoint", "deployment"), registry=r)
+        self.ejections = Counter(
+            "scoregate_replica_ejections",
+            "Replicas taken out of rotation after consecutive failures.",
+            ("endpoint", "deployment"), registry=r)
         self.mirror = Counter(
             "scoregate_mirror_requests",
             "Mirrored copies by endpoint, deployment and outcome (sent, failed, dropped).",
-            ("endpoint", "deployment", "outcome"),
-            registry=self.registry,
-        )
+            ("endpoint", "deployment", "outcome"), registry=r)
         self.routing_version = Gauge(
             "scoregate_routing_table_version",
-            "Version of the routing snapshot the router is using.",
-            registry=self.registry,
-        )
+            "Version of the routing snapshot the router is using.", registry=r)
 
     def record(self, ctx: RequestContext) -> None:
         endpoint = ctx.endpoint or "-"
@@ -59,3 +71,42 @@ class Recorder:
         self.latency.labels(endpoint, deployment).observe(ctx.elapsed_s())
         if ctx.upstream_started_ns:
             self.upstream_latency.labels(endpoint, deployment).observe(ctx.upstream_s())
+        if ctx.endpoint is not None:
+            self.overhead.labels(endpoint, deployment).observe(ctx.gateway_overhead_s())
+
+
+class DeploymentCollector:
+    """Per-deployment levels, computed when Prometheus scrapes."""
+
+    def __init__(self, holder, admission, ejector) -> None:
+        self._holder = holder
+        self._admission = admission
+        self._ejector = ejector
+
+    def collect(self):
+        labels = ("endpoint", "deployment")
+        in_flight = GaugeMetricFamily("scoregate_deployment_in_flight_requests",
+                                      "Requests being answered by the deployment's replicas.", labels=labels)
+        queued = GaugeMetricFamily("scoregate_deployment_queued_requests",
+                                   "Requests waiting in the deployment's admission queue.", labels=labels)
+        replicas = GaugeMetricFamily("scoregate_deployment_ready_replicas",
+                                     "Replicas in the routing table.", labels=labels)
+        ejected = GaugeMetricFamily("scoregate_deployment_ejected_replicas",
+                                    "Replicas currently ejected after failures.", labels=labels)
+        utilization = GaugeMetricFamily(
+            "scoregate_deployment_utilization_ratio",
+            "(in flight + queued) / (replicas × max_concurrent_requests_per_instance), now.",
+            labels=labels)
+        ejected_ids = set(self._ejector.ejected())
+        for endpoint in self._holder.current.endpoints.values():
+            for deployment in endpoint.deployments.values():
+                key = (endpoint.name, deployment.name)
+                busy, waiting = self._admission.busy(key), self._admission.queued(key)
+                count = len(deployment.replicas)
+                slots = count * deployment.request_settings.max_concurrent_requests_per_instance
+                in_flight.add_metric(key, busy)
+                queued.add_metric(key, waiting)
+                replicas.add_metric(key, count)
+                ejected.add_metric(key, sum(1 for r in deployment.replicas if r.replica_id in ejected_ids))
+                utilization.add_metric(key, (busy + waiting) / slots if slots else float(busy + waiting))
+        return [in_flight, queued, replicas, ejected, utilization]

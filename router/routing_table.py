@@ -23,6 +23,7 @@ class Replica:
     host: str
     port: int
     scoring_path: str = "/score"
+    liveness_path: str = "/"
 
     @property
     def authority(self) -> str:
@@ -49,9 +50,8 @@ class DeploymentRoute:
 class EndpointRoute:
     """An endpoint as the router sees it.
 
-    `traffic` holds only deployments with a positive weight and at least one ready
-    replica is NOT required here: a weight toward a deployment without replicas gives
-    503, which is what a caller of a real cluster would see during a spike.
+    `traffic` holds the deployments with a positive weight. A deployment in it may have
+    no ready replica: its share of requests then gets 503, as on a real cluster.
     """
 
     name: str
@@ -59,6 +59,7 @@ class EndpointRoute:
     keys: tuple[str, ...] = ()
     traffic: tuple[tuple[str, int], ...] = ()
     mirror_traffic: tuple[tuple[str, int], ...] = ()
+    rate_limit: tuple[float, int] | None = None  # (requests per second, burst)
     deployments: Mapping[str, DeploymentRoute] = field(default_factory=lambda: _EMPTY)
 
     def __post_init__(self) -> None:

@@ -38,12 +38,27 @@ def _error(status: int, code: str, message: str) -> web.Response:
 
 class AdminApi:
     def __init__(self, store: Store, controller: Controller, backend: Backend, *,
-                 admin_token: str, scoring_url: str) -> None:
+                 admin_token: str, scoring_url: str, autoscaling=None, load=None) -> None:
         self._store = store
         self._controller = controller
         self._backend = backend
         self._token = admin_token.encode()
         self._scoring_url = scoring_url
+        self._autoscaling = autoscaling
+        self._load = load  # (endpoint, deployment) -> (in flight, queued)
+
+    def _view(self, deployment, replicas) -> dict:
+        view = deployment_view(deployment, replicas)
+        key = (deployment.endpoint_name, deployment.name)
+        if self._load is not None:
+            view["in_flight_requests"], view["queued_requests"] = self._load(*key)
+        view["desired_replicas"] = deployment.instance_count
+        if self._autoscaling is not None:
+            view["desired_replicas"] = self._autoscaling.replicas_for(deployment)
+            status = self._autoscaling.status(*key)
+            if status is not None:
+                view["autoscale"] = status
+        return view
 
     def routes(self) -> list[web.RouteDef]:
         p = "/api/v1"
@@ -167,11 +182,11 @@ class AdminApi:
         record = await self._record_or_404(request.match_info["e"])
         deployments = await asyncio.to_thread(self._store.list_deployments, record.endpoint.name)
         replicas = self._backend.observe()
-        return web.json_response([deployment_view(d, replicas) for d in deployments])
+        return web.json_response([self._view(d, replicas) for d in deployments])
 
     async def show_deployment(self, request: web.Request) -> web.Response:
         deployment = await self._deployment_or_404(request.match_info["e"], request.match_info["d"])
-        return web.json_response(deployment_view(deployment, self._backend.observe()))
+        return web.json_response(self._view(deployment, self._backend.observe()))
 
     async def delete_deployment(self, request: web.Request) -> web.Response:
         endpoint, name = request.match_info["e"], request.match_info["d"]
@@ -193,7 +208,7 @@ class AdminApi:
             return _error(400, "ValidationError", "instance_count must be an integer from 0 to 64")
         deployment = await asyncio.to_thread(self._store.set_instance_count, endpoint, name, count)
         self._controller.notify()
-        return web.json_response(deployment_view(deployment, self._backend.observe()))
+        return web.json_response(self._view(deployment, self._backend.observe()))
 
     async def deployment_logs(self, request: web.Request) -> web.Response:
         endpoint, name = request.match_info["e"], request.match_info["d"]

@@ -23,6 +23,7 @@ from tls import TLSConfigError, ensure_dev_certificates, server_context
 
 from .api import AdminApi
 from .backends.local import LocalProcessBackend
+from .controller.autoscaling import Autoscaling
 from .controller.loop import Controller
 from .controller.publisher import RoutingPublisher
 from .manifests import parse_all, read_documents
@@ -105,14 +106,18 @@ class EmbeddedGateway:
     async def _serve(self, store, ssl_context, ca_cert: str, ready: asyncio.Event | None) -> None:
         opts = self.options
         holder = RoutingTableHolder()
+        router = RouterApp(RouterSettings(host=opts.host, port=opts.port, ssl_context=ssl_context), holder)
         controller_ref: list[Controller] = []
         backend = LocalProcessBackend(
-            self.state.root, on_change=lambda: controller_ref and controller_ref[0].on_replica_change())
-        controller = Controller(store, backend, RoutingPublisher(holder))
+            self.state.root, on_change=lambda: controller_ref and controller_ref[0].on_replica_change(),
+            drain=router.wait_replica_idle)
+        autoscaling = Autoscaling(router.take_utilization, registry=router.recorder.registry,
+                                  on_change=lambda: controller_ref and controller_ref[0].notify())
+        controller = Controller(store, backend, RoutingPublisher(holder), autoscaling=autoscaling)
         controller_ref.append(controller)
-        router = RouterApp(RouterSettings(host=opts.host, port=opts.port, ssl_context=ssl_context), holder)
         scoring_url = f"https://{_local_name(opts.host)}:{opts.port}"
-        api = AdminApi(store, controller, backend, admin_token=self.admin_token, scoring_url=scoring_url)
+        api = AdminApi(store, controller, backend, admin_token=self.admin_token, scoring_url=scoring_url,
+                       autoscaling=autoscaling, load=router.load)
         admin_app = web.Application(middlewares=[api.auth_middleware])
         admin_app.add_routes(router.admin_routes() + api.routes())
         admin_runner = web.AppRunner(admin_app, access_log=None, handle_signals=False)
@@ -121,6 +126,7 @@ class EmbeddedGateway:
         try:
             await router.start()
             await controller.start()
+            await autoscaling.start()
             await admin_runner.setup()
             await web.TCPSite(admin_runner, opts.admin_host, opts.admin_port, reuse_address=True).start()
             admin_port = admin_runner.addresses[0][1]
@@ -138,6 +144,7 @@ class EmbeddedGateway:
             log.info("shutting down: draining in-flight requests (up to %gs)", opts.drain_timeout_s)
         finally:
             await router.drain(opts.drain_timeout_s)
+            await autoscaling.close()
             await controller.close()
             await backend.close()
             await router.close()

@@ -24,7 +24,7 @@ AUTH_MODES = ("key", "none")
 _AML_IGNORED = {"$schema", "properties", "identity", "public_network_access", "kind",
                 "app_insights_enabled", "egress_public_network_access", "data_collector",
                 "compute", "location", "id", "type", "with_credential"}
-_ENDPOINT_FIELDS = {"name", "auth_mode", "traffic", "mirror_traffic", "description", "tags"}
+_ENDPOINT_FIELDS = {"name", "auth_mode", "traffic", "mirror_traffic", "rate_limit", "description", "tags"}
 _DEPLOYMENT_FIELDS = {"name", "endpoint_name", "model", "code_configuration", "environment",
                       "environment_variables", "instance_type", "instance_count",
                       "request_settings", "scale_settings", "liveness_probe", "readiness_probe",
@@ -193,9 +193,18 @@ def parse_endpoint(doc: Document) -> Endpoint:
             r.fail(f"mirror_traffic.{target}", f"at most 50 percent can be mirrored, got {percent}")
         if traffic.get(target, 0) > 0:
             r.fail(f"mirror_traffic.{target}", "a deployment cannot get both live and mirrored traffic")
+    rate_limit = None
+    if body.get("rate_limit") is not None:
+        limit = r.mapping(body["rate_limit"], "rate_limit")
+        r.check_fields(limit, {"requests_per_second", "burst"}, "rate_limit.")
+        rps = limit.get("requests_per_second")
+        if isinstance(rps, bool) or not isinstance(rps, (int, float)) or rps <= 0:
+            r.fail("rate_limit.requests_per_second", f"must be a number above 0, got {rps!r}")
+        burst = r.integer(limit.get("burst", max(1, int(rps))), "rate_limit.burst", 1)
+        rate_limit = {"requests_per_second": float(rps), "burst": burst}
     tags = {str(k): str(v) for k, v in r.mapping(body.get("tags"), "tags").items()}
     return Endpoint(name=name, auth_mode=auth_mode, traffic=traffic, mirror_traffic=mirror,
-                    description=str(body.get("description") or ""), tags=tags)
+                    rate_limit=rate_limit, description=str(body.get("description") or ""), tags=tags)
 
 
 def parse_deployment(doc: Document) -> Deployment:

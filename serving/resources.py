@@ -45,6 +45,8 @@ class Endpoint:
     auth_mode: str = "key"
     traffic: dict[str, int] = field(default_factory=dict)
     mirror_traffic: dict[str, int] = field(default_factory=dict)
+    # scoregate extension: {"requests_per_second": float, "burst": int}
+    rate_limit: dict | None = None
     description: str = ""
     tags: dict[str, str] = field(default_factory=dict)
 

@@ -22,6 +22,7 @@ def endpoint_view(record: EndpointRecord, deployments: list[Deployment], scoring
         "auth_mode": endpoint.auth_mode,
         "traffic": endpoint.traffic,
         "mirror_traffic": endpoint.mirror_traffic,
+        "rate_limit": endpoint.rate_limit,
         "scoring_uri": f"{base}/score",
         "openapi_uri": f"{base}/swagger.json",
         "provisioning_state": "Succeeded",
@@ -38,7 +39,10 @@ def deployment_state(deployment: Deployment, replicas: list[ReplicaView]) -> str
     spec_hash = deployment.replica_spec_hash()
     current_ready = sum(1 for r in replicas if r.spec_hash == spec_hash and r.state == READY)
     stale = any(r.spec_hash != spec_hash and r.state in (STARTING, READY) for r in replicas)
-    if current_ready >= deployment.instance_count and not stale:
+    wanted = deployment.instance_count
+    if deployment.scale_settings.type == "target_utilization":
+        wanted = max(deployment.scale_settings.min_instances, min(wanted, deployment.scale_settings.max_instances))
+    if current_ready >= wanted and not stale:
         return "Succeeded"
     if stale or any(r.state == READY for r in replicas):
         return "Updating"

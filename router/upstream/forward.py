@@ -1,15 +1,17 @@
 """Forward: send the request to the chosen replica and stream its answer back.
 
-Follows router.balancing in router.pipeline. Small bodies (already read by the
+Follows router.admission in router.pipeline. Small bodies (already read by the
 pipeline) are sent from memory; large or chunked ones are streamed with a byte limit.
 Small responses are returned whole, larger ones streamed chunk by chunk. A non-2xx
 answer of the model becomes 424 with the model's status and reason in
 `ms-azureml-model-error-statuscode` / `-reason` and its body kept.
 
-Failures map to the contract: connection refused or broken before the answer → 502,
-no answer within `request_timeout_ms` → 504. A failure after the answer started
-streaming cannot change the status any more: the caller's connection is aborted so it
-sees a truncated response rather than a silently short one.
+Failures map to the contract: a connection that could not be opened raises NotSent
+(nothing reached the model, so the pipeline may retry elsewhere); a connection that
+broke before the answer → 502; no answer before the deadline → 504 (or 408 if the
+caller was still sending its body). A failure after the answer started streaming
+cannot change the status any more: the caller's connection is aborted so it sees a
+truncated response rather than a silently short one.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from aiohttp import web
 from yarl import URL
 
 from ..context import RequestContext
-from ..errors import PayloadTooLarge, UpstreamConnectionError, UpstreamTimeout
+from ..errors import (PayloadTooLarge, RequestTimeout, ScoringError, UpstreamConnectionError,
+                      UpstreamTimeout)
 from ..routing_table import DeploymentRoute, Replica
 from .headers import downstream_response_headers, upstream_request_headers
 from .pool import UpstreamPool
@@ -32,17 +35,46 @@ WHOLE_RESPONSE_MAX_BYTES = 256 * 1024
 STREAM_CHUNK_BYTES = 64 * 1024
 
 
+class NotSent(Exception):
+    """The connection to the replica could not be opened: no byte reached the model."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+class UpstreamFailed(UpstreamConnectionError):
+    """502 after the request may have reached the model; `kind` feeds ejection."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class UpstreamDeadline(UpstreamTimeout):
+    kind = "timeout"
+
+
 class _BodyTooLarge(Exception):
     pass
 
 
-async def _limited(stream: aiohttp.StreamReader, limit: int, ctx: RequestContext):
-    async for chunk in stream.iter_chunked(STREAM_CHUNK_BYTES):
-        ctx.bytes_in += len(chunk)
-        if ctx.bytes_in > limit:
-            ctx.error_code = PayloadTooLarge.code  # the client library may wrap what we raise
-            raise _BodyTooLarge()
-        yield chunk
+class _Upload:
+    """Streams the caller's body upstream, counting bytes and noting when it is done."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = False
+
+    async def stream(self, source: aiohttp.StreamReader, limit: int, ctx: RequestContext):
+        async for chunk in source.iter_chunked(STREAM_CHUNK_BYTES):
+            ctx.bytes_in += len(chunk)
+            if ctx.bytes_in > limit:
+                ctx.error_code = PayloadTooLarge.code  # the client library may wrap what we raise
+                raise _BodyTooLarge()
+            yield chunk
+        self.done = True
 
 
 class Forwarder:
@@ -60,14 +92,17 @@ class Forwarder:
         replica: Replica,
         path: str | None,
         body: bytes | None,
+        deadline: float,
     ) -> web.StreamResponse:
         headers = upstream_request_headers(
             request.headers, request_id=ctx.request_id, client_ip=request.remote, scheme=request.scheme
         )
+        upload = None
         if body is not None:
             data = body or None
         elif request.can_read_body:
-            data = _limited(request.content, self._max_body_bytes, ctx)
+            upload = _Upload()
+            data = upload.stream(request.content, self._max_body_bytes, ctx)
             if request.content_length is not None:
                 headers["Content-Length"] = str(request.content_length)
         else:
@@ -76,11 +111,10 @@ class Forwarder:
         raw = f"http://{replica.host}:{replica.port}{path or replica.scoring_path}"
         query = request.rel_url.raw_query_string
         url = URL(f"{raw}?{query}" if query else raw, encoded=True)
-        timeout_s = deployment.request_settings.request_timeout_ms / 1000
         ctx.upstream_started_ns = time.perf_counter_ns()
         streaming: list[web.StreamResponse] = []  # set once the answer started
         try:
-            async with asyncio.timeout(timeout_s):
+            async with asyncio.timeout_at(deadline):
                 async with self._pool.session.request(
                     request.method, url, headers=headers, data=data, allow_redirects=False
                 ) as upstream:
@@ -91,18 +125,24 @@ class Forwarder:
             if streaming:
                 self._abort(request)
                 return streaming[0]
-            raise UpstreamTimeout(
+            if upload is not None and not upload.done:
+                raise RequestTimeout("the request body did not arrive in time") from None
+            raise UpstreamDeadline(
                 f"the model did not answer within {deployment.request_settings.request_timeout_ms} ms"
             ) from None
+        except aiohttp.ClientConnectorError as exc:
+            raise NotSent(type(exc).__name__) from None
+        except ScoringError:
+            raise
         except (aiohttp.ClientError, OSError) as exc:
             if streaming:
                 self._abort(request)
                 return streaming[0]
             if ctx.error_code == PayloadTooLarge.code:
                 raise PayloadTooLarge(f"request body exceeds {self._max_body_bytes} bytes") from None
-            raise UpstreamConnectionError(
-                f"the connection to the model failed: {type(exc).__name__}"
-            ) from None
+            kind = "reset" if isinstance(exc, (aiohttp.ServerDisconnectedError, ConnectionError)) else "error"
+            raise UpstreamFailed(
+                f"the connection to the model failed: {type(exc).__name__}", kind) from None
         finally:
             ctx.upstream_ended_ns = time.perf_counter_ns()
 

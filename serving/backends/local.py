@@ -23,7 +23,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Awaitable, Callable
 
 import aiohttp
 
@@ -86,6 +86,7 @@ class LocalProcessBackend:
         startup_timeout_s: float = 1200.0,
         probe_interval_s: float = 0.1,
         stop_grace_s: float = 10.0,
+        drain: Callable[[str, float], Awaitable[bool]] | None = None,
     ) -> None:
         self._logs_dir = Path(state_dir) / "logs"
         self._on_change = on_change
@@ -94,6 +95,7 @@ class LocalProcessBackend:
         self._startup_timeout_s = startup_timeout_s
         self._probe_interval_s = probe_interval_s
         self._stop_grace_s = stop_grace_s
+        self._drain = drain
         self._replicas: dict[str, _Replica] = {}
         self._session: aiohttp.ClientSession | None = None
 
@@ -122,8 +124,15 @@ class LocalProcessBackend:
         if replica is None:
             return
         if replica.state != EXITED:
+            was_ready = replica.state == READY
             replica.state = STOPPING
             self._on_change()  # out of the routing table before the process is told to stop
+            if was_ready and self._drain is not None:
+                # Let requests already sent to it finish (bounded by their own timeout).
+                timeout_s = replica.deployment.request_settings.request_timeout_ms / 1000 + 1
+                if not await self._drain(replica.replica_id, timeout_s):
+                    log.warning("replica %s still had requests in flight after %.1fs; stopping it",
+                                replica.replica_id, timeout_s)
             await self._terminate(replica)
         self._replicas.pop(replica_id, None)
         self._on_change()

@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 from typing import Callable
 
 from ..backends import Backend
 from ..resources import Deployment
 from ..store import EndpointRecord, Store
+from .autoscaling import Autoscaling
 from .planner import ForgetReplica, StartReplica, StopReplica, plan
 from .publisher import RoutingPublisher
 
@@ -25,10 +27,12 @@ log = logging.getLogger("scoregate.controller")
 
 class Controller:
     def __init__(self, store: Store, backend: Backend, publisher: RoutingPublisher, *,
+                 autoscaling: Autoscaling | None = None,
                  interval_s: float = 1.0, clock: Callable[[], float] = time.time) -> None:
         self._store = store
         self._backend = backend
         self._publisher = publisher
+        self._autoscaling = autoscaling
         self._interval_s = interval_s
         self._clock = clock
         self._wake = asyncio.Event()
@@ -84,7 +88,11 @@ class Controller:
     async def reconcile_once(self) -> None:
         self._records = await asyncio.to_thread(self._store.list_endpoints)
         self._deployments = await asyncio.to_thread(self._store.list_deployments)
-        actions = plan(self._deployments, self._backend.observe(), self._clock())
+        desired = self._deployments
+        if self._autoscaling is not None:
+            self._autoscaling.update(desired)
+            desired = [replace(d, instance_count=self._autoscaling.replicas_for(d)) for d in desired]
+        actions = plan(desired, self._backend.observe(), self._clock())
         for action in actions:
             if isinstance(action, ForgetReplica):
                 self._backend.forget(action.replica_id)

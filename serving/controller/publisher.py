@@ -54,6 +54,8 @@ def build_routing_table(version: int, records: list[EndpointRecord], deployments
             traffic=tuple((n, w) for n, w in sorted(endpoint.traffic.items()) if w > 0 and n in routes),
             mirror_traffic=tuple((n, p) for n, p in sorted(endpoint.mirror_traffic.items())
                                  if p > 0 and n in routes),
+            rate_limit=((endpoint.rate_limit["requests_per_second"], endpoint.rate_limit["burst"])
+                        if endpoint.rate_limit else None),
             deployments=routes,
         )
     return RoutingTable(version=version, endpoints=endpoints)

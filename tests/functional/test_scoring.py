@@ -39,7 +39,7 @@ def score_url(gw, endpoint: str) -> str:
     return f"{gw.scoring_url}/api/v1/endpoint/{endpoint}/score"
 
 
-async def post_many(gw, endpoint, count, *, headers=None, body_of=lambda i: {"i": i}, connections=16):
+async def post_many(gw, endpoint, count, *, headers=None, body_of=lambda i: {"i": i}, connections=8):
     """POST `count` requests with at most `connections` in flight; [(status, headers, json)]."""
     results = [None] * count
     semaphore = asyncio.Semaphore(connections)

@@ -23,7 +23,10 @@ def write_endpoint(folder: Path, name: str, *, traffic: dict | None = None, mirr
 
 
 def write_deployment(folder: Path, endpoint: str, name: str, *, env: dict | None = None,
-                     instance_count: int = 1, request_settings: dict | None = None) -> Path:
+                     instance_count: int = 1, request_settings: dict | None = None,
+                     scale_settings: dict | None = None) -> Path:
+    """A deployment of the echo model; request_settings default to 8 slots per replica
+    so tests can send a few requests at once without meeting admission limits."""
     body = {
         "$schema": "https://azuremlschemas.azureedge.net/latest/managedOnlineDeployment.schema.json",
         "name": name,
@@ -32,8 +35,9 @@ def write_deployment(folder: Path, endpoint: str, name: str, *, env: dict | None
         "instance_count": instance_count,
         "environment_variables": {"LABEL": name, **(env or {})},
     }
-    if request_settings:
-        body["request_settings"] = request_settings
+    body["request_settings"] = request_settings or {"max_concurrent_requests_per_instance": 8}
+    if scale_settings:
+        body["scale_settings"] = scale_settings
     path = Path(folder) / f"{endpoint}-{name}-deployment.yml"
     path.write_text(yaml.safe_dump(body, sort_keys=False))
     return path

@@ -1,0 +1,224 @@
+"""Admit: give a request a replica slot now, or a place in a bounded FIFO queue.
+
+Sits between router.traffic (which picked the deployment) and router.upstream. Per
+deployment (from its `request_settings`):
+- no replica ever has more than `max_concurrent_requests_per_instance` requests in
+  flight from this gateway;
+- a request that finds every slot busy waits in the deployment's FIFO queue for at most
+  `max_queue_wait_ms`; the queue holds at most `queue_depth_factor` × replicas × slots
+  requests. Full queue or wait over → 429, and the request never reaches a model;
+- no routable replica → 503.
+A freed slot is handed straight to the oldest waiter (no barging by new arrivals). The
+bookkeeping is synchronous: nothing awaits while the counts are half updated.
+
+It also integrates, per deployment, the number of requests in flight plus queued over
+time, so the autoscaler can read an average utilization for each polling interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from .balancing import InFlightCounter, ReplicaPicker
+from .balancing.ejection import OutlierEjector
+from .errors import NoReadyReplica, TooManyRequests
+from .routing_table import DeploymentRoute, Replica, RoutingTable, RoutingTableHolder
+
+Key = tuple[str, str]  # (endpoint, deployment)
+
+
+class QueueFull(TooManyRequests):
+    code = "QueueFull"
+
+
+class QueueWaitTimeout(TooManyRequests):
+    code = "QueueWaitTimeout"
+
+
+@dataclass(frozen=True, slots=True)
+class UtilizationWindow:
+    """Average (in flight + queued) over a window, and the capacity it is measured against."""
+
+    average_level: float
+    replicas: int
+    slots_per_replica: int
+    window_s: float
+
+    @property
+    def utilization(self) -> float:
+        """(busy + queued) / (replicas × slots); with 0 replicas, demand itself."""
+        capacity = self.replicas * self.slots_per_replica
+        return self.average_level / capacity if capacity else self.average_level
+
+
+class _DeploymentState:
+    __slots__ = ("waiters", "busy", "level_integral", "last_change", "window_start")
+
+    def __init__(self, now: float) -> None:
+        self.waiters: deque[asyncio.Future] = deque()
+        self.busy = 0
+        self.level_integral = 0.0
+        self.last_change = now
+        self.window_start = now
+
+    def level(self) -> int:
+        return self.busy + len(self.waiters)
+
+
+class Admission:
+    def __init__(self, holder: RoutingTableHolder, in_flight: InFlightCounter, picker: ReplicaPicker,
+                 ejector: OutlierEjector, *, queue_depth_factor: int = 2,
+                 clock: Callable[[], float] = time.monotonic,
+                 on_queue_wait: Callable[[Key, float], None] | None = None) -> None:
+        self._holder = holder
+        self._in_flight = in_flight
+        self._picker = picker
+        self._ejector = ejector
+        self._queue_depth_factor = queue_depth_factor
+        self._clock = clock
+        self._on_queue_wait = on_queue_wait
+        self._states: dict[Key, _DeploymentState] = {}
+        holder.subscribe(self._on_table_change)
+        ejector.on_readmitted = self._on_readmitted
+
+    # -- bookkeeping (synchronous) ---------------------------------------------------------
+    def _state(self, key: Key) -> _DeploymentState:
+        state = self._states.get(key)
+        if state is None:
+            state = self._states[key] = _DeploymentState(self._clock())
+        return state
+
+    def _account(self, state: _DeploymentState) -> None:
+        now = self._clock()
+        state.level_integral += state.level() * (now - state.last_change)
+        state.last_change = now
+
+    def candidates(self, deployment: DeploymentRoute, exclude: Iterable[str] = ()) -> list[Replica]:
+        """Routable replicas: not ejected (unless all are: then all), not excluded."""
+        excluded = set(exclude)
+        replicas = [r for r in deployment.replicas if r.replica_id not in excluded]
+        healthy = [r for r in replicas if not self._ejector.is_ejected(r.replica_id)]
+        return healthy or replicas
+
+    def _free(self, deployment: DeploymentRoute, candidates: list[Replica]) -> list[Replica]:
+        limit = deployment.request_settings.max_concurrent_requests_per_instance
+        return [r for r in candidates if self._in_flight.get(r.replica_id) < limit]
+
+    def _take(self, state: _DeploymentState, replica: Replica) -> Replica:
+        self._account(state)
+        self._in_flight.acquire(replica.replica_id)
+        state.busy += 1
+        return replica
+
+    def try_acquire(self, key: Key, deployment: DeploymentRoute, exclude: Iterable[str] = ()) -> Replica | None:
+        """A free slot now, or None; never queues (used for mirrored copies too)."""
+        state = self._state(key)
+        if state.waiters:
+            return None
+        free = self._free(deployment, self.candidates(deployment, exclude))
+        if not free:
+            return None
+        return self._take(state, self._picker.choose(free, self._in_flight))
+
+    def release(self, key: Key, replica_id: str) -> None:
+        state = self._state(key)
+        self._account(state)
+        self._in_flight.release(replica_id)
+        state.busy -= 1
+        if state.waiters:
+            self._dispatch(key, state)
+
+    def _dispatch(self, key: Key, state: _DeploymentState) -> None:
+        """Hand free slots to the oldest waiters, in order."""
+        endpoint = self._holder.current.endpoints.get(key[0])
+        deployment = endpoint.deployments.get(key[1]) if endpoint else None
+        if deployment is None:
+            return
+        while state.waiters:
+            free = self._free(deployment, self.candidates(deployment))
+            if not free:
+                return
+            waiter = state.waiters.popleft()
+            if waiter.done():  # timed out or cancelled meanwhile
+                continue
+            waiter.set_result(self._take(state, self._picker.choose(free, self._in_flight)))
+
+    def _on_table_change(self, _old: RoutingTable, _new: RoutingTable) -> None:
+        for key, state in self._states.items():
+            if state.waiters:
+                self._dispatch(key, state)
+
+    def _on_readmitted(self, _replica_id: str) -> None:
+        self._on_table_change(self._holder.current, self._holder.current)
+
+    # -- the async stage --------------------------------------------------------------------
+    async def acquire(self, key: Key, deployment: DeploymentRoute, exclude: Iterable[str] = ()) -> Replica:
+        candidates = self.candidates(deployment, exclude)
+        if not candidates:
+            raise NoReadyReplica(f"deployment '{deployment.name}' has no ready replica")
+        replica = self.try_acquire(key, deployment, exclude)
+        if replica is not None:
+            return replica
+        settings = deployment.request_settings
+        state = self._state(key)
+        bound = self.queue_bound(deployment)
+        if len(state.waiters) >= bound or settings.max_queue_wait_ms <= 0:
+            raise QueueFull(f"all {len(candidates) * settings.max_concurrent_requests_per_instance} "
+                            f"slots of deployment '{deployment.name}' are busy and its queue "
+                            f"({bound}) is full")
+        waiter = asyncio.get_running_loop().create_future()
+        self._account(state)
+        state.waiters.append(waiter)
+        queued_at = self._clock()
+        try:
+            async with asyncio.timeout(settings.max_queue_wait_ms / 1000):
+                return await asyncio.shield(waiter)
+        except TimeoutError:
+            if waiter.done() and not waiter.cancelled():
+                return waiter.result()  # a slot arrived at the very moment the wait ended
+            raise QueueWaitTimeout(
+                f"no slot of deployment '{deployment.name}' freed up within "
+                f"{settings.max_queue_wait_ms} ms") from None
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release(key, waiter.result().replica_id)  # caller went away holding a slot
+            raise
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+            if waiter in state.waiters:
+                self._account(state)
+                state.waiters.remove(waiter)
+            if self._on_queue_wait is not None:
+                self._on_queue_wait(key, self._clock() - queued_at)
+
+    def queue_bound(self, deployment: DeploymentRoute) -> int:
+        slots = len(deployment.replicas) * deployment.request_settings.max_concurrent_requests_per_instance
+        return max(1, self._queue_depth_factor * slots)
+
+    # -- reading ----------------------------------------------------------------------------
+    def queued(self, key: Key) -> int:
+        state = self._states.get(key)
+        return len(state.waiters) if state else 0
+
+    def busy(self, key: Key) -> int:
+        state = self._states.get(key)
+        return state.busy if state else 0
+
+    def take_window(self, key: Key) -> UtilizationWindow:
+        """Average level since the last call for this deployment, then start a new window."""
+        state = self._state(key)
+        self._account(state)
+        now = self._clock()
+        elapsed = now - state.window_start
+        average = state.level_integral / elapsed if elapsed > 0 else float(state.level())
+        state.level_integral, state.window_start = 0.0, now
+        endpoint = self._holder.current.endpoints.get(key[0])
+        deployment = endpoint.deployments.get(key[1]) if endpoint else None
+        replicas = len(deployment.replicas) if deployment else 0
+        slots = deployment.request_settings.max_concurrent_requests_per_instance if deployment else 1
+        return UtilizationWindow(average, replicas, slots, elapsed)

@@ -1,0 +1,308 @@
+"""Custom resources (camelCase) ⇄ serving.resources (snake_case), validated on the way in.
+
+The CRD's OpenAPI schema is the first check (kubectl refuses a wrong type before the
+object is stored); this is the second, for what a schema cannot say (weights adding up
+to 100, a mirror target without live traffic, a relative path that means nothing on a
+cluster). Every error names the object and the field, e.g.
+`OnlineDeployment team-a/iris-blue: spec.instanceCount: must be at least 0, got -1`.
+The store (store.py) calls these; the workload renderer (workloads.py) reads the result.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from ...manifests import AUTH_MODES, NAME_RULE
+from ...resources import Deployment, Endpoint, ProbeSettings, RequestSettings, ScaleSettings
+from . import names
+
+ONLINE_ENDPOINT, ONLINE_DEPLOYMENT, INSTANCE_TYPE = "OnlineEndpoint", "OnlineDeployment", "InstanceType"
+BATCH_ENDPOINT, BATCH_DEPLOYMENT = "BatchEndpoint", "BatchDeployment"
+API_VERSION = f"{names.GROUP}/{names.VERSION}"
+DEFAULT_INSTANCE_TYPE_NAME = "defaultinstancetype"
+
+_ENV_VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei|e[0-9]+)?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_URI_SCHEMES = ("http://", "https://", "file://")
+
+
+class CustomResourceError(ValueError):
+    """A custom resource the controller cannot act on; str() names the object and field."""
+
+    def __init__(self, kind: str, namespace: str | None, name: str, field_path: str | None,
+                 message: str) -> None:
+        self.kind, self.namespace, self.name = kind, namespace, name
+        self.field, self.message = field_path, message
+        where = f"{namespace}/{name}" if namespace else name
+        super().__init__(f"{kind} {where}: " + (f"{field_path}: " if field_path else "") + message)
+
+
+@dataclass(frozen=True)
+class InstanceTypeSpec:
+    """Azure ML's InstanceType: where a replica may run and what it may use."""
+
+    name: str
+    node_selector: dict[str, str] = field(default_factory=dict)
+    requests: dict[str, str] = field(default_factory=dict)
+    limits: dict[str, str] = field(default_factory=dict)
+
+
+# Azure ML's built-in default when no InstanceType named defaultinstancetype exists.
+DEFAULT_INSTANCE_TYPE = InstanceTypeSpec(
+    DEFAULT_INSTANCE_TYPE_NAME, {}, {"cpu": "100m", "memory": "2Gi"}, {"cpu": "2", "memory": "2Gi"})
+
+
+def snake_to_camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def camel_to_snake(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
+
+
+def _keys_to(convert, value: Any) -> Any:
+    if isinstance(value, dict):
+        return {convert(str(k)): _keys_to(convert, v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_keys_to(convert, v) for v in value]
+    return value
+
+
+class _Fields:
+    """Readers that raise CustomResourceError naming the field they read."""
+
+    def __init__(self, kind: str, obj: dict) -> None:
+        meta = obj.get("metadata") or {}
+        self.kind, self.namespace, self.name = kind, meta.get("namespace"), str(meta.get("name") or "?")
+
+    def fail(self, field_path: str | None, message: str):
+        raise CustomResourceError(self.kind, self.namespace, self.name, field_path, message)
+
+    def mapping(self, value: Any, path: str) -> dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.fail(path, f"must be an object, got {type(value).__name__}")
+        return value
+
+    def known(self, body: dict, allowed: set[str], path: str) -> None:
+        for key in body:
+            if key not in allowed:
+                self.fail(f"{path}.{key}", f"unknown field (expected one of: {', '.join(sorted(allowed))})")
+
+    def string(self, value: Any, path: str) -> str:
+        if not isinstance(value, str) or not value:
+            self.fail(path, f"must be a non-empty string, got {value!r}")
+        return value
+
+    def scoregate_name(self, value: Any, path: str) -> str:
+        if not isinstance(value, str) or not NAME_RULE.match(value):
+            self.fail(path, f"must be 2-32 letters, digits or '-', starting with a letter; got {value!r}")
+        return value
+
+    def integer(self, value: Any, path: str, minimum: int, maximum: int | None = None) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(path, f"must be an integer, got {value!r}")
+        if value < minimum or (maximum is not None and value > maximum):
+            upper = f" and at most {maximum}" if maximum is not None else ""
+            self.fail(path, f"must be at least {minimum}{upper}, got {value}")
+        return value
+
+    def string_map(self, value: Any, path: str) -> dict[str, str]:
+        out = {}
+        for key, item in self.mapping(value, path).items():
+            if not isinstance(item, (str, int, float)) or isinstance(item, bool):
+                self.fail(f"{path}.{key}", f"must be a string, got {item!r}")
+            out[str(key)] = str(item)
+        return out
+
+    def weights(self, value: Any, path: str) -> dict[str, int]:
+        out = {}
+        for key, weight in self.mapping(value, path).items():
+            self.scoregate_name(key, f"{path}.{key}")
+            out[key] = self.integer(weight, f"{path}.{key}", 0, 100)
+        return out
+
+    def uri(self, value: Any, path: str) -> str:
+        text = self.string(value, path)
+        if not (text.startswith(_URI_SCHEMES) or text.startswith("/")):
+            self.fail(path, "must be an http(s):// or file:// URI or an absolute path in the image"
+                            f" (a relative path means nothing on a cluster), got {text!r}")
+        return text
+
+    def settings(self, kind, value: Any, path: str, minimums: dict[str, int]):
+        """A snake_case settings dataclass from its camelCase object."""
+        body = self.mapping(value, path)
+        by_camel = {snake_to_camel(f.name): f.name for f in fields(kind)}
+        self.known(body, set(by_camel), path)
+        values = {}
+        for camel, raw in body.items():
+            snake = by_camel[camel]
+            if snake == "type":
+                values[snake] = self.string(raw, f"{path}.{camel}")
+            else:
+                values[snake] = self.integer(raw, f"{path}.{camel}", minimums.get(snake, 0))
+        return kind(**values)
+
+
+def _settings_to_camel(settings) -> dict:
+    return {snake_to_camel(f.name): getattr(settings, f.name) for f in fields(settings)}
+
+
+# -- OnlineEndpoint -------------------------------------------------------------------------
+
+_ENDPOINT_SPEC = {"authMode", "traffic", "mirrorTraffic", "description", "tags"}
+
+
+def endpoint_from_custom_resource(obj: dict) -> Endpoint:
+    f = _Fields(ONLINE_ENDPOINT, obj)
+    name = f.scoregate_name(f.name, "metadata.name")
+    spec = f.mapping(obj.get("spec"), "spec")
+    f.known(spec, _ENDPOINT_SPEC, "spec")
+    auth_mode = spec.get("authMode", "key")
+    if auth_mode not in AUTH_MODES:
+        f.fail("spec.authMode", f"must be one of {', '.join(AUTH_MODES)}, got {auth_mode!r}")
+    traffic = f.weights(spec.get("traffic"), "spec.traffic")
+    if sum(traffic.values()) not in (0, 100):
+        f.fail("spec.traffic", f"weights must add up to 100 (or all be 0), got {sum(traffic.values())}")
+    mirror = f.weights(spec.get("mirrorTraffic"), "spec.mirrorTraffic")
+    if len(mirror) > 1:
+        f.fail("spec.mirrorTraffic", "only one deployment can receive mirrored traffic")
+    for target, percent in mirror.items():
+        if percent > 50:
+            f.fail(f"spec.mirrorTraffic.{target}", f"at most 50 percent can be mirrored, got {percent}")
+        if traffic.get(target, 0) > 0:
+            f.fail(f"spec.mirrorTraffic.{target}", "a deployment cannot get both live and mirrored traffic")
+    return Endpoint(name=name, auth_mode=auth_mode, traffic=traffic, mirror_traffic=mirror,
+                    description=str(spec.get("description") or ""),
+                    tags=f.string_map(spec.get("tags"), "spec.tags"))
+
+
+def endpoint_to_custom_resource(endpoint: Endpoint, namespace: str) -> dict:
+    return {
+        "apiVersion": API_VERSION, "kind": ONLINE_ENDPOINT,
+        "metadata": {"name": endpoint.name, "namespace": namespace},
+        "spec": {"authMode": endpoint.auth_mode, "traffic": dict(endpoint.traffic),
+                 "mirrorTraffic": dict(endpoint.mirror_traffic),
+                 "description": endpoint.description, "tags": dict(endpoint.tags)},
+    }
+
+
+# -- OnlineDeployment -----------------------------------------------------------------------
+
+_DEPLOYMENT_SPEC = {"endpointName", "deploymentName", "model", "codeConfiguration", "environment",
+                    "environmentVariables", "instanceType", "instanceCount", "requestSettings",
+                    "scaleSettings", "livenessProbe", "readinessProbe", "description", "tags"}
+_PROBE_MINIMUMS = {"period": 1, "timeout": 1, "success_threshold": 1, "failure_threshold": 1}
+
+
+def deployment_name_of(obj: dict) -> str:
+    """The scoregate name: spec.deploymentName, else metadata.name (see docs/kubernetes.md)."""
+    return (obj.get("spec") or {}).get("deploymentName") or (obj.get("metadata") or {}).get("name", "")
+
+
+def deployment_from_custom_resource(obj: dict) -> Deployment:
+    f = _Fields(ONLINE_DEPLOYMENT, obj)
+    spec = f.mapping(obj.get("spec"), "spec")
+    f.known(spec, _DEPLOYMENT_SPEC, "spec")
+    name_field = "spec.deploymentName" if spec.get("deploymentName") else "metadata.name"
+    name = f.scoregate_name(deployment_name_of(obj), name_field)
+    endpoint_name = f.scoregate_name(spec.get("endpointName"), "spec.endpointName")
+
+    model = f.mapping(spec.get("model"), "spec.model")
+    f.known(model, {"name", "version", "path", "description"}, "spec.model")
+    model_path = f.uri(model["path"], "spec.model.path") if "path" in model else None
+
+    code = f.mapping(spec.get("codeConfiguration"), "spec.codeConfiguration")
+    f.known(code, {"code", "scoringScript"}, "spec.codeConfiguration")
+    if not code:
+        f.fail("spec.codeConfiguration", "is required (code and scoringScript)")
+    code_uri = f.uri(code.get("code"), "spec.codeConfiguration.code")
+    scoring_script = f.string(code.get("scoringScript"), "spec.codeConfiguration.scoringScript")
+    if scoring_script.startswith("/") or ".." in scoring_script.split("/"):
+        f.fail("spec.codeConfiguration.scoringScript", "must be a path inside the code folder")
+
+    environment = _keys_to(camel_to_snake, f.mapping(spec.get("environment"), "spec.environment"))
+    inference = environment.get("inference_config")
+    if inference is not None:
+        for route in ("liveness_route", "readiness_route", "scoring_route"):
+            body = f.mapping(inference.get(route), f"spec.environment.inferenceConfig.{snake_to_camel(route)}")
+            f.integer(body.get("port"), f"spec.environment.inferenceConfig.{snake_to_camel(route)}.port", 1, 65535)
+            f.string(body.get("path"), f"spec.environment.inferenceConfig.{snake_to_camel(route)}.path")
+        if not environment.get("image"):
+            f.fail("spec.environment.image", "is required with inferenceConfig (the model server's image)")
+
+    variables = f.string_map(spec.get("environmentVariables"), "spec.environmentVariables")
+    for key in variables:
+        if not _ENV_VAR.match(key):
+            f.fail(f"spec.environmentVariables.{key}", "must be a valid environment variable name")
+
+    instance_type = f.string(spec.get("instanceType", DEFAULT_INSTANCE_TYPE_NAME), "spec.instanceType")
+    if not _DNS_SUBDOMAIN.match(instance_type):
+        f.fail("spec.instanceType", f"must name an InstanceType object (a lowercase DNS name), got {instance_type!r}")
+    instance_count = f.integer(spec.get("instanceCount", 1), "spec.instanceCount", 0, 64)
+    request_settings = f.settings(RequestSettings, spec.get("requestSettings"), "spec.requestSettings",
+                                  {"request_timeout_ms": 1, "max_concurrent_requests_per_instance": 1})
+    scale_settings = f.settings(ScaleSettings, spec.get("scaleSettings"), "spec.scaleSettings", {})
+    if scale_settings.type not in ("default", "target_utilization"):
+        f.fail("spec.scaleSettings.type", f"must be default or target_utilization, got {scale_settings.type!r}")
+    if scale_settings.min_instances > scale_settings.max_instances and scale_settings.type != "default":
+        f.fail("spec.scaleSettings.minInstances", "must not exceed maxInstances")
+    liveness = f.settings(ProbeSettings, spec.get("livenessProbe"), "spec.livenessProbe", _PROBE_MINIMUMS)
+    readiness = f.settings(ProbeSettings, spec.get("readinessProbe"), "spec.readinessProbe", _PROBE_MINIMUMS)
+    return Deployment(
+        name=name, endpoint_name=endpoint_name, code=code_uri, scoring_script=scoring_script,
+        model_path=model_path, environment=environment, environment_variables=variables,
+        instance_type=instance_type, instance_count=instance_count,
+        request_settings=request_settings, scale_settings=scale_settings,
+        liveness_probe=liveness, readiness_probe=readiness,
+        description=str(spec.get("description") or ""), tags=f.string_map(spec.get("tags"), "spec.tags"))
+
+
+def deployment_to_custom_resource(deployment: Deployment, namespace: str) -> dict:
+    spec: dict[str, Any] = {
+        "endpointName": deployment.endpoint_name, "deploymentName": deployment.name,
+        "codeConfiguration": {"code": deployment.code, "scoringScript": deployment.scoring_script},
+        "environment": _keys_to(snake_to_camel, dict(deployment.environment)),
+        "environmentVariables": dict(deployment.environment_variables),
+        "instanceType": deployment.instance_type, "instanceCount": deployment.instance_count,
+        "requestSettings": _settings_to_camel(deployment.request_settings),
+        "scaleSettings": _settings_to_camel(deployment.scale_settings),
+        "livenessProbe": _settings_to_camel(deployment.liveness_probe),
+        "readinessProbe": _settings_to_camel(deployment.readiness_probe),
+        "description": deployment.description, "tags": dict(deployment.tags),
+    }
+    if deployment.model_path:
+        spec["model"] = {"path": deployment.model_path}
+    return {"apiVersion": API_VERSION, "kind": ONLINE_DEPLOYMENT,
+            "metadata": {"name": names.dns_label(f"{deployment.endpoint_name}-{deployment.name}"),
+                         "namespace": namespace},
+            "spec": spec}
+
+
+# -- InstanceType ---------------------------------------------------------------------------
+
+def instance_type_from_custom_resource(obj: dict) -> InstanceTypeSpec:
+    f = _Fields(INSTANCE_TYPE, obj)
+    spec = f.mapping(obj.get("spec"), "spec")
+    f.known(spec, {"nodeSelector", "resources"}, "spec")
+    resources = f.mapping(spec.get("resources"), "spec.resources")
+    f.known(resources, {"requests", "limits"}, "spec.resources")
+    quantities = {}
+    for part in ("requests", "limits"):
+        quantities[part] = f.string_map(resources.get(part), f"spec.resources.{part}")
+        for resource, quantity in quantities[part].items():
+            if not _QUANTITY.match(quantity):
+                f.fail(f"spec.resources.{part}.{resource}", f"is not a Kubernetes quantity: {quantity!r}")
+    return InstanceTypeSpec(name=f.name, node_selector=f.string_map(spec.get("nodeSelector"), "spec.nodeSelector"),
+                            requests=quantities["requests"], limits=quantities["limits"])
+
+
+def instance_type_to_custom_resource(spec: InstanceTypeSpec) -> dict:
+    return {"apiVersion": API_VERSION, "kind": INSTANCE_TYPE, "metadata": {"name": spec.name},
+            "spec": {"nodeSelector": dict(spec.node_selector),
+                     "resources": {"requests": dict(spec.requests), "limits": dict(spec.limits)}}}
