@@ -168,6 +168,10 @@ class _Reader:
             if key in names:
                 if key == "type":
                     values[key] = self.string(raw, f"{field}.{key}")
+                elif key == "polling_interval":
+                    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or raw < 0.1:
+                        self.fail(f"{field}.{key}", f"must be a number of seconds ≥ 0.1, got {raw!r}")
+                    values[key] = raw
                 else:
                     values[key] = self.integer(raw, f"{field}.{key}", 0)
         return kind(**values)
@@ -259,8 +263,11 @@ def parse_deployment(doc: Document) -> Deployment:
     scale_settings = r.dataclass_from(ScaleSettings, body.get("scale_settings"), "scale_settings")
     if scale_settings.type not in ("default", "target_utilization"):
         r.fail("scale_settings.type", f"must be default or target_utilization, got {scale_settings.type!r}")
-    if scale_settings.type == "target_utilization" and scale_settings.min_instances > scale_settings.max_instances:
-        r.fail("scale_settings.min_instances", "must not exceed max_instances")
+    if scale_settings.type == "target_utilization":
+        if scale_settings.min_instances > scale_settings.max_instances:
+            r.fail("scale_settings.min_instances", "must not exceed max_instances")
+        if not 1 <= scale_settings.target_utilization_percentage <= 100:
+            r.fail("scale_settings.target_utilization_percentage", "must be from 1 to 100")
     liveness = r.dataclass_from(ProbeSettings, body.get("liveness_probe"), "liveness_probe")
     readiness = r.dataclass_from(ProbeSettings, body.get("readiness_probe"), "readiness_probe")
     tags = {str(k): str(v) for k, v in r.mapping(body.get("tags"), "tags").items()}

@@ -36,7 +36,7 @@ class ScaleSettings:
     min_instances: int = 1
     max_instances: int = 1
     target_utilization_percentage: int = 70
-    polling_interval: int = 1
+    polling_interval: float = 1  # seconds; fractions allowed (a scoregate extension)
 
 
 @dataclass(frozen=True)

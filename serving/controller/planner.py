@@ -5,8 +5,10 @@ the actions through a Backend. The rules, per deployment:
 - keep `instance_count` replicas of the current spec starting or ready;
 - replace an exited replica after a back-off that doubles with its restarts (0.5 s to
   30 s), so a replica that crashes at start cannot spin the machine;
-- rolling update: replicas of an older spec keep serving until enough replicas of the
-  new spec are ready, then they are stopped;
+- rolling update: new-spec replicas are started at most `max_surge` above the wanted
+  count (25% of it, at least 1, as Kubernetes does), and an old-spec replica is stopped
+  only when a new one is ready to take its place (max unavailable 0), so replicas are
+  replaced one by one for small deployments;
 - replicas of deployments that are no longer desired are stopped.
 """
 
@@ -42,6 +44,10 @@ class ForgetReplica:
 
 
 Action = StartReplica | StopReplica | ForgetReplica
+
+
+def max_surge(instance_count: int) -> int:
+    return max(1, -(-instance_count // 4))
 
 
 def restart_backoff_s(restarts: int) -> float:
@@ -93,7 +99,16 @@ def _plan_deployment(deployment: Deployment, replicas: list[ReplicaView], now: f
         else:
             waiting += 1
 
+    ready_current = sum(1 for r in current if r.state == READY)
+    keep_stale = max(0, want - ready_current)
+    stale.sort(key=lambda r: (r.state == READY, r.started_at), reverse=True)  # keep ready ones
+    stopping_stale = stale[keep_stale:]
+    for replica in stopping_stale:
+        actions.append(StopReplica(replica.replica_id, "replaced by a new version"))
     missing = want - len(current) - waiting
+    if stale:
+        # Rolling update: never more than want + surge replicas alive at once.
+        missing = min(missing, want + max_surge(want) - (len(live) - len(stopping_stale)) - waiting)
     restarts_due.sort()
     for i in range(max(0, missing)):
         restarts = restarts_due[i] if i < len(restarts_due) else 0
@@ -105,9 +120,4 @@ def _plan_deployment(deployment: Deployment, replicas: list[ReplicaView], now: f
         for replica in surplus[: len(current) - want]:
             actions.append(StopReplica(replica.replica_id, "scaled down"))
 
-    ready_current = sum(1 for r in current if r.state == READY)
-    keep_stale = max(0, want - ready_current)
-    stale.sort(key=lambda r: (r.state == READY, r.started_at), reverse=True)  # keep ready ones
-    for replica in stale[keep_stale:]:
-        actions.append(StopReplica(replica.replica_id, "replaced by a new version"))
     return actions

@@ -33,11 +33,17 @@ class Script:
     body: bytes = b'{"ok": true}'
     delay_s: float = 0.0
     chunks: int = 0  # >0: stream the body in that many chunks with no Content-Length
+    # Faults: "reset" closes the connection without answering; "crash_mid_body" sends the
+    # headers and half the body, then drops the connection; "hang" never answers.
+    fault: str | None = None
 
 
 class RecordingUpstream:
     def __init__(self) -> None:
         self.seen: list[Seen] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.hanging = asyncio.Event()  # set() to release "hang" requests
         self.respond = Script()
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -45,7 +51,8 @@ class RecordingUpstream:
     async def start(self) -> "RecordingUpstream":
         app = web.Application(client_max_size=1 << 30)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
+        # handler_cancellation: a request whose connection the gateway dropped stops here too.
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -53,10 +60,19 @@ class RecordingUpstream:
         return self
 
     async def close(self) -> None:
+        self.hanging.set()
         if self._runner:
             await self._runner.cleanup()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._answer(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         self.seen.append(Seen(request.method, request.path_qs, request.raw_path,
                               list(request.raw_headers and [(k.decode(), v.decode()) for k, v in request.raw_headers]),
@@ -64,6 +80,19 @@ class RecordingUpstream:
         script = self.respond
         if script.delay_s:
             await asyncio.sleep(script.delay_s)
+        if script.fault == "hang":
+            await self.hanging.wait()
+        if script.fault == "reset":
+            request.transport.abort()
+            raise asyncio.CancelledError()
+        if script.fault == "crash_mid_body":
+            response = web.StreamResponse(status=200, headers={"Content-Type": "application/octet-stream",
+                                                               "Content-Length": str(len(script.body))})
+            await response.prepare(request)
+            await response.write(script.body[: len(script.body) // 2])
+            await asyncio.sleep(0.05)
+            request.transport.abort()
+            raise asyncio.CancelledError()
         if script.chunks:
             response = web.StreamResponse(status=script.status, reason=script.reason, headers=script.headers)
             response.enable_chunked_encoding()

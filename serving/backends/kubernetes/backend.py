@@ -31,7 +31,7 @@ from ...resources import Deployment
 from .. import EXITED, ReplicaView
 from . import names
 from .api import DEPLOYMENTS, PODS, SERVICES, Backoff, KubeApi, status_of
-from .podstatus import MODEL_DOWNLOAD, assess_pod, parse_time
+from .podstatus import INIT, MODEL_DOWNLOAD, RUNNING, assess_pod, parse_time
 from .replicas import PLACEHOLDER_MARK, ObservationMemory, Version, pod_uid, replica_views, version_key_of_pod
 from .watching import DELETED, ObjectCache
 from .workloads import PlacementResolver, StaticPlacement, WorkloadSettings, render_deployment, render_service
@@ -237,7 +237,7 @@ class KubernetesBackend:
         elif version is not None and uid not in self._logged:
             verdict = assess_pod(obj, instance_type=version.instance_type,
                                  ever_ready=uid in self._memory.ever_ready)
-            if verdict.state == EXITED and verdict.restarts >= 0 and "image" not in verdict.stage:
+            if verdict.state == EXITED and verdict.stage in (MODEL_DOWNLOAD, INIT, RUNNING):
                 self._logged.add(uid)
                 self._spawn(self._keep_logs(version, obj, verdict.stage == MODEL_DOWNLOAD))
         self.on_change()

@@ -53,8 +53,16 @@ CASES = {
         [BLUE], [replica("a"), replica("b", EXITED, restarts=3, ended_at=NOW - 1)], []),
     "stopping replicas are left alone": (
         [BLUE], [replica("a"), replica("b"), replica("c", STOPPING)], []),
-    "new spec, nothing ready yet: start new, keep old serving": (
+    "new spec, nothing ready yet: start one new (surge 1), keep old serving": (
         [BLUE], [replica("a", spec_hash="old"), replica("b", spec_hash="old")],
+        [("start", "blue", 0)]),
+    "new spec, first new starting: wait for it": (
+        [BLUE], [replica("a", spec_hash="old"), replica("b", spec_hash="old"), replica("n1", STARTING)], []),
+    "new spec, first new ready: stop one old, start the next": (
+        [BLUE], [replica("a", spec_hash="old", started_at=1), replica("b", spec_hash="old", started_at=2),
+                 replica("n1")], [("stop", "a"), ("start", "blue", 0)]),
+    "new spec on 8 replicas: surge of 2": (
+        [replace(BLUE, instance_count=8)], [replica(f"o{i}", spec_hash="old") for i in range(8)],
         [("start", "blue", 0), ("start", "blue", 0)]),
     "new spec, one new ready: stop one old": (
         [BLUE], [replica("a", spec_hash="old", started_at=1), replica("b", spec_hash="old", started_at=2),

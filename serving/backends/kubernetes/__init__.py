@@ -1,0 +1,33 @@
+"""scoregate on Kubernetes: the only package that imports kubernetes_asyncio.
+
+- api.py         KubeApi: the typed kubernetes-asyncio APIs, raw JSON in and out
+- watching.py    ObjectCache: list-then-watch mirrors (resourceVersion, 410 Gone → re-list)
+- names.py       object names and labels
+- translation.py custom resources (camelCase) ⇄ serving.resources, validated
+- workloads.py   apps/v1 Deployment + Service of a deployment version (pure)
+- podstatus.py   pod status → state, stage, reason (pure)
+- replicas.py    versions + pods → ReplicaViews (pure)
+- backend.py     KubernetesBackend (the Backend protocol)
+- store.py       KubernetesStore (the Store protocol, on custom resources and Secrets)
+- status.py      DeploymentStatusReporter: the status subresource of the custom resources
+- leasing.py     LeaseElector: coordination.k8s.io Lease leader election
+- running.py     run_controller(): the `scoregate controller --backend kubernetes` process
+- downloading.py the init container that fetches model and code (no Kubernetes API)
+See docs/kubernetes.md.
+"""
+
+from .api import KubeApi, load_api_client
+from .backend import KubernetesBackend
+from .translation import CustomResourceError, InstanceTypeSpec
+from .workloads import Placement, StaticPlacement, WorkloadSettings
+
+__all__ = [
+    "CustomResourceError",
+    "InstanceTypeSpec",
+    "KubeApi",
+    "KubernetesBackend",
+    "Placement",
+    "StaticPlacement",
+    "WorkloadSettings",
+    "load_api_client",
+]

@@ -1,0 +1,125 @@
+"""`scoregate controller --backend kubernetes`: the composition root of the cluster controller.
+
+Builds, in order: API client (in-cluster or --kubeconfig) → KubernetesStore (custom
+resources) → KubernetesBackend (Deployments, Services, pods; placement from the store)
+→ serving.controller's Controller (planner + reconcile loop) → DeploymentStatusReporter.
+With leader election (the default; the controller Deployment may run several replicas),
+nothing is written before this process holds the Lease, and it stops when it loses it.
+Shutdown runs in reverse order and leaves every replica running: the next leader adopts
+them. serving/cli.py wires `add_arguments` and `settings_from_args` to the CLI verb.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import socket
+from dataclasses import dataclass
+
+from router import RoutingTableHolder
+
+from ...controller.loop import Controller
+from ...controller.publisher import RoutingPublisher
+from .api import KubeApi, load_api_client
+from .backend import KubernetesBackend
+from .leasing import LeaseElector
+from .status import DeploymentStatusReporter
+from .store import KubernetesStore
+from .workloads import WorkloadSettings
+
+log = logging.getLogger("scoregate.kubernetes")
+
+
+@dataclass(frozen=True)
+class KubernetesControllerSettings:
+    kubeconfig: str | None = None
+    context: str | None = None
+    namespaces: tuple[str, ...] | None = ("default",)  # None: all namespaces
+    image: str = WorkloadSettings().image
+    interval_s: float = 5.0
+    leader_election: bool = True
+    lease_namespace: str = "scoregate-system"
+    lease_name: str = "scoregate-controller"
+    identity: str = ""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
+    parser.add_argument("--context", default=None, help="kubeconfig context")
+    parser.add_argument("--namespace", action="append", dest="namespaces", default=None,
+                        help="namespace to watch (repeatable; default: default)")
+    parser.add_argument("--all-namespaces", action="store_true", help="watch every namespace")
+    parser.add_argument("--image", default=WorkloadSettings().image, help="image of the model server and downloader")
+    parser.add_argument("--no-leader-election", action="store_true", help="run without the Lease (one replica only)")
+    parser.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "scoregate-system"))
+
+
+def settings_from_args(args: argparse.Namespace) -> KubernetesControllerSettings:
+    namespaces = None if args.all_namespaces else tuple(args.namespaces or ("default",))
+    return KubernetesControllerSettings(kubeconfig=args.kubeconfig, context=args.context, namespaces=namespaces,
+                                        image=args.image, leader_election=not args.no_leader_election,
+                                        lease_namespace=args.lease_namespace)
+
+
+async def run_controller(settings: KubernetesControllerSettings, stop: asyncio.Event | None = None) -> None:
+    """Run until `stop` is set (or leadership is lost); then shut down in order."""
+    stop = stop or asyncio.Event()
+    api = KubeApi(await load_api_client(settings.kubeconfig, settings.context))
+    elector, campaign = None, None
+    try:
+        if settings.leader_election:
+            identity = settings.identity or f"{socket.gethostname()}-{os.getpid()}"
+            elector = LeaseElector(api, settings.lease_namespace, settings.lease_name, identity)
+            campaign = asyncio.get_running_loop().create_task(elector.run(), name="lease campaign")
+            waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(elector.elected.wait())]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waits:
+                waiter.cancel()
+            if not elector.is_leader:
+                return
+        await _run_elected(api, settings, stop, elector)
+    finally:
+        if campaign is not None:
+            campaign.cancel()
+            await asyncio.gather(campaign, return_exceptions=True)
+        if elector is not None:
+            await elector.release()
+        await api.close()
+
+
+async def _run_elected(api: KubeApi, settings: KubernetesControllerSettings, stop: asyncio.Event,
+                       elector: LeaseElector | None) -> None:
+    store = KubernetesStore(api, namespaces=settings.namespaces)
+    backend = KubernetesBackend(api, namespaces=settings.namespaces, placement=store,
+                                settings=WorkloadSettings(image=settings.image))
+    controller = Controller(store, backend, RoutingPublisher(RoutingTableHolder()), interval_s=settings.interval_s)
+    reporter = DeploymentStatusReporter(api, store, backend.observe)
+
+    def on_replica_change() -> None:
+        controller.on_replica_change()
+        reporter.wake()
+
+    def on_store_change() -> None:
+        controller.notify()
+        reporter.wake()
+
+    store.on_change, backend.on_change = on_store_change, on_replica_change
+    await store.start()
+    await backend.start()
+    await controller.start()
+    await reporter.start()
+    log.info("controller running for %s", ", ".join(settings.namespaces) if settings.namespaces else "all namespaces")
+    try:
+        waits = [asyncio.ensure_future(stop.wait())]
+        if elector is not None:
+            waits.append(asyncio.ensure_future(elector.lost.wait()))
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waits:
+            waiter.cancel()
+    finally:
+        await reporter.close()
+        await controller.close()
+        await backend.close()
+        await store.aclose()

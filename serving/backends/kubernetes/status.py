@@ -1,0 +1,137 @@
+"""DeploymentStatusReporter: what `kubectl get onlinedeployments` shows.
+
+After changes (debounced), derives each custom resource's status from the store's
+snapshot (problems: invalid spec, missing endpoint or instance type) and the backend's
+replica views, and merge-patches the status subresource when it changed:
+- OnlineDeployment: provisioningState (Creating, Updating, Succeeded, Failed), stage and
+  reason (of the replica that failed, else of the one furthest behind), replicas,
+  readyReplicas, specHash, observedGeneration;
+- OnlineEndpoint: provisioningState, reason, keysSecretName.
+Until the rollout module (serving/controller/rollout.py) owns these states, "Failed"
+means: a replica of the current version failed (its stage and reason say why).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable
+
+from .. import EXITED, READY, STARTING, ReplicaView
+from . import names
+from .api import ONLINE_DEPLOYMENTS, ONLINE_ENDPOINTS, KubeApi, status_of
+from .podstatus import (ENVIRONMENT, IMAGE_PULL, INIT, MODEL_DOWNLOAD, RUNNING, SCHEDULING)
+from .store import KubernetesStore
+from .translation import deployment_from_custom_resource, deployment_name_of
+
+log = logging.getLogger("scoregate.kubernetes.status")
+_STAGE_ORDER = [SCHEDULING, IMAGE_PULL, ENVIRONMENT, MODEL_DOWNLOAD, INIT, RUNNING]
+VALIDATION = "validation"
+
+
+def _split(reason: str) -> tuple[str, str]:
+    stage, sep, text = reason.partition(": ")
+    return (stage, text) if sep and stage in _STAGE_ORDER else ("", reason)
+
+
+def deployment_status(obj: dict, problem: str | None, views: list[ReplicaView]) -> dict:
+    """The status subresource of one OnlineDeployment (pure)."""
+    generation = (obj.get("metadata") or {}).get("generation", 0)
+    previous = obj.get("status") or {}
+    if problem:
+        return {"provisioningState": "Failed", "stage": VALIDATION, "reason": problem, "replicas": 0,
+                "readyReplicas": 0, "specHash": previous.get("specHash", ""), "observedGeneration": generation}
+    deployment = deployment_from_custom_resource(obj)
+    spec_hash = deployment.replica_spec_hash()
+    mine = [v for v in views if (v.endpoint, v.deployment) == (deployment.endpoint_name, deployment.name)]
+    current = [v for v in mine if v.spec_hash == spec_hash]
+    stale = [v for v in mine if v.spec_hash != spec_hash and v.state in (STARTING, READY)]
+    ready = sum(1 for v in current if v.state == READY)
+    failed = [v for v in current if v.state == EXITED]
+    waiting = sorted((v for v in current if v.state == STARTING),
+                     key=lambda v: _STAGE_ORDER.index(_split(v.reason)[0]) if _split(v.reason)[0] else 0)
+    status = {"replicas": sum(1 for v in current if v.state in (STARTING, READY, EXITED)),
+              "readyReplicas": ready, "specHash": spec_hash, "observedGeneration": generation}
+    if ready >= deployment.instance_count and not stale and not waiting:
+        return {**status, "provisioningState": "Succeeded", "stage": "", "reason": ""}
+    if failed:
+        stage, reason = _split(failed[0].reason)
+        return {**status, "provisioningState": "Failed", "stage": stage, "reason": reason}
+    updating = previous.get("specHash") not in (None, "", spec_hash) or previous.get("provisioningState") in (
+        "Succeeded", "Updating")
+    stage, reason = _split(waiting[0].reason) if waiting else ("", "")
+    return {**status, "provisioningState": "Updating" if updating else "Creating", "stage": stage, "reason": reason}
+
+
+def endpoint_status(obj: dict, problem: str | None, has_keys: bool) -> dict:
+    generation = (obj.get("metadata") or {}).get("generation", 0)
+    if problem:
+        return {"provisioningState": "Failed", "reason": problem, "observedGeneration": generation}
+    if not has_keys:
+        return {"provisioningState": "Creating", "reason": "creating the endpoint keys",
+                "observedGeneration": generation}
+    return {"provisioningState": "Succeeded", "reason": "", "observedGeneration": generation,
+            "keysSecretName": names.keys_secret_name(obj["metadata"]["name"])}
+
+
+class DeploymentStatusReporter:
+    def __init__(self, api: KubeApi, store: KubernetesStore, observe: Callable[[], list[ReplicaView]], *,
+                 debounce_s: float = 0.1) -> None:
+        self._api, self._store, self._observe = api, store, observe
+        self._debounce_s = debounce_s
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self.patches = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="status reporter")
+        self._wake.set()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            await asyncio.sleep(self._debounce_s)
+            self._wake.clear()
+            try:
+                await self.report_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("writing statuses failed; retrying")
+                await asyncio.sleep(1.0)
+                self._wake.set()
+
+    async def report_once(self) -> None:
+        snapshot = self._store.snapshot
+        views = self._observe()
+        keyed = {name for name in (r.endpoint.name for r in snapshot.records)}
+        for obj in self._store.custom_objects(ONLINE_ENDPOINTS):
+            problem = snapshot.problems.get(("OnlineEndpoint", obj["metadata"]["namespace"], obj["metadata"]["name"]))
+            await self._patch(ONLINE_ENDPOINTS, obj, endpoint_status(obj, problem, obj["metadata"]["name"] in keyed))
+        for obj in self._store.custom_objects(ONLINE_DEPLOYMENTS):
+            meta = obj["metadata"]
+            problem = snapshot.problems.get(("OnlineDeployment", meta["namespace"], meta["name"]))
+            if problem is None and deployment_name_of(obj) and (
+                    (obj.get("spec") or {}).get("endpointName"), deployment_name_of(obj)) not in snapshot.sources:
+                problem = "waiting for its endpoint"
+            await self._patch(ONLINE_DEPLOYMENTS, obj, deployment_status(obj, problem, views))
+
+    async def _patch(self, kind, obj: dict, status: dict) -> None:
+        previous = obj.get("status") or {}
+        if all(previous.get(k) == v for k, v in status.items()):
+            return
+        meta = obj["metadata"]
+        try:
+            await self._api.patch(kind, meta["namespace"], meta["name"], {"status": status}, subresource="status")
+            self.patches += 1
+        except Exception as exc:
+            if status_of(exc) != 404:  # deleted meanwhile
+                raise

@@ -1,0 +1,366 @@
+"""KubernetesStore: the Store protocol on custom resources, keys in Secrets.
+
+Desired state is what `kubectl apply` put in the cluster: OnlineEndpoint and
+OnlineDeployment objects in the watched namespaces, InstanceType objects (cluster-wide).
+Watches (watching.py) mirror them; after every change a frozen snapshot is rebuilt in the
+event loop — parsed and validated again (translation.py), conflicts resolved (the oldest
+object wins a name) — so the Store's synchronous readers, called from worker threads by
+the reconcile loop, read one consistent reference. Objects that cannot be served are kept
+in `problems` with a reason, which status.py writes into their status.
+Endpoint keys live in a Secret per endpoint, owned by the OnlineEndpoint (garbage-collected
+with it); the store creates it. An endpoint without its Secret yet is not listed, so the
+router never sees an endpoint with empty keys. Writes (the management API) block on the
+event loop and must come from a worker thread, as the Store protocol says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import secrets
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from ...resources import Deployment, Endpoint
+from ...store import EndpointRecord, StoreError
+from . import names
+from .api import INSTANCE_TYPES, ONLINE_DEPLOYMENTS, ONLINE_ENDPOINTS, SECRETS, KubeApi, status_of
+from .podstatus import parse_time
+from .translation import (DEFAULT_INSTANCE_TYPE, DEFAULT_INSTANCE_TYPE_NAME, CustomResourceError, InstanceTypeSpec,
+                          deployment_from_custom_resource, deployment_to_custom_resource,
+                          endpoint_from_custom_resource, endpoint_to_custom_resource,
+                          instance_type_from_custom_resource)
+from .watching import ObjectCache
+from .workloads import Placement, owner_reference
+
+log = logging.getLogger("scoregate.store.kubernetes")
+ObjectId = tuple[str, str, str]  # kind, namespace, name
+
+
+def _created(obj: dict) -> tuple[float, str]:
+    meta = obj.get("metadata") or {}
+    return parse_time(meta.get("creationTimestamp")) or 0.0, meta.get("namespace", "")
+
+
+def _id(obj: dict) -> ObjectId:
+    meta = obj.get("metadata") or {}
+    return obj.get("kind", ""), meta.get("namespace", ""), meta.get("name", "")
+
+
+@dataclass(frozen=True)
+class StoreSnapshot:
+    records: tuple[EndpointRecord, ...] = ()
+    deployments: tuple[Deployment, ...] = ()
+    placements: dict[tuple[str, str], Placement] = field(default_factory=dict)
+    sources: dict[tuple[str, str], dict] = field(default_factory=dict)  # (endpoint, deployment) -> CR
+    endpoint_sources: dict[str, dict] = field(default_factory=dict)
+    problems: dict[ObjectId, str] = field(default_factory=dict)
+
+
+class KubernetesStore:
+    def __init__(self, api: KubeApi, *, namespaces: Iterable[str] | None = ("default",),
+                 on_change: Callable[[], None] = lambda: None, sync_timeout_s: float = 60.0) -> None:
+        self._api = api
+        self._namespaces = tuple(namespaces) if namespaces is not None else None
+        self.default_namespace = (self._namespaces or ("default",))[0]
+        self.on_change = on_change
+        self._sync_timeout_s = sync_timeout_s
+        wake = lambda _kind, _obj: self._rebuild()  # noqa: E731
+        self._endpoints = ObjectCache(api, ONLINE_ENDPOINTS, namespaces=self._namespaces, on_event=wake)
+        self._deployments = ObjectCache(api, ONLINE_DEPLOYMENTS, namespaces=self._namespaces, on_event=wake)
+        self._instance_types = ObjectCache(api, INSTANCE_TYPES, on_event=wake)
+        self._secrets = ObjectCache(api, SECRETS, namespaces=self._namespaces,
+                                    label_selector=names.MANAGED_KEYS_SELECTOR, on_event=wake)
+        self._caches = (self._instance_types, self._secrets, self._endpoints, self._deployments)
+        self._snapshot = StoreSnapshot()
+        self._creating_keys: set[tuple[str, str]] = set()
+        self._tasks: set[asyncio.Task] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = False
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        for cache in self._caches:
+            await cache.start(self._sync_timeout_s)
+        self._started = True
+        self._rebuild()
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for cache in self._caches:
+            await cache.close()
+
+    def close(self) -> None:
+        """Store protocol: nothing to release synchronously (aclose() stops the watches)."""
+
+    @property
+    def snapshot(self) -> StoreSnapshot:
+        return self._snapshot
+
+    def custom_objects(self, kind) -> list[dict]:
+        """The mirrored OnlineEndpoint or OnlineDeployment objects, valid or not."""
+        cache = {ONLINE_ENDPOINTS: self._endpoints, ONLINE_DEPLOYMENTS: self._deployments}[kind]
+        return cache.values()
+
+    # -- the snapshot ---------------------------------------------------------------------
+    def _rebuild(self) -> None:
+        if not self._started:
+            return
+        problems: dict[ObjectId, str] = {}
+        instance_types = {DEFAULT_INSTANCE_TYPE_NAME: DEFAULT_INSTANCE_TYPE}
+        for obj in self._instance_types.values():
+            try:
+                spec = instance_type_from_custom_resource(obj)
+                instance_types[spec.name] = spec
+            except CustomResourceError as exc:
+                problems[_id(obj)] = str(exc)
+        endpoints: dict[str, tuple[Endpoint, dict]] = {}
+        for obj in sorted(self._endpoints.values(), key=_created):
+            try:
+                endpoint = endpoint_from_custom_resource(obj)
+            except CustomResourceError as exc:
+                problems[_id(obj)] = str(exc)
+                continue
+            if endpoint.name in endpoints:
+                other = endpoints[endpoint.name][1]["metadata"]["namespace"]
+                problems[_id(obj)] = f"the endpoint name {endpoint.name} is already used in namespace {other}"
+                continue
+            endpoints[endpoint.name] = (endpoint, obj)
+        records = []
+        for name, (endpoint, obj) in sorted(endpoints.items()):
+            record = self._record(endpoint, obj)
+            if record is not None:
+                records.append(record)
+        deployments, placements, sources = [], {}, {}
+        for obj in sorted(self._deployments.values(), key=_created):
+            try:
+                deployment = deployment_from_custom_resource(obj)
+                placement = self._place(obj, deployment, endpoints, instance_types)
+            except CustomResourceError as exc:
+                problems[_id(obj)] = str(exc)
+                continue
+            key = (deployment.endpoint_name, deployment.name)
+            if key in sources:
+                problems[_id(obj)] = (f"endpoint {key[0]} already has a deployment {key[1]} "
+                                      f"({sources[key]['metadata']['name']})")
+                continue
+            deployments.append(deployment)
+            placements[key], sources[key] = placement, obj
+        self._snapshot = StoreSnapshot(tuple(records), tuple(deployments), placements, sources,
+                                       {name: obj for name, (_, obj) in endpoints.items()}, problems)
+        self.on_change()
+
+    def _place(self, obj: dict, deployment: Deployment, endpoints: dict, instance_types: dict) -> Placement:
+        meta = obj["metadata"]
+        owner = endpoints.get(deployment.endpoint_name)
+        if owner is None or owner[1]["metadata"]["namespace"] != meta["namespace"]:
+            exists = self._endpoints.get(meta["namespace"], deployment.endpoint_name) is not None
+            why = "is not valid (see its status)" if exists else "does not exist"
+            raise CustomResourceError(obj["kind"], meta["namespace"], meta["name"], "spec.endpointName",
+                                      f"the OnlineEndpoint {deployment.endpoint_name} in namespace {meta['namespace']} {why}")
+        spec = instance_types.get(deployment.instance_type)
+        if spec is None:
+            raise CustomResourceError(obj["kind"], meta["namespace"], meta["name"], "spec.instanceType",
+                                      f"no InstanceType named {deployment.instance_type}")
+        return Placement(meta["namespace"], spec, owner_reference(obj))
+
+    def _record(self, endpoint: Endpoint, obj: dict) -> EndpointRecord | None:
+        namespace = obj["metadata"]["namespace"]
+        secret = self._secrets.get(namespace, names.keys_secret_name(endpoint.name))
+        created = parse_time(obj["metadata"].get("creationTimestamp")) or 0.0
+        if secret is None:
+            self._ensure_keys_later(obj)
+            return None
+        data = secret.get("data") or {}
+        decode = lambda key: base64.b64decode(data.get(key, "")).decode()  # noqa: E731
+        return EndpointRecord(endpoint, decode("primaryKey"), decode("secondaryKey"), created, created)
+
+    # -- PlacementResolver (for KubernetesBackend) ----------------------------------------
+    def placement(self, deployment: Deployment) -> Placement:
+        placement = self._snapshot.placements.get((deployment.endpoint_name, deployment.name))
+        if placement is None:
+            raise StoreError(f"deployment {deployment.endpoint_name}/{deployment.name} has no custom resource")
+        return placement
+
+    # -- Store protocol: reads ------------------------------------------------------------
+    def list_endpoints(self) -> list[EndpointRecord]:
+        return list(self._snapshot.records)
+
+    def get_endpoint(self, name: str) -> EndpointRecord | None:
+        return next((r for r in self._snapshot.records if r.endpoint.name == name), None)
+
+    def list_deployments(self, endpoint_name: str | None = None) -> list[Deployment]:
+        return [d for d in self._snapshot.deployments if endpoint_name in (None, d.endpoint_name)]
+
+    def get_deployment(self, endpoint_name: str, name: str) -> Deployment | None:
+        return next((d for d in self._snapshot.deployments
+                     if (d.endpoint_name, d.name) == (endpoint_name, name)), None)
+
+    # -- Store protocol: writes (from a worker thread) ------------------------------------
+    def _call(self, coro_fn, *args):
+        if self._loop is None:
+            raise StoreError("the Kubernetes store is not started")
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            raise RuntimeError("KubernetesStore writes block; call them through asyncio.to_thread")
+        try:
+            return asyncio.run_coroutine_threadsafe(coro_fn(*args), self._loop).result(timeout=60)
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"the Kubernetes API refused the change: {getattr(exc, 'body', None) or exc}") from exc
+
+    def apply(self, endpoints: list[Endpoint], deployments: list[Deployment]) -> None:
+        self._call(self.apply_async, endpoints, deployments)
+
+    def delete_endpoint(self, name: str) -> bool:
+        return self._call(self.delete_endpoint_async, name)
+
+    def delete_deployment(self, endpoint_name: str, name: str) -> bool:
+        return self._call(self.delete_deployment_async, endpoint_name, name)
+
+    def set_instance_count(self, endpoint_name: str, name: str, count: int) -> Deployment:
+        return self._call(self.set_instance_count_async, endpoint_name, name, count)
+
+    def regenerate_key(self, endpoint_name: str, key_type: str) -> EndpointRecord:
+        return self._call(self.regenerate_key_async, endpoint_name, key_type)
+
+    # -- the same, for async callers ------------------------------------------------------
+    async def apply_async(self, endpoints: list[Endpoint], deployments: list[Deployment]) -> None:
+        for endpoint in endpoints:
+            source = self._snapshot.endpoint_sources.get(endpoint.name)
+            namespace = source["metadata"]["namespace"] if source else self.default_namespace
+            await self._upsert(ONLINE_ENDPOINTS, endpoint_to_custom_resource(endpoint, namespace))
+        for deployment in deployments:
+            source = self._snapshot.sources.get((deployment.endpoint_name, deployment.name))
+            endpoint_source = self._snapshot.endpoint_sources.get(deployment.endpoint_name)
+            namespace = (source or endpoint_source or {}).get("metadata", {}).get("namespace", self.default_namespace)
+            body = deployment_to_custom_resource(deployment, namespace)
+            if source:
+                body["metadata"]["name"] = source["metadata"]["name"]
+            await self._upsert(ONLINE_DEPLOYMENTS, body)
+
+    async def _upsert(self, kind, body: dict) -> None:
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        for _attempt in range(5):
+            try:
+                current = await self._api.get(kind, namespace, name)
+            except Exception as exc:
+                if status_of(exc) != 404:
+                    raise
+                current = None
+            try:
+                if current is None:
+                    await self._api.create(kind, namespace, body)
+                else:
+                    body["metadata"] = {**current["metadata"], "labels": current["metadata"].get("labels", {})}
+                    await self._api.replace(kind, namespace, name, body)
+                return
+            except Exception as exc:
+                if status_of(exc) != 409:
+                    raise
+        raise StoreError(f"{kind.kind} {namespace}/{name} kept changing while being updated")
+
+    async def delete_endpoint_async(self, name: str) -> bool:
+        source = self._snapshot.endpoint_sources.get(name)
+        if source is None:
+            return False
+        namespace = source["metadata"]["namespace"]
+        for obj in self._deployments.values():
+            if obj["metadata"]["namespace"] == namespace and (obj.get("spec") or {}).get("endpointName") == name:
+                await self._delete(ONLINE_DEPLOYMENTS, namespace, obj["metadata"]["name"])
+        await self._delete(ONLINE_ENDPOINTS, namespace, source["metadata"]["name"])
+        return True
+
+    async def delete_deployment_async(self, endpoint_name: str, name: str) -> bool:
+        source = self._snapshot.sources.get((endpoint_name, name))
+        if source is None:
+            return False
+        endpoint = self.get_endpoint(endpoint_name)
+        if endpoint is not None and endpoint.endpoint.traffic.get(name, 0) > 0:
+            raise StoreError(f"deployment {name} still has {endpoint.endpoint.traffic[name]}% of the traffic"
+                             f" of endpoint {endpoint_name}; move the traffic first")
+        await self._delete(ONLINE_DEPLOYMENTS, source["metadata"]["namespace"], source["metadata"]["name"])
+        return True
+
+    async def _delete(self, kind, namespace: str, name: str) -> None:
+        try:
+            await self._api.delete(kind, namespace, name)
+        except Exception as exc:
+            if status_of(exc) != 404:
+                raise
+
+    async def set_instance_count_async(self, endpoint_name: str, name: str, count: int) -> Deployment:
+        source = self._snapshot.sources.get((endpoint_name, name))
+        if source is None:
+            raise StoreError(f"no deployment {name} in endpoint {endpoint_name}")
+        updated = await self._api.patch(ONLINE_DEPLOYMENTS, source["metadata"]["namespace"],
+                                        source["metadata"]["name"], {"spec": {"instanceCount": count}})
+        return deployment_from_custom_resource(updated)
+
+    async def regenerate_key_async(self, endpoint_name: str, key_type: str) -> EndpointRecord:
+        if key_type not in ("primary", "secondary"):
+            raise StoreError("key type must be primary or secondary")
+        source = self._snapshot.endpoint_sources.get(endpoint_name)
+        if source is None:
+            raise StoreError(f"no endpoint {endpoint_name}")
+        namespace, secret_name = source["metadata"]["namespace"], names.keys_secret_name(endpoint_name)
+        for _attempt in range(5):
+            secret = await self._api.get(SECRETS, namespace, secret_name)
+            secret.setdefault("data", {})[f"{key_type}Key"] = base64.b64encode(new_key().encode()).decode()
+            try:
+                self._secrets.put(await self._api.replace(SECRETS, namespace, secret_name, secret))
+                break
+            except Exception as exc:
+                if status_of(exc) != 409:
+                    raise
+        self._rebuild()
+        record = self.get_endpoint(endpoint_name)
+        if record is None:
+            raise StoreError(f"no endpoint {endpoint_name}")
+        return record
+
+    # -- keys -----------------------------------------------------------------------------
+    def _ensure_keys_later(self, endpoint_obj: dict) -> None:
+        key = (endpoint_obj["metadata"]["namespace"], endpoint_obj["metadata"]["name"])
+        if key in self._creating_keys or self._loop is None:
+            return
+        self._creating_keys.add(key)
+        task = self._loop.create_task(self._create_keys(endpoint_obj))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _create_keys(self, endpoint_obj: dict) -> None:
+        meta = endpoint_obj["metadata"]
+        name = names.keys_secret_name(meta["name"])
+        body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": {"name": name, "namespace": meta["namespace"],
+                             "labels": {names.LABEL_MANAGED_BY: names.MANAGER,
+                                        names.LABEL_COMPONENT: names.COMPONENT_KEYS,
+                                        names.LABEL_ENDPOINT: meta["name"]},
+                             "ownerReferences": [owner_reference(endpoint_obj)]},
+                "data": {k: base64.b64encode(new_key().encode()).decode() for k in ("primaryKey", "secondaryKey")}}
+        try:
+            self._secrets.put(await self._api.create(SECRETS, meta["namespace"], body))
+            log.info("created the keys of endpoint %s in Secret %s/%s", meta["name"], meta["namespace"], name)
+        except Exception as exc:
+            if status_of(exc) != 409:
+                log.warning("cannot create the keys of endpoint %s: %s", meta["name"], exc)
+                await asyncio.sleep(1.0)
+        finally:
+            self._creating_keys.discard((meta["namespace"], meta["name"]))
+        self._rebuild()
+
+
+def new_key() -> str:
+    return secrets.token_urlsafe(32)
+
+
+__all__ = ["InstanceTypeSpec", "KubernetesStore", "StoreSnapshot"]

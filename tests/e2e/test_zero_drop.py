@@ -1,0 +1,129 @@
+"""Changes under a steady load at about 70% of capacity complete with zero failed
+requests: scaling down, replacing every replica, shifting traffic between deployments.
+And the autoscaler: scale up under load, then a conservative scale-down."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from tests.support.gateway import GatewayProcess, wait_for
+from tests.support.load import SteadyLoad
+from tests.support.manifests import write_deployment, write_endpoint
+
+# Each echo replica sleeps 20 ms per request with one slot: about 45 requests/s.
+SLOW = {"SLEEP_S": "0.02"}
+ONE_SLOT = {"max_concurrent_requests_per_instance": 1, "max_queue_wait_ms": 2000}
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory):
+    gw = GatewayProcess(tmp_path_factory.mktemp("gw") / "state").start()
+    try:
+        yield gw
+    finally:
+        gw.kill_everything()
+
+
+def load_for(gw, endpoint, rate):
+    key = gw.keys(endpoint)[0]
+    return SteadyLoad(gw.info.ca_cert, f"{gw.scoring_url}/api/v1/endpoint/{endpoint}/score",
+                      {"Authorization": f"Bearer {key}"}, rate)
+
+
+async def cli_json(gw, *args):
+    return await asyncio.to_thread(gw.cli_json, *args)
+
+
+async def wait_async(predicate, timeout_s, what):
+    return await asyncio.to_thread(wait_for, predicate, timeout_s, what, 0.1)
+
+
+def live_replicas(gw, endpoint, name):
+    return [r for r in gw.deployment(endpoint, name)["replicas"] if r["state"] in ("ready", "starting")]
+
+
+async def test_scale_down_under_load_drops_nothing(gateway, tmp_path):
+    write_endpoint(tmp_path, "shrink", traffic={"main": 100})
+    write_deployment(tmp_path, "shrink", "main", env=SLOW, instance_count=3, request_settings=ONE_SLOT)
+    await cli_json(gateway, "apply", "-f", str(tmp_path))
+    await asyncio.to_thread(gateway.wait_ready, "shrink", ["main"])
+    load = load_for(gateway, "shrink", rate=60).start()  # ~70% of two replicas
+    await asyncio.sleep(1.5)
+    await cli_json(gateway, "deployment", "scale", "-n", "main", "-e", "shrink", "--instance-count", "2")
+    await wait_async(lambda: len(live_replicas(gateway, "shrink", "main")) == 2, 20, "scale-down to 2")
+    await asyncio.sleep(1.5)
+    result = await load.stop()
+    assert result.sent > 150
+    assert result.failed == 0, (result.statuses, result.errors)
+
+
+async def test_replacing_every_replica_under_load_drops_nothing(gateway, tmp_path):
+    write_endpoint(tmp_path, "roll", traffic={"main": 100})
+    write_deployment(tmp_path, "roll", "main", env={**SLOW, "VERSION": "1"}, instance_count=2,
+                     request_settings=ONE_SLOT)
+    await cli_json(gateway, "apply", "-f", str(tmp_path))
+    await asyncio.to_thread(gateway.wait_ready, "roll", ["main"])
+    old_pids = {r["pid"] for r in gateway.deployment("roll", "main")["replicas"]}
+    load = load_for(gateway, "roll", rate=60).start()
+    await asyncio.sleep(1.0)
+    write_deployment(tmp_path, "roll", "main", env={**SLOW, "VERSION": "2"}, instance_count=2,
+                     request_settings=ONE_SLOT)
+    await cli_json(gateway, "apply", "-f", str(tmp_path))
+
+    def replaced():
+        replicas = gateway.deployment("roll", "main")["replicas"]
+        pids = {r["pid"] for r in replicas}
+        return len(replicas) == 2 and not pids & old_pids and all(r["state"] == "ready" for r in replicas)
+
+    await wait_async(replaced, 30, "every replica replaced")
+    await asyncio.sleep(1.0)
+    result = await load.stop()
+    assert result.sent > 100
+    assert result.failed == 0, (result.statuses, result.errors)
+
+
+async def test_shifting_traffic_between_deployments_drops_nothing(gateway, tmp_path):
+    write_endpoint(tmp_path, "shift", traffic={"one": 100, "two": 0})
+    write_deployment(tmp_path, "shift", "one", env=SLOW, instance_count=2, request_settings=ONE_SLOT)
+    write_deployment(tmp_path, "shift", "two", env=SLOW, instance_count=2, request_settings=ONE_SLOT)
+    await cli_json(gateway, "apply", "-f", str(tmp_path))
+    await asyncio.to_thread(gateway.wait_ready, "shift", ["one", "two"])
+    load = load_for(gateway, "shift", rate=60).start()
+    await asyncio.sleep(1.5)
+    write_endpoint(tmp_path, "shift", traffic={"one": 0, "two": 100})
+    await cli_json(gateway, "apply", "-f", str(tmp_path))
+    await asyncio.sleep(1.5)
+    result = await load.stop()
+    assert result.failed == 0, (result.statuses, result.errors)
+    assert result.deployments["one"] > 30 and result.deployments["two"] > 30
+    assert set(result.last_deployments) == {"two"}
+
+
+async def test_autoscaler_scales_up_under_load_and_down_conservatively(gateway, tmp_path):
+    write_endpoint(tmp_path, "auto", traffic={"main": 100})
+    write_deployment(tmp_path, "auto", "main", env={"SLEEP_S": "0.05"}, instance_count=1,
+                     request_settings=ONE_SLOT,
+                     scale_settings={"type": "target_utilization", "min_instances": 1, "max_instances": 3,
+                                     "target_utilization_percentage": 70, "polling_interval": 0.25})
+    await cli_json(gateway, "apply", "-f", str(tmp_path))
+    await asyncio.to_thread(gateway.wait_ready, "auto", ["main"])
+    # 30 requests/s of 50 ms work = 1.5 busy replicas: ceil(1.5 / 0.7) = 3 replicas needed.
+    load = load_for(gateway, "auto", rate=30).start()
+    await wait_async(lambda: len([r for r in gateway.deployment("auto", "main")["replicas"]
+                                  if r["state"] == "ready"]) >= 3, 20, "scale-up to 3 ready replicas")
+    shown = gateway.deployment("auto", "main")
+    assert shown["desired_replicas"] == 3 and shown["autoscale"]["utilization"] > 0
+    await asyncio.sleep(1.0)
+    result = await load.stop()
+    assert result.statuses[200] > 0.8 * result.sent
+
+    idle_since = time.monotonic()
+    await asyncio.sleep(1.5)  # well under 20 intervals (5 s): no scale-down yet
+    assert gateway.deployment("auto", "main")["desired_replicas"] == 3
+    await wait_async(lambda: gateway.deployment("auto", "main")["desired_replicas"] == 1, 20,
+                     "scale-down to min_instances")
+    assert time.monotonic() - idle_since >= 4.5  # about 20 polling intervals of 0.25 s
+    await wait_async(lambda: len(live_replicas(gateway, "auto", "main")) == 1, 20, "replicas stopped")
