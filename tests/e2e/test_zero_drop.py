@@ -127,3 +127,23 @@ async def test_autoscaler_scales_up_under_load_and_down_conservatively(gateway, 
                      "scale-down to min_instances")
     assert time.monotonic() - idle_since >= 4.5  # about 20 polling intervals of 0.25 s
     await wait_async(lambda: len(live_replicas(gateway, "auto", "main")) == 1, 20, "replicas stopped")
+
+
+async def test_shutdown_finishes_requests_in_flight(make_gateway, tmp_path):
+    write_endpoint(tmp_path, "slow", traffic={"main": 100})
+    write_deployment(tmp_path, "slow", "main", env={"SLEEP_S": "1.5"}, instance_count=2)
+    gw = make_gateway([str(tmp_path)])
+    await asyncio.to_thread(gw.wait_ready, "slow", ["main"])
+    key = gw.keys("slow")[0]
+    from tests.support.clients import scoring_session
+    async with scoring_session(gw.info.ca_cert) as session:
+        async def one():
+            async with session.post(f"{gw.scoring_url}/api/v1/endpoint/slow/score", json={},
+                                    headers={"Authorization": f"Bearer {key}"}) as r:
+                return r.status, await r.json()
+        in_flight = [asyncio.create_task(one()) for _ in range(4)]
+        await asyncio.sleep(0.5)  # all four are at the model now
+        stopping = asyncio.create_task(asyncio.to_thread(gw.stop))
+        results = await asyncio.gather(*in_flight)
+    assert [status for status, _ in results] == [200] * 4
+    assert await stopping == 0
