@@ -9,10 +9,7 @@ still good, so restarts keep the same certificate.
 
 from __future__ import annotations
 
-import contextlib
-import ipaddress
-import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -23,12 +20,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ._util import CERT_MODE, KEY_MODE, not_after, not_before, spki_der, write_atomic
-
-try:  # POSIX only; without it concurrent first starts may race, which is harmless here
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
+from ._util import (
+    CERT_MODE,
+    KEY_MODE,
+    key_usage,
+    locked_dir,
+    not_after,
+    not_before,
+    san_entries,
+    spki_der,
+    write_atomic,
+)
 
 DEFAULT_HOSTNAMES: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
 CA_VALIDITY = timedelta(days=3650)
@@ -38,7 +40,6 @@ BACKDATE = timedelta(minutes=5)  # tolerate small clock differences between mach
 CA_COMMON_NAME = "scoregate development CA"
 ORGANIZATION = "scoregate development"
 
-_Name = x509.DNSName | x509.IPAddress
 _Key = ec.EllipticCurvePrivateKey
 
 
@@ -69,10 +70,10 @@ def ensure_dev_certificates(
     is kept while it is too, covers `hostnames` and was signed by that CA.
     """
     now = _utc(now)
-    names = _san_entries(hostnames)
+    names = san_entries(hostnames)
     paths = DevCertPaths.in_dir(tls_dir)
     Path(tls_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
-    with _locked(Path(tls_dir)):
+    with locked_dir(Path(tls_dir)):
         ca = _load_ca(paths, now)
         if ca is None:
             _write_all(paths, names, now)
@@ -89,10 +90,10 @@ def write_dev_certificates(
 ) -> DevCertPaths:
     """Always make a new CA and server certificate in `out_dir` (`scoregate tls dev-cert`)."""
     now = _utc(now)
-    names = _san_entries(hostnames)
+    names = san_entries(hostnames)
     paths = DevCertPaths.in_dir(out_dir)
     Path(out_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
-    with _locked(Path(out_dir)):
+    with locked_dir(Path(out_dir)):
         _write_all(paths, names, now)
     return paths
 
@@ -100,7 +101,7 @@ def write_dev_certificates(
 # -- generation ---------------------------------------------------------------------
 
 
-def _write_all(paths: DevCertPaths, names: list[_Name], now: datetime) -> None:
+def _write_all(paths: DevCertPaths, names: list, now: datetime) -> None:
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = _make_ca(ca_key, now)
     # Keys before certificates: a crash in between leaves a key/cert mismatch, which
@@ -111,7 +112,7 @@ def _write_all(paths: DevCertPaths, names: list[_Name], now: datetime) -> None:
 
 
 def _write_server(
-    paths: DevCertPaths, ca: tuple[x509.Certificate, _Key], names: list[_Name], now: datetime
+    paths: DevCertPaths, ca: tuple[x509.Certificate, _Key], names: list, now: datetime
 ) -> None:
     ca_cert, ca_key = ca
     key = ec.generate_private_key(ec.SECP256R1())
@@ -128,7 +129,7 @@ def _make_ca(key: _Key, now: datetime) -> x509.Certificate:
             x509.NameAttribute(NameOID.COMMON_NAME, CA_COMMON_NAME),
         ]
     )
-    usage = _key_usage(key_cert_sign=True, crl_sign=True)
+    usage = key_usage(key_cert_sign=True, crl_sign=True)
     return (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -145,7 +146,7 @@ def _make_ca(key: _Key, now: datetime) -> x509.Certificate:
 
 
 def _make_server(
-    key: _Key, ca_cert: x509.Certificate, ca_key: _Key, names: list[_Name], now: datetime
+    key: _Key, ca_cert: x509.Certificate, ca_key: _Key, names: list, now: datetime
 ) -> x509.Certificate:
     ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     expires = min(now + SERVER_VALIDITY, not_after(ca_cert))
@@ -164,7 +165,7 @@ def _make_server(
         .not_valid_before(now - BACKDATE)
         .not_valid_after(expires)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(digital_signature=True), critical=True)
+        .add_extension(key_usage(digital_signature=True), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False
@@ -175,26 +176,7 @@ def _make_server(
     )
 
 
-def _key_usage(**enabled: bool) -> x509.KeyUsage:
-    flags = dict.fromkeys(
-        (
-            "digital_signature",
-            "content_commitment",
-            "key_encipherment",
-            "data_encipherment",
-            "key_agreement",
-            "key_cert_sign",
-            "crl_sign",
-            "encipher_only",
-            "decipher_only",
-        ),
-        False,
-    )
-    flags.update(enabled)
-    return x509.KeyUsage(**flags)
-
-
-def _common_name(names: list[_Name]) -> str:
+def _common_name(names: list) -> str:
     first = names[0].value
     text = str(first)
     return text if len(text) <= 64 else "scoregate development server"  # CN max is 64
@@ -227,7 +209,7 @@ def _load_ca(paths: DevCertPaths, now: datetime) -> tuple[x509.Certificate, _Key
 
 
 def _server_ok(
-    paths: DevCertPaths, ca_cert: x509.Certificate, names: list[_Name], now: datetime
+    paths: DevCertPaths, ca_cert: x509.Certificate, names: list, now: datetime
 ) -> bool:
     try:
         chain = x509.load_pem_x509_certificates(paths.cert.read_bytes())
@@ -255,50 +237,7 @@ def _same_public_key(cert: x509.Certificate, key: object) -> bool:
 # -- small helpers ------------------------------------------------------------------
 
 
-def _san_entries(hostnames: Sequence[str]) -> list[_Name]:
-    """DNS names and IP addresses for the SAN extension, deduplicated, order kept."""
-    if isinstance(hostnames, str):
-        hostnames = [hostnames]
-    out: list[_Name] = []
-    for raw in hostnames:
-        host = raw.strip().strip("[]")  # accept "[::1]" as written in URLs
-        if not host:
-            raise ValueError(f"empty hostname in {list(hostnames)!r}")
-        try:
-            entry: _Name = x509.IPAddress(ipaddress.ip_address(host))
-        except ValueError:
-            entry = x509.DNSName(_dns_name(host))
-        if entry not in out:
-            out.append(entry)
-    if not out:
-        raise ValueError("at least one hostname is needed for a server certificate")
-    return out
-
-
-def _dns_name(host: str) -> str:
-    if not host.isascii():
-        try:
-            host = host.encode("idna").decode("ascii")
-        except UnicodeError as exc:
-            raise ValueError(f"invalid hostname {host!r}: {exc}") from None
-    return host.lower()
-
-
 def _utc(now: datetime | None) -> datetime:
     if now is None:
         return datetime.now(timezone.utc)
     return now if now.tzinfo else now.replace(tzinfo=timezone.utc)
-
-
-@contextlib.contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    """Serialize check-and-write between processes starting at the same time."""
-    if fcntl is None:  # pragma: no cover - Windows
-        yield
-        return
-    fd = os.open(directory / ".devcert.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)

@@ -23,15 +23,21 @@ from .errors import TLSConfigError
 StrPath = str | os.PathLike[str]
 Password = str | bytes | None
 
+MAX_PEM_BYTES = 1 << 20
 _PEM_LABEL = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----")
 _CERT_LABELS = ("CERTIFICATE", "X509 CERTIFICATE")
 _KEY_LABELS = ("PRIVATE KEY", "EC PRIVATE KEY", "RSA PRIVATE KEY", "ENCRYPTED PRIVATE KEY")
 
 
 def read_file(path: Path, what: str) -> bytes:
-    """The bytes of `path`, or a TLSConfigError saying why it cannot be read."""
+    """The bytes of `path`, or a TLSConfigError saying why it cannot be read.
+
+    Reads at most MAX_PEM_BYTES: a watcher polling a wrong path (a log file, a disk
+    image) must not read gigabytes every few seconds.
+    """
     try:
-        return path.read_bytes()
+        with path.open("rb") as f:
+            data = f.read(MAX_PEM_BYTES + 1)
     except FileNotFoundError:
         raise TLSConfigError(f"{path}: {what} file not found") from None
     except IsADirectoryError:
@@ -40,12 +46,24 @@ def read_file(path: Path, what: str) -> bytes:
         raise TLSConfigError(f"{path}: permission denied reading the {what} file") from None
     except OSError as exc:
         raise TLSConfigError(f"{path}: cannot read the {what} file ({exc.strerror})") from None
+    if len(data) > MAX_PEM_BYTES:
+        raise TLSConfigError(f"{path}: the {what} file is larger than {MAX_PEM_BYTES} bytes")
+    return data
 
 
 def load_certificates(path: StrPath) -> list[x509.Certificate]:
     """All certificates in a PEM file, in file order (leaf first for a server chain)."""
     path = Path(path)
-    data = read_file(path, "certificate")
+    return parse_certificates(path, read_file(path, "certificate"))
+
+
+def parse_certificates(path: StrPath, data: bytes) -> list[x509.Certificate]:
+    """Like load_certificates for bytes already read (`path` only names them in errors).
+
+    Rotation reads a file once and checks, hashes and loads those same bytes, so a
+    file replaced in between cannot slip through unchecked.
+    """
+    path = Path(path)
     _expect_pem(path, data, "certificate", _CERT_LABELS)
     try:
         return x509.load_pem_x509_certificates(data)
@@ -56,14 +74,19 @@ def load_certificates(path: StrPath) -> list[x509.Certificate]:
 def load_private_key(path: StrPath, password: Password = None) -> PrivateKeyTypes:
     """The first private key in a PEM file, decrypted with `password` if it is encrypted."""
     path = Path(path)
-    data = read_file(path, "private key")
+    return parse_private_key(path, read_file(path, "private key"), password)
+
+
+def parse_private_key(path: StrPath, data: bytes, password: Password = None) -> PrivateKeyTypes:
+    """Like load_private_key for bytes already read (`path` only names them in errors)."""
+    path = Path(path)
     _expect_pem(path, data, "private key", _KEY_LABELS)
     secret = password.encode() if isinstance(password, str) else password
     try:
         return serialization.load_pem_private_key(data, password=secret)
     except TypeError:
         if secret is not None:  # a password for a plain key: OpenSSL ignores it, so do we
-            return load_private_key(path, None)
+            return parse_private_key(path, data, None)
         raise TLSConfigError(
             f"{path}: the private key is encrypted and no password was given"
         ) from None

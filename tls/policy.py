@@ -12,6 +12,9 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
 from .errors import TLSConfigError
 from .pem import (
     Password,
@@ -20,6 +23,8 @@ from .pem import (
     check_validity,
     load_certificates,
     load_private_key,
+    parse_certificates,
+    read_file,
 )
 
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!PSK"
@@ -40,9 +45,7 @@ def server_context(
     check_validity(cert_path, certs)
     check_key_matches(cert_path, key_path, certs, key)
 
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    _apply_policy(ctx)
-    ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    ctx = new_server_context()
     try:
         ctx.load_cert_chain(cert_path, key_path, password=password)
     except ssl.SSLError as exc:
@@ -52,11 +55,50 @@ def server_context(
     return ctx
 
 
-def client_context(cafile: StrPath | None = None) -> ssl.SSLContext:
+def new_server_context() -> ssl.SSLContext:
+    """A server context with the policy applied and no certificate loaded yet."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    _apply_policy(ctx)
+    ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    return ctx
+
+
+def require_client_certificates(ctx: ssl.SSLContext, ca_pem: str | bytes, origin: StrPath) -> None:
+    """Make `ctx` refuse, at the handshake, clients without a certificate from `ca_pem`.
+
+    Takes the bundle's bytes (read once by the caller) so what was checked is what is
+    loaded; `origin` names the bundle in errors.
+    """
+    certs = parse_certificates(origin, ca_pem if isinstance(ca_pem, bytes) else ca_pem.encode())
+    try:
+        ctx.load_verify_locations(cadata="".join(_pem_text(c) for c in certs))
+    except ssl.SSLError as exc:
+        raise TLSConfigError(f"{origin}: OpenSSL refused the client CA bundle ({exc})") from None
+    ctx.verify_mode = ssl.CERT_REQUIRED
+
+
+def mtls_server_context(
+    cert_file: StrPath, key_file: StrPath, client_ca_file: StrPath, *, password: Password = None
+) -> ssl.SSLContext:
+    """server_context that also requires a client certificate issued by `client_ca_file`."""
+    ctx = server_context(cert_file, key_file, password=password)
+    ca_path = Path(client_ca_file)
+    require_client_certificates(ctx, read_file(ca_path, "client CA"), ca_path)
+    return ctx
+
+
+def client_context(
+    cafile: StrPath | None = None,
+    *,
+    cert_file: StrPath | None = None,
+    key_file: StrPath | None = None,
+    password: Password = None,
+) -> ssl.SSLContext:
     """A client context that verifies the server's certificate and hostname.
 
     With `cafile` only that CA bundle is trusted (e.g. the development CA or the
-    internal CA for replicas); without it, the system's trust store is used.
+    internal CA for replicas); without it, the system's trust store is used. With
+    `cert_file` and `key_file` it also presents that client certificate (mTLS).
     """
     ca_path = None
     if cafile is not None:
@@ -70,7 +112,21 @@ def client_context(cafile: StrPath | None = None) -> ssl.SSLContext:
     _apply_policy(ctx)
     ctx.check_hostname = True
     ctx.verify_mode = ssl.CERT_REQUIRED
+    if cert_file is not None:
+        cert_path = Path(cert_file)
+        key_path = Path(key_file if key_file is not None else cert_file)
+        certs = load_certificates(cert_path)
+        check_validity(cert_path, certs)
+        check_key_matches(cert_path, key_path, certs, load_private_key(key_path, password))
+        try:
+            ctx.load_cert_chain(cert_path, key_path, password=password)
+        except ssl.SSLError as exc:
+            raise TLSConfigError(f"{cert_path}: OpenSSL refused the client certificate ({exc})") from None
     return ctx
+
+
+def _pem_text(cert: x509.Certificate) -> str:
+    return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
 
 
 def _apply_policy(ctx: ssl.SSLContext) -> None:

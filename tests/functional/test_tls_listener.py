@@ -1,0 +1,237 @@
+"""ServerTLS behind a real aiohttp server (web.AppRunner + web.TCPSite, as the router
+listens): rotation while a long request is in flight, plain HTTP on the TLS port,
+client certificates, and the HTTP→HTTPS redirect listener. Run on asyncio and uvloop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+import trustme
+from aiohttp import web
+from cryptography import x509
+from prometheus_client import CollectorRegistry
+
+from tls import CertificateSource, ServerTLS, TLSMetrics
+from tls.redirect import redirect_app
+
+try:
+    import uvloop
+except ImportError:  # pragma: no cover
+    uvloop = None
+
+
+@dataclass
+class Files:
+    source: CertificateSource
+    ca: trustme.CA
+
+    def issue(self, *names: str) -> int:
+        """Write a new certificate for `names` into the source's files; returns its serial."""
+        leaf = self.ca.issue_cert(*names)
+        self.source.key_file.write_bytes(leaf.private_key_pem.bytes())
+        self.source.cert_file.write_bytes(b"".join(b.bytes() for b in leaf.cert_chain_pems))
+        return x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes()).serial_number
+
+    def client(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context()
+        self.ca.configure_trust(ctx)
+        return ctx
+
+
+def _app() -> web.Application:
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(float(request.query.get("s", "1")))
+        return web.Response(text="slow done")
+
+    async def hello(_request: web.Request) -> web.Response:
+        return web.Response(text="hello")
+
+    app = web.Application()
+    app.add_routes([web.get("/slow", slow), web.get("/", hello)])
+    return app
+
+
+@contextlib.asynccontextmanager
+async def running(app: web.Application, ssl_context: ssl.SSLContext | None) -> AsyncIterator[int]:
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context).start()
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
+
+
+async def _request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str) -> tuple[int, bytes]:
+    """One keep-alive HTTP/1.1 GET on an open connection."""
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: api.test\r\n\r\n".encode())
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
+    status = int(head.split(b" ", 2)[1])
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    return status, await asyncio.wait_for(reader.readexactly(length), timeout=10)
+
+
+def _serial(writer: asyncio.StreamWriter) -> int:
+    der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+async def _open(port: int, ctx: ssl.SSLContext):
+    return await asyncio.wait_for(
+        asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="api.test"), timeout=5
+    )
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Files:
+    out = Files(CertificateSource("api", tmp_path / "api.pem", tmp_path / "api-key.pem"), trustme.CA())
+    out.issue("api.test", "127.0.0.1")
+    return out
+
+
+async def rotation_during_long_request(files: Files) -> None:
+    registry = CollectorRegistry()
+    server = ServerTLS([files.source], metrics=TLSMetrics(registry))
+    server.watch(0.05)
+    old_serial = server.certificates["api"].serial
+    try:
+        async with running(_app(), server.context) as port:
+            reader, writer = await _open(port, files.client())
+            assert _serial(writer) == old_serial
+            in_flight = asyncio.create_task(_request(reader, writer, "/slow?s=1.5"))
+            await asyncio.sleep(0.1)
+
+            new_serial = files.issue("api.test", "127.0.0.1")
+            for _ in range(100):  # the watcher needs two rounds to accept a change
+                if server.certificates["api"].serial == new_serial:
+                    break
+                await asyncio.sleep(0.05)
+            assert server.certificates["api"].serial == new_serial
+            assert not in_flight.done()
+
+            r2, w2 = await _open(port, files.client())
+            assert _serial(w2) == new_serial
+            assert await _request(r2, w2, "/") == (200, b"hello")
+            w2.close()
+
+            assert await in_flight == (200, b"slow done")
+            # The old connection stays usable for further keep-alive requests.
+            assert await _request(reader, writer, "/") == (200, b"hello")
+            assert _serial(writer) == old_serial
+            writer.close()
+    finally:
+        await server.close()
+    reloads = registry.get_sample_value(
+        "scoregate_tls_certificate_reloads_total", {"name": "api", "outcome": "success"}
+    )
+    assert reloads == 1
+    handshakes = registry.get_sample_value(
+        "scoregate_tls_handshakes_total", {"listener": "https", "version": "TLSv1.3", "outcome": "ok"}
+    )
+    assert handshakes == 2
+
+
+LOOPS = ["asyncio", pytest.param("uvloop", marks=pytest.mark.skipif(uvloop is None, reason="no uvloop"))]
+
+
+def run_on(loop: str, coro) -> None:
+    """The gateway serves on uvloop, whose TLS code is not asyncio's: test both."""
+    (uvloop.run if loop == "uvloop" else asyncio.run)(coro)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_rotation_during_long_request(files: Files, loop: str) -> None:
+    run_on(loop, rotation_during_long_request(files))
+
+
+def _plain_http(port: int, payload: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        raw.sendall(payload)
+        chunks = []
+        while chunk := raw.recv(4096):  # returns b"" once the server closed
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_plain_http_on_tls_port_is_closed_and_server_stays_healthy(files: Files, loop: str) -> None:
+    run_on(loop, plain_http_on_tls_port(files))
+
+
+async def plain_http_on_tls_port(files: Files) -> None:
+    registry = CollectorRegistry()
+    server = ServerTLS([files.source], metrics=TLSMetrics(registry))
+    loop_errors: list[dict] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, context: loop_errors.append(context))
+    async with running(_app(), server.context) as port:
+        payloads = [b"GET / HTTP/1.1\r\nHost: api.test\r\n\r\n", b"POST /score HTTP/1.0\r\n\r\n{}",
+                    b"\x00" * 64, b"hello\r\n"] * 5
+        replies = await asyncio.gather(*(asyncio.to_thread(_plain_http, port, p) for p in payloads))
+        assert all(b"HTTP/" not in reply for reply in replies), replies
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"https://127.0.0.1:{port}/", ssl=files.client()) as response:
+                assert (response.status, await response.text()) == (200, "hello")
+    assert loop_errors == []
+    not_tls = registry.get_sample_value(
+        "scoregate_tls_handshakes_total", {"listener": "https", "version": "unknown", "outcome": "not_tls"}
+    )
+    assert not_tls >= 10  # the HTTP requests at least; what the junk counts as may vary
+
+
+async def test_client_certificates_over_aiohttp(files: Files, tmp_path: Path) -> None:
+    clients = trustme.CA()
+    bundle = tmp_path / "clients.pem"
+    clients.cert_pem.write_to_path(str(bundle))
+    server = ServerTLS([files.source], client_ca_file=bundle)
+    async with running(_app(), server.context) as port:
+        with_cert = files.client()
+        clients.issue_cert("router@clients.test").configure_cert(with_cert)
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"https://127.0.0.1:{port}/", ssl=with_cert) as response:
+                assert response.status == 200
+            with pytest.raises(aiohttp.ClientError):
+                async with session.get(f"https://127.0.0.1:{port}/", ssl=files.client()) as response:
+                    await response.read()
+
+
+async def test_redirect_listener(files: Files) -> None:
+    server = ServerTLS([files.source])
+    async with running(_app(), server.context) as https_port, \
+            running(redirect_app(https_port), None) as http_port:
+        base = f"http://127.0.0.1:{http_port}"
+        async with aiohttp.ClientSession() as session:
+            for method in ("GET", "POST", "DELETE"):
+                async with session.request(method, f"{base}/api/v1/endpoint/e/score?x=1&y=%20",
+                                           allow_redirects=False) as response:
+                    assert response.status == 308
+                    assert response.headers["Location"] == (
+                        f"https://127.0.0.1:{https_port}/api/v1/endpoint/e/score?x=1&y=%20"
+                    )
+            cases = {"api.test:80": "https://api.test:", "[::1]:8080": "https://[::1]:", "API.test": "https://API.test:"}
+            for host, prefix in cases.items():
+                async with session.get(f"{base}/p", headers={"Host": host}, allow_redirects=False) as response:
+                    assert response.headers["Location"] == f"{prefix}{https_port}/p"
+            async with session.get(f"{base}/p", headers={"Host": "evil.test/x@y"}, allow_redirects=False) as response:
+                assert response.status == 400
+            # Following the redirect ends at the HTTPS listener.
+            async with session.get(f"{base}/", ssl=files.client()) as response:
+                assert (response.status, await response.text()) == (200, "hello")
+        # HTTP/1.0 without a Host header cannot be redirected anywhere sensible.
+        reply = await asyncio.to_thread(_plain_http, http_port, b"GET / HTTP/1.0\r\n\r\n")
+        assert reply.startswith(b"HTTP/1.0 400") or reply.startswith(b"HTTP/1.1 400"), reply
+    app = redirect_app(443, default_host="gateway.test")
+    async with running(app, None) as port:
+        reply = await asyncio.to_thread(_plain_http, port, b"GET /x HTTP/1.0\r\n\r\n")
+        assert b"Location: https://gateway.test/x\r\n" in reply, reply
+    with pytest.raises(ValueError):
+        redirect_app(0)
