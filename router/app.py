@@ -54,6 +54,10 @@ class RouterSettings:
     # Idle upstream connections are closed by us before the replica would close them,
     # so a request is never written onto a connection the replica is closing.
     upstream_keepalive_s: float = 15.0
+    # Endpoints also by host name: https://{endpoint}.{domain}/score
+    domain: str | None = None
+    # Client context for https replicas (router→replica mTLS); None: plain HTTP only.
+    upstream_ssl_context: ssl.SSLContext | None = None
     max_line_size: int = 8190
     max_field_size: int = 8190
     backlog: int = 1024
@@ -61,12 +65,17 @@ class RouterSettings:
 
 class RouterApp:
     def __init__(self, settings: RouterSettings, holder: RoutingTableHolder, *,
-                 token_verifier=None, rng: random.Random | None = None) -> None:
+                 token_verifier=None, rng: random.Random | None = None,
+                 extra_routes: list[web.RouteDef] | None = None) -> None:
         self.settings = settings
+        # Routes the control plane serves on the scoring port (e.g. batch job submission),
+        # matched before the catch-all 404.
+        self._extra_routes = list(extra_routes or [])
         self.holder = holder
         self.recorder = Recorder()
         self.in_flight = InFlightCounter()
-        self._pool = UpstreamPool(keepalive_timeout_s=settings.upstream_keepalive_s)
+        self._pool = UpstreamPool(keepalive_timeout_s=settings.upstream_keepalive_s,
+                                  ssl_context=settings.upstream_ssl_context)
         self.ejector = OutlierEjector(consecutive_failures=settings.ejection_failures,
                                       base_ejection_s=settings.ejection_base_s,
                                       max_ejection_s=settings.ejection_max_s)
@@ -82,7 +91,7 @@ class RouterApp:
             Forwarder(self._pool, max_body_bytes=settings.body.max_body_bytes),
             self.recorder, settings.body, settings.retry,
         )
-        self._handlers = ScoringHandlers(pipeline, self.recorder)
+        self._handlers = ScoringHandlers(pipeline, self.recorder, settings.domain)
         self.recorder.registry.register(DeploymentCollector(holder, self.admission, self.ejector))
         self._runner: web.AppRunner | None = None
         holder.subscribe(self._on_table_change)
@@ -98,7 +107,7 @@ class RouterApp:
             for deployment in endpoint.deployments.values():
                 for replica in deployment.replicas:
                     if replica.replica_id == replica_id:
-                        url = f"http://{replica.host}:{replica.port}{replica.liveness_path}"
+                        url = f"{replica.base_url}{replica.liveness_path}"
                         try:
                             async with asyncio.timeout(2.0):
                                 async with self._pool.session.get(url) as response:
@@ -122,7 +131,7 @@ class RouterApp:
     async def start(self) -> None:
         await self._pool.start()
         app = web.Application(client_max_size=self.settings.body.max_body_bytes)
-        app.add_routes(self._handlers.routes())
+        app.add_routes(self._extra_routes + self._handlers.routes())
         self._runner = web.AppRunner(
             app,
             access_log=None,

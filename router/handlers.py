@@ -34,9 +34,13 @@ def error_response(status: int, code: str, message: str, request_id: str,
 
 
 class ScoringHandlers:
-    def __init__(self, pipeline: ScoringPipeline, recorder: Recorder) -> None:
+    """Path routes `/api/v1/endpoint/{endpoint}/...`, and with a `domain` host routes:
+    `https://{endpoint}.{domain}/score` (and any other path) reach the same endpoint."""
+
+    def __init__(self, pipeline: ScoringPipeline, recorder: Recorder, domain: str | None = None) -> None:
         self._pipeline = pipeline
         self._recorder = recorder
+        self._host_suffix = f".{domain.lower().strip('.')}" if domain else None
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -62,18 +66,37 @@ class ScoringHandlers:
         return await self._run(request, raw[prefix_end:] if prefix_end > 0 else "/")
 
     async def not_found(self, request: web.Request) -> web.StreamResponse:
+        endpoint = self._endpoint_from_host(request.host)
+        if endpoint is not None:
+            path = request.rel_url.raw_path
+            if path == "/score":
+                if request.method != "POST":
+                    return self._refuse(request, 405, "MethodNotAllowed", "scoring takes POST", {"Allow": "POST"})
+                return await self._run(request, None, endpoint)
+            return await self._run(request, path, endpoint)
         return self._refuse(request, 404, "NotFound",
                             "no such route; scoring is POST /api/v1/endpoint/{endpoint}/score")
+
+    def _endpoint_from_host(self, host: str | None) -> str | None:
+        if self._host_suffix is None or not host:
+            return None
+        name = host.rsplit(":", 1)[0].lower() if not host.endswith("]") else host.lower()
+        if name.endswith(self._host_suffix):
+            label = name[: -len(self._host_suffix)]
+            if label and "." not in label:
+                return label
+        return None
 
     def _refuse(self, request, status, code, message, headers=None) -> web.Response:
         request_id = request_id_from(request.headers.get("x-request-id"))
         return error_response(status, code, message, request_id, headers)
 
-    async def _run(self, request: web.Request, upstream_path: str | None) -> web.StreamResponse:
+    async def _run(self, request: web.Request, upstream_path: str | None,
+                   endpoint: str | None = None) -> web.StreamResponse:
         ctx = RequestContext(request_id_from(request.headers.get("x-request-id")), request.remote)
         try:
             response = await self._pipeline.handle(
-                request, ctx, request.match_info["endpoint"], upstream_path)
+                request, ctx, endpoint or request.match_info["endpoint"], upstream_path)
             ctx.status = response.status
             return response
         except ScoringError as exc:

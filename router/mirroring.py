@@ -44,7 +44,7 @@ class Mirror:
         if replica is None:
             self._recorder.mirror.labels(endpoint, deployment.name, "dropped").inc()
             return
-        url = f"http://{replica.host}:{replica.port}{path or replica.scoring_path}"
+        url = f"{replica.base_url}{path or replica.scoring_path}"
         timeout_s = deployment.request_settings.request_timeout_ms / 1000
         task = asyncio.get_running_loop().create_task(
             self._send(key, replica.replica_id, method, url, headers, body, timeout_s))

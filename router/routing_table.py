@@ -24,6 +24,11 @@ class Replica:
     port: int
     scoring_path: str = "/score"
     liveness_path: str = "/"
+    scheme: str = "http"  # "https" with router→replica mTLS
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     @property
     def authority(self) -> str:

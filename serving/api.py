@@ -43,7 +43,7 @@ class AdminApi:
         self._controller = controller
         self._backend = backend
         self._token = admin_token.encode()
-        self._scoring_url = scoring_url
+        self.scoring_url = scoring_url
         self._autoscaling = autoscaling
         self._load = load  # (endpoint, deployment) -> (in flight, queued)
 
@@ -142,12 +142,12 @@ class AdminApi:
         deployments = await asyncio.to_thread(self._store.list_deployments)
         return web.json_response([
             endpoint_view(r, [d for d in deployments if d.endpoint_name == r.endpoint.name],
-                          self._scoring_url) for r in records])
+                          self.scoring_url) for r in records])
 
     async def show_endpoint(self, request: web.Request) -> web.Response:
         record = await self._record_or_404(request.match_info["e"])
         deployments = await asyncio.to_thread(self._store.list_deployments, record.endpoint.name)
-        return web.json_response(endpoint_view(record, deployments, self._scoring_url))
+        return web.json_response(endpoint_view(record, deployments, self.scoring_url))
 
     async def delete_endpoint(self, request: web.Request) -> web.Response:
         name = request.match_info["e"]

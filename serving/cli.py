@@ -64,12 +64,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = verbs.add_parser("serve", parents=[common], help="run the gateway (router + controller)")
     serve.add_argument("paths", nargs="*", help="YAML files or folders to apply at start")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8443)
-    serve.add_argument("--admin-host", default="127.0.0.1")
-    serve.add_argument("--admin-port", type=int, default=8081)
+    serve.add_argument("--host", default=None, help="default 127.0.0.1")
+    serve.add_argument("--port", type=int, default=None, help="HTTPS port (default 8443)")
+    serve.add_argument("--admin-host", default=None, help="default 127.0.0.1")
+    serve.add_argument("--admin-port", type=int, default=None, help="default 8081")
+    serve.add_argument("--config", help="YAML settings file (same names as these flags, with _)")
     serve.add_argument("--tls-cert", help="PEM certificate chain (default: a development certificate)")
     serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    serve.add_argument("--tls-key-password-file", help="file holding the passphrase of --tls-key")
+    serve.add_argument("--tls-key-password-env", help="environment variable holding that passphrase")
+    serve.add_argument("--tls-sni-cert", action="append", dest="tls_sni_certs", default=None,
+                       metavar="SPEC", help="another certificate chosen by SNI: "
+                       "cert=F,key=F[,name=N][,password_file=F][,password_env=V][,server_names=a;*.b]")
+    serve.add_argument("--tls-client-ca", help="require client certificates from this CA bundle (mTLS)")
+    serve.add_argument("--tls-reload-interval", type=float, dest="tls_reload_interval_s", default=None,
+                       help="seconds between checks of the certificate files (0: off; default 10)")
+    serve.add_argument("--http-redirect-port", type=int, help="also listen here for HTTP, redirecting to HTTPS")
+    serve.add_argument("--replica-mtls", action="store_true", default=None,
+                       help="talk to replicas over mutual TLS with certificates from an internal CA")
+    serve.add_argument("--domain", help="also serve endpoints at https://ENDPOINT.DOMAIN/score")
     serve.add_argument("--drain-timeout", type=float, default=30.0,
                        help="seconds in-flight requests get to finish at shutdown")
     serve.add_argument("--log-level", default="INFO")
@@ -120,17 +133,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 # -- commands ----------------------------------------------------------------------------
 
+_SERVE_DEFAULTS = {"host": "127.0.0.1", "port": 8443, "admin_host": "127.0.0.1", "admin_port": 8081,
+                   "tls_reload_interval_s": 10.0}
+
+_SERVE_SETTINGS = ("host", "port", "admin_host", "admin_port", "tls_cert", "tls_key",
+                   "tls_key_password_file", "tls_key_password_env", "tls_sni_certs", "tls_client_ca",
+                   "tls_reload_interval_s", "http_redirect_port", "replica_mtls", "domain")
+
+
 def _serve(args) -> int:
     from .embedded import ServeOptions, run_serve
+    from .settings_file import load_serve_settings
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if bool(args.tls_cert) != bool(args.tls_key):
+    settings = dict(_SERVE_DEFAULTS)
+    if args.config:
+        settings.update(load_serve_settings(args.config, _SERVE_SETTINGS))
+    for name in _SERVE_SETTINGS:  # flags given on the command line win over the file
+        if getattr(args, name, None) is not None:
+            settings[name] = getattr(args, name)
+    if bool(settings.get("tls_cert")) != bool(settings.get("tls_key")):
         raise CliError("--tls-cert and --tls-key go together", 2)
-    return run_serve(ServeOptions(
-        state_dir=resolve_state_dir(args.state_dir), paths=args.paths, host=args.host, port=args.port,
-        admin_host=args.admin_host, admin_port=args.admin_port, tls_cert=args.tls_cert,
-        tls_key=args.tls_key, drain_timeout_s=args.drain_timeout))
+    return run_serve(ServeOptions(state_dir=resolve_state_dir(args.state_dir), paths=args.paths,
+                                  drain_timeout_s=args.drain_timeout, **settings))
 
 
 def _apply(args, client: AdminClient):

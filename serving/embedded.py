@@ -4,6 +4,7 @@ Start order: state dir → TLS → store → (initial apply) → router → cont
 port → gateway.json. Shutdown order (SIGINT/SIGTERM): stop accepting and finish
 in-flight requests (bounded) → stop the controller → stop every replica → close the
 upstream pool and the admin port → remove gateway.json. No replica outlives this.
+SIGHUP re-reads the TLS certificate files at once (they are also watched).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from pathlib import Path
 from aiohttp import web
 
 from router import RouterApp, RouterSettings, RoutingTableHolder
-from tls import TLSConfigError, ensure_dev_certificates, server_context
+from tls import CertificateSource, ServerTLS, TLSConfigError, TLSMetrics, ensure_dev_certificates
+from tls.redirect import redirect_app
 
 from .api import AdminApi
 from .backends.local import LocalProcessBackend
@@ -27,6 +29,7 @@ from .controller.autoscaling import Autoscaling
 from .controller.loop import Controller
 from .controller.publisher import RoutingPublisher
 from .manifests import parse_all, read_documents
+from .replica_tls import ReplicaTLS
 from .statedir import GatewayInfo, StateDir
 from .store.sqlite import SqliteStore
 
@@ -43,6 +46,14 @@ class ServeOptions:
     admin_port: int = 8081
     tls_cert: str | None = None
     tls_key: str | None = None
+    tls_key_password_file: str | None = None
+    tls_key_password_env: str | None = None
+    tls_sni_certs: list[str] = field(default_factory=list)
+    tls_client_ca: str | None = None
+    tls_reload_interval_s: float = 10.0
+    http_redirect_port: int | None = None
+    replica_mtls: bool = False
+    domain: str | None = None
     drain_timeout_s: float = 30.0
 
 
@@ -60,33 +71,48 @@ class EmbeddedGateway:
         self.state = StateDir(options.state_dir)
         self._stop = asyncio.Event()
         self.admin_token = secrets.token_urlsafe(32)
+        self.server_tls: ServerTLS | None = None
 
     def request_stop(self) -> None:
         self._stop.set()
 
+    def request_tls_reload(self) -> None:
+        if self.server_tls is not None:
+            asyncio.get_running_loop().create_task(asyncio.to_thread(self.server_tls.reload))
+
     async def run(self, ready: asyncio.Event | None = None) -> None:
-        opts = self.options
         self.state.create()
-        if opts.tls_cert and opts.tls_key:
-            cert, key, ca = opts.tls_cert, opts.tls_key, ""
+        self.server_tls, ca_cert = await asyncio.to_thread(self._load_tls)
+        store = SqliteStore(self.state.store_path)
+        try:
+            if self.options.paths:
+                await asyncio.to_thread(self._initial_apply, store, self.options.paths)
+            await self._serve(store, ca_cert, ready)
+        finally:
+            store.close()
+
+    def _load_tls(self) -> tuple[ServerTLS, str]:
+        """The listener's certificates: given PEM files, or the development CA's."""
+        opts = self.options
+        if opts.tls_cert:
+            cert, key, ca = Path(opts.tls_cert), Path(opts.tls_key or ""), ""
         else:
             hostnames = ["localhost", "127.0.0.1", "::1"]
             if opts.host not in ("0.0.0.0", "::", "", *hostnames):
                 hostnames.append(opts.host)
-            paths = await asyncio.to_thread(ensure_dev_certificates, self.state.tls_dir, hostnames)
-            cert, key, ca = str(paths.cert), str(paths.key), str(paths.ca_cert)
+            if opts.domain:
+                hostnames += [opts.domain, f"*.{opts.domain}"]
+            paths = ensure_dev_certificates(self.state.tls_dir, hostnames)
+            cert, key, ca = paths.cert, paths.key, str(paths.ca_cert)
         try:
-            ssl_context = await asyncio.to_thread(server_context, cert, key)
+            sources = [CertificateSource(
+                "default", cert, key,
+                Path(opts.tls_key_password_file) if opts.tls_key_password_file else None,
+                opts.tls_key_password_env)]
+            sources += [CertificateSource.parse(spec) for spec in opts.tls_sni_certs]
+            return ServerTLS(sources, default="default", client_ca_file=opts.tls_client_ca), ca
         except TLSConfigError as exc:
             raise StartupError(str(exc)) from None
-
-        store = SqliteStore(self.state.store_path)
-        try:
-            if opts.paths:
-                await asyncio.to_thread(self._initial_apply, store, opts.paths)
-            await self._serve(store, ssl_context, ca, ready)
-        finally:
-            store.close()
 
     @staticmethod
     def _initial_apply(store: SqliteStore, paths: list[str]) -> None:
@@ -103,35 +129,53 @@ class EmbeddedGateway:
         log.info("applied %d endpoint(s) and %d deployment(s) from %s",
                  len(endpoints), len(deployments), ", ".join(paths))
 
-    async def _serve(self, store, ssl_context, ca_cert: str, ready: asyncio.Event | None) -> None:
+    async def _serve(self, store, ca_cert: str, ready: asyncio.Event | None) -> None:
         opts = self.options
+        server_tls = self.server_tls
+        assert server_tls is not None
+        replica_tls = await asyncio.to_thread(ReplicaTLS, self.state.tls_dir) if opts.replica_mtls else None
         holder = RoutingTableHolder()
-        router = RouterApp(RouterSettings(host=opts.host, port=opts.port, ssl_context=ssl_context), holder)
+        router = RouterApp(RouterSettings(
+            host=opts.host, port=opts.port, ssl_context=server_tls.context, domain=opts.domain,
+            upstream_ssl_context=replica_tls.client_context if replica_tls else None), holder)
+        server_tls.attach_metrics(TLSMetrics(router.recorder.registry))
         controller_ref: list[Controller] = []
         backend = LocalProcessBackend(
             self.state.root, on_change=lambda: controller_ref and controller_ref[0].on_replica_change(),
-            drain=router.wait_replica_idle)
+            drain=router.wait_replica_idle, replica_tls=replica_tls)
         autoscaling = Autoscaling(router.take_utilization, registry=router.recorder.registry,
                                   on_change=lambda: controller_ref and controller_ref[0].notify())
         controller = Controller(store, backend, RoutingPublisher(holder), autoscaling=autoscaling)
         controller_ref.append(controller)
-        scoring_url = f"https://{_local_name(opts.host)}:{opts.port}"
-        api = AdminApi(store, controller, backend, admin_token=self.admin_token, scoring_url=scoring_url,
+        api = AdminApi(store, controller, backend, admin_token=self.admin_token,
+                       scoring_url=f"https://{_local_name(opts.host)}:{opts.port}",
                        autoscaling=autoscaling, load=router.load)
         admin_app = web.Application(middlewares=[api.auth_middleware])
         admin_app.add_routes(router.admin_routes() + api.routes())
         admin_runner = web.AppRunner(admin_app, access_log=None, handle_signals=False)
+        redirect_runner: web.AppRunner | None = None
 
         await backend.start()
         try:
             await router.start()
+            if opts.tls_reload_interval_s > 0:
+                server_tls.watch(opts.tls_reload_interval_s)
+            if replica_tls is not None:
+                await replica_tls.start()
+            if opts.http_redirect_port is not None:
+                redirect_runner = web.AppRunner(
+                    redirect_app(router.port, default_host=_local_name(opts.host)),
+                    access_log=None, handle_signals=False)
+                await redirect_runner.setup()
+                await web.TCPSite(redirect_runner, opts.host, opts.http_redirect_port,
+                                  reuse_address=True).start()
             await controller.start()
             await autoscaling.start()
             await admin_runner.setup()
             await web.TCPSite(admin_runner, opts.admin_host, opts.admin_port, reuse_address=True).start()
             admin_port = admin_runner.addresses[0][1]
             scoring_url = f"https://{_local_name(opts.host)}:{router.port}"
-            api._scoring_url = scoring_url  # noqa: SLF001 (port 0 is known only now)
+            api.scoring_url = scoring_url  # port 0 is known only now
             self.state.write_gateway(GatewayInfo(
                 admin_url=f"http://{_local_name(opts.admin_host)}:{admin_port}",
                 admin_token=self.admin_token, scoring_url=scoring_url, ca_cert=ca_cert,
@@ -148,6 +192,11 @@ class EmbeddedGateway:
             await controller.close()
             await backend.close()
             await router.close()
+            await server_tls.close()
+            if replica_tls is not None:
+                await replica_tls.close()
+            if redirect_runner is not None:
+                await redirect_runner.cleanup()
             await admin_runner.cleanup()
             self.state.remove_gateway(os.getpid())
             log.info("stopped")
@@ -161,6 +210,7 @@ def run_serve(options: ServeOptions) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, gateway.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, gateway.request_tls_reload)
         try:
             await gateway.run()
         except StartupError as exc:

@@ -108,7 +108,7 @@ class Forwarder:
         else:
             data = None
         # Path and query go out byte for byte as the caller sent them (encoded=True).
-        raw = f"http://{replica.host}:{replica.port}{path or replica.scoring_path}"
+        raw = f"{replica.base_url}{path or replica.scoring_path}"
         query = request.rel_url.raw_query_string
         url = URL(f"{raw}?{query}" if query else raw, encoded=True)
         ctx.upstream_started_ns = time.perf_counter_ns()

@@ -12,8 +12,10 @@ import aiohttp
 
 
 class UpstreamPool:
-    def __init__(self, *, keepalive_timeout_s: float = 30.0, connect_timeout_s: float = 2.0) -> None:
+    def __init__(self, *, keepalive_timeout_s: float = 30.0, connect_timeout_s: float = 2.0,
+                 ssl_context=None) -> None:
         self._keepalive_timeout_s = keepalive_timeout_s
+        self._ssl_context = ssl_context
         self.connect_timeout_s = connect_timeout_s
         self._session: aiohttp.ClientSession | None = None
 
@@ -30,6 +32,7 @@ class UpstreamPool:
             keepalive_timeout=self._keepalive_timeout_s,
             enable_cleanup_closed=False,
             use_dns_cache=True,
+            ssl=self._ssl_context if self._ssl_context is not None else True,
         )
         self._session = aiohttp.ClientSession(
             connector=connector,

@@ -32,6 +32,7 @@ class ReplicaView:
     exit_code: int | None = None
     reason: str = ""
     ended_at: float | None = None
+    scheme: str = "http"
 
 
 class Backend(Protocol):

@@ -66,13 +66,13 @@ class _Replica:
     ended_at: float | None = None
     tasks: set = field(default_factory=set)
 
-    def view(self, host: str) -> ReplicaView:
+    def view(self, host: str, scheme: str = "http") -> ReplicaView:
         return ReplicaView(
             replica_id=self.replica_id, endpoint=self.deployment.endpoint_name,
             deployment=self.deployment.name, spec_hash=self.spec_hash, state=self.state,
             host=host, port=self.port, pid=self.process.pid if self.process else None,
             started_at=self.started_at, restarts=self.restarts, exit_code=self.exit_code,
-            reason=self.reason, ended_at=self.ended_at)
+            reason=self.reason, ended_at=self.ended_at, scheme=scheme)
 
 
 class LocalProcessBackend:
@@ -87,6 +87,7 @@ class LocalProcessBackend:
         probe_interval_s: float = 0.1,
         stop_grace_s: float = 10.0,
         drain: Callable[[str, float], Awaitable[bool]] | None = None,
+        replica_tls=None,
     ) -> None:
         self._logs_dir = Path(state_dir) / "logs"
         self._on_change = on_change
@@ -96,11 +97,17 @@ class LocalProcessBackend:
         self._probe_interval_s = probe_interval_s
         self._stop_grace_s = stop_grace_s
         self._drain = drain
+        # Router→replica mTLS (serving.replica_tls.ReplicaTLS): issues each replica's
+        # server certificate; probes present the router's client certificate.
+        self._replica_tls = replica_tls
+        self._scheme = "https" if replica_tls is not None else "http"
         self._replicas: dict[str, _Replica] = {}
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0))
+        connector = aiohttp.TCPConnector(
+            ssl=self._replica_tls.client_context if self._replica_tls is not None else True)
+        self._session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=2.0))
 
     # -- commands ---------------------------------------------------------------------
     async def start_replica(self, deployment: Deployment, spec_hash: str, restarts: int = 0) -> str:
@@ -135,6 +142,7 @@ class LocalProcessBackend:
                                 replica.replica_id, timeout_s)
             await self._terminate(replica)
         self._replicas.pop(replica_id, None)
+        self._forget_tls(replica_id)
         self._on_change()
 
     def forget(self, replica_id: str) -> None:
@@ -142,9 +150,14 @@ class LocalProcessBackend:
         replica = self._replicas.get(replica_id)
         if replica is not None and replica.state == EXITED:
             del self._replicas[replica_id]
+            self._forget_tls(replica_id)
+
+    def _forget_tls(self, replica_id: str) -> None:
+        if self._replica_tls is not None:
+            self._replica_tls.forget(replica_id)
 
     def observe(self) -> list[ReplicaView]:
-        return [replica.view(self._host) for replica in self._replicas.values()]
+        return [replica.view(self._host, self._scheme) for replica in self._replicas.values()]
 
     def logs(self, endpoint: str, deployment: str, lines: int = 100) -> str:
         """The last `lines` lines of the newest replica logs of a deployment."""
@@ -183,6 +196,11 @@ class LocalProcessBackend:
                    "--host", self._host, "--port", str(replica.port)]
         if deployment.model_path:
             command += ["--model-dir", deployment.model_path]
+        if self._replica_tls is not None:
+            folder = self._logs_dir.parent / "tls" / "replicas" / replica.replica_id
+            files = await asyncio.to_thread(self._replica_tls.issue, folder)
+            command += ["--tls-cert", str(files.cert), "--tls-key", str(files.key),
+                        "--tls-client-ca", str(files.ca)]
         # Keep the project importable from the replica whatever its cwd is.
         project_root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (project_root, env.get("PYTHONPATH")) if p)
@@ -211,7 +229,7 @@ class LocalProcessBackend:
         assert process is not None
         exited = asyncio.ensure_future(process.wait())
         deadline = time.monotonic() + self._startup_timeout_s
-        url = f"http://{self._host}:{replica.port}/"
+        url = f"{self._scheme}://{self._host}:{replica.port}/"
         try:
             while replica.state == STARTING and not exited.done():
                 if time.monotonic() > deadline:

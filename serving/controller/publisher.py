@@ -28,7 +28,7 @@ def build_routing_table(version: int, records: list[EndpointRecord], deployments
     for view in replicas:
         if view.state == READY:
             ready.setdefault((view.endpoint, view.deployment), []).append(
-                Replica(view.replica_id, view.host, view.port))
+                Replica(view.replica_id, view.host, view.port, scheme=view.scheme))
     by_endpoint: dict[str, dict[str, DeploymentRoute]] = {}
     for deployment in deployments:
         settings = deployment.request_settings

@@ -64,7 +64,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", required=True, type=_port, help="port to bind; 0 picks a free one")
     parser.add_argument("--workers-threads", type=_positive_int, default=1,
                         help="threads that run run() concurrently (default 1)")
+    parser.add_argument("--tls-cert", type=Path, help="serve HTTPS with this certificate (mTLS with the router)")
+    parser.add_argument("--tls-key", type=Path, help="key of --tls-cert")
+    parser.add_argument("--tls-client-ca", type=Path,
+                        help="require client certificates from this CA (the gateway's internal CA)")
     return parser
+
+
+def _server_tls(args: argparse.Namespace):
+    """The replica side of router→replica mTLS (None: plain HTTP on loopback).
+
+    Files are watched: the gateway reissues short-lived replica certificates in place.
+    """
+    if args.tls_cert is None:
+        return None
+    from tls import CertificateSource, ServerTLS
+
+    source = CertificateSource("replica", args.tls_cert, args.tls_key)
+    return ServerTLS([source], client_ca_file=args.tls_client_ca)
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -109,14 +126,20 @@ async def serve(args: argparse.Namespace, script: ScoringScript, parent_pid: int
         log.error("cannot bind %s:%s: %s", args.host, args.port, exc)
         await runner.cleanup()
         return EXIT_BIND_FAILED
-    site = web.SockSite(runner, sock, backlog=1024)
+    server_tls = _server_tls(args)
+    site = web.SockSite(runner, sock, backlog=1024,
+                        ssl_context=server_tls.context if server_tls is not None else None)
     await site.start()
+    if server_tls is not None:
+        server_tls.watch(60.0)
     print(READY_LINE.format(address=_format_address(sock)), flush=True)
     watcher = asyncio.create_task(lifecycle.watch_parent(parent_pid, request_stop))
     try:
         await stop.wait()
     finally:
         watcher.cancel()
+        if server_tls is not None:
+            await server_tls.close()
         log.info("shutting down: %s", reasons[0] if reasons else "stopped")
         await _drain(runner)
         sock.close()

@@ -116,9 +116,13 @@ async def test_autoscaler_scales_up_under_load_and_down_conservatively(gateway, 
                                   if r["state"] == "ready"]) >= 3, 20, "scale-up to 3 ready replicas")
     shown = gateway.deployment("auto", "main")
     assert shown["desired_replicas"] == 3 and shown["autoscale"]["utilization"] > 0
-    await asyncio.sleep(1.0)
-    result = await load.stop()
-    assert result.statuses[200] > 0.8 * result.sent
+    spike = await load.stop()  # requests during the spike may get 429: the autoscaler lags it
+    assert spike.statuses[200] > 0
+    # Scaled out, the same load is served in full.
+    steady = load_for(gateway, "auto", rate=30).start()
+    await asyncio.sleep(2.0)
+    result = await steady.stop()
+    assert result.sent > 40 and result.failed == 0, (result.statuses, result.errors)
 
     idle_since = time.monotonic()
     await asyncio.sleep(1.5)  # well under 20 intervals (5 s): no scale-down yet
