@@ -65,6 +65,8 @@ class EndpointRoute:
     traffic: tuple[tuple[str, int], ...] = ()
     mirror_traffic: tuple[tuple[str, int], ...] = ()
     rate_limit: tuple[float, int] | None = None  # (requests per second, burst)
+    # Why no traffic is in effect yet (deployments still rolling out): a 503 to callers.
+    unavailable_reason: str | None = None
     deployments: Mapping[str, DeploymentRoute] = field(default_factory=lambda: _EMPTY)
 
     def __post_init__(self) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from .errors import DeploymentNotFound, NoTrafficDeployment
+from .errors import DeploymentNotFound, NoReadyReplica, NoTrafficDeployment
 from .routing_table import DeploymentRoute, EndpointRoute
 
 PIN_HEADER = "azureml-model-deployment"
@@ -34,6 +34,8 @@ class DeploymentPicker:
         for _, weight in endpoint.traffic:
             total += weight
         if total <= 0:
+            if endpoint.unavailable_reason:
+                raise NoReadyReplica(endpoint.unavailable_reason)
             raise NoTrafficDeployment(
                 f"endpoint '{endpoint.name}' has no deployment with traffic; "
                 f"set traffic or pin one with the '{PIN_HEADER}' header"

@@ -5,6 +5,8 @@
     GET    /api/v1/endpoints/{e}                           show
     DELETE /api/v1/endpoints/{e}                           delete, waits for its replicas to stop
     GET    /api/v1/endpoints/{e}/keys                      {primaryKey, secondaryKey}
+    POST   /api/v1/endpoints/{e}/token                     {"lifetime_s"?} → aml_token access token
+    GET    /api/v1/instance-types                          list
     POST   /api/v1/endpoints/{e}/regenerate-keys           {"key_type": "primary" | "secondary"}
     GET    /api/v1/endpoints/{e}/deployments               list
     GET    /api/v1/endpoints/{e}/deployments/{d}           show
@@ -38,17 +40,19 @@ def _error(status: int, code: str, message: str) -> web.Response:
 
 class AdminApi:
     def __init__(self, store: Store, controller: Controller, backend: Backend, *,
-                 admin_token: str, scoring_url: str, autoscaling=None, load=None) -> None:
+                 admin_token: str, scoring_url: str, autoscaling=None, load=None, tokens=None) -> None:
         self._store = store
         self._controller = controller
         self._backend = backend
         self._token = admin_token.encode()
         self.scoring_url = scoring_url
         self._autoscaling = autoscaling
+        self._tokens = tokens  # serving.tokens.TokenIssuer
         self._load = load  # (endpoint, deployment) -> (in flight, queued)
 
     def _view(self, deployment, replicas) -> dict:
-        view = deployment_view(deployment, replicas)
+        rollout = self._controller.rollouts.rollout((deployment.endpoint_name, deployment.name))
+        view = deployment_view(deployment, replicas, rollout)
         key = (deployment.endpoint_name, deployment.name)
         if self._load is not None:
             view["in_flight_requests"], view["queued_requests"] = self._load(*key)
@@ -69,6 +73,8 @@ class AdminApi:
             web.delete(f"{p}/endpoints/{{e}}", self.delete_endpoint),
             web.get(f"{p}/endpoints/{{e}}/keys", self.get_keys),
             web.post(f"{p}/endpoints/{{e}}/regenerate-keys", self.regenerate_keys),
+            web.post(f"{p}/endpoints/{{e}}/token", self.get_token),
+            web.get(f"{p}/instance-types", self.list_instance_types),
             web.get(f"{p}/endpoints/{{e}}/deployments", self.list_deployments),
             web.get(f"{p}/endpoints/{{e}}/deployments/{{d}}", self.show_deployment),
             web.delete(f"{p}/endpoints/{{e}}/deployments/{{d}}", self.delete_deployment),
@@ -124,18 +130,37 @@ class AdminApi:
             return _error(400, "ValidationError", "each document needs source, base_dir and body")
         existing = await asyncio.to_thread(self._store.list_endpoints)
         existing_deployments = await asyncio.to_thread(self._store.list_deployments)
+        existing_types = await asyncio.to_thread(self._store.list_instance_types)
         try:
-            endpoints, deployments = await asyncio.to_thread(
+            applied = await asyncio.to_thread(
                 parse_all, documents, {r.endpoint.name for r in existing},
-                {(d.endpoint_name, d.name) for d in existing_deployments})
+                {(d.endpoint_name, d.name) for d in existing_deployments}, {t.name for t in existing_types})
         except ManifestError as exc:
             return _error(400, "ValidationError", str(exc))
-        await asyncio.to_thread(self._store.apply, endpoints, deployments)
+        refused = self._traffic_to_failed(applied)
+        if refused:
+            return _error(400, "ValidationError", refused)
+        await asyncio.to_thread(self._store.apply, applied.endpoints, applied.deployments, applied.instance_types)
         self._controller.notify()
         return web.json_response({"applied": [
-            *({"kind": "endpoint", "name": e.name} for e in endpoints),
+            *({"kind": "instance_type", "name": t.name} for t in applied.instance_types),
+            *({"kind": "endpoint", "name": e.name} for e in applied.endpoints),
             *({"kind": "deployment", "name": d.name, "endpoint_name": d.endpoint_name}
-              for d in deployments)]})
+              for d in applied.deployments)]})
+
+    def _traffic_to_failed(self, applied) -> str | None:
+        """Traffic may not go to a deployment whose only version failed to roll out
+        (unless this apply brings a new version of it)."""
+        renewed = {(d.endpoint_name, d.name) for d in applied.deployments}
+        for endpoint in applied.endpoints:
+            for name, weight in {**endpoint.traffic, **endpoint.mirror_traffic}.items():
+                key = (endpoint.name, name)
+                rollout = self._controller.rollouts.rollout(key)
+                if weight > 0 and key not in renewed and rollout is not None and rollout.state == "Failed" \
+                        and rollout.kind == "create":
+                    return (f"traffic.{name}: deployment '{name}' failed to roll out in stage "
+                            f"{rollout.failed_stage} ({rollout.reason}); apply a fixed version first")
+        return None
 
     async def list_endpoints(self, _request: web.Request) -> web.Response:
         records = await asyncio.to_thread(self._store.list_endpoints)
@@ -177,6 +202,25 @@ class AdminApi:
         self._controller.notify()
         await self._controller.reconcile_once()  # the new key works when this returns
         return web.json_response({"primaryKey": record.primary_key, "secondaryKey": record.secondary_key})
+
+    async def get_token(self, request: web.Request) -> web.Response:
+        record = await self._record_or_404(request.match_info["e"])
+        if record.endpoint.auth_mode != "aml_token" or self._tokens is None:
+            return _error(400, "ValidationError", f"endpoint '{record.endpoint.name}' uses auth_mode "
+                          f"{record.endpoint.auth_mode}; tokens are for aml_token endpoints "
+                          "(use get-credentials for keys)")
+        body = await self._json_body(request) if request.can_read_body else {}
+        lifetime = body.get("lifetime_s", 3600)
+        if isinstance(lifetime, bool) or not isinstance(lifetime, (int, float)) or not 1 <= lifetime <= 86400:
+            return _error(400, "ValidationError", "lifetime_s must be a number of seconds from 1 to 86400")
+        return web.json_response(self._tokens.issue(record.endpoint.name, lifetime))
+
+    async def list_instance_types(self, _request: web.Request) -> web.Response:
+        from .resources import DEFAULT_INSTANCE
+
+        types = {t.name: t for t in await asyncio.to_thread(self._store.list_instance_types)}
+        types.setdefault(DEFAULT_INSTANCE.name, DEFAULT_INSTANCE)
+        return web.json_response([t.to_dict() for t in sorted(types.values(), key=lambda t: t.name)])
 
     async def list_deployments(self, request: web.Request) -> web.Response:
         record = await self._record_or_404(request.match_info["e"])

@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--replica-mtls", action="store_true", default=None,
                        help="talk to replicas over mutual TLS with certificates from an internal CA")
     serve.add_argument("--domain", help="also serve endpoints at https://ENDPOINT.DOMAIN/score")
+    serve.add_argument("--rollout-timeout", type=_duration, dest="rollout_timeout_s", default=None,
+                       help="time budget of a rollout, e.g. 20m, 90s (default 20m)")
     serve.add_argument("--drain-timeout", type=float, default=30.0,
                        help="seconds in-flight requests get to finish at shutdown")
     serve.add_argument("--log-level", default="INFO")
@@ -98,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-n", "--name", required=True)
         if action == "delete":
             p.add_argument("-y", "--yes", action="store_true", help="accepted for az compatibility")
+    token = endpoint.add_parser("get-token", parents=[common], help="an access token (aml_token endpoints)")
+    token.add_argument("-n", "--name", required=True)
+    token.add_argument("--lifetime", type=_duration, default=3600.0,
+                       help="how long the token is valid (default 1h; at most 24h)")
     regen = endpoint.add_parser("regenerate-keys", parents=[common])
     regen.add_argument("-n", "--name", required=True)
     regen.add_argument("--key-type", choices=("primary", "secondary"), default="primary")
@@ -138,7 +144,22 @@ _SERVE_DEFAULTS = {"host": "127.0.0.1", "port": 8443, "admin_host": "127.0.0.1",
 
 _SERVE_SETTINGS = ("host", "port", "admin_host", "admin_port", "tls_cert", "tls_key",
                    "tls_key_password_file", "tls_key_password_env", "tls_sni_certs", "tls_client_ca",
-                   "tls_reload_interval_s", "http_redirect_port", "replica_mtls", "domain")
+                   "tls_reload_interval_s", "http_redirect_port", "replica_mtls", "domain",
+                   "rollout_timeout_s")
+
+
+def _duration(text: str) -> float:
+    """"20m", "90s", "1h", "1h30m" or plain seconds → seconds."""
+    import re
+
+    text = str(text).strip()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?", text)
+    if not text or parts is None:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 20m, 90s, 1h30m)")
+    hours, minutes, seconds = parts.groups()
+    return int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(seconds or 0)
 
 
 def _serve(args) -> int:
@@ -183,6 +204,8 @@ def _endpoint(args, client: AdminClient):
             return client.get(f"{base}/keys")
         case "regenerate-keys":
             return client.post(f"{base}/regenerate-keys", {"key_type": args.key_type})
+        case "get-token":
+            return client.post(f"{base}/token", {"lifetime_s": args.lifetime})
         case "invoke":
             return _invoke(args, client)
     raise CliError(f"unknown action {args.action}", 2)
@@ -195,8 +218,10 @@ def _invoke(args, client: AdminClient):
         raise CliError(f"cannot read {args.request_file}: {exc.strerror}", 2) from None
     endpoint = client.get(f"/endpoints/{args.name}")
     headers = {"Content-Type": "application/json"}
-    if endpoint["auth_mode"] != "none":
+    if endpoint["auth_mode"] == "key":
         headers["Authorization"] = f"Bearer {client.get(f'/endpoints/{args.name}/keys')['primaryKey']}"
+    elif endpoint["auth_mode"] == "aml_token":
+        headers["Authorization"] = f"Bearer {client.post(f'/endpoints/{args.name}/token', {})['accessToken']}"
     if args.deployment_name:
         headers["azureml-model-deployment"] = args.deployment_name
     status, text = score_request(client.info, endpoint["scoring_uri"], body, headers)

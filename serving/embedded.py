@@ -27,10 +27,13 @@ from .api import AdminApi
 from .backends.local import LocalProcessBackend
 from .controller.autoscaling import Autoscaling
 from .controller.loop import Controller
+from .controller.preparing import Preparer
 from .controller.publisher import RoutingPublisher
+from .controller.rollouts import RolloutManager
 from .manifests import parse_all, read_documents
 from .replica_tls import ReplicaTLS
 from .statedir import GatewayInfo, StateDir
+from .tokens import TokenIssuer
 from .store.sqlite import SqliteStore
 
 log = logging.getLogger("scoregate")
@@ -54,6 +57,7 @@ class ServeOptions:
     http_redirect_port: int | None = None
     replica_mtls: bool = False
     domain: str | None = None
+    rollout_timeout_s: float = 20 * 60.0
     drain_timeout_s: float = 30.0
 
 
@@ -120,14 +124,16 @@ class EmbeddedGateway:
 
         try:
             documents = read_documents(paths)
-            endpoints, deployments = parse_all(
+            applied = parse_all(
                 documents, {r.endpoint.name for r in store.list_endpoints()},
-                {(d.endpoint_name, d.name) for d in store.list_deployments()})
+                {(d.endpoint_name, d.name) for d in store.list_deployments()},
+                {t.name for t in store.list_instance_types()})
         except ManifestError as exc:
             raise StartupError(str(exc)) from None
-        store.apply(endpoints, deployments)
-        log.info("applied %d endpoint(s) and %d deployment(s) from %s",
-                 len(endpoints), len(deployments), ", ".join(paths))
+        store.apply(applied.endpoints, applied.deployments, applied.instance_types)
+        log.info("applied %d endpoint(s), %d deployment(s) and %d instance type(s) from %s",
+                 len(applied.endpoints), len(applied.deployments), len(applied.instance_types),
+                 ", ".join(paths))
 
     async def _serve(self, store, ca_cert: str, ready: asyncio.Event | None) -> None:
         opts = self.options
@@ -135,9 +141,11 @@ class EmbeddedGateway:
         assert server_tls is not None
         replica_tls = await asyncio.to_thread(ReplicaTLS, self.state.tls_dir) if opts.replica_mtls else None
         holder = RoutingTableHolder()
+        tokens = TokenIssuer(await asyncio.to_thread(store.secret, "aml_token"))
         router = RouterApp(RouterSettings(
             host=opts.host, port=opts.port, ssl_context=server_tls.context, domain=opts.domain,
-            upstream_ssl_context=replica_tls.client_context if replica_tls else None), holder)
+            upstream_ssl_context=replica_tls.client_context if replica_tls else None), holder,
+            token_verifier=tokens.verify)
         server_tls.attach_metrics(TLSMetrics(router.recorder.registry))
         controller_ref: list[Controller] = []
         backend = LocalProcessBackend(
@@ -145,11 +153,14 @@ class EmbeddedGateway:
             drain=router.wait_replica_idle, replica_tls=replica_tls)
         autoscaling = Autoscaling(router.take_utilization, registry=router.recorder.registry,
                                   on_change=lambda: controller_ref and controller_ref[0].notify())
-        controller = Controller(store, backend, RoutingPublisher(holder), autoscaling=autoscaling)
+        rollouts = RolloutManager(Preparer(self.state.root / "models", store.list_instance_types),
+                                  default_budget_s=opts.rollout_timeout_s,
+                                  on_change=lambda: controller_ref and controller_ref[0].notify())
+        controller = Controller(store, backend, RoutingPublisher(holder), rollouts, autoscaling=autoscaling)
         controller_ref.append(controller)
         api = AdminApi(store, controller, backend, admin_token=self.admin_token,
                        scoring_url=f"https://{_local_name(opts.host)}:{opts.port}",
-                       autoscaling=autoscaling, load=router.load)
+                       autoscaling=autoscaling, load=router.load, tokens=tokens)
         admin_app = web.Application(middlewares=[api.auth_middleware])
         admin_app.add_routes(router.admin_routes() + api.routes())
         admin_runner = web.AppRunner(admin_app, access_log=None, handle_signals=False)

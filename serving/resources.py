@@ -21,11 +21,17 @@ class RequestSettings:
 
 @dataclass(frozen=True)
 class ProbeSettings:
-    """Azure ML's probe fields and defaults (seconds, counts)."""
+    """Azure ML's probe fields (seconds, counts).
 
-    initial_delay: int = 10
-    period: int = 10
-    timeout: int = 2
+    Defaults differ from Azure ML's (10 s initial delay, 10 s period) on purpose: a
+    scoregate replica opens its port only after init() returned, so probing can start
+    at once and often without cost; a replica still initializing (port closed) is not
+    a failed probe.
+    """
+
+    initial_delay: float = 0
+    period: float = 1
+    timeout: float = 2
     success_threshold: int = 1
     failure_threshold: int = 30
 
@@ -58,13 +64,71 @@ class Endpoint:
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
+DEFAULT_INSTANCE_TYPE = "defaultinstancetype"
+
+
+@dataclass(frozen=True)
+class InstanceType:
+    """A named size for replicas, as Azure ML's InstanceType custom resource has it.
+
+    `requests`/`limits` use Kubernetes quantities (cpu "500m", "2"; memory "2Gi").
+    Locally, limits.memory caps each replica's address space and limits.cpu pins it to
+    that many cores; on Kubernetes they become the pod's resources and nodeSelector.
+    """
+
+    name: str
+    node_selector: dict[str, str] = field(default_factory=dict)
+    requests: dict[str, str] = field(default_factory=dict)
+    limits: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "InstanceType":
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+# Azure ML's default instance type for Kubernetes compute.
+DEFAULT_INSTANCE = InstanceType(DEFAULT_INSTANCE_TYPE, requests={"cpu": "100m", "memory": "2Gi"},
+                                limits={"cpu": "2", "memory": "2Gi"})
+
+
+def parse_cpu(quantity: str) -> float:
+    """Kubernetes CPU quantity → cores ("500m" → 0.5, "2" → 2.0)."""
+    text = str(quantity).strip()
+    value = float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+    if value <= 0:
+        raise ValueError(f"CPU quantity must be positive, got {quantity!r}")
+    return value
+
+
+_MEMORY_UNITS = {"Ki": 1024, "Mi": 1024 ** 2, "Gi": 1024 ** 3, "Ti": 1024 ** 4,
+                 "k": 1000, "K": 1000, "M": 1000 ** 2, "G": 1000 ** 3, "T": 1000 ** 4}
+
+
+def parse_memory(quantity: str) -> int:
+    """Kubernetes memory quantity → bytes ("2Gi" → 2147483648, "512M", "1000")."""
+    text = str(quantity).strip()
+    for suffix in sorted(_MEMORY_UNITS, key=len, reverse=True):
+        if text.endswith(suffix):
+            value = float(text[: -len(suffix)]) * _MEMORY_UNITS[suffix]
+            break
+    else:
+        value = float(text)
+    if value <= 0:
+        raise ValueError(f"memory quantity must be positive, got {quantity!r}")
+    return int(value)
+
+
 @dataclass(frozen=True)
 class Deployment:
     name: str
     endpoint_name: str
     code: str | None = None  # absolute folder
     scoring_script: str | None = None
-    model_path: str | None = None  # absolute folder or file
+    model_path: str | None = None  # absolute folder or file, or an http(s):// URI
+    model_sha256: str | None = None  # checked after a download (scoregate extension)
     environment: dict = field(default_factory=dict)
     environment_variables: dict[str, str] = field(default_factory=dict)
     instance_type: str = "defaultinstancetype"
@@ -73,6 +137,8 @@ class Deployment:
     scale_settings: ScaleSettings = field(default_factory=ScaleSettings)
     liveness_probe: ProbeSettings = field(default_factory=ProbeSettings)
     readiness_probe: ProbeSettings = field(default_factory=ProbeSettings)
+    # Time budget of a rollout of this deployment; None: the gateway's (20 min).
+    rollout_timeout_s: float | None = None
     description: str = ""
     tags: dict[str, str] = field(default_factory=dict)
 
@@ -98,8 +164,10 @@ class Deployment:
             "code": self.code,
             "scoring_script": self.scoring_script,
             "model_path": self.model_path,
+            "model_sha256": self.model_sha256,
             "environment": self.environment,
             "environment_variables": self.environment_variables,
             "instance_type": self.instance_type,
+            "probes": [asdict(self.liveness_probe), asdict(self.readiness_probe)],
         }
         return hashlib.sha256(orjson.dumps(relevant, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]

@@ -6,6 +6,7 @@ have an equivalent, so scripts written for Azure ML read them unchanged.
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
 
 from .backends import EXITED, READY, STARTING, ReplicaView
@@ -34,31 +35,28 @@ def endpoint_view(record: EndpointRecord, deployments: list[Deployment], scoring
     }
 
 
-def deployment_state(deployment: Deployment, replicas: list[ReplicaView]) -> str:
-    """Creating / Updating / Succeeded, from what the backend observes now."""
-    spec_hash = deployment.replica_spec_hash()
-    current_ready = sum(1 for r in replicas if r.spec_hash == spec_hash and r.state == READY)
-    stale = any(r.spec_hash != spec_hash and r.state in (STARTING, READY) for r in replicas)
-    wanted = deployment.instance_count
-    if deployment.scale_settings.type == "target_utilization":
-        wanted = max(deployment.scale_settings.min_instances, min(wanted, deployment.scale_settings.max_instances))
-    if current_ready >= wanted and not stale:
-        return "Succeeded"
-    if stale or any(r.state == READY for r in replicas):
-        return "Updating"
-    return "Creating"
+def deployment_state(rollout) -> str:
+    """Creating / Updating (a rollout in progress) / Succeeded / Failed, as Azure ML says."""
+    if rollout is None:
+        return "Creating"
+    if rollout.state == "InProgress":
+        return "Updating" if rollout.kind == "update" else "Creating"
+    return rollout.state
 
 
-def deployment_view(deployment: Deployment, replicas: list[ReplicaView]) -> dict:
+def deployment_view(deployment: Deployment, replicas: list[ReplicaView], rollout=None) -> dict:
     mine = [r for r in replicas
             if r.endpoint == deployment.endpoint_name and r.deployment == deployment.name]
+    view_of_rollout = rollout.view(time.time()) if rollout is not None else None
     return {
         "name": deployment.name,
         "endpoint_name": deployment.endpoint_name,
-        "provisioning_state": deployment_state(deployment, mine),
+        "provisioning_state": deployment_state(rollout),
+        "rollout": view_of_rollout,
         "instance_type": deployment.instance_type,
         "instance_count": deployment.instance_count,
         "ready_replicas": sum(1 for r in mine if r.state == READY),
+        "version": deployment.replica_spec_hash(),
         "model": deployment.model_path,
         "code_configuration": {"code": deployment.code, "scoring_script": deployment.scoring_script},
         "environment": deployment.environment,
@@ -69,8 +67,10 @@ def deployment_view(deployment: Deployment, replicas: list[ReplicaView]) -> dict
         "readiness_probe": asdict(deployment.readiness_probe),
         "replicas": [
             {"replica_id": r.replica_id, "state": r.state, "port": r.port, "pid": r.pid,
-             "restarts": r.restarts, "started_at": r.started_at,
-             **({"exit_code": r.exit_code, "reason": r.reason} if r.state == EXITED else {})}
+             "restarts": r.restarts, "started_at": r.started_at, "version": r.spec_hash,
+             **({"phase": r.phase} if r.state == STARTING else {}),
+             **({"exit_code": r.exit_code, "stage": r.failed_stage, "reason": r.reason}
+                if r.state == EXITED else {})}
             for r in sorted(mine, key=lambda r: r.started_at)
         ],
     }

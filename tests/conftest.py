@@ -12,8 +12,8 @@ def make_gateway(tmp_path):
     """Start `scoregate serve` child processes; every one is stopped at teardown."""
     started: list[GatewayProcess] = []
 
-    def make(paths=(), extra_args=(), name="state") -> GatewayProcess:
-        gateway = GatewayProcess(tmp_path / name, paths, extra_args)
+    def make(paths=(), extra_args=(), name="state", env=None) -> GatewayProcess:
+        gateway = GatewayProcess(tmp_path / name, paths, extra_args, env)
         started.append(gateway)
         return gateway.start()
 

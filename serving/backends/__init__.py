@@ -10,9 +10,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..resources import Deployment
+from ..resources import Deployment, InstanceType
 
 STARTING, READY, STOPPING, EXITED = "starting", "ready", "stopping", "exited"
+# Phases of a STARTING replica, which are also rollout stages.
+INIT, READINESS = "init", "readiness"
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    """What the rollout prepared for a deployment version: where its model and code are
+    on this machine, and its resolved instance type."""
+
+    model_dir: str | None = None
+    code_dir: str | None = None
+    instance_type: InstanceType | None = None
 
 
 @dataclass(frozen=True)
@@ -33,11 +45,17 @@ class ReplicaView:
     reason: str = ""
     ended_at: float | None = None
     scheme: str = "http"
+    phase: str | None = None  # INIT or READINESS while STARTING
+    failed_stage: str | None = None  # for EXITED: init, readiness, liveness or running
+    log_tail: tuple[str, ...] = ()  # for EXITED: the last lines it printed
+    scoring_path: str = "/score"
+    liveness_path: str = "/"
 
 
 class Backend(Protocol):
     async def start(self) -> None: ...
-    async def start_replica(self, deployment: Deployment, spec_hash: str, restarts: int = 0) -> str: ...
+    async def start_replica(self, deployment: Deployment, spec_hash: str, restarts: int = 0,
+                            artifacts: Artifacts | None = None) -> str: ...
     async def stop_replica(self, replica_id: str) -> None: ...
     def forget(self, replica_id: str) -> None: ...
     def observe(self) -> list[ReplicaView]: ...

@@ -1,8 +1,11 @@
-"""Local backend: each replica is a child process running serving.modelserver.
+"""Local backend: each replica is a child process on this machine.
 
-A replica moves starting → ready (its `GET /` answered 200) → stopping → gone, or
-→ exited when the process dies on its own (the controller then replaces it). Output of
-each replica goes to `STATE_DIR/logs/ENDPOINT/DEPLOYMENT/REPLICA.log`.
+A replica moves STARTING (phase init: process up, port closed → phase readiness: port
+open, readiness probes running) → READY (liveness probes running) → STOPPING → gone,
+or → EXITED when the process dies, a probe gives up, or it never became ready; the
+controller then replaces it or fails the rollout. What each replica prints goes to
+`STATE_DIR/logs/ENDPOINT/DEPLOYMENT/REPLICA.log`; the last lines of an exited one are
+kept in its view for the rollout's failure reason and `deployment logs`.
 
 No replica may outlive the gateway: children get PR_SET_PDEATHSIG (SIGTERM when the
 gateway dies, even by SIGKILL) and their own session (a Ctrl-C in the terminal reaches
@@ -12,11 +15,9 @@ the gateway, which stops them in order), and close() stops every one of them.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
-import os
+import re
 import secrets
-import signal
 import socket
 import sys
 import time
@@ -28,26 +29,30 @@ from typing import Awaitable, Callable
 import aiohttp
 
 from ..resources import Deployment
-from . import EXITED, READY, STARTING, STOPPING, ReplicaView
+from . import EXITED, INIT, READINESS, READY, STARTING, STOPPING, Artifacts, ReplicaView
+from .launching import LaunchError, LaunchPlan, child_setup, plan_launch
 
 log = logging.getLogger("scoregate.backend.local")
 
-_PR_SET_PDEATHSIG = 1
 EXIT_INIT_FAILED = 3  # serving.modelserver's exit code when import or init() raised
 EXIT_PORT_IN_USE = 4  # serving.modelserver could not bind its port
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
+LOG_TAIL_LINES = 30
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Warning)\w*)(: .*)?$")
 
 
 def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def init_error(tail: tuple[str, ...]) -> str | None:
+    """The exception a failed init() raised, from the replica's last lines of output."""
+    for line in reversed(tail):
+        match = _EXCEPTION_LINE.match(line.strip())
+        if match:
+            return line.strip()
+    return None
 
 
 @dataclass
@@ -60,19 +65,27 @@ class _Replica:
     restarts: int
     started_at: float
     state: str = STARTING
+    phase: str | None = INIT
+    plan: LaunchPlan | None = None
     process: asyncio.subprocess.Process | None = None
     exit_code: int | None = None
     reason: str = ""
+    failed_stage: str | None = None
+    log_tail: tuple[str, ...] = ()
     ended_at: float | None = None
     tasks: set = field(default_factory=set)
 
-    def view(self, host: str, scheme: str = "http") -> ReplicaView:
+    def view(self, host: str, scheme: str) -> ReplicaView:
+        plan = self.plan
         return ReplicaView(
             replica_id=self.replica_id, endpoint=self.deployment.endpoint_name,
             deployment=self.deployment.name, spec_hash=self.spec_hash, state=self.state,
             host=host, port=self.port, pid=self.process.pid if self.process else None,
             started_at=self.started_at, restarts=self.restarts, exit_code=self.exit_code,
-            reason=self.reason, ended_at=self.ended_at, scheme=scheme)
+            reason=self.reason, ended_at=self.ended_at, scheme=scheme,
+            phase=self.phase if self.state == STARTING else None, failed_stage=self.failed_stage,
+            log_tail=self.log_tail, scoring_path=plan.scoring_path if plan else "/score",
+            liveness_path=plan.liveness_path if plan else "/")
 
 
 class LocalProcessBackend:
@@ -83,18 +96,17 @@ class LocalProcessBackend:
         on_change: Callable[[], None] = lambda: None,
         host: str = "127.0.0.1",
         python: str = sys.executable,
-        startup_timeout_s: float = 1200.0,
-        probe_interval_s: float = 0.1,
+        init_poll_s: float = 0.05,
         stop_grace_s: float = 10.0,
         drain: Callable[[str, float], Awaitable[bool]] | None = None,
         replica_tls=None,
     ) -> None:
         self._logs_dir = Path(state_dir) / "logs"
+        self._tls_dir = Path(state_dir) / "tls" / "replicas"
         self._on_change = on_change
         self._host = host
         self._python = python
-        self._startup_timeout_s = startup_timeout_s
-        self._probe_interval_s = probe_interval_s
+        self._init_poll_s = init_poll_s
         self._stop_grace_s = stop_grace_s
         self._drain = drain
         # Router→replica mTLS (serving.replica_tls.ReplicaTLS): issues each replica's
@@ -107,21 +119,20 @@ class LocalProcessBackend:
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
             ssl=self._replica_tls.client_context if self._replica_tls is not None else True)
-        self._session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=2.0))
+        self._session = aiohttp.ClientSession(connector=connector)
 
     # -- commands ---------------------------------------------------------------------
-    async def start_replica(self, deployment: Deployment, spec_hash: str, restarts: int = 0) -> str:
+    async def start_replica(self, deployment: Deployment, spec_hash: str, restarts: int = 0,
+                            artifacts: Artifacts | None = None) -> str:
         replica_id = f"{deployment.name}-{secrets.token_hex(3)}"
         log_dir = self._logs_dir / deployment.endpoint_name / deployment.name
         replica = _Replica(replica_id, deployment, spec_hash, _free_port(self._host),
                            log_dir / f"{replica_id}.log", restarts, time.time())
         self._replicas[replica_id] = replica
         try:
-            replica.process = await self._spawn(replica)
-        except OSError as exc:
-            replica.state, replica.reason = EXITED, f"could not start the replica process: {exc}"
-            replica.ended_at = time.time()
-            self._on_change()
+            replica.process = await self._spawn(replica, artifacts or Artifacts())
+        except (OSError, LaunchError) as exc:
+            self._mark_exited(replica, None, "environment", f"could not start the replica: {exc}")
             return replica_id
         self._track(replica, self._run(replica))
         return replica_id
@@ -183,33 +194,21 @@ class LocalProcessBackend:
             await self._session.close()
             self._session = None
 
-    # -- internals --------------------------------------------------------------------
-    async def _spawn(self, replica: _Replica) -> asyncio.subprocess.Process:
-        deployment = replica.deployment
-        env = dict(os.environ)
-        env.update(deployment.environment_variables)
-        if deployment.model_path:
-            env["AZUREML_MODEL_DIR"] = deployment.model_path
-        env["PYTHONUNBUFFERED"] = "1"
-        command = [self._python, "-m", "serving.modelserver", "--code", deployment.code or ".",
-                   "--scoring-script", deployment.scoring_script or "score.py",
-                   "--host", self._host, "--port", str(replica.port)]
-        if deployment.model_path:
-            command += ["--model-dir", deployment.model_path]
+    # -- starting ---------------------------------------------------------------------
+    async def _spawn(self, replica: _Replica, artifacts: Artifacts) -> asyncio.subprocess.Process:
+        tls_args = None
         if self._replica_tls is not None:
-            folder = self._logs_dir.parent / "tls" / "replicas" / replica.replica_id
-            files = await asyncio.to_thread(self._replica_tls.issue, folder)
-            command += ["--tls-cert", str(files.cert), "--tls-key", str(files.key),
+            files = await asyncio.to_thread(self._replica_tls.issue, self._tls_dir / replica.replica_id)
+            tls_args = ["--tls-cert", str(files.cert), "--tls-key", str(files.key),
                         "--tls-client-ca", str(files.ca)]
-        # Keep the project importable from the replica whatever its cwd is.
-        project_root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (project_root, env.get("PYTHONPATH")) if p)
+        replica.plan = plan_launch(replica.deployment, artifacts, host=self._host, port=replica.port,
+                                   python=self._python, extra_port=_free_port(self._host), tls_args=tls_args)
         log_file = await asyncio.to_thread(self._open_log, replica.log_path)
         try:
             return await asyncio.create_subprocess_exec(
-                *command, stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                cwd=deployment.code or None, env=env, start_new_session=True,
-                preexec_fn=_die_with_parent)
+                *replica.plan.argv, stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                cwd=replica.plan.cwd or None, env=replica.plan.env, start_new_session=True,
+                preexec_fn=child_setup(artifacts.instance_type))
         finally:
             log_file.close()
 
@@ -224,49 +223,108 @@ class LocalProcessBackend:
         task.add_done_callback(replica.tasks.discard)
 
     async def _run(self, replica: _Replica) -> None:
-        """Probe until ready, then wait for the process to end."""
+        """init (port closed) → readiness probes → READY + liveness probes; then the exit."""
         process = replica.process
-        assert process is not None
+        assert process is not None and replica.plan is not None
         exited = asyncio.ensure_future(process.wait())
-        deadline = time.monotonic() + self._startup_timeout_s
-        url = f"{self._scheme}://{self._host}:{replica.port}/"
+        deployment = replica.deployment
+        given_up: tuple[str, str] | None = None
         try:
-            while replica.state == STARTING and not exited.done():
-                if time.monotonic() > deadline:
-                    replica.reason = f"not ready within {self._startup_timeout_s:g} s"
-                    process.kill()
-                    break
-                if await self._probe(url):
-                    replica.state = READY
+            while not exited.done() and not await self._port_open(replica.port):
+                await asyncio.wait({exited}, timeout=self._init_poll_s)
+            if not exited.done() and replica.state == STARTING:
+                replica.phase = READINESS
+                self._on_change()
+                given_up = await self._probe_loop(replica, exited, deployment.readiness_probe,
+                                                  replica.plan.readiness_path, READINESS)
+                if given_up is None and not exited.done() and replica.state == STARTING:
+                    replica.state, replica.phase = READY, None
                     log.info("replica %s ready on port %d", replica.replica_id, replica.port)
                     self._on_change()
-                    break
-                await asyncio.wait({exited}, timeout=self._probe_interval_s)
+                    given_up = await self._probe_loop(replica, exited, deployment.liveness_probe,
+                                                      replica.plan.liveness_path, "liveness")
+            if given_up is not None and not exited.done():
+                process.kill()
             code = await exited
         finally:
             if not exited.done():
                 exited.cancel()
-        replica.exit_code = code
-        replica.ended_at = time.time()
-        if replica.state != STOPPING:
-            if not replica.reason:
-                replica.reason = {
-                    EXIT_INIT_FAILED: "init() failed (see the deployment logs)",
-                    EXIT_PORT_IN_USE: "its port was taken before it could bind",
-                }.get(code, f"the replica process exited with code {code}")
-            log.warning("replica %s exited (%s); see %s", replica.replica_id, replica.reason,
-                        replica.log_path)
-            replica.state = EXITED
-            self._on_change()
+        if replica.state == STOPPING:
+            return
+        tail = await asyncio.to_thread(self._tail, replica.log_path)
+        if given_up is not None:
+            stage, reason = given_up
+        elif code == EXIT_INIT_FAILED:
+            error = init_error(tail)
+            stage, reason = INIT, f"init() raised {error}" if error else "init() failed (see the deployment logs)"
+        elif code == EXIT_PORT_IN_USE:
+            stage, reason = INIT, "its port was taken before it could bind"
+        else:
+            stage = replica.phase if replica.state == STARTING else "running"
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            reason = f"the replica process {how}"
+        replica.log_tail = tail
+        self._mark_exited(replica, code, stage, reason)
 
-    async def _probe(self, url: str) -> bool:
+    def _mark_exited(self, replica: _Replica, code: int | None, stage: str, reason: str) -> None:
+        replica.exit_code, replica.failed_stage, replica.reason = code, stage, reason
+        replica.ended_at = time.time()
+        replica.state = EXITED
+        log.warning("replica %s stopped in stage %s: %s; see %s", replica.replica_id, stage, reason,
+                    replica.log_path)
+        self._on_change()
+
+    async def _probe_loop(self, replica: _Replica, exited: asyncio.Future, settings, path: str,
+                          kind: str) -> tuple[str, str] | None:
+        """Probe until `success_threshold` passes (readiness) or forever (liveness);
+        (stage, reason) when `failure_threshold` consecutive probes failed."""
+        if settings.initial_delay and kind == READINESS:
+            await asyncio.wait({exited}, timeout=settings.initial_delay)
+        successes = failures = 0
+        last_error = ""
+        while not exited.done() and replica.state in (STARTING, READY):
+            ok, last_error = await self._probe(replica.port, path, settings.timeout)
+            if ok:
+                successes, failures = successes + 1, 0
+                if kind == READINESS and successes >= settings.success_threshold:
+                    return None
+            else:
+                successes, failures = 0, failures + 1
+                if failures >= settings.failure_threshold:
+                    return kind, f"{kind} probe failed {failures} times ({last_error})"
+            await asyncio.wait({exited}, timeout=settings.period)
+        return None
+
+    async def _port_open(self, port: int) -> bool:
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(self._host, port), 1.0)
+        except (OSError, asyncio.TimeoutError):
+            return False
+        writer.close()
+        return True
+
+    async def _probe(self, port: int, path: str, timeout_s: float) -> tuple[bool, str]:
         assert self._session is not None
         try:
-            async with self._session.get(url) as response:
+            async with self._session.get(f"{self._scheme}://{self._host}:{port}{path}",
+                                         timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
                 await response.read()
-                return response.status == 200
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
-            return False
+                return response.status == 200, f"GET {path} answered {response.status}"
+        except asyncio.TimeoutError:
+            return False, f"GET {path} timed out after {timeout_s:g}s"
+        except (aiohttp.ClientError, OSError) as exc:
+            return False, f"GET {path} failed: {type(exc).__name__}"
+
+    @staticmethod
+    def _tail(path: Path) -> tuple[str, ...]:
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(0, 2)
+                handle.seek(max(0, handle.tell() - 16384))
+                lines = handle.read().decode("utf-8", errors="replace").splitlines()
+        except OSError:
+            return ()
+        return tuple(lines[-LOG_TAIL_LINES:])
 
     async def _terminate(self, replica: _Replica) -> None:
         process = replica.process

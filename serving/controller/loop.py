@@ -1,10 +1,12 @@
 """The reconcile loop: read desired state, observe the backend, plan, act, publish.
 
 Runs one pass at a time, woken by notify() (an apply, a delete, a replica that became
-ready or exited) or every `interval_s` otherwise. The planner
-(serving.controller.planner) decides; this module only executes and publishes
-(serving.controller.publisher). Stops run as tracked background tasks so a replica
-slow to exit never holds up the next pass.
+ready or exited, a rollout stage that finished) or every `interval_s` otherwise. Each
+pass: serving.controller.rollouts turns desired versions into what should run (and
+drives their rollouts), the autoscaler sets replica counts, the planner
+(serving.controller.planner) decides, this module executes and publishes
+(serving.controller.publisher). Stops run as tracked background tasks so a replica slow
+to exit never holds up the next pass.
 """
 
 from __future__ import annotations
@@ -12,26 +14,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import replace
 from typing import Callable
 
 from ..backends import Backend
 from ..resources import Deployment
-from ..store import EndpointRecord, Store
+from ..store import DeploymentRecord, EndpointRecord, Store
 from .autoscaling import Autoscaling
 from .planner import ForgetReplica, StartReplica, StopReplica, plan
 from .publisher import RoutingPublisher
+from .rollouts import RolloutManager
 
 log = logging.getLogger("scoregate.controller")
 
 
 class Controller:
-    def __init__(self, store: Store, backend: Backend, publisher: RoutingPublisher, *,
-                 autoscaling: Autoscaling | None = None,
+    def __init__(self, store: Store, backend: Backend, publisher: RoutingPublisher,
+                 rollouts: RolloutManager, *, autoscaling: Autoscaling | None = None,
                  interval_s: float = 1.0, clock: Callable[[], float] = time.time) -> None:
         self._store = store
         self._backend = backend
         self._publisher = publisher
+        self.rollouts = rollouts
         self._autoscaling = autoscaling
         self._interval_s = interval_s
         self._clock = clock
@@ -40,6 +43,7 @@ class Controller:
         self._stopping: dict[str, asyncio.Task] = {}
         self._records: list[EndpointRecord] = []
         self._deployments: list[Deployment] = []
+        self._available: set[tuple[str, str]] = set()
         self.passes = 0
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -55,6 +59,7 @@ class Controller:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        await self.rollouts.close()
         if self._stopping:
             await asyncio.gather(*self._stopping.values(), return_exceptions=True)
 
@@ -65,11 +70,6 @@ class Controller:
         """Backend callback: republish at once (no await), then let the loop re-plan."""
         self._publish()
         self._wake.set()
-
-    # -- reading ------------------------------------------------------------------------
-    @property
-    def desired(self) -> tuple[list[EndpointRecord], list[Deployment]]:
-        return self._records, self._deployments
 
     # -- the loop -----------------------------------------------------------------------
     async def _run(self) -> None:
@@ -87,12 +87,17 @@ class Controller:
 
     async def reconcile_once(self) -> None:
         self._records = await asyncio.to_thread(self._store.list_endpoints)
-        self._deployments = await asyncio.to_thread(self._store.list_deployments)
-        desired = self._deployments
+        records: list[DeploymentRecord] = await asyncio.to_thread(self._store.list_deployment_records)
+        self._deployments = [r.deployment for r in records]
+        wanted = (lambda d: d.instance_count)
         if self._autoscaling is not None:
-            self._autoscaling.update(desired)
-            desired = [replace(d, instance_count=self._autoscaling.replicas_for(d)) for d in desired]
-        actions = plan(desired, self._backend.observe(), self._clock())
+            self._autoscaling.update(self._deployments)
+            wanted = self._autoscaling.replicas_for
+        step = self.rollouts.step(records, self._backend.observe(), wanted)
+        self._available = step.available
+        for key, (rollout, last_good) in self.rollouts.take_changes().items():
+            await asyncio.to_thread(self._store.save_rollout, key[0], key[1], rollout.to_dict(), last_good)
+        actions = plan(step.run, self._backend.observe(), self._clock(), step.hold)
         for action in actions:
             if isinstance(action, ForgetReplica):
                 self._backend.forget(action.replica_id)
@@ -100,7 +105,8 @@ class Controller:
                 self._stop_in_background(action)
             elif isinstance(action, StartReplica):
                 d = action.deployment
-                replica_id = await self._backend.start_replica(d, action.spec_hash, action.restarts)
+                artifacts = self.rollouts.artifacts_for((d.endpoint_name, d.name), action.spec_hash)
+                replica_id = await self._backend.start_replica(d, action.spec_hash, action.restarts, artifacts)
                 log.info("starting replica %s of %s/%s (restarts: %d)", replica_id,
                          d.endpoint_name, d.name, action.restarts)
         self._publish()
@@ -115,4 +121,4 @@ class Controller:
         task.add_done_callback(lambda _t, rid=action.replica_id: self._stopping.pop(rid, None))
 
     def _publish(self) -> None:
-        self._publisher.publish(self._records, self._deployments, self._backend.observe())
+        self._publisher.publish(self._records, self._deployments, self._backend.observe(), self._available)

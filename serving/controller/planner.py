@@ -54,7 +54,9 @@ def restart_backoff_s(restarts: int) -> float:
     return min(RESTART_BACKOFF_MAX_S, RESTART_BACKOFF_MIN_S * (2 ** max(0, restarts)))
 
 
-def plan(desired: list[Deployment], observed: list[ReplicaView], now: float) -> list[Action]:
+def plan(desired: list[Deployment], observed: list[ReplicaView], now: float,
+         hold: set[tuple[str, str]] = frozenset()) -> list[Action]:
+    """`hold`: deployments whose replicas are left exactly as they are this pass."""
     actions: list[Action] = []
     by_deployment: dict[tuple[str, str], list[ReplicaView]] = {}
     for replica in observed:
@@ -67,7 +69,7 @@ def plan(desired: list[Deployment], observed: list[ReplicaView], now: float) -> 
         actions.extend(_plan_deployment(deployment, by_deployment.get(key, []), now))
 
     for key, replicas in by_deployment.items():
-        if key in wanted_keys:
+        if key in wanted_keys or key in hold:
             continue
         for replica in replicas:
             if replica.state == EXITED:

@@ -10,7 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..resources import Deployment, Endpoint
+from ..resources import Deployment, Endpoint, InstanceType
+
+
+@dataclass(frozen=True)
+class DeploymentRecord:
+    deployment: Deployment  # desired, as last applied
+    last_good: Deployment | None  # the spec of the last successful rollout
+    rollout: dict | None  # the latest rollout record
 
 
 @dataclass(frozen=True)
@@ -27,7 +34,13 @@ class StoreError(Exception):
 
 
 class Store(Protocol):
-    def apply(self, endpoints: list[Endpoint], deployments: list[Deployment]) -> None: ...
+    def apply(self, endpoints: list[Endpoint], deployments: list[Deployment],
+              instance_types: list[InstanceType] = ()) -> None: ...
+    def list_deployment_records(self) -> list[DeploymentRecord]: ...
+    def save_rollout(self, endpoint_name: str, name: str, rollout: dict,
+                     last_good: Deployment | None = None) -> None: ...
+    def list_instance_types(self) -> list[InstanceType]: ...
+    def secret(self, name: str) -> str: ...
     def list_endpoints(self) -> list[EndpointRecord]: ...
     def get_endpoint(self, name: str) -> EndpointRecord | None: ...
     def delete_endpoint(self, name: str) -> bool: ...

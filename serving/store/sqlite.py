@@ -15,8 +15,8 @@ from pathlib import Path
 
 import orjson
 
-from ..resources import Deployment, Endpoint
-from . import EndpointRecord, StoreError
+from ..resources import Deployment, Endpoint, InstanceType
+from . import DeploymentRecord, EndpointRecord, StoreError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS endpoints (
@@ -35,7 +35,20 @@ CREATE TABLE IF NOT EXISTS deployments (
     updated_at REAL NOT NULL,
     PRIMARY KEY (endpoint_name, name)
 );
+CREATE TABLE IF NOT EXISTS instance_types (
+    name TEXT PRIMARY KEY,
+    spec TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
+# Columns added after the first release: (table, column, declaration).
+_ADDED_COLUMNS = (
+    ("deployments", "last_good_spec", "TEXT"),  # the spec of the last rollout that succeeded
+    ("deployments", "rollout", "TEXT"),         # the latest rollout record (JSON)
+)
 
 
 def new_key() -> str:
@@ -50,17 +63,26 @@ class SqliteStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+        for table, column, declaration in _ADDED_COLUMNS:
+            present = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
     # -- writes ---------------------------------------------------------------------
-    def apply(self, endpoints: list[Endpoint], deployments: list[Deployment]) -> None:
+    def apply(self, endpoints: list[Endpoint], deployments: list[Deployment],
+              instance_types: list[InstanceType] = ()) -> None:
         now = time.time()
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                for instance_type in instance_types:
+                    self._db.execute(
+                        "INSERT INTO instance_types VALUES (?,?) ON CONFLICT(name) DO UPDATE SET spec=excluded.spec",
+                        (instance_type.name, orjson.dumps(instance_type.to_dict()).decode()))
                 for endpoint in endpoints:
                     spec = orjson.dumps(endpoint.to_dict()).decode()
                     updated = self._db.execute(
@@ -73,7 +95,8 @@ class SqliteStore:
                 for deployment in deployments:
                     spec = orjson.dumps(deployment.to_dict()).decode()
                     self._db.execute(
-                        "INSERT INTO deployments VALUES (?,?,?,?,?) ON CONFLICT(endpoint_name, name)"
+                        "INSERT INTO deployments (endpoint_name, name, spec, created_at, updated_at)"
+                        " VALUES (?,?,?,?,?) ON CONFLICT(endpoint_name, name)"
                         " DO UPDATE SET spec=excluded.spec, updated_at=excluded.updated_at",
                         (deployment.endpoint_name, deployment.name, spec, now, now))
                 self._db.execute("COMMIT")
@@ -156,6 +179,39 @@ class SqliteStore:
                 "SELECT spec FROM deployments WHERE endpoint_name=? AND name=?",
                 (endpoint_name, name)).fetchone()
         return Deployment.from_dict(orjson.loads(row[0])) if row else None
+
+    def list_deployment_records(self) -> list[DeploymentRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT spec, last_good_spec, rollout FROM deployments ORDER BY endpoint_name, name").fetchall()
+        return [DeploymentRecord(
+            Deployment.from_dict(orjson.loads(spec)),
+            Deployment.from_dict(orjson.loads(good)) if good else None,
+            orjson.loads(rollout) if rollout else None) for spec, good, rollout in rows]
+
+    def save_rollout(self, endpoint_name: str, name: str, rollout: dict,
+                     last_good: Deployment | None = None) -> None:
+        """Record a rollout's progress; with `last_good`, the version that now serves."""
+        with self._lock:
+            if last_good is not None:
+                self._db.execute(
+                    "UPDATE deployments SET rollout=?, last_good_spec=? WHERE endpoint_name=? AND name=?",
+                    (orjson.dumps(rollout).decode(), orjson.dumps(last_good.to_dict()).decode(),
+                     endpoint_name, name))
+            else:
+                self._db.execute("UPDATE deployments SET rollout=? WHERE endpoint_name=? AND name=?",
+                                 (orjson.dumps(rollout).decode(), endpoint_name, name))
+
+    def list_instance_types(self) -> list[InstanceType]:
+        with self._lock:
+            rows = self._db.execute("SELECT spec FROM instance_types ORDER BY name").fetchall()
+        return [InstanceType.from_dict(orjson.loads(row[0])) for row in rows]
+
+    def secret(self, name: str) -> str:
+        """A random secret kept in the store (created on first use), e.g. to sign tokens."""
+        with self._lock:
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (f"secret:{name}", new_key()))
+            return self._db.execute("SELECT value FROM meta WHERE key=?", (f"secret:{name}",)).fetchone()[0]
 
     @staticmethod
     def _record(row) -> EndpointRecord:

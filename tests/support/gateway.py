@@ -69,7 +69,9 @@ def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.05):
 
 
 class GatewayProcess:
-    def __init__(self, state_dir: Path, paths: list[str] | tuple = (), extra_args: list[str] | tuple = ()) -> None:
+    def __init__(self, state_dir: Path, paths: list[str] | tuple = (), extra_args: list[str] | tuple = (),
+                 env: dict[str, str] | None = None) -> None:
+        self.extra_env = dict(env or {})
         self.state = StateDir(Path(state_dir))
         self.paths = [str(p) for p in paths]
         self.extra_args = list(extra_args)
@@ -83,7 +85,8 @@ class GatewayProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "serving.cli", "serve", *self.paths, "--state-dir", str(self.state.root),
              "--port", "0", "--admin-port", "0", *self.extra_args],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_env(), cwd=str(REPO))
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env={**_env(), **self.extra_env},
+            cwd=str(REPO))
         log.close()
 
         def started():

@@ -4,6 +4,9 @@ LABEL          returned in every answer, so a test sees which deployment answere
 RECORD_FILE    every request body is appended here as one line (mirror checks)
 SLEEP_S        seconds to sleep in run()
 FAIL           "1": every run() raises
+INIT_FAIL      "1": init() raises ValueError("bad model")
+INIT_SLEEP_S   seconds init() takes
+INIT_EXIT      exit code init() leaves the process with (a crash before ready)
 A body containing "please-fail" makes run() raise ValueError.
 """
 
@@ -17,6 +20,11 @@ LABEL = None
 def init():
     global LABEL
     LABEL = os.environ.get("LABEL", "unlabelled")
+    time.sleep(float(os.environ.get("INIT_SLEEP_S", "0") or 0))
+    if os.environ.get("INIT_EXIT"):
+        os._exit(int(os.environ["INIT_EXIT"]))
+    if os.environ.get("INIT_FAIL") == "1":
+        raise ValueError("bad model")
 
 
 def run(raw_data):

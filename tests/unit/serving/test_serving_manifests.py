@@ -39,7 +39,7 @@ code_configuration: {{code: {ECHO_MODEL}, scoring_script: score.py}}
 @pytest.mark.parametrize("text, field, words", [
     ("name: ep\ntraffic: {aa: 50, bb: 20}\n", "traffic", "add up to 100"),
     ("name: 1ep\n", "name", "starting with a letter"),
-    ("name: ep\nauth_mode: password\n", "auth_mode", "key, none"),
+    ("name: ep\nauth_mode: password\n", "auth_mode", "key, aml_token, none"),
     ("name: ep\ntrafic: {}\n", "trafic", "unknown field"),
     ("name: ep\nmirror_traffic: {aa: 60}\n", "mirror_traffic.aa", "at most 50"),
     ("name: ep\ntraffic: {a: 100}\n", "traffic.a", "starting with a letter"),
@@ -76,7 +76,7 @@ def test_references_are_checked_across_the_applied_set(tmp_path):
     lone = write_deployment(tmp_path / "..", "other", "blue")
     with pytest.raises(ManifestError, match="endpoint_name: no endpoint 'other'"):
         parse_all(read_documents([lone]), set(), set())
-    assert parse_all(read_documents([lone]), {"other"}, set())[1][0].endpoint_name == "other"
+    assert parse_all(read_documents([lone]), {"other"}, set()).deployments[0].endpoint_name == "other"
 
 
 def test_an_empty_folder_and_a_missing_path_are_errors(tmp_path):

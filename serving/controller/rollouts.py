@@ -1,0 +1,199 @@
+"""Rollouts: from desired deployment versions to what the planner should run.
+
+For each deployment, every reconcile pass:
+- a new desired version (spec hash) starts a Rollout with its budget (the deployment's
+  `rollout_timeout_s`, else the gateway's, 20 minutes by default); its first stages
+  (environment, model and code download) run in serving.controller.preparing;
+- once prepared, the planner runs the new version; the replicas' progress drives the
+  init and readiness stages; the rollout succeeds when enough new replicas are ready,
+  and that version becomes the deployment's last good one (kept in the store);
+- it fails fast when a stage cannot succeed — init() raised, a probe gave up, a
+  replica exited `crash_limit` times, the budget ran out — and the deployment then runs
+  its last good version again (an automatic rollback), or nothing if it never had one.
+Until a version is prepared, the last good one keeps serving: a failed rollout changes
+nothing for traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+from ..backends import EXITED, READINESS, READY, Artifacts, ReplicaView
+from ..resources import Deployment
+from ..store import DeploymentRecord
+from .preparing import Preparer, StageFailed
+from .rollout import FAILED, IN_PROGRESS, SUCCEEDED, Rollout, format_duration
+
+log = logging.getLogger("scoregate.rollout")
+
+Key = tuple[str, str]
+DEFAULT_BUDGET_S = 20 * 60.0
+
+
+@dataclass
+class Plan:
+    run: list[Deployment] = field(default_factory=list)  # what the planner should run
+    hold: set[Key] = field(default_factory=set)  # leave these deployments' replicas alone
+    available: set[Key] = field(default_factory=set)  # deployments with a serving version
+
+
+class RolloutManager:
+    def __init__(self, preparer: Preparer, *, default_budget_s: float = DEFAULT_BUDGET_S,
+                 crash_limit: int = 3, clock: Callable[[], float] = time.time,
+                 on_change: Callable[[], None] = lambda: None) -> None:
+        self._preparer = preparer
+        self._default_budget_s = default_budget_s
+        self._crash_limit = crash_limit
+        self._clock = clock
+        self._on_change = on_change
+        self._rollouts: dict[Key, Rollout] = {}
+        self._artifacts: dict[tuple[Key, str], Artifacts] = {}
+        self._preparing: dict[tuple[Key, str], asyncio.Task] = {}
+        self._to_save: dict[Key, tuple[Rollout, Deployment | None]] = {}
+
+    # -- reading ----------------------------------------------------------------------------
+    def rollout(self, key: Key) -> Rollout | None:
+        return self._rollouts.get(key)
+
+    def artifacts_for(self, key: Key, spec_hash: str) -> Artifacts | None:
+        return self._artifacts.get((key, spec_hash))
+
+    def take_changes(self) -> dict[Key, tuple[Rollout, Deployment | None]]:
+        """Rollouts to save (with the new last good version, if one just succeeded)."""
+        changes, self._to_save = self._to_save, {}
+        return changes
+
+    # -- one pass ---------------------------------------------------------------------------
+    def step(self, records: list[DeploymentRecord], replicas: list[ReplicaView],
+             wanted: Callable[[Deployment], int]) -> Plan:
+        now = self._clock()
+        plan = Plan()
+        by_key: dict[Key, list[ReplicaView]] = {}
+        for view in replicas:
+            by_key.setdefault((view.endpoint, view.deployment), []).append(view)
+        live = set()
+        for record in records:
+            desired, good = record.deployment, record.last_good
+            key = (desired.endpoint_name, desired.name)
+            live.add(key)
+            spec_hash = desired.replica_spec_hash()
+            rollout = self._current(key, record, spec_hash, now)
+            good_hash = good.replica_spec_hash() if good else None
+            if rollout.state == IN_PROGRESS:
+                self._ensure_prepared(key, desired, spec_hash, rollout)
+            if good is not None and good_hash != spec_hash:
+                self._ensure_prepared(key, good, good_hash, None)
+            if rollout.state == IN_PROGRESS and (key, spec_hash) in self._artifacts:
+                self._advance(key, rollout, desired, spec_hash, by_key.get(key, []), wanted(desired), now)
+            if rollout.over_budget(now):
+                stage = rollout.stage or "environment"
+                self._fail(key, rollout, stage, f"budget of {format_duration(rollout.budget_s)} "
+                           f"exhausted in stage {stage}", good, now)
+
+            if rollout.state == SUCCEEDED or (rollout.state == IN_PROGRESS and (key, spec_hash) in self._artifacts):
+                plan.run.append(replace(desired, instance_count=wanted(desired)))
+            elif good is not None and good_hash != spec_hash:
+                if (key, good_hash) in self._artifacts:
+                    plan.run.append(replace(good, instance_count=wanted(good)))
+                else:
+                    plan.hold.add(key)  # keep what runs until the last good version is prepared
+            else:
+                plan.run.append(replace(desired, instance_count=0))
+            if rollout.state == SUCCEEDED or good is not None:
+                plan.available.add(key)
+        self._forget_others(live)
+        return plan
+
+    def _current(self, key: Key, record: DeploymentRecord, spec_hash: str, now: float) -> Rollout:
+        rollout = self._rollouts.get(key)
+        if rollout is None and record.rollout:
+            saved = Rollout.from_dict(record.rollout)
+            if saved.spec_hash == spec_hash and saved.state != IN_PROGRESS:
+                rollout = saved  # finished before a restart: keep its verdict
+        if rollout is None or rollout.spec_hash != spec_hash:
+            budget = record.deployment.rollout_timeout_s or self._default_budget_s
+            kind = "update" if record.last_good is not None else "create"
+            rollout = Rollout(spec_hash, kind, budget, now)
+            log.info("rollout of %s/%s version %s started (%s, budget %s)", key[0], key[1], spec_hash,
+                     kind, format_duration(budget))
+            self._to_save[key] = (rollout, None)
+        self._rollouts[key] = rollout
+        return rollout
+
+    def _ensure_prepared(self, key: Key, deployment: Deployment, spec_hash: str, rollout: Rollout | None) -> None:
+        job = (key, spec_hash)
+        if job in self._artifacts or job in self._preparing:
+            return
+        task = asyncio.get_running_loop().create_task(self._prepare(key, deployment, spec_hash, rollout))
+        self._preparing[job] = task
+
+    async def _prepare(self, key: Key, deployment: Deployment, spec_hash: str, rollout: Rollout | None) -> None:
+        try:
+            artifacts = await self._preparer.prepare(deployment, rollout, self._clock)
+            self._artifacts[(key, spec_hash)] = artifacts
+            if rollout is not None:
+                rollout.enter("init", self._clock())
+                self._to_save[key] = (rollout, None)
+        except StageFailed as exc:
+            if rollout is not None and rollout.spec_hash == spec_hash:
+                self._fail(key, rollout, exc.stage, exc.reason, None, self._clock())
+            else:
+                log.error("cannot prepare the last good version of %s/%s: %s", key[0], key[1], exc)
+        except Exception as exc:  # a bug must not leave the rollout hanging until its budget
+            log.exception("preparing %s/%s failed", *key)
+            if rollout is not None:
+                self._fail(key, rollout, rollout.stage or "environment", f"internal error: {exc}", None,
+                           self._clock())
+        finally:
+            self._preparing.pop((key, spec_hash), None)
+            self._on_change()
+
+    def _advance(self, key: Key, rollout: Rollout, desired: Deployment, spec_hash: str,
+                 replicas: list[ReplicaView], wanted: int, now: float) -> None:
+        mine = [r for r in replicas if r.spec_hash == spec_hash]
+        for replica in mine:
+            if replica.state != EXITED:
+                continue
+            stage = replica.failed_stage or "init"
+            if stage in ("environment", "readiness") or (stage == "init" and "init()" in replica.reason):
+                return self._fail(key, rollout, stage, replica.reason, None, now)
+            if replica.restarts + 1 >= self._crash_limit:
+                return self._fail(key, rollout, stage if stage in ("init", "readiness") else "readiness",
+                                  f"the replica exited {replica.restarts + 1} times; last: {replica.reason}",
+                                  None, now)
+        if any(r.state == READY or r.phase == READINESS for r in mine):
+            rollout.enter("readiness", now)
+        if sum(1 for r in mine if r.state == READY) >= wanted:
+            rollout.succeed(now)
+            log.info("rollout of %s/%s version %s succeeded in %.1fs", key[0], key[1], spec_hash,
+                     now - rollout.started_at)
+            self._to_save[key] = (rollout, desired)
+
+    def _fail(self, key: Key, rollout: Rollout, stage: str, reason: str, _good, now: float) -> None:
+        if rollout.state != IN_PROGRESS:
+            return
+        rollout.fail(stage, reason, now)
+        rollout.rolled_back = rollout.kind == "update"
+        log.error("rollout of %s/%s version %s failed in stage %s: %s%s", key[0], key[1], rollout.spec_hash,
+                  stage, reason, "; rolled back to the previous version" if rollout.rolled_back else "")
+        self._to_save[key] = (rollout, None)
+        self._on_change()
+
+    def _forget_others(self, live: set[Key]) -> None:
+        for key in [k for k in self._rollouts if k not in live]:
+            del self._rollouts[key]
+        for job in [j for j in self._artifacts if j[0] not in live]:
+            del self._artifacts[job]
+        for job, task in list(self._preparing.items()):
+            if job[0] not in live:
+                task.cancel()
+
+    async def close(self) -> None:
+        tasks = list(self._preparing.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,97 @@
+"""YAML → resources, with errors that name the file and the field.
+
+documents.py reads files; online.py parses Azure ML v2 online endpoints and
+deployments; instance_types.py parses InstanceType resources; this module tells the
+kinds apart and checks that a set of documents applied together refer to each other.
+Batch resources are recognised and handed to serving.batch.manifests when present.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..resources import DEFAULT_INSTANCE_TYPE, Deployment, Endpoint, InstanceType
+from .documents import Document, ManifestError, read_documents
+from .instance_types import is_instance_type, parse_instance_type
+from .online import parse_deployment, parse_endpoint
+
+__all__ = ["AppliedSet", "Document", "ManifestError", "kind_of", "parse", "parse_all", "read_documents"]
+
+
+def kind_of(doc: Document) -> str:
+    schema = str(doc.body.get("$schema", "")).lower()
+    if is_instance_type(doc):
+        return "instance_type"
+    if "batch" in schema or str(doc.body.get("kind", "")).lower() == "batch":
+        return "batch"
+    if "onlinedeployment" in schema or "endpoint_name" in doc.body:
+        return "deployment"
+    if "onlineendpoint" in schema or "name" in doc.body:
+        return "endpoint"
+    raise ManifestError(doc.source, None, "cannot tell the resource kind: set $schema or name")
+
+
+def parse(doc: Document):
+    kind = kind_of(doc)
+    if kind == "instance_type":
+        return parse_instance_type(doc)
+    if kind == "batch":
+        raise ManifestError(doc.source, "$schema", "batch endpoints and deployments are not supported here")
+    return parse_endpoint(doc) if kind == "endpoint" else parse_deployment(doc)
+
+
+@dataclass
+class AppliedSet:
+    endpoints: list[Endpoint] = field(default_factory=list)
+    deployments: list[Deployment] = field(default_factory=list)
+    instance_types: list[InstanceType] = field(default_factory=list)
+
+    def __iter__(self):  # endpoints, deployments = parse_all(...) keeps working
+        return iter((self.endpoints, self.deployments))
+
+
+def parse_all(documents: list[Document], existing_endpoints: set[str],
+              existing_deployments: set[tuple[str, str]],
+              existing_instance_types: set[str] = frozenset()) -> AppliedSet:
+    """Parse a set of documents applied together and check they refer to each other.
+
+    A deployment needs its endpoint and its instance type (existing or in the same
+    set); traffic may only name deployments of that endpoint (existing or in the set).
+    """
+    applied = AppliedSet()
+    sources: dict[int, Document] = {}
+    seen: dict[tuple, str] = {}
+    for doc in documents:
+        resource = parse(doc)
+        if isinstance(resource, Deployment):
+            key = ("deployment", resource.endpoint_name, resource.name)
+            applied.deployments.append(resource)
+        elif isinstance(resource, InstanceType):
+            key = ("instance type", resource.name)
+            applied.instance_types.append(resource)
+        else:
+            key = ("endpoint", resource.name)
+            applied.endpoints.append(resource)
+        if key in seen:
+            raise ManifestError(doc.source, "name", f"{key[0]} '{resource.name}' is also defined in {seen[key]}")
+        seen[key] = doc.source
+        sources[id(resource)] = doc
+    endpoint_names = existing_endpoints | {e.name for e in applied.endpoints}
+    deployment_keys = existing_deployments | {(d.endpoint_name, d.name) for d in applied.deployments}
+    types = set(existing_instance_types) | {t.name for t in applied.instance_types} | {DEFAULT_INSTANCE_TYPE}
+    for deployment in applied.deployments:
+        doc = sources[id(deployment)]
+        if deployment.endpoint_name not in endpoint_names:
+            raise ManifestError(doc.source, "endpoint_name",
+                                f"no endpoint '{deployment.endpoint_name}' (apply the endpoint too)")
+        if deployment.instance_type not in types:
+            raise ManifestError(doc.source, "instance_type",
+                                f"no instance type '{deployment.instance_type}' (known: {', '.join(sorted(types))})")
+    for endpoint in applied.endpoints:
+        doc = sources[id(endpoint)]
+        for field_name, table in (("traffic", endpoint.traffic), ("mirror_traffic", endpoint.mirror_traffic)):
+            for target in table:
+                if (endpoint.name, target) not in deployment_keys:
+                    raise ManifestError(doc.source, f"{field_name}.{target}",
+                                        f"endpoint '{endpoint.name}' has no deployment '{target}'")
+    return applied

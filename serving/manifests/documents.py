@@ -1,0 +1,64 @@
+"""Reading YAML files into Documents, and the error every manifest problem becomes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import yaml
+
+
+class ManifestError(ValueError):
+    """A resource file that cannot be applied; str() names the file and the field."""
+
+    def __init__(self, source: str, field: str | None, message: str) -> None:
+        self.source, self.field, self.message = source, field, message
+        where = f"{source}: {field}: " if field else f"{source}: "
+        super().__init__(where + message)
+
+
+@dataclass(frozen=True)
+class Document:
+    """One YAML document and where it came from (relative paths resolve against base_dir)."""
+
+    source: str
+    base_dir: str
+    body: dict
+
+
+def read_documents(paths: Iterable[str | Path]) -> list[Document]:
+    """Read every *.yml / *.yaml file named, or found (recursively) under a folder."""
+    documents: list[Document] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.suffix in (".yml", ".yaml") and p.is_file())
+            if not files:
+                raise ManifestError(str(path), None, "no .yml or .yaml file in this folder")
+        elif path.is_file():
+            files = [path]
+        else:
+            raise ManifestError(str(path), None, "no such file or folder")
+        for file in files:
+            documents.extend(_read_file(file))
+    return documents
+
+
+def _read_file(file: Path) -> list[Document]:
+    try:
+        loaded = list(yaml.safe_load_all(file.read_text(encoding="utf-8")))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else None
+        raise ManifestError(str(file), where, f"not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(str(file), None, f"cannot read: {exc}") from None
+    out = []
+    for body in loaded:
+        if body is None:
+            continue
+        if not isinstance(body, dict):
+            raise ManifestError(str(file), None, "a resource must be a YAML mapping")
+        out.append(Document(str(file), str(file.resolve().parent), body))
+    return out
