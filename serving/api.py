@@ -27,7 +27,9 @@ from aiohttp import web
 
 from .backends import Backend
 from .controller.loop import Controller
-from .manifests import Document, ManifestError, parse_all
+from .applying import parse_documents, write
+from .batch.store import BatchStoreError
+from .manifests import Document, ManifestError
 from .store import Store, StoreError
 from .views import deployment_view, endpoint_view
 
@@ -40,7 +42,8 @@ def _error(status: int, code: str, message: str) -> web.Response:
 
 class AdminApi:
     def __init__(self, store: Store, controller: Controller, backend: Backend, *,
-                 admin_token: str, scoring_url: str, autoscaling=None, load=None, tokens=None) -> None:
+                 admin_token: str, scoring_url: str, autoscaling=None, load=None, tokens=None,
+                 batch=None) -> None:
         self._store = store
         self._controller = controller
         self._backend = backend
@@ -48,6 +51,7 @@ class AdminApi:
         self.scoring_url = scoring_url
         self._autoscaling = autoscaling
         self._tokens = tokens  # serving.tokens.TokenIssuer
+        self._batch = batch  # serving.batch.service.BatchService
         self._load = load  # (endpoint, deployment) -> (in flight, queued)
 
     def _view(self, deployment, replicas) -> dict:
@@ -128,25 +132,19 @@ class AdminApi:
             documents = [Document(str(d["source"]), str(d["base_dir"]), d["body"]) for d in raw_docs]
         except (KeyError, TypeError):
             return _error(400, "ValidationError", "each document needs source, base_dir and body")
-        existing = await asyncio.to_thread(self._store.list_endpoints)
-        existing_deployments = await asyncio.to_thread(self._store.list_deployments)
-        existing_types = await asyncio.to_thread(self._store.list_instance_types)
         try:
-            applied = await asyncio.to_thread(
-                parse_all, documents, {r.endpoint.name for r in existing},
-                {(d.endpoint_name, d.name) for d in existing_deployments}, {t.name for t in existing_types})
+            applied = await asyncio.to_thread(parse_documents, documents, self._store, self._batch)
         except ManifestError as exc:
             return _error(400, "ValidationError", str(exc))
-        refused = self._traffic_to_failed(applied)
+        refused = self._traffic_to_failed(applied.online)
         if refused:
             return _error(400, "ValidationError", refused)
-        await asyncio.to_thread(self._store.apply, applied.endpoints, applied.deployments, applied.instance_types)
+        try:
+            await asyncio.to_thread(write, applied, self._store, self._batch)
+        except BatchStoreError as exc:
+            return _error(400, "ValidationError", str(exc))
         self._controller.notify()
-        return web.json_response({"applied": [
-            *({"kind": "instance_type", "name": t.name} for t in applied.instance_types),
-            *({"kind": "endpoint", "name": e.name} for e in applied.endpoints),
-            *({"kind": "deployment", "name": d.name, "endpoint_name": d.endpoint_name}
-              for d in applied.deployments)]})
+        return web.json_response({"applied": applied.summary()})
 
     def _traffic_to_failed(self, applied) -> str | None:
         """Traffic may not go to a deployment whose only version failed to roll out
@@ -176,6 +174,9 @@ class AdminApi:
 
     async def delete_endpoint(self, request: web.Request) -> web.Response:
         name = request.match_info["e"]
+        if await self._batch_keys(name) is not None:
+            await self._batch.delete_endpoint(name)
+            return web.json_response({"deleted": name})
         if not await asyncio.to_thread(self._store.delete_endpoint, name):
             return _error(404, "NotFound", f"no endpoint '{name}'")
         self._controller.notify()
@@ -188,12 +189,29 @@ class AdminApi:
             await asyncio.sleep(0.05)
 
     async def get_keys(self, request: web.Request) -> web.Response:
-        record = await self._record_or_404(request.match_info["e"])
+        name = request.match_info["e"]
+        keys = await self._batch_keys(name)
+        if keys is not None:
+            return web.json_response({"primaryKey": keys[0], "secondaryKey": keys[1]})
+        record = await self._record_or_404(name)
         return web.json_response({"primaryKey": record.primary_key, "secondaryKey": record.secondary_key})
 
+    async def _batch_keys(self, name: str):
+        """Keys of a batch endpoint of that name (names are unique across both kinds)."""
+        if self._batch is None or await asyncio.to_thread(self._store.get_endpoint, name) is not None:
+            return None
+        return await asyncio.to_thread(self._batch.keys, name)
+
     async def regenerate_keys(self, request: web.Request) -> web.Response:
-        await self._record_or_404(request.match_info["e"])
+        name = request.match_info["e"]
         body = await self._json_body(request)
+        if await self._batch_keys(name) is not None:
+            try:
+                keys = await asyncio.to_thread(self._batch.regenerate_key, name, str(body.get("key_type", "primary")))
+            except BatchStoreError as exc:
+                return _error(400, "ValidationError", str(exc))
+            return web.json_response({"primaryKey": keys[0], "secondaryKey": keys[1]})
+        await self._record_or_404(name)
         try:
             record = await asyncio.to_thread(
                 self._store.regenerate_key, request.match_info["e"], str(body.get("key_type", "primary")))

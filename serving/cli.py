@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--replica-mtls", action="store_true", default=None,
                        help="talk to replicas over mutual TLS with certificates from an internal CA")
     serve.add_argument("--domain", help="also serve endpoints at https://ENDPOINT.DOMAIN/score")
+    serve.add_argument("--data-root", action="append", dest="data_roots", default=None, metavar="DIR",
+                       help="folder batch job inputs may come from (repeatable)")
     serve.add_argument("--rollout-timeout", type=_duration, dest="rollout_timeout_s", default=None,
                        help="time budget of a rollout, e.g. 20m, 90s (default 20m)")
     serve.add_argument("--drain-timeout", type=float, default=30.0,
@@ -132,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     dev_cert.add_argument("--hostname", action="append", help="name or IP (repeatable)")
     dev_cert.add_argument("--out", required=True, help="output folder")
 
+    from .batch.cli import register as register_batch
+
+    register_batch(verbs, common)
     verbs.add_parser("loadtest", help="load-test an endpoint or URL (see `scoregate loadtest -h`)",
                      add_help=False)
     return parser
@@ -145,7 +150,7 @@ _SERVE_DEFAULTS = {"host": "127.0.0.1", "port": 8443, "admin_host": "127.0.0.1",
 _SERVE_SETTINGS = ("host", "port", "admin_host", "admin_port", "tls_cert", "tls_key",
                    "tls_key_password_file", "tls_key_password_env", "tls_sni_certs", "tls_client_ca",
                    "tls_reload_interval_s", "http_redirect_port", "replica_mtls", "domain",
-                   "rollout_timeout_s")
+                   "rollout_timeout_s", "data_roots")
 
 
 def _duration(text: str) -> float:
@@ -275,6 +280,11 @@ def main(argv: list[str] | None = None) -> int:
             _print(_dev_cert(args), output)
             return 0
         client = AdminClient.from_state_dir(resolve_state_dir(args.state_dir))
+        if args.verb in ("batch", "job"):
+            from .batch.cli import dispatch
+
+            _print(dispatch(args, client), output)
+            return 0
         handler = {"apply": _apply, "endpoint": _endpoint, "deployment": _deployment}[args.verb]
         _print(handler(args, client), output)
         return 0

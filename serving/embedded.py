@@ -30,7 +30,9 @@ from .controller.loop import Controller
 from .controller.preparing import Preparer
 from .controller.publisher import RoutingPublisher
 from .controller.rollouts import RolloutManager
-from .manifests import parse_all, read_documents
+from .applying import parse_documents, write
+from .batch.service import BatchService, BatchStoreError
+from .manifests import ManifestError, read_documents
 from .replica_tls import ReplicaTLS
 from .statedir import GatewayInfo, StateDir
 from .tokens import TokenIssuer
@@ -58,6 +60,7 @@ class ServeOptions:
     replica_mtls: bool = False
     domain: str | None = None
     rollout_timeout_s: float = 20 * 60.0
+    data_roots: list[str] = field(default_factory=list)
     drain_timeout_s: float = 30.0
 
 
@@ -88,11 +91,13 @@ class EmbeddedGateway:
         self.state.create()
         self.server_tls, ca_cert = await asyncio.to_thread(self._load_tls)
         store = SqliteStore(self.state.store_path)
+        batch = BatchService(self.state.root, [Path(p).resolve() for p in self.options.data_roots])
         try:
             if self.options.paths:
-                await asyncio.to_thread(self._initial_apply, store, self.options.paths)
-            await self._serve(store, ca_cert, ready)
+                await asyncio.to_thread(self._initial_apply, store, batch, self.options.paths)
+            await self._serve(store, batch, ca_cert, ready)
         finally:
+            await batch.close()
             store.close()
 
     def _load_tls(self) -> tuple[ServerTLS, str]:
@@ -119,23 +124,16 @@ class EmbeddedGateway:
             raise StartupError(str(exc)) from None
 
     @staticmethod
-    def _initial_apply(store: SqliteStore, paths: list[str]) -> None:
-        from .manifests import ManifestError
-
+    def _initial_apply(store: SqliteStore, batch: BatchService, paths: list[str]) -> None:
         try:
-            documents = read_documents(paths)
-            applied = parse_all(
-                documents, {r.endpoint.name for r in store.list_endpoints()},
-                {(d.endpoint_name, d.name) for d in store.list_deployments()},
-                {t.name for t in store.list_instance_types()})
-        except ManifestError as exc:
+            applied = parse_documents(read_documents(paths), store, batch)
+            write(applied, store, batch)
+        except (ManifestError, BatchStoreError) as exc:
             raise StartupError(str(exc)) from None
-        store.apply(applied.endpoints, applied.deployments, applied.instance_types)
-        log.info("applied %d endpoint(s), %d deployment(s) and %d instance type(s) from %s",
-                 len(applied.endpoints), len(applied.deployments), len(applied.instance_types),
+        log.info("applied %s from %s", ", ".join(f"{a['kind']} {a['name']}" for a in applied.summary()),
                  ", ".join(paths))
 
-    async def _serve(self, store, ca_cert: str, ready: asyncio.Event | None) -> None:
+    async def _serve(self, store, batch: BatchService, ca_cert: str, ready: asyncio.Event | None) -> None:
         opts = self.options
         server_tls = self.server_tls
         assert server_tls is not None
@@ -145,7 +143,7 @@ class EmbeddedGateway:
         router = RouterApp(RouterSettings(
             host=opts.host, port=opts.port, ssl_context=server_tls.context, domain=opts.domain,
             upstream_ssl_context=replica_tls.client_context if replica_tls else None), holder,
-            token_verifier=tokens.verify)
+            token_verifier=tokens.verify, extra_routes=batch.routes())
         server_tls.attach_metrics(TLSMetrics(router.recorder.registry))
         controller_ref: list[Controller] = []
         backend = LocalProcessBackend(
@@ -160,14 +158,15 @@ class EmbeddedGateway:
         controller_ref.append(controller)
         api = AdminApi(store, controller, backend, admin_token=self.admin_token,
                        scoring_url=f"https://{_local_name(opts.host)}:{opts.port}",
-                       autoscaling=autoscaling, load=router.load, tokens=tokens)
+                       autoscaling=autoscaling, load=router.load, tokens=tokens, batch=batch)
         admin_app = web.Application(middlewares=[api.auth_middleware])
-        admin_app.add_routes(router.admin_routes() + api.routes())
+        admin_app.add_routes(router.admin_routes() + api.routes() + batch.admin_routes())
         admin_runner = web.AppRunner(admin_app, access_log=None, handle_signals=False)
         redirect_runner: web.AppRunner | None = None
 
         await backend.start()
         try:
+            await batch.start()
             await router.start()
             if opts.tls_reload_interval_s > 0:
                 server_tls.watch(opts.tls_reload_interval_s)
@@ -186,7 +185,7 @@ class EmbeddedGateway:
             await web.TCPSite(admin_runner, opts.admin_host, opts.admin_port, reuse_address=True).start()
             admin_port = admin_runner.addresses[0][1]
             scoring_url = f"https://{_local_name(opts.host)}:{router.port}"
-            api.scoring_url = scoring_url  # port 0 is known only now
+            api.scoring_url = batch.scoring_url = scoring_url  # port 0 is known only now
             self.state.write_gateway(GatewayInfo(
                 admin_url=f"http://{_local_name(opts.admin_host)}:{admin_port}",
                 admin_token=self.admin_token, scoring_url=scoring_url, ca_cert=ca_cert,
@@ -199,6 +198,7 @@ class EmbeddedGateway:
             log.info("shutting down: draining in-flight requests (up to %gs)", opts.drain_timeout_s)
         finally:
             await router.drain(opts.drain_timeout_s)
+            await batch.close()
             await autoscaling.close()
             await controller.close()
             await backend.close()

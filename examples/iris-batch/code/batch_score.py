@@ -1,0 +1,51 @@
+"""Iris batch scoring script: Azure ML's batch contract, standard library only.
+
+init() runs once per worker process; run(mini_batch) gets either a list of file paths
+(uri_folder / uri_file input: each file holds one flower as JSON) or a list of rows
+(inline / tabular input: each row one flower) and returns one result per item: the
+predicted species and its probability, as "species probability".
+"""
+
+import json
+import logging
+import math
+import os
+
+FEATURES = ("sepal_length", "sepal_width", "petal_length", "petal_width")
+model = None
+log = logging.getLogger("iris-batch")
+
+
+def init():
+    global model
+    with open(os.path.join(os.environ["AZUREML_MODEL_DIR"], "model.json"), encoding="utf-8") as f:
+        model = json.load(f)
+    log.info("loaded the %s model", model["model"])
+
+
+def _features(flower):
+    """A flower is [4 numbers] or an object with the four feature names."""
+    if isinstance(flower, dict):
+        flower = [flower[name] for name in FEATURES]
+    if not isinstance(flower, list) or len(flower) != 4:
+        raise ValueError(f"expected 4 features ({', '.join(FEATURES)}), got {flower!r}")
+    return [float(v) for v in flower]
+
+
+def _classify(values):
+    xs = [(v - m) / s for v, m, s in zip(values, model["mean"], model["std"])]
+    logits = [b + sum(w * x for w, x in zip(weights, xs)) for weights, b in zip(model["weights"], model["bias"])]
+    top = max(logits)
+    exps = [math.exp(z - top) for z in logits]
+    best = max(range(len(exps)), key=exps.__getitem__)
+    return f"{model['classes'][best]} {exps[best] / sum(exps):.4f}"
+
+
+def run(mini_batch):
+    results = []
+    for item in mini_batch:
+        if isinstance(item, str):  # a file path
+            with open(item, encoding="utf-8") as f:
+                item = json.load(f)
+        results.append(_classify(_features(item)))
+    return results

@@ -1,0 +1,68 @@
+"""Applying a set of YAML documents: online resources to the Store, batch ones to the
+BatchService, in one validated step shared by `serve PATHS` and `POST /api/v1/apply`.
+
+Endpoint names are unique across online and batch endpoints (a scoring URL names one
+endpoint). Nothing is written unless every document is valid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .manifests import AppliedSet, Document, ManifestError, parse_all
+from .store import Store
+
+
+@dataclass
+class Applied:
+    online: AppliedSet
+    batch_endpoints: list = field(default_factory=list)
+    batch_deployments: list = field(default_factory=list)
+
+    def summary(self) -> list[dict]:
+        return [
+            *({"kind": "instance_type", "name": t.name} for t in self.online.instance_types),
+            *({"kind": "endpoint", "name": e.name} for e in self.online.endpoints),
+            *({"kind": "deployment", "name": d.name, "endpoint_name": d.endpoint_name}
+              for d in self.online.deployments),
+            *({"kind": "batch_endpoint", "name": e.name} for e in self.batch_endpoints),
+            *({"kind": "batch_deployment", "name": d.name, "endpoint_name": d.endpoint_name}
+              for d in self.batch_deployments),
+        ]
+
+
+def parse_documents(documents: list[Document], store: Store, batch=None) -> Applied:
+    """Blocking (store reads): validate everything, write nothing."""
+    from .batch.manifests import is_batch, parse_batch_all
+
+    batch_docs = [d for d in documents if is_batch(d)]
+    online_docs = [d for d in documents if not is_batch(d)]
+    online_names = {r.endpoint.name for r in store.list_endpoints()}
+    online = parse_all(online_docs, online_names,
+                       {(d.endpoint_name, d.name) for d in store.list_deployments()},
+                       {t.name for t in store.list_instance_types()})
+    applied = Applied(online)
+    batch_names: set[str] = set()
+    if batch_docs:
+        if batch is None:
+            raise ManifestError(batch_docs[0].source, "$schema", "batch endpoints are not served by this gateway")
+        batch_names = batch.endpoint_names()
+        applied.batch_endpoints, applied.batch_deployments = parse_batch_all(
+            batch_docs, batch_names, batch.deployment_keys())
+    elif batch is not None:
+        batch_names = batch.endpoint_names()
+    online_new = {e.name for e in online.endpoints}
+    batch_new = {e.name for e in applied.batch_endpoints}
+    for name in sorted((online_new & (batch_names | batch_new)) | (batch_new & online_names)):
+        source = next((d.source for d in documents if d.body.get("name") == name), "apply")
+        raise ManifestError(source, "name", f"endpoint name '{name}' is used by both an online and a batch "
+                            "endpoint; endpoint names are unique across both")
+    return applied
+
+
+def write(applied: Applied, store: Store, batch=None) -> None:
+    """Blocking: store what parse_documents validated."""
+    online = applied.online
+    store.apply(online.endpoints, online.deployments, online.instance_types)
+    if batch is not None and (applied.batch_endpoints or applied.batch_deployments):
+        batch.apply(applied.batch_endpoints, applied.batch_deployments)

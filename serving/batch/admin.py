@@ -1,0 +1,105 @@
+"""Batch resources on the admin port (behind the admin token), for the CLI.
+
+    GET    /api/v1/batch/endpoints                          list
+    GET    /api/v1/batch/endpoints/{e}                      show
+    DELETE /api/v1/batch/endpoints/{e}                      delete (cancels its jobs)
+    GET    /api/v1/batch/endpoints/{e}/keys                 {primaryKey, secondaryKey}
+    POST   /api/v1/batch/endpoints/{e}/regenerate-keys      {"key_type": "primary" | "secondary"}
+    GET    /api/v1/batch/endpoints/{e}/deployments          list
+    GET    /api/v1/batch/endpoints/{e}/deployments/{d}      show
+    DELETE /api/v1/batch/endpoints/{e}/deployments/{d}      delete
+Errors are JSON {code, message}, like the rest of the admin API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from .store import BatchStoreError
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"code": code, "message": message}, status=status)
+
+
+def _missing(name: str) -> web.Response:
+    return _error(404, "NotFound", f"no batch endpoint '{name}'")
+
+
+class AdminRoutes:
+    def __init__(self, service) -> None:
+        self._service = service
+
+    def routes(self) -> list[web.RouteDef]:
+        p = "/api/v1/batch/endpoints"
+        return [
+            web.get(p, self.list_endpoints),
+            web.get(p + "/{e}", self.show_endpoint),
+            web.delete(p + "/{e}", self.delete_endpoint),
+            web.get(p + "/{e}/keys", self.get_keys),
+            web.post(p + "/{e}/regenerate-keys", self.regenerate_keys),
+            web.get(p + "/{e}/deployments", self.list_deployments),
+            web.get(p + "/{e}/deployments/{d}", self.show_deployment),
+            web.delete(p + "/{e}/deployments/{d}", self.delete_deployment),
+        ]
+
+    async def list_endpoints(self, _request: web.Request) -> web.Response:
+        return web.json_response(await asyncio.to_thread(self._service.list_endpoints))
+
+    async def show_endpoint(self, request: web.Request) -> web.Response:
+        name = request.match_info["e"]
+        view = await asyncio.to_thread(self._service.show_endpoint, name)
+        return web.json_response(view) if view is not None else _missing(name)
+
+    async def delete_endpoint(self, request: web.Request) -> web.Response:
+        name = request.match_info["e"]
+        if not await self._service.delete_endpoint(name):
+            return _missing(name)
+        return web.json_response({"deleted": name})
+
+    async def get_keys(self, request: web.Request) -> web.Response:
+        name = request.match_info["e"]
+        keys = await asyncio.to_thread(self._service.keys, name)
+        if keys is None:
+            return _missing(name)
+        return web.json_response({"primaryKey": keys[0], "secondaryKey": keys[1]})
+
+    async def regenerate_keys(self, request: web.Request) -> web.Response:
+        name = request.match_info["e"]
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            return _error(400, "ValidationError", "the body must be a JSON object")
+        try:
+            keys = await asyncio.to_thread(self._service.regenerate_key, name, str(body.get("key_type", "primary")))
+        except BatchStoreError as exc:
+            return _error(400, "ValidationError", str(exc))
+        if keys is None:
+            return _missing(name)
+        return web.json_response({"primaryKey": keys[0], "secondaryKey": keys[1]})
+
+    async def list_deployments(self, request: web.Request) -> web.Response:
+        name = request.match_info["e"]
+        views = await asyncio.to_thread(self._service.list_deployments, name)
+        return web.json_response(views) if views is not None else _missing(name)
+
+    async def show_deployment(self, request: web.Request) -> web.Response:
+        endpoint, name = request.match_info["e"], request.match_info["d"]
+        view = await asyncio.to_thread(self._service.show_deployment, endpoint, name)
+        if view is None:
+            return _error(404, "NotFound", f"no deployment '{name}' on batch endpoint '{endpoint}'")
+        return web.json_response(view)
+
+    async def delete_deployment(self, request: web.Request) -> web.Response:
+        endpoint, name = request.match_info["e"], request.match_info["d"]
+        try:
+            deleted = await asyncio.to_thread(self._service.delete_deployment, endpoint, name)
+        except BatchStoreError as exc:
+            return _error(409, "Conflict", str(exc))
+        if not deleted:
+            return _error(404, "NotFound", f"no deployment '{name}' on batch endpoint '{endpoint}'")
+        return web.json_response({"deleted": name, "endpoint_name": endpoint})

@@ -1,0 +1,125 @@
+"""`scoregate batch …` and `scoregate job …`: the batch verbs of the CLI.
+
+serving.cli calls register(verbs, common) while building its parser and, for these
+verbs, dispatch(args, client) → the JSON-able result it prints. Errors are CliError
+(exit 2 for bad input, 1 for a failed request), as for every other verb.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from ..client import AdminClient, CliError
+from .client import BatchClient
+
+VERBS = ("batch", "job")
+_TERMINAL = ("Completed", "Failed", "Canceled")
+
+
+def register(subparsers, common_parent: argparse.ArgumentParser) -> None:
+    """Add the `batch` and `job` verbs to the top-level subparsers."""
+    common = [common_parent]
+    batch = subparsers.add_parser("batch", help="batch endpoints: invoke (submit a job), list, show")
+    actions = batch.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions.add_parser("list", parents=common).set_defaults(batch_command="batch list")
+    show = actions.add_parser("show", parents=common)
+    show.add_argument("-n", "--name", required=True)
+    show.set_defaults(batch_command="batch show")
+    invoke = actions.add_parser("invoke", parents=common, help="submit a batch job")
+    invoke.add_argument("-n", "--name", required=True, help="batch endpoint")
+    invoke.add_argument("-i", "--input", required=True,
+                        help="file or folder (under a data root of the gateway), or a JSON file of rows"
+                             " with --input-type inline")
+    invoke.add_argument("--input-type", choices=("uri_folder", "uri_file", "tabular", "inline"))
+    invoke.add_argument("-d", "--deployment-name")
+    invoke.add_argument("--mini-batch-size", type=int)
+    invoke.add_argument("--instance-count", type=int)
+    invoke.add_argument("--max-concurrency-per-instance", type=int)
+    invoke.add_argument("--error-threshold", type=int)
+    invoke.add_argument("--max-retries", type=int)
+    invoke.add_argument("--timeout", type=float, help="seconds per mini-batch")
+    invoke.add_argument("--output-file-name")
+    invoke.add_argument("--wait", action="store_true", help="wait until the job has finished")
+    invoke.add_argument("--wait-timeout", type=float, default=3600.0)
+    invoke.set_defaults(batch_command="batch invoke")
+
+    job = subparsers.add_parser("job", help="batch jobs: list, show, cancel, download")
+    jobs = job.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = jobs.add_parser("list", parents=common)
+    listing.add_argument("-n", "--name", required=True, help="batch endpoint")
+    listing.set_defaults(batch_command="job list")
+    for action in ("show", "cancel", "download"):
+        p = jobs.add_parser(action, parents=common)
+        p.add_argument("-n", "--name", required=True, help="batch endpoint")
+        p.add_argument("-j", "--job-id", required=True)
+        if action == "download":
+            p.add_argument("-p", "--download-path", default=".")
+        p.set_defaults(batch_command=f"job {action}")
+
+
+def dispatch(args: argparse.Namespace, client: AdminClient):
+    """Run a `batch` / `job` verb; returns what the CLI prints."""
+    batch = BatchClient(client)
+    match getattr(args, "batch_command", None):
+        case "batch list":
+            return client.get("/batch/endpoints")
+        case "batch show":
+            return client.get(f"/batch/endpoints/{args.name}")
+        case "batch invoke":
+            job = batch.submit(args.name, _job_body(args))
+            return _wait(batch, args.name, job, args.wait_timeout) if args.wait else job
+        case "job list":
+            return batch.list_jobs(args.name)
+        case "job show":
+            return batch.show(args.name, args.job_id)
+        case "job cancel":
+            return batch.cancel(args.name, args.job_id)
+        case "job download":
+            return batch.download(args.name, args.job_id, Path(args.download_path))
+    raise CliError(f"unknown batch command {getattr(args, 'batch_command', None)!r}", 2)
+
+
+def _job_body(args: argparse.Namespace) -> dict:
+    kind, given = args.input_type, args.input
+    if kind == "inline":
+        try:
+            data = json.loads(Path(given).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise CliError(f"cannot read rows from {given}: {exc}", 2) from None
+        rows = data.get("data") if isinstance(data, dict) else data
+        job_input: dict = {"type": "inline", "data": rows}
+    else:
+        local = Path(given)
+        if "://" not in given and local.exists():  # a local path: send it absolute
+            kind = kind or ("uri_folder" if local.is_dir() else "uri_file")
+            given = str(local.resolve())
+        job_input = {"type": kind or "uri_folder", "path": given}
+    settings: dict = {}
+    for name in ("mini_batch_size", "instance_count", "max_concurrency_per_instance", "error_threshold",
+                 "output_file_name"):
+        if getattr(args, name) is not None:
+            settings[name] = getattr(args, name)
+    retry = {k: v for k, v in (("max_retries", args.max_retries), ("timeout", args.timeout)) if v is not None}
+    if retry:
+        settings["retry_settings"] = retry
+    body: dict = {"input": job_input}
+    if args.deployment_name:
+        body["deployment_name"] = args.deployment_name
+    if settings:
+        body["settings"] = settings
+    return body
+
+
+def _wait(batch: BatchClient, endpoint: str, job: dict, timeout_s: float) -> dict:
+    deadline = time.monotonic() + timeout_s
+    delay = 0.1
+    while job["status"] not in _TERMINAL:
+        if time.monotonic() > deadline:
+            raise CliError(f"job {job['id']} is still {job['status']} after {timeout_s:g} s")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 2.0)
+        job = batch.show(endpoint, job["id"])
+    return job

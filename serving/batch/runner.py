@@ -1,0 +1,196 @@
+"""One running job: its mini-batches spread over worker processes, retried, counted.
+
+Up to instance_count × max_concurrency_per_instance slots run at once, each with its own
+worker process (started lazily, init() once, reused for the next mini-batch). A failed
+or timed-out mini-batch is retried up to max_retries; after that its items count as
+failed, and once failed items exceed error_threshold (-1: never) the job stops and
+fails. Every outcome is in the database before it is acted on, so a restart continues
+where this left off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import sys
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import failpoints
+from .jobs import CANCELED, COMPLETED, FAILED, JobRecord, JobStore, MiniBatch
+from .output import write_output
+from .resources import BatchDeployment
+from .workers import Worker, WorkerError, WorkerInitFailed, WorkerSpec
+
+log = logging.getLogger("scoregate.batch")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    jobs_dir: Path
+    python: str = sys.executable
+    init_timeout_s: float = 300.0
+    max_workers: int = 32  # per job, whatever instance_count × max_concurrency_per_instance asks
+
+
+def output_path(options: RunOptions, job: JobRecord) -> Path:
+    settings = job.spec["deployment"]["settings"]
+    return options.jobs_dir / job.id / settings["output_file_name"]
+
+
+async def finalize(jobs: JobStore, options: RunOptions, job: JobRecord, status: str, error: str | None) -> None:
+    """Write the output file (append_row), then mark the job finished; safe to repeat."""
+    if job.spec["deployment"]["settings"]["output_action"] == "append_row":
+        await asyncio.to_thread(write_output, jobs, job.id, output_path(options, job))
+    failpoints.hit("finish_before_mark")
+    await asyncio.to_thread(jobs.finish, job.id, status, error)
+    log.info("batch job %s %s%s", job.id, status.lower(), f": {error}" if error else "")
+
+
+def remove_outputs(options: RunOptions, job_id: str) -> None:
+    shutil.rmtree(options.jobs_dir / job_id, ignore_errors=True)
+
+
+class JobRun:
+    def __init__(self, job: JobRecord, jobs: JobStore, options: RunOptions) -> None:
+        self.job, self._jobs, self._options = job, jobs, options
+        deployment = BatchDeployment.from_dict(job.spec["deployment"])
+        self.settings = deployment.settings
+        self._kind = job.spec["input"]["kind"]
+        self._spec = WorkerSpec(deployment.code, deployment.scoring_script, deployment.model_path,
+                                deployment.environment_variables, self.settings.logging_level)
+        self._pending: deque[MiniBatch] = deque()
+        self._workers: set[Worker] = set()
+        self._halt = self._cancel = self._closing = False
+        self._fatal: str | None = None
+        self._failed_items = 0
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> asyncio.Task:
+        self.task = asyncio.get_running_loop().create_task(self._run(), name=f"batch-job-{self.job.id}")
+        return self.task
+
+    async def cancel(self) -> None:
+        """The cancel is already durable (JobStore.request_cancel); stop and finish now."""
+        self._cancel = self._halt = True
+        await self._kill_workers()
+        if self.task is not None:
+            await asyncio.shield(self.task)
+
+    async def stop(self, grace_s: float) -> None:
+        """Gateway shutdown: no new mini-batch; in-flight ones get grace_s to commit."""
+        self._closing = self._halt = True
+        if self.task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self.task), grace_s)
+        except TimeoutError:
+            await self._kill_workers()
+            await self.task
+
+    # -- the job --------------------------------------------------------------------------
+    async def _run(self) -> None:
+        jobs, job = self._jobs, self.job
+        if not await asyncio.to_thread(jobs.claim, job.id):
+            current = await asyncio.to_thread(jobs.get, job.id)
+            if current is not None and current.status == CANCELED and not current.finalized:
+                await finalize(jobs, self._options, current, CANCELED, current.error)
+            return
+        counts = await asyncio.to_thread(jobs.counts, job.id)
+        self._failed_items = counts.failed_items
+        if not self._over_threshold():
+            self._pending = deque(await asyncio.to_thread(jobs.pending_minibatches, job.id))
+            slots = min(self.settings.parallelism, self._options.max_workers, len(self._pending))
+            log.info("batch job %s: %d mini-batch(es) to score on %d worker(s)", job.id, len(self._pending), slots)
+            await asyncio.gather(*(self._slot(n) for n in range(slots)))
+        if self._cancel:
+            await finalize(jobs, self._options, job, CANCELED, "canceled by the user")
+        elif self._fatal:
+            await finalize(jobs, self._options, job, FAILED, self._fatal)
+        elif self._over_threshold():
+            threshold = self.settings.error_threshold
+            await finalize(jobs, self._options, job, FAILED,
+                           f"{self._failed_items} item(s) failed, more than error_threshold {threshold}"
+                           " (see error.failed_mini_batches)")
+        elif self._pending:
+            log.info("batch job %s stopped with %d mini-batch(es) left; it resumes at the next start",
+                     job.id, len(self._pending))
+        else:
+            await finalize(jobs, self._options, job, COMPLETED, None)
+
+    def _over_threshold(self) -> bool:
+        threshold = self.settings.error_threshold
+        return threshold >= 0 and self._failed_items > threshold
+
+    async def _slot(self, number: int) -> None:
+        worker: Worker | None = None
+        try:
+            while not self._halt and self._pending:
+                mini_batch = self._pending.popleft()
+                try:
+                    if worker is None:
+                        worker = await self._start_worker(number)
+                    items = await asyncio.to_thread(self._jobs.items, self.job.id, mini_batch.start, mini_batch.stop)
+                    results = await worker.score(mini_batch.idx, self._kind, [p for _, p in items],
+                                                 self.settings.retry_settings.timeout)
+                except WorkerInitFailed as exc:
+                    worker = None
+                    self._pending.appendleft(mini_batch)
+                    if not self._halt:
+                        self._fatal = str(exc)
+                        await self._halt_all()
+                    break
+                except WorkerError as exc:
+                    if exc.lost:
+                        self._workers.discard(worker)
+                        worker = None
+                    if self._halt:  # canceled or shutting down: the failure is ours, not the model's
+                        self._pending.appendleft(mini_batch)
+                        break
+                    await self._failure(mini_batch, str(exc))
+                    continue
+                output = results if self.settings.output_action == "append_row" else None
+                await asyncio.to_thread(self._jobs.commit_minibatch, self.job.id, mini_batch, output)
+                failpoints.hit("after_commit")
+        except Exception:  # a bug here must not leave the job hanging: fail it, loudly
+            log.exception("batch job %s: slot %d failed", self.job.id, number)
+            self._fatal = self._fatal or "internal error in the batch runner (see the gateway log)"
+            await self._halt_all()
+        finally:
+            if worker is not None:
+                self._workers.discard(worker)
+                await worker.close()
+
+    async def _start_worker(self, number: int) -> Worker:
+        path = self._options.jobs_dir / self.job.id / "logs" / f"worker-{number}.log"
+        worker = Worker(self._spec, path, self._options.python)
+        self._workers.add(worker)
+        try:
+            await worker.start(self._options.init_timeout_s)
+        except BaseException:
+            self._workers.discard(worker)
+            await worker.kill()
+            raise
+        return worker
+
+    async def _failure(self, mini_batch: MiniBatch, error: str) -> None:
+        final = mini_batch.failures + 1 > self.settings.retry_settings.max_retries
+        await asyncio.to_thread(self._jobs.record_failure, self.job.id, mini_batch, error, final)
+        if not final:
+            log.info("batch job %s: mini-batch %d failed (%s); retrying", self.job.id, mini_batch.idx, error)
+            self._pending.appendleft(MiniBatch(mini_batch.idx, mini_batch.start, mini_batch.stop,
+                                               mini_batch.failures + 1))
+            return
+        log.warning("batch job %s: mini-batch %d failed for good: %s", self.job.id, mini_batch.idx, error)
+        self._failed_items += mini_batch.stop - mini_batch.start
+        if self._over_threshold():
+            await self._halt_all()
+
+    async def _halt_all(self) -> None:
+        self._halt = True
+        await self._kill_workers()
+
+    async def _kill_workers(self) -> None:
+        await asyncio.gather(*(w.kill() for w in list(self._workers)), return_exceptions=True)

@@ -1,0 +1,217 @@
+"""Batch jobs end to end through the batch service's HTTPS routes (serving.batch.standalone
+in a child process): 10,000 items exactly once, failures vs retries and error_threshold,
+timeouts and crashes, cancel, the queue of jobs, summary_only, auth, and the CLI verbs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from serving.batch.cli import dispatch, register
+from serving.batch.standalone import StandaloneProcess
+from serving.client import AdminClient
+from tests.support.gateway import descendants
+from tests.unit.batch.batch_support import (BatchApi, scored_lines, scratch_folder, write_batch_endpoint,
+                                            write_files)
+
+
+@pytest.fixture
+def batch(tmp_path):
+    """start(**endpoint settings) → (BatchApi, endpoint folder, data root, process)."""
+    processes: list[StandaloneProcess] = []
+
+    def start(settings: dict | None = None, env: dict | None = None, extra_args=(), more_endpoints=(), roots=()):
+        root = write_batch_endpoint(tmp_path / "eps", settings=settings, env=env)
+        data = tmp_path / "data"
+        data.mkdir(exist_ok=True)
+        files = [root] + [write_batch_endpoint(tmp_path / "eps", name, **kw) for name, kw in more_endpoints]
+        process = StandaloneProcess(tmp_path / "state", [data, *roots], files, list(extra_args)).start()
+        processes.append(process)
+        return BatchApi(process), root, data, process
+
+    yield start
+    for process in processes:
+        process.kill()
+
+
+def test_ten_thousand_files_give_exactly_one_row_each(batch, tmp_path):
+    with scratch_folder(tmp_path / "scratch") as scratch:
+        names = write_files(scratch / "many", 10_000)
+        api, root, _, _ = batch({"mini_batch_size": 250, "instance_count": 2}, roots=[scratch])
+        check_ten_thousand(api, root, names, str(scratch / "many"))
+
+
+def check_ten_thousand(api: BatchApi, root: Path, names: list[str], folder: str) -> None:
+    job = api.submit({"input": {"type": "uri_folder", "path": folder}})
+    assert job["status"] == "Queued" and job["items"]["total"] == 10_000 and job["mini_batches"]["total"] == 40
+    done = api.wait(job["id"], 60)
+    assert done["status"] == "Completed", done
+    assert done["items"] == {"total": 10_000, "succeeded": 10_000, "failed": 0, "pending": 0}
+    rows = api.rows(job["id"])
+    assert len(rows) == 10_000
+    assert [r[0] for r in rows] == names  # one row per file, in input order
+    assert all(value == f"scored:item-{i:05d}" for i, (_, value) in enumerate(rows))
+    assert len(scored_lines(root)) == 10_000  # nothing scored twice
+
+
+def test_ten_thousand_inline_rows(batch):
+    api, root, _, _ = batch({"mini_batch_size": 1000, "max_concurrency_per_instance": 2})
+    job = api.submit({"input": {"type": "inline", "data": [[i, "x"] for i in range(10_000)]}})
+    assert api.wait(job["id"], 60)["status"] == "Completed"
+    rows = api.rows(job["id"])
+    assert rows == [[str(i), f'scored:[{i}, "x"]'] for i in range(10_000)]
+
+
+def test_failed_items_within_and_beyond_error_threshold(batch):
+    api, root, data, _ = batch({"mini_batch_size": 5, "max_concurrency_per_instance": 2})
+    special = {7: "FAIL", 42: "FAIL", 13: "FLAKY"}
+    write_files(data / "mixed", 60, lambda i: f"{special.get(i, 'ok')}-{i}")
+    # Two mini-batches fail for good (2 tries each): 10 failed items, exactly the threshold.
+    ok = api.wait(api.submit({"input": {"type": "uri_folder", "path": "mixed"},
+                              "settings": {"error_threshold": 10}})["id"])
+    assert ok["status"] == "Completed", ok
+    assert ok["items"] == {"total": 60, "succeeded": 50, "failed": 10, "pending": 0}
+    assert ok["mini_batches"] == {"total": 12, "succeeded": 10, "failed": 2, "pending": 0, "retried": 3, "retries": 3}
+    failed = ok["error"]["failed_mini_batches"]
+    assert [f["mini_batch"] for f in failed] == [1, 8] and all(f["attempts"] == 2 for f in failed)
+    assert failed[0]["inputs"] == [f"f{i:05d}.txt" for i in range(5, 10)]
+    assert "ValueError: cannot score FAIL-7" in failed[0]["error"]
+    rows = api.rows(ok["id"])
+    assert len(rows) == 50 and "f00007.txt" not in {r[0] for r in rows} and "f00013.txt" in {r[0] for r in rows}
+
+    strict = api.wait(api.submit({"input": {"type": "uri_folder", "path": "mixed"},
+                                  "settings": {"error_threshold": 9, "mini_batch_size": 5}})["id"])
+    assert strict["status"] == "Failed"
+    assert "10 item(s) failed, more than error_threshold 9" in strict["error"]["message"]
+    assert strict["error"]["failed_items"] == 10
+    assert strict["output"]["ready"] and len(api.rows(strict["id"])) == strict["items"]["succeeded"]
+
+
+def test_timeouts_and_crashes_are_retried_then_counted(batch):
+    api, _, data, process = batch({"mini_batch_size": 2, "retry_settings": {"max_retries": 1, "timeout": 0.5}})
+    write_files(data / "bad", 8, lambda i: {1: "HANG", 4: "CRASH"}.get(i, f"ok-{i}"))
+    done = api.wait(api.submit({"input": {"type": "uri_folder", "path": "bad"}})["id"], 30)
+    assert done["status"] == "Completed" and done["items"]["failed"] == 4
+    errors = {f["mini_batch"]: f["error"] for f in done["error"]["failed_mini_batches"]}
+    assert "did not finish within the timeout of 0.5 s" in errors[0]
+    assert "exited with code 9" in errors[2]
+    assert len(api.rows(done["id"])) == 4
+    assert descendants(process.process.pid) == set()  # no worker left behind
+
+
+def test_init_failure_fails_the_job(batch):
+    api, _, data, process = batch(more_endpoints=[("broken", {"env": {"INIT_FAIL": "1"}})])
+    write_files(data / "few", 3)
+    broken = BatchApi(process, "broken")
+    done = broken.wait(broken.submit({"input": {"type": "uri_folder", "path": "few"}})["id"])
+    assert done["status"] == "Failed"
+    assert "init() failed: RuntimeError: init refuses" in done["error"]["message"]
+    assert done["items"]["pending"] == 3
+
+
+def test_cancel_a_running_and_a_queued_job(batch):
+    api, root, data, process = batch({"mini_batch_size": 2}, env={"DELAY": "0.2"},
+                                     extra_args=["--max-running-jobs", "1"])
+    write_files(data / "slow", 40)
+    first = api.submit({"input": {"type": "uri_folder", "path": "slow"}})
+    second = api.submit({"input": {"type": "inline", "data": [1, 2, 3]}})
+    api.wait(first["id"], until=lambda j: j["mini_batches"]["succeeded"] >= 1)
+    assert api.show(second["id"])["status"] == "Queued"  # one running job at a time
+    assert [j["id"] for j in api.list()] == [second["id"], first["id"]]  # newest first
+
+    status, queued = api.cancel(second["id"])
+    assert status == 200 and queued["status"] == "Canceled" and queued["items"]["succeeded"] == 0
+    started = time.monotonic()
+    status, running = api.cancel(first["id"])
+    assert status == 200 and running["status"] == "Canceled" and time.monotonic() - started < 5
+    assert running["error"]["message"] == "canceled by the user"
+    assert 0 < running["items"]["succeeded"] < 40
+    assert len(api.rows(first["id"])) == running["items"]["succeeded"]  # the part that was scored
+    assert api.rows(second["id"]) == []
+    status, again = api.cancel(first["id"])
+    assert status == 409 and again["code"] == "JobFinished"
+    assert descendants(process.process.pid) == set()
+
+
+def test_summary_only_writes_counts(batch):
+    api, _, data, _ = batch({"output_action": "summary_only"})
+    write_files(data / "few", 12)
+    done = api.wait(api.submit({"input": {"type": "uri_folder", "path": "few"}})["id"])
+    status, raw = api.output(done["id"])
+    body = json.loads(raw)
+    assert status == 200 and body["output_action"] == "summary_only"
+    assert body["items"] == {"total": 12, "succeeded": 12, "failed": 0, "pending": 0}
+
+
+def test_auth_routes_and_errors(batch):
+    api, _, data, process = batch(env={"DELAY": "3"})
+    write_files(data / "few", 3)
+    path = api.base
+    job = api.submit({"input": {"type": "uri_folder", "path": "few"}})
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic abc"}):
+        status, response_headers, raw = process.request("GET", f"{path}/{job['id']}", None, headers)
+        assert status == 401 and json.loads(raw)["code"] == "Unauthorized" and json.loads(raw)["request_id"]
+    secondary = process.admin("GET", "/batch/endpoints/scorer/keys")["secondaryKey"]
+    assert process.request("GET", path, None, {"Authorization": f"Bearer {secondary}"})[0] == 200
+    status, headers, raw = api.process.request("GET", f"{path}/{job['id']}/output", None, api.headers)
+    assert status == 409 and json.loads(raw)["code"] == "OutputNotReady"
+    assert headers["x-request-id"]
+    cases = [("GET", "/api/v1/batch/nope/jobs", 404, "EndpointNotFound"),
+             ("GET", f"{path}/batchjob-unknown", 404, "JobNotFound"),
+             ("GET", f"{path}/{'x' * 300}", 404, "JobNotFound"),
+             ("DELETE", f"{path}/{job['id']}", 405, "MethodNotAllowed"),
+             ("GET", "/api/v1/batch/scorer/other", 404, "NotFound")]
+    for method, url, status, code in cases:
+        got, _, raw = process.request(method, url, None, api.headers)
+        assert (got, json.loads(raw)["code"]) == (status, code), (method, url, raw)
+    assert api.cancel(job["id"])[1]["status"] == "Canceled"
+
+
+def test_cli_verbs_against_the_service(batch, tmp_path):
+    api, _, data, process = batch()
+    write_files(data / "few", 25)
+    common = argparse.ArgumentParser(add_help=False)
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="verb"), common)
+    client = AdminClient.from_state_dir(process.state.root)
+
+    def run(*argv):
+        return dispatch(parser.parse_args(list(argv)), client)
+
+    assert [e["name"] for e in run("batch", "list")] == ["scorer"]
+    job = run("batch", "invoke", "--name", "scorer", "--input", str(data / "few"), "--mini-batch-size", "4", "--wait")
+    assert job["status"] == "Completed" and job["mini_batches"]["total"] == 7
+    assert [j["id"] for j in run("job", "list", "--name", "scorer")] == [job["id"]]
+    assert run("job", "show", "--name", "scorer", "--job-id", job["id"])["items"]["succeeded"] == 25
+    saved = run("job", "download", "--name", "scorer", "--job-id", job["id"], "--download-path", str(tmp_path / "dl"))
+    assert Path(saved["path"]) == tmp_path / "dl" / job["id"] / "predictions.csv"
+    assert len(Path(saved["path"]).read_text().splitlines()) == 25
+    from serving.client import CliError
+
+    with pytest.raises(CliError) as info:
+        run("batch", "invoke", "--name", "scorer", "--input", "/etc")
+    assert info.value.exit_code == 2 and "outside every data root" in str(info.value)
+    with pytest.raises(CliError):
+        run("job", "cancel", "--name", "scorer", "--job-id", job["id"])
+
+
+def test_the_iris_batch_example(tmp_path):
+    example = Path(__file__).resolve().parents[2] / "examples" / "iris-batch"
+    process = StandaloneProcess(tmp_path / "state", [example / "data"], [example]).start()
+    try:
+        api = BatchApi(process, "iris-batch")
+        files = api.wait(api.submit({"input": {"type": "uri_folder", "path": "flowers"}})["id"])
+        table = api.wait(api.submit({"input": {"type": "tabular", "path": str(example / "data" / "flowers.csv")},
+                                     "settings": {"mini_batch_size": 4}})["id"])
+        assert files["status"] == table["status"] == "Completed"
+        rows = api.rows(files["id"])
+        assert [r[0] for r in rows] == [f"flower-{i:02d}.json" for i in range(1, 16)]
+        species = [r[1].split()[0] for r in rows]
+        assert species[:5] == ["setosa"] * 5 and species[-5:] == ["virginica"] * 5
+        assert len(api.rows(table["id"])) == 15 and table["mini_batches"]["total"] == 4
+    finally:
+        process.kill()

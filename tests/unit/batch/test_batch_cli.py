@@ -1,0 +1,60 @@
+"""`scoregate batch …` / `job …` argument parsing and the job body the CLI sends."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from serving.batch.cli import _job_body, register
+from serving.client import CliError
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--state-dir", default=argparse.SUPPRESS)
+    parser = argparse.ArgumentParser(prog="scoregate")
+    register(parser.add_subparsers(dest="verb", required=True), common)
+    return parser.parse_args(list(argv))
+
+
+def test_verbs_and_their_arguments(tmp_path):
+    args = parse("job", "download", "--name", "ep", "--job-id", "j1", "--download-path", str(tmp_path))
+    assert (args.batch_command, args.name, args.job_id) == ("job download", "ep", "j1")
+    assert args.download_path == str(tmp_path)
+    assert parse("job", "list", "-n", "ep").batch_command == "job list"
+    assert parse("job", "cancel", "-n", "ep", "-j", "x", "--state-dir", "s").state_dir == "s"
+    assert parse("batch", "list").batch_command == "batch list"
+    with pytest.raises(SystemExit):
+        parse("job", "show", "--name", "ep")  # --job-id is required
+
+
+def test_a_local_folder_is_sent_absolute_with_its_kind(tmp_path, monkeypatch):
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "one.csv").write_text("a\n1\n")
+    monkeypatch.chdir(tmp_path)
+    body = _job_body(parse("batch", "invoke", "--name", "ep", "--input", "imgs", "--mini-batch-size", "5",
+                           "--max-retries", "0", "--timeout", "2.5", "-d", "blue"))
+    assert body == {"input": {"type": "uri_folder", "path": str(tmp_path / "imgs")}, "deployment_name": "blue",
+                    "settings": {"mini_batch_size": 5, "retry_settings": {"max_retries": 0, "timeout": 2.5}}}
+    assert _job_body(parse("batch", "invoke", "-n", "ep", "-i", "one.csv"))["input"]["type"] == "uri_file"
+    assert _job_body(parse("batch", "invoke", "-n", "ep", "-i", "one.csv", "--input-type", "tabular"))["input"] == \
+        {"type": "tabular", "path": str(tmp_path / "one.csv")}
+
+
+def test_a_path_not_here_is_left_to_the_gateway_data_roots(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert _job_body(parse("batch", "invoke", "-n", "ep", "-i", "images/day1"))["input"] == \
+        {"type": "uri_folder", "path": "images/day1"}
+    assert _job_body(parse("batch", "invoke", "-n", "ep", "-i", "https://x/y"))["input"]["path"] == "https://x/y"
+
+
+def test_inline_rows_from_a_json_file(tmp_path):
+    (tmp_path / "rows.json").write_text(json.dumps({"data": [[1, 2], [3, 4]]}))
+    rows = str(tmp_path / "rows.json")
+    body = _job_body(parse("batch", "invoke", "-n", "ep", "-i", rows, "--input-type", "inline"))
+    assert body == {"input": {"type": "inline", "data": [[1, 2], [3, 4]]}}
+    with pytest.raises(CliError) as info:
+        _job_body(parse("batch", "invoke", "-n", "ep", "-i", str(tmp_path / "none.json"), "--input-type", "inline"))
+    assert info.value.exit_code == 2

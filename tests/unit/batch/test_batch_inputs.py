@@ -1,0 +1,136 @@
+"""Job requests and inputs: every bad input refused with a status, a code and the field."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from serving.batch.inputs import DataRoots, collect
+from serving.batch.requests import JobRequest, RequestError, parse_job_request
+
+
+@pytest.fixture
+def roots(tmp_path) -> tuple[DataRoots, Path, Path]:
+    root, outside = tmp_path / "data", tmp_path / "outside"
+    (root / "imgs" / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (root / "imgs" / "b.txt").write_text("b")
+    (root / "imgs" / "a.txt").write_text("a")
+    (root / "imgs" / "sub" / "c.txt").write_text("c")
+    (root / "one.txt").write_text("1")
+    (root / "table.csv").write_text("x,y,name\n1,2.5,a\n3,4,b\n")
+    (root / "rows.jsonl").write_text('{"x": 1}\n\n[2, 3]\n')
+    (root / "empty").mkdir()
+    (outside / "secret.txt").write_text("s")
+    return DataRoots([root]), root, outside
+
+
+def refused(call, status: int, code: str, words: str) -> RequestError:
+    with pytest.raises(RequestError) as info:
+        call()
+    assert (info.value.status, info.value.code) == (status, code), info.value.message
+    assert words in info.value.message, info.value.message
+    return info.value
+
+
+def job(kind="uri_folder", path=None, data=None):
+    return JobRequest(kind, path=path, data=data)
+
+
+def test_folder_items_are_sorted_recursive_and_relative(roots):
+    data_roots, root, _ = roots
+    collected = collect(job(path="imgs"), data_roots, 100)
+    assert collected.kind == "files"
+    assert collected.refs == ["a.txt", "b.txt", "sub/c.txt"]
+    assert collected.payloads == [str(root / "imgs" / n) for n in ("a.txt", "b.txt", "sub/c.txt")]
+    assert collect(job(path=str(root / "imgs")), data_roots, 100).refs == collected.refs
+    assert collect(job(path=f"file://{root}/imgs"), data_roots, 100).refs == collected.refs
+    assert collect(job(path=f"file://localhost{root}/imgs/"), data_roots, 100).refs == collected.refs
+
+
+def test_file_and_tabular_inputs(roots):
+    data_roots, root, _ = roots
+    one = collect(job("uri_file", "one.txt"), data_roots, 10)
+    assert (one.kind, one.refs, one.payloads) == ("files", ["one.txt"], [str(root / "one.txt")])
+    table = collect(job("tabular", "table.csv"), data_roots, 10)
+    assert table.kind == "rows" and table.refs == ["0", "1"]
+    assert [json.loads(p) for p in table.payloads] == [{"x": 1, "y": 2.5, "name": "a"},
+                                                       {"x": 3, "y": 4, "name": "b"}]
+    jsonl = collect(job("tabular", "rows.jsonl"), data_roots, 10)
+    assert [json.loads(p) for p in jsonl.payloads] == [{"x": 1}, [2, 3]]
+    inline = collect(job("inline", data=[[1, 2], {"a": None}, "text"]), data_roots, 10)
+    assert inline.refs == ["0", "1", "2"] and json.loads(inline.payloads[1]) == {"a": None}
+
+
+def test_paths_leading_out_are_refused(roots, tmp_path):
+    data_roots, root, outside = roots
+    refused(lambda: collect(job(path="../outside"), data_roots, 10), 422, "InputOutsideDataRoots", "'..'")
+    refused(lambda: collect(job(path="imgs/../../outside"), data_roots, 10), 422, "InputOutsideDataRoots", "'..'")
+    refused(lambda: collect(job(path=str(outside)), data_roots, 10), 422, "InputOutsideDataRoots", "outside")
+    refused(lambda: collect(job(path="/etc"), data_roots, 10), 422, "InputOutsideDataRoots", "outside")
+    refused(lambda: collect(job(path="/nonexistent/x"), data_roots, 10), 422, "InputOutsideDataRoots", "outside")
+    os.symlink(outside, root / "link-out")
+    refused(lambda: collect(job(path="link-out"), data_roots, 10), 422, "InputOutsideDataRoots", "leads outside")
+    os.symlink(outside / "secret.txt", root / "imgs" / "sneaky.txt")
+    error = refused(lambda: collect(job(path="imgs"), data_roots, 10), 422, "InputOutsideDataRoots", "sneaky.txt")
+    assert "input.path" in error.message
+
+
+def test_symlinks_inside_the_roots_are_followed_once(roots):
+    data_roots, root, _ = roots
+    os.symlink(root / "imgs", root / "alias")
+    os.symlink(root / "imgs", root / "imgs" / "sub" / "loop")  # a cycle: walked once
+    collected = collect(job(path="alias"), data_roots, 100)
+    assert collected.refs == ["a.txt", "b.txt", "sub/c.txt"]
+
+
+@pytest.mark.parametrize("path, code, words", [
+    ("http://example.com/data", "UriNotAllowed", "http://"),
+    ("https://10.0.0.1/x", "UriNotAllowed", "https://"),
+    ("azureml://datastores/x/paths/y", "UriNotAllowed", "azureml://"),
+    ("azureml:my-data:1", "UriNotAllowed", "azureml://"),
+    ("file://otherhost/data/imgs", "UriNotAllowed", "must not name a host"),
+    ("nope", "InputNotFound", "does not exist"),
+])
+def test_uris_and_missing_paths(roots, path, code, words):
+    refused(lambda: collect(job(path=path), roots[0], 10), 422, code, words)
+
+
+def test_wrong_kinds_empty_and_too_many(roots):
+    data_roots = roots[0]
+    refused(lambda: collect(job("uri_folder", "one.txt"), data_roots, 10), 422, "ValidationError", "not a folder")
+    refused(lambda: collect(job("uri_file", "imgs"), data_roots, 10), 422, "ValidationError", "not a file")
+    refused(lambda: collect(job("tabular", "one.txt"), data_roots, 10), 422, "ValidationError", ".csv or .jsonl")
+    refused(lambda: collect(job(path="empty"), data_roots, 10), 422, "InputEmpty", "no file")
+    refused(lambda: collect(job(path="imgs"), data_roots, 2), 422, "TooManyItems", "more than 2")
+    refused(lambda: collect(job("inline", data=[1, 2, 3]), data_roots, 2), 413, "TooManyItems", "at most 2")
+    refused(lambda: collect(job(path="imgs"), DataRoots([]), 10), 422, "InputOutsideDataRoots", "--data-root")
+
+
+@pytest.mark.parametrize("raw, status, code, words", [
+    (b"", 400, "InvalidJson", "empty"),
+    (b"{nope", 400, "InvalidJson", "not valid JSON"),
+    (b"[1, 2]", 400, "InvalidJson", "JSON object"),
+    (b"{}", 422, "InputMissing", "input: is required"),
+    (b'{"input": "imgs"}', 422, "ValidationError", "input: must be an object"),
+    (b'{"input": {"type": "folder", "path": "x"}}', 422, "ValidationError", "input.type"),
+    (b'{"input": {"type": "uri_folder"}}', 422, "ValidationError", "input.path"),
+    (b'{"input": {"type": "uri_folder", "path": 7}}', 422, "ValidationError", "input.path"),
+    (b'{"input": {"type": "uri_folder", "path": "x", "data": []}}', 422, "ValidationError", "input.data: unknown"),
+    (b'{"input": {"type": "inline", "data": {}}}', 422, "ValidationError", "input.data: must be a list"),
+    (b'{"input": {"type": "inline", "data": []}}', 422, "InputEmpty", "input.data: is empty"),
+    (b'{"input": {"type": "inline", "data": [1]}, "priority": 1}', 422, "ValidationError", "priority: unknown"),
+    (b'{"input": {"type": "inline", "data": [1]}, "deployment_name": 5}', 422, "ValidationError", "deployment_name"),
+    (b'{"input": {"type": "inline", "data": [1]}, "settings": []}', 422, "ValidationError", "settings: must be"),
+])
+def test_request_bodies(raw, status, code, words):
+    refused(lambda: parse_job_request(raw), status, code, words)
+
+
+def test_a_good_request():
+    request = parse_job_request(b'{"input": {"type": "uri_folder", "path": "imgs", "mode": "ro_mount"},'
+                                b' "deployment_name": "main", "settings": {"mini_batch_size": 3}}')
+    assert request == JobRequest("uri_folder", path="imgs", deployment_name="main", settings={"mini_batch_size": 3})
