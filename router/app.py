@@ -24,12 +24,14 @@ from .auth import KeyAuthenticator
 from .balancing import InFlightCounter
 from .balancing.ejection import OutlierEjector
 from .balancing.least_outstanding import LeastOutstandingPicker
+from .accesslog import AccessLog
 from .handlers import ScoringHandlers
 from .mirroring import Mirror
 from .pipeline import BodySettings, RetrySettings, ScoringPipeline
 from .ratelimit import RateLimiter
 from .recording import DeploymentCollector, Recorder
 from .routing_table import RoutingTable, RoutingTableHolder
+from .tracing import otel_tracer
 from .traffic import DeploymentPicker
 from .upstream.forward import Forwarder
 from .upstream.pool import UpstreamPool
@@ -58,6 +60,11 @@ class RouterSettings:
     domain: str | None = None
     # Client context for https replicas (router→replica mTLS); None: plain HTTP only.
     upstream_ssl_context: ssl.SSLContext | None = None
+    # Access log: a path, "-" for stdout, or None; share of 2xx/3xx lines kept.
+    access_log: str | None = None
+    access_log_sample_rate: float = 1.0
+    # An OpenTelemetry TracerProvider; None: the global one if the SDK set it up, else off.
+    tracer_provider: object | None = None
     max_line_size: int = 8190
     max_field_size: int = 8190
     backlog: int = 1024
@@ -91,7 +98,9 @@ class RouterApp:
             Forwarder(self._pool, max_body_bytes=settings.body.max_body_bytes),
             self.recorder, settings.body, settings.retry,
         )
-        self._handlers = ScoringHandlers(pipeline, self.recorder, settings.domain)
+        self.access_log = AccessLog(settings.access_log, sample_rate=settings.access_log_sample_rate)
+        self._handlers = ScoringHandlers(pipeline, self.recorder, self.access_log, settings.domain,
+                                         otel_tracer(settings.tracer_provider))
         self.recorder.registry.register(DeploymentCollector(holder, self.admission, self.ejector))
         self._runner: web.AppRunner | None = None
         holder.subscribe(self._on_table_change)
@@ -130,6 +139,7 @@ class RouterApp:
 
     async def start(self) -> None:
         await self._pool.start()
+        await self.access_log.start()
         app = web.Application(client_max_size=self.settings.body.max_body_bytes)
         app.add_routes(self._extra_routes + self._handlers.routes())
         self._runner = web.AppRunner(
@@ -167,6 +177,7 @@ class RouterApp:
         if self._runner is not None:
             await self.drain(0)
         await self.ejector.close()
+        await self.access_log.close()
         await self._pool.close()
 
     # -- for the control plane -------------------------------------------------------

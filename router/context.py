@@ -30,6 +30,7 @@ class RequestContext:
         "upstream_started_ns",
         "upstream_ended_ns",
         "queued_ns",
+        "traceparent",
         "status",
         "error_code",
         "bytes_in",
@@ -47,6 +48,7 @@ class RequestContext:
         self.upstream_started_ns = 0
         self.upstream_ended_ns = 0
         self.queued_ns = 0
+        self.traceparent: str | None = None
         self.status = 0
         self.error_code: str | None = None
         self.bytes_in = 0
@@ -60,6 +62,15 @@ class RequestContext:
         upstream_ns = (self.upstream_ended_ns - self.upstream_started_ns) if self.upstream_ended_ns else 0
         own = time.perf_counter_ns() - self.started_ns - self.queued_ns - upstream_ns
         return max(0, own) / 1e9
+
+    def server_timing(self, upstream_ns: int | None = None) -> str:
+        """`Server-Timing` value: queue, model (until its answer began) and gateway, in ms."""
+        now = time.perf_counter_ns()
+        model_ns = upstream_ns if upstream_ns is not None else (
+            (now - self.upstream_started_ns) if self.upstream_started_ns else 0)
+        gateway_ns = max(0, now - self.started_ns - self.queued_ns - model_ns)
+        return (f"queue;dur={self.queued_ns / 1e6:.3f}, model;dur={model_ns / 1e6:.3f}, "
+                f"gateway;dur={gateway_ns / 1e6:.3f}")
 
     def upstream_s(self) -> float:
         if not self.upstream_started_ns:

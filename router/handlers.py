@@ -13,10 +13,12 @@ import logging
 import orjson
 from aiohttp import web
 
+from .accesslog import AccessLog
 from .context import RequestContext, request_id_from
 from .errors import ScoringError
 from .pipeline import ScoringPipeline
 from .recording import Recorder
+from .tracing import child_traceparent, end_server_span, start_server_span
 
 log = logging.getLogger("scoregate.router")
 
@@ -37,9 +39,12 @@ class ScoringHandlers:
     """Path routes `/api/v1/endpoint/{endpoint}/...`, and with a `domain` host routes:
     `https://{endpoint}.{domain}/score` (and any other path) reach the same endpoint."""
 
-    def __init__(self, pipeline: ScoringPipeline, recorder: Recorder, domain: str | None = None) -> None:
+    def __init__(self, pipeline: ScoringPipeline, recorder: Recorder, access_log: AccessLog,
+                 domain: str | None = None, tracer=None) -> None:
         self._pipeline = pipeline
         self._recorder = recorder
+        self._access_log = access_log
+        self._tracer = tracer  # OpenTelemetry tracer, or None: tracing costs nothing
         self._host_suffix = f".{domain.lower().strip('.')}" if domain else None
 
     def routes(self) -> list[web.RouteDef]:
@@ -94,6 +99,11 @@ class ScoringHandlers:
     async def _run(self, request: web.Request, upstream_path: str | None,
                    endpoint: str | None = None) -> web.StreamResponse:
         ctx = RequestContext(request_id_from(request.headers.get("x-request-id")), request.remote)
+        span = None
+        if self._tracer is not None:
+            span, ctx.traceparent = start_server_span(self._tracer, request)
+        else:
+            ctx.traceparent, _ = child_traceparent(request.headers.get("traceparent"))
         try:
             response = await self._pipeline.handle(
                 request, ctx, endpoint or request.match_info["endpoint"], upstream_path)
@@ -106,6 +116,8 @@ class ScoringHandlers:
                 headers.setdefault("Retry-After", str(exc.retry_after_s))
             if ctx.deployment:
                 headers.setdefault("azureml-model-deployment", ctx.deployment)
+            headers["Server-Timing"] = ctx.server_timing()
+            headers["traceparent"] = ctx.traceparent
             return error_response(exc.status, exc.code, exc.message, ctx.request_id, headers)
         except Exception:
             log.exception("request %s failed inside the gateway", ctx.request_id)
@@ -114,3 +126,6 @@ class ScoringHandlers:
                                   ctx.request_id)
         finally:
             self._recorder.record(ctx)
+            self._access_log.record(ctx, request.method, request.rel_url.raw_path)
+            if span is not None:
+                end_server_span(self._tracer, span, ctx)

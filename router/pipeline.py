@@ -99,11 +99,13 @@ class ScoringPipeline:
         deadline = asyncio.get_running_loop().time() + deployment.request_settings.request_timeout_ms / 1000
 
         body = await self._read_small_body(request)
+        if body:
+            ctx.bytes_in = len(body)
         if body is not None and not pinned:
             for shadow in self._deployments.mirror_targets(endpoint, deployment.name):
                 headers = upstream_request_headers(
                     request.headers, request_id=ctx.request_id, client_ip=request.remote,
-                    scheme=request.scheme)
+                    scheme=request.scheme, traceparent=ctx.traceparent)
                 self._mirror.send_copy(ctx, shadow, request.method, upstream_path, dict(headers), body)
 
         key = (endpoint.name, deployment.name)

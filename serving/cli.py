@@ -83,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--replica-mtls", action="store_true", default=None,
                        help="talk to replicas over mutual TLS with certificates from an internal CA")
     serve.add_argument("--domain", help="also serve endpoints at https://ENDPOINT.DOMAIN/score")
+    serve.add_argument("--access-log", default=None, metavar="PATH",
+                       help="JSON access log: a file, '-' for stdout, 'off' (default STATE_DIR/logs/access.log)")
+    serve.add_argument("--access-log-sample-rate", type=float, default=None,
+                       help="share of successful requests logged (errors always are; default 1.0)")
+    serve.add_argument("--otel-exporter", choices=("console", "otlp"), default=None,
+                       help="export OpenTelemetry spans (needs the opentelemetry-sdk package; "
+                            "otlp also opentelemetry-exporter-otlp)")
     serve.add_argument("--data-root", action="append", dest="data_roots", default=None, metavar="DIR",
                        help="folder batch job inputs may come from (repeatable)")
     serve.add_argument("--rollout-timeout", type=_duration, dest="rollout_timeout_s", default=None,
@@ -150,7 +157,7 @@ _SERVE_DEFAULTS = {"host": "127.0.0.1", "port": 8443, "admin_host": "127.0.0.1",
 _SERVE_SETTINGS = ("host", "port", "admin_host", "admin_port", "tls_cert", "tls_key",
                    "tls_key_password_file", "tls_key_password_env", "tls_sni_certs", "tls_client_ca",
                    "tls_reload_interval_s", "http_redirect_port", "replica_mtls", "domain",
-                   "rollout_timeout_s", "data_roots")
+                   "rollout_timeout_s", "data_roots", "access_log", "access_log_sample_rate", "otel_exporter")
 
 
 def _duration(text: str) -> float:
@@ -179,6 +186,8 @@ def _serve(args) -> int:
     for name in _SERVE_SETTINGS:  # flags given on the command line win over the file
         if getattr(args, name, None) is not None:
             settings[name] = getattr(args, name)
+    if settings.get("access_log") == "off":
+        settings["access_log"] = None
     if bool(settings.get("tls_cert")) != bool(settings.get("tls_key")):
         raise CliError("--tls-cert and --tls-key go together", 2)
     return run_serve(ServeOptions(state_dir=resolve_state_dir(args.state_dir), paths=args.paths,

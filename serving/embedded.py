@@ -33,6 +33,8 @@ from .controller.rollouts import RolloutManager
 from .applying import parse_documents, write
 from .batch.service import BatchService, BatchStoreError
 from .manifests import ManifestError, read_documents
+from .metrics import ControlPlaneMetrics
+from .tracing_setup import TracingUnavailable, setup_tracing
 from .replica_tls import ReplicaTLS
 from .statedir import GatewayInfo, StateDir
 from .tokens import TokenIssuer
@@ -61,6 +63,9 @@ class ServeOptions:
     domain: str | None = None
     rollout_timeout_s: float = 20 * 60.0
     data_roots: list[str] = field(default_factory=list)
+    access_log: str | None = "default"  # "default": STATE_DIR/logs/access.log; "-": stdout; None: off
+    access_log_sample_rate: float = 1.0
+    otel_exporter: str | None = None  # console | otlp
     drain_timeout_s: float = 30.0
 
 
@@ -139,9 +144,12 @@ class EmbeddedGateway:
         assert server_tls is not None
         replica_tls = await asyncio.to_thread(ReplicaTLS, self.state.tls_dir) if opts.replica_mtls else None
         holder = RoutingTableHolder()
+        setup_tracing(opts.otel_exporter)
+        access_log = str(self.state.root / "logs" / "access.log") if opts.access_log == "default" else opts.access_log
         tokens = TokenIssuer(await asyncio.to_thread(store.secret, "aml_token"))
         router = RouterApp(RouterSettings(
             host=opts.host, port=opts.port, ssl_context=server_tls.context, domain=opts.domain,
+            access_log=access_log, access_log_sample_rate=opts.access_log_sample_rate,
             upstream_ssl_context=replica_tls.client_context if replica_tls else None), holder,
             token_verifier=tokens.verify, extra_routes=batch.routes())
         server_tls.attach_metrics(TLSMetrics(router.recorder.registry))
@@ -151,10 +159,12 @@ class EmbeddedGateway:
             drain=router.wait_replica_idle, replica_tls=replica_tls)
         autoscaling = Autoscaling(router.take_utilization, registry=router.recorder.registry,
                                   on_change=lambda: controller_ref and controller_ref[0].notify())
+        metrics = ControlPlaneMetrics(router.recorder.registry)
         rollouts = RolloutManager(Preparer(self.state.root / "models", store.list_instance_types),
-                                  default_budget_s=opts.rollout_timeout_s,
+                                  default_budget_s=opts.rollout_timeout_s, metrics=metrics,
                                   on_change=lambda: controller_ref and controller_ref[0].notify())
-        controller = Controller(store, backend, RoutingPublisher(holder), rollouts, autoscaling=autoscaling)
+        controller = Controller(store, backend, RoutingPublisher(holder), rollouts, autoscaling=autoscaling,
+                                metrics=metrics)
         controller_ref.append(controller)
         api = AdminApi(store, controller, backend, admin_token=self.admin_token,
                        scoring_url=f"https://{_local_name(opts.host)}:{opts.port}",
@@ -224,7 +234,7 @@ def run_serve(options: ServeOptions) -> int:
         loop.add_signal_handler(signal.SIGHUP, gateway.request_tls_reload)
         try:
             await gateway.run()
-        except StartupError as exc:
+        except (StartupError, TracingUnavailable) as exc:
             log.error("%s", exc)
             return 2
         except OSError as exc:

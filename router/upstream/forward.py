@@ -95,8 +95,8 @@ class Forwarder:
         deadline: float,
     ) -> web.StreamResponse:
         headers = upstream_request_headers(
-            request.headers, request_id=ctx.request_id, client_ip=request.remote, scheme=request.scheme
-        )
+            request.headers, request_id=ctx.request_id, client_ip=request.remote, scheme=request.scheme,
+            traceparent=ctx.traceparent)
         upload = None
         if body is not None:
             data = body or None
@@ -157,6 +157,9 @@ class Forwarder:
         headers = downstream_response_headers(upstream.headers)
         headers[DEPLOYMENT_HEADER] = deployment.name
         headers["x-request-id"] = ctx.request_id
+        headers["Server-Timing"] = ctx.server_timing()
+        if ctx.traceparent:
+            headers["traceparent"] = ctx.traceparent
         status = upstream.status
         if not 200 <= status < 300:
             headers["ms-azureml-model-error-statuscode"] = str(status)

@@ -26,7 +26,7 @@ HOP_BY_HOP = frozenset(
 # Not forwarded upstream on top of hop-by-hop: the gateway's own credential, and
 # headers the client library sets itself from the new message.
 _DROP_UPSTREAM = HOP_BY_HOP | {"authorization", "host", "content-length", "x-forwarded-for",
-                               "x-forwarded-proto", "x-forwarded-host", "x-request-id"}
+                               "x-forwarded-proto", "x-forwarded-host", "x-request-id", "traceparent"}
 # Not returned to the caller: set by our own server for the new message.
 _DROP_DOWNSTREAM = HOP_BY_HOP | {"content-length", "date", "server"}
 
@@ -42,7 +42,8 @@ def _connection_listed(headers: CIMultiDictProxy) -> set[str]:
 
 
 def upstream_request_headers(
-    headers: CIMultiDictProxy, *, request_id: str, client_ip: str | None, scheme: str
+    headers: CIMultiDictProxy, *, request_id: str, client_ip: str | None, scheme: str,
+    traceparent: str | None = None,
 ) -> CIMultiDict:
     listed = _connection_listed(headers)
     out: CIMultiDict = CIMultiDict()
@@ -58,6 +59,8 @@ def upstream_request_headers(
         out["X-Forwarded-For"] = prior
     out["X-Forwarded-Proto"] = scheme
     out["x-request-id"] = request_id
+    if traceparent:
+        out["traceparent"] = traceparent
     return out
 
 

@@ -29,13 +29,14 @@ log = logging.getLogger("scoregate.controller")
 
 class Controller:
     def __init__(self, store: Store, backend: Backend, publisher: RoutingPublisher,
-                 rollouts: RolloutManager, *, autoscaling: Autoscaling | None = None,
+                 rollouts: RolloutManager, *, autoscaling: Autoscaling | None = None, metrics=None,
                  interval_s: float = 1.0, clock: Callable[[], float] = time.time) -> None:
         self._store = store
         self._backend = backend
         self._publisher = publisher
         self.rollouts = rollouts
         self._autoscaling = autoscaling
+        self._metrics = metrics  # serving.metrics.ControlPlaneMetrics
         self._interval_s = interval_s
         self._clock = clock
         self._wake = asyncio.Event()
@@ -107,6 +108,8 @@ class Controller:
                 d = action.deployment
                 artifacts = self.rollouts.artifacts_for((d.endpoint_name, d.name), action.spec_hash)
                 replica_id = await self._backend.start_replica(d, action.spec_hash, action.restarts, artifacts)
+                if action.restarts and self._metrics is not None:
+                    self._metrics.replica_restarts.labels(d.endpoint_name, d.name).inc()
                 log.info("starting replica %s of %s/%s (restarts: %d)", replica_id,
                          d.endpoint_name, d.name, action.restarts)
         self._publish()

@@ -44,8 +44,9 @@ class Plan:
 class RolloutManager:
     def __init__(self, preparer: Preparer, *, default_budget_s: float = DEFAULT_BUDGET_S,
                  crash_limit: int = 3, clock: Callable[[], float] = time.time,
-                 on_change: Callable[[], None] = lambda: None) -> None:
+                 on_change: Callable[[], None] = lambda: None, metrics=None) -> None:
         self._preparer = preparer
+        self._metrics = metrics  # serving.metrics.ControlPlaneMetrics
         self._default_budget_s = default_budget_s
         self._crash_limit = crash_limit
         self._clock = clock
@@ -169,6 +170,8 @@ class RolloutManager:
             rollout.enter("readiness", now)
         if sum(1 for r in mine if r.state == READY) >= wanted:
             rollout.succeed(now)
+            if self._metrics is not None:
+                self._metrics.rollout_finished(key, True)
             log.info("rollout of %s/%s version %s succeeded in %.1fs", key[0], key[1], spec_hash,
                      now - rollout.started_at)
             self._to_save[key] = (rollout, desired)
@@ -178,6 +181,8 @@ class RolloutManager:
             return
         rollout.fail(stage, reason, now)
         rollout.rolled_back = rollout.kind == "update"
+        if self._metrics is not None:
+            self._metrics.rollout_finished(key, False)
         log.error("rollout of %s/%s version %s failed in stage %s: %s%s", key[0], key[1], rollout.spec_hash,
                   stage, reason, "; rolled back to the previous version" if rollout.rolled_back else "")
         self._to_save[key] = (rollout, None)

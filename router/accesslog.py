@@ -1,0 +1,118 @@
+"""The access log: one JSON line per request, written off the hot path.
+
+record() runs in the request's handler and only appends a tuple to a bounded deque;
+a background task turns batches into JSON lines and writes them from a worker thread.
+If the writer falls behind or the sink fails, lines are dropped and counted — a log
+problem never slows or fails a request. No credential, no body, no query string is
+ever written (the query may carry secrets); the path is kept. Sampling keeps every
+error and a share of successes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import sys
+import time
+from collections import deque
+from datetime import datetime, timezone
+from pathlib import Path
+
+import orjson
+
+from .context import RequestContext
+
+log = logging.getLogger("scoregate.router.accesslog")
+
+_FIELDS = ("time", "request_id", "client", "method", "path", "endpoint", "deployment", "replica", "status",
+           "code", "bytes_in", "bytes_out", "duration_ms", "queue_ms", "upstream_ms", "gateway_ms")
+
+
+class AccessLog:
+    def __init__(self, target: str | Path | None, *, sample_rate: float = 1.0, max_pending: int = 10000,
+                 flush_interval_s: float = 0.2, max_file_bytes: int = 100 * 1024 * 1024,
+                 rng: random.Random | None = None) -> None:
+        """target: a file path, "-" for stdout, or None (off)."""
+        self._target = None if target is None else (str(target) if str(target) == "-" else Path(target))
+        self.sample_rate = sample_rate
+        self._pending: deque[tuple] = deque()
+        self._max_pending = max_pending
+        self._flush_interval_s = flush_interval_s
+        self._max_file_bytes = max_file_bytes
+        self._rng = rng or random.Random()
+        self._task: asyncio.Task | None = None
+        self.dropped = 0
+        self.written = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self._target is not None
+
+    def record(self, ctx: RequestContext, method: str, path: str) -> None:
+        if self._target is None:
+            return
+        if ctx.status < 400 and self.sample_rate < 1.0 and self._rng.random() >= self.sample_rate:
+            return
+        if len(self._pending) >= self._max_pending:
+            self.dropped += 1
+            return
+        upstream_s = ctx.upstream_s()
+        self._pending.append((
+            time.time(), ctx.request_id, ctx.client, method, path, ctx.endpoint, ctx.deployment, ctx.replica,
+            ctx.status, ctx.error_code, ctx.bytes_in, ctx.bytes_out, ctx.elapsed_s() * 1000,
+            ctx.queued_ns / 1e6, upstream_s * 1000, ctx.gateway_overhead_s() * 1000))
+
+    async def start(self) -> None:
+        if self._target is not None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="access-log")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        if self._pending:
+            await self._flush()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._flush_interval_s)
+            if self._pending:
+                await self._flush()
+
+    async def _flush(self) -> None:
+        batch = [self._pending.popleft() for _ in range(len(self._pending))]
+        data = b"".join(_line(entry) for entry in batch)
+        try:
+            await asyncio.to_thread(self._write, data)
+            self.written += len(batch)
+        except OSError as exc:
+            self.dropped += len(batch)
+            log.warning("access log write failed (%s); %d lines dropped", exc, len(batch))
+
+    def _write(self, data: bytes) -> None:
+        if self._target == "-":
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+            return
+        path = self._target
+        try:
+            if path.stat().st_size > self._max_file_bytes:
+                os.replace(path, path.with_name(path.name + ".1"))  # keep one old file
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab") as handle:
+            handle.write(data)
+
+
+def _line(entry: tuple) -> bytes:
+    record = dict(zip(_FIELDS, entry))
+    record["time"] = datetime.fromtimestamp(entry[0], timezone.utc).isoformat(timespec="milliseconds")
+    for key in ("duration_ms", "queue_ms", "upstream_ms", "gateway_ms"):
+        record[key] = round(record[key], 3)
+    return orjson.dumps(record) + b"\n"

@@ -1,0 +1,138 @@
+"""What callers and operators see of a request: Server-Timing, W3C trace context to the
+model and back, the JSON access log, OpenTelemetry spans when a provider is set."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+
+import aiohttp
+import pytest
+
+from router import RouterApp, RouterSettings, RoutingTableHolder
+from tests.fakes.recording_upstream import RecordingUpstream, Script
+from tests.functional.router_harness import AUTH, assert_idle, deployment, post, table
+from tls import client_context, ensure_dev_certificates, server_context
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    return ensure_dev_certificates(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+async def upstream():
+    server = await RecordingUpstream().start()
+    yield server
+    await server.close()
+
+
+@pytest.fixture
+async def make_router(certs, upstream):
+    routers = []
+
+    async def make(**settings) -> RouterApp:
+        router = RouterApp(RouterSettings(port=0, ssl_context=server_context(certs.cert, certs.key), **settings),
+                           RoutingTableHolder(table(deployment("blue", [upstream.port]))))
+        await router.start()
+        routers.append(router)
+        return router
+
+    yield make
+    for router in routers:
+        await router.drain(2)
+        assert_idle(router)
+        await router.close()
+
+
+@pytest.fixture
+async def client(certs):
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_context(certs.ca_cert))) as s:
+        yield s
+
+
+async def test_server_timing_splits_queue_model_and_gateway(make_router, upstream, client):
+    upstream.respond = Script(delay_s=0.05)
+    router = await make_router()
+    status, headers, _ = await post(client, router)
+    assert status == 200
+    timing = dict(re.findall(r"(\w+);dur=([\d.]+)", headers["Server-Timing"]))
+    assert set(timing) == {"queue", "model", "gateway"}
+    assert float(timing["model"]) >= 50 and float(timing["gateway"]) < float(timing["model"])
+    status, headers, _ = await post(client, router, headers={"Authorization": "Bearer wrong"})
+    assert status == 401 and "gateway;dur=" in headers["Server-Timing"]
+
+
+async def test_trace_context_goes_to_the_model_and_back(make_router, upstream, client):
+    router = await make_router()
+    incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    _, headers, _ = await post(client, router, headers={"traceparent": incoming, "tracestate": "vendor=a1"})
+    seen = upstream.seen[-1]
+    version, trace_id, span_id, flags = seen.header("traceparent").split("-")
+    assert (version, trace_id, flags) == ("00", "4bf92f3577b34da6a3ce929d0e0e4736", "01")
+    assert span_id != "00f067aa0ba902b7"  # the gateway's own hop
+    assert seen.header("tracestate") == "vendor=a1"
+    assert headers["traceparent"] == seen.header("traceparent")
+    # No (or a broken) traceparent: a new trace starts at the gateway.
+    await post(client, router, headers={"traceparent": "garbage"})
+    assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", upstream.seen[-1].header("traceparent"))
+
+
+async def test_access_log_lines(make_router, upstream, client, tmp_path):
+    path = tmp_path / "access.log"
+    router = await make_router(access_log=str(path))
+    await post(client, router, body=b'{"secret-body": 1}', headers={"x-request-id": "req-1"})
+    await post(client, router, headers={"Authorization": "Bearer not-the-key"})
+    await router.access_log.close()
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [line["status"] for line in lines] == [200, 401]
+    ok, refused = lines
+    assert ok["request_id"] == "req-1" and ok["endpoint"] == "ep" and ok["deployment"] == "blue"
+    assert ok["replica"] == "blue-0" and ok["bytes_in"] == len(b'{"secret-body": 1}')
+    assert ok["bytes_out"] == len(b'{"ok": true}') and ok["method"] == "POST"
+    assert ok["path"] == "/api/v1/endpoint/ep/score"
+    assert ok["duration_ms"] >= ok["upstream_ms"] >= 0 and ok["gateway_ms"] >= 0
+    assert refused["code"] == "Unauthorized"
+    text = path.read_text()
+    assert "secret-body" not in text and "not-the-key" not in text and AUTH["Authorization"][7:] not in text
+
+
+async def test_access_log_sampling_keeps_every_error(make_router, upstream, client, tmp_path):
+    path = tmp_path / "access.log"
+    router = await make_router(access_log=str(path), access_log_sample_rate=0.0)
+    for _ in range(5):
+        await post(client, router)
+    await post(client, router, headers={"Authorization": "Bearer nope"})
+    await router.access_log.close()
+    assert [json.loads(line)["status"] for line in path.read_text().splitlines()] == [401]
+
+
+async def test_a_failing_log_sink_never_fails_a_request(make_router, upstream, client, tmp_path):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    router = await make_router(access_log=str(blocked / "access.log"))  # parent is a file: writes fail
+    for _ in range(3):
+        assert (await post(client, router))[0] == 200
+    await asyncio.sleep(0.5)
+    assert router.access_log.dropped >= 1 and router.access_log.written == 0
+
+
+async def test_opentelemetry_spans_for_the_stages(make_router, upstream, client):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    router = await make_router(tracer_provider=provider)
+    incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    _, headers, _ = await post(client, router, headers={"traceparent": incoming})
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    assert {"scoregate.score", "scoregate.upstream"} <= set(spans)
+    root = spans["scoregate.score"]
+    assert f"{root.context.trace_id:032x}" == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert root.attributes["scoregate.endpoint"] == "ep" and root.attributes["http.response.status_code"] == 200
+    assert spans["scoregate.upstream"].parent.span_id == root.context.span_id
+    assert upstream.seen[-1].header("traceparent") == f"00-{root.context.trace_id:032x}-{root.context.span_id:016x}-01"
