@@ -25,7 +25,9 @@ from .balancing import InFlightCounter
 from .balancing.ejection import OutlierEjector
 from .balancing.least_outstanding import LeastOutstandingPicker
 from .accesslog import AccessLog
+from .auth_throttle import AuthThrottle
 from .handlers import ScoringHandlers
+from .listener import ConnectionLimits, GatewayRunner
 from .mirroring import Mirror
 from .pipeline import BodySettings, RetrySettings, ScoringPipeline
 from .ratelimit import RateLimiter
@@ -52,7 +54,11 @@ class RouterSettings:
     ejection_failures: int = 3
     ejection_base_s: float = 2.0
     ejection_max_s: float = 60.0
-    keepalive_timeout_s: float = 75.0
+    keepalive_timeout_s: float = 60.0
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    # Callers whose X-Forwarded-For is kept (CIDRs); everyone else's is replaced.
+    trusted_proxies: tuple[str, ...] = ()
+    max_response_bytes: int = 1 << 30
     # Idle upstream connections are closed by us before the replica would close them,
     # so a request is never written onto a connection the replica is closing.
     upstream_keepalive_s: float = 15.0
@@ -65,8 +71,6 @@ class RouterSettings:
     access_log_sample_rate: float = 1.0
     # An OpenTelemetry TracerProvider; None: the global one if the SDK set it up, else off.
     tracer_provider: object | None = None
-    max_line_size: int = 8190
-    max_field_size: int = 8190
     backlog: int = 1024
 
 
@@ -94,13 +98,14 @@ class RouterApp:
         self._mirror = Mirror(self._pool, self.admission, self.recorder)
         pipeline = ScoringPipeline(
             holder, KeyAuthenticator(token_verifier), RateLimiter(), DeploymentPicker(rng),
-            self.admission, self.ejector, self._mirror,
-            Forwarder(self._pool, max_body_bytes=settings.body.max_body_bytes),
+            self.admission, self.ejector, AuthThrottle(), self._mirror,
+            Forwarder(self._pool, max_body_bytes=settings.body.max_body_bytes,
+                      max_response_bytes=settings.max_response_bytes),
             self.recorder, settings.body, settings.retry,
         )
         self.access_log = AccessLog(settings.access_log, sample_rate=settings.access_log_sample_rate)
         self._handlers = ScoringHandlers(pipeline, self.recorder, self.access_log, settings.domain,
-                                         otel_tracer(settings.tracer_provider))
+                                         otel_tracer(settings.tracer_provider), settings.trusted_proxies)
         self.recorder.registry.register(DeploymentCollector(holder, self.admission, self.ejector))
         self._runner: web.AppRunner | None = None
         holder.subscribe(self._on_table_change)
@@ -142,12 +147,12 @@ class RouterApp:
         await self.access_log.start()
         app = web.Application(client_max_size=self.settings.body.max_body_bytes)
         app.add_routes(self._extra_routes + self._handlers.routes())
-        self._runner = web.AppRunner(
+        self._runner = GatewayRunner(
             app,
+            self.settings.limits,
+            on_refusal=lambda reason: self.recorder.connection_refusals.labels(reason).inc(),
             access_log=None,
             keepalive_timeout=self.settings.keepalive_timeout_s,
-            max_line_size=self.settings.max_line_size,
-            max_field_size=self.settings.max_field_size,
             # A caller that disconnects cancels its request: the upstream call is
             # cancelled and the replica slot freed at once.
             handler_cancellation=True,

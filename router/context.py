@@ -31,6 +31,7 @@ class RequestContext:
         "upstream_ended_ns",
         "queued_ns",
         "traceparent",
+        "trust_forwarded",
         "status",
         "error_code",
         "bytes_in",
@@ -49,6 +50,7 @@ class RequestContext:
         self.upstream_ended_ns = 0
         self.queued_ns = 0
         self.traceparent: str | None = None
+        self.trust_forwarded = False  # the caller is a trusted proxy: keep its X-Forwarded-For
         self.status = 0
         self.error_code: str | None = None
         self.bytes_in = 0

@@ -8,6 +8,7 @@ once by router.recording.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 
 import orjson
@@ -15,7 +16,8 @@ from aiohttp import web
 
 from .accesslog import AccessLog
 from .context import RequestContext, request_id_from
-from .errors import ScoringError
+from .errors import BadRequest, ScoringError
+from .paths import NAME_RULE, check_subpath
 from .pipeline import ScoringPipeline
 from .recording import Recorder
 from .tracing import child_traceparent, end_server_span, start_server_span
@@ -40,11 +42,13 @@ class ScoringHandlers:
     `https://{endpoint}.{domain}/score` (and any other path) reach the same endpoint."""
 
     def __init__(self, pipeline: ScoringPipeline, recorder: Recorder, access_log: AccessLog,
-                 domain: str | None = None, tracer=None) -> None:
+                 domain: str | None = None, tracer=None, trusted_proxies: tuple = ()) -> None:
         self._pipeline = pipeline
         self._recorder = recorder
         self._access_log = access_log
         self._tracer = tracer  # OpenTelemetry tracer, or None: tracing costs nothing
+        self._trusted_proxies = tuple(ipaddress.ip_network(n) for n in trusted_proxies)
+        self._trusted_cache: dict[str, bool] = {}
         self._host_suffix = f".{domain.lower().strip('.')}" if domain else None
 
     def routes(self) -> list[web.RouteDef]:
@@ -56,6 +60,8 @@ class ScoringHandlers:
         ]
 
     async def score(self, request: web.Request) -> web.StreamResponse:
+        if not NAME_RULE.match(request.match_info["endpoint"]):
+            return self._refuse(request, 404, "EndpointNotFound", "no such endpoint")
         if request.method != "POST":
             return self._refuse(request, 405, "MethodNotAllowed", "scoring takes POST",
                                 {"Allow": "POST"})
@@ -68,7 +74,7 @@ class ScoringHandlers:
         # Forward the raw (still percent-encoded) remainder of the path unchanged.
         raw = request.rel_url.raw_path
         prefix_end = raw.find("/", len(ENDPOINT_PREFIX))
-        return await self._run(request, raw[prefix_end:] if prefix_end > 0 else "/")
+        return await self._run(request, raw[prefix_end:] if prefix_end > 0 else "/", check_path=True)
 
     async def not_found(self, request: web.Request) -> web.StreamResponse:
         endpoint = self._endpoint_from_host(request.host)
@@ -78,9 +84,24 @@ class ScoringHandlers:
                 if request.method != "POST":
                     return self._refuse(request, 405, "MethodNotAllowed", "scoring takes POST", {"Allow": "POST"})
                 return await self._run(request, None, endpoint)
-            return await self._run(request, path, endpoint)
+            return await self._run(request, path, endpoint, check_path=True)
         return self._refuse(request, 404, "NotFound",
                             "no such route; scoring is POST /api/v1/endpoint/{endpoint}/score")
+
+    def _is_trusted(self, remote: str | None) -> bool:
+        if not remote:
+            return False
+        trusted = self._trusted_cache.get(remote)
+        if trusted is None:
+            try:
+                address = ipaddress.ip_address(remote)
+                trusted = any(address in network for network in self._trusted_proxies)
+            except ValueError:
+                trusted = False
+            if len(self._trusted_cache) > 10000:
+                self._trusted_cache.clear()
+            self._trusted_cache[remote] = trusted
+        return trusted
 
     def _endpoint_from_host(self, host: str | None) -> str | None:
         if self._host_suffix is None or not host:
@@ -97,17 +118,26 @@ class ScoringHandlers:
         return error_response(status, code, message, request_id, headers)
 
     async def _run(self, request: web.Request, upstream_path: str | None,
-                   endpoint: str | None = None) -> web.StreamResponse:
+                   endpoint: str | None = None, check_path: bool = False) -> web.StreamResponse:
         ctx = RequestContext(request_id_from(request.headers.get("x-request-id")), request.remote)
+        if self._trusted_proxies:
+            ctx.trust_forwarded = self._is_trusted(request.remote)
         span = None
         if self._tracer is not None:
             span, ctx.traceparent = start_server_span(self._tracer, request)
         else:
             ctx.traceparent, _ = child_traceparent(request.headers.get("traceparent"))
         try:
+            if check_path:
+                check_subpath(upstream_path or "/")
+            if request.version < (1, 1) and "Transfer-Encoding" in request.headers:
+                # RFC 9112 §6.1: a 1.0 message with Transfer-Encoding has faulty framing.
+                raise BadRequest("Transfer-Encoding is not allowed in HTTP/1.0 requests")
             response = await self._pipeline.handle(
                 request, ctx, endpoint or request.match_info["endpoint"], upstream_path)
             ctx.status = response.status
+            if request.protocol is not None and request.protocol.should_close_after():
+                response.force_close()
             return response
         except ScoringError as exc:
             ctx.status, ctx.error_code = exc.status, exc.code

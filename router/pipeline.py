@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from dataclasses import dataclass
 
@@ -28,7 +27,10 @@ from .balancing.ejection import OutlierEjector
 from .context import RequestContext
 from .errors import (BadRequest, EndpointNotFound, NoReadyReplica, PayloadTooLarge, RequestTimeout,
                      UpstreamConnectionError)
+from .auth_throttle import AuthThrottle
+from .errors import DeploymentNotFound, Unauthorized
 from .mirroring import Mirror
+from .paths import NAME_RULE
 from .ratelimit import RateLimiter
 from .recording import Recorder
 from .routing_table import RoutingTableHolder
@@ -36,8 +38,6 @@ from .traffic import PIN_HEADER, DeploymentPicker
 from .upstream.forward import Forwarder, NotSent, UpstreamDeadline, UpstreamFailed
 from .upstream.headers import upstream_request_headers
 
-# Azure ML naming rule for endpoints and deployments.
-NAME_RULE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,31}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +64,7 @@ class ScoringPipeline:
         deployment_picker: DeploymentPicker,
         admission: Admission,
         ejector: OutlierEjector,
+        auth_throttle: AuthThrottle,
         mirror: Mirror,
         forwarder: Forwarder,
         recorder: Recorder,
@@ -76,6 +77,7 @@ class ScoringPipeline:
         self._deployments = deployment_picker
         self._admission = admission
         self._ejector = ejector
+        self._auth_throttle = auth_throttle
         self._mirror = mirror
         self._forwarder = forwarder
         self._recorder = recorder
@@ -91,10 +93,18 @@ class ScoringPipeline:
         if endpoint is None:
             raise EndpointNotFound(f"no endpoint named '{endpoint_name}'")
         ctx.endpoint = endpoint.name
-        self._auth.check(endpoint, request.headers.get("Authorization"))
+        self._auth_throttle.check(request.remote)
+        try:
+            self._auth.check(endpoint, request.headers.get("Authorization"))
+        except Unauthorized:
+            self._auth_throttle.failed(request.remote)
+            raise
         self._rate_limiter.check(endpoint.name, endpoint.rate_limit)
 
-        deployment, pinned = self._deployments.pick(endpoint, request.headers.get(PIN_HEADER))
+        pin = request.headers.get(PIN_HEADER)
+        if pin is not None and not NAME_RULE.match(pin):
+            raise DeploymentNotFound(f"'{PIN_HEADER}' must name a deployment (2-32 letters, digits or '-')")
+        deployment, pinned = self._deployments.pick(endpoint, pin)
         ctx.deployment = deployment.name
         deadline = asyncio.get_running_loop().time() + deployment.request_settings.request_timeout_ms / 1000
 
@@ -105,7 +115,7 @@ class ScoringPipeline:
             for shadow in self._deployments.mirror_targets(endpoint, deployment.name):
                 headers = upstream_request_headers(
                     request.headers, request_id=ctx.request_id, client_ip=request.remote,
-                    scheme=request.scheme, traceparent=ctx.traceparent)
+                    scheme=request.scheme, traceparent=ctx.traceparent, trust_forwarded=ctx.trust_forwarded)
                 self._mirror.send_copy(ctx, shadow, request.method, upstream_path, dict(headers), body)
 
         key = (endpoint.name, deployment.name)

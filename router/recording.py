@@ -60,6 +60,10 @@ class Recorder:
             "scoregate_mirror_requests",
             "Mirrored copies by endpoint, deployment and outcome (sent, failed, dropped).",
             ("endpoint", "deployment", "outcome"), registry=r)
+        self.connection_refusals = Counter(
+            "scoregate_connection_refusals",
+            "Connections or requests refused before a handler: malformed requests (by status), "
+            "header timeouts, connections over the limit.", ("reason",), registry=r)
         self.routing_version = Gauge(
             "scoregate_routing_table_version",
             "Version of the routing snapshot the router is using.", registry=r)

@@ -78,11 +78,12 @@ class _Upload:
 
 
 class Forwarder:
-    __slots__ = ("_pool", "_max_body_bytes")
+    __slots__ = ("_pool", "_max_body_bytes", "_max_response_bytes")
 
-    def __init__(self, pool: UpstreamPool, *, max_body_bytes: int) -> None:
+    def __init__(self, pool: UpstreamPool, *, max_body_bytes: int, max_response_bytes: int = 1 << 30) -> None:
         self._pool = pool
         self._max_body_bytes = max_body_bytes
+        self._max_response_bytes = max_response_bytes
 
     async def forward(
         self,
@@ -96,7 +97,7 @@ class Forwarder:
     ) -> web.StreamResponse:
         headers = upstream_request_headers(
             request.headers, request_id=ctx.request_id, client_ip=request.remote, scheme=request.scheme,
-            traceparent=ctx.traceparent)
+            traceparent=ctx.traceparent, trust_forwarded=ctx.trust_forwarded)
         upload = None
         if body is not None:
             data = body or None
@@ -167,6 +168,9 @@ class Forwarder:
             ctx.error_code = "ModelError"
             status = 424
         length = upstream.content_length
+        if length is not None and length > self._max_response_bytes:
+            raise UpstreamFailed(f"the model's answer ({length} bytes) exceeds the limit of "
+                                 f"{self._max_response_bytes} bytes", "oversized")
         if length is not None and length <= WHOLE_RESPONSE_MAX_BYTES:
             payload = await upstream.read()
             ctx.bytes_out = len(payload)
@@ -178,6 +182,8 @@ class Forwarder:
         streaming.append(response)
         async for chunk in upstream.content.iter_chunked(STREAM_CHUNK_BYTES):
             ctx.bytes_out += len(chunk)
+            if ctx.bytes_out > self._max_response_bytes:
+                raise aiohttp.ClientPayloadError("the model's answer exceeds the response size limit")
             await response.write(chunk)
         await response.write_eof()
         return response

@@ -43,8 +43,11 @@ def _connection_listed(headers: CIMultiDictProxy) -> set[str]:
 
 def upstream_request_headers(
     headers: CIMultiDictProxy, *, request_id: str, client_ip: str | None, scheme: str,
-    traceparent: str | None = None,
+    traceparent: str | None = None, trust_forwarded: bool = False,
 ) -> CIMultiDict:
+    """Headers for the model. A caller's own X-Forwarded-For is kept (and appended to)
+    only when the caller is a trusted proxy; otherwise it is replaced by the caller's
+    address, so nobody can pose as another client."""
     listed = _connection_listed(headers)
     out: CIMultiDict = CIMultiDict()
     for name, value in headers.items():
@@ -52,7 +55,7 @@ def upstream_request_headers(
         if lower in _DROP_UPSTREAM or lower in listed:
             continue
         out.add(name, value)
-    prior = headers.get("X-Forwarded-For")
+    prior = headers.get("X-Forwarded-For") if trust_forwarded else None
     if client_ip:
         out["X-Forwarded-For"] = f"{prior}, {client_ip}" if prior else client_ip
     elif prior:

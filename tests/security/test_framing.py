@@ -1,0 +1,75 @@
+"""Request smuggling and desync attempts: refused with 400 (JSON) and the connection
+closed; the model never sees a second, smuggled request."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.functional.router_harness import AUTH
+
+KEY = AUTH["Authorization"].encode()
+HEAD = b"POST /api/v1/endpoint/ep/score HTTP/1.1\r\nHost: localhost\r\nAuthorization: " + KEY + b"\r\n"
+SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: localhost\r\n\r\n"
+
+ATTACKS = {
+    "content-length and transfer-encoding": HEAD + b"Content-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                            b"0\r\n\r\n" + SMUGGLED,
+    "transfer-encoding then content-length": HEAD + b"Transfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n"
+                                             b"0\r\n\r\n" + SMUGGLED,
+    "duplicate content-length": HEAD + b"Content-Length: 2\r\nContent-Length: 45\r\n\r\n{}" + SMUGGLED,
+    "conflicting content-length list": HEAD + b"Content-Length: 2, 45\r\n\r\n{}" + SMUGGLED,
+    "obfuscated transfer-encoding": HEAD + b"Transfer-Encoding: xchunked\r\n\r\n0\r\n\r\n" + SMUGGLED,
+    "transfer-encoding with space": HEAD + b"Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n" + SMUGGLED,
+    "unknown transfer-encoding": HEAD + b"Transfer-Encoding: gzip, chunked, identity\r\n\r\n0\r\n\r\n",
+    "malformed chunk size": HEAD + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+    "chunk size overflow": HEAD + b"Transfer-Encoding: chunked\r\n\r\nffffffffffffffffffff\r\n{}\r\n0\r\n\r\n",
+    "bad chunk extension": HEAD + b"Transfer-Encoding: chunked\r\n\r\n2;ext=\"x\r\n{}\r\n0\r\n\r\n",
+    "bare LF line endings": b"POST /api/v1/endpoint/ep/score HTTP/1.1\nHost: localhost\nContent-Length: 2\n\n{}",
+    "obsolete header folding": HEAD + b"X-Folded: a\r\n  b\r\nContent-Length: 2\r\n\r\n{}",
+    "NUL in a header value": HEAD + b"X-Bad: a\x00b\r\nContent-Length: 2\r\n\r\n{}",
+    "CR in a header value": HEAD + b"X-Bad: a\rb\r\nContent-Length: 2\r\n\r\n{}",
+    "LF in a header value": HEAD + b"X-Bad: a\nX-Injected: b\r\nContent-Length: 2\r\n\r\n{}",
+    "non-token method": b"PO(ST /api/v1/endpoint/ep/score HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    "space before the colon": HEAD + b"Content-Length : 2\r\n\r\n{}",
+    "negative content-length": HEAD + b"Content-Length: -1\r\n\r\n",
+    "signed content-length": HEAD + b"Content-Length: +2\r\n\r\n{}",
+    "transfer-encoding in HTTP/1.0": b"POST /api/v1/endpoint/ep/score HTTP/1.0\r\nHost: localhost\r\nAuthorization: "
+                                     + KEY + b"\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("payload", ATTACKS.values(), ids=ATTACKS.keys())
+async def test_refused_with_400_and_closed(make_router, upstream, raw, payload):
+    router = await make_router()
+    received, closed = await raw(router).exchange(payload)
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith((b"HTTP/1.1 400", b"HTTP/1.0 400")), received[:200]
+    assert closed
+    error = json.loads(body)
+    assert error["code"] == "BadRequest" and error["request_id"]
+    assert not any("smuggled" in s.path_qs for s in upstream.seen)
+    assert upstream.seen == [] or all(s.path_qs == "/score" for s in upstream.seen)
+
+
+async def test_what_reaches_the_model_is_reframed(make_router, upstream, raw):
+    """A valid chunked body arrives at the model as a body the gateway framed itself."""
+    router = await make_router()
+    payload = HEAD + b"Transfer-Encoding: chunked\r\n\r\n1\r\n{\r\n1\r\n}\r\n0\r\n\r\n"
+    received, _ = await raw(router).exchange(payload, timeout_s=2)
+    assert received.startswith(b"HTTP/1.1 200")
+    [seen] = upstream.seen
+    assert seen.body == b"{}"
+    assert seen.header("Transfer-Encoding") in (None, "chunked")
+    assert seen.header("Authorization") is None
+
+
+async def test_the_gateway_stays_healthy_after_the_attacks(make_router, upstream, raw):
+    router = await make_router()
+    for payload in ATTACKS.values():
+        await raw(router).exchange(payload, timeout_s=2)
+    received, _ = await raw(router).exchange(HEAD + b"Content-Length: 2\r\nConnection: close\r\n\r\n{}")
+    assert received.startswith(b"HTTP/1.1 200")
+    value = router.recorder.registry.get_sample_value
+    assert value("scoregate_connection_refusals_total", {"reason": "http_400"}) >= len(ATTACKS) - 1

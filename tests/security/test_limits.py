@@ -1,0 +1,118 @@
+"""Limits, each answered early with its own status and without the gateway holding on:
+request line (414), headers (431), body (413), slowloris (408, and normal clients keep
+being served while 500 slow connections are open), connections, requests per connection."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import time
+
+import aiohttp
+
+from router.listener import ConnectionLimits
+from router.pipeline import BodySettings
+from tests.functional.router_harness import AUTH, post
+from tls import client_context
+
+KEY = AUTH["Authorization"].encode()
+
+
+def status_and_body(received: bytes) -> tuple[int, dict]:
+    head, _, body = received.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), json.loads(body)
+
+
+async def test_request_line_too_long_is_414(make_router, upstream, raw):
+    router = await make_router(limits=ConnectionLimits(max_line_size=1024))
+    received, closed = await raw(router).exchange(
+        b"GET /api/v1/endpoint/ep/" + b"a" * 2000 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    status, body = status_and_body(received)
+    assert status == 414 and body["code"] == "UriTooLong" and closed
+    assert upstream.seen == []
+
+
+async def test_header_too_large_or_too_many_is_431(make_router, upstream, raw):
+    router = await make_router(limits=ConnectionLimits(max_field_size=512, max_headers=20))
+    big = b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"b" * 1000 + b"\r\n\r\n"
+    many = b"GET / HTTP/1.1\r\nHost: localhost\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(40)) + b"\r\n"
+    for payload in (big, many):
+        received, closed = await raw(router).exchange(payload)
+        status, body = status_and_body(received)
+        assert status == 431 and body["code"] == "RequestHeaderFieldsTooLarge" and closed
+    assert upstream.seen == []
+
+
+async def test_body_too_large_is_413_declared_or_chunked(make_router, upstream, raw):
+    router = await make_router(body=BodySettings(max_body_bytes=4096, buffer_max_bytes=1024))
+    declared = (b"POST /api/v1/endpoint/ep/score HTTP/1.1\r\nHost: localhost\r\nAuthorization: " + KEY +
+                b"\r\nContent-Length: 100000\r\n\r\n")
+    received, _ = await raw(router).exchange(declared, timeout_s=3)
+    assert status_and_body(received)[0] == 413
+    chunk = b"1000\r\n" + b"x" * 4096 + b"\r\n"
+    chunked = (b"POST /api/v1/endpoint/ep/score HTTP/1.1\r\nHost: localhost\r\nAuthorization: " + KEY +
+               b"\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk * 3 + b"0\r\n\r\n")
+    received, _ = await raw(router).exchange(chunked, timeout_s=3)
+    assert status_and_body(received)[0] == 413
+    assert all(len(seen.body) <= 4096 for seen in upstream.seen)
+
+
+async def test_slowloris_gets_408_and_normal_clients_are_served(make_router, upstream, raw, certs):
+    router = await make_router(limits=ConnectionLimits(header_timeout_s=1.5))
+    client = raw(router)
+    slow = []
+    for _ in range(500):  # each sends a few bytes of its headers, then stalls
+        reader, writer = await client.open()
+        writer.write(b"POST /api/v1/endpoint/ep/score HTTP/1.1\r\nHo")
+        slow.append((reader, writer))
+    connector = aiohttp.TCPConnector(ssl=client_context(certs.ca_cert))
+    async with aiohttp.ClientSession(connector=connector) as session:
+        started = time.monotonic()
+        for _ in range(10):
+            assert (await post(session, router))[0] == 200
+        assert time.monotonic() - started < 5
+    answers = []
+    async with asyncio.timeout(10):
+        for reader, writer in slow:
+            answers.append(await reader.read(1024))
+            writer.close()
+    assert all(a.startswith(b"HTTP/1.1 408") for a in answers)
+    value = router.recorder.registry.get_sample_value
+    assert value("scoregate_connection_refusals_total", {"reason": "header_timeout"}) == 500
+
+
+async def test_connections_over_the_limit_are_closed_at_once(make_router, upstream, raw):
+    router = await make_router(limits=ConnectionLimits(max_connections=5, header_timeout_s=30))
+    client = raw(router)
+    held = [await client.open() for _ in range(5)]
+    try:
+        try:
+            reader, writer = await client.open()
+            async with asyncio.timeout(5):
+                extra = await reader.read(1024)
+            writer.close()
+        except (ConnectionError, ssl.SSLError):
+            extra = b""
+        assert extra == b""  # closed without an answer
+    finally:
+        for _, writer in held:
+            writer.close()
+    await asyncio.sleep(0.2)
+    received, _ = await client.exchange(b"GET /nothing HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    assert received.startswith(b"HTTP/1.1 404")  # a connection under the limit is served again
+    assert router.recorder.registry.get_sample_value(
+        "scoregate_connection_refusals_total", {"reason": "max_connections"}) >= 1
+
+
+async def test_requests_per_connection_are_bounded(make_router, upstream, certs):
+    router = await make_router(limits=ConnectionLimits(max_requests_per_connection=3))
+    connector = aiohttp.TCPConnector(ssl=client_context(certs.ca_cert), limit=1)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        closes = []
+        for _ in range(6):
+            async with session.post(f"https://127.0.0.1:{router.port}/api/v1/endpoint/ep/score", data=b"{}",
+                                    headers=AUTH) as r:
+                await r.read()
+                closes.append(r.headers.get("Connection", "").lower() == "close")
+    assert closes == [False, False, True, False, False, True]
