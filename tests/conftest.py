@@ -20,3 +20,53 @@ def make_gateway(tmp_path):
     yield make
     for gateway in started:
         gateway.kill_everything()
+
+
+# -- an in-process router with real TLS in front of a recording upstream ------------------
+
+import aiohttp  # noqa: E402
+
+from router import RouterApp, RouterSettings, RoutingTableHolder  # noqa: E402
+from tests.fakes.recording_upstream import RecordingUpstream  # noqa: E402
+from tests.functional.router_harness import assert_idle, deployment, table  # noqa: E402
+from tls import client_context, ensure_dev_certificates, server_context  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory):
+    return ensure_dev_certificates(tmp_path_factory.mktemp("router-tls"))
+
+
+@pytest.fixture
+async def upstream():
+    server = await RecordingUpstream().start()
+    yield server
+    await server.close()
+
+
+@pytest.fixture
+async def make_router(certs, upstream):
+    """make_router(initial_table=None, **RouterSettings fields); each router is checked on
+    teardown: nothing in flight, nobody queued."""
+    routers = []
+
+    async def make(initial=None, **settings) -> RouterApp:
+        initial = initial or table(deployment("blue", [upstream.port], max_concurrent_requests_per_instance=64))
+        router = RouterApp(RouterSettings(port=0, ssl_context=server_context(certs.cert, certs.key), **settings),
+                           RoutingTableHolder(initial))
+        await router.start()
+        routers.append(router)
+        return router
+
+    yield make
+    for router in routers:
+        await router.drain(2)
+        assert_idle(router)
+        await router.close()
+
+
+@pytest.fixture
+async def client(certs):
+    connector = aiohttp.TCPConnector(ssl=client_context(certs.ca_cert), limit=200)
+    async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
+        yield session

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..manifests.fields import FieldReader
 from ..manifests import Document, ManifestError
 from .resources import NAME_RULE, BatchDeployment, BatchEndpoint, BatchSettings
 from .settings import SETTING_NAMES, SettingsError, apply_settings
@@ -46,49 +47,20 @@ def _is_deployment(body: dict) -> bool:
     return "batchendpoint" not in schema and "endpoint_name" in body
 
 
-class _Reader:
-    def __init__(self, doc: Document) -> None:
-        self.doc = doc
+class _Reader(FieldReader):
+    """The shared FieldReader, with batch's own rules for top-level fields and paths."""
 
-    def fail(self, field: str | None, message: str):
-        raise ManifestError(self.doc.source, field, message)
-
-    def check_fields(self, body: dict, allowed: set[str], prefix: str = "") -> None:
-        for key in body:
-            if key not in allowed and (prefix or key not in _IGNORED):
-                self.fail(prefix + str(key), f"unknown field (expected one of: {', '.join(sorted(allowed))})")
-
-    def name(self, value: Any, field: str) -> str:
-        if not isinstance(value, str) or not NAME_RULE.match(value):
-            self.fail(field, f"must be 2-32 letters, digits or '-', starting with a letter; got {value!r}")
-        return value
-
-    def mapping(self, value: Any, field: str) -> dict:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.fail(field, f"must be a mapping, got {type(value).__name__}")
-        return value
-
-    def string(self, value: Any, field: str) -> str:
-        if not isinstance(value, str) or not value:
-            self.fail(field, f"must be a non-empty string, got {value!r}")
-        return value
+    def check_fields(self, body: dict, allowed: set[str], prefix: str = "", ignored=None) -> None:
+        super().check_fields(body, allowed, prefix, ignored=set() if prefix else _IGNORED)
 
     def path(self, value: Any, field: str) -> str:
         text = self.string(value, field)
         if text.startswith("azureml:"):
             self.fail(field, "registered assets (azureml:...) are not available here; give a local path")
-        if "://" in text and not text.startswith("file://"):
-            self.fail(field, "only local paths and file:// URIs are supported")
-        text = text.removeprefix("file://")
-        resolved = (Path(self.doc.base_dir) / text).resolve()
-        if not resolved.exists():
-            self.fail(field, f"{text} does not exist (resolved to {resolved})")
-        return str(resolved)
+        return super().path(text, field)
 
     def tags(self, value: Any) -> dict[str, str]:
-        return {str(k): str(v) for k, v in self.mapping(value, "tags").items()}
+        return self.strings(value, "tags")
 
 
 def parse_batch(doc: Document) -> BatchEndpoint | BatchDeployment:

@@ -211,6 +211,21 @@ def test_traffic_to_a_failed_deployment_is_refused(gateway, tmp_path):
         in done.stderr
 
 
+def scoring_status(gateway, endpoint: str, credential: str) -> int:
+    """The HTTP status of one scoring call with `Authorization: Bearer credential`."""
+    import ssl
+    import urllib.request
+
+    request = urllib.request.Request(f"{gateway.scoring_url}/api/v1/endpoint/{endpoint}/score", data=b"{}",
+                                     headers={"Authorization": f"Bearer {credential}"})
+    try:
+        with urllib.request.urlopen(request, context=ssl.create_default_context(cafile=gateway.info.ca_cert),
+                                    timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
 def write_request(folder):
     path = folder / "request.json"
     path.write_text('{"data": 1}')
@@ -241,16 +256,7 @@ def test_keys_regenerate_one_at_a_time(gateway, tmp_path):
     assert regenerated["primaryKey"] == primary and regenerated["secondaryKey"] != secondary
 
     def status_with(key):
-        import ssl
-        import urllib.request
-        request = urllib.request.Request(f"{gateway.scoring_url}/api/v1/endpoint/keys/score", data=b"{}",
-                                         headers={"Authorization": f"Bearer {key}"})
-        try:
-            with urllib.request.urlopen(request, context=ssl.create_default_context(cafile=gateway.info.ca_cert),
-                                        timeout=10) as r:
-                return r.status
-        except urllib.error.HTTPError as exc:
-            return exc.code
+        return scoring_status(gateway, "keys", key)
 
     assert status_with(primary) == 200
     assert status_with(regenerated["secondaryKey"]) == 200
@@ -271,16 +277,7 @@ def test_aml_token_auth_and_expiry(gateway, tmp_path):
     foreign = gateway.cli_json("endpoint", "get-token", "-n", "other")
 
     def status_with(value):
-        import ssl
-        import urllib.request
-        request = urllib.request.Request(f"{gateway.scoring_url}/api/v1/endpoint/tokened/score", data=b"{}",
-                                         headers={"Authorization": f"Bearer {value}"})
-        try:
-            with urllib.request.urlopen(request, context=ssl.create_default_context(cafile=gateway.info.ca_cert),
-                                        timeout=10) as r:
-                return r.status
-        except urllib.error.HTTPError as exc:
-            return exc.code
+        return scoring_status(gateway, "tokened", value)
 
     assert status_with(token["accessToken"]) == 200
     assert status_with(short["accessToken"]) == 200

@@ -16,40 +16,16 @@ from tests.functional.router_harness import AUTH, assert_idle, deployment, post,
 from tls import client_context, ensure_dev_certificates, server_context
 
 
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    return ensure_dev_certificates(tmp_path_factory.mktemp("tls"))
 
 
-@pytest.fixture
-async def upstream():
-    server = await RecordingUpstream().start()
-    yield server
-    await server.close()
 
 
-@pytest.fixture
-async def make_router(certs, upstream):
-    routers = []
-
-    async def make(**settings) -> RouterApp:
-        router = RouterApp(RouterSettings(port=0, ssl_context=server_context(certs.cert, certs.key), **settings),
-                           RoutingTableHolder(table(deployment("blue", [upstream.port]))))
-        await router.start()
-        routers.append(router)
-        return router
-
-    yield make
-    for router in routers:
-        await router.drain(2)
-        assert_idle(router)
-        await router.close()
 
 
-@pytest.fixture
-async def client(certs):
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_context(certs.ca_cert))) as s:
-        yield s
+
+
+
+
 
 
 async def test_server_timing_splits_queue_model_and_gateway(make_router, upstream, client):

@@ -19,9 +19,7 @@ from tests.functional.router_harness import AUTH, assert_idle, deployment, post,
 from tls import client_context, ensure_dev_certificates, server_context
 
 
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    return ensure_dev_certificates(tmp_path_factory.mktemp("tls"))
+
 
 
 @pytest.fixture
@@ -32,29 +30,10 @@ async def upstreams():
         await server.close()
 
 
-@pytest.fixture
-async def make_router(certs):
-    routers = []
-
-    async def make(initial, **settings) -> RouterApp:
-        router = RouterApp(RouterSettings(port=0, ssl_context=server_context(certs.cert, certs.key), **settings),
-                           RoutingTableHolder(initial))
-        await router.start()
-        routers.append(router)
-        return router
-
-    yield make
-    for router in routers:
-        await router.drain(2)
-        assert_idle(router)
-        await router.close()
 
 
-@pytest.fixture
-async def client(certs):
-    connector = aiohttp.TCPConnector(ssl=client_context(certs.ca_cert), limit=200)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        yield session
+
+
 
 
 async def wait_until(predicate, timeout_s: float = 5.0) -> None:

@@ -1,5 +1,5 @@
-"""A real router (TLS on loopback) in front of a recording upstream, plus a raw TLS
-socket client that can send bytes no HTTP library would."""
+"""A raw TLS socket client that can send bytes no HTTP library would (the router and
+upstream fixtures are in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,41 +8,6 @@ import ssl
 
 import pytest
 
-from router import RouterApp, RouterSettings, RoutingTableHolder
-from tests.fakes.recording_upstream import RecordingUpstream
-from tests.functional.router_harness import assert_idle, deployment, table
-from tls import ensure_dev_certificates, server_context
-
-
-@pytest.fixture(scope="session")
-def certs(tmp_path_factory):
-    return ensure_dev_certificates(tmp_path_factory.mktemp("security-tls"))
-
-
-@pytest.fixture
-async def upstream():
-    server = await RecordingUpstream().start()
-    yield server
-    await server.close()
-
-
-@pytest.fixture
-async def make_router(certs, upstream):
-    routers = []
-
-    async def make(**settings) -> RouterApp:
-        router = RouterApp(RouterSettings(port=0, ssl_context=server_context(certs.cert, certs.key), **settings),
-                           RoutingTableHolder(table(deployment("blue", [upstream.port],
-                                                               max_concurrent_requests_per_instance=64))))
-        await router.start()
-        routers.append(router)
-        return router
-
-    yield make
-    for router in routers:
-        await router.drain(2)
-        assert_idle(router)
-        await router.close()
 
 
 class RawClient:

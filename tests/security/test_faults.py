@@ -34,10 +34,7 @@ class GarbageServer:
         await self._server.wait_closed()
 
 
-@pytest.fixture
-async def client(certs):
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_context(certs.ca_cert))) as s:
-        yield s
+
 
 
 async def test_garbage_from_the_model_is_502(certs, client):

@@ -12,10 +12,7 @@ from tests.functional.router_harness import AUTH, post
 from tls import client_context
 
 
-@pytest.fixture
-async def client(certs):
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_context(certs.ca_cert))) as s:
-        yield s
+
 
 
 async def test_forwarded_for_is_replaced_unless_the_caller_is_a_trusted_proxy(make_router, upstream, client):
