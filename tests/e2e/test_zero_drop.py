@@ -13,8 +13,10 @@ from tests.support.gateway import GatewayProcess, wait_for
 from tests.support.load import SteadyLoad
 from tests.support.manifests import write_deployment, write_endpoint
 
-# Each echo replica sleeps 20 ms per request with one slot: about 45 requests/s.
-SLOW = {"SLEEP_S": "0.02"}
+# Each echo replica sleeps 50 ms per request with one slot: 20 requests/s at most, a
+# capacity set by the sleep rather than by the CPU, so it holds on a busy machine.
+SLOW = {"SLEEP_S": "0.05"}
+RATE = 28  # 70% of two replicas
 ONE_SLOT = {"max_concurrent_requests_per_instance": 1, "max_queue_wait_ms": 2000}
 
 
@@ -50,14 +52,14 @@ async def test_scale_down_under_load_drops_nothing(gateway, tmp_path):
     write_deployment(tmp_path, "shrink", "main", env=SLOW, instance_count=3, request_settings=ONE_SLOT)
     await cli_json(gateway, "apply", "-f", str(tmp_path))
     await asyncio.to_thread(gateway.wait_ready, "shrink", ["main"])
-    load = load_for(gateway, "shrink", rate=60).start()  # ~70% of two replicas
+    load = load_for(gateway, "shrink", rate=RATE).start()
     await asyncio.sleep(1.5)
     await cli_json(gateway, "deployment", "scale", "-n", "main", "-e", "shrink", "--instance-count", "2")
     await wait_async(lambda: len(live_replicas(gateway, "shrink", "main")) == 2, 20, "scale-down to 2")
     await asyncio.sleep(1.5)
     result = await load.stop()
-    assert result.sent > 150
-    assert result.failed == 0, (result.statuses, result.errors)
+    assert result.sent > 70
+    assert result.failed == 0, (result.statuses, result.codes, result.errors)
 
 
 async def test_replacing_every_replica_under_load_drops_nothing(gateway, tmp_path):
@@ -67,7 +69,7 @@ async def test_replacing_every_replica_under_load_drops_nothing(gateway, tmp_pat
     await cli_json(gateway, "apply", "-f", str(tmp_path))
     await asyncio.to_thread(gateway.wait_ready, "roll", ["main"])
     old_pids = {r["pid"] for r in gateway.deployment("roll", "main")["replicas"]}
-    load = load_for(gateway, "roll", rate=60).start()
+    load = load_for(gateway, "roll", rate=RATE).start()
     await asyncio.sleep(1.0)
     write_deployment(tmp_path, "roll", "main", env={**SLOW, "VERSION": "2"}, instance_count=2,
                      request_settings=ONE_SLOT)
@@ -81,8 +83,8 @@ async def test_replacing_every_replica_under_load_drops_nothing(gateway, tmp_pat
     await wait_async(replaced, 30, "every replica replaced")
     await asyncio.sleep(1.0)
     result = await load.stop()
-    assert result.sent > 100
-    assert result.failed == 0, (result.statuses, result.errors)
+    assert result.sent > 50
+    assert result.failed == 0, (result.statuses, result.codes, result.errors)
 
 
 async def test_shifting_traffic_between_deployments_drops_nothing(gateway, tmp_path):
@@ -91,15 +93,15 @@ async def test_shifting_traffic_between_deployments_drops_nothing(gateway, tmp_p
     write_deployment(tmp_path, "shift", "two", env=SLOW, instance_count=2, request_settings=ONE_SLOT)
     await cli_json(gateway, "apply", "-f", str(tmp_path))
     await asyncio.to_thread(gateway.wait_ready, "shift", ["one", "two"])
-    load = load_for(gateway, "shift", rate=60).start()
+    load = load_for(gateway, "shift", rate=RATE).start()
     await asyncio.sleep(1.5)
     write_endpoint(tmp_path, "shift", traffic={"one": 0, "two": 100})
     await cli_json(gateway, "apply", "-f", str(tmp_path))
     await asyncio.sleep(1.5)
     result = await load.stop()
-    assert result.failed == 0, (result.statuses, result.errors)
-    assert result.deployments["one"] > 30 and result.deployments["two"] > 30
-    assert set(result.last_deployments) == {"two"}
+    assert result.failed == 0, (result.statuses, result.codes, result.errors)
+    assert result.deployments["one"] > 20 and result.deployments["two"] > 20
+    assert set(result.last_deployments[-20:]) == {"two"}
 
 
 async def test_autoscaler_scales_up_under_load_and_down_conservatively(gateway, tmp_path):
@@ -122,7 +124,7 @@ async def test_autoscaler_scales_up_under_load_and_down_conservatively(gateway, 
     steady = load_for(gateway, "auto", rate=30).start()
     await asyncio.sleep(2.0)
     result = await steady.stop()
-    assert result.sent > 40 and result.failed == 0, (result.statuses, result.errors)
+    assert result.sent > 40 and result.failed == 0, (result.statuses, result.codes, result.errors)
 
     idle_since = time.monotonic()
     await asyncio.sleep(1.5)  # well under 20 intervals (5 s): no scale-down yet

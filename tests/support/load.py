@@ -18,6 +18,7 @@ class LoadResult:
     statuses: Counter = field(default_factory=Counter)
     deployments: Counter = field(default_factory=Counter)
     errors: Counter = field(default_factory=Counter)
+    codes: Counter = field(default_factory=Counter)  # error codes of refusals
     last_deployments: list = field(default_factory=list)
 
     @property
@@ -77,8 +78,11 @@ class SteadyLoad:
     async def _one(self, session: aiohttp.ClientSession, n: int) -> None:
         try:
             async with session.post(self._url, json={"n": n}, headers=self._headers) as response:
-                await response.read()
+                body = await response.read()
                 self.result.statuses[response.status] += 1
+                if response.status != 200 and body.startswith(b"{"):
+                    import json
+                    self.result.codes[json.loads(body).get("code")] += 1
                 deployment = response.headers.get("azureml-model-deployment")
                 self.result.deployments[deployment] += 1
                 self.result.last_deployments.append(deployment)
