@@ -26,6 +26,8 @@ _OVERHEAD_BUCKETS_S = (
 class Recorder:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self._counters: dict[tuple, Counter] = {}
+        self._histograms: dict[tuple, tuple] = {}
         r = self.registry
         self.requests = Counter(
             "scoregate_requests",
@@ -69,14 +71,29 @@ class Recorder:
             "Version of the routing snapshot the router is using.", registry=r)
 
     def record(self, ctx: RequestContext) -> None:
-        endpoint = ctx.endpoint or "-"
-        deployment = ctx.deployment or "-"
-        self.requests.labels(endpoint, deployment, str(ctx.status), ctx.error_code or "").inc()
-        self.latency.labels(endpoint, deployment).observe(ctx.elapsed_s())
+        # Label children are looked up once per label set and kept: .labels() costs more
+        # than the observation itself. Label sets are bounded (see the module docstring).
+        key = (ctx.endpoint or "-", ctx.deployment or "-", ctx.status, ctx.error_code or "")
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = self.requests.labels(key[0], key[1], str(key[2]), key[3])
+        counter.inc()
+        histograms = self._histograms.get(key[:2])
+        if histograms is None:
+            histograms = self._histograms[key[:2]] = (
+                self.latency.labels(*key[:2]), self.upstream_latency.labels(*key[:2]),
+                self.overhead.labels(*key[:2]))
+        histograms[0].observe(ctx.elapsed_s())
         if ctx.upstream_started_ns:
-            self.upstream_latency.labels(endpoint, deployment).observe(ctx.upstream_s())
+            histograms[1].observe(ctx.upstream_s())
         if ctx.endpoint is not None:
-            self.overhead.labels(endpoint, deployment).observe(ctx.gateway_overhead_s())
+            histograms[2].observe(ctx.gateway_overhead_s())
+
+    def forget(self, endpoint: str, deployment: str | None = None) -> None:
+        """Drop cached children of a removed endpoint (or deployment)."""
+        for cache in (self._counters, self._histograms):
+            for key in [k for k in cache if k[0] == endpoint and (deployment is None or k[1] == deployment)]:
+                del cache[key]
 
 
 class DeploymentCollector:
