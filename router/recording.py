@@ -114,6 +114,8 @@ class DeploymentCollector:
                                      "Replicas in the routing table.", labels=labels)
         ejected = GaugeMetricFamily("scoregate_deployment_ejected_replicas",
                                     "Replicas currently ejected after failures.", labels=labels)
+        capacity = GaugeMetricFamily("scoregate_deployment_queue_capacity_requests",
+                                     "Bound of the deployment's admission queue.", labels=labels)
         utilization = GaugeMetricFamily(
             "scoregate_deployment_utilization_ratio",
             "(in flight + queued) / (replicas × max_concurrent_requests_per_instance), now.",
@@ -127,7 +129,8 @@ class DeploymentCollector:
                 slots = count * deployment.request_settings.max_concurrent_requests_per_instance
                 in_flight.add_metric(key, busy)
                 queued.add_metric(key, waiting)
+                capacity.add_metric(key, self._admission.queue_bound(deployment))
                 replicas.add_metric(key, count)
                 ejected.add_metric(key, sum(1 for r in deployment.replicas if r.replica_id in ejected_ids))
                 utilization.add_metric(key, (busy + waiting) / slots if slots else float(busy + waiting))
-        return [in_flight, queued, replicas, ejected, utilization]
+        return [in_flight, queued, capacity, replicas, ejected, utilization]

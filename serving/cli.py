@@ -144,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .batch.cli import register as register_batch
 
     register_batch(verbs, common)
+    top = verbs.add_parser("top", parents=[common], help="live view of endpoints, deployments and batch jobs")
+    top.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
+    top.add_argument("--iterations", type=int, default=None, help="stop after this many refreshes")
     verbs.add_parser("loadtest", help="load-test an endpoint or URL (see `scoregate loadtest -h`)",
                      add_help=False)
     return parser
@@ -289,6 +292,10 @@ def main(argv: list[str] | None = None) -> int:
             _print(_dev_cert(args), output)
             return 0
         client = AdminClient.from_state_dir(resolve_state_dir(args.state_dir))
+        if args.verb == "top":
+            from .top import run_top
+
+            return run_top(client, args.interval, args.iterations)
         if args.verb in ("batch", "job"):
             from .batch.cli import dispatch
 

@@ -37,6 +37,7 @@ from .metrics import ControlPlaneMetrics
 from .tracing_setup import TracingUnavailable, setup_tracing
 from .replica_tls import ReplicaTLS
 from .statedir import GatewayInfo, StateDir
+from .status import GatewayStatus, StatusPage
 from .tokens import TokenIssuer
 from .store.sqlite import SqliteStore
 
@@ -169,8 +170,12 @@ class EmbeddedGateway:
         api = AdminApi(store, controller, backend, admin_token=self.admin_token,
                        scoring_url=f"https://{_local_name(opts.host)}:{opts.port}",
                        autoscaling=autoscaling, load=router.load, tokens=tokens, batch=batch)
+        status = GatewayStatus(store, controller, backend, admin_token=self.admin_token, router=router,
+                               autoscaling=autoscaling, batch=batch)
+        status_page = StatusPage(status.snapshot, admin_token=self.admin_token)
         admin_app = web.Application(middlewares=[api.auth_middleware])
-        admin_app.add_routes(router.admin_routes() + api.routes() + batch.admin_routes())
+        admin_app.add_routes(router.admin_routes() + api.routes() + batch.admin_routes()
+                             + status.api_routes() + status_page.routes())
         admin_runner = web.AppRunner(admin_app, access_log=None, handle_signals=False)
         redirect_runner: web.AppRunner | None = None
 
@@ -191,11 +196,12 @@ class EmbeddedGateway:
                                   reuse_address=True).start()
             await controller.start()
             await autoscaling.start()
+            await status.start()
             await admin_runner.setup()
             await web.TCPSite(admin_runner, opts.admin_host, opts.admin_port, reuse_address=True).start()
             admin_port = admin_runner.addresses[0][1]
             scoring_url = f"https://{_local_name(opts.host)}:{router.port}"
-            api.scoring_url = batch.scoring_url = scoring_url  # port 0 is known only now
+            api.scoring_url = batch.scoring_url = status.scoring_url = scoring_url  # port 0 known only now
             self.state.write_gateway(GatewayInfo(
                 admin_url=f"http://{_local_name(opts.admin_host)}:{admin_port}",
                 admin_token=self.admin_token, scoring_url=scoring_url, ca_cert=ca_cert,
@@ -207,6 +213,7 @@ class EmbeddedGateway:
             await self._stop.wait()
             log.info("shutting down: draining in-flight requests (up to %gs)", opts.drain_timeout_s)
         finally:
+            await status.close()
             await router.drain(opts.drain_timeout_s)
             await batch.close()
             await autoscaling.close()
