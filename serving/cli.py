@@ -144,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .batch.cli import register as register_batch
 
     register_batch(verbs, common)
+    verbs.add_parser("controller", help="run the serving controller on a cluster "
+                     "(see `scoregate controller -h`)", add_help=False)
     top = verbs.add_parser("top", parents=[common], help="live view of endpoints, deployments and batch jobs")
     top.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
     top.add_argument("--iterations", type=int, default=None, help="stop after this many refreshes")
@@ -175,6 +177,42 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 20m, 90s, 1h30m)")
     hours, minutes, seconds = parts.groups()
     return int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(seconds or 0)
+
+
+def _kubernetes_running():
+    # Imported by name: only serving.backends.kubernetes may import the Kubernetes client,
+    # and the CLI must not pull it in for every other verb.
+    import importlib
+
+    return importlib.import_module("serving.backends.kubernetes.running")
+
+
+def _controller(argv: list[str]) -> int:
+    """`scoregate controller --backend kubernetes ...`: its own parser, so the Kubernetes
+    client is imported only by this verb."""
+    import asyncio
+
+    try:
+        running = _kubernetes_running()
+    except ImportError:
+        sys.stderr.write("error: the Kubernetes backend needs kubernetes-asyncio: "
+                         "pip install 'scoregate[kubernetes]'\n")
+        return 2
+    parser = argparse.ArgumentParser(prog="scoregate controller")
+    parser.add_argument("--backend", choices=("kubernetes",), required=True)
+    parser.add_argument("--log-level", default="INFO")
+    running.add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(running.run_controller(running.settings_from_args(args)))
+    except KeyboardInterrupt:
+        pass
+    except Exception as exc:  # a bad kubeconfig, an unreachable API server: one line, not a traceback
+        sys.stderr.write(f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}\n")
+        return 1
+    return 0
 
 
 def _serve(args) -> int:
@@ -279,6 +317,8 @@ def _dev_cert(args):
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "controller":
+        return _controller(argv[1:])
     if argv and argv[0] == "loadtest":
         from .loadtest_cli import run_loadtest
 

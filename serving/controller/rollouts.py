@@ -160,7 +160,8 @@ class RolloutManager:
             if replica.state != EXITED:
                 continue
             stage = replica.failed_stage or "init"
-            if stage in ("environment", "readiness") or (stage == "init" and "init()" in replica.reason):
+            if stage in ("environment", "model_download", "code_download", "readiness") \
+                    or (stage == "init" and "init()" in replica.reason):
                 return self._fail(key, rollout, stage, replica.reason, None, now)
             if replica.restarts + 1 >= self._crash_limit:
                 return self._fail(key, rollout, stage if stage in ("init", "readiness") else "readiness",

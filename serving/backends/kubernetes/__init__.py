@@ -8,7 +8,9 @@
 - podstatus.py   pod status → state, stage, reason (pure)
 - replicas.py    versions + pods → ReplicaViews (pure)
 - backend.py     KubernetesBackend (the Backend protocol)
-- store.py       KubernetesStore (the Store protocol, on custom resources and Secrets)
+- writing.py     VersionWriter: targets → Deployments and Services (409, back-off)
+- store.py       KubernetesStore (the Store protocol, on custom resources)
+- keys.py        SecretKeeper: endpoint keys and named secrets in Secrets
 - status.py      DeploymentStatusReporter: the status subresource of the custom resources
 - leasing.py     LeaseElector: coordination.k8s.io Lease leader election
 - running.py     run_controller(): the `scoregate controller --backend kubernetes` process

@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dest", required=True, type=Path)
     parser.add_argument("--model", default=None)
     parser.add_argument("--code", default=None)
+    parser.add_argument("--termination-log", type=Path, default=TERMINATION_LOG)
     args = parser.parse_args(argv)
     try:
         for what, uri in (("model", args.model), ("code", args.code)):
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         message = f"{exc}"
         print(message, file=sys.stderr, flush=True)
         try:
-            TERMINATION_LOG.write_text(message)
+            args.termination_log.write_text(message)
         except OSError:
             pass
         return 1

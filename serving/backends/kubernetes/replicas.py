@@ -15,14 +15,24 @@ backend.py keeps the versions and calls replica_views() from observe().
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from .. import EXITED, STARTING, STOPPING, ReplicaView
 from . import names
-from .podstatus import SCHEDULING, assess_pod, parse_time
+from .podstatus import ENVIRONMENT, IMAGE_PULL, INIT, MODEL_DOWNLOAD, SCHEDULING, assess_pod, parse_time
 from .workloads import MODEL_SERVER_PORT
 
 PLACEHOLDER_MARK = "#pending-"
+_VIEW_FIELDS = {f.name for f in fields(ReplicaView)}
+# Pod stages → the rollout's stage names (serving/controller/rollout.py): on a cluster,
+# scheduling and image pull are how the environment gets prepared.
+ROLLOUT_STAGE = {SCHEDULING: "environment", IMAGE_PULL: "environment", ENVIRONMENT: "environment",
+                 MODEL_DOWNLOAD: "model_download", INIT: "init"}
+
+
+def make_view(**values) -> ReplicaView:
+    """A ReplicaView with the optional fields this version of the protocol has."""
+    return ReplicaView(**{k: v for k, v in values.items() if k in _VIEW_FIELDS})
 
 
 @dataclass
@@ -78,11 +88,6 @@ def version_key_of_pod(pod: dict) -> tuple[str, str] | None:
         return None
 
 
-def is_marked(version: Version, pod: dict) -> bool:
-    meta = pod.get("metadata") or {}
-    return meta.get("name") in version.draining or names.ANNOTATION_STOP_REQUESTED in (meta.get("annotations") or {})
-
-
 def removal_rank(version: Version, pod: dict) -> tuple:
     """Ascending: the pod the ReplicaSet controller removes first comes first."""
     meta, status = pod.get("metadata") or {}, pod.get("status") or {}
@@ -103,6 +108,7 @@ class ObservationMemory:
 
     ever_ready: set[str] = field(default_factory=set)
     failed_since: dict[str, float] = field(default_factory=dict)
+    log_tails: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def replica_views(version: Version, pods: list[dict], hidden: set[str], memory: ObservationMemory,
@@ -122,14 +128,20 @@ def replica_views(version: Version, pods: list[dict], hidden: set[str], memory: 
 
 
 def _pod_view(version: Version, pod: dict, state: str, reason: str, memory: ObservationMemory, now: float,
-              restarts: int = 0, ended_at: float | None = None) -> ReplicaView:
+              restarts: int = 0, ended_at: float | None = None, stage: str = "") -> ReplicaView:
     meta, status = pod.get("metadata") or {}, pod.get("status") or {}
-    return ReplicaView(
+    phase = failed_stage = None
+    if state == STARTING and stage == INIT:
+        phase = "init"
+    elif state == EXITED:
+        failed_stage = ROLLOUT_STAGE.get(stage, "running")
+    return make_view(
         replica_id=f"{meta.get('namespace', '')}/{meta.get('name', '')}", endpoint=version.endpoint,
         deployment=version.deployment, spec_hash=version.spec_hash, state=state,
         host=status.get("podIP") or "", port=pod_port(pod), pid=None,
         started_at=parse_time(meta.get("creationTimestamp")) or now,
-        restarts=max(restarts, version.restarts), reason=reason, ended_at=ended_at)
+        restarts=max(restarts, version.restarts), reason=reason, ended_at=ended_at, phase=phase,
+        failed_stage=failed_stage, log_tail=memory.log_tails.get(pod_uid(pod), ()) if state == EXITED else ())
 
 
 def _assessed_view(version: Version, pod: dict, memory: ObservationMemory, now: float) -> ReplicaView:
@@ -142,7 +154,8 @@ def _assessed_view(version: Version, pod: dict, memory: ObservationMemory, now: 
         ended_at = verdict.finished_at or memory.failed_since.setdefault(uid, now)
     else:
         memory.failed_since.pop(uid, None)
-    return _pod_view(version, pod, verdict.state, verdict.text, memory, now, verdict.restarts, ended_at)
+    return _pod_view(version, pod, verdict.state, verdict.text, memory, now, verdict.restarts, ended_at,
+                     verdict.stage)
 
 
 def _placeholder(version: Version, index: int, memory: ObservationMemory, now: float,
@@ -156,7 +169,7 @@ def _placeholder(version: Version, index: int, memory: ObservationMemory, now: f
         reason = f"{SCHEDULING}: waiting for the Kubernetes API: {version.error}"
     if state != EXITED:
         memory.failed_since.pop(slot, None)
-    return ReplicaView(replica_id=slot, endpoint=version.endpoint, deployment=version.deployment,
-                       spec_hash=version.spec_hash, state=state, host="", port=0, pid=None,
-                       started_at=version.created_at or now, restarts=version.restarts, reason=reason,
-                       ended_at=ended_at)
+    return make_view(replica_id=slot, endpoint=version.endpoint, deployment=version.deployment,
+                     spec_hash=version.spec_hash, state=state, host="", port=0, pid=None,
+                     started_at=version.created_at or now, restarts=version.restarts, reason=reason,
+                     ended_at=ended_at, failed_stage="environment" if state == EXITED else None)

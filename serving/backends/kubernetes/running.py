@@ -20,8 +20,11 @@ from dataclasses import dataclass
 
 from router import RoutingTableHolder
 
+from ...backends import Artifacts
 from ...controller.loop import Controller
+from ...controller.preparing import StageFailed
 from ...controller.publisher import RoutingPublisher
+from ...controller.rollouts import RolloutManager
 from .api import KubeApi, load_api_client
 from .backend import KubernetesBackend
 from .leasing import LeaseElector
@@ -43,6 +46,24 @@ class KubernetesControllerSettings:
     lease_namespace: str = "scoregate-system"
     lease_name: str = "scoregate-controller"
     identity: str = ""
+
+
+class KubernetesPreparer:
+    """The rollout's preparation on a cluster: only check the instance type exists.
+
+    Model and code are fetched by each pod's init container, and the image by the
+    kubelet, so their failures come back as replica failures (podstatus.py).
+    """
+
+    def __init__(self, store: KubernetesStore) -> None:
+        self._store = store
+
+    async def prepare(self, deployment, rollout, clock) -> Artifacts:
+        if rollout is not None:
+            rollout.enter("environment", clock())
+        if deployment.instance_type not in {t.name for t in self._store.list_instance_types()}:
+            raise StageFailed("environment", f"no instance type '{deployment.instance_type}'")
+        return Artifacts()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,7 +115,9 @@ async def _run_elected(api: KubeApi, settings: KubernetesControllerSettings, sto
     store = KubernetesStore(api, namespaces=settings.namespaces)
     backend = KubernetesBackend(api, namespaces=settings.namespaces, placement=store,
                                 settings=WorkloadSettings(image=settings.image))
-    controller = Controller(store, backend, RoutingPublisher(RoutingTableHolder()), interval_s=settings.interval_s)
+    rollouts = RolloutManager(KubernetesPreparer(store), on_change=lambda: controller.notify())
+    controller = Controller(store, backend, RoutingPublisher(RoutingTableHolder()), rollouts,
+                            interval_s=settings.interval_s)
     reporter = DeploymentStatusReporter(api, store, backend.observe)
 
     def on_replica_change() -> None:
@@ -120,6 +143,19 @@ async def _run_elected(api: KubeApi, settings: KubernetesControllerSettings, sto
             waiter.cancel()
     finally:
         await reporter.close()
-        await controller.close()
+        await _bounded(controller.close(), "the reconcile loop")
         await backend.close()
         await store.aclose()
+
+
+async def _bounded(closing, what: str, timeout_s: float = 3.0) -> None:
+    """Await a close(), cancelling again if it hangs (on Python 3.11 asyncio.wait_for can
+    swallow a cancellation, CPython gh-86296), so shutdown and the Lease hand-over never stall."""
+    task = asyncio.ensure_future(closing)
+    for _attempt in range(3):
+        done, _ = await asyncio.wait({task}, timeout=timeout_s)
+        if done:
+            return
+        log.warning("%s did not stop within %.0f s; cancelling it again", what, timeout_s)
+        task.cancel()  # also cancels what close() awaits
+    await asyncio.gather(task, return_exceptions=True)

@@ -7,8 +7,10 @@ replica views, and merge-patches the status subresource when it changed:
   reason (of the replica that failed, else of the one furthest behind), replicas,
   readyReplicas, specHash, observedGeneration;
 - OnlineEndpoint: provisioningState, reason, keysSecretName.
-Until the rollout module (serving/controller/rollout.py) owns these states, "Failed"
-means: a replica of the current version failed (its stage and reason say why).
+When the rollout record kept in the status (`status.rollout`, written by the store for
+serving/controller/rollouts.py) says the current version failed, that verdict wins (with
+its stage and reason: budget exhausted, rolled back); otherwise "Failed" means a replica
+of the current version failed, with the stage and reason of its pod.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from typing import Callable
 from .. import EXITED, READY, STARTING, ReplicaView
 from . import names
 from .api import ONLINE_DEPLOYMENTS, ONLINE_ENDPOINTS, KubeApi, status_of
-from .podstatus import (ENVIRONMENT, IMAGE_PULL, INIT, MODEL_DOWNLOAD, RUNNING, SCHEDULING)
+from .podstatus import ENVIRONMENT, IMAGE_PULL, INIT, MODEL_DOWNLOAD, RUNNING, SCHEDULING
+from .replicas import ROLLOUT_STAGE
 from .store import KubernetesStore
 from .translation import deployment_from_custom_resource, deployment_name_of
 
@@ -32,6 +35,12 @@ VALIDATION = "validation"
 def _split(reason: str) -> tuple[str, str]:
     stage, sep, text = reason.partition(": ")
     return (stage, text) if sep and stage in _STAGE_ORDER else ("", reason)
+
+
+def _stage_and_reason(view: ReplicaView) -> tuple[str, str]:
+    """The rollout's stage name (as serving/controller/rollout.py names them), the pod's reason."""
+    pod_stage, _ = _split(view.reason)
+    return ROLLOUT_STAGE.get(pod_stage, pod_stage), view.reason
 
 
 def deployment_status(obj: dict, problem: str | None, views: list[ReplicaView]) -> dict:
@@ -52,14 +61,20 @@ def deployment_status(obj: dict, problem: str | None, views: list[ReplicaView]) 
                      key=lambda v: _STAGE_ORDER.index(_split(v.reason)[0]) if _split(v.reason)[0] else 0)
     status = {"replicas": sum(1 for v in current if v.state in (STARTING, READY, EXITED)),
               "readyReplicas": ready, "specHash": spec_hash, "observedGeneration": generation}
+    rollout = previous.get("rollout") or {}
+    if rollout.get("spec_hash") == spec_hash and str(rollout.get("state", "")).lower() == "failed":
+        # the rollout's own verdict (serving/controller/rollouts.py): budget, rollback, crash limit
+        reason = rollout.get("reason", "") + ("; rolled back to the previous version" if rollout.get("rolled_back")
+                                              else "")
+        return {**status, "provisioningState": "Failed", "stage": rollout.get("failed_stage") or "", "reason": reason}
     if ready >= deployment.instance_count and not stale and not waiting:
         return {**status, "provisioningState": "Succeeded", "stage": "", "reason": ""}
     if failed:
-        stage, reason = _split(failed[0].reason)
+        stage, reason = _stage_and_reason(failed[0])
         return {**status, "provisioningState": "Failed", "stage": stage, "reason": reason}
     updating = previous.get("specHash") not in (None, "", spec_hash) or previous.get("provisioningState") in (
         "Succeeded", "Updating")
-    stage, reason = _split(waiting[0].reason) if waiting else ("", "")
+    stage, reason = _stage_and_reason(waiting[0]) if waiting else ("", "")
     return {**status, "provisioningState": "Updating" if updating else "Creating", "stage": stage, "reason": reason}
 
 

@@ -7,30 +7,28 @@ event loop — parsed and validated again (translation.py), conflicts resolved (
 object wins a name) — so the Store's synchronous readers, called from worker threads by
 the reconcile loop, read one consistent reference. Objects that cannot be served are kept
 in `problems` with a reason, which status.py writes into their status.
-Endpoint keys live in a Secret per endpoint, owned by the OnlineEndpoint (garbage-collected
-with it); the store creates it. An endpoint without its Secret yet is not listed, so the
-router never sees an endpoint with empty keys. Writes (the management API) block on the
+Endpoint keys live in a Secret per endpoint (keys.py); an endpoint without its Secret yet
+is not listed, so the router never sees an endpoint with empty keys. Writes (the management API) block on the
 event loop and must come from a worker thread, as the Store protocol says.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
-import secrets
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from ...resources import Deployment, Endpoint
-from ...store import EndpointRecord, StoreError
+from ...store import DeploymentRecord, EndpointRecord, StoreError
 from . import names
 from .api import INSTANCE_TYPES, ONLINE_DEPLOYMENTS, ONLINE_ENDPOINTS, SECRETS, KubeApi, status_of
+from .keys import SecretKeeper
 from .podstatus import parse_time
 from .translation import (DEFAULT_INSTANCE_TYPE, DEFAULT_INSTANCE_TYPE_NAME, CustomResourceError, InstanceTypeSpec,
                           deployment_from_custom_resource, deployment_to_custom_resource,
                           endpoint_from_custom_resource, endpoint_to_custom_resource,
-                          instance_type_from_custom_resource)
+                          instance_type_from_custom_resource, instance_type_to_custom_resource)
 from .watching import ObjectCache
 from .workloads import Placement, owner_reference
 
@@ -53,6 +51,7 @@ class StoreSnapshot:
     records: tuple[EndpointRecord, ...] = ()
     deployments: tuple[Deployment, ...] = ()
     placements: dict[tuple[str, str], Placement] = field(default_factory=dict)
+    instance_types: dict[str, InstanceTypeSpec] = field(default_factory=dict)
     sources: dict[tuple[str, str], dict] = field(default_factory=dict)  # (endpoint, deployment) -> CR
     endpoint_sources: dict[str, dict] = field(default_factory=dict)
     problems: dict[ObjectId, str] = field(default_factory=dict)
@@ -73,9 +72,9 @@ class KubernetesStore:
         self._secrets = ObjectCache(api, SECRETS, namespaces=self._namespaces,
                                     label_selector=names.MANAGED_KEYS_SELECTOR, on_event=wake)
         self._caches = (self._instance_types, self._secrets, self._endpoints, self._deployments)
+        self._keys = SecretKeeper(api, self._secrets, default_namespace=self.default_namespace,
+                                  on_change=lambda: self._rebuild())
         self._snapshot = StoreSnapshot()
-        self._creating_keys: set[tuple[str, str]] = set()
-        self._tasks: set[asyncio.Task] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
 
@@ -88,9 +87,7 @@ class KubernetesStore:
         self._rebuild()
 
     async def aclose(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._keys.close()
         for cache in self._caches:
             await cache.close()
 
@@ -150,7 +147,7 @@ class KubernetesStore:
                 continue
             deployments.append(deployment)
             placements[key], sources[key] = placement, obj
-        self._snapshot = StoreSnapshot(tuple(records), tuple(deployments), placements, sources,
+        self._snapshot = StoreSnapshot(tuple(records), tuple(deployments), placements, instance_types, sources,
                                        {name: obj for name, (_, obj) in endpoints.items()}, problems)
         self.on_change()
 
@@ -169,15 +166,12 @@ class KubernetesStore:
         return Placement(meta["namespace"], spec, owner_reference(obj))
 
     def _record(self, endpoint: Endpoint, obj: dict) -> EndpointRecord | None:
-        namespace = obj["metadata"]["namespace"]
-        secret = self._secrets.get(namespace, names.keys_secret_name(endpoint.name))
-        created = parse_time(obj["metadata"].get("creationTimestamp")) or 0.0
-        if secret is None:
-            self._ensure_keys_later(obj)
+        keys = self._keys.keys_of(obj["metadata"]["namespace"], endpoint.name)
+        if keys is None:
+            self._keys.ensure_keys_later(obj)
             return None
-        data = secret.get("data") or {}
-        decode = lambda key: base64.b64decode(data.get(key, "")).decode()  # noqa: E731
-        return EndpointRecord(endpoint, decode("primaryKey"), decode("secondaryKey"), created, created)
+        created = parse_time(obj["metadata"].get("creationTimestamp")) or 0.0
+        return EndpointRecord(endpoint, keys[0], keys[1], created, created)
 
     # -- PlacementResolver (for KubernetesBackend) ----------------------------------------
     def placement(self, deployment: Deployment) -> Placement:
@@ -195,6 +189,16 @@ class KubernetesStore:
 
     def list_deployments(self, endpoint_name: str | None = None) -> list[Deployment]:
         return [d for d in self._snapshot.deployments if endpoint_name in (None, d.endpoint_name)]
+
+    def list_deployment_records(self) -> list[DeploymentRecord]:
+        """Deployments with the rollout state kept in their status (`rollout`, `lastGood`)."""
+        records = []
+        for deployment in self._snapshot.deployments:
+            status = self._snapshot.sources[(deployment.endpoint_name, deployment.name)].get("status") or {}
+            good = status.get("lastGood")
+            records.append(DeploymentRecord(deployment, Deployment.from_dict(good) if good else None,
+                                            status.get("rollout")))
+        return records
 
     def get_deployment(self, endpoint_name: str, name: str) -> Deployment | None:
         return next((d for d in self._snapshot.deployments
@@ -217,8 +221,12 @@ class KubernetesStore:
         except Exception as exc:
             raise StoreError(f"the Kubernetes API refused the change: {getattr(exc, 'body', None) or exc}") from exc
 
-    def apply(self, endpoints: list[Endpoint], deployments: list[Deployment]) -> None:
-        self._call(self.apply_async, endpoints, deployments)
+    def apply(self, endpoints: list[Endpoint], deployments: list[Deployment],
+              instance_types: Iterable[InstanceTypeSpec] = ()) -> None:
+        self._call(self.apply_async, endpoints, deployments, list(instance_types))
+
+    def list_instance_types(self) -> list[InstanceTypeSpec]:
+        return list(self._snapshot.instance_types.values())
 
     def delete_endpoint(self, name: str) -> bool:
         return self._call(self.delete_endpoint_async, name)
@@ -232,8 +240,19 @@ class KubernetesStore:
     def regenerate_key(self, endpoint_name: str, key_type: str) -> EndpointRecord:
         return self._call(self.regenerate_key_async, endpoint_name, key_type)
 
+    def save_rollout(self, endpoint_name: str, name: str, rollout: dict,
+                     last_good: Deployment | None = None) -> None:
+        self._call(self.save_rollout_async, endpoint_name, name, rollout, last_good)
+
+    def secret(self, name: str) -> str:
+        """A random secret kept in Secret `scoregate-secrets` (created on first use)."""
+        return self._call(self.secret_async, name)
+
     # -- the same, for async callers ------------------------------------------------------
-    async def apply_async(self, endpoints: list[Endpoint], deployments: list[Deployment]) -> None:
+    async def apply_async(self, endpoints: list[Endpoint], deployments: list[Deployment],
+                          instance_types: Iterable[InstanceTypeSpec] = ()) -> None:
+        for spec in instance_types:
+            await self._upsert(INSTANCE_TYPES, instance_type_to_custom_resource(spec))
         for endpoint in endpoints:
             source = self._snapshot.endpoint_sources.get(endpoint.name)
             namespace = source["metadata"]["namespace"] if source else self.default_namespace
@@ -248,7 +267,7 @@ class KubernetesStore:
             await self._upsert(ONLINE_DEPLOYMENTS, body)
 
     async def _upsert(self, kind, body: dict) -> None:
-        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        namespace, name = body["metadata"].get("namespace"), body["metadata"]["name"]
         for _attempt in range(5):
             try:
                 current = await self._api.get(kind, namespace, name)
@@ -311,56 +330,30 @@ class KubernetesStore:
         source = self._snapshot.endpoint_sources.get(endpoint_name)
         if source is None:
             raise StoreError(f"no endpoint {endpoint_name}")
-        namespace, secret_name = source["metadata"]["namespace"], names.keys_secret_name(endpoint_name)
-        for _attempt in range(5):
-            secret = await self._api.get(SECRETS, namespace, secret_name)
-            secret.setdefault("data", {})[f"{key_type}Key"] = base64.b64encode(new_key().encode()).decode()
-            try:
-                self._secrets.put(await self._api.replace(SECRETS, namespace, secret_name, secret))
-                break
-            except Exception as exc:
-                if status_of(exc) != 409:
-                    raise
+        await self._keys.regenerate(source["metadata"]["namespace"], endpoint_name, key_type)
         self._rebuild()
         record = self.get_endpoint(endpoint_name)
         if record is None:
             raise StoreError(f"no endpoint {endpoint_name}")
         return record
 
-    # -- keys -----------------------------------------------------------------------------
-    def _ensure_keys_later(self, endpoint_obj: dict) -> None:
-        key = (endpoint_obj["metadata"]["namespace"], endpoint_obj["metadata"]["name"])
-        if key in self._creating_keys or self._loop is None:
+    async def save_rollout_async(self, endpoint_name: str, name: str, rollout: dict,
+                                 last_good: Deployment | None = None) -> None:
+        source = self._snapshot.sources.get((endpoint_name, name))
+        if source is None:
             return
-        self._creating_keys.add(key)
-        task = self._loop.create_task(self._create_keys(endpoint_obj))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _create_keys(self, endpoint_obj: dict) -> None:
-        meta = endpoint_obj["metadata"]
-        name = names.keys_secret_name(meta["name"])
-        body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-                "metadata": {"name": name, "namespace": meta["namespace"],
-                             "labels": {names.LABEL_MANAGED_BY: names.MANAGER,
-                                        names.LABEL_COMPONENT: names.COMPONENT_KEYS,
-                                        names.LABEL_ENDPOINT: meta["name"]},
-                             "ownerReferences": [owner_reference(endpoint_obj)]},
-                "data": {k: base64.b64encode(new_key().encode()).decode() for k in ("primaryKey", "secondaryKey")}}
+        status: dict = {"rollout": rollout}
+        if last_good is not None:
+            status["lastGood"] = last_good.to_dict()
         try:
-            self._secrets.put(await self._api.create(SECRETS, meta["namespace"], body))
-            log.info("created the keys of endpoint %s in Secret %s/%s", meta["name"], meta["namespace"], name)
+            await self._api.patch(ONLINE_DEPLOYMENTS, source["metadata"]["namespace"], source["metadata"]["name"],
+                                  {"status": status}, subresource="status")
         except Exception as exc:
-            if status_of(exc) != 409:
-                log.warning("cannot create the keys of endpoint %s: %s", meta["name"], exc)
-                await asyncio.sleep(1.0)
-        finally:
-            self._creating_keys.discard((meta["namespace"], meta["name"]))
-        self._rebuild()
+            if status_of(exc) != 404:
+                raise
 
-
-def new_key() -> str:
-    return secrets.token_urlsafe(32)
+    async def secret_async(self, name: str) -> str:
+        return await self._keys.named_secret(name)
 
 
 __all__ = ["InstanceTypeSpec", "KubernetesStore", "StoreSnapshot"]

@@ -1,0 +1,195 @@
+"""VersionWriter: turns the backend's versions into Deployments and Services.
+
+The single writer of `spec.replicas` (backend.py keeps the targets; this makes them so).
+Per scoregate deployment, one write at a time (a lock), so creating a version and
+retiring its Service never race. A version is written as an absolute replica count:
+- no Deployment yet → create its Service (if missing) and the Deployment;
+- `spec.replicas` differs → mark the pods to drain first when scaling down, then replace
+  with the resourceVersion read (409 Conflict → re-read and write again, bounded);
+- target 0 and no pods left → delete the Deployment (uid precondition), and the Service
+  with the last version of its deployment.
+Exited pods the planner forgot are deleted after the write. Any other error backs off
+(bounded, jittered) and the version is written again later; `Version.error` says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+from collections import defaultdict
+from datetime import datetime, timezone
+from typing import Callable
+
+from ...resources import Deployment
+from . import names
+from .api import DEPLOYMENTS, PODS, SERVICES, Backoff, KubeApi, status_of
+from .replicas import Version, version_key_of_pod
+from .watching import ObjectCache
+from .workloads import StaticPlacement, render_service
+
+log = logging.getLogger("scoregate.backend.kubernetes")
+MAX_CONFLICT_RETRIES = 5
+
+
+class VersionWriter:
+    def __init__(self, api: KubeApi, versions: dict[tuple[str, str], Version], *, deployments: ObjectCache,
+                 pods: ObjectCache, services: ObjectCache, on_change: Callable[[], None]) -> None:
+        self._api, self._versions = api, versions
+        self._deployments, self._pods, self._services = deployments, pods, services
+        self.on_change = on_change
+        self._locks: dict[tuple[str, str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._backoffs: dict[tuple[str, str], Backoff] = {}
+        self._dirty: set[tuple[str, str]] = set()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._dirty.update(self._versions)  # collect what a previous run left half-done
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="kubernetes writer")
+        self._wake.set()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    def mark_dirty(self, key: tuple[str, str]) -> None:
+        self._dirty.add(key)
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._dirty:
+                await self.sync(self._dirty.pop())
+
+    async def sync(self, key: tuple[str, str]) -> bool:
+        """Write one version out; on failure retry later with back-off. True if done."""
+        version = self._versions.get(key)
+        if version is None:
+            return True
+        async with self._locks[(version.namespace, version.endpoint, version.deployment)]:
+            try:
+                await self._sync_version(version)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                status = status_of(exc)
+                version.error = f"HTTP {status}: {getattr(exc, 'reason', '')}" if status else str(exc)
+                delay = self._backoffs.setdefault(key, Backoff()).next_delay()
+                log.warning("writing %s/%s failed (%s); retrying in %.1f s", *key, version.error, delay)
+                asyncio.get_running_loop().call_later(delay, self.mark_dirty, key)
+                self.on_change()
+                return False
+        version.error = ""
+        self._backoffs.pop(key, None)
+        return True
+
+    async def _sync_version(self, version: Version) -> None:
+        current = self._deployments.get(version.namespace, version.name)
+        for _attempt in range(MAX_CONFLICT_RETRIES):
+            try:
+                await self._write(version, current)
+                break
+            except Exception as exc:
+                if status_of(exc) != 409:
+                    raise
+                current = await self._read(version)  # someone else wrote first: re-read, re-apply
+        else:
+            raise RuntimeError(f"gave up after {MAX_CONFLICT_RETRIES} conflicting writes")
+        for pod_name in list(version.forgotten):
+            await self._delete(PODS, version.namespace, pod_name)
+            version.forgotten.discard(pod_name)
+
+    async def _read(self, version: Version) -> dict | None:
+        try:
+            current = await self._api.get(DEPLOYMENTS, version.namespace, version.name)
+        except Exception as exc:
+            if status_of(exc) == 404:
+                return None
+            raise
+        self._deployments.put(current)
+        return current
+
+    async def _write(self, version: Version, current: dict | None) -> None:
+        ns, name = version.key
+        if current is None:
+            if version.target == 0 or version.manifest is None:
+                version.target = 0
+                await self._retire(version)
+                return
+            await self._ensure_service(version)
+            body = copy.deepcopy(version.manifest)
+            body["spec"]["replicas"] = version.target
+            self._deployments.put(await self._api.create(DEPLOYMENTS, ns, body))
+            log.info("created Deployment %s/%s with %d replicas", ns, name, version.target)
+            return
+        replicas = (current.get("spec") or {}).get("replicas")
+        if replicas != version.target:
+            if replicas is None or version.target < replicas:
+                await self._mark_draining(version)
+            body = copy.deepcopy(current)
+            body["spec"]["replicas"] = version.target
+            self._deployments.put(await self._api.replace(DEPLOYMENTS, ns, name, body))
+            log.info("scaled Deployment %s/%s from %s to %d replicas", ns, name, replicas, version.target)
+        elif version.target == 0 and not self._has_pods(version):
+            await self._delete(DEPLOYMENTS, ns, name, uid=current["metadata"].get("uid"))
+            self._deployments.discard(ns, name)
+            await self._retire(version)
+        elif version.target > 0:
+            await self._ensure_service(version)
+
+    async def _mark_draining(self, version: Version) -> None:
+        """Mark the pods to remove so the ReplicaSet controller removes exactly those."""
+        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        patch = {"metadata": {"annotations": {names.ANNOTATION_DELETION_COST: names.STOP_DELETION_COST,
+                                              names.ANNOTATION_STOP_REQUESTED: stamp}}}
+        for pod_name in list(version.draining):
+            pod = self._pods.get(version.namespace, pod_name)
+            if pod is not None and names.ANNOTATION_STOP_REQUESTED not in (pod["metadata"].get("annotations") or {}):
+                try:
+                    self._pods.put(await self._api.patch(PODS, version.namespace, pod_name, patch))
+                except Exception as exc:
+                    if status_of(exc) != 404:
+                        raise
+
+    def _has_pods(self, version: Version) -> bool:
+        return any(version_key_of_pod(p) == version.key for p in self._pods.values())
+
+    async def _retire(self, version: Version) -> None:
+        """Forget a version that is gone; delete its Service if it was the last one."""
+        if self._has_pods(version):
+            return
+        self._versions.pop(version.key, None)
+        siblings = [v for v in self._versions.values()
+                    if (v.namespace, v.endpoint, v.deployment) == (version.namespace, version.endpoint,
+                                                                   version.deployment)]
+        service = names.service_name(version.endpoint, version.deployment)
+        if not siblings and self._services.get(version.namespace, service) is not None:
+            await self._delete(SERVICES, version.namespace, service)
+            self._services.discard(version.namespace, service)
+            log.info("deleted Service %s/%s", version.namespace, service)
+
+    async def _ensure_service(self, version: Version) -> None:
+        name = names.service_name(version.endpoint, version.deployment)
+        if self._services.get(version.namespace, name) is not None:
+            return
+        body = version.service or render_service(
+            Deployment(name=version.deployment, endpoint_name=version.endpoint), StaticPlacement(version.namespace)
+            .placement(Deployment(name=version.deployment, endpoint_name=version.endpoint)))
+        try:
+            self._services.put(await self._api.create(SERVICES, version.namespace, body))
+            log.info("created Service %s/%s", version.namespace, name)
+        except Exception as exc:
+            if status_of(exc) != 409:  # already there: the watch brings it
+                raise
+
+    async def _delete(self, kind, namespace: str, name: str, uid: str | None = None) -> None:
+        try:
+            await self._api.delete(kind, namespace, name, uid=uid)
+        except Exception as exc:
+            if status_of(exc) not in (404, 409):  # gone already, or another incarnation (uid precondition)
+                raise

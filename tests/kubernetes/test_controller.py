@@ -1,0 +1,216 @@
+"""The whole controller (run_controller: store + backend + reconcile loop + status) against the
+API emulator: custom resources in, Deployments, Services, Secrets and statuses out."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import yaml
+
+from serving.backends.kubernetes.api import INSTANCE_TYPES, ONLINE_DEPLOYMENTS, ONLINE_ENDPOINTS
+from serving.backends.kubernetes.running import KubernetesControllerSettings, run_controller
+from tests.kubernetes import cluster as fates
+from tests.kubernetes.conftest import eventually
+
+NS = "team-a"
+SAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "samples"
+KINDS = {"InstanceType": INSTANCE_TYPES, "OnlineEndpoint": ONLINE_ENDPOINTS, "OnlineDeployment": ONLINE_DEPLOYMENTS}
+
+
+def sample(name: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all((SAMPLES / name).read_text()) if d]
+
+
+async def kubectl_apply(kube_api, docs: list[dict]) -> None:
+    for doc in docs:
+        kind = KINDS[doc["kind"]]
+        await kube_api.create(kind, doc["metadata"].get("namespace"), doc)
+
+
+@pytest.fixture
+async def controller(kubeconfig):
+    running: list[tuple[asyncio.Event, asyncio.Task]] = []
+
+    def start(**overrides) -> tuple[asyncio.Event, asyncio.Task]:
+        stop = asyncio.Event()
+        settings = KubernetesControllerSettings(kubeconfig=kubeconfig, namespaces=(NS,), interval_s=0.2,
+                                                leader_election=False, **overrides)
+        task = asyncio.get_running_loop().create_task(run_controller(settings, stop))
+        running.append((stop, task))
+        return stop, task
+
+    yield start
+    for stop, task in running:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+def the(apiserver, plural: str) -> dict:
+    [obj] = apiserver.objects_of(plural, NS)
+    return obj
+
+
+def status_of(apiserver, plural: str, name: str) -> dict:
+    obj = next((o for o in apiserver.objects_of(plural, NS) if o["metadata"]["name"] == name), None)
+    return (obj or {}).get("status") or {}
+
+
+async def test_sample_resources_become_deployment_service_and_keys(apiserver, kube_api, cluster, controller):
+    await kubectl_apply(kube_api, sample("instancetypes.yaml") + sample("iris-endpoint.yaml"))
+    controller()
+    await eventually(lambda: status_of(apiserver, "onlinedeployments", "iris-blue").get("provisioningState")
+                     == "Succeeded", timeout_s=10)
+
+    cr = the(apiserver, "onlinedeployments")
+    assert cr["status"]["readyReplicas"] == 2 and cr["status"]["stage"] == "" and cr["status"]["reason"] == ""
+    deployment = the(apiserver, "deployments")
+    meta, spec = deployment["metadata"], deployment["spec"]
+    assert meta["name"] == f"iris-blue-{cr['status']['specHash'][:8]}"
+    assert meta["ownerReferences"] == [{"apiVersion": "scoregate.io/v1", "kind": "OnlineDeployment",
+                                        "name": "iris-blue", "uid": cr["metadata"]["uid"], "controller": True,
+                                        "blockOwnerDeletion": True}]
+    assert meta["labels"] == {
+        "app.kubernetes.io/name": "scoregate-model", "app.kubernetes.io/instance": "iris-blue",
+        "app.kubernetes.io/component": "model-replica", "app.kubernetes.io/managed-by": "scoregate",
+        "scoregate.io/endpoint": "iris", "scoregate.io/deployment": "blue",
+        "scoregate.io/spec-hash": cr["status"]["specHash"]}
+    assert spec["replicas"] == 2
+    pod = spec["template"]["spec"]
+    assert pod["nodeSelector"] == {"scoregate.io/pool": "cpu"}
+    [server] = pod["containers"]
+    assert server["resources"] == {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
+    assert server["readinessProbe"] == {"httpGet": {"path": "/", "port": "http"}, "initialDelaySeconds": 5,
+                                        "periodSeconds": 5, "timeoutSeconds": 2, "successThreshold": 1,
+                                        "failureThreshold": 3}
+    assert server["livenessProbe"]["failureThreshold"] == 30 and server["livenessProbe"]["successThreshold"] == 1
+    assert {"name": "LOG_LEVEL", "value": "info"} in server["env"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert not any(pod.get(k) for k in ("hostNetwork", "hostPID", "hostIPC"))
+    [fetch] = pod["initContainers"]
+    assert "https://models.example.com/iris/blue/model.tar.gz" in fetch["command"]
+    for container in (server, fetch):
+        security = container["securityContext"]
+        assert security["allowPrivilegeEscalation"] is False and security["capabilities"] == {"drop": ["ALL"]}
+        assert security["readOnlyRootFilesystem"] is True
+
+    service = the(apiserver, "services")
+    assert service["metadata"]["ownerReferences"][0]["uid"] == cr["metadata"]["uid"]
+    assert service["spec"]["selector"] == {"scoregate.io/endpoint": "iris", "scoregate.io/deployment": "blue"}
+    [secret] = apiserver.objects_of("secrets", NS)
+    endpoint = the(apiserver, "onlineendpoints")
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == endpoint["metadata"]["uid"]
+    assert set(secret["data"]) == {"primaryKey", "secondaryKey"}
+    await eventually(lambda: status_of(apiserver, "onlineendpoints", "iris").get("keysSecretName")
+                     == secret["metadata"]["name"])
+
+
+async def test_scaling_the_custom_resource_scales_the_deployment(apiserver, kube_api, cluster, controller):
+    await kubectl_apply(kube_api, sample("instancetypes.yaml") + sample("iris-endpoint.yaml"))
+    controller()
+    await eventually(lambda: len(cluster.pods()) == 2 and status_of(apiserver, "onlinedeployments", "iris-blue")
+                     .get("readyReplicas") == 2, timeout_s=10)
+    await kube_api.patch(ONLINE_DEPLOYMENTS, NS, "iris-blue", {"spec": {"instanceCount": 4}})
+    await eventually(lambda: status_of(apiserver, "onlinedeployments", "iris-blue").get("readyReplicas") == 4,
+                     timeout_s=10)
+    assert the(apiserver, "deployments")["spec"]["replicas"] == 4
+    await kube_api.patch(ONLINE_DEPLOYMENTS, NS, "iris-blue", {"spec": {"instanceCount": 1}})
+    await eventually(lambda: len(cluster.pods()) == 1, timeout_s=10)
+    assert the(apiserver, "deployments")["spec"]["replicas"] == 1
+
+
+async def test_controller_restart_converges_without_duplicating(apiserver, kube_api, cluster, controller):
+    await kubectl_apply(kube_api, sample("instancetypes.yaml") + sample("iris-endpoint.yaml"))
+    stop, task = controller()
+    await eventually(lambda: status_of(apiserver, "onlinedeployments", "iris-blue").get("provisioningState")
+                     == "Succeeded", timeout_s=10)
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    uids = {p: {o["metadata"]["uid"] for o in apiserver.objects_of(p, NS)} for p in ("deployments", "services", "secrets")}
+    pods_created = cluster.pods_created
+    writes = sum(1 for r in apiserver if r.method.value in ("POST", "PUT", "DELETE") or
+                 (r.method.value == "PATCH" and r.subresource != "status"))
+
+    controller()
+    await asyncio.sleep(1.5)  # several reconcile passes
+    assert {p: {o["metadata"]["uid"] for o in apiserver.objects_of(p, NS)} for p in uids} == uids
+    assert cluster.pods_created == pods_created
+    assert sum(1 for r in apiserver if r.method.value in ("POST", "PUT", "DELETE") or
+               (r.method.value == "PATCH" and r.subresource != "status")) == writes
+    assert status_of(apiserver, "onlinedeployments", "iris-blue")["provisioningState"] == "Succeeded"
+
+
+async def test_a_failing_rollout_shows_its_stage_and_reason(apiserver, kube_api, cluster, controller):
+    cluster.fate = fates.image_pull_failure()
+    await kubectl_apply(kube_api, sample("instancetypes.yaml") + sample("iris-endpoint.yaml"))
+    controller()
+    status = await eventually(lambda: (s := status_of(apiserver, "onlinedeployments", "iris-blue"))
+                              .get("provisioningState") == "Failed" and s.get("rollout", {}).get("state") == "Failed"
+                              and s, timeout_s=10)
+    assert status["stage"] == "environment"  # the rollout's stage: on a cluster, the image pull is in it
+    assert status["reason"].startswith("image pull: cannot pull image ghcr.io/scoregate/scoregate")
+    assert "ImagePullBackOff" in status["reason"]
+    assert status["rollout"]["state"] == "Failed" and status["rollout"]["failed_stage"] == "environment"
+
+
+async def test_invalid_resources_are_reported_not_served(apiserver, kube_api, cluster, controller):
+    endpoint, deployment = sample("iris-endpoint.yaml")
+    endpoint["spec"]["traffic"] = {"blue": 60}  # the schema allows it, the controller does not
+    deployment["spec"]["instanceType"] = "no-such-type"
+    await kubectl_apply(kube_api, sample("instancetypes.yaml") + [endpoint, deployment])
+    controller()
+    ep_status = await eventually(lambda: (s := status_of(apiserver, "onlineendpoints", "iris"))
+                                 .get("provisioningState") == "Failed" and s, timeout_s=10)
+    assert ep_status["reason"] == "OnlineEndpoint team-a/iris: spec.traffic: weights must add up to 100 (or all be 0), got 60"
+    dep_status = await eventually(lambda: (s := status_of(apiserver, "onlinedeployments", "iris-blue"))
+                                  .get("provisioningState") == "Failed" and s, timeout_s=10)
+    assert dep_status["stage"] == "validation"
+    assert dep_status["reason"] == ("OnlineDeployment team-a/iris-blue: spec.endpointName: the OnlineEndpoint iris"
+                                    " in namespace team-a is not valid (see its status)")
+    await kube_api.patch(ONLINE_ENDPOINTS, NS, "iris", {"spec": {"traffic": {"blue": 100}}})
+    await eventually(lambda: status_of(apiserver, "onlinedeployments", "iris-blue")["reason"]
+                     == "OnlineDeployment team-a/iris-blue: spec.instanceType: no InstanceType named no-such-type")
+    assert status_of(apiserver, "onlineendpoints", "iris")["provisioningState"] == "Succeeded"
+    assert apiserver.objects_of("deployments", NS) == []
+
+
+async def test_schema_admission_refuses_a_wrong_type_before_the_controller_sees_it(kube_api):
+    [_, deployment] = sample("iris-endpoint.yaml")
+    deployment["spec"]["instanceCount"] = "two"
+    with pytest.raises(Exception) as caught:
+        await kube_api.create(ONLINE_DEPLOYMENTS, NS, deployment)
+    assert caught.value.status == 422 and "instanceCount" in caught.value.body
+
+
+async def test_deleting_the_custom_resource_removes_its_workload(apiserver, kube_api, cluster, controller):
+    await kubectl_apply(kube_api, sample("instancetypes.yaml") + sample("iris-endpoint.yaml"))
+    controller()
+    await eventually(lambda: len(cluster.pods()) == 2, timeout_s=10)
+    await kube_api.patch(ONLINE_ENDPOINTS, NS, "iris", {"spec": {"traffic": {}}})
+    await kube_api.delete(ONLINE_DEPLOYMENTS, NS, "iris-blue")
+    await eventually(lambda: not apiserver.objects_of("deployments", NS) and not cluster.pods()
+                     and not apiserver.objects_of("services", NS), timeout_s=10)
+
+
+async def test_a_failed_update_keeps_the_old_version_serving(apiserver, kube_api, cluster, controller):
+    await kubectl_apply(kube_api, sample("instancetypes.yaml") + sample("iris-endpoint.yaml"))
+    controller()
+    await eventually(lambda: status_of(apiserver, "onlinedeployments", "iris-blue").get("provisioningState")
+                     == "Succeeded", timeout_s=10)
+    [old] = apiserver.objects_of("deployments", NS)
+    old_pods = {p["metadata"]["uid"] for p in cluster.pods()}
+
+    cluster.fate = fates.crash_loop(3, "ValueError: the new model is broken")  # init() fails in new pods
+    await kube_api.patch(ONLINE_DEPLOYMENTS, NS, "iris-blue", {"spec": {"environmentVariables": {"LOG_LEVEL": "x"}}})
+    status = await eventually(lambda: (s := status_of(apiserver, "onlinedeployments", "iris-blue"))
+                              .get("reason", "").endswith("rolled back to the previous version") and s, timeout_s=10)
+    assert status["provisioningState"] == "Failed"
+    assert status["stage"] == "init" and "init()" in status["reason"]
+    assert status["reason"].endswith("rolled back to the previous version")
+    # the old version never stopped serving, and the failed one goes away
+    await eventually(lambda: [d["metadata"]["uid"] for d in apiserver.objects_of("deployments", NS)]
+                     == [old["metadata"]["uid"]], timeout_s=10)
+    assert {p["metadata"]["uid"] for p in cluster.pods()} == old_pods
+    assert the(apiserver, "deployments")["spec"]["replicas"] == 2

@@ -1,0 +1,69 @@
+"""KubernetesStore: the Store protocol on custom resources, called as the controller calls it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from serving.backends.kubernetes.store import KubernetesStore
+from serving.backends.kubernetes.translation import InstanceTypeSpec
+from serving.resources import Deployment, Endpoint
+from serving.store import StoreError
+from tests.kubernetes.conftest import eventually
+
+NS = "team-a"
+
+
+@pytest.fixture
+async def store(kube_api):
+    store = KubernetesStore(kube_api, namespaces=(NS,))
+    await store.start()
+    yield store
+    await store.aclose()
+
+
+def blue(**changes) -> Deployment:
+    return Deployment(**{**dict(name="blue", endpoint_name="iris", code="https://m.example/code.tar.gz",
+                                scoring_script="score.py", instance_type="cpu-small"), **changes})
+
+
+async def test_apply_list_scale_regenerate_delete(apiserver, store):
+    gpu = InstanceTypeSpec("cpu-small", {"pool": "cpu"}, {"cpu": "500m"}, {"memory": "1Gi"})
+    endpoint = Endpoint(name="iris", traffic={"blue": 100})
+    await asyncio.to_thread(store.apply, [endpoint], [blue()], [gpu])
+    [record] = await eventually(store.list_endpoints)  # listed once its key Secret exists
+    assert record.endpoint == endpoint and record.primary_key and record.secondary_key != record.primary_key
+    assert await eventually(lambda: store.get_deployment("iris", "blue")) == blue()
+    assert store.placement(blue()).instance_type == gpu
+    assert store.placement(blue()).owner["name"] == "iris-blue"
+    assert gpu in store.list_instance_types()
+
+    scaled = await asyncio.to_thread(store.set_instance_count, "iris", "blue", 3)
+    assert scaled.instance_count == 3
+    renewed = await asyncio.to_thread(store.regenerate_key, "iris", "secondary")
+    assert renewed.primary_key == record.primary_key and renewed.secondary_key != record.secondary_key
+
+    with pytest.raises(StoreError, match="still has 100% of the traffic"):
+        await asyncio.to_thread(store.delete_deployment, "iris", "blue")
+    assert await asyncio.to_thread(store.delete_endpoint, "iris")
+    await eventually(lambda: not store.list_endpoints() and not store.list_deployments())
+    assert apiserver.objects_of("onlinedeployments", NS) == []
+
+
+async def test_writes_from_the_event_loop_are_refused(store):
+    with pytest.raises(RuntimeError, match="asyncio.to_thread"):
+        store.apply([Endpoint(name="iris")], [])
+
+
+async def test_admission_errors_become_store_errors(store):
+    with pytest.raises(StoreError, match="instanceCount"):
+        await asyncio.to_thread(store.apply, [], [blue(instance_count=99)])
+
+
+async def test_named_secrets_are_created_once_and_kept(apiserver, store):
+    first = await asyncio.to_thread(store.secret, "aml_token")
+    assert first and await asyncio.to_thread(store.secret, "aml_token") == first
+    assert await asyncio.to_thread(store.secret, "other") != first
+    [secret] = [s for s in apiserver.objects_of("secrets", NS) if s["metadata"]["name"] == "scoregate-secrets"]
+    assert set(secret["data"]) == {"aml_token", "other"}

@@ -1,0 +1,112 @@
+"""Custom resources ⇄ serving.resources, names, pod verdicts: pure functions, table-driven."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from serving.backends.kubernetes import names
+from serving.backends.kubernetes.translation import (
+    CustomResourceError, InstanceTypeSpec, deployment_from_custom_resource, deployment_to_custom_resource,
+    endpoint_from_custom_resource, endpoint_to_custom_resource, instance_type_from_custom_resource,
+    instance_type_to_custom_resource)
+from serving.resources import ProbeSettings, RequestSettings
+
+SAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "samples"
+ENDPOINT, DEPLOYMENT = [d for d in yaml.safe_load_all((SAMPLES / "iris-endpoint.yaml").read_text()) if d]
+
+
+def test_sample_deployment_reads_in_snake_case():
+    d = deployment_from_custom_resource(DEPLOYMENT)
+    assert (d.endpoint_name, d.name, d.instance_type, d.instance_count) == ("iris", "blue", "cpu-small", 2)
+    assert d.model_path == "https://models.example.com/iris/blue/model.tar.gz"
+    assert d.request_settings == RequestSettings(5000, 1, 500)
+    assert d.readiness_probe == ProbeSettings(initial_delay=5, period=5, timeout=2, success_threshold=1,
+                                              failure_threshold=3)
+    assert d.scale_settings.max_instances == 4 and d.environment_variables == {"LOG_LEVEL": "info"}
+
+
+def test_round_trips_keep_every_field():
+    d = deployment_from_custom_resource(DEPLOYMENT)
+    assert deployment_from_custom_resource(deployment_to_custom_resource(d, "team-a")) == d
+    e = endpoint_from_custom_resource(ENDPOINT)
+    assert endpoint_from_custom_resource(endpoint_to_custom_resource(e, "team-a")) == e
+    spec = InstanceTypeSpec("gpu", {"pool": "gpu"}, {"cpu": "4"}, {"nvidia.com/gpu": "1"})
+    assert instance_type_from_custom_resource(instance_type_to_custom_resource(spec)) == spec
+
+
+def test_custom_server_environment_reads_in_snake_case():
+    [custom, *_] = [d for d in yaml.safe_load_all((SAMPLES / "custom-server-deployment.yaml").read_text()) if d]
+    env = deployment_from_custom_resource(custom).environment
+    assert env["inference_config"]["scoring_route"] == {"port": 8080, "path": "/v2/models/iris/infer"}
+
+
+def with_spec(obj: dict, **changes) -> dict:
+    obj = copy.deepcopy(obj)
+    for dotted, value in changes.items():
+        *path, last = dotted.split("__")
+        target = obj["spec"]
+        for part in path:
+            target = target.setdefault(part, {})
+        if value is None:
+            target.pop(last, None)
+        else:
+            target[last] = value
+    return obj
+
+
+BAD_DEPLOYMENTS = [
+    ({"instanceCount": -1}, "spec.instanceCount: must be at least 0 and at most 64, got -1"),
+    ({"endpointName": "9lives"}, "spec.endpointName: must be 2-32 letters"),
+    ({"model__path": "./model"}, "spec.model.path: must be an http(s):// or file:// URI"),
+    ({"codeConfiguration__scoringScript": "../../etc/passwd"}, "spec.codeConfiguration.scoringScript: must be a path"),
+    ({"requestSettings__maxConcurrentRequestsPerInstance": 0},
+     "spec.requestSettings.maxConcurrentRequestsPerInstance: must be at least 1"),
+    ({"readinessProbe__perod": 3}, "spec.readinessProbe.perod: unknown field"),
+    ({"environmentVariables": {"1BAD": "x"}}, "spec.environmentVariables.1BAD: must be a valid environment"),
+    ({"instanceType": "GPU_Large"}, "spec.instanceType: must name an InstanceType object"),
+    ({"scaleSettings__minInstances": 9}, "spec.scaleSettings.minInstances: must not exceed maxInstances"),
+    ({"environment": {"inferenceConfig": {"livenessRoute": {"port": 1, "path": "/"}}}},
+     "spec.environment.inferenceConfig.readinessRoute.port: must be an integer"),
+]
+
+
+@pytest.mark.parametrize("changes, message", BAD_DEPLOYMENTS, ids=[m.split(":")[0] for _, m in BAD_DEPLOYMENTS])
+def test_invalid_deployments_name_the_object_and_the_field(changes, message):
+    with pytest.raises(CustomResourceError) as caught:
+        deployment_from_custom_resource(with_spec(DEPLOYMENT, **changes))
+    assert str(caught.value).startswith("OnlineDeployment team-a/iris-blue: ")
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"traffic": {"blue": 50}}, "spec.traffic: weights must add up to 100"),
+    ({"authMode": "token"}, "spec.authMode: must be one of key, aml_token, none"),
+    ({"mirrorTraffic": {"blue": 10}}, "spec.mirrorTraffic.blue: a deployment cannot get both"),
+])
+def test_invalid_endpoints_name_the_object_and_the_field(changes, message):
+    with pytest.raises(CustomResourceError) as caught:
+        endpoint_from_custom_resource(with_spec(ENDPOINT, **changes))
+    assert str(caught.value).startswith("OnlineEndpoint team-a/iris: ") and message in str(caught.value)
+
+
+def test_instance_type_quantities_are_checked():
+    obj = {"kind": "InstanceType", "metadata": {"name": "big"},
+           "spec": {"resources": {"limits": {"memory": "lots"}}}}
+    with pytest.raises(CustomResourceError, match=r"InstanceType big: spec.resources.limits.memory: is not a Kubernetes quantity"):
+        instance_type_from_custom_resource(obj)
+
+
+@pytest.mark.parametrize("endpoint, deployment", [("iris", "blue"), ("Iris", "Blue"), ("a" * 32, "b" * 32)])
+def test_object_names_are_valid_and_distinct(endpoint, deployment):
+    import re
+    rule = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+    made = [names.service_name(endpoint, deployment), names.version_name(endpoint, deployment, "0123456789ab"),
+            names.keys_secret_name(endpoint)]
+    for name in made:
+        assert rule.match(name) and len(name) <= 63, name
+    assert names.service_name(endpoint, deployment) != names.service_name(endpoint.lower(), deployment.lower()) \
+        or endpoint == endpoint.lower()
