@@ -167,7 +167,22 @@ class AdminApi:
             endpoint_view(r, [d for d in deployments if d.endpoint_name == r.endpoint.name],
                           self.scoring_url) for r in records])
 
+    def _deleting_view(self, endpoint: str, deployment: str | None = None) -> web.Response | None:
+        """While an object's replicas are still stopping, show it as Deleting."""
+        if (endpoint, None) not in self._controller.deleting and (endpoint, deployment) not in self._controller.deleting:
+            return None
+        replicas = [r for r in self._backend.observe()
+                    if r.endpoint == endpoint and (deployment is None or r.deployment == deployment)]
+        view = {"name": deployment or endpoint, "provisioning_state": "Deleting",
+                "replicas": [{"replica_id": r.replica_id, "state": r.state, "pid": r.pid} for r in replicas]}
+        if deployment is not None:
+            view["endpoint_name"] = endpoint
+        return web.json_response(view)
+
     async def show_endpoint(self, request: web.Request) -> web.Response:
+        deleting = self._deleting_view(request.match_info["e"])
+        if deleting is not None:
+            return deleting
         record = await self._record_or_404(request.match_info["e"])
         deployments = await asyncio.to_thread(self._store.list_deployments, record.endpoint.name)
         return web.json_response(endpoint_view(record, deployments, self.scoring_url))
@@ -177,10 +192,14 @@ class AdminApi:
         if await self._batch_keys(name) is not None:
             await self._batch.delete_endpoint(name)
             return web.json_response({"deleted": name})
-        if not await asyncio.to_thread(self._store.delete_endpoint, name):
-            return _error(404, "NotFound", f"no endpoint '{name}'")
-        self._controller.notify()
-        await self._wait_gone(lambda r: r.endpoint == name)
+        self._controller.deleting[(name, None)] = time.time()
+        try:
+            if not await asyncio.to_thread(self._store.delete_endpoint, name):
+                return _error(404, "NotFound", f"no endpoint '{name}'")
+            self._controller.notify()
+            await self._wait_gone(lambda r: r.endpoint == name)
+        finally:
+            self._controller.deleting.pop((name, None), None)
         return web.json_response({"deleted": name})
 
     async def _wait_gone(self, match) -> None:
@@ -247,18 +266,26 @@ class AdminApi:
         return web.json_response([self._view(d, replicas) for d in deployments])
 
     async def show_deployment(self, request: web.Request) -> web.Response:
+        if await asyncio.to_thread(self._store.get_deployment, request.match_info["e"], request.match_info["d"]) is None:
+            deleting = self._deleting_view(request.match_info["e"], request.match_info["d"])
+            if deleting is not None:
+                return deleting
         deployment = await self._deployment_or_404(request.match_info["e"], request.match_info["d"])
         return web.json_response(self._view(deployment, self._backend.observe()))
 
     async def delete_deployment(self, request: web.Request) -> web.Response:
         endpoint, name = request.match_info["e"], request.match_info["d"]
         await self._deployment_or_404(endpoint, name)
+        self._controller.deleting[(endpoint, name)] = time.time()
         try:
-            await asyncio.to_thread(self._store.delete_deployment, endpoint, name)
-        except StoreError as exc:
-            return _error(409, "Conflict", str(exc))
-        self._controller.notify()
-        await self._wait_gone(lambda r: r.endpoint == endpoint and r.deployment == name)
+            try:
+                await asyncio.to_thread(self._store.delete_deployment, endpoint, name)
+            except StoreError as exc:
+                return _error(409, "Conflict", str(exc))
+            self._controller.notify()
+            await self._wait_gone(lambda r: r.endpoint == endpoint and r.deployment == name)
+        finally:
+            self._controller.deleting.pop((endpoint, name), None)
         return web.json_response({"deleted": name, "endpoint_name": endpoint})
 
     async def scale_deployment(self, request: web.Request) -> web.Response:

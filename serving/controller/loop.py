@@ -45,6 +45,9 @@ class Controller:
         self._records: list[EndpointRecord] = []
         self._deployments: list[Deployment] = []
         self._available: set[tuple[str, str]] = set()
+        # Objects being deleted (their replicas still stopping): (endpoint, deployment or
+        # None for the whole endpoint) -> since. Shown as provisioning_state Deleting.
+        self.deleting: dict[tuple[str, str | None], float] = {}
         self.passes = 0
 
     # -- lifecycle ----------------------------------------------------------------------

@@ -351,3 +351,33 @@ def test_model_download_checks_and_proxy(make_gateway, tmp_path, model_server):
         == badsum["rollout"]["reason"]
     missing = settled(gw, "missing", "main")
     assert missing["rollout"]["reason"] == "GET http://models.example.test/m/absent.json answered 404"
+
+
+def test_deleting_is_shown_while_replicas_drain(gateway, tmp_path):
+    write_endpoint(tmp_path, "goner", traffic={"main": 100}, auth_mode="none")
+    write_deployment(tmp_path, "goner", "main", env={"SLEEP_S": "3"})
+    apply(gateway, tmp_path)
+    settled(gateway, "goner", "main")
+    import threading
+    import urllib.request
+    import ssl
+
+    def slow_call():
+        request = urllib.request.Request(f"{gateway.scoring_url}/api/v1/endpoint/goner/score", data=b"{}")
+        try:
+            urllib.request.urlopen(request, context=ssl.create_default_context(cafile=gateway.info.ca_cert),
+                                   timeout=20).read()
+        except OSError:
+            pass
+
+    caller = threading.Thread(target=slow_call)
+    caller.start()
+    time.sleep(0.5)  # the request is at the model: the replica must drain before it stops
+    deleting = threading.Thread(target=gateway.cli, args=("endpoint", "delete", "-n", "goner"))
+    deleting.start()
+    shown = wait_for(lambda: (lambda s: s if s[0] == 200 and s[1]["provisioning_state"] == "Deleting" else None)(
+        gateway.admin("GET", "/api/v1/endpoints/goner/deployments/main")), 5, "Deleting to show")
+    assert shown[1]["replicas"]
+    deleting.join(30)
+    caller.join(30)
+    assert gateway.admin("GET", "/api/v1/endpoints/goner/deployments/main")[0] == 404
