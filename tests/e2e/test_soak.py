@@ -1,0 +1,25 @@
+"""The soak scenario, short: steady load with a fault every few seconds (a replica
+killed, malformed requests, slowloris connections); the gateway keeps serving and its
+memory stays within the bound. The 30-minute run is `python -m loadtests.soak`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.support.gateway import REPO
+from tests.support.manifests import write_deployment, write_endpoint
+
+
+def test_short_soak_with_faults(make_gateway, tmp_path):
+    write_endpoint(tmp_path, "soaked", traffic={"main": 100})
+    write_deployment(tmp_path, "soaked", "main", instance_count=2)
+    gw = make_gateway([str(tmp_path)])
+    gw.wait_ready("soaked", ["main"])
+    done = subprocess.run([sys.executable, "-m", "loadtests.soak", "--endpoint", "soaked", "--state-dir",
+                           str(gw.state.root), "--duration", "15", "--rate", "20", "--fault-every", "2",
+                           "--max-growth-mb", "64"], capture_output=True, text=True, cwd=str(REPO), timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "| verdict | within bounds |" in done.stdout
+    assert '"kill_replica"' in done.stdout and '"malformed"' in done.stdout and '"slowloris"' in done.stdout
+    assert "| endpoint answers at the end | 200 |" in done.stdout
