@@ -146,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     register_batch(verbs, common)
     verbs.add_parser("controller", help="run the serving controller on a cluster "
                      "(see `scoregate controller -h`)", add_help=False)
+    verbs.add_parser("router", help="run a router replica on a cluster (see `scoregate router -h`)",
+                     add_help=False)
     top = verbs.add_parser("top", parents=[common], help="live view of endpoints, deployments and batch jobs")
     top.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
     top.add_argument("--iterations", type=int, default=None, help="stop after this many refreshes")
@@ -179,12 +181,46 @@ def _duration(text: str) -> float:
     return int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(seconds or 0)
 
 
-def _kubernetes_running():
+def _kubernetes_running(module: str = "running"):
     # Imported by name: only serving.backends.kubernetes may import the Kubernetes client,
     # and the CLI must not pull it in for every other verb.
     import importlib
 
-    return importlib.import_module("serving.backends.kubernetes.running")
+    return importlib.import_module(f"serving.backends.kubernetes.{module}")
+
+
+def _router(argv: list[str]) -> int:
+    """`scoregate router --backend kubernetes ...`: one HA router replica."""
+    import asyncio
+    import signal
+
+    try:
+        running = _kubernetes_running("router_running")
+    except ImportError:
+        sys.stderr.write("error: the Kubernetes backend needs kubernetes-asyncio: "
+                         "pip install 'scoregate[kubernetes]'\n")
+        return 2
+    parser = argparse.ArgumentParser(prog="scoregate router")
+    parser.add_argument("--backend", choices=("kubernetes",), required=True)
+    parser.add_argument("--log-level", default="INFO")
+    running.add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await running.run_router(running.settings_from_args(args), stop)
+
+    try:
+        asyncio.run(main())
+    except Exception as exc:  # a bad kubeconfig, an unreachable API server: one line, not a traceback
+        sys.stderr.write(f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}\n")
+        return 1
+    return 0
 
 
 def _controller(argv: list[str]) -> int:
@@ -319,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "controller":
         return _controller(argv[1:])
+    if argv and argv[0] == "router":
+        return _router(argv[1:])
     if argv and argv[0] == "loadtest":
         from .loadtest_cli import run_loadtest
 

@@ -59,6 +59,7 @@ BUILTIN_KINDS: dict[Res, KindInfo] = {
     ("", "v1", "pods"): KindInfo("Pod"),
     ("", "v1", "services"): KindInfo("Service"),
     ("", "v1", "secrets"): KindInfo("Secret", status_subresource=False),
+    ("", "v1", "configmaps"): KindInfo("ConfigMap", status_subresource=False),
     ("", "v1", "namespaces"): KindInfo("Namespace", namespaced=False),
     ("apps", "v1", "deployments"): KindInfo("Deployment"),
     ("apps", "v1", "replicasets"): KindInfo("ReplicaSet"),
@@ -102,6 +103,19 @@ def matches_selector(labels: dict, selector: str | None) -> bool:
             if term[1:] in labels:
                 return False
         elif term not in labels:
+            return False
+    return True
+
+
+def matches_fields(meta: dict, selector: str | None) -> bool:
+    """Field selectors on metadata.name / metadata.namespace (= or ==, !=), as every kind supports."""
+    if not selector:
+        return True
+    for term in selector.split(","):
+        m = re.fullmatch(r"\s*(metadata\.name|metadata\.namespace)\s*(!=|==|=)\s*([\w.-]*)\s*", term)
+        if m is None:
+            raise status_error(400, "BadRequest", f'"{term}" is not a known field selector')
+        if (meta.get(m.group(1).split(".")[1], "") == m.group(3)) == (m.group(2) == "!="):
             return False
     return True
 
@@ -414,20 +428,22 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
                                 grace=int(grace) if grace is not None else None)
         raise status_error(405, "MethodNotAllowed", method)
 
-    def _visible(self, res: Res, namespace: str | None, selector: str | None):
+    def _visible(self, res: Res, namespace: str | None, selector: str | None, fields: str | None = None):
         for (r, ns, _), obj in sorted(self.store.items()):
             if r == res and (namespace is None or ns == namespace) and \
-                    matches_selector(obj["metadata"].get("labels") or {}, selector):
+                    matches_selector(obj["metadata"].get("labels") or {}, selector) and \
+                    matches_fields(obj["metadata"], fields):
                 yield obj
 
     def _list(self, res: Res, namespace: str | None, params: dict) -> dict:
         info = self.kinds[res]
         return {"apiVersion": f"{res[0]}/{res[1]}" if res[0] else res[1], "kind": f"{info.kind}List",
                 "metadata": {"resourceVersion": str(self.current_rv)},
-                "items": [copy.deepcopy(o) for o in self._visible(res, namespace, params.get("labelSelector"))]}
+                "items": [copy.deepcopy(o) for o in self._visible(res, namespace, params.get("labelSelector"),
+                                                                  params.get("fieldSelector"))]}
 
     async def _watch(self, res: Res, namespace: str | None, params: dict):
-        selector = params.get("labelSelector")
+        selector, fields = params.get("labelSelector"), params.get("fieldSelector")
         since = params.get("resourceVersion") or "0"
         timeout = float(params.get("timeoutSeconds") or 1800)
         loop = asyncio.get_running_loop()
@@ -440,7 +456,7 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
         yield b""
         if since == "0":
             position = self.current_rv
-            for obj in list(self._visible(res, namespace, selector)):
+            for obj in list(self._visible(res, namespace, selector, fields)):
                 yield line({"type": "ADDED", "object": copy.deepcopy(obj)})
         elif int(since) < self.compacted_rv:
             yield line({"type": "ERROR", "object": {
@@ -456,7 +472,7 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
             for event in pending:
                 meta = event["object"]["metadata"]
                 if (namespace is None or meta.get("namespace") == namespace) and \
-                        matches_selector(meta.get("labels") or {}, selector):
+                        matches_selector(meta.get("labels") or {}, selector) and matches_fields(meta, fields):
                     yield line(event)
             if epoch != self.watch_epoch:
                 return

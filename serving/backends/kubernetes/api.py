@@ -43,6 +43,7 @@ SERVICES = Kind("", "v1", "services", "service", "Service")
 SECRETS = Kind("", "v1", "secrets", "secret", "Secret")
 DEPLOYMENTS = Kind("apps", "v1", "deployments", "deployment", "Deployment")
 LEASES = Kind("coordination.k8s.io", "v1", "leases", "lease", "Lease")
+CONFIG_MAPS = Kind("", "v1", "configmaps", "config_map", "ConfigMap")
 ENDPOINT_SLICES = Kind("discovery.k8s.io", "v1", "endpointslices", "endpoint_slice", "EndpointSlice")
 ONLINE_ENDPOINTS = Kind("scoregate.io", "v1", "onlineendpoints", "onlineendpoint", "OnlineEndpoint")
 ONLINE_DEPLOYMENTS = Kind("scoregate.io", "v1", "onlinedeployments", "onlinedeployment", "OnlineDeployment")
@@ -143,21 +144,26 @@ class KubeApi:
         method += f"_{subresource}" if subresource else ""
         return getattr(self._custom, method), params
 
-    async def list(self, kind: Kind, namespace: str | None = None,
-                   label_selector: str | None = None) -> tuple[list[dict], str]:
+    async def list(self, kind: Kind, namespace: str | None = None, label_selector: str | None = None,
+                   field_selector: str | None = None) -> tuple[list[dict], str]:
         """All objects and the list's resourceVersion (to watch from)."""
         method, params = self._method(kind, "list", namespace)
         if label_selector:
             params["label_selector"] = label_selector
+        if field_selector:  # e.g. metadata.name=X: what RBAC's resourceNames allows to list and watch
+            params["field_selector"] = field_selector
         body = await _decode(await method(**params, _preload_content=False))
         return body.get("items") or [], (body.get("metadata") or {}).get("resourceVersion", "")
 
     async def watch(self, kind: Kind, namespace: str | None, *, resource_version: str,
-                    label_selector: str | None = None, timeout_s: int = 300) -> AsyncIterator[dict]:
+                    label_selector: str | None = None, field_selector: str | None = None,
+                    timeout_s: int = 300) -> AsyncIterator[dict]:
         """Raw watch events ({type, object}) after `resource_version`, until the server ends it."""
         method, params = self._method(kind, "list", namespace)
         if label_selector:
             params["label_selector"] = label_selector
+        if field_selector:
+            params["field_selector"] = field_selector
         response = await method(**params, watch=True, resource_version=resource_version,
                                 allow_watch_bookmarks=True, timeout_seconds=timeout_s,
                                 _preload_content=False,

@@ -33,13 +33,14 @@ class WatchGone(Exception):
 
 class ObjectCache:
     def __init__(self, api: KubeApi, kind: Kind, *, namespaces: Iterable[str] | None = None,
-                 label_selector: str | None = None,
+                 label_selector: str | None = None, field_selector: str | None = None,
                  on_event: Callable[[str, dict], None] = lambda _type, _obj: None,
                  watch_timeout_s: int = 300, backoff: Callable[[], Backoff] = Backoff) -> None:
         self.kind = kind
         self._api = api
         self._scopes: list[str | None] = list(namespaces) if namespaces and kind.namespaced else [None]
         self._selector = label_selector
+        self._field_selector = field_selector
         self._on_event = on_event
         self._watch_timeout_s = watch_timeout_s
         self._backoff = backoff
@@ -110,7 +111,7 @@ class ObjectCache:
                 await asyncio.sleep(delay)
 
     async def _relist(self, namespace: str | None) -> str:
-        items, resource_version = await self._api.list(self.kind, namespace, self._selector)
+        items, resource_version = await self._api.list(self.kind, namespace, self._selector, self._field_selector)
         self.relists += 1
         fresh = {key_of(obj): obj for obj in items}
         in_scope = [k for k in self._objects if namespace is None or k[0] == namespace]
@@ -128,7 +129,8 @@ class ObjectCache:
 
     async def _watch(self, namespace: str | None, resource_version: str) -> str:
         async for event in self._api.watch(self.kind, namespace, resource_version=resource_version,
-                                           label_selector=self._selector, timeout_s=self._watch_timeout_s):
+                                           label_selector=self._selector, field_selector=self._field_selector,
+                                           timeout_s=self._watch_timeout_s):
             kind, obj = event.get("type"), event.get("object") or {}
             if kind == "ERROR":
                 if obj.get("code") == 410:

@@ -1,0 +1,191 @@
+"""ClusterDiscovery: what a router on Kubernetes routes to, from watches only.
+
+The router never asks the controller anything: it mirrors the same objects (watching.py)
+and folds them into a `ClusterView` — endpoints with their keys, deployments, which of
+them rolled out, and the ready replicas — which routing.py turns into a RoutingTable.
+- OnlineEndpoint / OnlineDeployment: parsed and validated as the controller's store does
+  (translation.py), the same name rules (the oldest object keeps a contested name), so
+  router and controller agree on what exists. An endpoint is listed only once its keys
+  Secret exists (keys.py), as in the store; the router never creates keys.
+- A deployment gets traffic only when its status says a version served (`lastGood`, or
+  `provisioningState: Succeeded`) — the publisher's "traffic in effect" rule.
+- Replicas: EndpointSlices labelled `kubernetes.io/service-name` = the deployment's
+  Service (names.py); an address whose `conditions.ready` is not false is a replica
+  (unknown counts as ready, as the API documents), its port the one named `http`.
+- aml_token: the signing secret from Secret `scoregate-secrets` (read-only, by name).
+Events are coalesced: one rebuild per loop iteration, then `on_change()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from ...resources import Deployment, Endpoint
+from ...store import EndpointRecord
+from ...tokens import TokenIssuer
+from .. import READY, ReplicaView
+from . import names
+from .api import ENDPOINT_SLICES, ONLINE_DEPLOYMENTS, ONLINE_ENDPOINTS, SECRETS, KubeApi
+from .keys import NAMED_SECRETS, SecretKeeper
+from .podstatus import parse_time
+from .translation import CustomResourceError, deployment_from_custom_resource, endpoint_from_custom_resource
+from .watching import ObjectCache
+
+log = logging.getLogger("scoregate.kubernetes.discovery")
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+Key = tuple[str, str]  # (endpoint, deployment)
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    records: tuple[EndpointRecord, ...] = ()
+    deployments: tuple[Deployment, ...] = ()
+    available: frozenset[Key] = frozenset()  # deployments with a version that served
+    replicas: tuple[ReplicaView, ...] = ()  # READY only
+
+
+def _age(obj: dict) -> tuple[float, str, str]:
+    meta = obj.get("metadata") or {}
+    return parse_time(meta.get("creationTimestamp")) or 0.0, meta.get("namespace", ""), meta.get("name", "")
+
+
+def rolled_out(obj: dict) -> bool:
+    status = obj.get("status") or {}
+    return bool(status.get("lastGood")) or status.get("provisioningState") == "Succeeded"
+
+
+def _paths(deployment: Deployment) -> tuple[str, str]:
+    routes = deployment.environment.get("inference_config") or {}
+    return ((routes.get("scoring_route") or {}).get("path") or "/score",
+            (routes.get("liveness_route") or {}).get("path") or "/")
+
+
+def slice_replicas(endpoint_slice: dict, deployment: Deployment) -> list[ReplicaView]:
+    """The ready addresses of one EndpointSlice of a deployment's Service."""
+    namespace = (endpoint_slice.get("metadata") or {}).get("namespace", "")
+    ports = endpoint_slice.get("ports") or []
+    port = next((p.get("port") for p in ports if p.get("name") == "http"), None)
+    if port is None and len(ports) == 1:
+        port = ports[0].get("port")
+    if not port:
+        return []
+    scoring_path, liveness_path = _paths(deployment)
+    views = []
+    for address in endpoint_slice.get("endpoints") or []:
+        if (address.get("conditions") or {}).get("ready") is False or not address.get("addresses"):
+            continue
+        host = address["addresses"][0]
+        ref = address.get("targetRef") or {}
+        replica_id = f"{ref.get('namespace') or namespace}/{ref['name']}" if ref.get("name") else f"{namespace}/{host}"
+        views.append(ReplicaView(replica_id=replica_id, endpoint=deployment.endpoint_name,
+                                 deployment=deployment.name, spec_hash="", state=READY,
+                                 host=f"[{host}]" if ":" in host else host, port=int(port), pid=None,
+                                 started_at=0.0, scoring_path=scoring_path, liveness_path=liveness_path))
+    return views
+
+
+class ClusterDiscovery:
+    def __init__(self, api: KubeApi, *, namespaces: Iterable[str] | None = ("default",),
+                 on_change: Callable[[], None] = lambda: None, sync_timeout_s: float = 60.0) -> None:
+        self._namespaces = tuple(namespaces) if namespaces is not None else None
+        self.on_change = on_change
+        self._sync_timeout_s = sync_timeout_s
+        wake = lambda _kind, _obj: self._schedule()  # noqa: E731
+        self._endpoints = ObjectCache(api, ONLINE_ENDPOINTS, namespaces=self._namespaces, on_event=wake)
+        self._deployments = ObjectCache(api, ONLINE_DEPLOYMENTS, namespaces=self._namespaces, on_event=wake)
+        self._keys_cache = ObjectCache(api, SECRETS, namespaces=self._namespaces,
+                                       label_selector=names.MANAGED_KEYS_SELECTOR, on_event=wake)
+        self._slices = ObjectCache(api, ENDPOINT_SLICES, namespaces=self._namespaces,
+                                   label_selector=SERVICE_NAME_LABEL, on_event=wake)
+        # The store keeps named secrets (the token signing key) in its first namespace.
+        self._signing_namespace = (self._namespaces or ("default",))[0]
+        self._signing = ObjectCache(api, SECRETS, namespaces=[self._signing_namespace],
+                                    field_selector=f"metadata.name={NAMED_SECRETS}", on_event=wake)
+        self._caches = (self._keys_cache, self._signing, self._endpoints, self._deployments, self._slices)
+        self._keys = SecretKeeper(api, self._keys_cache, default_namespace=self._signing_namespace,
+                                  on_change=lambda: None)  # read-only use: keys_of()
+        self.view = ClusterView()
+        self._tokens: TokenIssuer | None = None
+        self._signing_encoded = ""
+        self._scheduled = False
+        self._started = False
+
+    async def start(self) -> None:
+        for cache in self._caches:
+            await cache.start(self._sync_timeout_s)
+        self._started = True
+        self.rebuild()
+
+    async def close(self) -> None:
+        self._started = False
+        for cache in self._caches:
+            await cache.close()
+
+    def verify_token(self, endpoint: str, credential: bytes) -> bool:
+        """The router's aml_token check; False until the signing secret exists."""
+        return self._tokens is not None and self._tokens.verify(endpoint, credential)
+
+    def _schedule(self) -> None:
+        if self._started and not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.rebuild)
+
+    def rebuild(self) -> None:
+        self._scheduled = False
+        if not self._started:
+            return
+        endpoints: dict[str, tuple[Endpoint, str]] = {}  # name -> (endpoint, namespace)
+        for obj in sorted(self._endpoints.values(), key=_age):
+            try:
+                endpoint = endpoint_from_custom_resource(obj)
+            except CustomResourceError as exc:
+                log.debug("not routing to %s", exc)
+                continue
+            endpoints.setdefault(endpoint.name, (endpoint, obj["metadata"]["namespace"]))
+        records = []
+        for name, (endpoint, namespace) in sorted(endpoints.items()):
+            keys = self._keys.keys_of(namespace, name)
+            if keys is not None:
+                created = _age(self._endpoints.get(namespace, name) or {})[0]
+                records.append(EndpointRecord(endpoint, keys[0], keys[1], created, created))
+        deployments: dict[Key, tuple[Deployment, str]] = {}
+        available = set()
+        for obj in sorted(self._deployments.values(), key=_age):
+            try:
+                deployment = deployment_from_custom_resource(obj)
+            except CustomResourceError as exc:
+                log.debug("not routing to %s", exc)
+                continue
+            key, namespace = (deployment.endpoint_name, deployment.name), obj["metadata"]["namespace"]
+            owner = endpoints.get(deployment.endpoint_name)
+            if owner is None or owner[1] != namespace or key in deployments:
+                continue
+            deployments[key] = (deployment, namespace)
+            if rolled_out(obj):
+                available.add(key)
+        by_service = {(ns, names.service_name(*key)): d for key, (d, ns) in deployments.items()}
+        replicas: dict[str, ReplicaView] = {}
+        for endpoint_slice in self._slices.values():
+            meta = endpoint_slice.get("metadata") or {}
+            deployment = by_service.get((meta.get("namespace", ""), (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)))
+            if deployment is not None:
+                for view in slice_replicas(endpoint_slice, deployment):
+                    replicas.setdefault(view.replica_id, view)  # a pod may be in two slices for a moment
+        self.view = ClusterView(tuple(records), tuple(d for d, _ in deployments.values()), frozenset(available),
+                                tuple(sorted(replicas.values(), key=lambda v: v.replica_id)))
+        self._tokens = self._signing_issuer()
+        self.on_change()
+
+    def _signing_issuer(self) -> TokenIssuer | None:
+        secret = self._signing.get(self._signing_namespace, NAMED_SECRETS)
+        encoded = ((secret or {}).get("data") or {}).get("aml_token")
+        if not encoded:
+            return None
+        if self._tokens is not None and self._signing_encoded == encoded:
+            return self._tokens
+        self._signing_encoded = encoded
+        return TokenIssuer(base64.b64decode(encoded).decode())
