@@ -1,8 +1,10 @@
-"""Command line: `python -m loadtests run ...` and `python -m loadtests compare ...`.
+"""Command line: `python -m loadtests run | compare | scenario | bench ...`.
 
 build_parser() and run_cli(argv) are separate so the gateway's CLI can mount
 the same commands as `scoregate loadtest`; add_run_arguments() and
 run_command() let it reuse just the `run` options under its own parser.
+Scenarios and the benchmark bring their own parsers (loadtests.scenarios,
+loadtests.bench) and are imported only when asked for.
 """
 
 from __future__ import annotations
@@ -13,13 +15,15 @@ import sys
 import time
 from pathlib import Path
 
+from .admin import GatewayError
 from .generators.http import Target
 from .profiles import ProfileError, parse_profile
 from .results import RunResult, comparison_markdown
 from .runner import RunSpec, WorkerError, run
+from .targets import ResolvedTarget, merge_headers, resolve
 
 DEFAULT_OUTPUT_ROOT = "loadtest-results"
-COMMANDS = ("run", "compare")
+COMMANDS = ("run", "compare", "scenario", "bench")
 
 
 def _positive(kind):
@@ -48,16 +52,31 @@ def _profile(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def add_run_arguments(p: argparse.ArgumentParser, require_url: bool = True) -> None:
-    """The options of `run`; a caller may add its own target options (e.g. --endpoint)."""
-    p.add_argument("--url", required=require_url, help="target URL (http:// or https://)")
-    p.add_argument("--method", default="GET", type=str.upper, help="HTTP method (GET)")
+def add_target_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:
+    """--url | --endpoint | --replica, and --state-dir to find the gateway."""
+    where = p.add_mutually_exclusive_group(required=required)
+    where.add_argument("--url", help="target URL (http:// or https://)")
+    where.add_argument("--endpoint", metavar="NAME",
+                       help="a scoregate endpoint: its scoring URL, key and CA from the state dir")
+    where.add_argument("--replica", metavar="ENDPOINT/DEPLOYMENT",
+                       help="straight to the first ready replica of a deployment (no gateway)")
+    p.add_argument("--state-dir", help="the gateway's state dir (SCOREGATE_STATE_DIR or "
+                   "./.scoregate) for --endpoint / --replica")
+    p.add_argument("--method", default=None, type=str.upper,
+                   help="HTTP method (GET for --url, POST for --endpoint / --replica)")
     p.add_argument("--header", "-H", action="append", type=_header, default=[],
                    metavar="'K: V'", help="request header; repeatable")
     body = p.add_mutually_exclusive_group()
     body.add_argument("--body-file", type=Path, help="send this file as the request body")
     body.add_argument("--body", help="send this text as the request body")
     p.add_argument("--cafile", help="PEM CA bundle to verify the server's certificate")
+    p.add_argument("--timeout", type=_positive(float), default=10.0,
+                   help="per-request timeout in seconds (10)")
+
+
+def add_run_arguments(p: argparse.ArgumentParser, require_url: bool = True) -> None:
+    """The options of `run`: a target (see add_target_arguments) and a load shape."""
+    add_target_arguments(p, required=require_url)
     load = p.add_mutually_exclusive_group(required=True)
     load.add_argument("--rate", type=_positive(float), help="open loop, constant req/s")
     load.add_argument("--profile", type=_profile,
@@ -68,8 +87,8 @@ def add_run_arguments(p: argparse.ArgumentParser, require_url: bool = True) -> N
     p.add_argument("--connections", type=_positive(int),
                    help="connection pool size (open loop 256, closed loop 16)")
     p.add_argument("--duration", type=_positive(float), required=True, help="seconds")
-    p.add_argument("--timeout", type=_positive(float), default=10.0,
-                   help="per-request timeout in seconds (10)")
+    p.add_argument("--warmup", type=float, default=0.0, help="seconds of the same load first, "
+                   "not recorded: warm connection pools and caches (0)")
     p.add_argument("--max-in-flight", type=_positive(int), default=10_000,
                    help="open loop: starts beyond this many outstanding are dropped (10000)")
     p.add_argument("--behind-threshold-ms", type=_positive(float), default=25.0,
@@ -89,30 +108,52 @@ def build_parser(prog: str = "python -m loadtests") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog, description="Open- and closed-loop HTTP load tests with honest latencies.")
     sub = parser.add_subparsers(dest="command", required=True)
-    add_run_arguments(sub.add_parser("run", help="run a load test against a URL"))
+    add_run_arguments(sub.add_parser("run", help="run a load test against a URL, an endpoint or a replica"))
     cmp_ = sub.add_parser("compare", help="one report for several runs (first = baseline)")
     cmp_.add_argument("dirs", nargs="+", type=Path, help="run output directories")
     cmp_.add_argument("--output", type=Path, required=True, help="directory for the report")
     cmp_.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    from .bench import add_bench_parser
+    from .scenarios import add_scenario_parser
+
+    add_scenario_parser(sub)
+    add_bench_parser(sub)
     return parser
+
+
+def target_from_args(args: argparse.Namespace, url: str | None = None,
+                     headers: list[tuple[str, str]] | None = None) -> tuple[Target, str]:
+    """The request to send and a default label, from the target options.
+
+    `url`/`headers` given by a caller win over --url/--endpoint/--replica.
+    Resolving --endpoint / --replica calls the gateway's admin API (GatewayError).
+    """
+    body = args.body_file.read_bytes() if args.body_file else (
+        args.body.encode() if args.body is not None else None)
+    if url:
+        where = ResolvedTarget(url)
+    else:
+        where = resolve(args.url, getattr(args, "endpoint", None),
+                        getattr(args, "replica", None), getattr(args, "state_dir", None))
+    given = tuple(args.header) + tuple(headers or ())
+    target = Target(url=where.url, method=args.method or where.default_method,
+                    headers=merge_headers(where.headers, given), body=body,
+                    cafile=args.cafile or where.cafile, timeout=args.timeout)
+    return target, where.label or _default_label(where.url)
 
 
 def spec_from_args(args: argparse.Namespace, url: str | None = None,
                    headers: list[tuple[str, str]] | None = None) -> RunSpec:
     """A RunSpec from parsed `run` options (url/headers may come from the caller)."""
-    body = args.body_file.read_bytes() if args.body_file else (
-        args.body.encode() if args.body is not None else None)
-    target = Target(url=url or args.url, method=args.method,
-                    headers=tuple(args.header) + tuple(headers or ()), body=body,
-                    cafile=args.cafile, timeout=args.timeout)
+    target, label = target_from_args(args, url, headers)
     mode = "closed" if args.closed_loop else "open"
     profile = None
     if mode == "open":
         profile = args.profile or parse_profile(f"{args.rate:g}").spec
     return RunSpec(target=target, duration=args.duration, mode=mode, profile=profile,
                    connections=args.connections or 0, max_in_flight=args.max_in_flight,
-                   processes=args.processes, label=args.label or _default_label(target.url),
-                   behind_threshold_ms=args.behind_threshold_ms)
+                   processes=args.processes, label=args.label or label,
+                   behind_threshold_ms=args.behind_threshold_ms, warmup=args.warmup)
 
 
 def _default_label(url: str) -> str:
@@ -132,6 +173,9 @@ def run_command(args: argparse.Namespace, spec: RunSpec | None = None) -> int:
     try:
         spec = spec or spec_from_args(args)
         result = run(spec, None if args.quiet else sys.stderr)
+    except GatewayError as exc:
+        print(f"loadtests: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     except (OSError, ValueError, WorkerError) as exc:
         print(f"loadtests: error: {exc}", file=sys.stderr)
         return 1
@@ -180,4 +224,6 @@ def run_cli(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "compare":
         return compare_command(args)
+    if args.command in ("scenario", "bench"):
+        return args.handler(args)
     return run_command(args)

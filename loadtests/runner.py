@@ -47,6 +47,7 @@ class RunSpec:
     processes: int = 1
     label: str = "run"
     behind_threshold_ms: float = 25.0
+    warmup: float = 0.0  # seconds of the same load first, unrecorded (warm pools, caches)
 
     def __post_init__(self) -> None:
         if self.mode not in ("open", "closed"):
@@ -59,6 +60,8 @@ class RunSpec:
             raise ValueError("processes must be between 1 and 256")
         if self.max_in_flight < 1:
             raise ValueError("max_in_flight must be >= 1")
+        if not 0 <= self.warmup <= 3_600:
+            raise ValueError("warmup must be between 0 and 3600 s")
 
     @property
     def total_connections(self) -> int:
@@ -71,7 +74,7 @@ class RunSpec:
                 "duration_s": self.duration, "connections": self.total_connections,
                 "max_in_flight": self.max_in_flight if self.mode == "open" else None,
                 "processes": self.processes, "timeout_s": self.target.timeout,
-                "behind_threshold_ms": self.behind_threshold_ms}
+                "behind_threshold_ms": self.behind_threshold_ms, "warmup_s": self.warmup}
 
 
 def _share(total: int, n: int, i: int) -> int:
@@ -85,29 +88,31 @@ async def run_share(spec: RunSpec, index: int = 0, recorder: Recorder | None = N
     rec = recorder if recorder is not None else Recorder()
     conns = _share(spec.total_connections, n, index)
     if spec.mode == "closed":
-        cfg = ClosedLoopConfig(spec.duration, conns)
+        cfg = ClosedLoopConfig(spec.duration, conns, spec.warmup)
         return await run_closed_loop(spec.target, cfg, rec, start_at)
     cfg = OpenLoopConfig(spec.profile, spec.duration, conns,
-                         _share(spec.max_in_flight, n, index), index, n)
+                         _share(spec.max_in_flight, n, index), index, n, spec.warmup)
     return await run_open_loop(spec.target, cfg, rec, start_at)
 
 
-async def _with_progress(spec: RunSpec, progress: Progress | None) -> Recorder:
-    rec = Recorder()
+async def _with_progress(spec: RunSpec, progress: Progress | None,
+                         rec: Recorder | None = None) -> Recorder:
+    rec = rec if rec is not None else Recorder()
     job = asyncio.ensure_future(run_share(spec, 0, rec))
     started = time.perf_counter()
-    deadline = started + spec.duration + spec.target.timeout + 30.0
+    deadline = started + spec.warmup + spec.duration + spec.target.timeout + 30.0
     while not job.done() and time.perf_counter() < deadline:
         await asyncio.wait({job}, timeout=1.0)
-        if progress is not None and not job.done():
-            progress.tick(time.perf_counter() - started, rec.counts())
+        elapsed = time.perf_counter() - started - spec.warmup
+        if progress is not None and not job.done() and elapsed > 0:
+            progress.tick(elapsed, rec.counts())
     if not job.done():  # only if a bound below failed; never wait forever
         job.cancel()
         await asyncio.wait({job}, timeout=5.0)
         raise TimeoutError(f"load test did not finish within {deadline - started:.0f} s")
     rec = job.result()
     if progress is not None:
-        progress.tick(time.perf_counter() - started, rec.counts())
+        progress.tick(max(0.1, time.perf_counter() - started - spec.warmup), rec.counts())
     return rec
 
 
@@ -116,14 +121,17 @@ def _progress(spec: RunSpec, stream: TextIO | None) -> Progress:
     return Progress(stream, spec.label, spec.duration, target_rate)
 
 
-async def run_async(spec: RunSpec, progress_stream: TextIO | None = None) -> RunResult:
+async def run_async(spec: RunSpec, progress_stream: TextIO | None = None,
+                    recorder: Recorder | None = None) -> RunResult:
     """Run in the current event loop, e.g. next to a scenario's own actions.
 
     Always one process: worker processes need a blocking parent (use run()).
+    A scenario passes its own `recorder` to watch the run as it happens (its
+    t0 is set when the first request is due) and to read per-second buckets.
     """
     spec = replace(spec, processes=1)
     started_at = time.time()
-    rec = await _with_progress(spec, _progress(spec, progress_stream))
+    rec = await _with_progress(spec, _progress(spec, progress_stream), recorder)
     return RunResult.from_recorder(rec, spec.label, spec.config(), started_at)
 
 
@@ -149,10 +157,11 @@ def _run_processes(spec: RunSpec, progress: Progress) -> tuple[Recorder, float]:
         p.start()
     try:
         _collect(inbox, procs, "ready", time.monotonic() + STARTUP_TIMEOUT)
-        start_at.value = time.time() + 0.2
+        lead = 0.2 + spec.warmup + (1.0 if spec.warmup else 0.0)  # warm-up, then its drain
+        start_at.value = time.time() + lead
         go.set()
-        time.sleep(0.2)  # so progress ticks fall on whole seconds of the run
-        end = time.monotonic() + 0.2 + spec.duration + spec.target.timeout + 30.0
+        time.sleep(lead)  # so progress ticks fall on whole seconds of the run
+        end = time.monotonic() + spec.duration + spec.target.timeout + 30.0
 
         def tick() -> None:
             elapsed = time.time() - start_at.value

@@ -23,6 +23,7 @@ ERROR_BACKOFF = 0.01  # a refused connect fails at once; don't spin a core on it
 class ClosedLoopConfig:
     duration: float
     connections: int = 16
+    warmup: float = 0.0  # seconds run first on the same connections, unrecorded
 
 
 async def run_closed_loop(target: Target, cfg: ClosedLoopConfig,
@@ -30,9 +31,19 @@ async def run_closed_loop(target: Target, cfg: ClosedLoopConfig,
                           start_at: float | None = None) -> Recorder:
     """Keep `connections` requests in flight for `duration` seconds."""
     rec = recorder if recorder is not None else Recorder()
-    connections = max(1, cfg.connections)
+    async with make_session(target, max(1, cfg.connections)) as session:
+        if cfg.warmup > 0:
+            await _keep_busy(session, target, max(1, cfg.connections), Recorder(), cfg.warmup)
+        await wait_until_wall(start_at)
+        await _keep_busy(session, target, max(1, cfg.connections), rec, cfg.duration)
+    return rec
 
-    async def worker(session, end: float) -> None:
+
+async def _keep_busy(session, target: Target, connections: int, rec: Recorder,
+                     duration: float) -> None:
+    """`connections` workers sending back to back for `duration` s, recorded in rec."""
+
+    async def worker(end: float) -> None:
         while time.perf_counter() < end:
             begin = time.perf_counter()
             rec.on_start(begin)
@@ -45,20 +56,17 @@ async def run_closed_loop(target: Target, cfg: ClosedLoopConfig,
             if kind is not None:
                 await asyncio.sleep(ERROR_BACKOFF)
 
-    async with make_session(target, connections) as session:
-        await wait_until_wall(start_at)
-        t0 = rec.t0 = time.perf_counter()
-        end = t0 + cfg.duration
-        tasks = {asyncio.create_task(worker(session, end)) for _ in range(connections)}
-        try:
-            await asyncio.wait(tasks, timeout=cfg.duration)
-        except BaseException:
-            for t in tasks:
-                t.cancel()
-            raise
-        await drain({t for t in tasks if not t.done()}, target.timeout + 1.0)
-        for t in tasks:  # surface a bug in the worker instead of hiding it
-            if t.done() and not t.cancelled() and t.exception() is not None:
-                raise t.exception()
-        rec.elapsed = time.perf_counter() - t0
-    return rec
+    t0 = rec.t0 = time.perf_counter()
+    end = t0 + duration
+    tasks = {asyncio.create_task(worker(end)) for _ in range(connections)}
+    try:
+        await asyncio.wait(tasks, timeout=duration)
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        raise
+    await drain({t for t in tasks if not t.done()}, target.timeout + 1.0)
+    for t in tasks:  # surface a bug in the worker instead of hiding it
+        if t.done() and not t.cancelled() and t.exception() is not None:
+            raise t.exception()
+    rec.elapsed = time.perf_counter() - t0

@@ -98,10 +98,25 @@ async def send_one(session: aiohttp.ClientSession, target: Target
         return None, classify_error(exc), (f"{name}: {text}" if text else name)[:300]
 
 
+# Logged by the event loop when a request timed out or was cancelled while its
+# TLS connection was still flushing: already counted as that request's error.
+_TEARDOWN_NOISE = ("Fatal error on SSL protocol", "SSL error in data received",
+                   "Fatal error on transport")
+
+
+def _quiet_teardown(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+    if str(context.get("message", "")).startswith(_TEARDOWN_NOISE):
+        return
+    loop.default_exception_handler(context)
+
+
 def new_event_loop() -> asyncio.AbstractEventLoop:
     """A uvloop loop when available (faster timers and sockets), else asyncio's."""
     try:
         import uvloop
     except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
+        loop = asyncio.new_event_loop()
+    else:
+        loop = uvloop.new_event_loop()
+    loop.set_exception_handler(_quiet_teardown)
+    return loop

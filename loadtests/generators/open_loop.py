@@ -7,6 +7,11 @@ start from the rate profile and its latency is measured from that scheduled
 time, so time spent waiting for a free connection, or for a late generator,
 is charged to the request as a real user would see it.
 
+Warm-up: with `warmup` > 0 the same schedule first runs for that long on
+the same connection pool, unrecorded, so a measurement does not start with
+an empty pool (every early request opening a connection — a TLS handshake
+storm that a steady client would not cause) unless that is what is measured.
+
 Bounds: the schedule ends at `duration`; at most `max_in_flight` requests are
 outstanding (a start beyond the cap is counted as dropped, "in_flight_cap");
 starts the generator could not make by 1 s after `duration` are counted as
@@ -35,6 +40,7 @@ SPIN_WINDOW = 0.001
 # A start still due when the run is over may go out this late; later ones are
 # dropped as "out_of_time" so a starved generator cannot overrun the duration.
 OUT_OF_TIME_GRACE = 1.0
+WARMUP_DRAIN = 1.0  # warm-up requests still running this long after it are cancelled
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,7 @@ class OpenLoopConfig:
     max_in_flight: int = 10_000
     worker_index: int = 0
     worker_count: int = 1
+    warmup: float = 0.0
 
 
 async def wait_until_wall(start_at: float | None) -> None:
@@ -62,8 +69,19 @@ async def run_open_loop(target: Target, cfg: OpenLoopConfig,
                         start_at: float | None = None) -> Recorder:
     """Run the schedule against `target`; returns the (given or new) recorder."""
     rec = recorder if recorder is not None else Recorder()
+    async with make_session(target, cfg.connections) as session:
+        if cfg.warmup > 0:
+            await _run_schedule(session, target, cfg, Recorder(), cfg.warmup, WARMUP_DRAIN)
+        await wait_until_wall(start_at)
+        await _run_schedule(session, target, cfg, rec, cfg.duration, target.timeout + 1.0)
+    return rec
+
+
+async def _run_schedule(session, target: Target, cfg: OpenLoopConfig, rec: Recorder,
+                        duration: float, drain_grace: float) -> None:
+    """The profile's first `duration` seconds (this worker's share), recorded in rec."""
     profile = parse_profile(cfg.profile)
-    schedule = itertools.islice(profile.arrivals(cfg.duration), cfg.worker_index,
+    schedule = itertools.islice(profile.arrivals(duration), cfg.worker_index,
                                 None, max(1, cfg.worker_count))
     tasks: set[asyncio.Task] = set()
 
@@ -78,21 +96,18 @@ async def run_open_loop(target: Target, cfg: OpenLoopConfig,
             raise
         rec.on_done(scheduled, time.perf_counter(), status, kind, message)
 
-    async with make_session(target, cfg.connections) as session:
-        await wait_until_wall(start_at)
-        t0 = rec.t0 = time.perf_counter()
-        end = t0 + cfg.duration
-        try:
-            await _launch_all(schedule, t0, end, cfg.max_in_flight, rec, tasks, one)
-        except BaseException:
-            for t in tasks:
-                t.cancel()
-            raise
-        await drain(tasks, target.timeout + 1.0)
-        # starts that were launched but never got to run before the drain ended
-        rec.on_drop("out_of_time", rec.scheduled - rec.sent - sum(rec.dropped.values()))
-        rec.elapsed = time.perf_counter() - t0
-    return rec
+    t0 = rec.t0 = time.perf_counter()
+    end = t0 + duration
+    try:
+        await _launch_all(schedule, t0, end, cfg.max_in_flight, rec, tasks, one)
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        raise
+    await drain(tasks, drain_grace)
+    # starts that were launched but never got to run before the drain ended
+    rec.on_drop("out_of_time", rec.scheduled - rec.sent - sum(rec.dropped.values()))
+    rec.elapsed = time.perf_counter() - t0
 
 
 async def _launch_all(schedule, t0: float, end: float, max_in_flight: int, rec: Recorder,

@@ -152,15 +152,16 @@ async def test_a_starved_generator_reports_its_lateness(serve):
 
 async def test_coordinated_omission_is_visible(serve):
     open_base, closed_base = await serve(), await serve()
-    opened = await run_async(open_spec(open_base + "/stall", 200, 2.5))
+    # both at once (separate servers) to keep the suite fast
+    opened, closed = await asyncio.gather(
+        run_async(open_spec(open_base + "/stall", 200, 2.5)),
+        run_async(RunSpec(Target(closed_base + "/stall"), duration=2.5, mode="closed",
+                          connections=4)))
     assert opened.ok == opened.sent == 500
     assert opened.latency_ok.percentile_ms(50) < 50      # most requests were fast
     assert opened.latency_ok.percentile_ms(99) >= 500    # the stall is in the tail
     assert opened.latency_ok.percentile_ms(90) >= 300    # ~1/5 of requests waited
     assert max(s["p99_ms"] for s in opened.series) >= 500
-
-    closed = await run_async(RunSpec(Target(closed_base + "/stall"), duration=2.5,
-                                     mode="closed", connections=4))
     assert closed.latency_ok.max_us >= 500_000   # it did hit the stall...
     assert closed.latency_ok.percentile_ms(90) < 100  # ...but only 4 samples saw it
 
@@ -297,3 +298,23 @@ def test_module_entry_point_help():
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0
     assert "--closed-loop" in proc.stdout and "--processes" in proc.stdout
+
+
+async def test_warmup_is_sent_but_not_recorded(serve):
+    hits = []
+
+    async def count(request):
+        hits.append(1)
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/", count)
+    base = await serve(app)
+    r = await run_async(open_spec(base + "/", 100, 0.5, warmup=0.3))
+    assert r.scheduled == r.sent == r.ok == 50 and r.config["warmup_s"] == 0.3
+    assert len(hits) == 80
+    assert sum(s["completed"] for s in r.series) == 50
+    closed = await run_async(RunSpec(Target(base + "/"), duration=0.3, mode="closed",
+                                     connections=2, warmup=0.2))
+    assert closed.sent == closed.ok > 0
+    assert len(hits) > 80 + closed.sent  # the warm-up requests went out too

@@ -1,0 +1,124 @@
+"""The scoregate under test: `scoregate serve` as a child, on a temp state dir.
+
+scoregate's local backend runs Python scoring scripts through its model
+server, so the benchmark's replica is a scoring script whose run() returns
+a constant, and "direct" is that same model-server replica: direct, gateway
+and nginx all reach one replica process.  Admission limits are set high
+(the benchmark measures the data path, not the queue), key auth is on, and
+TLS uses the state dir's development certificate, which nginx reuses.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from ..admin import Gateway, GatewayError, ready_replicas
+from .procs import BenchError, Child, child_env, pin_process
+
+ENDPOINT, DEPLOYMENT = "bench", "fast"
+SCORE_PY = '''"""Benchmark model: the cheapest possible run(), so only the path to it is measured."""
+
+
+def init():
+    pass
+
+
+def run(raw_data):
+    return {"result": [0.5]}
+'''
+REQUEST_SETTINGS = {"request_timeout_ms": 10_000, "max_concurrent_requests_per_instance": 1024,
+                    "max_queue_wait_ms": 1_000}
+# The gateway runs pinned to one core, so the replica's instance type may ask for one
+# (the default asks for two); the benchmark moves the replica to the client core anyway.
+INSTANCE_TYPE = {"kind": "InstanceType", "name": "bench-one-core",
+                 "resources": {"requests": {"cpu": "1"}, "limits": {"cpu": "1"}}}
+
+
+def write_manifests(folder: Path) -> Path:
+    """The bench endpoint + deployment YAML (and the model) under `folder`."""
+    model = folder / "model"
+    model.mkdir(parents=True, exist_ok=True)
+    (model / "score.py").write_text(SCORE_PY)
+    yml = folder / "yaml"
+    yml.mkdir(exist_ok=True)
+    (yml / "instance-type.yml").write_text(yaml.safe_dump(INSTANCE_TYPE, sort_keys=False))
+    (yml / "endpoint.yml").write_text(yaml.safe_dump(
+        {"name": ENDPOINT, "auth_mode": "key", "traffic": {DEPLOYMENT: 100}}, sort_keys=False))
+    (yml / "deployment.yml").write_text(yaml.safe_dump(
+        {"name": DEPLOYMENT, "endpoint_name": ENDPOINT, "instance_count": 1,
+         "instance_type": INSTANCE_TYPE["name"],
+         "code_configuration": {"code": str(model), "scoring_script": "score.py"},
+         "request_settings": REQUEST_SETTINGS}, sort_keys=False))
+    return yml
+
+
+def serve_command() -> list[str]:
+    exe = shutil.which("scoregate")
+    return [exe] if exe else [sys.executable, "-m", "serving.cli"]
+
+
+@dataclass
+class RunningGateway:
+    child: Child
+    gateway: Gateway
+    scoring_url: str
+    key: str
+    replica_port: int
+    replica_pid: int
+    cert: str
+    cert_key: str
+
+    def stop(self) -> int | None:
+        return self.child.stop(timeout=40.0)
+
+
+def start_gateway(workdir: Path, gateway_cpu: int | None, replica_cpu: int | None,
+                  timeout: float = 60.0) -> RunningGateway:
+    """Start, wait until the replica is ready, pin it; BenchError if it cannot."""
+    yml = write_manifests(workdir)
+    state = workdir / "state"
+    child = Child("scoregate", [*serve_command(), "serve", str(yml), "--state-dir", str(state),
+                                "--port", "0", "--admin-port", "0"],
+                  workdir / "scoregate.log", gateway_cpu, env=child_env(), cwd=str(workdir))
+    try:
+        return _wait_ready(child, state, replica_cpu, time.monotonic() + timeout)
+    except BaseException:
+        child.stop(timeout=10.0)
+        raise
+
+
+def _wait_ready(child: Child, state: Path, replica_cpu: int | None,
+                deadline: float) -> RunningGateway:
+    gateway = None
+    while time.monotonic() < deadline:
+        if child.exited:
+            raise BenchError(f"scoregate serve exited with {child.proc.returncode}:\n{child.tail()}")
+        try:
+            found = Gateway.from_state_dir(state)
+            if found.pid == child.pid:  # taskset execs, so the pid is the gateway's
+                gateway = found
+                view = gateway.deployment(ENDPOINT, DEPLOYMENT)
+                ready = ready_replicas(view)
+                if ready:
+                    break
+                if view.get("provisioning_state") == "Failed":
+                    why = (view.get("rollout") or {}).get("reason") or "see its log"
+                    raise BenchError(f"the benchmark deployment failed: {why}")
+        except GatewayError:
+            pass
+        time.sleep(0.1)
+    else:
+        raise BenchError(f"scoregate was not ready within the deadline:\n{child.tail()}")
+    replica = ready[0]
+    pin_process(int(replica["pid"]), replica_cpu)
+    endpoint = gateway.endpoint(ENDPOINT)
+    tls = state / "tls"
+    return RunningGateway(child, gateway, endpoint["scoring_uri"],
+                          gateway.keys(ENDPOINT)["primaryKey"], int(replica["port"]),
+                          int(replica["pid"]), str(tls / "server.pem"), str(tls / "server-key.pem"))

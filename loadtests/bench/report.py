@@ -1,0 +1,222 @@
+"""The benchmark's report: results.json for tools, summary.md for people.
+
+Every figure is "median (min–max)" over the rounds.  Overhead is computed per
+round (target minus direct in the same round, at the same rate) and then
+summarised, so it is not the difference of two unrelated medians.  Cells of
+a measurement that did not hold its rate are marked (* the target fell short,
+† the generator fell behind): they describe an overloaded target or a busy
+client core, not the cost of a proxy.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+
+from .measure import spread
+from .orchestrate import DIRECT, FAST, GATEWAY, NGINX, Session
+
+SCHEMA = "scoregate.loadtest.bench/v1"
+
+
+def machine() -> dict:
+    model = "unknown"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.lower().startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    wrk = shutil.which("wrk")
+    wrk_version = ""
+    if wrk:
+        done = subprocess.run([wrk, "-v"], capture_output=True, text=True, timeout=10)
+        text = (done.stdout or done.stderr).strip()
+        wrk_version = text.splitlines()[0] if text else ""
+    return {"nproc": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
+            "cpu_model": model, "kernel": platform.release(), "python": sys.version.split()[0],
+            "wrk": wrk_version}
+
+
+def _sp(runs: list[dict], key: str) -> dict | None:
+    return spread([r.get(key) for r in runs if "error" not in r])
+
+
+def _overheads(session: Session, rate: float, name: str, key: str) -> dict | None:
+    """target[key] - direct[key] per round, then median/min/max."""
+    mine, base = session.open[rate].get(name, []), session.open[rate].get(DIRECT, [])
+    return spread([m[key] - b[key] for m, b in zip(mine, base)
+                   if key in m and key in b and "error" not in m and "error" not in b])
+
+
+def build(session: Session, setup: dict, command: str) -> dict:
+    data = {"schema": SCHEMA, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z",
+                                                     time.localtime(setup["started_at"])),
+            "command": command, "machine": machine(), "setup": {**setup, **session.info},
+            "options": {k: v for k, v in vars(session.opts).items() if k != "progress"},
+            "targets": list(session.targets), "skipped": session.skipped,
+            "closed": {}, "wrk": {}, "rates": []}
+    for name, runs in session.closed.items():
+        data["closed"][name] = {"throughput": _sp(runs, "throughput"), "p50_ms": _sp(runs, "p50_ms"),
+                                "p99_ms": _sp(runs, "p99_ms"),
+                                "noise": _sp(runs, "foreign_cores"), "runs": runs}
+    for name, runs in session.wrk.items():
+        data["wrk"][name] = {"throughput": _sp(runs, "throughput"), "p50_ms": _sp(runs, "p50_ms"),
+                             "p99_ms": _sp(runs, "p99_ms"), "runs": runs}
+    for rate, label in setup["rates"]:
+        entry = {"rate": rate, "label": label, "targets": {}}
+        for name, runs in session.open.get(rate, {}).items():
+            held = sum(1 for r in runs if r.get("held_rate"))
+            proxy = name not in (DIRECT, FAST)
+            ok = [r for r in runs if "error" not in r]
+            entry["targets"][name] = {
+                "p50_ms": _sp(runs, "p50_ms"), "p99_ms": _sp(runs, "p99_ms"),
+                "throughput": _sp(runs, "throughput"), "held": f"{held}/{len(runs)}",
+                "noise": _sp(runs, "foreign_cores"),
+                "target_fell_short": sum(1 for r in ok if not r.get("target_kept_up", True)),
+                "generator_late": sum(1 for r in ok if r.get("fell_behind")),
+                "overhead_p50_ms": _overheads(session, rate, name, "p50_ms") if proxy else None,
+                "overhead_p99_ms": _overheads(session, rate, name, "p99_ms") if proxy else None,
+                "overhead_mean_ms": _overheads(session, rate, name, "mean_ms") if proxy else None,
+                "runs": runs}
+        data["rates"].append(entry)
+    data["ratios"] = ratios(data)
+    data["noise"] = noise_summary(session)
+    return data
+
+
+def noise_summary(session: Session) -> dict:
+    """How many measurements were redone, and how many kept ones were still noisy."""
+    every = [f for runs in session.closed.values() for f in runs]
+    every += [f for runs in session.wrk.values() for f in runs]
+    every += [f for by_name in session.open.values() for runs in by_name.values() for f in runs]
+    noisy = [f for f in every if (f.get("foreign_cores") or 0.0) > session.opts.noise_limit]
+    return {"measurements": len(every), "limit_cores": session.opts.noise_limit,
+            "redone": sum(f.get("attempts", 1) - 1 for f in every), "kept_noisy": len(noisy),
+            "median_cores": (spread([f.get("foreign_cores") for f in every]) or {}).get("median")}
+
+
+def _ratio(a: dict | None, b: dict | None, floor: float = 0.0) -> float | None:
+    if not a or not b or b["median"] <= floor:
+        return None
+    return round(a["median"] / b["median"], 2)
+
+
+def ratios(data: dict) -> dict:
+    """scoregate / nginx: throughput, latency and overhead (None when not measurable)."""
+    if NGINX not in data["targets"]:
+        return {}
+    out = {"max_throughput": _ratio(data["closed"].get(GATEWAY, {}).get("throughput"),
+                                    data["closed"].get(NGINX, {}).get("throughput"))}
+    if data["wrk"]:
+        out["max_throughput_wrk"] = _ratio(data["wrk"].get(GATEWAY, {}).get("throughput"),
+                                           data["wrk"].get(NGINX, {}).get("throughput"))
+    for entry in data["rates"]:
+        g, n = entry["targets"].get(GATEWAY, {}), entry["targets"].get(NGINX, {})
+        out[entry["label"]] = {
+            "p50": _ratio(g.get("p50_ms"), n.get("p50_ms")),
+            "p99": _ratio(g.get("p99_ms"), n.get("p99_ms")),
+            "overhead_p50": _ratio(g.get("overhead_p50_ms"), n.get("overhead_p50_ms"), 0.01),
+            "overhead_p99": _ratio(g.get("overhead_p99_ms"), n.get("overhead_p99_ms"), 0.01)}
+    return out
+
+
+def fmt(s: dict | None, digits: int = 2, mark: str = "") -> str:
+    if not s:
+        return "—"
+    if s["n"] == 1 or s["min"] == s["max"]:
+        return f"{s['median']:.{digits}f}{mark}"
+    return f"{s['median']:.{digits}f}{mark} ({s['min']:.{digits}f}–{s['max']:.{digits}f})"
+
+
+def _num(value) -> str:
+    return "?" if value is None else f"{value:.2f}"
+
+
+def _load(values) -> str:
+    return " ".join(f"{v:.2f}" for v in values) if values else "?"
+
+
+def _x(value: float | None) -> str:
+    return "—" if value is None else f"{value:g}×"
+
+
+def markdown(data: dict) -> str:
+    m, s, n = data["machine"], data["setup"], data.get("noise", {})
+    lines = ["# scoregate benchmark", "",
+             f"- date: {data['date']}",
+             f"- machine: {m['nproc']} CPUs ({m['cpu_model']}), kernel {m['kernel']}, "
+             f"Python {m['python']}",
+             f"- pinning: {s['pinning']}",
+             f"- other processes on these cores: median {_num(n.get('median_cores'))} cores "
+             f"per measurement; {n.get('redone', 0)} measurement(s) redone because they took "
+             f"more than {n.get('limit_cores', 0):g}; {n.get('kept_noisy', 0)} of "
+             f"{n.get('measurements', 0)} kept still above it",
+             f"- load average (1, 5, 15 min) before: {_load(s.get('loadavg_before'))}, after: "
+             f"{_load(s.get('loadavg_after'))} (other work on the machine makes figures noisy)",
+             f"- command: `{data['command']}`",
+             f"- each figure: median (min–max) of {data['options']['runs']} round(s) of "
+             f"{data['options']['duration']:g} s; closed loop with "
+             f"{data['options']['connections']} connections; "
+             f"{data['options']['processes']} generator process(es)",
+             f"- nginx: {s.get('nginx') or data['skipped'].get(NGINX, '—')}; "
+             f"wrk: {m['wrk'] or s.get('wrk') or 'not used'}", ""]
+    for name, why in data["skipped"].items():
+        lines.append(f"**{name} skipped:** {why}")
+        lines.append("")
+    lines += ["## Maximum throughput (closed loop)", "",
+              "| target | req/s (loadtests) | p50 ms | p99 ms | other CPU | req/s (wrk) | wrk p50 ms "
+              "| wrk p99 ms |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name in data["targets"]:
+        c, w = data["closed"].get(name, {}), data["wrk"].get(name, {})
+        lines.append(f"| {name} | {fmt(c.get('throughput'), 0)} | {fmt(c.get('p50_ms'))} | "
+                     f"{fmt(c.get('p99_ms'))} | {fmt(c.get('noise'))} | {fmt(w.get('throughput'), 0)} | "
+                     f"{fmt(w.get('p50_ms'))} | {fmt(w.get('p99_ms'))} |")
+    lines += ["", f"`{FAST}` is loadtests' own trivial server on the client core: what the "
+              "generator reaches there is its ceiling, and figures near it measure the client.",
+              "`direct` is the model-server replica that scoregate and nginx forward to.", ""]
+    lines += ["## Fixed rates (open loop)", ""]
+    for entry in data["rates"]:
+        lines += [f"### {entry['label']}", "",
+                  "| target | p50 ms | p99 ms | overhead p50 ms | overhead p99 ms | overhead mean ms "
+                  "| rounds ok | other CPU |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for name in data["targets"]:
+            t = entry["targets"].get(name)
+            if not t:
+                continue
+            mark = ("\\*" if t.get("target_fell_short") else "") + ("†" if t.get("generator_late") else "")
+            lines.append(f"| {name} | {fmt(t['p50_ms'], mark=mark)} | {fmt(t['p99_ms'], mark=mark)} | "
+                         f"{fmt(t['overhead_p50_ms'])} | {fmt(t['overhead_p99_ms'])} | "
+                         f"{fmt(t.get('overhead_mean_ms'))} | {t['held']} | "
+                         f"{fmt(t.get('noise'))} |")
+        lines.append("")
+    lines += ["\\* the target did not keep up in some round (failures, or ok-throughput < 95 % "
+              "of the rate): it was overloaded. † the generator fell behind its schedule in some "
+              "round (start lateness p99 > 25 ms, on a busy client core): that lateness is in the "
+              "figure too. \"rounds ok\": rounds with neither.",
+              "Negative overheads are noise: the proxy's round happened to be quieter than "
+              "direct's. \"other CPU\": cores that processes outside the benchmark took on "
+              "the benchmark's cores during the measurement.", ""]
+    lines += ["## scoregate / nginx", ""]
+    r = data["ratios"]
+    if not r:
+        lines.append("nginx was not measured, so there is no ratio.")
+    else:
+        lines += ["| figure | scoregate / nginx |", "|---|---:|",
+                  f"| max throughput (loadtests) | {_x(r.get('max_throughput'))} |"]
+        if "max_throughput_wrk" in r:
+            lines.append(f"| max throughput (wrk) | {_x(r['max_throughput_wrk'])} |")
+        for entry in data["rates"]:
+            q = r.get(entry["label"], {})
+            lines += [f"| p50 at {entry['label']} | {_x(q.get('p50'))} |",
+                      f"| p99 at {entry['label']} | {_x(q.get('p99'))} |",
+                      f"| overhead p50 at {entry['label']} | {_x(q.get('overhead_p50'))} |",
+                      f"| overhead p99 at {entry['label']} | {_x(q.get('overhead_p99'))} |"]
+        lines += ["", "An overhead ratio is — when nginx's overhead is below 0.01 ms "
+                  "(not measurable against run-to-run noise)."]
+    return "\n".join(lines) + "\n"

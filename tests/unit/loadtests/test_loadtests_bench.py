@@ -1,0 +1,154 @@
+"""The benchmark's parts that need no processes: wrk parsing, medians, nginx config, report."""
+
+import argparse
+
+import pytest
+
+from loadtests.bench import QUICK, add_bench_parser, options_from_args
+from loadtests.bench.measure import parse_wrk, spread
+from loadtests.bench.nginx import render_conf
+from loadtests.bench.orchestrate import BenchOptions, Session, pick_cpus
+from loadtests.bench.procs import BenchError, pinned
+from loadtests.bench.report import build, fmt, markdown
+
+WRK_OUTPUT = """Running 1s test @ http://127.0.0.1:1/score
+  1 threads and 4 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   260.93us  237.37us   4.01ms   95.88%
+  Latency Distribution
+     50%  205.00us
+     75%  252.00us
+     90%  399.00us
+     99%    1.46ms
+  16956 requests in 1.00s, 2.83MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 7
+Requests/sec:  16951.91
+"""
+
+
+def parse(*argv):
+    parser = argparse.ArgumentParser()
+    add_bench_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["bench", *argv])
+
+
+def test_parse_wrk():
+    got = parse_wrk(WRK_OUTPUT)
+    assert got["throughput"] == 16951.91
+    assert got["p50_ms"] == pytest.approx(0.205) and got["p99_ms"] == pytest.approx(1.46)
+    assert got["errors"] == {"non-2xx": 7, "read": 2, "timeout": 1}
+    assert "error" in parse_wrk("unable to connect")
+
+
+def test_spread_and_format():
+    assert spread([3.0, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0, "n": 3}
+    assert spread([None]) is None
+    assert fmt(spread([3.0, 1.0, 2.0])) == "2.00 (1.00–3.00)"
+    assert fmt(spread([5.0]), 0) == "5" and fmt(None) == "—"
+    assert fmt(spread([1.0, 2.0]), mark="†") == "1.50† (1.00–2.00)"
+
+
+def test_nginx_config_does_what_the_gateway_does(tmp_path):
+    conf = render_conf(tmp_path, 8443, 4000, "/c.pem", "/k.pem", "KEY-1_x", "bench", "fast")
+    assert "worker_processes 1;" in conf and "daemon off;" in conf
+    assert "listen 127.0.0.1:8443 ssl;" in conf and "ssl_certificate /c.pem;" in conf
+    assert 'if ($http_authorization != "Bearer KEY-1_x")' in conf and "return 401" in conf
+    assert "server 127.0.0.1:4000;" in conf and "keepalive 256;" in conf
+    assert "proxy_http_version 1.1;" in conf and 'proxy_set_header Connection "";' in conf
+    assert "location = /api/v1/endpoint/bench/score" in conf
+    assert f"pid {tmp_path}/nginx.pid;" in conf
+    with pytest.raises(BenchError):
+        render_conf(tmp_path, 1, 2, "c", "k", 'bad"key', "bench", "fast")
+
+
+def test_options_and_cpus():
+    quick = options_from_args(parse("--quick", "--no-pin", "-q"))
+    assert (quick.runs, quick.duration, quick.rates) == (QUICK["runs"], QUICK["duration"], QUICK["rates"])
+    assert pick_cpus(quick)[2] == "not pinned (--no-pin)"
+    full = options_from_args(parse("--runs", "5", "--rates", "10,20", "--no-nginx"))
+    assert (full.runs, full.duration, full.rates, full.nginx) == (5, 5.0, [10.0, 20.0], "skip")
+    assert pick_cpus(BenchOptions(gateway_cpu=0, client_cpu=0))[0] is None
+    assert "not pinned" in pick_cpus(BenchOptions(gateway_cpu=0, client_cpu=999))[2]
+    assert pinned(["x"], None) == ["x"]
+
+
+def test_nginx_missing_is_skipped_with_a_reason(tmp_path, monkeypatch):
+    import loadtests.bench.orchestrate as orchestrate
+
+    monkeypatch.setattr(orchestrate, "find_nginx", lambda: None)
+    session = Session(BenchOptions(), tmp_path)
+    assert session._nginx_binary() is None
+    assert "--install-nginx" in session.skipped["nginx"]
+
+
+def fake_session(tmp_path) -> tuple[Session, dict]:
+    session = Session(BenchOptions(runs=2, duration=1.0, rates=[100.0]), tmp_path)
+    for name in ("fastserver", "direct", "scoregate", "nginx"):
+        session.targets[name] = None
+    base = {"fastserver": 0.2, "direct": 1.0, "scoregate": 3.0, "nginx": 1.2}
+    for name, p50 in base.items():
+        session.closed[name] = [{"throughput": 1000 / p50, "p50_ms": p50, "p99_ms": 2 * p50}] * 2
+        session.wrk[name] = [{"throughput": 3000 / p50, "p50_ms": p50, "p99_ms": 2 * p50}] * 2
+        for rate in (100.0, 417.0):
+            session.open.setdefault(rate, {})[name] = [
+                {"p50_ms": p50, "p99_ms": 2 * p50, "mean_ms": p50, "throughput": rate,
+                 "held_rate": True},
+                {"p50_ms": p50 + 0.5, "p99_ms": 2 * p50 + 1, "mean_ms": p50 + 1, "throughput": rate,
+                 "held_rate": name in ("fastserver", "direct"), "target_kept_up": name != "scoregate",
+                 "fell_behind": name in ("scoregate", "nginx")}]
+    setup = {"pinning": "pinned", "rates": [(100.0, "100 req/s"), (417.0, "50% of max (417)")],
+             "started_at": 0.0}
+    return session, setup
+
+
+def test_report_overheads_are_per_round_and_ratios_against_nginx(tmp_path):
+    data = build(*fake_session(tmp_path), "python -m loadtests bench")
+    at100 = data["rates"][0]["targets"]
+    assert at100["scoregate"]["overhead_p50_ms"] == {"median": 2.0, "min": 2.0, "max": 2.0, "n": 2}
+    assert at100["direct"]["overhead_p50_ms"] is None
+    assert at100["nginx"]["overhead_mean_ms"]["median"] == pytest.approx(0.2)
+    assert at100["scoregate"]["held"] == "1/2" and at100["direct"]["held"] == "2/2"
+    assert at100["scoregate"]["target_fell_short"] == 1 and at100["nginx"]["generator_late"] == 1
+    assert data["ratios"]["max_throughput"] == 0.4
+    assert data["ratios"]["100 req/s"]["overhead_p50"] == 10.0
+    text = markdown(data)
+    for section in ("## Maximum throughput (closed loop)", "### 100 req/s",
+                    "### 50% of max (417)", "## scoregate / nginx"):
+        assert section in text
+    assert "| scoregate | 3.25\\*† (3.00–3.50) |" in text  # fell short and generator late
+    assert "| nginx | 1.45† (1.20–1.70) |" in text
+    assert "| direct | 1.25 (1.00–1.50) |" in text
+    assert "| max throughput (wrk) | 0.4× |" in text
+
+
+def test_report_without_nginx(tmp_path):
+    session, setup = fake_session(tmp_path)
+    del session.targets["nginx"]
+    session.skipped["nginx"] = "nginx is not installed: run with --install-nginx"
+    data = build(session, setup, "bench")
+    assert data["ratios"] == {}
+    text = markdown(data)
+    assert "**nginx skipped:** nginx is not installed" in text
+    assert "nginx was not measured" in text
+
+
+def test_noise_meter_counts_own_cpu_as_own_and_others_as_foreign():
+    import subprocess
+    import sys
+    import time
+
+    from loadtests.bench.noise import TICK, NoiseMeter, _own_ticks
+
+    before, cpu = _own_ticks(), time.process_time()
+    while time.process_time() - cpu < 0.3:  # our own work...
+        pass
+    own = (_own_ticks() - before) / TICK
+    assert own == pytest.approx(time.process_time() - cpu, abs=0.05)  # ...is ours
+
+    # a busy process outside our tree (double fork: reparented away from us) is foreign
+    orphan = "import os,time\nif os.fork(): os._exit(0)\nt=time.time()\nwhile time.time()-t<1.2: pass"
+    subprocess.run([sys.executable, "-c", orphan], check=True, timeout=10)
+    with NoiseMeter() as meter:
+        time.sleep(0.6)
+    assert meter.foreign_cores is not None and meter.foreign_cores >= 0.4
