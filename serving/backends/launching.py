@@ -99,11 +99,12 @@ def check_environment(deployment: Deployment, instance_type: InstanceType | None
     elif environment.get("inference_server") == "azmlinfsrv" and azmlinfsrv_executable() is None:
         raise LaunchError("azmlinfsrv was not found: install azureml-inference-server-http "
                           "or set SCOREGATE_AZMLINFSRV to its path")
-    if instance_type is not None and "cpu" in instance_type.limits:
+    if instance_type is not None and "cpu" in instance_type.requests:
+        # Like a scheduler, judge by what the type requests; its limit is only a cap.
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        wanted = parse_cpu(instance_type.limits["cpu"])
+        wanted = parse_cpu(instance_type.requests["cpu"])
         if wanted > cores:
-            raise LaunchError(f"instance type {instance_type.name} asks for {wanted:g} CPUs, "
+            raise LaunchError(f"instance type {instance_type.name} requests {wanted:g} CPUs, "
                               f"this machine has {cores}")
 
 

@@ -117,14 +117,14 @@ def test_readiness_probe_failures(gateway, tmp_path):
 def test_environment_failures(gateway, tmp_path):
     (tmp_path / "big.yml").write_text(yaml.safe_dump({
         "apiVersion": "amlarc.azureml.com/v1alpha1", "kind": "InstanceType", "metadata": {"name": "huge"},
-        "spec": {"resources": {"limits": {"cpu": "512", "memory": "1Ti"}}}}))
+        "spec": {"resources": {"requests": {"cpu": "512"}, "limits": {"cpu": "512", "memory": "1Ti"}}}}))
     write_endpoint(tmp_path, "toobig", traffic={"main": 100})
     path = write_deployment(tmp_path, "toobig", "main")
     edit(path, instance_type="huge")
     apply(gateway, tmp_path)
     shown = settled(gateway, "toobig", "main")
     assert shown["rollout"]["failed_stage"] == "environment"
-    assert "instance type huge asks for 512 CPUs, this machine has" in shown["rollout"]["reason"]
+    assert "instance type huge requests 512 CPUs, this machine has" in shown["rollout"]["reason"]
 
 
 def test_unknown_instance_type_is_refused_at_apply(gateway, tmp_path):
