@@ -113,7 +113,7 @@ class Controller:
                 d = action.deployment
                 artifacts = self.rollouts.artifacts_for((d.endpoint_name, d.name), action.spec_hash)
                 replica_id = await self._backend.start_replica(d, action.spec_hash, action.restarts, artifacts)
-                if action.restarts and self._metrics is not None:
+                if action.replaces_exited and self._metrics is not None:
                     self._metrics.replica_restarts.labels(d.endpoint_name, d.name).inc()
                 log.info("starting replica %s of %s/%s (restarts: %d)", replica_id,
                          d.endpoint_name, d.name, action.restarts)

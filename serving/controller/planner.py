@@ -21,13 +21,23 @@ from ..resources import Deployment
 
 RESTART_BACKOFF_MIN_S = 0.5
 RESTART_BACKOFF_MAX_S = 30.0
+# A replica that had been ready and ran this long before it exited was healthy: its
+# replacement starts a new streak (no back-off), as Kubernetes resets CrashLoopBackOff
+# after a good run. Replicas that crash before they are ready keep backing off.
+HEALTHY_RUN_S = 10.0
+
+
+def _healthy_run(replica: ReplicaView, now: float) -> bool:
+    was_ready = replica.failed_stage in ("running", "liveness")
+    return was_ready and (replica.ended_at or now) - replica.started_at >= HEALTHY_RUN_S
 
 
 @dataclass(frozen=True)
 class StartReplica:
     deployment: Deployment
     spec_hash: str
-    restarts: int = 0
+    restarts: int = 0  # consecutive quick failures before this start (drives the back-off)
+    replaces_exited: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,13 +103,15 @@ def _plan_deployment(deployment: Deployment, replicas: list[ReplicaView], now: f
     waiting = 0
     for replica in exited:
         stale_spec = replica.spec_hash != spec_hash
-        due = stale_spec or now - (replica.ended_at or now) >= restart_backoff_s(replica.restarts)
+        healthy_run = _healthy_run(replica, now)
+        due = stale_spec or healthy_run or now - (replica.ended_at or now) >= restart_backoff_s(replica.restarts)
         if due:
             actions.append(ForgetReplica(replica.replica_id))
             if not stale_spec:
-                restarts_due.append(replica.restarts + 1)
+                restarts_due.append(0 if healthy_run else replica.restarts + 1)
         else:
             waiting += 1
+    replacing = len(restarts_due)
 
     ready_current = sum(1 for r in current if r.state == READY)
     keep_stale = max(0, want - ready_current)
@@ -114,7 +126,7 @@ def _plan_deployment(deployment: Deployment, replicas: list[ReplicaView], now: f
     restarts_due.sort()
     for i in range(max(0, missing)):
         restarts = restarts_due[i] if i < len(restarts_due) else 0
-        actions.append(StartReplica(deployment, spec_hash, restarts))
+        actions.append(StartReplica(deployment, spec_hash, restarts, replaces_exited=i < replacing))
 
     if len(current) > want:
         # Stop the surplus: replicas still starting first, then the newest.

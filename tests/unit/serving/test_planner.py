@@ -15,9 +15,10 @@ BLUE = Deployment(name="blue", endpoint_name="ep", code="/code", scoring_script=
 HASH = BLUE.replica_spec_hash()
 
 
-def replica(rid, state=READY, spec_hash=HASH, deployment="blue", started_at=1.0, restarts=0, ended_at=None):
+def replica(rid, state=READY, spec_hash=HASH, deployment="blue", started_at=1.0, restarts=0, ended_at=None,
+            failed_stage=None):
     return ReplicaView(rid, "ep", deployment, spec_hash, state, "127.0.0.1", 1, 1, started_at,
-                       restarts=restarts, ended_at=ended_at)
+                       restarts=restarts, ended_at=ended_at, failed_stage=failed_stage)
 
 
 def summary(actions):
@@ -50,7 +51,14 @@ CASES = {
         [BLUE], [replica("a"), replica("b", EXITED, restarts=2, ended_at=NOW - 10)],
         [("forget", "b"), ("start", "blue", 3)]),
     "exited, back-off running: wait": (
-        [BLUE], [replica("a"), replica("b", EXITED, restarts=3, ended_at=NOW - 1)], []),
+        [BLUE], [replica("a"), replica("b", EXITED, restarts=3, started_at=NOW - 5, ended_at=NOW - 1)], []),
+    "exited after a healthy run: replaced at once, a new streak": (
+        [BLUE], [replica("a"), replica("b", EXITED, restarts=3, started_at=NOW - 100, ended_at=NOW - 1,
+                                        failed_stage="running")],
+        [("forget", "b"), ("start", "blue", 0)]),
+    "crashed during init after a long time: still backs off": (
+        [BLUE], [replica("a"), replica("b", EXITED, restarts=3, started_at=NOW - 100, ended_at=NOW - 1,
+                                        failed_stage="init")], []),
     "stopping replicas are left alone": (
         [BLUE], [replica("a"), replica("b"), replica("c", STOPPING)], []),
     "new spec, nothing ready yet: start one new (surge 1), keep old serving": (
