@@ -189,18 +189,19 @@ def _kubernetes_running(module: str = "running"):
     return importlib.import_module(f"serving.backends.kubernetes.{module}")
 
 
-def _router(argv: list[str]) -> int:
-    """`scoregate router --backend kubernetes ...`: one HA router replica."""
+def _cluster_verb(argv: list[str], verb: str, module: str, run_name: str) -> int:
+    """`scoregate controller|router --backend kubernetes ...`: each has its own parser, so
+    the Kubernetes client is imported only by these verbs."""
     import asyncio
     import signal
 
     try:
-        running = _kubernetes_running("router_running")
+        running = _kubernetes_running(module)
     except ImportError:
         sys.stderr.write("error: the Kubernetes backend needs kubernetes-asyncio: "
                          "pip install 'scoregate[kubernetes]'\n")
         return 2
-    parser = argparse.ArgumentParser(prog="scoregate router")
+    parser = argparse.ArgumentParser(prog=f"scoregate {verb}")
     parser.add_argument("--backend", choices=("kubernetes",), required=True)
     parser.add_argument("--log-level", default="INFO")
     running.add_arguments(parser)
@@ -213,38 +214,10 @@ def _router(argv: list[str]) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await running.run_router(running.settings_from_args(args), stop)
+        await getattr(running, run_name)(running.settings_from_args(args), stop)
 
     try:
         asyncio.run(main())
-    except Exception as exc:  # a bad kubeconfig, an unreachable API server: one line, not a traceback
-        sys.stderr.write(f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}\n")
-        return 1
-    return 0
-
-
-def _controller(argv: list[str]) -> int:
-    """`scoregate controller --backend kubernetes ...`: its own parser, so the Kubernetes
-    client is imported only by this verb."""
-    import asyncio
-
-    try:
-        running = _kubernetes_running()
-    except ImportError:
-        sys.stderr.write("error: the Kubernetes backend needs kubernetes-asyncio: "
-                         "pip install 'scoregate[kubernetes]'\n")
-        return 2
-    parser = argparse.ArgumentParser(prog="scoregate controller")
-    parser.add_argument("--backend", choices=("kubernetes",), required=True)
-    parser.add_argument("--log-level", default="INFO")
-    running.add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        asyncio.run(running.run_controller(running.settings_from_args(args)))
-    except KeyboardInterrupt:
-        pass
     except Exception as exc:  # a bad kubeconfig, an unreachable API server: one line, not a traceback
         sys.stderr.write(f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}\n")
         return 1
@@ -354,9 +327,9 @@ def _dev_cert(args):
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "controller":
-        return _controller(argv[1:])
+        return _cluster_verb(argv[1:], "controller", "running", "run_controller")
     if argv and argv[0] == "router":
-        return _router(argv[1:])
+        return _cluster_verb(argv[1:], "router", "router_running", "run_router")
     if argv and argv[0] == "loadtest":
         from .loadtest_cli import run_loadtest
 

@@ -16,6 +16,7 @@ import ssl
 from pathlib import Path
 
 from tls import InternalCA, IssuedFiles
+from .tasks import cancel_and_wait
 
 log = logging.getLogger("scoregate.replica_tls")
 
@@ -61,9 +62,5 @@ class ReplicaTLS:
                 log.exception("renewing replica certificates failed")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
+        self._task = None

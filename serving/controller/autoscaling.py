@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from ..resources import Deployment
 from .autoscaler import AutoscaleContext, AutoscaleState, decide
+from ..tasks import cancel_and_wait
 
 log = logging.getLogger("scoregate.autoscaler")
 
@@ -92,12 +93,8 @@ class Autoscaling:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="autoscaling")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:

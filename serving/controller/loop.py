@@ -23,6 +23,7 @@ from .autoscaling import Autoscaling
 from .planner import ForgetReplica, StartReplica, StopReplica, plan
 from .publisher import RoutingPublisher
 from .rollouts import RolloutManager
+from ..tasks import cancel_and_wait
 
 log = logging.getLogger("scoregate.controller")
 
@@ -56,13 +57,8 @@ class Controller:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="controller")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         await self.rollouts.close()
         if self._stopping:
             await asyncio.gather(*self._stopping.values(), return_exceptions=True)

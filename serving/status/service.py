@@ -18,6 +18,7 @@ from aiohttp import web
 
 from .live import LiveSeries, sample_registry
 from .snapshot import build_snapshot
+from ..tasks import cancel_and_wait
 
 log = logging.getLogger("scoregate.status")
 
@@ -48,13 +49,8 @@ class GatewayStatus:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="status-sampler")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:
