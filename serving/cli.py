@@ -32,7 +32,10 @@ def _print_table(data) -> None:
     if not rows or not isinstance(rows[0], dict):
         sys.stdout.write(f"{data}\n")
         return
-    columns = [k for k, v in rows[0].items() if not isinstance(v, (dict, list))]
+    # What a person scans for; the rest stays in the JSON output.
+    noisy = {"openapi_uri", "created_at", "updated_at", "description", "tags", "started_at"}
+    columns = [k for k, v in rows[0].items() if not isinstance(v, (dict, list)) and k not in noisy
+               and any(row.get(k) not in (None, "") for row in rows)]
     if "traffic" in rows[0]:
         columns.append("traffic")
     cells = [[_cell(row.get(c)) for c in columns] for row in rows]
