@@ -216,12 +216,12 @@ def compare_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_cli(argv: list[str] | None = None) -> int:
+def run_cli(argv: list[str] | None = None, prog: str = "python -m loadtests") -> int:
     """Parse argv and run the command; `run` may be omitted (`--url ... --rate ...`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
         argv.insert(0, "run")
-    args = build_parser().parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
     if args.command == "compare":
         return compare_command(args)
     if args.command in ("scenario", "bench"):
