@@ -161,11 +161,14 @@ class AdminApi:
         return None
 
     async def list_endpoints(self, _request: web.Request) -> web.Response:
+        """Online endpoints, then batch endpoints (`kind` tells them apart)."""
         records = await asyncio.to_thread(self._store.list_endpoints)
         deployments = await asyncio.to_thread(self._store.list_deployments)
-        return web.json_response([
-            endpoint_view(r, [d for d in deployments if d.endpoint_name == r.endpoint.name],
-                          self.scoring_url) for r in records])
+        views = [endpoint_view(r, [d for d in deployments if d.endpoint_name == r.endpoint.name],
+                               self.scoring_url) for r in records]
+        if self._batch is not None:
+            views += await asyncio.to_thread(self._batch.list_endpoints)
+        return web.json_response(views)
 
     def _deleting_view(self, endpoint: str, deployment: str | None = None) -> web.Response | None:
         """While an object's replicas are still stopping, show it as Deleting."""

@@ -90,8 +90,8 @@ async def test_online_traffic_is_served_during_a_batch_job(gateway):
 
 
 def test_batch_cli_verbs(gateway, data_root, tmp_path):
-    endpoints = {e["name"] for e in gateway.cli_json("endpoint", "list")}
-    assert "iris" in endpoints
+    endpoints = {e["name"]: e["kind"] for e in gateway.cli_json("endpoint", "list")}
+    assert endpoints["iris"] == "online" and endpoints["iris-batch"] == "batch"  # one list of both kinds
     job = gateway.cli_json("batch", "invoke", "--name", "iris-batch", "--input", str(data_root / "flowers"),
                            "--mini-batch-size", "100", "--wait")
     assert job["status"] == "Completed" and job["items"]["succeeded"] == FLOWERS
