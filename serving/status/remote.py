@@ -37,7 +37,8 @@ class RemoteSnapshot:
 
     def fetch(self) -> dict:
         """One snapshot (blocking: several small HTTP calls)."""
-        endpoints = self.client.get("/endpoints")
+        # `endpoint list` also shows batch endpoints; they are read from /batch below.
+        endpoints = [e for e in self.client.get("/endpoints") if e.get("kind", "online") == "online"]
         deployments = []
         for endpoint in endpoints:
             deployments += self.client.get(f"/endpoints/{urllib.parse.quote(endpoint['name'], safe='')}/deployments")
