@@ -81,8 +81,10 @@ def test_init_failures_fail_fast_with_the_reason(gateway, tmp_path, env, stage, 
     if "INIT_FAIL" in env:
         assert "Traceback" in logs.stdout and "ValueError: bad model" in logs.stdout
     # Nothing serves it: a caller gets a 503 that says why.
-    status, body = gateway.admin("GET", f"/api/v1/endpoints/{name}")
-    assert status == 200
+    request = tmp_path / "request.json"
+    request.write_text("{}")
+    call = gateway.cli("endpoint", "invoke", "-n", name, "-r", str(request))
+    assert call.returncode == 1 and "HTTP 503" in call.stderr and "not rolled out" in call.stderr
 
 
 def test_budget_exhaustion_names_the_stage(gateway, tmp_path):

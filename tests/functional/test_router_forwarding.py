@@ -3,32 +3,18 @@ what is forwarded, what comes back, and how failures map to status codes."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import socket
 
-import aiohttp
 import pytest
 
 from router import (DeploymentRoute, EndpointRoute, Replica, RequestSettings, RouterApp, RouterSettings,
                     RoutingTable, RoutingTableHolder)
-from tests.fakes.recording_upstream import RecordingUpstream, Script
-from tls import client_context, ensure_dev_certificates, server_context
+from tests.fakes.recording_upstream import Script
+from tls import server_context
 
 KEY = "k" * 43
-
-
-@pytest.fixture
-async def upstream():
-    server = await RecordingUpstream().start()
-    yield server
-    await server.close()
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    return ensure_dev_certificates(tmp_path_factory.mktemp("tls"))
 
 
 def table_for(port: int, timeout_ms: int = 5000) -> RoutingTable:
@@ -47,13 +33,6 @@ async def router(upstream, certs):
     yield app
     await app.drain(1)
     await app.close()
-
-
-@pytest.fixture
-async def client(certs):
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_context(certs.ca_cert)),
-                                     auto_decompress=False) as session:
-        yield session
 
 
 def url(router, tail="score"):
