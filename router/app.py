@@ -100,7 +100,8 @@ class RouterApp:
             holder, KeyAuthenticator(token_verifier), RateLimiter(), DeploymentPicker(rng),
             self.admission, self.ejector, AuthThrottle(), self._mirror,
             Forwarder(self._pool, max_body_bytes=settings.body.max_body_bytes,
-                      max_response_bytes=settings.max_response_bytes),
+                      max_response_bytes=settings.max_response_bytes,
+                      on_resend=lambda e, d: self.recorder.resends.labels(e, d).inc()),
             self.recorder, settings.body, settings.retry,
         )
         self.access_log = AccessLog(settings.access_log, sample_rate=settings.access_log_sample_rate)

@@ -54,6 +54,11 @@ class Recorder:
             "scoregate_upstream_retries",
             "Requests sent to another replica because the connection could not be opened.",
             ("endpoint", "deployment"), registry=r)
+        self.resends = Counter(
+            "scoregate_upstream_resends",
+            "Requests sent again on a new connection to the same replica because it closed "
+            "a reused keep-alive connection before reading them.",
+            ("endpoint", "deployment"), registry=r)
         self.ejections = Counter(
             "scoregate_replica_ejections",
             "Replicas taken out of rotation after consecutive failures.",

@@ -1,17 +1,24 @@
 """Forward: send the request to the chosen replica and stream its answer back.
 
 Follows router.admission in router.pipeline. Small bodies (already read by the
-pipeline) are sent from memory; large or chunked ones are streamed with a byte limit.
-Small responses are returned whole, larger ones streamed chunk by chunk. A non-2xx
-answer of the model becomes 424 with the model's status and reason in
-`ms-azureml-model-error-statuscode` / `-reason` and its body kept.
+pipeline) go out with the request head in one write; large or chunked ones are
+streamed with a byte limit. Small responses are returned whole, larger ones streamed
+chunk by chunk. A non-2xx answer of the model becomes 424 with the model's status and
+reason in `ms-azureml-model-error-statuscode` / `-reason` and its body kept.
 
-Failures map to the contract: a connection that could not be opened raises NotSent
-(nothing reached the model, so the pipeline may retry elsewhere); a connection that
-broke before the answer → 502; no answer before the deadline → 504 (or 408 if the
-caller was still sending its body). A failure after the answer started streaming
-cannot change the status any more: the caller's connection is aborted so it sees a
-truncated response rather than a silently short one.
+Failures map to the contract:
+- no connection could be opened → NotSent (the pipeline may retry on another replica);
+- the replica reset a *fresh* connection before answering a byte → NotSent as well: a
+  reset means its server still had unread bytes of the request, so no model ran on it;
+- a *reused* keep-alive connection that ends before a byte of the answer, by a reset
+  (or, for an idempotent method, by any close) → sent again once on a new connection
+  to the same replica: the replica closed an idle connection as the request crossed
+  it. A clean close after a non-idempotent request (POST) is ambiguous — the model may
+  have run — so it is a 502, never retried;
+- any other broken connection or invalid answer → 502; no answer before the deadline →
+  504 (or 408 if the caller was still sending its body). A failure after the answer
+  started streaming cannot change the status any more: the caller's connection is
+  aborted so it sees a truncated response rather than a silently short one.
 """
 
 from __future__ import annotations
@@ -19,24 +26,26 @@ from __future__ import annotations
 import asyncio
 import time
 
-import aiohttp
 from aiohttp import web
-from yarl import URL
 
 from ..context import RequestContext
 from ..errors import (PayloadTooLarge, RequestTimeout, ScoringError, UpstreamConnectionError,
                       UpstreamTimeout)
 from ..routing_table import DeploymentRoute, Replica
-from .headers import downstream_response_headers, upstream_request_headers
-from .pool import UpstreamPool
+from .connection import BadResponse, ConnectionClosed, UpstreamConnection
+from .headers import downstream_headers_from_raw, request_head, upstream_request_headers
+from .pool import ConnectFailed, UpstreamPool
 
 DEPLOYMENT_HEADER = "azureml-model-deployment"
 WHOLE_RESPONSE_MAX_BYTES = 256 * 1024
 STREAM_CHUNK_BYTES = 64 * 1024
+# RFC 9110 §9.2.2: a proxy may send these again after a connection failure.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
 class NotSent(Exception):
-    """The connection to the replica could not be opened: no byte reached the model."""
+    """No byte of the request can have reached a model: safe to try another replica."""
 
     def __init__(self, kind: str) -> None:
         super().__init__(kind)
@@ -59,31 +68,44 @@ class _BodyTooLarge(Exception):
     pass
 
 
-class _Upload:
-    """Streams the caller's body upstream, counting bytes and noting when it is done."""
+class _ResponseTooLarge(Exception):
+    pass
 
-    __slots__ = ("done",)
+
+class _Upload:
+    """Streams the caller's body to the replica, counting bytes and noting when it is done."""
+
+    __slots__ = ("done", "sent")
 
     def __init__(self) -> None:
         self.done = False
+        self.sent = 0
 
-    async def stream(self, source: aiohttp.StreamReader, limit: int, ctx: RequestContext):
+    async def run(self, conn: UpstreamConnection, source, chunked: bool, limit: int,
+                  ctx: RequestContext) -> None:
         async for chunk in source.iter_chunked(STREAM_CHUNK_BYTES):
             ctx.bytes_in += len(chunk)
             if ctx.bytes_in > limit:
-                ctx.error_code = PayloadTooLarge.code  # the client library may wrap what we raise
                 raise _BodyTooLarge()
-            yield chunk
+            self.sent += len(chunk)
+            conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+            await conn.drain()
+        if chunked:
+            conn.write(b"0\r\n\r\n")
         self.done = True
 
 
 class Forwarder:
-    __slots__ = ("_pool", "_max_body_bytes", "_max_response_bytes")
+    __slots__ = ("_pool", "_max_body_bytes", "_max_response_bytes", "_on_resend")
 
-    def __init__(self, pool: UpstreamPool, *, max_body_bytes: int, max_response_bytes: int = 1 << 30) -> None:
+    def __init__(self, pool: UpstreamPool, *, max_body_bytes: int, max_response_bytes: int = 1 << 30,
+                 on_resend=None) -> None:
         self._pool = pool
         self._max_body_bytes = max_body_bytes
         self._max_response_bytes = max_response_bytes
+        # (endpoint, deployment) → None, for each request sent again after the replica
+        # closed a reused connection under it.
+        self._on_resend = on_resend or (lambda endpoint, deployment: None)
 
     async def forward(
         self,
@@ -95,32 +117,72 @@ class Forwarder:
         body: bytes | None,
         deadline: float,
     ) -> web.StreamResponse:
+        method = request.method
         headers = upstream_request_headers(
             request.headers, request_id=ctx.request_id, client_ip=request.remote, scheme=request.scheme,
             traceparent=ctx.traceparent, trust_forwarded=ctx.trust_forwarded)
-        upload = None
+        source = None
+        chunked = False
         if body is not None:
-            data = body or None
+            framing = f"Content-Length: {len(body)}\r\n" if body or method in BODY_METHODS else ""
         elif request.can_read_body:
-            upload = _Upload()
-            data = upload.stream(request.content, self._max_body_bytes, ctx)
+            source = request.content
             if request.content_length is not None:
-                headers["Content-Length"] = str(request.content_length)
+                framing = f"Content-Length: {request.content_length}\r\n"
+            else:
+                framing, chunked = "Transfer-Encoding: chunked\r\n", True
         else:
-            data = None
-        # Path and query go out byte for byte as the caller sent them (encoded=True).
-        raw = f"{replica.base_url}{path or replica.scoring_path}"
+            framing = "Content-Length: 0\r\n" if method in BODY_METHODS else ""
+        # Path and query go out byte for byte as the caller sent them.
+        target = path or replica.scoring_path
         query = request.rel_url.raw_query_string
-        url = URL(f"{raw}?{query}" if query else raw, encoded=True)
+        if query:
+            target = f"{target}?{query}"
+        head = request_head(method, target, replica.authority, headers, framing)
+
         ctx.upstream_started_ns = time.perf_counter_ns()
+        conn: UpstreamConnection | None = None
+        upload: _Upload | None = None
+        upload_task: asyncio.Task | None = None
         streaming: list[web.StreamResponse] = []  # set once the answer started
+        done = False
         try:
             async with asyncio.timeout_at(deadline):
-                async with self._pool.session.request(
-                    request.method, url, headers=headers, data=data, allow_redirects=False
-                ) as upstream:
-                    return await self._relay(request, ctx, deployment, upstream, streaming)
+                while True:
+                    fresh = conn is not None  # the second attempt never reuses a connection
+                    try:
+                        conn = await self._pool.acquire(replica, fresh=fresh)
+                    except ConnectFailed as exc:
+                        raise NotSent(exc.kind) from None
+                    try:
+                        conn.send(head, body, head_only=method == "HEAD")
+                        if source is not None:
+                            upload = _Upload()
+                            upload_task = asyncio.get_running_loop().create_task(
+                                upload.run(conn, source, chunked, self._max_body_bytes, ctx))
+                            upload_task.add_done_callback(_abort_on_failure(conn))
+                        status, reason, raw_headers, length = await conn.head()
+                        break
+                    except ConnectionClosed as exc:
+                        if upload_task is not None and upload_task.done() and upload_task.exception():
+                            raise upload_task.exception() from None
+                        if exc.received or (upload is not None and upload.sent):
+                            raise
+                        if conn.uses > 1 and not fresh and (exc.reset or method in IDEMPOTENT_METHODS):
+                            # The replica closed an idle connection as the request crossed it.
+                            self._pool.discard_idle(replica)
+                            self._on_resend(ctx.endpoint, deployment.name)
+                            upload = upload_task = None
+                            continue
+                        if exc.reset:
+                            raise NotSent("reset") from None
+                        raise
+                response = await self._relay(request, ctx, deployment, conn, status, reason,
+                                             raw_headers, length, streaming)
+                done = upload_task is None or upload_task.done()
+                return response
         except _BodyTooLarge:
+            ctx.error_code = PayloadTooLarge.code
             raise PayloadTooLarge(f"request body exceeds {self._max_body_bytes} bytes") from None
         except TimeoutError:
             if streaming:
@@ -131,48 +193,56 @@ class Forwarder:
             raise UpstreamDeadline(
                 f"the model did not answer within {deployment.request_settings.request_timeout_ms} ms"
             ) from None
-        except aiohttp.ClientConnectorError as exc:
-            raise NotSent(type(exc).__name__) from None
-        except ScoringError:
+        except (NotSent, ScoringError):
             raise
-        except (aiohttp.ClientError, OSError) as exc:
+        except BadResponse as exc:
             if streaming:
                 self._abort(request)
                 return streaming[0]
-            if ctx.error_code == PayloadTooLarge.code:
-                raise PayloadTooLarge(f"request body exceeds {self._max_body_bytes} bytes") from None
-            kind = "reset" if isinstance(exc, (aiohttp.ServerDisconnectedError, ConnectionError)) else "error"
-            raise UpstreamFailed(
-                f"the connection to the model failed: {type(exc).__name__}", kind) from None
+            raise UpstreamFailed(f"the model's answer is not valid HTTP: {exc}", "bad_response") from None
+        except (ConnectionClosed, OSError, _ResponseTooLarge) as exc:
+            if streaming:
+                self._abort(request)
+                return streaming[0]
+            raise UpstreamFailed(f"the connection to the model failed: {exc}", "reset") from None
         finally:
             ctx.upstream_ended_ns = time.perf_counter_ns()
+            if upload_task is not None and not upload_task.done():
+                upload_task.cancel()
+            if conn is not None:
+                if done:
+                    self._pool.release(conn)
+                else:
+                    conn.abort()
 
     async def _relay(
         self,
         request: web.Request,
         ctx: RequestContext,
         deployment: DeploymentRoute,
-        upstream: aiohttp.ClientResponse,
+        conn: UpstreamConnection,
+        status: int,
+        reason: bytes,
+        raw_headers: list[tuple[bytes, bytes]],
+        length: int | None,
         streaming: list[web.StreamResponse],
     ) -> web.StreamResponse:
-        headers = downstream_response_headers(upstream.headers)
+        headers = downstream_headers_from_raw(raw_headers)
         headers[DEPLOYMENT_HEADER] = deployment.name
         headers["x-request-id"] = ctx.request_id
         headers["Server-Timing"] = ctx.server_timing()
         if ctx.traceparent:
             headers["traceparent"] = ctx.traceparent
-        status = upstream.status
         if not 200 <= status < 300:
             headers["ms-azureml-model-error-statuscode"] = str(status)
-            headers["ms-azureml-model-error-reason"] = (upstream.reason or "")[:200]
+            headers["ms-azureml-model-error-reason"] = reason[:200].decode("latin-1")
             ctx.error_code = "ModelError"
             status = 424
-        length = upstream.content_length
         if length is not None and length > self._max_response_bytes:
             raise UpstreamFailed(f"the model's answer ({length} bytes) exceeds the limit of "
                                  f"{self._max_response_bytes} bytes", "oversized")
         if length is not None and length <= WHOLE_RESPONSE_MAX_BYTES:
-            payload = await upstream.read()
+            payload = await conn.read_all()
             ctx.bytes_out = len(payload)
             return web.Response(status=status, headers=headers, body=payload)
         response = web.StreamResponse(status=status, headers=headers)
@@ -180,10 +250,10 @@ class Forwarder:
             response.content_length = length
         await response.prepare(request)
         streaming.append(response)
-        async for chunk in upstream.content.iter_chunked(STREAM_CHUNK_BYTES):
+        while (chunk := await conn.next_chunk()) is not None:
             ctx.bytes_out += len(chunk)
             if ctx.bytes_out > self._max_response_bytes:
-                raise aiohttp.ClientPayloadError("the model's answer exceeds the response size limit")
+                raise _ResponseTooLarge("the model's answer exceeds the response size limit")
             await response.write(chunk)
         await response.write_eof()
         return response
@@ -193,3 +263,14 @@ class Forwarder:
         transport = request.transport
         if transport is not None:
             transport.abort()
+
+
+def _abort_on_failure(conn: UpstreamConnection):
+    """A failed upload ends the exchange: close the connection so the wait for the
+    answer stops at once (the forwarder then reports the upload's own error)."""
+
+    def callback(task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            conn.abort()
+
+    return callback

@@ -25,10 +25,13 @@ HOP_BY_HOP = frozenset(
 )
 # Not forwarded upstream on top of hop-by-hop: the gateway's own credential, and
 # headers the client library sets itself from the new message.
+# `Expect` too: the gateway's server already answered the caller's 100-continue.
 _DROP_UPSTREAM = HOP_BY_HOP | {"authorization", "host", "content-length", "x-forwarded-for",
-                               "x-forwarded-proto", "x-forwarded-host", "x-request-id", "traceparent"}
+                               "x-forwarded-proto", "x-forwarded-host", "x-request-id", "traceparent",
+                               "expect"}
 # Not returned to the caller: set by our own server for the new message.
 _DROP_DOWNSTREAM = HOP_BY_HOP | {"content-length", "date", "server"}
+_DROP_DOWNSTREAM_RAW = frozenset(name.encode() for name in _DROP_DOWNSTREAM)
 
 
 def _connection_listed(headers: CIMultiDictProxy) -> set[str]:
@@ -76,3 +79,32 @@ def downstream_response_headers(headers: CIMultiDictProxy) -> CIMultiDict:
             continue
         out.add(name, value)
     return out
+
+
+def downstream_headers_from_raw(raw: list[tuple[bytes, bytes]]) -> CIMultiDict:
+    """downstream_response_headers() for the (name, value) byte pairs of the upstream
+    connection's parser. Header bytes are octets (RFC 9110 §5.5): decoded as latin-1,
+    which maps every byte and never fails."""
+    listed: set[bytes] = set()
+    for name, value in raw:
+        if name.lower() == b"connection":
+            listed.update(part.strip().lower() for part in value.split(b",") if part.strip())
+    out: CIMultiDict = CIMultiDict()
+    for name, value in raw:
+        lower = name.lower()
+        if lower in _DROP_DOWNSTREAM_RAW or lower in listed:
+            continue
+        out.add(name.decode("latin-1"), value.decode("latin-1"))
+    return out
+
+
+def request_head(method: str, target: str, authority: str, headers: CIMultiDict, framing: str) -> bytes:
+    """The request line and headers as bytes; `framing` is the Content-Length or
+    Transfer-Encoding line (or ""). Values came through our server's parser, which
+    refuses CR, LF and NUL in them, so nothing here can split a header."""
+    parts = [f"{method} {target} HTTP/1.1\r\nHost: {authority}\r\n"]
+    for name, value in headers.items():
+        parts.append(f"{name}: {value}\r\n")
+    parts.append(framing)
+    parts.append("\r\n")
+    return "".join(parts).encode("utf-8", "surrogateescape")
