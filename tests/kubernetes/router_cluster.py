@@ -10,15 +10,21 @@
   replica (local replicas listen on different ports, and the EndpointSlice controller
   puts endpoints with different ports in different slices too).
 - `router_settings()`: a KubernetesRouter on loopback with fast coordination timings.
+- `RouterProcess`: `scoregate router --backend kubernetes` as a real child process, on its
+  own ports, ready once its /readyz answers; signalled by its PID only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import signal
+import socket
 import sys
+import time
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 
 from serving.backends.kubernetes import names
@@ -190,3 +196,101 @@ def share_of(router, endpoint: str, deployment: str) -> int | None:
     route = router.router.holder.current.endpoints.get(endpoint)
     found = route.deployments.get(deployment) if route else None
     return found.request_settings.max_concurrent_requests_per_instance if found else None
+
+
+# -- routers as child processes ----------------------------------------------------------
+
+# Coordination timings for router processes: faster than a cluster's, slow enough for a
+# busy 2-core machine (a renewal a few hundred ms late must not cost the Lease).
+PROCESS_TIMING = dict(report_interval=0.25, member_timeout=4.0, lease_duration=3, lease_renew_deadline=2.0,
+                      lease_retry_period=0.5)
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 now (the child binds it a moment later; nothing else here races for it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RouterProcess:
+    """`python -m serving.cli router --backend kubernetes ...` (the `scoregate router` verb) as a
+    child process: its own scoring and admin ports, its log in a file, ended by its PID."""
+
+    def __init__(self, kubeconfig: str, identity: str, tmp_path: Path, *, drain_timeout_s: float = 5.0,
+                 **timing) -> None:
+        self.identity = identity
+        self.port, self.admin_port = free_port(), free_port()
+        self.log_path = tmp_path / f"{identity}.log"
+        flags = {**PROCESS_TIMING, **timing}
+        self.argv = [sys.executable, "-m", "serving.cli", "router", "--backend", "kubernetes",
+                     "--kubeconfig", kubeconfig, "--namespace", NS, "--lease-namespace", SYSTEM,
+                     "--identity", identity, "--host", "127.0.0.1", "--port", str(self.port),
+                     "--admin-host", "127.0.0.1", "--admin-port", str(self.admin_port),
+                     "--dev-cert-dir", str(tmp_path / f"tls-{identity}"), "--drain-timeout", str(drain_timeout_s)]
+        for name, value in flags.items():
+            self.argv += [f"--{name.replace('_', '-')}", str(value)]
+        self.process: asyncio.subprocess.Process | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    @property
+    def score_url(self) -> str:
+        return f"https://127.0.0.1:{self.port}/api/v1/endpoint"
+
+    async def start(self, timeout_s: float = 40.0) -> "RouterProcess":
+        """Spawn, then poll /readyz until it answers 200 (the listener is up with a table)."""
+        with open(self.log_path, "wb") as log:
+            self.process = await asyncio.create_subprocess_exec(
+                *self.argv, cwd=ROOT, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as client:
+            while True:
+                if self.process.returncode is not None:
+                    raise AssertionError(f"router {self.identity} exited with {self.process.returncode} "
+                                         f"before it was ready:\n{self.log_tail()}")
+                try:
+                    async with client.get(f"{self.admin_url}/readyz") as response:
+                        if response.status == 200:
+                            return self
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    pass
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"router {self.identity} not ready within {timeout_s} s:\n{self.log_tail()}")
+                await asyncio.sleep(0.1)
+
+    async def coordination(self) -> dict | None:
+        """Its /coordination document, or None if it does not answer."""
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as client:
+                async with client.get(f"{self.admin_url}/coordination") as response:
+                    return await response.json() if response.status == 200 else None
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            return None
+
+    def signal(self, sig: int) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(sig)  # os.kill(self.pid, sig): this process only
+
+    async def wait(self, timeout_s: float) -> int:
+        async with asyncio.timeout(timeout_s):
+            return await self.process.wait()
+
+    async def stop(self) -> None:
+        """Teardown: SIGKILL if still running, and reap it."""
+        if self.process is None:
+            return
+        self.signal(signal.SIGKILL)
+        await self.wait(10.0)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"

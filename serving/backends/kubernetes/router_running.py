@@ -79,18 +79,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="namespace of the coordinator Lease, the reports and the shares ConfigMap")
     parser.add_argument("--identity", default=os.environ.get("POD_NAME", ""), help="this router's name")
     parser.add_argument("--drain-timeout", type=float, default=30.0)
+    timing = parser.add_argument_group("coordination timing (seconds; the defaults suit a cluster)")
+    defaults = KubernetesRouterSettings()
+    timing.add_argument("--report-interval", type=float, default=defaults.report_interval_s,
+                        help="how often this router's report is written when it changed")
+    timing.add_argument("--member-timeout", type=float, default=defaults.member_timeout_s,
+                        help="a router whose report is not renewed for this long is gone")
+    timing.add_argument("--lease-duration", type=int, default=int(defaults.lease_duration_s),
+                        help="the coordinator Lease: taken over after this long unrenewed (whole seconds, "
+                             "as the Lease's leaseDurationSeconds)")
+    timing.add_argument("--lease-renew-deadline", type=float, default=defaults.renew_deadline_s,
+                        help="a coordinator that cannot renew for this long steps down")
+    timing.add_argument("--lease-retry-period", type=float, default=defaults.retry_period_s,
+                        help="how often the Lease is renewed or tried")
     parser.add_argument("--domain", default=None, help="also route https://{endpoint}.{domain}/score")
     parser.add_argument("--access-log", default=None, help="a path, or - for stdout")
 
 
 def settings_from_args(args: argparse.Namespace) -> KubernetesRouterSettings:
     namespaces = None if args.all_namespaces else tuple(args.namespaces or ("default",))
+    if not 0 < args.lease_retry_period < args.lease_renew_deadline < args.lease_duration:
+        raise ValueError("need 0 < --lease-retry-period < --lease-renew-deadline < --lease-duration")
+    if not 0 < args.report_interval < args.member_timeout:
+        raise ValueError("need 0 < --report-interval < --member-timeout")
     return KubernetesRouterSettings(
         kubeconfig=args.kubeconfig, context=args.context, namespaces=namespaces, host=args.host, port=args.port,
         admin_host=args.admin_host, admin_port=args.admin_port, tls_secret=args.tls_secret,
         dev_cert_dir=args.dev_cert_dir, coordination=not args.no_coordination,
         coordination_namespace=args.lease_namespace, identity=args.identity, drain_timeout_s=args.drain_timeout,
-        domain=args.domain, access_log=args.access_log)
+        domain=args.domain, access_log=args.access_log, report_interval_s=args.report_interval,
+        member_timeout_s=args.member_timeout, lease_duration_s=args.lease_duration,
+        renew_deadline_s=args.lease_renew_deadline, retry_period_s=args.lease_retry_period)
 
 
 class ReportBuilder:
