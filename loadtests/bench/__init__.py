@@ -52,6 +52,9 @@ def add_bench_parser(sub) -> None:
                        help="apt-get install nginx if it is missing")
     nginx.add_argument("--no-nginx", action="store_true", help="leave nginx out")
     p.add_argument("--no-wrk", action="store_true", help="no wrk cross-check of max throughput")
+    p.add_argument("--replica", choices=("fastserver", "modelserver"), default="fastserver",
+                   help="the replica behind every proxy: loadtests' trivial fast server (default), "
+                        "or scoregate's model server with a constant run()")
     p.add_argument("--noise-limit", type=float, default=0.15, help="redo a measurement when other "
                    "processes took more than this many cores meanwhile (0.15)")
     p.add_argument("--noise-retries", type=int, help="how many times to redo it (2; quick 0)")
@@ -73,7 +76,7 @@ def options_from_args(args: argparse.Namespace):
         gateway_cpu=None if args.no_pin else args.gateway_cpu,
         client_cpu=None if args.no_pin else args.client_cpu,
         nginx="skip" if args.no_nginx else ("install" if args.install_nginx else "auto"),
-        wrk=not args.no_wrk, noise_limit=args.noise_limit,
+        wrk=not args.no_wrk, noise_limit=args.noise_limit, replica=args.replica,
         progress=None if args.quiet else sys.stderr)
     for key in ("runs", "duration", "rates", "warmup", "noise_retries"):
         given = getattr(args, key, None)

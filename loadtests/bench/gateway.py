@@ -1,9 +1,12 @@
 """The scoregate under test: `scoregate serve` as a child, on a temp state dir.
 
-scoregate's local backend runs Python scoring scripts through its model
-server, so the benchmark's replica is a scoring script whose run() returns
-a constant, and "direct" is that same model-server replica: direct, gateway
-and nginx all reach one replica process.  Admission limits are set high
+The replica is one of two (`--replica`): `fastserver` (default) — loadtests'
+trivial raw-protocol server, started by the gateway through the deployment's
+`environment.command` like any custom model server, so that the replica is
+never what limits a proxy; or `modelserver` — scoregate's own model server
+with a scoring script whose run() returns a constant, the cheapest real model.
+"direct" is that same replica: direct, gateway and nginx all reach one replica
+process.  Admission limits are set high
 (the benchmark measures the data path, not the queue), key auth is on, and
 TLS uses the state dir's development certificate, which nginx reuses.
 """
@@ -40,7 +43,10 @@ INSTANCE_TYPE = {"kind": "InstanceType", "name": "bench-one-core",
                  "resources": {"requests": {"cpu": "1"}, "limits": {"cpu": "1"}}}
 
 
-def write_manifests(folder: Path) -> Path:
+REPLICAS = ("fastserver", "modelserver")
+
+
+def write_manifests(folder: Path, replica: str = "fastserver") -> Path:
     """The bench endpoint + deployment YAML (and the model) under `folder`."""
     model = folder / "model"
     model.mkdir(parents=True, exist_ok=True)
@@ -50,11 +56,16 @@ def write_manifests(folder: Path) -> Path:
     (yml / "instance-type.yml").write_text(yaml.safe_dump(INSTANCE_TYPE, sort_keys=False))
     (yml / "endpoint.yml").write_text(yaml.safe_dump(
         {"name": ENDPOINT, "auth_mode": "key", "traffic": {DEPLOYMENT: 100}}, sort_keys=False))
-    (yml / "deployment.yml").write_text(yaml.safe_dump(
-        {"name": DEPLOYMENT, "endpoint_name": ENDPOINT, "instance_count": 1,
-         "instance_type": INSTANCE_TYPE["name"],
-         "code_configuration": {"code": str(model), "scoring_script": "score.py"},
-         "request_settings": REQUEST_SETTINGS}, sort_keys=False))
+    deployment = {"name": DEPLOYMENT, "endpoint_name": ENDPOINT, "instance_count": 1,
+                  "instance_type": INSTANCE_TYPE["name"],
+                  "code_configuration": {"code": str(model), "scoring_script": "score.py"},
+                  "request_settings": REQUEST_SETTINGS}
+    if replica == "fastserver":
+        deployment["environment"] = {"command": [sys.executable, "-m", "loadtests.fastserver",
+                                                 "--port", "{port}"]}
+    elif replica != "modelserver":
+        raise ValueError(f"replica must be one of {REPLICAS}")
+    (yml / "deployment.yml").write_text(yaml.safe_dump(deployment, sort_keys=False))
     return yml
 
 
@@ -79,9 +90,9 @@ class RunningGateway:
 
 
 def start_gateway(workdir: Path, gateway_cpu: int | None, replica_cpu: int | None,
-                  timeout: float = 60.0) -> RunningGateway:
+                  timeout: float = 60.0, replica: str = "fastserver") -> RunningGateway:
     """Start, wait until the replica is ready, pin it; BenchError if it cannot."""
-    yml = write_manifests(workdir)
+    yml = write_manifests(workdir, replica)
     state = workdir / "state"
     child = Child("scoregate", [*serve_command(), "serve", str(yml), "--state-dir", str(state),
                                 "--port", "0", "--admin-port", "0"],

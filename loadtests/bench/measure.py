@@ -11,6 +11,7 @@ out at ~10k req/s per core, far below what nginx can proxy.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import statistics
@@ -81,15 +82,30 @@ def wrk_available() -> str | None:
     return shutil.which("wrk")
 
 
+def process_cpu_s(pids: list[int]) -> float | None:
+    """User + system CPU seconds of these processes (all their threads), None if one is gone."""
+    total = 0
+    try:
+        for pid in pids:
+            with open(f"/proc/{pid}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return None
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def measure_wrk(wrk: str, bt: BenchTarget, duration: float, connections: int,
-                cores: set[int] | None = None) -> dict:
-    """wrk -t1 closed loop with the same request; throughput and service-time p50/p99."""
+                cores: set[int] | None = None, pids: list[int] | None = None) -> dict:
+    """wrk -t1 closed loop with the same request; throughput and service-time p50/p99,
+    and with `pids` (the proxy's processes) its CPU time per request."""
     lines = ['wrk.method = "POST"', f"wrk.body = {_lua(BODY.decode())}",
              'wrk.headers["Content-Type"] = "application/json"']
     lines += [f"wrk.headers[{_lua(k)}] = {_lua(v)}" for k, v in bt.headers]
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write("\n".join(lines) + "\n")
     seconds = max(1, round(duration))
+    cpu_before = process_cpu_s(pids) if pids else None
     try:
         with NoiseMeter(cores) as meter:
             done = subprocess.run([wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
@@ -99,9 +115,13 @@ def measure_wrk(wrk: str, bt: BenchTarget, duration: float, connections: int,
         return {"error": f"wrk: {exc}"}
     finally:
         Path(script.name).unlink(missing_ok=True)
+    cpu_after = process_cpu_s(pids) if pids else None
     if done.returncode != 0:
         return {"error": f"wrk exited {done.returncode}: {(done.stderr or done.stdout)[-300:]}"}
-    return {**parse_wrk(done.stdout), "foreign_cores": meter.foreign_cores}
+    out = {**parse_wrk(done.stdout), "foreign_cores": meter.foreign_cores}
+    if cpu_before is not None and cpu_after is not None and out.get("requests"):
+        out["cpu_us_per_request"] = round((cpu_after - cpu_before) / out["requests"] * 1e6, 1)
+    return out
 
 
 def _lua(text: str) -> str:
@@ -122,6 +142,9 @@ def parse_wrk(text: str) -> dict:
     if not rps:
         return {"error": f"cannot read wrk output: {text[-300:]}"}
     out = {"throughput": float(rps.group(1))}
+    total = re.search(r"(\d+) requests in", text)
+    if total:
+        out["requests"] = int(total.group(1))
     for pct, key in (("50", "p50_ms"), ("99", "p99_ms")):
         m = re.search(rf"^\s+{pct}(?:\.000)?%\s+(\S+)", text, re.M)
         if m:

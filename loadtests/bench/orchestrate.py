@@ -41,6 +41,7 @@ class BenchOptions:
     timeout: float = 5.0
     noise_limit: float = 0.15  # cores other processes may take before a measurement is redone
     noise_retries: int = 2
+    replica: str = "fastserver"  # fastserver | modelserver (loadtests.bench.gateway)
     progress: TextIO | None = None
 
 
@@ -71,6 +72,7 @@ class Session:
         self.open: dict[float, dict[str, list[dict]]] = {}
         self.last_results: dict[str, object] = {}
         self.cores: set[int] | None = None  # the pinned cores, for the noise meter
+        self.proxy_pids: dict[str, int] = {}  # the proxies' own processes, for CPU per request
 
     def say(self, text: str) -> None:
         if self.opts.progress is not None:
@@ -80,12 +82,15 @@ class Session:
     def start(self, gateway_cpu: int | None, client_cpu: int | None) -> None:
         if gateway_cpu is not None and client_cpu is not None:
             self.cores = {gateway_cpu, client_cpu}
-        fast, port = start_fastserver(self.workdir, client_cpu)
-        self.children.append(fast)
-        self.targets[FAST] = BenchTarget(FAST, f"http://127.0.0.1:{port}/score")
-        self.say("starting scoregate serve")
-        gw = start_gateway(self.workdir / "scoregate", gateway_cpu, client_cpu)
+        if self.opts.replica != "fastserver":  # else "direct" is the fast server itself
+            fast, port = start_fastserver(self.workdir, client_cpu)
+            self.children.append(fast)
+            self.targets[FAST] = BenchTarget(FAST, f"http://127.0.0.1:{port}/score")
+        self.say(f"starting scoregate serve ({self.opts.replica} replica)")
+        gw = start_gateway(self.workdir / "scoregate", gateway_cpu, client_cpu, replica=self.opts.replica)
         self.children.append(gw)
+        self.proxy_pids[GATEWAY] = gw.child.pid
+        self.info["replica"] = self.opts.replica
         auth = (("Authorization", f"Bearer {gw.key}"),)
         ca = gw.gateway.ca_cert
         self.targets[DIRECT] = BenchTarget(DIRECT, f"http://127.0.0.1:{gw.replica_port}/score")
@@ -98,6 +103,7 @@ class Session:
                                        cert_key=gw.cert_key, key=gw.key, endpoint=ENDPOINT,
                                        deployment=DEPLOYMENT)
             self.children.append(child)
+            self.proxy_pids[NGINX] = child.pid
             self.info["nginx"] = nginx_version(nginx)
             self.targets[NGINX] = BenchTarget(
                 NGINX, f"https://127.0.0.1:{nport}/api/v1/endpoint/{ENDPOINT}/score", auth, ca)
@@ -158,10 +164,25 @@ class Session:
                          f"{figs.get('throughput', figs.get('error'))} req/s")
                 if wrk:
                     w, _ = self._quiet(f"wrk {name}", lambda: (measure_wrk(
-                        wrk, bt, self.opts.duration, self.opts.connections, self.cores), None))
+                        wrk, bt, self.opts.duration, self.opts.connections, self.cores,
+                        pids=self._pids(name)), None))
                     self.wrk.setdefault(name, []).append(w)
                     self.say(f"round {i + 1}/{self.opts.runs} wrk {name}: "
                              f"{w.get('throughput', w.get('error'))} req/s")
+
+    def _pids(self, name: str) -> list[int] | None:
+        """The target's proxy process and its children (nginx's workers), not the replica
+        (a child of the gateway, excluded by name)."""
+        pid = self.proxy_pids.get(name)
+        if pid is None:
+            return None
+        if name == GATEWAY:
+            return [pid]
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children") as handle:
+                return [pid, *(int(c) for c in handle.read().split())]
+        except OSError:
+            return [pid]
 
     def gateway_max(self) -> float | None:
         s = spread([f.get("throughput") for f in self.closed.get(GATEWAY, [])])

@@ -67,7 +67,8 @@ def build(session: Session, setup: dict, command: str) -> dict:
                                 "noise": _sp(runs, "foreign_cores"), "runs": runs}
     for name, runs in session.wrk.items():
         data["wrk"][name] = {"throughput": _sp(runs, "throughput"), "p50_ms": _sp(runs, "p50_ms"),
-                             "p99_ms": _sp(runs, "p99_ms"), "runs": runs}
+                             "p99_ms": _sp(runs, "p99_ms"),
+                             "cpu_us_per_request": _sp(runs, "cpu_us_per_request"), "runs": runs}
     for rate, label in setup["rates"]:
         entry = {"rate": rate, "label": label, "targets": {}}
         for name, runs in session.open.get(rate, {}).items():
@@ -87,7 +88,46 @@ def build(session: Session, setup: dict, command: str) -> dict:
         data["rates"].append(entry)
     data["ratios"] = ratios(data)
     data["noise"] = noise_summary(session)
+    data["goals"] = goals(data)
     return data
+
+
+def _median(s: dict | None) -> float | None:
+    return s["median"] if s else None
+
+
+def goals(data: dict) -> list[dict]:
+    """The data-path goals (docs/performance.md), each with the measured value and
+    whether it holds: True, False, or None when this run could not measure it."""
+    gw_wrk, gw_closed = data["wrk"].get(GATEWAY, {}), data["closed"].get(GATEWAY, {})
+    top = _median(gw_wrk.get("throughput")) or _median(gw_closed.get("throughput"))
+    ratio = data["ratios"].get("max_throughput_wrk") or data["ratios"].get("max_throughput")
+    cpu = _median(gw_wrk.get("cpu_us_per_request"))
+    out = [
+        {"goal": "max throughput ≥ 15,000 req/s", "measured": None if top is None else f"{top:.0f} req/s",
+         "holds": None if top is None else top >= 15000},
+        {"goal": "max throughput ≥ 0.25 × nginx's", "measured": None if ratio is None else f"{ratio:g}×",
+         "holds": None if ratio is None else ratio >= 0.25},
+    ]
+    for rate in (1000.0, 3000.0):
+        entry = next((e for e in data["rates"] if e["rate"] == rate), None)
+        target = (entry or {}).get("targets", {}).get(GATEWAY)
+        for key, limit in (("overhead_p50_ms", 0.150), ("overhead_p99_ms", 0.400)):
+            goal = f"added {key[9:12]} at {rate:,.0f} req/s ≤ {limit * 1000:.0f} µs"
+            value = _median(target.get(key)) if target else None
+            held = target is not None and target["held"].split("/")[0] == target["held"].split("/")[1]
+            if value is None:
+                out.append({"goal": goal, "measured": None, "holds": None})
+            else:
+                out.append({"goal": goal, "measured": f"{value * 1000:.0f} µs"
+                            + ("" if held else " (rate not held in every round)"),
+                            "holds": held and value <= limit})
+    out.append({"goal": "gateway CPU time per request ≤ 60 µs",
+                "measured": None if cpu is None else f"{cpu:.0f} µs", "holds": None if cpu is None else cpu <= 60})
+    for goal in ("new TLS connections ≥ 0.8 × nginx's rate", "10,000 idle TLS connections in < 300 MB",
+                 "--workers N scales ≥ 0.8 × N"):
+        out.append({"goal": goal, "measured": None, "holds": None})
+    return out
 
 
 def noise_summary(session: Session) -> dict:
@@ -169,17 +209,26 @@ def markdown(data: dict) -> str:
     for name, why in data["skipped"].items():
         lines.append(f"**{name} skipped:** {why}")
         lines.append("")
-    lines += ["## Maximum throughput (closed loop)", "",
+    lines += ["## Goals", "", "| goal | measured | holds |", "|---|---|---|"]
+    for g in data.get("goals", []):
+        verdict = {True: "yes", False: "**no**", None: "not measured here"}[g["holds"]]
+        lines.append(f"| {g['goal']} | {g['measured'] or '—'} | {verdict} |")
+    lines += ["", "## Maximum throughput (closed loop)", "",
               "| target | req/s (loadtests) | p50 ms | p99 ms | other CPU | req/s (wrk) | wrk p50 ms "
-              "| wrk p99 ms |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+              "| wrk p99 ms | proxy CPU µs/req (wrk) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name in data["targets"]:
         c, w = data["closed"].get(name, {}), data["wrk"].get(name, {})
         lines.append(f"| {name} | {fmt(c.get('throughput'), 0)} | {fmt(c.get('p50_ms'))} | "
                      f"{fmt(c.get('p99_ms'))} | {fmt(c.get('noise'))} | {fmt(w.get('throughput'), 0)} | "
-                     f"{fmt(w.get('p50_ms'))} | {fmt(w.get('p99_ms'))} |")
-    lines += ["", f"`{FAST}` is loadtests' own trivial server on the client core: what the "
-              "generator reaches there is its ceiling, and figures near it measure the client.",
-              "`direct` is the model-server replica that scoregate and nginx forward to.", ""]
+                     f"{fmt(w.get('p50_ms'))} | {fmt(w.get('p99_ms'))} | {fmt(w.get('cpu_us_per_request'), 0)} |")
+    replica = data["setup"].get("replica", "modelserver")
+    lines += [""]
+    if FAST in data["targets"]:
+        lines.append(f"`{FAST}` is loadtests' own trivial server on the client core: what the "
+                     "generator reaches there is its ceiling, and figures near it measure the client.")
+    lines += [f"`direct` is the replica that scoregate and nginx forward to ({replica}). "
+              "Proxy CPU: user + system time of the gateway process (nginx: master and worker) "
+              "divided by the requests wrk completed.", ""]
     lines += ["## Fixed rates (open loop)", ""]
     for entry in data["rates"]:
         lines += [f"### {entry['label']}", "",

@@ -49,7 +49,8 @@ def test_quick_bench_writes_every_section(tmp_path):
     assert "[bench] round 1/1 closed loop scoregate" in done.stderr
 
     data = json.loads((out / "results.json").read_text())
-    names = ["fastserver", "direct", "scoregate"]
+    names = ["direct", "scoregate"]  # the default replica is the fast server: it is "direct"
+    assert data["setup"]["replica"] == "fastserver"
     if shutil.which("nginx") or os.access("/usr/sbin/nginx", os.X_OK):
         names.append("nginx")
         assert data["ratios"]["max_throughput"] is not None

@@ -1,6 +1,7 @@
 """The benchmark's parts that need no processes: wrk parsing, medians, nginx config, report."""
 
 import argparse
+import time
 
 import pytest
 
@@ -35,7 +36,7 @@ def parse(*argv):
 
 def test_parse_wrk():
     got = parse_wrk(WRK_OUTPUT)
-    assert got["throughput"] == 16951.91
+    assert got["throughput"] == 16951.91 and got["requests"] == 16956
     assert got["p50_ms"] == pytest.approx(0.205) and got["p99_ms"] == pytest.approx(1.46)
     assert got["errors"] == {"non-2xx": 7, "read": 2, "timeout": 1}
     assert "error" in parse_wrk("unable to connect")
@@ -120,6 +121,58 @@ def test_report_overheads_are_per_round_and_ratios_against_nginx(tmp_path):
     assert "| nginx | 1.45† (1.20–1.70) |" in text
     assert "| direct | 1.25 (1.00–1.50) |" in text
     assert "| max throughput (wrk) | 0.4× |" in text
+
+
+def test_goals_say_measured_value_and_verdict(tmp_path):
+    session = Session(BenchOptions(runs=1, rates=[1000.0, 3000.0]), tmp_path)
+    for name in ("direct", "scoregate", "nginx"):
+        session.targets[name] = None
+    session.closed = {"scoregate": [{"throughput": 3000.0}], "nginx": [{"throughput": 9000.0}]}
+    session.wrk = {"scoregate": [{"throughput": 4000.0, "cpu_us_per_request": 250.0}],
+                   "nginx": [{"throughput": 10000.0, "cpu_us_per_request": 30.0}]}
+    for rate, gw_p50 in ((1000.0, 0.4), (3000.0, 0.35)):
+        session.open[rate] = {
+            "direct": [{"p50_ms": 0.3, "p99_ms": 1.0, "mean_ms": 0.3, "held_rate": True}],
+            "scoregate": [{"p50_ms": gw_p50, "p99_ms": 3.0, "mean_ms": 0.5, "held_rate": rate < 2000}],
+            "nginx": [{"p50_ms": 0.32, "p99_ms": 1.1, "mean_ms": 0.31, "held_rate": True}]}
+    setup = {"pinning": "pinned", "rates": [(1000.0, "1000 req/s"), (3000.0, "3000 req/s")],
+             "started_at": 0.0}
+    data = build(session, setup, "bench")
+    by_goal = {g["goal"]: g for g in data["goals"]}
+    assert by_goal["max throughput ≥ 15,000 req/s"] == {
+        "goal": "max throughput ≥ 15,000 req/s", "measured": "4000 req/s", "holds": False}
+    assert by_goal["max throughput ≥ 0.25 × nginx's"]["holds"] is True  # 0.4× by wrk
+    assert by_goal["added p50 at 1,000 req/s ≤ 150 µs"]["measured"] == "100 µs"
+    assert by_goal["added p50 at 1,000 req/s ≤ 150 µs"]["holds"] is True
+    assert by_goal["added p99 at 1,000 req/s ≤ 400 µs"]["holds"] is False  # 2 ms added
+    late = by_goal["added p50 at 3,000 req/s ≤ 150 µs"]  # 50 µs, but the rate was not held
+    assert late["holds"] is False and "not held" in late["measured"]
+    assert by_goal["gateway CPU time per request ≤ 60 µs"]["measured"] == "250 µs"
+    assert by_goal["new TLS connections ≥ 0.8 × nginx's rate"]["holds"] is None
+    text = markdown(data)
+    assert "| gateway CPU time per request ≤ 60 µs | 250 µs | **no** |" in text
+    assert "| added p50 at 1,000 req/s ≤ 150 µs | 100 µs | yes |" in text
+    assert "| scoregate |" in text and "| 250 |" in text  # CPU per request column
+
+
+def test_process_cpu_counts_a_busy_process():
+    import os
+    import subprocess
+    import sys
+
+    from loadtests.bench.measure import process_cpu_s
+
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nend = time.process_time() + 0.5\n"
+                             "while time.process_time() < end: pass\ntime.sleep(30)"])
+    try:
+        deadline = time.monotonic() + 20
+        while (process_cpu_s([busy.pid]) or 0) < 0.45 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert 0.45 <= process_cpu_s([busy.pid]) < 2.0
+        assert process_cpu_s([os.getpid(), 2 ** 22 + 7]) is None  # a process that is gone
+    finally:
+        busy.kill()
+        busy.wait()
 
 
 def test_report_without_nginx(tmp_path):
