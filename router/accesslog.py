@@ -110,9 +110,21 @@ class AccessLog:
             handle.write(data)
 
 
+_second_cache: list = [None, ""]  # (whole second, its ISO-8601 text without the fraction)
+
+
+def _iso_time(timestamp: float) -> str:
+    """UTC ISO-8601 with milliseconds; the second's text is formatted once per second."""
+    second = int(timestamp)
+    if _second_cache[0] != second:
+        _second_cache[0] = second
+        _second_cache[1] = datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{_second_cache[1]}.{int((timestamp - second) * 1000):03d}+00:00"
+
+
 def _line(entry: tuple) -> bytes:
     record = dict(zip(_FIELDS, entry))
-    record["time"] = datetime.fromtimestamp(entry[0], timezone.utc).isoformat(timespec="milliseconds")
+    record["time"] = _iso_time(entry[0])
     for key in ("duration_ms", "queue_ms", "upstream_ms", "gateway_ms"):
         record[key] = round(record[key], 3)
     return orjson.dumps(record) + b"\n"

@@ -169,6 +169,10 @@ class ScoringPipeline:
                 f"request body of {length} bytes exceeds the limit of {self._body.max_body_bytes}")
         if length > self._body.buffer_max_bytes:
             return None
+        content = request.content
+        if content.is_eof() and not content.exception():
+            # Already all here (the usual small body): take it without a timer.
+            return content.read_nowait(-1) if length else b""
         try:
             async with asyncio.timeout(self._body.body_timeout_s):
                 return await request.read()

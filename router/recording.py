@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
 from .context import RequestContext
+from .histograms import LoopHistogram
 
 _LATENCY_BUCKETS_S = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
@@ -34,15 +35,15 @@ class Recorder:
             "Scoring requests answered, by endpoint, deployment, HTTP status and error code "
             "(each refusal has its own code).",
             ("endpoint", "deployment", "status", "code"), registry=r)
-        self.latency = Histogram(
+        self.latency = LoopHistogram(
             "scoregate_request_duration_seconds",
             "Time from request arrival to the end of the answer, as seen by the gateway.",
             ("endpoint", "deployment"), buckets=_LATENCY_BUCKETS_S, registry=r)
-        self.upstream_latency = Histogram(
+        self.upstream_latency = LoopHistogram(
             "scoregate_upstream_duration_seconds",
             "Time spent waiting for and relaying the model's answer.",
             ("endpoint", "deployment"), buckets=_LATENCY_BUCKETS_S, registry=r)
-        self.overhead = Histogram(
+        self.overhead = LoopHistogram(
             "scoregate_gateway_overhead_seconds",
             "Time a request spent in the gateway itself, excluding queueing and the model.",
             ("endpoint", "deployment"), buckets=_OVERHEAD_BUCKETS_S, registry=r)

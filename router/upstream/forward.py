@@ -33,7 +33,7 @@ from ..errors import (PayloadTooLarge, RequestTimeout, ScoringError, UpstreamCon
                       UpstreamTimeout)
 from ..routing_table import DeploymentRoute, Replica
 from .connection import BadResponse, ConnectionClosed, UpstreamConnection
-from .headers import downstream_headers_from_raw, request_head, upstream_request_headers
+from .headers import downstream_headers_from_raw, upstream_request_head
 from .pool import ConnectFailed, UpstreamPool
 
 DEPLOYMENT_HEADER = "azureml-model-deployment"
@@ -118,9 +118,6 @@ class Forwarder:
         deadline: float,
     ) -> web.StreamResponse:
         method = request.method
-        headers = upstream_request_headers(
-            request.headers, request_id=ctx.request_id, client_ip=request.remote, scheme=request.scheme,
-            traceparent=ctx.traceparent, trust_forwarded=ctx.trust_forwarded)
         source = None
         chunked = False
         if body is not None:
@@ -138,7 +135,10 @@ class Forwarder:
         query = request.rel_url.raw_query_string
         if query:
             target = f"{target}?{query}"
-        head = request_head(method, target, replica.authority, headers, framing)
+        head = upstream_request_head(
+            method, target, replica.authority, request.headers, framing, request_id=ctx.request_id,
+            client_ip=request.remote, scheme=request.scheme, traceparent=ctx.traceparent,
+            trust_forwarded=ctx.trust_forwarded)
 
         ctx.upstream_started_ns = time.perf_counter_ns()
         conn: UpstreamConnection | None = None

@@ -44,30 +44,61 @@ def _connection_listed(headers: CIMultiDictProxy) -> set[str]:
     return listed
 
 
-def upstream_request_headers(
-    headers: CIMultiDictProxy, *, request_id: str, client_ip: str | None, scheme: str,
-    traceparent: str | None = None, trust_forwarded: bool = False,
-) -> CIMultiDict:
-    """Headers for the model. A caller's own X-Forwarded-For is kept (and appended to)
-    only when the caller is a trusted proxy; otherwise it is replaced by the caller's
-    address, so nobody can pose as another client."""
-    listed = _connection_listed(headers)
-    out: CIMultiDict = CIMultiDict()
+def _forwardable(headers: CIMultiDictProxy):
+    """(name, value) of the caller's headers that may go to the model."""
+    listed = _connection_listed(headers) if "Connection" in headers else ()
     for name, value in headers.items():
         lower = name.lower()
         if lower in _DROP_UPSTREAM or lower in listed:
             continue
-        out.add(name, value)
+        yield name, value
+
+
+def _added(headers: CIMultiDictProxy, request_id: str, client_ip: str | None, scheme: str,
+           traceparent: str | None, trust_forwarded: bool):
+    """The headers the gateway sets. A caller's own X-Forwarded-For is kept (and appended
+    to) only when the caller is a trusted proxy; otherwise it is replaced by the caller's
+    address, so nobody can pose as another client."""
     prior = headers.get("X-Forwarded-For") if trust_forwarded else None
     if client_ip:
-        out["X-Forwarded-For"] = f"{prior}, {client_ip}" if prior else client_ip
+        yield "X-Forwarded-For", f"{prior}, {client_ip}" if prior else client_ip
     elif prior:
-        out["X-Forwarded-For"] = prior
-    out["X-Forwarded-Proto"] = scheme
-    out["x-request-id"] = request_id
+        yield "X-Forwarded-For", prior
+    yield "X-Forwarded-Proto", scheme
+    yield "x-request-id", request_id
     if traceparent:
-        out["traceparent"] = traceparent
+        yield "traceparent", traceparent
+
+
+def upstream_request_headers(
+    headers: CIMultiDictProxy, *, request_id: str, client_ip: str | None, scheme: str,
+    traceparent: str | None = None, trust_forwarded: bool = False,
+) -> CIMultiDict:
+    """Headers for the model, as a multidict (mirrored copies go through aiohttp)."""
+    out: CIMultiDict = CIMultiDict(_forwardable(headers))
+    for name, value in _added(headers, request_id, client_ip, scheme, traceparent, trust_forwarded):
+        out[name] = value
     return out
+
+
+def upstream_request_head(
+    method: str, target: str, authority: str, headers: CIMultiDictProxy, framing: str, *,
+    request_id: str, client_ip: str | None, scheme: str, traceparent: str | None = None,
+    trust_forwarded: bool = False,
+) -> bytes:
+    """The request line and headers for the model as bytes, in one pass: the same headers
+    as upstream_request_headers(). `framing` is the Content-Length or Transfer-Encoding
+    line (or ""). Values came through our server's parser, which refuses CR, LF and NUL
+    in them, and the gateway's own values are checked where they are made, so nothing
+    here can split a header."""
+    parts = [f"{method} {target} HTTP/1.1\r\nHost: {authority}\r\n"]
+    for name, value in _forwardable(headers):
+        parts.append(f"{name}: {value}\r\n")
+    for name, value in _added(headers, request_id, client_ip, scheme, traceparent, trust_forwarded):
+        parts.append(f"{name}: {value}\r\n")
+    parts.append(framing)
+    parts.append("\r\n")
+    return "".join(parts).encode("utf-8", "surrogateescape")
 
 
 def downstream_response_headers(headers: CIMultiDictProxy) -> CIMultiDict:
@@ -96,15 +127,3 @@ def downstream_headers_from_raw(raw: list[tuple[bytes, bytes]]) -> CIMultiDict:
             continue
         out.add(name.decode("latin-1"), value.decode("latin-1"))
     return out
-
-
-def request_head(method: str, target: str, authority: str, headers: CIMultiDict, framing: str) -> bytes:
-    """The request line and headers as bytes; `framing` is the Content-Length or
-    Transfer-Encoding line (or ""). Values came through our server's parser, which
-    refuses CR, LF and NUL in them, so nothing here can split a header."""
-    parts = [f"{method} {target} HTTP/1.1\r\nHost: {authority}\r\n"]
-    for name, value in headers.items():
-        parts.append(f"{name}: {value}\r\n")
-    parts.append(framing)
-    parts.append("\r\n")
-    return "".join(parts).encode("utf-8", "surrogateescape")
