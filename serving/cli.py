@@ -151,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "(see `scoregate controller -h`)", add_help=False)
     verbs.add_parser("router", help="run a router replica on a cluster (see `scoregate router -h`)",
                      add_help=False)
+    verbs.add_parser("batch-runner", help="run the batch runner on a cluster: BatchEndpoint/BatchDeployment "
+                     "resources → batch jobs (see `scoregate batch-runner -h`)", add_help=False)
     top = verbs.add_parser("top", parents=[common], help="live view of endpoints, deployments and batch jobs")
     top.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
     top.add_argument("--iterations", type=int, default=None, help="stop after this many refreshes")
@@ -193,7 +195,7 @@ def _kubernetes_running(module: str = "running"):
 
 
 def _cluster_verb(argv: list[str], verb: str, module: str, run_name: str) -> int:
-    """`scoregate controller|router --backend kubernetes ...`: each has its own parser, so
+    """`scoregate controller|router|batch-runner --backend kubernetes ...`: each has its own parser, so
     the Kubernetes client is imported only by these verbs."""
     import asyncio
     import signal
@@ -333,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         return _cluster_verb(argv[1:], "controller", "running", "run_controller")
     if argv and argv[0] == "router":
         return _cluster_verb(argv[1:], "router", "router_running", "run_router")
+    if argv and argv[0] == "batch-runner":
+        return _cluster_verb(argv[1:], "batch-runner", "batch_running", "run_batch")
     if argv and argv[0] == "loadtest":
         from .loadtest_cli import run_loadtest
 

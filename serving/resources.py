@@ -7,7 +7,8 @@ JSON via to_dict/from_dict; the controller and the publisher read them.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Iterable
 
 import orjson
 
@@ -141,6 +142,12 @@ class Deployment:
     rollout_timeout_s: float | None = None
     description: str = ""
     tags: dict[str, str] = field(default_factory=dict)
+    # What `instance_type` named when the store read this deployment (with_instance_type):
+    # part of the version, so editing an InstanceType rolls the deployments that use it,
+    # and kept with the last good version, so a rollback runs the old resources again.
+    # None: not resolved (the named type does not exist, or nobody resolved it). Left out
+    # of == (which compares what was applied); replica_spec_hash() compares versions.
+    resolved_instance_type: InstanceType | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -152,14 +159,19 @@ class Deployment:
                           ("liveness_probe", ProbeSettings), ("readiness_probe", ProbeSettings)):
             if isinstance(values.get(key), dict):
                 values[key] = kind(**values[key])
+        if isinstance(values.get("resolved_instance_type"), dict):
+            values["resolved_instance_type"] = InstanceType.from_dict(values["resolved_instance_type"])
         return cls(**values)
 
     def replica_spec_hash(self) -> str:
         """Fingerprint of what a running replica is made from.
 
         Replicas whose hash differs from the desired one are replaced; a change of
-        instance_count or scale settings alone does not restart anything.
+        instance_count or scale settings alone does not restart anything. A resolved
+        instance type counts with its content (node selector, requests, limits), so an
+        edited InstanceType is a new version; unresolved, only its name counts.
         """
+        resolved = self.resolved_instance_type
         relevant = {
             "code": self.code,
             "scoring_script": self.scoring_script,
@@ -167,7 +179,31 @@ class Deployment:
             "model_sha256": self.model_sha256,
             "environment": self.environment,
             "environment_variables": self.environment_variables,
-            "instance_type": self.instance_type,
+            "instance_type": self.instance_type if resolved is None else _content(resolved),
             "probes": [asdict(self.liveness_probe), asdict(self.readiness_probe)],
         }
         return hashlib.sha256(orjson.dumps(relevant, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
+
+
+def _content(instance_type: InstanceType) -> dict:
+    return {"name": instance_type.name, "node_selector": dict(instance_type.node_selector),
+            "requests": dict(instance_type.requests), "limits": dict(instance_type.limits)}
+
+
+def with_instance_type(deployment: Deployment, instance_types: Iterable[InstanceType]) -> Deployment:
+    """The deployment with `resolved_instance_type` set from the current instance types.
+
+    Stores call this on every read, so the controller's version hash and every view see
+    the content the type has now. Azure ML's default applies when no type named
+    defaultinstancetype exists; a type that does not exist resolves to None (the rollout
+    then fails in its environment stage, naming it).
+    """
+    known = {t.name: t for t in instance_types}
+    found = known.get(deployment.instance_type)
+    if found is None and deployment.instance_type == DEFAULT_INSTANCE_TYPE:
+        found = DEFAULT_INSTANCE
+    if found is not None and type(found) is not InstanceType:
+        found = InstanceType(found.name, dict(found.node_selector), dict(found.requests), dict(found.limits))
+    if found == deployment.resolved_instance_type:
+        return deployment
+    return replace(deployment, resolved_instance_type=found)

@@ -88,6 +88,12 @@ class BatchStore:
                 return None
         return self.get_endpoint(name)
 
+    def set_keys(self, name: str, primary: str, secondary: str) -> bool:
+        """Take keys kept elsewhere (on a cluster: the endpoint's Secret); False if no endpoint."""
+        with self._db.transaction() as db:
+            return db.execute("UPDATE endpoints SET primary_key=?, secondary_key=?, updated_at=? WHERE name=?",
+                              (primary, secondary, time.time(), name)).rowcount > 0
+
     # -- reads ----------------------------------------------------------------------------
     def get_endpoint(self, name: str) -> BatchEndpointRecord | None:
         with self._db.reading() as db:

@@ -1,10 +1,16 @@
 """The autoscaling loop: sample utilization, call the pure policy, apply its verdict.
 
 For every deployment with `scale_settings.type: target_utilization`, every
-`polling_interval` seconds: read the router's average (in flight + queued) over the
-interval, run serving.controller.autoscaler.decide, and when the replica count changes,
-tell the controller (which scales through the backend). Every decision that changes
-something is logged with the inputs that led to it and counted in a metric.
+`polling_interval` seconds: read the average (in flight + queued) over the interval —
+the embedded router's own, or on a cluster the sum over all routers
+(serving/backends/kubernetes/utilization.py) — run serving.controller.autoscaler.decide,
+and when the replica count changes, tell the controller (which scales through the
+backend). Every decision that changes something is logged with the inputs that led to it
+and counted in a metric. A source may answer None: no signal this interval (nothing is
+decided, so a missing signal never scales anything). An explicit scale (a new
+`instance_count`, e.g. `deployment scale` or an edited custom resource) sets the count
+the autoscaler continues from; `initial` lets a restarted controller continue from the
+replicas that run instead of starting over from `instance_count`.
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ from ..tasks import cancel_and_wait
 log = logging.getLogger("scoregate.autoscaler")
 
 Key = tuple[str, str]
-UtilizationSource = Callable[[str, str], object]  # → router.admission.UtilizationWindow
+# → an object with `average_level` and `window_s` (router.admission.UtilizationWindow,
+# or serving.backends.kubernetes.utilization.ClusterUtilization), or None: no signal.
+UtilizationSource = Callable[[str, str], object]
 
 
 @dataclass
@@ -32,14 +40,17 @@ class _Tracked:
     replicas: int
     state: AutoscaleState
     next_due: float
+    instance_count: int  # as last applied: a change is an explicit scale
     last_utilization: float = 0.0
 
 
 class Autoscaling:
     def __init__(self, source: UtilizationSource, *, registry: CollectorRegistry | None = None,
                  clock: Callable[[], float] = time.monotonic, tick_s: float = 0.1,
-                 on_change: Callable[[], None] = lambda: None) -> None:
+                 on_change: Callable[[], None] = lambda: None,
+                 initial: Callable[[Deployment], int | None] = lambda _d: None) -> None:
         self._source = source
+        self._initial = initial
         self._clock = clock
         self._tick_s = tick_s
         self._on_change = on_change
@@ -70,10 +81,20 @@ class Autoscaling:
                     pass
         for key, deployment in wanted.items():
             s = deployment.scale_settings
-            if key not in self._tracked:
-                start = max(s.min_instances, min(s.max_instances, deployment.instance_count))
-                self._tracked[key] = _Tracked(start, AutoscaleState(), self._clock() + s.polling_interval)
+            clamp = lambda n, s=s: max(s.min_instances, min(max(s.min_instances, s.max_instances), n))  # noqa: E731
+            tracked = self._tracked.get(key)
+            if tracked is None:
+                running = self._initial(deployment)
+                start = clamp(running if running else deployment.instance_count)
+                self._tracked[key] = _Tracked(start, AutoscaleState(), self._clock() + s.polling_interval,
+                                              deployment.instance_count)
                 self.desired.labels(*key).set(start)
+            elif tracked.instance_count != deployment.instance_count:
+                tracked.instance_count = deployment.instance_count
+                tracked.replicas, tracked.state = clamp(deployment.instance_count), AutoscaleState()
+                log.info("autoscale %s/%s: scaled explicitly to %d replicas; continuing from there",
+                         key[0], key[1], tracked.replicas)
+                self.desired.labels(*key).set(tracked.replicas)
         self._deployments = wanted
 
     def replicas_for(self, deployment: Deployment) -> int:
@@ -115,6 +136,8 @@ class Autoscaling:
             s = deployment.scale_settings
             tracked.next_due = now + s.polling_interval
             window = self._source(*key)
+            if window is None:
+                continue  # no signal: decide nothing (see the module docstring)
             ctx = AutoscaleContext(
                 current_replicas=tracked.replicas, min_replicas=s.min_instances,
                 max_replicas=s.max_instances, target_utilization=s.target_utilization_percentage / 100,

@@ -50,7 +50,8 @@ class Preparer:
         enter("environment")
         known = {t.name: t for t in await asyncio.to_thread(self._instance_types)}
         known.setdefault(DEFAULT_INSTANCE.name, DEFAULT_INSTANCE)
-        instance_type = known.get(deployment.instance_type)
+        # The content the version was made with (a rollback runs the old one again).
+        instance_type = deployment.resolved_instance_type or known.get(deployment.instance_type)
         if instance_type is None:
             raise StageFailed("environment", f"no instance type '{deployment.instance_type}'")
         try:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import orjson
 
-from ..resources import Deployment, Endpoint, InstanceType
+from ..resources import Deployment, Endpoint, InstanceType, with_instance_type
 from . import DeploymentRecord, EndpointRecord, StoreError
 
 _SCHEMA = """
@@ -171,21 +171,23 @@ class SqliteStore:
                 rows = self._db.execute(
                     "SELECT spec FROM deployments WHERE endpoint_name=? ORDER BY name",
                     (endpoint_name,)).fetchall()
-        return [Deployment.from_dict(orjson.loads(row[0])) for row in rows]
+        types = self.list_instance_types()
+        return [with_instance_type(Deployment.from_dict(orjson.loads(row[0])), types) for row in rows]
 
     def get_deployment(self, endpoint_name: str, name: str) -> Deployment | None:
         with self._lock:
             row = self._db.execute(
                 "SELECT spec FROM deployments WHERE endpoint_name=? AND name=?",
                 (endpoint_name, name)).fetchone()
-        return Deployment.from_dict(orjson.loads(row[0])) if row else None
+        return with_instance_type(Deployment.from_dict(orjson.loads(row[0])), self.list_instance_types()) if row else None
 
     def list_deployment_records(self) -> list[DeploymentRecord]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT spec, last_good_spec, rollout FROM deployments ORDER BY endpoint_name, name").fetchall()
+        types = self.list_instance_types()  # desired versions hash what their type is now
         return [DeploymentRecord(
-            Deployment.from_dict(orjson.loads(spec)),
+            with_instance_type(Deployment.from_dict(orjson.loads(spec)), types),
             Deployment.from_dict(orjson.loads(good)) if good else None,
             orjson.loads(rollout) if rollout else None) for spec, good, rollout in rows]
 

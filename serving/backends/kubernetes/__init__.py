@@ -14,12 +14,16 @@
 - status.py      DeploymentStatusReporter: the status subresource of the custom resources
 - leasing.py     LeaseElector: coordination.k8s.io Lease leader election
 - running.py     run_controller(): the `scoregate controller --backend kubernetes` process
+- utilization.py the autoscaler's signal: the routers' summed utilization from the shares ConfigMap
 - discovery.py   ClusterDiscovery: the router's view (CRs, keys, EndpointSlices)
 - routing.py     RouterTables: that view + this router's slot shares → its RoutingTable
 - shares.py      slot shares across routers: targets and the safe hand-over (pure)
 - coordination.py reports in Leases, the elected coordinator, the shares ConfigMap
 - certificates.py the router's certificate from a kubernetes.io/tls Secret, rotated
 - router_running.py run_router(): the `scoregate router --backend kubernetes` process
+- batch_translation.py BatchEndpoint / BatchDeployment custom resources → serving.batch resources (pure)
+- batch_sync.py  BatchResources: those custom resources → a BatchService (keys Secrets, status)
+- batch_running.py run_batch(): the `scoregate batch-runner --backend kubernetes` process
 - downloading.py the init container that fetches model and code (no Kubernetes API)
 See docs/kubernetes.md.
 """

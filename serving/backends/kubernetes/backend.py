@@ -23,6 +23,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict, deque
+from dataclasses import replace
 from typing import Callable, Iterable
 
 from ...resources import Deployment
@@ -91,6 +92,10 @@ class KubernetesBackend:
                             artifacts=None) -> str:
         """Target + 1. `artifacts` are ignored: the pod's init container fetches model and code."""
         placement = self._placement.placement(deployment)
+        if deployment.resolved_instance_type is not None:
+            # The content this version was hashed with: a rollback to the last good version
+            # renders its old resources and nodeSelector, not the edited InstanceType's.
+            placement = replace(placement, instance_type=deployment.resolved_instance_type)
         if self._namespaces is not None and placement.namespace not in self._namespaces:
             raise ValueError(f"namespace {placement.namespace!r} is not watched by this controller")
         version = self._version_for(deployment, spec_hash, placement.namespace)

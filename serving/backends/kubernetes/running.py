@@ -2,7 +2,10 @@
 
 Builds, in order: API client (in-cluster or --kubeconfig) → KubernetesStore (custom
 resources) → KubernetesBackend (Deployments, Services, pods; placement from the store)
-→ serving.controller's Controller (planner + reconcile loop) → DeploymentStatusReporter.
+→ ClusterUtilization (the routers' summed load) → serving.controller's Autoscaling and
+Controller (planner + reconcile loop) → DeploymentStatusReporter. The autoscaler's
+verdicts reach the cluster the way every replica count does: the planner, the backend,
+`spec.replicas` of the current version's Deployment (never a HorizontalPodAutoscaler).
 With leader election (the default; the controller Deployment may run several replicas),
 nothing is written before this process holds the Lease, and it stops when it loses it.
 Shutdown runs in reverse order and leaves every replica running: the next leader adopts
@@ -18,9 +21,12 @@ import os
 import socket
 from dataclasses import dataclass
 
+from prometheus_client import CollectorRegistry
+
 from router import RoutingTableHolder
 
-from ...backends import Artifacts
+from ...backends import READY, STARTING, Artifacts
+from ...controller.autoscaling import Autoscaling
 from ...controller.loop import Controller
 from ...controller.preparing import StageFailed
 from ...controller.publisher import RoutingPublisher
@@ -30,6 +36,7 @@ from .backend import KubernetesBackend
 from .leasing import LeaseElector
 from .status import DeploymentStatusReporter
 from .store import KubernetesStore
+from .utilization import DEFAULT_MAX_AGE_S, ClusterUtilization
 from .workloads import WorkloadSettings
 
 log = logging.getLogger("scoregate.kubernetes")
@@ -46,6 +53,9 @@ class KubernetesControllerSettings:
     lease_namespace: str = "scoregate-system"
     lease_name: str = "scoregate-controller"
     identity: str = ""
+    autoscaling: bool = True
+    router_namespace: str | None = None  # where the routers' shares ConfigMap is; None: lease_namespace
+    utilization_max_age_s: float = DEFAULT_MAX_AGE_S
 
 
 class KubernetesPreparer:
@@ -75,17 +85,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", default=WorkloadSettings().image, help="image of the model server and downloader")
     parser.add_argument("--no-leader-election", action="store_true", help="run without the Lease (one replica only)")
     parser.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "scoregate-system"))
+    parser.add_argument("--router-namespace", default=None,
+                        help="namespace of the routers' shares ConfigMap (autoscaling signal; default: --lease-namespace)")
+    parser.add_argument("--utilization-max-age", type=float, default=DEFAULT_MAX_AGE_S,
+                        help="seconds after which an unchanged shares ConfigMap counts as no load")
+    parser.add_argument("--no-autoscaling", action="store_true",
+                        help="ignore scale_settings.type target_utilization (replicas = instanceCount)")
 
 
 def settings_from_args(args: argparse.Namespace) -> KubernetesControllerSettings:
     namespaces = None if args.all_namespaces else tuple(args.namespaces or ("default",))
     return KubernetesControllerSettings(kubeconfig=args.kubeconfig, context=args.context, namespaces=namespaces,
                                         image=args.image, leader_election=not args.no_leader_election,
-                                        lease_namespace=args.lease_namespace)
+                                        lease_namespace=args.lease_namespace, router_namespace=args.router_namespace,
+                                        autoscaling=not args.no_autoscaling,
+                                        utilization_max_age_s=args.utilization_max_age)
 
 
-async def run_controller(settings: KubernetesControllerSettings, stop: asyncio.Event | None = None) -> None:
-    """Run until `stop` is set (or leadership is lost); then shut down in order."""
+async def run_controller(settings: KubernetesControllerSettings, stop: asyncio.Event | None = None, *,
+                         registry: CollectorRegistry | None = None) -> None:
+    """Run until `stop` is set (or leadership is lost); then shut down in order.
+    `registry` receives the autoscaler's metrics (decisions, desired replicas, utilization)."""
     stop = stop or asyncio.Event()
     api = KubeApi(await load_api_client(settings.kubeconfig, settings.context))
     elector, campaign = None, None
@@ -100,7 +120,7 @@ async def run_controller(settings: KubernetesControllerSettings, stop: asyncio.E
                 waiter.cancel()
             if not elector.is_leader:
                 return
-        await _run_elected(api, settings, stop, elector)
+        await _run_elected(api, settings, stop, elector, registry or CollectorRegistry())
     finally:
         if campaign is not None:
             campaign.cancel()
@@ -111,13 +131,19 @@ async def run_controller(settings: KubernetesControllerSettings, stop: asyncio.E
 
 
 async def _run_elected(api: KubeApi, settings: KubernetesControllerSettings, stop: asyncio.Event,
-                       elector: LeaseElector | None) -> None:
+                       elector: LeaseElector | None, registry: CollectorRegistry) -> None:
     store = KubernetesStore(api, namespaces=settings.namespaces)
     backend = KubernetesBackend(api, namespaces=settings.namespaces, placement=store,
                                 settings=WorkloadSettings(image=settings.image))
     rollouts = RolloutManager(KubernetesPreparer(store), on_change=lambda: controller.notify())
+    utilization, autoscaling = None, None
+    if settings.autoscaling:
+        utilization = ClusterUtilization(api, settings.router_namespace or settings.lease_namespace,
+                                         max_age_s=settings.utilization_max_age_s)
+        autoscaling = Autoscaling(utilization.sample, registry=registry, on_change=lambda: controller.notify(),
+                                  initial=lambda d: _running(backend, d))
     controller = Controller(store, backend, RoutingPublisher(RoutingTableHolder()), rollouts,
-                            interval_s=settings.interval_s)
+                            autoscaling=autoscaling, interval_s=settings.interval_s)
     reporter = DeploymentStatusReporter(api, store, backend.observe)
 
     def on_replica_change() -> None:
@@ -131,7 +157,11 @@ async def _run_elected(api: KubeApi, settings: KubernetesControllerSettings, sto
     store.on_change, backend.on_change = on_store_change, on_replica_change
     await store.start()
     await backend.start()
+    if utilization is not None:
+        await utilization.start()
     await controller.start()
+    if autoscaling is not None:
+        await autoscaling.start()
     await reporter.start()
     log.info("controller running for %s", ", ".join(settings.namespaces) if settings.namespaces else "all namespaces")
     try:
@@ -143,9 +173,22 @@ async def _run_elected(api: KubeApi, settings: KubernetesControllerSettings, sto
             waiter.cancel()
     finally:
         await reporter.close()
+        if autoscaling is not None:
+            await autoscaling.close()
         await _bounded(controller.close(), "the reconcile loop")
+        if utilization is not None:
+            await utilization.close()
         await backend.close()
         await store.aclose()
+
+
+def _running(backend: KubernetesBackend, deployment) -> int | None:
+    """Replicas of the deployment that run or start (any version: a rollout may be under
+    way): where a new leader's autoscaler continues from, rather than instanceCount, which
+    would undo the last leader's decisions. None (use instanceCount) when nothing runs."""
+    key = (deployment.endpoint_name, deployment.name)
+    count = sum(1 for v in backend.observe() if (v.endpoint, v.deployment) == key and v.state in (STARTING, READY))
+    return count or None
 
 
 async def _bounded(closing, what: str, timeout_s: float = 3.0) -> None:

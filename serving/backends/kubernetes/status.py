@@ -19,6 +19,7 @@ import asyncio
 import logging
 from typing import Callable
 
+from ...resources import Deployment
 from .. import EXITED, READY, STARTING, ReplicaView
 from . import names
 from .api import ONLINE_DEPLOYMENTS, ONLINE_ENDPOINTS, KubeApi, status_of
@@ -43,14 +44,16 @@ def _stage_and_reason(view: ReplicaView) -> tuple[str, str]:
     return ROLLOUT_STAGE.get(pod_stage, pod_stage), view.reason
 
 
-def deployment_status(obj: dict, problem: str | None, views: list[ReplicaView]) -> dict:
-    """The status subresource of one OnlineDeployment (pure)."""
+def deployment_status(obj: dict, problem: str | None, views: list[ReplicaView],
+                      deployment: Deployment | None = None) -> dict:
+    """The status subresource of one OnlineDeployment (pure). `deployment`: as the store
+    resolved it (its instance type's content is part of the version); else parsed from obj."""
     generation = (obj.get("metadata") or {}).get("generation", 0)
     previous = obj.get("status") or {}
     if problem:
         return {"provisioningState": "Failed", "stage": VALIDATION, "reason": problem, "replicas": 0,
                 "readyReplicas": 0, "specHash": previous.get("specHash", ""), "observedGeneration": generation}
-    deployment = deployment_from_custom_resource(obj)
+    deployment = deployment or deployment_from_custom_resource(obj)
     spec_hash = deployment.replica_spec_hash()
     mine = [v for v in views if (v.endpoint, v.deployment) == (deployment.endpoint_name, deployment.name)]
     current = [v for v in mine if v.spec_hash == spec_hash]
@@ -131,13 +134,15 @@ class DeploymentStatusReporter:
         for obj in self._store.custom_objects(ONLINE_ENDPOINTS):
             problem = snapshot.problems.get(("OnlineEndpoint", obj["metadata"]["namespace"], obj["metadata"]["name"]))
             await self._patch(ONLINE_ENDPOINTS, obj, endpoint_status(obj, problem, obj["metadata"]["name"] in keyed))
+        resolved = {(d.endpoint_name, d.name): d for d in snapshot.deployments}
         for obj in self._store.custom_objects(ONLINE_DEPLOYMENTS):
             meta = obj["metadata"]
             problem = snapshot.problems.get(("OnlineDeployment", meta["namespace"], meta["name"]))
             if problem is None and deployment_name_of(obj) and (
                     (obj.get("spec") or {}).get("endpointName"), deployment_name_of(obj)) not in snapshot.sources:
                 problem = "waiting for its endpoint"
-            await self._patch(ONLINE_DEPLOYMENTS, obj, deployment_status(obj, problem, views))
+            key = ((obj.get("spec") or {}).get("endpointName"), deployment_name_of(obj))
+            await self._patch(ONLINE_DEPLOYMENTS, obj, deployment_status(obj, problem, views, resolved.get(key)))
 
     async def _patch(self, kind, obj: dict, status: dict) -> None:
         previous = obj.get("status") or {}

@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from ...resources import Deployment, Endpoint
+from ...resources import Deployment, Endpoint, with_instance_type
 from ...store import DeploymentRecord, EndpointRecord, StoreError
 from . import names
 from .api import INSTANCE_TYPES, ONLINE_DEPLOYMENTS, ONLINE_ENDPOINTS, SECRETS, KubeApi, status_of
@@ -145,7 +145,8 @@ class KubernetesStore:
                 problems[_id(obj)] = (f"endpoint {key[0]} already has a deployment {key[1]} "
                                       f"({sources[key]['metadata']['name']})")
                 continue
-            deployments.append(deployment)
+            # The type's content is part of the version: editing the InstanceType rolls it.
+            deployments.append(with_instance_type(deployment, instance_types.values()))
             placements[key], sources[key] = placement, obj
         self._snapshot = StoreSnapshot(tuple(records), tuple(deployments), placements, instance_types, sources,
                                        {name: obj for name, (_, obj) in endpoints.items()}, problems)

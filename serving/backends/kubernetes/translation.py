@@ -11,10 +11,10 @@ The store (store.py) calls these; the workload renderer (workloads.py) reads the
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from typing import Any
 
-from ...resources import Deployment, Endpoint, ProbeSettings, RequestSettings, ScaleSettings
+from ...resources import Deployment, Endpoint, InstanceType, ProbeSettings, RequestSettings, ScaleSettings
 from . import names
 
 ONLINE_ENDPOINT, ONLINE_DEPLOYMENT, INSTANCE_TYPE = "OnlineEndpoint", "OnlineDeployment", "InstanceType"
@@ -42,14 +42,10 @@ class CustomResourceError(ValueError):
         super().__init__(f"{kind} {where}: " + (f"{field_path}: " if field_path else "") + message)
 
 
-@dataclass(frozen=True)
-class InstanceTypeSpec:
-    """Azure ML's InstanceType: where a replica may run and what it may use."""
-
-    name: str
-    node_selector: dict[str, str] = field(default_factory=dict)
-    requests: dict[str, str] = field(default_factory=dict)
-    limits: dict[str, str] = field(default_factory=dict)
+# Azure ML's InstanceType: where a replica may run and what it may use. The same class
+# as the local backend's, so a deployment's resolved instance type (part of its version
+# hash, serving.resources.with_instance_type) is one thing on both backends.
+InstanceTypeSpec = InstanceType
 
 
 # Azure ML's built-in default when no InstanceType named defaultinstancetype exists.

@@ -1,0 +1,132 @@
+"""The controller's autoscaler on a cluster: it reads the routers' summed utilization from
+the shares ConfigMap (as the coordinating router writes it) and scales the current
+version's apps/v1 Deployment within minInstances..maxInstances; a load that stops being
+reported does not hold replicas up forever. Runs run_controller against the emulator with
+the sample iris deployment (target 70 %, 1..4 replicas, polling every second, 1 slot)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from serving.backends.kubernetes.api import CONFIG_MAPS
+from serving.backends.kubernetes.coordination import SHARES_CONFIG_MAP, SHARES_KEY
+from serving.backends.kubernetes.running import KubernetesControllerSettings, run_controller
+from serving.backends.kubernetes.shares import DeploymentShares, SharesDoc
+from tests.kubernetes.conftest import eventually
+from tests.kubernetes.test_controller import NS, kubectl_apply, sample
+
+ROUTERS_NS = "scoregate-system"
+
+
+class Coordinator:
+    """Writes the shares ConfigMap the way the routers' coordinator does: a new version each
+    round, `level` = the routers' summed (in flight + queued) per deployment."""
+
+    def __init__(self, kube_api) -> None:
+        self.api, self.version, self.level = kube_api, 0, 0.0
+        self._task: asyncio.Task | None = None
+
+    async def publish(self, level: float) -> None:
+        self.level, self.version = level, self.version + 1
+        shares = DeploymentShares(1, ("team-a/p1", "team-a/p2"), {"router-a": {}, "router-b": {}},
+                                  {"router-a": {}, "router-b": {}}, level)
+        doc = SharesDoc(self.version, "router-a", ("router-a", "router-b"), {"iris/blue": shares})
+        body = {"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": SHARES_CONFIG_MAP, "namespace": ROUTERS_NS}, "data": {SHARES_KEY: doc.to_json()}}
+        if self.version == 1:
+            await self.api.create(CONFIG_MAPS, ROUTERS_NS, body)
+        else:
+            await self.api.replace(CONFIG_MAPS, ROUTERS_NS, SHARES_CONFIG_MAP, body)
+
+    async def keep_publishing(self, level: float, every_s: float = 0.5) -> None:
+        await self.stop()
+
+        async def loop() -> None:
+            while True:
+                await self.publish(level)
+                await asyncio.sleep(every_s)
+        self._task = asyncio.get_running_loop().create_task(loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+
+@pytest.fixture
+async def started(kubeconfig, kube_api, cluster):
+    running = []
+
+    async def start(**overrides):
+        await kubectl_apply(kube_api, sample("instancetypes.yaml") + sample("iris-endpoint.yaml"))
+        stop, registry = asyncio.Event(), CollectorRegistry()
+        settings = KubernetesControllerSettings(kubeconfig=kubeconfig, namespaces=(NS,), interval_s=0.2,
+                                                leader_election=False, **overrides)
+        task = asyncio.get_running_loop().create_task(run_controller(settings, stop, registry=registry))
+        running.append((stop, task))
+        return registry
+
+    coordinator = Coordinator(kube_api)
+    yield start, coordinator
+    await coordinator.stop()
+    for stop, task in running:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+def replicas(apiserver) -> int | None:
+    deployments = apiserver.objects_of("deployments", NS)
+    return deployments[0]["spec"]["replicas"] if len(deployments) == 1 else None
+
+
+def decisions(registry: CollectorRegistry, direction: str) -> float:
+    return registry.get_sample_value("scoregate_autoscale_decisions_total",
+                                     {"endpoint": "iris", "deployment": "blue", "direction": direction}) or 0.0
+
+
+async def test_summed_utilization_scales_the_deployment_up_then_down(apiserver, cluster, started, caplog):
+    start, coordinator = started
+    caplog.set_level(logging.INFO, logger="scoregate.autoscaler")
+    await coordinator.publish(0.9)  # 0.9 in flight + queued over 2 replicas: under the 70 % target
+    registry = await start()
+    await eventually(lambda: replicas(apiserver) == 2 and len(cluster.pods()) == 2, timeout_s=10)
+
+    # Three requests busy or queued across the routers: 3 / 0.7 → 5 replicas, capped at maxInstances.
+    await coordinator.keep_publishing(3.0)
+    await eventually(lambda: replicas(apiserver) == 4 and len(cluster.pods()) == 4, timeout_s=10)
+    assert decisions(registry, "up") == 1
+    assert registry.get_sample_value("scoregate_autoscale_desired_replicas",
+                                     {"endpoint": "iris", "deployment": "blue"}) == 4
+    assert "autoscale iris/blue up: 2 -> 4 replicas" in caplog.text
+    assert not apiserver.objects_of("horizontalpodautoscalers", NS)
+
+    # Load drops to half a request: scaled down only after ~20 polling intervals of it.
+    low_since = time.monotonic()
+    await coordinator.keep_publishing(0.5)
+    await eventually(lambda: replicas(apiserver) == 1, timeout_s=60, interval_s=0.1)
+    assert time.monotonic() - low_since >= 18  # 20 intervals of 1 s, minus the one already running
+    await eventually(lambda: len(cluster.pods()) == 1, timeout_s=10)
+    assert decisions(registry, "down") == 1 and decisions(registry, "up") == 1
+    assert "below target 70% for 20 intervals" in caplog.text
+
+
+async def test_a_load_that_stops_being_reported_does_not_count_forever(apiserver, cluster, started, caplog):
+    start, coordinator = started
+    caplog.set_level(logging.INFO, logger="scoregate.autoscaler")
+    registry = await start(utilization_max_age_s=3.0)
+    await eventually(lambda: replicas(apiserver) == 2, timeout_s=10)
+    await asyncio.sleep(2.5)  # no ConfigMap (routers never coordinated): no signal, nothing decided
+    assert replicas(apiserver) == 2 and decisions(registry, "down") == decisions(registry, "up") == 0
+
+    await coordinator.publish(3.0)  # one report of a high load, then the routers go silent
+    await eventually(lambda: replicas(apiserver) == 4, timeout_s=10)
+    silent_since = time.monotonic()
+    await eventually(lambda: replicas(apiserver) == 1, timeout_s=60, interval_s=0.1)
+    assert time.monotonic() - silent_since >= 18  # the age bound, then the usual conservative scale-down
+    assert decisions(registry, "down") == 1
