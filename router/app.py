@@ -27,7 +27,7 @@ from .balancing.least_outstanding import LeastOutstandingPicker
 from .accesslog import AccessLog
 from .auth_throttle import AuthThrottle
 from .handlers import ScoringHandlers
-from .listener import ConnectionLimits, GatewayRunner
+from .listener import ConnectionLimits, GatewayRunner, ensure_open_files, keep_large_buffers_off_heap
 from .mirroring import Mirror
 from .pipeline import BodySettings, RetrySettings, ScoringPipeline
 from .ratelimit import RateLimiter
@@ -144,6 +144,14 @@ class RouterApp:
         return self._runner is not None
 
     async def start(self) -> None:
+        keep_large_buffers_off_heap()
+        # Callers, replica connections and files: leave room above max_connections.
+        wanted = self.settings.limits.max_connections + 4096
+        allowed = ensure_open_files(wanted)
+        if allowed < wanted:
+            log.warning("open-files limit is %d (hard limit), below the %d that max_connections=%d "
+                        "needs: connections beyond it will be refused by the system", allowed, wanted,
+                        self.settings.limits.max_connections)
         await self._pool.start()
         await self.access_log.start()
         app = web.Application(client_max_size=self.settings.body.max_body_bytes)
