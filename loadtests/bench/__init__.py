@@ -16,7 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-QUICK = {"runs": 1, "duration": 0.3, "rates": [100.0, 200.0], "warmup": 0.1, "noise_retries": 0}
+QUICK = {"runs": 1, "duration": 0.3, "rates": [100.0, 200.0], "warmup": 0.1, "noise_retries": 0,
+         "idle_connections": 200, "handshake_seconds": 1}
 
 
 def _rates(text: str) -> list[float]:
@@ -52,6 +53,8 @@ def add_bench_parser(sub) -> None:
                        help="apt-get install nginx if it is missing")
     nginx.add_argument("--no-nginx", action="store_true", help="leave nginx out")
     p.add_argument("--no-wrk", action="store_true", help="no wrk cross-check of max throughput")
+    p.add_argument("--idle-connections", type=int, help="idle keep-alive TLS connections held "
+                   "open to scoregate for its memory figure (10000; quick 200; 0 skips)")
     p.add_argument("--replica", choices=("fastserver", "modelserver"), default="fastserver",
                    help="the replica behind every proxy: loadtests' trivial fast server (default), "
                         "or scoregate's model server with a constant run()")
@@ -78,7 +81,8 @@ def options_from_args(args: argparse.Namespace):
         nginx="skip" if args.no_nginx else ("install" if args.install_nginx else "auto"),
         wrk=not args.no_wrk, noise_limit=args.noise_limit, replica=args.replica,
         progress=None if args.quiet else sys.stderr)
-    for key in ("runs", "duration", "rates", "warmup", "noise_retries"):
+    for key in ("runs", "duration", "rates", "warmup", "noise_retries", "idle_connections",
+                "handshake_seconds"):
         given = getattr(args, key, None)
         if given is not None:
             setattr(opts, key, given)

@@ -17,6 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+import asyncio
+from urllib.parse import urlsplit
+
+from ..generators.http import new_event_loop
+from .connections import handshake_rate, idle_connections, resumption_works
 from .gateway import DEPLOYMENT, ENDPOINT, start_gateway
 from .measure import BenchTarget, measure, measure_wrk, spread, wrk_available
 from .nginx import find_nginx, install_nginx, nginx_version, start_nginx
@@ -42,6 +47,8 @@ class BenchOptions:
     noise_limit: float = 0.15  # cores other processes may take before a measurement is redone
     noise_retries: int = 2
     replica: str = "fastserver"  # fastserver | modelserver (loadtests.bench.gateway)
+    idle_connections: int = 10000  # held open to the gateway for its memory figure (0: skip)
+    handshake_seconds: int = 3
     progress: TextIO | None = None
 
 
@@ -73,6 +80,10 @@ class Session:
         self.last_results: dict[str, object] = {}
         self.cores: set[int] | None = None  # the pinned cores, for the noise meter
         self.proxy_pids: dict[str, int] = {}  # the proxies' own processes, for CPU per request
+        self.handshakes: dict[str, list[dict]] = {}
+        self.resumption: dict[str, bool | None] = {}
+        self.idle: dict | None = None
+        self.client_cpu: int | None = None
 
     def say(self, text: str) -> None:
         if self.opts.progress is not None:
@@ -82,6 +93,7 @@ class Session:
     def start(self, gateway_cpu: int | None, client_cpu: int | None) -> None:
         if gateway_cpu is not None and client_cpu is not None:
             self.cores = {gateway_cpu, client_cpu}
+        self.client_cpu = client_cpu
         if self.opts.replica != "fastserver":  # else "direct" is the fast server itself
             fast, port = start_fastserver(self.workdir, client_cpu)
             self.children.append(fast)
@@ -95,6 +107,7 @@ class Session:
         ca = gw.gateway.ca_cert
         self.targets[DIRECT] = BenchTarget(DIRECT, f"http://127.0.0.1:{gw.replica_port}/score")
         self.targets[GATEWAY] = BenchTarget(GATEWAY, gw.scoring_url, auth, ca)
+        self._gateway_key = gw.key
         self.info["replica_pid"] = gw.replica_pid
         nginx = self._nginx_binary()
         if nginx:
@@ -212,6 +225,38 @@ class Session:
                              f"{'' if figs.get('held_rate') else ' (did not hold the rate)'}")
 
 
+    def connection_rounds(self) -> None:
+        """Full TLS handshakes per second (scoregate and nginx, every round), whether a
+        session resumes, and scoregate's memory with many idle keep-alive connections."""
+        proxies = [name for name in (GATEWAY, NGINX) if name in self.targets]
+        for i in range(self.opts.runs):
+            for name in proxies:
+                port = urlsplit(self.targets[name].url).port
+                figs, _ = self._quiet(f"handshakes {name}", lambda: (
+                    handshake_rate("127.0.0.1", port, self.opts.handshake_seconds, self.client_cpu,
+                                   self._pids(name)), None))
+                self.handshakes.setdefault(name, []).append(figs)
+                self.say(f"round {i + 1}/{self.opts.runs} new TLS connections {name}: "
+                         f"{figs.get('handshakes_per_s', figs.get('error'))}/s, "
+                         f"{figs.get('cpu_us_per_handshake', '?')} µs CPU each")
+        for name in proxies:
+            bt = self.targets[name]
+            self.resumption[name] = resumption_works("127.0.0.1", urlsplit(bt.url).port, bt.cafile)
+        if self.opts.idle_connections and GATEWAY in self.targets:
+            bt = self.targets[GATEWAY]
+            url = urlsplit(bt.url)
+            body = b'{"data": [[1.0, 2.0, 3.0, 4.0]]}'
+            request = (f"POST {url.path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer "
+                       f"{self._gateway_key}\r\nContent-Type: application/json\r\nContent-Length: "
+                       f"{len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+            self.say(f"holding {self.opts.idle_connections} idle TLS connections to scoregate")
+            with asyncio.Runner(loop_factory=new_event_loop) as runner:
+                self.idle = runner.run(idle_connections(
+                    "127.0.0.1", url.port, bt.cafile, self.proxy_pids[GATEWAY],
+                    self.opts.idle_connections, request))
+            self.say(f"idle connections: {self.idle}")
+
+
 def run_session(opts: BenchOptions) -> tuple[Session, dict]:
     """Run the whole benchmark; (session with raw figures, setup facts)."""
     gateway_cpu, client_cpu, pinning = pick_cpus(opts)
@@ -226,6 +271,7 @@ def run_session(opts: BenchOptions) -> tuple[Session, dict]:
             session.closed_rounds()
             rates = session.rates()
             session.open_rounds(rates)
+            session.connection_rounds()
         finally:
             session.stop()
             os.sched_setaffinity(0, original)

@@ -148,11 +148,36 @@ def test_goals_say_measured_value_and_verdict(tmp_path):
     late = by_goal["added p50 at 3,000 req/s ≤ 150 µs"]  # 50 µs, but the rate was not held
     assert late["holds"] is False and "not held" in late["measured"]
     assert by_goal["gateway CPU time per request ≤ 60 µs"]["measured"] == "250 µs"
-    assert by_goal["new TLS connections ≥ 0.8 × nginx's rate"]["holds"] is None
+    assert by_goal["new TLS connections ≥ 0.8 × nginx's rate (per core of CPU)"]["holds"] is None
+    assert by_goal["--workers N scales ≥ 0.8 × N"]["holds"] is None
     text = markdown(data)
     assert "| gateway CPU time per request ≤ 60 µs | 250 µs | **no** |" in text
     assert "| added p50 at 1,000 req/s ≤ 150 µs | 100 µs | yes |" in text
     assert "| scoregate |" in text and "| 250 |" in text  # CPU per request column
+
+
+def test_connection_goals_compare_cpu_per_handshake_and_idle_memory(tmp_path):
+    session = Session(BenchOptions(runs=1, rates=[]), tmp_path)
+    for name in ("direct", "scoregate", "nginx"):
+        session.targets[name] = None
+    session.handshakes = {"scoregate": [{"handshakes_per_s": 600.0, "cpu_us_per_handshake": 500.0,
+                                         "capacity_per_core": 2000.0}],
+                          "nginx": [{"handshakes_per_s": 700.0, "cpu_us_per_handshake": 400.0,
+                                     "capacity_per_core": 2500.0}]}
+    session.resumption = {"scoregate": True, "nginx": True}
+    session.idle = {"requested": 10000, "held": 10000, "failed": 0, "still_open": 10000, "open_s": 9.0,
+                    "rss_before_mb": 60.0, "rss_held_mb": 390.5, "probe_ok": 50, "probes": 50,
+                    "probe_p50_ms": 2.0, "probe_max_ms": 5.0}
+    data = build(session, {"pinning": "pinned", "rates": [], "started_at": 0.0}, "bench")
+    by_goal = {g["goal"]: g for g in data["goals"]}
+    tls = by_goal["new TLS connections ≥ 0.8 × nginx's rate (per core of CPU)"]
+    assert tls["holds"] is True and tls["measured"].startswith("0.8×")
+    assert by_goal["TLS session resumption works"]["holds"] is True
+    idle = by_goal["10,000 idle TLS connections in < 300 MB, a client served"]
+    assert idle["holds"] is False and "RSS 390.5 MB" in idle["measured"] and "50/50 served" in idle["measured"]
+    text = markdown(data)
+    assert "| scoregate | 600 | 500 | 2000 | yes |" in text
+    assert "resident memory 60.0 → 390.5 MB" in text
 
 
 def test_process_cpu_counts_a_busy_process():
