@@ -124,8 +124,14 @@ def goals(data: dict) -> list[dict]:
             goal = f"added {key[9:12]} at {rate:,.0f} req/s ≤ {limit * 1000:.0f} µs"
             value = _median(target.get(key)) if target else None
             held = target is not None and target["held"].split("/")[0] == target["held"].split("/")[1]
+            direct = (entry or {}).get("targets", {}).get(DIRECT, {}).get(key[9:12] + "_ms")
             if value is None:
                 out.append({"goal": goal, "measured": None, "holds": None})
+            elif value < 0:
+                # The replica's own figure was worse than the proxy's: a stall on the client
+                # core in the direct rounds, not a proxy that subtracts latency.
+                spread_text = f" (direct's own {key[9:12]} varied {direct['min']}–{direct['max']} ms)" if direct else ""
+                out.append({"goal": goal, "measured": f"not measurable: negative{spread_text}", "holds": None})
             else:
                 out.append({"goal": goal, "measured": f"{value * 1000:.0f} µs"
                             + ("" if held else " (rate not held in every round)"),

@@ -156,6 +156,20 @@ def test_goals_say_measured_value_and_verdict(tmp_path):
     assert "| scoregate |" in text and "| 250 |" in text  # CPU per request column
 
 
+def test_a_negative_overhead_is_reported_as_not_measurable(tmp_path):
+    session = Session(BenchOptions(runs=1, rates=[1000.0]), tmp_path)
+    for name in ("direct", "scoregate"):
+        session.targets[name] = None
+    session.open[1000.0] = {  # direct had a stall on the client core in its round
+        "direct": [{"p50_ms": 0.2, "p99_ms": 230.0, "mean_ms": 0.3, "held_rate": True}],
+        "scoregate": [{"p50_ms": 0.6, "p99_ms": 1.7, "mean_ms": 0.7, "held_rate": True}]}
+    data = build(session, {"pinning": "pinned", "rates": [(1000.0, "1000 req/s")], "started_at": 0.0}, "b")
+    by_goal = {g["goal"]: g for g in data["goals"]}
+    p99 = by_goal["added p99 at 1,000 req/s ≤ 400 µs"]
+    assert p99["holds"] is None and p99["measured"].startswith("not measurable: negative")
+    assert by_goal["added p50 at 1,000 req/s ≤ 150 µs"]["holds"] is False  # 400 µs added
+
+
 def test_connection_goals_compare_cpu_per_handshake_and_idle_memory(tmp_path):
     session = Session(BenchOptions(runs=1, rates=[]), tmp_path)
     for name in ("direct", "scoregate", "nginx"):
