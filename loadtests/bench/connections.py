@@ -81,6 +81,21 @@ def resumption_works(host: str, port: int, cafile: str | None) -> bool | None:
         return b"Reused," in second.stdout
 
 
+async def _exchange(host: str, port: int, context: ssl.SSLContext, request: bytes,
+                    timeout_s: float) -> tuple[asyncio.StreamWriter, int]:
+    """A new TLS connection, one request, its whole answer read; (writer, status)."""
+    async with asyncio.timeout(timeout_s):
+        reader, writer = await asyncio.open_connection(host, port, ssl=context, server_hostname="localhost")
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = re.search(rb"(?i)content-length:\s*(\d+)", head)
+        await reader.readexactly(int(length.group(1)) if length else 0)
+        return writer, int(head.split(b" ", 2)[1])
+
+
+_FAILURES = (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError)
+
+
 async def _open_idle(host: str, port: int, context: ssl.SSLContext, request: bytes, count: int,
                      concurrency: int, deadline: float) -> tuple[list, int]:
     """Open `count` TLS connections, one request each; (open writers, failures)."""
@@ -95,15 +110,9 @@ async def _open_idle(host: str, port: int, context: ssl.SSLContext, request: byt
                 failures += 1
                 return
             try:
-                async with asyncio.timeout(30):
-                    reader, writer = await asyncio.open_connection(host, port, ssl=context,
-                                                                   server_hostname="localhost")
-                    writer.write(request)
-                    head = await reader.readuntil(b"\r\n\r\n")
-                    length = re.search(rb"(?i)content-length:\s*(\d+)", head)
-                    await reader.readexactly(int(length.group(1)) if length else 0)
+                writer, _ = await _exchange(host, port, context, request, 30.0)
                 writers.append(writer)
-            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
+            except _FAILURES:
                 failures += 1
 
     await asyncio.gather(*(one() for _ in range(count)))
@@ -138,14 +147,10 @@ async def idle_connections(host: str, port: int, cafile: str | None, pid: int, c
     for _ in range(probes):
         t0 = time.perf_counter()
         try:
-            async with asyncio.timeout(10):
-                reader, writer = await asyncio.open_connection(host, port, ssl=context,
-                                                               server_hostname="localhost")
-                writer.write(served_request)
-                head = await reader.readuntil(b"\r\n\r\n")
-                statuses.append(int(head.split(b" ", 2)[1]))
-                writer.close()
-        except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
+            writer, status = await _exchange(host, port, context, served_request, 10.0)
+            statuses.append(status)
+            writer.close()
+        except _FAILURES:
             statuses.append(0)
         latencies.append((time.perf_counter() - t0) * 1000)
     still_open = sum(1 for w in writers if not w.transport.is_closing())
