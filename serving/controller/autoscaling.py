@@ -30,8 +30,9 @@ from ..tasks import cancel_and_wait
 log = logging.getLogger("scoregate.autoscaler")
 
 Key = tuple[str, str]
-# → an object with `average_level` and `window_s` (router.admission.UtilizationWindow,
-# or serving.backends.kubernetes.utilization.ClusterUtilization), or None: no signal.
+# → an object with `average_level` and `window_s` (router.admission.UtilizationWindow, or
+# the ClusterSample of serving.backends.kubernetes.utilization.ClusterUtilization.sample),
+# or None: no signal.
 UtilizationSource = Callable[[str, str], object]
 
 

@@ -131,7 +131,8 @@ async def test_batch_custom_resources_accept_and_run_jobs(apiserver, kube_api, r
     assert gone[0] == 404 and json.loads(gone[1])["code"] == "EndpointNotFound"
 
 
-async def test_invalid_batch_resources_are_reported_and_the_last_good_one_serves(apiserver, kube_api, runner):
+async def test_invalid_batch_resources_are_reported_and_the_last_good_one_serves(apiserver, kube_api, runner,
+                                                                                 tmp_path):
     running, session = runner
     await kube_api.create(BATCH_DEPLOYMENTS, NS, batch_deployment())
     await eventually(lambda: "no valid BatchEndpoint iris-batch in namespace team-a" in
@@ -159,6 +160,21 @@ async def test_invalid_batch_resources_are_reported_and_the_last_good_one_serves
                               .get("reason", "").startswith("BatchDeployment") and "nonexistent" in s["reason"]
                               and s["reason"], timeout_s=10)
     assert "/nonexistent/code does not exist" in reason
+    assert "spec.codeConfiguration.code:" in reason
+
+    # An archive that cannot be unpacked: this object is Failed, naming the field, and the
+    # runner goes on with every other object (it is not an error that stops the whole pass).
+    broken = tmp_path / "broken-code.tar.gz"
+    broken.write_bytes(b"not a tar archive")
+    await kube_api.patch(BATCH_DEPLOYMENTS, NS, "iris-batch-classifier", {"spec": {
+        "codeConfiguration": {"code": f"file://{broken}"}}})
+    reason = await eventually(lambda: (s := status(apiserver, "batchdeployments", "iris-batch-classifier"))
+                              .get("reason", "").startswith("BatchDeployment") and "broken-code" in s["reason"]
+                              and s["reason"], timeout_s=10)
+    assert "spec.codeConfiguration.code: cannot fetch file://" in reason, reason
+    await kube_api.patch(BATCH_ENDPOINTS, NS, "iris-batch", {"spec": {"description": "edited meanwhile"}})
+    await eventually(lambda: status(apiserver, "batchendpoints", "iris-batch").get("observedGeneration", 0) >= 2,
+                     timeout_s=10)
 
 
 async def test_a_batch_endpoint_may_not_take_the_name_of_an_online_endpoint(apiserver, kube_api, runner):

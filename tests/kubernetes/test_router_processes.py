@@ -259,3 +259,25 @@ async def test_sigterm_drains_exits_0_and_hands_the_lease_over_at_once(apiserver
             assert apiserver.get(LEASES, SYSTEM, report_lease_name(second.identity)) is None
     finally:
         await upstream.close()
+
+
+def test_timing_flags_parse_and_wrong_orders_are_refused():
+    """The flags the tests above use reach the settings; an order that cannot work (a retry
+    period not below the renew deadline, a report interval not below the member timeout) is
+    refused at start rather than flapping the Lease."""
+    import argparse
+
+    from serving.backends.kubernetes.router_running import add_arguments, settings_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    defaults = settings_from_args(parser.parse_args([]))
+    assert (defaults.lease_duration_s, defaults.renew_deadline_s, defaults.retry_period_s) == (6, 4.0, 1.0)
+    flags = [f"--{name.replace('_', '-')}={value}" for name, value in PROCESS_TIMING.items()]
+    fast = settings_from_args(parser.parse_args(flags))
+    assert (fast.report_interval_s, fast.member_timeout_s, fast.lease_duration_s, fast.renew_deadline_s,
+            fast.retry_period_s) == (0.25, 4.0, 3, 2.0, 0.5)
+    for wrong in (["--lease-retry-period=2", "--lease-renew-deadline=2"], ["--lease-renew-deadline=6"],
+                  ["--report-interval=10"], ["--report-interval=0"]):
+        with pytest.raises(ValueError):
+            settings_from_args(parser.parse_args(wrong))

@@ -38,7 +38,7 @@ from ...batch.service import BatchService, BatchStoreError
 from . import names
 from .api import BATCH_DEPLOYMENTS, BATCH_ENDPOINTS, ONLINE_ENDPOINTS, SECRETS, KubeApi, status_of
 from .batch_translation import batch_deployment_from_custom_resource, batch_endpoint_from_custom_resource
-from .downloading import DownloadError, fetch
+from .downloading import FETCH_ERRORS, DownloadError, fetch
 from .keys import SecretKeeper
 from .podstatus import parse_time
 from .translation import CustomResourceError
@@ -179,17 +179,23 @@ class BatchResources:
         if owner is None or owner[1]["metadata"]["namespace"] != meta["namespace"]:
             raise CustomResourceError(obj["kind"], meta["namespace"], meta["name"], "spec.endpointName",
                                       f"no valid BatchEndpoint {deployment.endpoint_name} in namespace {meta['namespace']}")
-        try:
-            code = await asyncio.to_thread(self._artifacts.local, source.code_uri)
-            model = await asyncio.to_thread(self._artifacts.local, source.model_uri) if source.model_uri else None
-        except (DownloadError, OSError) as exc:
-            raise CustomResourceError(obj["kind"], meta["namespace"], meta["name"], None,
-                                      f"model download: {exc}") from None
+        code = await self._fetched(obj, source.code_uri, "spec.codeConfiguration.code")
+        model = await self._fetched(obj, source.model_uri, "spec.model.path") if source.model_uri else None
         if not (Path(code) / deployment.scoring_script).is_file():
             raise CustomResourceError(obj["kind"], meta["namespace"], meta["name"],
                                       "spec.codeConfiguration.scoringScript",
                                       f"{deployment.scoring_script} is not a file in {source.code_uri}")
         return replace(deployment, code=code, model_path=model)
+
+    async def _fetched(self, obj: dict, uri: str, field_path: str) -> str:
+        """The local path of a code or model URI; what cannot be fetched or unpacked is the
+        object's problem, naming the field (never an error that stops the whole pass)."""
+        try:
+            return await asyncio.to_thread(self._artifacts.local, uri)
+        except FETCH_ERRORS as exc:
+            meta = obj["metadata"]
+            raise CustomResourceError(obj["kind"], meta["namespace"], meta["name"], field_path,
+                                      f"cannot fetch {uri}: {exc}") from None
 
     def _apply(self, endpoint: BatchEndpoint, obj: dict, deployments: list[tuple[BatchDeployment, dict]],
                problems: dict[ObjectId, str]) -> None:

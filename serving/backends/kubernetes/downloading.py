@@ -29,6 +29,11 @@ class DownloadError(Exception):
     pass
 
 
+# Everything fetch() raises for a URI it cannot fetch, verify or unpack (not only
+# DownloadError: a corrupt or escaping archive raises tarfile's or zipfile's own errors).
+FETCH_ERRORS = (DownloadError, OSError, tarfile.TarError, zipfile.BadZipFile)
+
+
 def _split_digest(uri: str) -> tuple[str, str | None]:
     base, _, fragment = uri.partition("#")
     return base, fragment.removeprefix("sha256=").lower() if fragment.startswith("sha256=") else None
@@ -98,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             if uri:
                 fetch(uri, args.dest / what)
                 print(f"{what}: {uri} -> {args.dest / what}", flush=True)
-    except (DownloadError, OSError, tarfile.TarError, zipfile.BadZipFile) as exc:
+    except FETCH_ERRORS as exc:
         message = f"{exc}"
         print(message, file=sys.stderr, flush=True)
         try:

@@ -1,0 +1,72 @@
+"""The autoscaling loop around the pure policy (serving/controller/autoscaling.py), on a
+fake clock and a utilization source of plain values: no signal decides nothing, an
+explicit instance_count is where it continues from, `initial` (a new leader on a
+cluster) is where it starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from prometheus_client import CollectorRegistry
+
+from serving.controller.autoscaling import Autoscaling
+from serving.resources import Deployment, ScaleSettings
+
+SCALED = Deployment("blue", "iris", instance_count=2,
+                    scale_settings=ScaleSettings("target_utilization", 1, 4, 70, polling_interval=1))
+
+
+@dataclass
+class Window:
+    average_level: float
+    window_s: float = 1.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def loop(levels: dict, clock: Clock, **kwargs) -> Autoscaling:
+    return Autoscaling(lambda e, d: levels.get((e, d)), registry=CollectorRegistry(), clock=clock, **kwargs)
+
+
+def test_no_signal_decides_nothing_then_a_signal_scales():
+    clock, levels = Clock(), {}
+    autoscaling = loop(levels, clock)
+    autoscaling.update([SCALED])
+    for _ in range(30):  # no signal for 30 intervals: not even a scale-down
+        clock.now += 1
+        assert autoscaling.poll() is False
+    assert autoscaling.replicas_for(SCALED) == 2
+    levels[("iris", "blue")] = Window(2.5)  # 2.5 busy + queued / 0.7 → 4
+    clock.now += 1
+    assert autoscaling.poll() is True and autoscaling.replicas_for(SCALED) == 4
+
+
+def test_an_explicit_instance_count_is_where_it_continues_from():
+    clock, levels = Clock(), {("iris", "blue"): Window(2.5)}
+    autoscaling = loop(levels, clock)
+    autoscaling.update([SCALED])
+    clock.now += 1
+    autoscaling.poll()
+    assert autoscaling.replicas_for(SCALED) == 4
+    autoscaling.update([SCALED])  # the same instance_count again: the decision stands
+    assert autoscaling.replicas_for(SCALED) == 4
+    autoscaling.update([replace(SCALED, instance_count=1)])  # `deployment scale`, an edited CR
+    assert autoscaling.replicas_for(SCALED) == 1
+    autoscaling.update([replace(SCALED, instance_count=9)])  # clamped to max_instances
+    assert autoscaling.replicas_for(SCALED) == 4
+
+
+def test_a_new_leader_starts_from_what_runs_not_from_instance_count():
+    clock = Clock()
+    autoscaling = loop({}, clock, initial=lambda d: 3)
+    autoscaling.update([SCALED])
+    assert autoscaling.replicas_for(SCALED) == 3
+    nothing_runs = loop({}, clock, initial=lambda d: None)
+    nothing_runs.update([SCALED])
+    assert nothing_runs.replicas_for(SCALED) == 2
