@@ -82,6 +82,7 @@ class Admission:
         self._clock = clock
         self._on_queue_wait = on_queue_wait
         self._states: dict[Key, _DeploymentState] = {}
+        self._poll: asyncio.TimerHandle | None = None
         holder.subscribe(self._on_table_change)
         ejector.on_readmitted = self._on_readmitted
 
@@ -104,14 +105,14 @@ class Admission:
         healthy = [r for r in replicas if not self._ejector.is_ejected(r.replica_id)]
         return healthy or replicas
 
-    def _free(self, deployment: DeploymentRoute, candidates: list[Replica]) -> list[Replica]:
-        limit = deployment.request_settings.max_concurrent_requests_per_instance
-        return [r for r in candidates if self._in_flight.get(r.replica_id) < limit]
-
-    def _take(self, state: _DeploymentState, replica: Replica) -> Replica:
+    def _take(self, state: _DeploymentState, deployment: DeploymentRoute,
+              candidates: list[Replica]) -> Replica | None:
+        """A slot on the least busy candidate that has one (counted at once), or None."""
         self._account(state)
-        self._in_flight.acquire(replica.replica_id)
-        state.busy += 1
+        replica = self._in_flight.take_free(
+            candidates, deployment.request_settings.max_concurrent_requests_per_instance, self._picker)
+        if replica is not None:
+            state.busy += 1
         return replica
 
     def try_acquire(self, key: Key, deployment: DeploymentRoute, exclude: Iterable[str] = ()) -> Replica | None:
@@ -119,10 +120,7 @@ class Admission:
         state = self._state(key)
         if state.waiters:
             return None
-        free = self._free(deployment, self.candidates(deployment, exclude))
-        if not free:
-            return None
-        return self._take(state, self._picker.choose(free, self._in_flight))
+        return self._take(state, deployment, self.candidates(deployment, exclude))
 
     def release(self, key: Key, replica_id: str) -> None:
         state = self._state(key)
@@ -139,13 +137,14 @@ class Admission:
         if deployment is None:
             return
         while state.waiters:
-            free = self._free(deployment, self.candidates(deployment))
-            if not free:
-                return
             waiter = state.waiters.popleft()
             if waiter.done():  # timed out or cancelled meanwhile
                 continue
-            waiter.set_result(self._take(state, self._picker.choose(free, self._in_flight)))
+            replica = self._take(state, deployment, self.candidates(deployment))
+            if replica is None:
+                state.waiters.appendleft(waiter)  # still the oldest
+                return
+            waiter.set_result(replica)
 
     def _on_table_change(self, _old: RoutingTable, _new: RoutingTable) -> None:
         for key, state in self._states.items():
@@ -154,6 +153,20 @@ class Admission:
 
     def _on_readmitted(self, _replica_id: str) -> None:
         self._on_table_change(self._holder.current, self._holder.current)
+
+    # With counts shared by several processes, a slot freed in another process wakes
+    # nobody here: while anyone waits, look again every SHARED_POLL_S.
+    SHARED_POLL_S = 0.002
+
+    def _watch_shared(self) -> None:
+        if self._in_flight.shared and self._poll is None:
+            self._poll = asyncio.get_running_loop().call_later(self.SHARED_POLL_S, self._poll_shared)
+
+    def _poll_shared(self) -> None:
+        self._poll = None
+        self._on_table_change(self._holder.current, self._holder.current)
+        if any(state.waiters for state in self._states.values()):
+            self._watch_shared()
 
     # -- the async stage --------------------------------------------------------------------
     async def acquire(self, key: Key, deployment: DeploymentRoute, exclude: Iterable[str] = ()) -> Replica:
@@ -173,6 +186,7 @@ class Admission:
         waiter = asyncio.get_running_loop().create_future()
         self._account(state)
         state.waiters.append(waiter)
+        self._watch_shared()
         queued_at = self._clock()
         try:
             async with asyncio.timeout(settings.max_queue_wait_ms / 1000):

@@ -16,6 +16,7 @@ class InFlightCounter:
     """Requests in flight per replica id; plain synchronous bookkeeping."""
 
     __slots__ = ("_counts",)
+    shared = False  # True: other processes count on the same replicas (balancing/shared.py)
 
     def __init__(self) -> None:
         self._counts: dict[str, int] = {}
@@ -35,6 +36,16 @@ class InFlightCounter:
 
     def total(self) -> int:
         return sum(self._counts.values())
+
+    def take_free(self, candidates: Sequence[Replica], limit: int, picker: "ReplicaPicker") -> Replica | None:
+        """Choose among the candidates below `limit` and count one more on it, in one
+        step (nothing awaits in between); None when every candidate is full."""
+        free = [r for r in candidates if self.get(r.replica_id) < limit]
+        if not free:
+            return None
+        chosen = picker.choose(free, self)
+        self.acquire(chosen.replica_id)
+        return chosen
 
 
 class ReplicaPicker(Protocol):
