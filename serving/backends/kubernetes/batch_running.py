@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import logging
 import os
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -27,7 +26,7 @@ from aiohttp import web
 from ...batch.service import BatchService
 from .api import KubeApi, load_api_client
 from .batch_sync import BatchResources
-from .leasing import LeaseElector
+from .leasing import LeaseElector, run_elected
 
 log = logging.getLogger("scoregate.kubernetes.batch")
 
@@ -121,25 +120,12 @@ async def run_batch(settings: BatchRunnerSettings, stop: asyncio.Event | None = 
     """Run until `stop` is set (or the Lease is lost)."""
     stop = stop or asyncio.Event()
     api = KubeApi(await load_api_client(settings.kubeconfig, settings.context))
-    elector, campaign = None, None
     try:
-        if settings.leader_election:
-            identity = settings.identity or f"{socket.gethostname()}-{os.getpid()}"
-            elector = LeaseElector(api, settings.lease_namespace, settings.lease_name, identity)
-            campaign = asyncio.get_running_loop().create_task(elector.run(), name="batch lease")
-            waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(elector.elected.wait())]
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            for waiter in waits:
-                waiter.cancel()
-            if not elector.is_leader:
-                return
-        await _serve(api, settings, stop, elector, on_ready)
+        await run_elected(api, enabled=settings.leader_election, namespace=settings.lease_namespace,
+                          lease_name=settings.lease_name, identity=settings.identity, stop=stop,
+                          body=lambda elector: _serve(api, settings, stop, elector, on_ready),
+                          name="batch lease")
     finally:
-        if campaign is not None:
-            campaign.cancel()
-            await asyncio.gather(campaign, return_exceptions=True)
-        if elector is not None:
-            await elector.release()
         await api.close()
 
 

@@ -42,7 +42,7 @@ from .downloading import FETCH_ERRORS, DownloadError, fetch
 from .keys import SecretKeeper
 from .podstatus import parse_time
 from .translation import CustomResourceError
-from .watching import ObjectCache
+from .watching import ObjectCache, run_on_wake
 
 log = logging.getLogger("scoregate.kubernetes.batch")
 ObjectId = tuple[str, str, str]  # kind, namespace, name
@@ -116,18 +116,7 @@ class BatchResources:
         self._wake.set()
 
     async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            await asyncio.sleep(self._debounce_s)
-            self._wake.clear()
-            try:
-                await self.sync_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("syncing batch resources failed; retrying")
-                await asyncio.sleep(1.0)
-                self._wake.set()
+        await run_on_wake(self._wake, self._debounce_s, self.sync_once, "syncing batch resources", log)
 
     # -- one pass --------------------------------------------------------------------------
     async def sync_once(self) -> None:

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from datetime import datetime, timezone
-from typing import Callable
+from typing import Awaitable, Callable
 
 from .api import LEASES, KubeApi, status_of
 
@@ -123,3 +125,31 @@ class LeaseElector:
                 await self._api.replace(LEASES, self.namespace, self.name, {**lease, "spec": spec})
         except Exception as exc:
             log.warning("could not release the lease %s/%s: %s", self.namespace, self.name, exc)
+
+
+async def run_elected(api: KubeApi, *, enabled: bool, namespace: str, lease_name: str,
+                      identity: str | None, stop: asyncio.Event,
+                      body: Callable[["LeaseElector | None"], Awaitable[None]], name: str) -> None:
+    """Campaign for the Lease (when `enabled`), run `body(elector)` once it is ours, and on
+    the way out stop campaigning and release it so that a successor takes over at once.
+    Returns without running `body` when `stop` is set before the Lease is won. The
+    controller and the batch runner both live this way (one active copy per cluster)."""
+    elector, campaign = None, None
+    try:
+        if enabled:
+            elector = LeaseElector(api, namespace, lease_name,
+                                   identity or f"{socket.gethostname()}-{os.getpid()}")
+            campaign = asyncio.get_running_loop().create_task(elector.run(), name=name)
+            waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(elector.elected.wait())]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waits:
+                waiter.cancel()
+            if not elector.is_leader:
+                return
+        await body(elector)
+    finally:
+        if campaign is not None:
+            campaign.cancel()
+            await asyncio.gather(campaign, return_exceptions=True)
+        if elector is not None:
+            await elector.release()

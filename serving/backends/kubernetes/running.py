@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import logging
 import os
-import socket
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
@@ -33,7 +32,7 @@ from ...controller.publisher import RoutingPublisher
 from ...controller.rollouts import RolloutManager
 from .api import KubeApi, load_api_client
 from .backend import KubernetesBackend
-from .leasing import LeaseElector
+from .leasing import LeaseElector, run_elected
 from .status import DeploymentStatusReporter
 from .store import KubernetesStore
 from .utilization import DEFAULT_MAX_AGE_S, ClusterUtilization
@@ -108,25 +107,13 @@ async def run_controller(settings: KubernetesControllerSettings, stop: asyncio.E
     `registry` receives the autoscaler's metrics (decisions, desired replicas, utilization)."""
     stop = stop or asyncio.Event()
     api = KubeApi(await load_api_client(settings.kubeconfig, settings.context))
-    elector, campaign = None, None
     try:
-        if settings.leader_election:
-            identity = settings.identity or f"{socket.gethostname()}-{os.getpid()}"
-            elector = LeaseElector(api, settings.lease_namespace, settings.lease_name, identity)
-            campaign = asyncio.get_running_loop().create_task(elector.run(), name="lease campaign")
-            waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(elector.elected.wait())]
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            for waiter in waits:
-                waiter.cancel()
-            if not elector.is_leader:
-                return
-        await _run_elected(api, settings, stop, elector, registry or CollectorRegistry())
+        await run_elected(api, enabled=settings.leader_election, namespace=settings.lease_namespace,
+                          lease_name=settings.lease_name, identity=settings.identity, stop=stop,
+                          body=lambda elector: _run_elected(api, settings, stop, elector,
+                                                            registry or CollectorRegistry()),
+                          name="lease campaign")
     finally:
-        if campaign is not None:
-            campaign.cancel()
-            await asyncio.gather(campaign, return_exceptions=True)
-        if elector is not None:
-            await elector.release()
         await api.close()
 
 

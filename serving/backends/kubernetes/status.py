@@ -23,6 +23,7 @@ from ...resources import Deployment
 from .. import EXITED, READY, STARTING, ReplicaView
 from . import names
 from .api import ONLINE_DEPLOYMENTS, ONLINE_ENDPOINTS, KubeApi, status_of
+from .watching import run_on_wake
 from .podstatus import ENVIRONMENT, IMAGE_PULL, INIT, MODEL_DOWNLOAD, RUNNING, SCHEDULING
 from .replicas import ROLLOUT_STAGE
 from .store import KubernetesStore
@@ -114,18 +115,7 @@ class DeploymentStatusReporter:
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            await asyncio.sleep(self._debounce_s)
-            self._wake.clear()
-            try:
-                await self.report_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("writing statuses failed; retrying")
-                await asyncio.sleep(1.0)
-                self._wake.set()
+        await run_on_wake(self._wake, self._debounce_s, self.report_once, "writing statuses", log)
 
     async def report_once(self) -> None:
         snapshot = self._store.snapshot

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable, Iterable
+from typing import Awaitable, Callable, Iterable
 
 from .api import Backoff, KubeApi, Kind, status_of
 
@@ -151,3 +151,22 @@ class ObjectCache:
             self._on_event(kind, obj)
         except Exception:  # a faulty listener must not stop the watch
             log.exception("listener of %s events failed", self.kind.plural)
+
+
+async def run_on_wake(wake: asyncio.Event, debounce_s: float, once: Callable[[], Awaitable[None]],
+                      what: str, logger: logging.Logger) -> None:
+    """Run `once()` each time `wake` is set, after `debounce_s` (so a burst of watch events
+    makes one pass); a pass that fails is logged and retried a second later. Forever,
+    until cancelled."""
+    while True:
+        await wake.wait()
+        await asyncio.sleep(debounce_s)
+        wake.clear()
+        try:
+            await once()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("%s failed; retrying", what)
+            await asyncio.sleep(1.0)
+            wake.set()
