@@ -27,7 +27,7 @@ from .balancing.least_outstanding import LeastOutstandingPicker
 from .accesslog import AccessLog
 from .auth_throttle import AuthThrottle
 from .handlers import ScoringHandlers
-from .listener import ConnectionLimits, GatewayRunner, ensure_open_files, keep_large_buffers_off_heap
+from .listener import ConnectionLimits, GatewayRunner, ensure_open_files
 from .mirroring import Mirror
 from .pipeline import BodySettings, RetrySettings, ScoringPipeline
 from .ratelimit import RateLimiter
@@ -144,7 +144,6 @@ class RouterApp:
         return self._runner is not None
 
     async def start(self) -> None:
-        keep_large_buffers_off_heap()
         # Callers, replica connections and files: leave room above max_connections.
         wanted = self.settings.limits.max_connections + 4096
         allowed = ensure_open_files(wanted)
