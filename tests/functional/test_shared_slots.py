@@ -91,17 +91,18 @@ def shared():
     memory.unlink()
 
 
-def _admission(counter: SharedInFlightCounter, route) -> Admission:
-    holder = RoutingTableHolder(table(route))
-    return Admission(holder, counter, LeastOutstandingPicker(random.Random(1)), OutlierEjector())
+def _two_workers(shared: list[SharedInFlightCounter], route) -> tuple[Admission, Admission]:
+    """Two admission controllers (as in two worker processes) sharing only the counts."""
+    index = SlotIndex(shared[0]).update({r.replica_id for r in route.replicas})
+    for counter in shared:
+        counter.assign(index)
+    return tuple(Admission(RoutingTableHolder(table(route)), counter,  # type: ignore[return-value]
+                           LeastOutstandingPicker(random.Random(1)), OutlierEjector()) for counter in shared)
 
 
 async def test_a_slot_freed_in_one_process_goes_to_a_waiter_in_another(shared):
     route = deployment("blue", [9], max_concurrent_requests_per_instance=1, max_queue_wait_ms=2000)
-    index = SlotIndex(shared[0]).update({"blue-0"})
-    for counter in shared:
-        counter.assign(index)
-    first, second = _admission(shared[0], route), _admission(shared[1], route)
+    first, second = _two_workers(shared, route)
     key = ("ep", "blue")
     held = await first.acquire(key, route)
     assert second.try_acquire(key, route) is None  # the other "worker" sees the slot taken
@@ -118,10 +119,7 @@ async def test_a_slot_freed_in_one_process_goes_to_a_waiter_in_another(shared):
 
 async def test_a_waiter_still_times_out_when_no_process_frees_a_slot(shared):
     route = deployment("blue", [9], max_concurrent_requests_per_instance=1, max_queue_wait_ms=100)
-    index = SlotIndex(shared[0]).update({"blue-0"})
-    for counter in shared:
-        counter.assign(index)
-    first, second = _admission(shared[0], route), _admission(shared[1], route)
+    first, second = _two_workers(shared, route)
     key = ("ep", "blue")
     held = await first.acquire(key, route)
     with pytest.raises(QueueWaitTimeout):

@@ -26,7 +26,7 @@ from aiohttp import web
 from ...batch.service import BatchService
 from .api import KubeApi, load_api_client
 from .batch_sync import BatchResources
-from .leasing import LeaseElector, run_elected
+from .leasing import LeaseElector, run_elected, until_stopped
 
 log = logging.getLogger("scoregate.kubernetes.batch")
 
@@ -152,12 +152,7 @@ async def _serve(api: KubeApi, settings: BatchRunnerSettings, stop: asyncio.Even
         if ca_cert:
             log.info("serving a development certificate; clients verify it with the CA in %s", ca_cert)
         on_ready(RunningBatch(service, resources, service.scoring_url, ca_cert))
-        waits = [asyncio.ensure_future(stop.wait())]
-        if elector is not None:
-            waits.append(asyncio.ensure_future(elector.lost.wait()))
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        for waiter in waits:
-            waiter.cancel()
+        await until_stopped(stop, elector)
     finally:
         await runner.cleanup()
         await resources.close()

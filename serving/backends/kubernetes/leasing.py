@@ -153,3 +153,15 @@ async def run_elected(api: KubeApi, *, enabled: bool, namespace: str, lease_name
             await asyncio.gather(campaign, return_exceptions=True)
         if elector is not None:
             await elector.release()
+
+
+async def until_stopped(stop: asyncio.Event, elector: "LeaseElector | None") -> None:
+    """Wait until `stop` is set or, when elected, the Lease is lost."""
+    waits = [asyncio.ensure_future(stop.wait())]
+    if elector is not None:
+        waits.append(asyncio.ensure_future(elector.lost.wait()))
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waits:
+            waiter.cancel()

@@ -32,7 +32,7 @@ from ...controller.publisher import RoutingPublisher
 from ...controller.rollouts import RolloutManager
 from .api import KubeApi, load_api_client
 from .backend import KubernetesBackend
-from .leasing import LeaseElector, run_elected
+from .leasing import LeaseElector, run_elected, until_stopped
 from .status import DeploymentStatusReporter
 from .store import KubernetesStore
 from .utilization import DEFAULT_MAX_AGE_S, ClusterUtilization
@@ -152,12 +152,7 @@ async def _run_elected(api: KubeApi, settings: KubernetesControllerSettings, sto
     await reporter.start()
     log.info("controller running for %s", ", ".join(settings.namespaces) if settings.namespaces else "all namespaces")
     try:
-        waits = [asyncio.ensure_future(stop.wait())]
-        if elector is not None:
-            waits.append(asyncio.ensure_future(elector.lost.wait()))
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        for waiter in waits:
-            waiter.cancel()
+        await until_stopped(stop, elector)
     finally:
         await reporter.close()
         if autoscaling is not None:
