@@ -11,7 +11,8 @@ import os
 import re
 import time
 
-_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
+# fullmatch: "$" would also accept a value ending in a newline.
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}")
 
 
 class _RequestIds:
@@ -40,7 +41,7 @@ _ids = _RequestIds()
 
 def request_id_from(header_value: str | None) -> str:
     """Keep the caller's request id when it is short and plain, else make one."""
-    if header_value and _SANE_REQUEST_ID.match(header_value):
+    if header_value and _SANE_REQUEST_ID.fullmatch(header_value):
         return header_value
     return _ids.next()
 

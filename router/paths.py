@@ -14,8 +14,8 @@ import re
 
 from .errors import BadRequest
 
-NAME_RULE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,31}$")
-_ALLOWED = re.compile(r"^/[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*$")
+NAME_RULE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,31}\Z")
+_ALLOWED = re.compile(r"^/[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*\Z")
 _PERCENT = re.compile(r"%[0-9A-Fa-f]{2}")
 _FORBIDDEN_ENCODED = {"%00", "%2f", "%5c", "%2e"}
 

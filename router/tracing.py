@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 
-_TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+_TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})\Z")
 _ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 
 

@@ -13,8 +13,8 @@ import re
 
 from aiohttp import web
 
-_HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
-_IPV6 = re.compile(r"^\[[0-9A-Fa-f:.]+\]$")
+_HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?\Z")
+_IPV6 = re.compile(r"^\[[0-9A-Fa-f:.]+\]\Z")
 _PORT = re.compile(r":[0-9]{1,5}$")
 
 

@@ -25,11 +25,11 @@ from .jobs import TERMINAL, JobRecord
 from .requests import RequestError, parse_job_request
 from .store import BatchEndpointRecord
 
-_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")
-_KNOWN = [(re.compile(r"^/api/v1/batch/[^/]+/jobs/?$"), "GET, POST"),
-          (re.compile(r"^/api/v1/batch/[^/]+/jobs/[^/]+/?$"), "GET"),
-          (re.compile(r"^/api/v1/batch/[^/]+/jobs/[^/]+/cancel/?$"), "POST"),
-          (re.compile(r"^/api/v1/batch/[^/]+/jobs/[^/]+/output/?$"), "GET")]
+_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}\Z")
+_KNOWN = [(re.compile(r"^/api/v1/batch/[^/]+/jobs/?\Z"), "GET, POST"),
+          (re.compile(r"^/api/v1/batch/[^/]+/jobs/[^/]+/?\Z"), "GET"),
+          (re.compile(r"^/api/v1/batch/[^/]+/jobs/[^/]+/cancel/?\Z"), "POST"),
+          (re.compile(r"^/api/v1/batch/[^/]+/jobs/[^/]+/output/?\Z"), "GET")]
 _CHUNK = 64 * 1024
 log = logging.getLogger("scoregate.batch")
 

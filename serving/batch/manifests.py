@@ -124,7 +124,7 @@ def _parse_deployment(doc: Document) -> BatchDeployment:
     for field in ("environment_variables", "settings.environment_variables"):
         source = body if field == "environment_variables" else nested
         for key, value in r.mapping(source.get("environment_variables"), field).items():
-            if not isinstance(key, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+            if not isinstance(key, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*\Z", key):
                 r.fail(f"{field}.{key}", "must be a valid environment variable name")
             env_vars[key] = str(value)
 

@@ -10,7 +10,7 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 
 # The same rule as online endpoint and deployment names (they share one namespace).
-NAME_RULE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,31}$")
+NAME_RULE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,31}\Z")
 OUTPUT_ACTIONS = ("append_row", "summary_only")
 LOGGING_LEVELS = ("debug", "info", "warning", "error", "critical")
 

@@ -16,7 +16,7 @@ from .resources import LOGGING_LEVELS, OUTPUT_ACTIONS, BatchSettings, RetrySetti
 SETTING_NAMES = ("mini_batch_size", "instance_count", "max_concurrency_per_instance", "error_threshold",
                  "retry_settings", "output_action", "output_file_name", "logging_level")
 _RETRY_NAMES = ("max_retries", "timeout")
-FILE_NAME_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+FILE_NAME_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 
 MAX_MINI_BATCH_SIZE = 100_000
 MAX_INSTANCES = 64

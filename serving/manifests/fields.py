@@ -9,7 +9,7 @@ from typing import Any
 
 from .documents import Document, ManifestError
 
-NAME_RULE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,31}$")
+NAME_RULE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,31}\Z")
 
 # Fields Azure ML YAML may carry that scoregate accepts and does not use.
 AML_IGNORED = {"$schema", "properties", "identity", "public_network_access", "kind",

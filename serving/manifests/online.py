@@ -83,7 +83,7 @@ def parse_deployment(doc: Document) -> Deployment:
 
     env_vars = {}
     for key, value in r.mapping(body.get("environment_variables"), "environment_variables").items():
-        if not isinstance(key, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+        if not isinstance(key, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*\Z", key):
             r.fail(f"environment_variables.{key}", "must be a valid environment variable name")
         env_vars[key] = str(value)
 

@@ -31,5 +31,5 @@ def test_a_forked_process_draws_its_own_random_part():
 
 def test_a_plain_caller_id_is_kept_and_a_hostile_one_replaced():
     assert request_id_from("abc-123:x.y") == "abc-123:x.y"
-    for hostile in ("", "a" * 129, "bad id", "x\r\ny", "-leading", "é"):
+    for hostile in ("", "a" * 129, "bad id", "x\r\ny", "-leading", "é", "0\n", "abc\n"):
         assert uuid.UUID(request_id_from(hostile)).version == 4

@@ -39,6 +39,8 @@ code_configuration: {{code: {ECHO_MODEL}, scoring_script: score.py}}
 @pytest.mark.parametrize("text, field, words", [
     ("name: ep\ntraffic: {aa: 50, bb: 20}\n", "traffic", "add up to 100"),
     ("name: 1ep\n", "name", "starting with a letter"),
+    ('name: "ep\\n"\n', "name", "starting with a letter"),  # "$" would have let a newline through
+    (DEPLOYMENT + 'environment_variables: {"A\\n": x}\n', "environment_variables", "name"),
     ("name: ep\nauth_mode: password\n", "auth_mode", "key, aml_token, none"),
     ("name: ep\ntrafic: {}\n", "trafic", "unknown field"),
     ("name: ep\nmirror_traffic: {aa: 60}\n", "mirror_traffic.aa", "at most 50"),
