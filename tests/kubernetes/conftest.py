@@ -5,6 +5,7 @@ the ReplicaSet controller, the scheduler and the kubelet (cluster.py)."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from pathlib import Path
 
@@ -56,13 +57,19 @@ async def cluster(apiserver):
     await fake.close()
 
 
-async def eventually(check, timeout_s: float = 5.0, interval_s: float = 0.02):
-    """Wait until check() returns a truthy value (and return it), or fail with the last one."""
+async def eventually(check, timeout_s: float = 5.0, interval_s: float = 0.02, *,
+                     what: str = "condition", context=lambda: ""):
+    """Wait until check() (awaited when it returns an awaitable) gives a truthy value, and
+    return it; else fail with the last value and `context()` (e.g. process log tails)."""
     deadline = time.monotonic() + timeout_s
     while True:
         value = check()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s} s; last value: {value!r}")
+            extra = context()
+            raise AssertionError(f"{what} not met within {timeout_s} s; last value: {value!r}"
+                                 + (f"\n{extra}" if extra else ""))
         await asyncio.sleep(interval_s)

@@ -10,7 +10,6 @@ generous for a busy 2-core machine."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import signal
 import ssl
 import sys
@@ -24,7 +23,7 @@ import yaml
 
 from serving.backends.kubernetes.api import BATCH_DEPLOYMENTS, BATCH_ENDPOINTS
 from tests.kubernetes.apiserver import ApiServerEmulator
-from tests.kubernetes.conftest import CRD_FILES
+from tests.kubernetes.conftest import CRD_FILES, eventually
 from tests.kubernetes.router_cluster import ROOT, SYSTEM, free_port
 from tests.kubernetes.test_batch_crs import DATA, NS, batch_deployment, batch_endpoint, key_of, status
 
@@ -121,16 +120,8 @@ class BatchRunnerProcess:
 
 
 async def until(check, timeout_s: float, what: str, runner: BatchRunnerProcess, interval_s: float = 0.1):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout_s} s; last value: {value!r}\n{runner.log_tail()}")
-        await asyncio.sleep(interval_s)
+    """eventually(), failing with the runner's log tail."""
+    return await eventually(check, timeout_s, interval_s, what=what, context=runner.log_tail)
 
 
 def lease_holder(apiserver) -> str | None:

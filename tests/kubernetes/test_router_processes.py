@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
 import signal
-import time
 
 import aiohttp
 import pytest
 
 from serving.backends.kubernetes.coordination import (COORDINATOR_LEASE, SHARES_CONFIG_MAP, SHARES_KEY,
                                                       report_lease_name)
+from tests.kubernetes.conftest import eventually
 from tests.kubernetes.router_cluster import (PROCESS_TIMING, SYSTEM, CountingUpstream, RouterProcess,
                                              put_deployment, put_endpoint, put_replica)
 
@@ -46,19 +45,9 @@ async def start_routers(kubeconfig, tmp_path):
 
 
 async def until(check, timeout_s: float, what: str, routers=(), interval_s: float = 0.1):
-    """Call check() (awaiting what it returns, if awaitable) until the value is truthy
-    (returned), or fail after timeout_s with the routers' log tails."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            logs = "\n".join(f"--- {r.identity}:\n{r.log_tail()}" for r in routers)
-            raise AssertionError(f"{what}: not within {timeout_s} s; last value: {value!r}\n{logs}")
-        await asyncio.sleep(interval_s)
+    """eventually(), failing with the routers' log tails."""
+    return await eventually(check, timeout_s, interval_s, what=what, context=lambda: "\n".join(
+        f"--- {r.identity}:\n{r.log_tail()}" for r in routers))
 
 
 def lease_holder(apiserver) -> str | None:
