@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 
 import aiohttp
 
@@ -35,7 +36,7 @@ class Mirror:
         self._tasks: set[asyncio.Task] = set()
 
     def send_copy(self, ctx: RequestContext, deployment: DeploymentRoute, method: str,
-                  path: str | None, headers: dict[str, str], body: bytes) -> None:
+                  path: str | None, headers: Mapping[str, str], body: bytes) -> None:
         endpoint = ctx.endpoint or "-"
         key = (endpoint, deployment.name)
         replica = None

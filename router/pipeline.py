@@ -112,11 +112,13 @@ class ScoringPipeline:
         if body:
             ctx.bytes_in = len(body)
         if body is not None and not pinned:
+            headers = None
             for shadow in self._deployments.mirror_targets(endpoint, deployment.name):
-                headers = upstream_request_headers(
-                    request.headers, request_id=ctx.request_id, client_ip=request.remote,
-                    scheme=request.scheme, traceparent=ctx.traceparent, trust_forwarded=ctx.trust_forwarded)
-                self._mirror.send_copy(ctx, shadow, request.method, upstream_path, dict(headers), body)
+                if headers is None:  # built once, only when there is a copy to send
+                    headers = upstream_request_headers(
+                        request.headers, request_id=ctx.request_id, client_ip=request.remote,
+                        scheme=request.scheme, traceparent=ctx.traceparent, trust_forwarded=ctx.trust_forwarded)
+                self._mirror.send_copy(ctx, shadow, request.method, upstream_path, headers, body)
 
         key = (endpoint.name, deployment.name)
         tried: list[str] = []

@@ -9,23 +9,13 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
 import yaml
 
-from tests.support.gateway import GatewayProcess, wait_for
+from tests.support.gateway import wait_for
 from tests.support.load import SteadyLoad
 from tests.support.manifests import write_deployment, write_endpoint
 
 GiB = 1024 ** 3
-
-
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory):
-    gw = GatewayProcess(tmp_path_factory.mktemp("gw") / "state").start()
-    try:
-        yield gw
-    finally:
-        gw.kill_everything()
 
 
 def write_instance_type(folder, name: str, memory: str, cpu: str = "1", request_cpu: str = "500m") -> None:

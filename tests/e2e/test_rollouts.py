@@ -14,20 +14,11 @@ import pytest
 import yaml
 from aiohttp import web
 
-from tests.support.gateway import GatewayProcess, wait_for
+from tests.support.gateway import wait_for
 from tests.support.load import SteadyLoad
 from tests.support.manifests import ECHO_MODEL, write_deployment, write_endpoint
 
 CUSTOM_SERVER = ECHO_MODEL.parent / "custom" / "server.py"
-
-
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory):
-    gw = GatewayProcess(tmp_path_factory.mktemp("gw") / "state").start()
-    try:
-        yield gw
-    finally:
-        gw.kill_everything()
 
 
 def apply(gw, folder):
@@ -158,7 +149,7 @@ def test_instance_type_limits_apply_to_the_replica(gateway, tmp_path):
 
 
 def test_a_failed_update_rolls_back_and_no_request_fails(gateway, tmp_path):
-    path = one_deployment(tmp_path, "safe", instance_count=2, env={"SLEEP_S": "0.01"})
+    one_deployment(tmp_path, "safe", instance_count=2, env={"SLEEP_S": "0.01"})
     apply(gateway, tmp_path)
     assert settled(gateway, "safe", "main")["provisioning_state"] == "Succeeded"
     old_pids = {r["pid"] for r in gateway.deployment("safe", "main")["replicas"]}

@@ -4,14 +4,12 @@ HTTP redirect, router→replica mTLS, metrics and a settings file."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import socket
 import ssl
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest

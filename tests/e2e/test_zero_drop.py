@@ -7,9 +7,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-import pytest
 
-from tests.support.gateway import GatewayProcess, wait_for
+from tests.support.gateway import wait_for
 from tests.support.load import SteadyLoad
 from tests.support.manifests import write_deployment, write_endpoint
 
@@ -18,15 +17,6 @@ from tests.support.manifests import write_deployment, write_endpoint
 SLOW = {"SLEEP_S": "0.05"}
 RATE = 28  # 70% of two replicas
 ONE_SLOT = {"max_concurrent_requests_per_instance": 1, "max_queue_wait_ms": 2000}
-
-
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory):
-    gw = GatewayProcess(tmp_path_factory.mktemp("gw") / "state").start()
-    try:
-        yield gw
-    finally:
-        gw.kill_everything()
 
 
 def load_for(gw, endpoint, rate):

@@ -223,3 +223,19 @@ class KubeApi:
         if not 200 <= response.status <= 299:
             raise ApiException(status=response.status, reason=response.reason)
         return body.decode("utf-8", "replace")
+
+
+async def patch_status(api: KubeApi, kind: Kind, obj: dict, status: dict) -> bool:
+    """Write `status` to the object's status subresource unless every field already has
+    that value. False when nothing was written (unchanged, or deleted meanwhile)."""
+    previous = obj.get("status") or {}
+    if all(previous.get(k) == v for k, v in status.items()):
+        return False
+    meta = obj["metadata"]
+    try:
+        await api.patch(kind, meta["namespace"], meta["name"], {"status": status}, subresource="status")
+    except Exception as exc:
+        if status_of(exc) != 404:
+            raise
+        return False
+    return True

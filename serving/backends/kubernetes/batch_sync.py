@@ -36,7 +36,7 @@ from typing import Iterable
 from ...batch.resources import BatchDeployment, BatchEndpoint
 from ...batch.service import BatchService, BatchStoreError
 from . import names
-from .api import BATCH_DEPLOYMENTS, BATCH_ENDPOINTS, ONLINE_ENDPOINTS, SECRETS, KubeApi, status_of
+from .api import BATCH_DEPLOYMENTS, BATCH_ENDPOINTS, ONLINE_ENDPOINTS, SECRETS, KubeApi, patch_status
 from .batch_translation import batch_deployment_from_custom_resource, batch_endpoint_from_custom_resource
 from .downloading import FETCH_ERRORS, DownloadError, fetch
 from .keys import SecretKeeper
@@ -247,12 +247,4 @@ class BatchResources:
 
     async def _patch(self, kind, obj: dict, status: dict) -> None:
         status["observedGeneration"] = (obj.get("metadata") or {}).get("generation", 0)
-        previous = obj.get("status") or {}
-        if all(previous.get(k) == v for k, v in status.items()):
-            return
-        meta = obj["metadata"]
-        try:
-            await self._api.patch(kind, meta["namespace"], meta["name"], {"status": status}, subresource="status")
-        except Exception as exc:
-            if status_of(exc) != 404:  # deleted meanwhile
-                raise
+        await patch_status(self._api, kind, obj, status)

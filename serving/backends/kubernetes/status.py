@@ -22,7 +22,7 @@ from typing import Callable
 from ...resources import Deployment
 from .. import EXITED, READY, STARTING, ReplicaView
 from . import names
-from .api import ONLINE_DEPLOYMENTS, ONLINE_ENDPOINTS, KubeApi, status_of
+from .api import ONLINE_DEPLOYMENTS, ONLINE_ENDPOINTS, KubeApi, patch_status
 from .watching import run_on_wake
 from .podstatus import ENVIRONMENT, IMAGE_PULL, INIT, MODEL_DOWNLOAD, RUNNING, SCHEDULING
 from .replicas import ROLLOUT_STAGE
@@ -135,13 +135,5 @@ class DeploymentStatusReporter:
             await self._patch(ONLINE_DEPLOYMENTS, obj, deployment_status(obj, problem, views, resolved.get(key)))
 
     async def _patch(self, kind, obj: dict, status: dict) -> None:
-        previous = obj.get("status") or {}
-        if all(previous.get(k) == v for k, v in status.items()):
-            return
-        meta = obj["metadata"]
-        try:
-            await self._api.patch(kind, meta["namespace"], meta["name"], {"status": status}, subresource="status")
+        if await patch_status(self._api, kind, obj, status):
             self.patches += 1
-        except Exception as exc:
-            if status_of(exc) != 404:  # deleted meanwhile
-                raise
