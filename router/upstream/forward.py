@@ -172,6 +172,8 @@ class Forwarder:
                             # The replica closed an idle connection as the request crossed it.
                             self._pool.discard_idle(replica)
                             self._on_resend(ctx.endpoint, deployment.name)
+                            if upload_task is not None:
+                                upload_task.cancel()  # still waiting for the caller's first bytes
                             upload = upload_task = None
                             continue
                         if exc.reset:

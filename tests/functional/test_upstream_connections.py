@@ -15,6 +15,8 @@ import json
 import socket
 import struct
 
+from tls import client_context
+
 from tests.functional.router_harness import AUTH, deployment, post, table, url
 
 
@@ -160,3 +162,27 @@ async def test_a_replica_resetting_new_connections_unread_is_retried_elsewhere(m
         assert broken.connections > 0, "some requests were tried on the resetting replica"
         assert broken.read == [] and len(good.answered) == 20
         assert metric(router, "scoregate_upstream_retries_total") == broken.connections
+
+
+async def test_a_streamed_body_is_sent_whole_after_a_reset_of_a_reused_connection(make_router, client, certs):
+    # The caller sends its head, then (0.3 s later) a body over the 1 MiB that is read
+    # into memory, so it is streamed. Meanwhile the replica resets the reused connection:
+    # the request goes again on a new connection, and the body reaches it once, whole.
+    async with ScriptedServer(lambda conn, answered: "answer" if answered == 0 else "reset") as replica:
+        router = await make_router(table(deployment("blue", [replica.port])))
+        assert (await post(client, router))[0] == 200
+        body = b"x" * (2 * 1024 * 1024)
+        reader, writer = await asyncio.open_connection("127.0.0.1", router.port, ssl=client_context(certs.ca_cert),
+                                                       server_hostname="localhost")
+        writer.write(f"POST /api/v1/endpoint/ep/score HTTP/1.1\r\nHost: localhost\r\n"
+                     f"Authorization: {AUTH['Authorization']}\r\nx-request-id: streamed-1\r\n"
+                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        writer.write(body)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
+        assert replica.answered.count("streamed-1") == 1 and replica.read.count("streamed-1") == 1
+        assert metric(router, "scoregate_upstream_resends_total") == 1
