@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 import random
+import select
 import sys
 import time
 from collections import deque
@@ -97,8 +98,12 @@ class AccessLog:
 
     def _write(self, data: bytes) -> None:
         if self._target == "-":
-            sys.stdout.buffer.write(data)
-            sys.stdout.buffer.flush()
+            # Whole lines, at most PIPE_BUF bytes per write: when several processes
+            # (`serve --workers`) share one pipe, their lines never interleave.
+            out = sys.stdout.buffer
+            for chunk in _whole_line_chunks(data, select.PIPE_BUF):
+                out.write(chunk)
+                out.flush()
             return
         path = self._target
         try:
@@ -108,6 +113,16 @@ class AccessLog:
             path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "ab") as handle:
             handle.write(data)
+
+
+def _whole_line_chunks(data: bytes, limit: int):
+    start = 0
+    while start < len(data):
+        end = data.rfind(b"\n", start, start + limit) + 1
+        if end <= start:  # one line longer than the limit: alone
+            end = data.find(b"\n", start) + 1 or len(data)
+        yield data[start:end]
+        start = end
 
 
 _second_cache: list = [None, ""]  # (whole second, its ISO-8601 text without the fraction)

@@ -31,6 +31,11 @@ from .routing_table import DeploymentRoute, Replica, RoutingTable, RoutingTableH
 Key = tuple[str, str]  # (endpoint, deployment)
 
 
+def queue_id(key: Key) -> str:
+    """A deployment queue's name among the shared counts' ids (replica ids have no '/')."""
+    return f"queue:{key[0]}/{key[1]}"
+
+
 class QueueFull(TooManyRequests):
     code = "QueueFull"
 
@@ -56,10 +61,12 @@ class UtilizationWindow:
 
 
 class _DeploymentState:
-    __slots__ = ("waiters", "busy", "level_integral", "last_change", "window_start")
+    __slots__ = ("waiters", "since", "busy", "level_integral", "last_change", "window_start", "queue_id")
 
-    def __init__(self, now: float) -> None:
+    def __init__(self, now: float, queue_id: str) -> None:
         self.waiters: deque[asyncio.Future] = deque()
+        self.since: dict[asyncio.Future, int] = {}  # waiter → when it started waiting (monotonic ns)
+        self.queue_id = queue_id  # the queue's name in shared counts (`--workers`)
         self.busy = 0
         self.level_integral = 0.0
         self.last_change = now
@@ -71,7 +78,7 @@ class _DeploymentState:
 
 class Admission:
     def __init__(self, holder: RoutingTableHolder, in_flight: InFlightCounter, picker: ReplicaPicker,
-                 ejector: OutlierEjector, *, queue_depth_factor: int = 2,
+                 ejector: OutlierEjector, *, queue_depth_factor: int = 2, queue_share: int = 1,
                  clock: Callable[[], float] = time.monotonic,
                  on_queue_wait: Callable[[Key, float], None] | None = None) -> None:
         self._holder = holder
@@ -79,6 +86,9 @@ class Admission:
         self._picker = picker
         self._ejector = ejector
         self._queue_depth_factor = queue_depth_factor
+        # With N processes admitting for the same replicas (`--workers N`), each holds 1/N
+        # of the queue, so together they queue no more than one process would.
+        self._queue_share = max(1, queue_share)
         self._clock = clock
         self._on_queue_wait = on_queue_wait
         self._states: dict[Key, _DeploymentState] = {}
@@ -90,7 +100,7 @@ class Admission:
     def _state(self, key: Key) -> _DeploymentState:
         state = self._states.get(key)
         if state is None:
-            state = self._states[key] = _DeploymentState(self._clock())
+            state = self._states[key] = _DeploymentState(self._clock(), queue_id(key))
         return state
 
     def _account(self, state: _DeploymentState) -> None:
@@ -120,7 +130,31 @@ class Admission:
         state = self._state(key)
         if state.waiters:
             return None
+        if self._in_flight.shared and self._waiting_elsewhere(state, deployment, None):
+            return None  # no barging past the callers other processes have queued
         return self._take(state, deployment, self.candidates(deployment, exclude))
+
+    # -- fairness across processes (`--workers`) -----------------------------------------
+    # Each process publishes when the oldest request in its queue started waiting; a
+    # freed slot goes to whichever process has the oldest waiter (found by its poll),
+    # so one process's queue never keeps every slot while another's starves. A published
+    # time older than the longest possible wait (plus a second) is a stuck process's:
+    # ignored.
+    def _waiting_elsewhere(self, state: _DeploymentState, deployment: DeploymentRoute,
+                           own_since: int | None) -> bool:
+        """True when another process has a waiter older than ours (any waiter: ours=None)."""
+        oldest = self._in_flight.oldest_waiting_elsewhere(state.queue_id)
+        if not oldest:
+            return False
+        now = time.monotonic_ns()
+        if now - oldest > (deployment.request_settings.max_queue_wait_ms + 1000) * 1_000_000:
+            return False
+        return own_since is None or oldest < own_since
+
+    def _publish_oldest(self, state: _DeploymentState) -> None:
+        if self._in_flight.shared:
+            head = state.waiters[0] if state.waiters else None
+            self._in_flight.set_waiting(state.queue_id, state.since.get(head, 0) if head is not None else 0)
 
     def release(self, key: Key, replica_id: str) -> None:
         state = self._state(key)
@@ -136,15 +170,23 @@ class Admission:
         deployment = endpoint.deployments.get(key[1]) if endpoint else None
         if deployment is None:
             return
+        shared = self._in_flight.shared
         while state.waiters:
             waiter = state.waiters.popleft()
             if waiter.done():  # timed out or cancelled meanwhile
+                state.since.pop(waiter, None)
                 continue
+            if shared and self._waiting_elsewhere(state, deployment, state.since.get(waiter)):
+                state.waiters.appendleft(waiter)  # another process's caller is older: its turn
+                break
             replica = self._take(state, deployment, self.candidates(deployment))
             if replica is None:
                 state.waiters.appendleft(waiter)  # still the oldest
-                return
+                break
+            state.since.pop(waiter, None)
             waiter.set_result(replica)
+        if shared:
+            self._publish_oldest(state)
 
     def _on_table_change(self, _old: RoutingTable, _new: RoutingTable) -> None:
         for key, state in self._states.items():
@@ -186,6 +228,9 @@ class Admission:
         waiter = asyncio.get_running_loop().create_future()
         self._account(state)
         state.waiters.append(waiter)
+        state.since[waiter] = time.monotonic_ns()
+        if len(state.waiters) == 1:
+            self._publish_oldest(state)
         self._watch_shared()
         queued_at = self._clock()
         try:
@@ -204,15 +249,17 @@ class Admission:
         finally:
             if not waiter.done():
                 waiter.cancel()
+            state.since.pop(waiter, None)
             if waiter in state.waiters:
                 self._account(state)
                 state.waiters.remove(waiter)
+                self._publish_oldest(state)
             if self._on_queue_wait is not None:
                 self._on_queue_wait(key, self._clock() - queued_at)
 
     def queue_bound(self, deployment: DeploymentRoute) -> int:
         slots = len(deployment.replicas) * deployment.request_settings.max_concurrent_requests_per_instance
-        return max(1, self._queue_depth_factor * slots)
+        return max(1, -(-self._queue_depth_factor * slots // self._queue_share))
 
     # -- reading ----------------------------------------------------------------------------
     def queued(self, key: Key) -> int:
@@ -222,6 +269,10 @@ class Admission:
     def busy(self, key: Key) -> int:
         state = self._states.get(key)
         return state.busy if state else 0
+
+    def keys(self) -> list[Key]:
+        """Every deployment this process has admitted requests for."""
+        return list(self._states)
 
     def take_window(self, key: Key) -> UtilizationWindow:
         """Average level since the last call for this deployment, then start a new window."""

@@ -72,19 +72,25 @@ class RouterSettings:
     # An OpenTelemetry TracerProvider; None: the global one if the SDK set it up, else off.
     tracer_provider: object | None = None
     backlog: int = 1024
+    # `--workers N`: N processes listen on the same port (SO_REUSEPORT) and each keeps
+    # 1/N of every admission queue; their in-flight counts are shared (RouterApp in_flight).
+    reuse_port: bool = False
+    queue_share: int = 1
 
 
 class RouterApp:
     def __init__(self, settings: RouterSettings, holder: RoutingTableHolder, *,
                  token_verifier=None, rng: random.Random | None = None,
-                 extra_routes: list[web.RouteDef] | None = None) -> None:
+                 extra_routes: list[web.RouteDef] | None = None,
+                 in_flight: InFlightCounter | None = None) -> None:
         self.settings = settings
         # Routes the control plane serves on the scoring port (e.g. batch job submission),
         # matched before the catch-all 404.
         self._extra_routes = list(extra_routes or [])
         self.holder = holder
         self.recorder = Recorder()
-        self.in_flight = InFlightCounter()
+        # Shared with other processes under `--workers` (router/balancing/shared.py).
+        self.in_flight = in_flight if in_flight is not None else InFlightCounter()
         self._pool = UpstreamPool(keepalive_timeout_s=settings.upstream_keepalive_s,
                                   ssl_context=settings.upstream_ssl_context)
         self.ejector = OutlierEjector(consecutive_failures=settings.ejection_failures,
@@ -94,7 +100,7 @@ class RouterApp:
         picker = LeastOutstandingPicker(rng)
         self.admission = Admission(
             holder, self.in_flight, picker, self.ejector, queue_depth_factor=settings.queue_depth_factor,
-            on_queue_wait=lambda key, s: self.recorder.queue_wait.labels(*key).observe(s))
+            queue_share=settings.queue_share, on_queue_wait=lambda key, s: self.recorder.queue_wait.labels(*key).observe(s))
         self._mirror = Mirror(self._pool, self.admission, self.recorder)
         pipeline = ScoringPipeline(
             holder, KeyAuthenticator(token_verifier), RateLimiter(), DeploymentPicker(rng),
@@ -170,7 +176,7 @@ class RouterApp:
         site = web.TCPSite(
             self._runner, self.settings.host, self.settings.port,
             ssl_context=self.settings.ssl_context, backlog=self.settings.backlog,
-            reuse_address=True,
+            reuse_address=True, reuse_port=self.settings.reuse_port or None,
         )
         await site.start()
         log.info("router listening on %s://%s:%d", "https" if self.settings.ssl_context else "http",

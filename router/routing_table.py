@@ -8,11 +8,19 @@ so it never sees half of an update. Nothing here is mutated after construction.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Mapping
 
 _EMPTY: Mapping = MappingProxyType({})
+
+
+def _reduce_with_plain_dicts(obj):
+    """Pickle support (tables go to `serve --workers` processes): a read-only mapping
+    travels as a dict and becomes read-only again in __post_init__."""
+    values = tuple(dict(v) if isinstance(v, MappingProxyType) else v
+                   for v in (getattr(obj, f.name) for f in fields(obj)))
+    return type(obj), values
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +81,8 @@ class EndpointRoute:
         if not isinstance(self.deployments, MappingProxyType):
             object.__setattr__(self, "deployments", MappingProxyType(dict(self.deployments)))
 
+    __reduce__ = _reduce_with_plain_dicts
+
 
 @dataclass(frozen=True, slots=True)
 class RoutingTable:
@@ -82,6 +92,8 @@ class RoutingTable:
     def __post_init__(self) -> None:
         if not isinstance(self.endpoints, MappingProxyType):
             object.__setattr__(self, "endpoints", MappingProxyType(dict(self.endpoints)))
+
+    __reduce__ = _reduce_with_plain_dicts
 
 
 class RoutingTableHolder:

@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="time budget of a rollout, e.g. 20m, 90s (default 20m)")
     serve.add_argument("--drain-timeout", type=float, default=30.0,
                        help="seconds in-flight requests get to finish at shutdown")
+    serve.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="router processes on the scoring port, one per core (default 1: the "
+                            "router runs in the main process)")
     serve.add_argument("--log-level", default="INFO")
 
     apply = verbs.add_parser("apply", parents=[common], help="create or update resources from YAML")
@@ -169,7 +172,7 @@ _SERVE_DEFAULTS = {"host": "127.0.0.1", "port": 8443, "admin_host": "127.0.0.1",
 _SERVE_SETTINGS = ("host", "port", "admin_host", "admin_port", "tls_cert", "tls_key",
                    "tls_key_password_file", "tls_key_password_env", "tls_sni_certs", "tls_client_ca",
                    "tls_reload_interval_s", "http_redirect_port", "replica_mtls", "domain",
-                   "rollout_timeout_s", "data_roots", "access_log", "access_log_sample_rate", "otel_exporter")
+                   "rollout_timeout_s", "data_roots", "access_log", "access_log_sample_rate", "otel_exporter", "workers")
 
 
 def _duration(text: str) -> float:
@@ -245,6 +248,9 @@ def _serve(args) -> int:
         settings["access_log"] = None
     if bool(settings.get("tls_cert")) != bool(settings.get("tls_key")):
         raise CliError("--tls-cert and --tls-key go together", 2)
+    workers = settings.get("workers", 1)
+    if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= 64:
+        raise CliError(f"--workers must be a whole number from 1 to 64, not {workers!r}", 2)
     return run_serve(ServeOptions(state_dir=resolve_state_dir(args.state_dir), paths=args.paths,
                                   drain_timeout_s=args.drain_timeout, **settings))
 

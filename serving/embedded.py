@@ -14,7 +14,7 @@ import logging
 import os
 import secrets
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from aiohttp import web
@@ -39,6 +39,8 @@ from .replica_tls import ReplicaTLS
 from .statedir import GatewayInfo, StateDir
 from .status import GatewayStatus, StatusPage
 from .tokens import TokenIssuer
+from .workers import WorkerPool, WorkerSettings
+from .workers.pool import WorkerStartError
 from .store.sqlite import SqliteStore
 
 log = logging.getLogger("scoregate")
@@ -68,6 +70,8 @@ class ServeOptions:
     access_log_sample_rate: float = 1.0
     otel_exporter: str | None = None  # console | otlp
     drain_timeout_s: float = 30.0
+    # Router processes on the scoring port (SO_REUSEPORT); 1: the router runs in this process.
+    workers: int = 1
 
 
 class StartupError(Exception):
@@ -85,12 +89,16 @@ class EmbeddedGateway:
         self._stop = asyncio.Event()
         self.admin_token = secrets.token_urlsafe(32)
         self.server_tls: ServerTLS | None = None
+        self._tls_sources: list[CertificateSource] = []
+        self._pool: WorkerPool | None = None
 
     def request_stop(self) -> None:
         self._stop.set()
 
     def request_tls_reload(self) -> None:
-        if self.server_tls is not None:
+        if self._pool is not None:
+            self._pool.reload_tls()
+        elif self.server_tls is not None:
             asyncio.get_running_loop().create_task(asyncio.to_thread(self.server_tls.reload))
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
@@ -125,6 +133,7 @@ class EmbeddedGateway:
                 Path(opts.tls_key_password_file) if opts.tls_key_password_file else None,
                 opts.tls_key_password_env)]
             sources += [CertificateSource.parse(spec) for spec in opts.tls_sni_certs]
+            self._tls_sources = sources
             return ServerTLS(sources, default="default", client_ca_file=opts.tls_client_ca), ca
         except TLSConfigError as exc:
             raise StartupError(str(exc)) from None
@@ -147,20 +156,38 @@ class EmbeddedGateway:
         holder = RoutingTableHolder()
         setup_tracing(opts.otel_exporter)
         access_log = str(self.state.root / "logs" / "access.log") if opts.access_log == "default" else opts.access_log
-        tokens = TokenIssuer(await asyncio.to_thread(store.secret, "aml_token"))
-        router = RouterApp(RouterSettings(
-            host=opts.host, port=opts.port, ssl_context=server_tls.context, domain=opts.domain,
-            access_log=access_log, access_log_sample_rate=opts.access_log_sample_rate,
-            upstream_ssl_context=replica_tls.client_context if replica_tls else None), holder,
-            token_verifier=tokens.verify, extra_routes=batch.routes())
-        server_tls.attach_metrics(TLSMetrics(router.recorder.registry))
+        token_secret = await asyncio.to_thread(store.secret, "aml_token")
+        tokens = TokenIssuer(token_secret)
+        settings = RouterSettings(
+            host=opts.host, port=opts.port, domain=opts.domain, access_log=access_log,
+            access_log_sample_rate=opts.access_log_sample_rate)
+        if opts.workers > 1:
+            # N router processes; this one keeps the control plane (serving/workers).
+            router = self._pool = WorkerPool(opts.workers, WorkerSettings(
+                router=replace(settings, reuse_port=True, queue_share=opts.workers),
+                tls_sources=tuple(self._tls_sources), tls_client_ca=opts.tls_client_ca,
+                tls_reload_interval_s=opts.tls_reload_interval_s,
+                replica_client_dir=replica_tls.client_dir if replica_tls else None,
+                replica_ca_file=replica_tls.ca_file if replica_tls else None,
+                token_secret=token_secret, otel_exporter=opts.otel_exporter, drain_timeout_s=opts.drain_timeout_s,
+                log_level=logging.getLogger().getEffectiveLevel()), holder, batch_routes=batch.routes())
+            registry = router.registry
+            if replica_tls is not None:
+                replica_tls.on_client_renewed = router.reload_replica_client
+        else:
+            router = RouterApp(replace(
+                settings, ssl_context=server_tls.context,
+                upstream_ssl_context=replica_tls.client_context if replica_tls else None), holder,
+                token_verifier=tokens.verify, extra_routes=batch.routes())
+            registry = router.recorder.registry
+            server_tls.attach_metrics(TLSMetrics(registry))
         controller_ref: list[Controller] = []
         backend = LocalProcessBackend(
             self.state.root, on_change=lambda: controller_ref and controller_ref[0].on_replica_change(),
             drain=router.wait_replica_idle, replica_tls=replica_tls)
-        autoscaling = Autoscaling(router.take_utilization, registry=router.recorder.registry,
+        autoscaling = Autoscaling(router.take_utilization, registry=registry,
                                   on_change=lambda: controller_ref and controller_ref[0].notify())
-        metrics = ControlPlaneMetrics(router.recorder.registry)
+        metrics = ControlPlaneMetrics(registry)
         rollouts = RolloutManager(Preparer(self.state.root / "models", store.list_instance_types),
                                   default_budget_s=opts.rollout_timeout_s, metrics=metrics,
                                   on_change=lambda: controller_ref and controller_ref[0].notify())
@@ -171,7 +198,7 @@ class EmbeddedGateway:
                        scoring_url=f"https://{_local_name(opts.host)}:{opts.port}",
                        autoscaling=autoscaling, load=router.load, tokens=tokens, batch=batch)
         status = GatewayStatus(store, controller, backend, admin_token=self.admin_token, router=router,
-                               autoscaling=autoscaling, batch=batch)
+                               autoscaling=autoscaling, batch=batch, registry=registry)
         status_page = StatusPage(status.snapshot, admin_token=self.admin_token)
         admin_app = web.Application(middlewares=[api.auth_middleware])
         admin_app.add_routes(router.admin_routes() + api.routes() + batch.admin_routes()
@@ -182,9 +209,12 @@ class EmbeddedGateway:
         await backend.start()
         try:
             await batch.start()
-            await router.start()
-            if opts.tls_reload_interval_s > 0:
-                server_tls.watch(opts.tls_reload_interval_s)
+            try:
+                await router.start()
+            except WorkerStartError as exc:
+                raise StartupError(str(exc)) from None
+            if opts.tls_reload_interval_s > 0 and self._pool is None:
+                server_tls.watch(opts.tls_reload_interval_s)  # workers watch their own
             if replica_tls is not None:
                 await replica_tls.start()
             if opts.http_redirect_port is not None:

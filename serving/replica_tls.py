@@ -31,6 +31,9 @@ class ReplicaTLS:
         self._client_files = self._ca.ensure_client_files(self._client_dir)
         self.client_context: ssl.SSLContext = self._ca.client_context(self._client_files)
         self._task: asyncio.Task | None = None
+        # Called after the client certificate was renewed and loaded (e.g. to have the
+        # worker processes of `--workers` load it too).
+        self.on_client_renewed = None
 
     def issue(self, folder: Path) -> IssuedFiles:
         """Blocking: the server certificate of one replica (called from a worker thread)."""
@@ -45,6 +48,15 @@ class ReplicaTLS:
             self._ca.ensure_server_files(folder, ["127.0.0.1"])
         return files if files.reissued else None
 
+    @property
+    def client_dir(self) -> Path:
+        """The router's client certificate files (cert.pem, key.pem)."""
+        return self._client_dir
+
+    @property
+    def ca_file(self) -> Path:
+        return self._ca.cert_file
+
     def forget(self, replica_id: str) -> None:
         shutil.rmtree(self._tls_dir / "replicas" / replica_id, ignore_errors=True)
 
@@ -58,6 +70,8 @@ class ReplicaTLS:
                 files = await asyncio.to_thread(self.renew)
                 if files is not None:
                     self.client_context.load_cert_chain(files.cert, files.key)
+                    if self.on_client_renewed is not None:
+                        self.on_client_renewed()
             except Exception:
                 log.exception("renewing replica certificates failed")
 

@@ -37,6 +37,14 @@ class InFlightCounter:
     def total(self) -> int:
         return sum(self._counts.values())
 
+    # Queues across processes (balancing/shared.py); nobody else queues here.
+    def set_waiting(self, queue_id: str, since_ns: int) -> None:
+        """Publish when this process's oldest waiter of a queue started waiting (0: none)."""
+
+    def oldest_waiting_elsewhere(self, queue_id: str) -> int:
+        """The oldest waiter's start (monotonic ns) among the other processes; 0: none."""
+        return 0
+
     def take_free(self, candidates: Sequence[Replica], limit: int, picker: "ReplicaPicker") -> Replica | None:
         """Choose among the candidates below `limit` and count one more on it, in one
         step (nothing awaits in between); None when every candidate is full."""

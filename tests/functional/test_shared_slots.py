@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from router.admission import Admission, QueueWaitTimeout
+from router.admission import Admission, QueueWaitTimeout, queue_id
+from router.balancing import InFlightCounter
 from router.balancing.ejection import OutlierEjector
 from router.balancing.least_outstanding import LeastOutstandingPicker
 from router.balancing.shared import SharedInFlightCounter, SlotIndex, create_shared_counts
@@ -20,7 +21,7 @@ from tests.functional.router_harness import deployment, table
 SPAWN = multiprocessing.get_context("spawn")
 
 
-def _hammer(name: str, lock, inside, peak, taken, refused, start, rounds: int, limit: int) -> None:
+def _hammer(name: str, row: int, lock, inside, peak, taken, refused, start, rounds: int, limit: int) -> None:
     """A worker process: take a slot of one of two replicas, hold it briefly, give it back."""
     from multiprocessing import shared_memory
 
@@ -28,7 +29,7 @@ def _hammer(name: str, lock, inside, peak, taken, refused, start, rounds: int, l
     from router.routing_table import Replica
 
     memory = shared_memory.SharedMemory(name=name)
-    counter = SharedInFlightCounter(memory, lock)
+    counter = SharedInFlightCounter(memory, lock, row=row, rows=5)
     counter.assign({"a": 0, "b": 1})
     replicas = [Replica("a", "127.0.0.1", 1), Replica("b", "127.0.0.1", 2)]
     picker, rng = LeastOutstandingPicker(random.Random()), random.Random()
@@ -54,15 +55,15 @@ def _hammer(name: str, lock, inside, peak, taken, refused, start, rounds: int, l
 
 
 def test_five_processes_never_exceed_a_replica_limit():
-    memory = create_shared_counts(16)
+    memory = create_shared_counts(16, rows=5)
     lock = SPAWN.Lock()
     inside, peak = SPAWN.Array("i", 2), SPAWN.Array("i", 2, lock=False)
     taken, refused = SPAWN.Value("i", 0), SPAWN.Value("i", 0)
     start = SPAWN.Barrier(5)
     try:
         # Five processes, two replicas of two slots: more takers than slots at most moments.
-        workers = [SPAWN.Process(target=_hammer, args=(memory.name, lock, inside, peak, taken, refused, start, 300, 2))
-                   for _ in range(5)]
+        workers = [SPAWN.Process(target=_hammer, args=(memory.name, row, lock, inside, peak, taken, refused, start, 300, 2))
+                   for row in range(5)]
         for worker in workers:
             worker.start()
         for worker in workers:
@@ -72,7 +73,7 @@ def test_five_processes_never_exceed_a_replica_limit():
         assert refused.value > 0  # there was contention: some takes found both replicas full
         assert taken.value > 300
         counts = memory.buf.cast("q")
-        assert counts[0] == 0 and counts[1] == 0  # every slot given back
+        assert not any(counts)  # every slot given back, in every process's row
         counts.release()
     finally:
         memory.close()
@@ -81,9 +82,9 @@ def test_five_processes_never_exceed_a_replica_limit():
 
 @pytest.fixture
 def shared():
-    memory = create_shared_counts(8)
+    memory = create_shared_counts(8, rows=2)
     lock = SPAWN.Lock()
-    counters = [SharedInFlightCounter(memory, lock) for _ in range(2)]
+    counters = [SharedInFlightCounter(memory, lock, row=row, rows=2) for row in range(2)]
     yield counters
     for counter in counters:
         counter.close()
@@ -93,7 +94,7 @@ def shared():
 
 def _two_workers(shared: list[SharedInFlightCounter], route) -> tuple[Admission, Admission]:
     """Two admission controllers (as in two worker processes) sharing only the counts."""
-    index = SlotIndex(shared[0]).update({r.replica_id for r in route.replicas})
+    index = SlotIndex(shared[0]).update({r.replica_id for r in route.replicas} | {queue_id(("ep", route.name))})
     for counter in shared:
         counter.assign(index)
     return tuple(Admission(RoutingTableHolder(table(route)), counter,  # type: ignore[return-value]
@@ -128,6 +129,37 @@ async def test_a_waiter_still_times_out_when_no_process_frees_a_slot(shared):
     first.release(key, held.replica_id)
 
 
+async def test_a_freed_slot_goes_to_the_process_whose_caller_waited_longest(shared):
+    """The process that frees a slot does not keep it for its own (newer) waiter while an
+    older caller waits in another process: no worker's queue starves."""
+    route = deployment("blue", [9], max_concurrent_requests_per_instance=1, max_queue_wait_ms=2000)
+    first, second = _two_workers(shared, route)
+    key = ("ep", "blue")
+    held = await first.acquire(key, route)
+    older = asyncio.create_task(second.acquire(key, route))
+    await asyncio.sleep(0.02)
+    newer = asyncio.create_task(first.acquire(key, route))
+    await asyncio.sleep(0.02)
+    assert first.try_acquire(key, route) is None  # no barging either
+    first.release(key, held.replica_id)
+    got = await asyncio.wait_for(older, 1.0)
+    assert got.replica_id == "blue-0" and not newer.done()
+    second.release(key, got.replica_id)
+    assert (await asyncio.wait_for(newer, 1.0)).replica_id == "blue-0"  # then the next in line
+    first.release(key, "blue-0")
+    assert shared[0].get("blue-0") == 0
+    assert shared[0].oldest_waiting_elsewhere(queue_id(key)) == 0  # nobody waits: nothing published
+
+
+def test_each_of_n_processes_keeps_a_share_of_the_queue():
+    route = deployment("blue", [9], max_concurrent_requests_per_instance=2)
+    alone = Admission(RoutingTableHolder(table(route)), InFlightCounter(), LeastOutstandingPicker(), OutlierEjector(),
+                      queue_depth_factor=2)
+    shared = Admission(RoutingTableHolder(table(route)), InFlightCounter(), LeastOutstandingPicker(),
+                       OutlierEjector(), queue_depth_factor=2, queue_share=3)
+    assert alone.queue_bound(route) == 4 and shared.queue_bound(route) == 2  # ceil(4 / 3): never 0
+
+
 def test_slot_index_keeps_a_draining_replica_counted_and_reuses_slots_after(shared):
     counter = shared[0]
     slots = SlotIndex(counter)
@@ -145,3 +177,48 @@ def test_slot_index_keeps_a_draining_replica_counted_and_reuses_slots_after(shar
     with pytest.raises(RuntimeError):
         slots.update({"b", "c", "d", "e", "f", "g", "h", "i", "j"})
     assert counter.take_free([Replica("zz", "h", 1)], 5, LeastOutstandingPicker()) is None  # no slot: never free
+
+
+def _take_and_die(name: str, row: int, lock) -> None:
+    """A worker that takes a slot and exits at once, never giving it back (a crash)."""
+    import os
+    from multiprocessing import shared_memory
+
+    from router.balancing.least_outstanding import LeastOutstandingPicker
+    from router.routing_table import Replica
+
+    counter = SharedInFlightCounter(shared_memory.SharedMemory(name=name), lock, row=row, rows=2)
+    counter.assign({"a": 0})
+    assert counter.take_free([Replica("a", "127.0.0.1", 1)], 1, LeastOutstandingPicker()) is not None
+    os._exit(0)
+
+
+def test_the_slots_of_a_dead_process_are_given_back_by_clearing_its_row():
+    from router.routing_table import Replica
+
+    memory = create_shared_counts(4, rows=2)
+    lock = SPAWN.Lock()
+    owner = SharedInFlightCounter(memory, lock, row=None, rows=2)  # the table owner's view
+    survivor = SharedInFlightCounter(memory, lock, row=0, rows=2)
+    try:
+        for counter in (owner, survivor):
+            counter.assign({"a": 0})
+        worker = SPAWN.Process(target=_take_and_die, args=(memory.name, 1, lock))
+        worker.start()
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+        replicas, picker = [Replica("a", "127.0.0.1", 1)], LeastOutstandingPicker()
+        assert owner.get("a") == 1
+        assert survivor.take_free(replicas, 1, picker) is None  # the dead process still holds it
+        with pytest.raises(TypeError):
+            owner.take_free(replicas, 1, picker)  # the owner only reads
+        assert owner.clear_row(1) == 1
+        assert owner.get("a") == 0
+        assert survivor.take_free(replicas, 1, picker) is not None  # free again
+        survivor.release("a")
+        assert owner.get("a") == 0 and survivor.total() == 0
+    finally:
+        owner.close()
+        survivor.close()
+        memory.close()
+        memory.unlink()

@@ -1,0 +1,239 @@
+"""`scoregate serve --workers 2`: two router processes on one port, one control plane.
+
+What a user relies on: both processes answer on the one scoring port; a replica's
+`max_concurrent_requests_per_instance` holds across them (the replica itself counts);
+batch jobs submitted through either one work; /metrics shows every worker; a worker
+that dies is started again and the slots it held are given back; SIGTERM stops every
+process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import aiohttp
+import pytest
+import yaml
+
+from tests.support.gateway import REPO, GatewayProcess, alive, wait_for
+from tls import client_context
+
+COUNTING_SERVER = REPO / "tests" / "fakes" / "models" / "counting" / "server.py"
+IRIS, IRIS_BATCH = REPO / "examples" / "iris", REPO / "examples" / "iris-batch"
+
+
+def counting_deployment(folder, endpoint: str, count_file, *, delay_s: float, limit: int, queue_wait_ms: int):
+    (folder / f"{endpoint}-endpoint.yml").write_text(yaml.safe_dump(
+        {"name": endpoint, "auth_mode": "key", "traffic": {"main": 100}}))
+    (folder / f"{endpoint}-main.yml").write_text(yaml.safe_dump({
+        "name": "main", "endpoint_name": endpoint,
+        "environment": {"command": f"{sys.executable} {COUNTING_SERVER} {{port}}",
+                        "inference_config": {"liveness_route": {"port": 8000, "path": "/healthz"},
+                                             "readiness_route": {"port": 8000, "path": "/healthz"},
+                                             "scoring_route": {"port": 8000, "path": "/score"}}},
+        "environment_variables": {"COUNT_FILE": str(count_file), "DELAY_S": str(delay_s)},
+        "request_settings": {"max_concurrent_requests_per_instance": limit, "max_queue_wait_ms": queue_wait_ms},
+    }))
+
+
+@pytest.fixture(scope="module")
+def workers_gateway(tmp_path_factory):
+    root = tmp_path_factory.mktemp("workers")
+    manifests = root / "manifests"
+    manifests.mkdir()
+    counting_deployment(manifests, "counted", root / "counted.json", delay_s=0.3, limit=2, queue_wait_ms=400)
+    counting_deployment(manifests, "slow", root / "slow.json", delay_s=3.0, limit=1, queue_wait_ms=8000)
+    data = root / "data" / "flowers"
+    data.mkdir(parents=True)
+    for i in range(20):
+        (data / f"f{i:02d}.json").write_text(json.dumps(
+            {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}))
+    gw = GatewayProcess(root / "state", [str(manifests), str(IRIS), str(IRIS_BATCH)],
+                        ["--workers", "2", "--data-root", str(root / "data")]).start()
+    try:
+        gw.wait_ready("counted", ["main"])
+        gw.wait_ready("slow", ["main"])
+        gw.wait_ready("iris", ["blue", "green"])
+        gw.root = root
+        yield gw
+    finally:
+        gw.kill_everything()
+
+
+def healthz(gw) -> dict:
+    status, body = gw.admin("GET", "/healthz")
+    assert status == 200, body
+    return body
+
+
+def metrics(gw) -> str:
+    status, body = gw.admin("GET", "/metrics")
+    assert status == 200
+    return body
+
+
+def series(text: str, name: str) -> dict[str, float]:
+    """{labels text: value} of one metric's samples."""
+    return {m.group(1): float(m.group(2)) for m in re.finditer(rf"^{name}\{{(.*?)\}} (\S+)$", text, re.M)}
+
+
+def one_connection_per_request(gw) -> aiohttp.ClientSession:
+    # A new connection (new source port) for every request, so the kernel spreads them
+    # over both workers.
+    connector = aiohttp.TCPConnector(ssl=client_context(gw.info.ca_cert), force_close=True, limit=0)
+    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30))
+
+
+async def score(session, gw, endpoint: str, key: str) -> int:
+    async with session.post(f"{gw.scoring_url}/api/v1/endpoint/{endpoint}/score", json={"data": [1]},
+                            headers={"Authorization": f"Bearer {key}"}) as response:
+        await response.read()
+        return response.status
+
+
+def test_two_workers_listen_on_the_one_port(workers_gateway):
+    shown = healthz(workers_gateway)["workers"]
+    assert [w["index"] for w in shown] == [0, 1] and all(w["listening"] for w in shown)
+    pids = {w["pid"] for w in shown}
+    assert len(pids) == 2 and pids <= workers_gateway.replica_pids()  # children of the gateway
+    port = workers_gateway.scoring_url.rsplit(":", 1)[1]
+    listening = subprocess.run(["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True).stdout
+    if shutil.which("ss") and listening:
+        assert {int(p) for p in re.findall(r"pid=(\d+)", listening)} == pids
+
+
+async def test_the_replica_limit_holds_across_both_workers(workers_gateway):
+    gw = workers_gateway
+    key = gw.keys("counted")[0]
+    statuses: list[int] = []
+
+    async def caller(session, until: float) -> None:
+        while time.monotonic() < until:
+            statuses.append(await score(session, gw, "counted", key))
+
+    async with one_connection_per_request(gw) as session:
+        until = time.monotonic() + 3.0
+        await asyncio.gather(*(caller(session, until) for _ in range(12)))
+    seen = json.loads((gw.root / "counted.json").read_text())
+    assert seen["peak"] == 2, f"the replica saw {seen['peak']} requests at once; its limit is 2 for all workers"
+    assert set(statuses) <= {200, 429}, statuses
+    assert statuses.count(200) >= 10 and statuses.count(429) > 0  # busy, and refused beyond the limit
+    served = series(metrics(gw), "scoregate_requests_total")
+    per_worker = {w: sum(v for labels, v in served.items()
+                         if 'endpoint="counted"' in labels and 'status="200"' in labels and f'worker="{w}"' in labels)
+                  for w in "01"}
+    # Fair across workers: a freed slot goes to whichever worker's caller waited longest
+    # (without that, the worker that first held both slots kept them while the other starved).
+    assert min(per_worker.values()) >= sum(per_worker.values()) // 5, f"both workers served: {per_worker}"
+    assert sum(per_worker.values()) == statuses.count(200) == seen["served"]
+    logs = gw.state.root / "logs"
+
+    def logged() -> list[int]:  # each worker writes its own file, a batch every 0.2 s
+        files = [logs / f"access-worker{w}.log" for w in "01"]
+        lines = [json.loads(line) for f in files if f.exists() for line in f.read_text().splitlines()]
+        return [sum(1 for line in lines if line["endpoint"] == "counted" and line["status"] == status)
+                for status in (200, 429)]
+
+    wait_for(lambda: logged() == [statuses.count(200), statuses.count(429)], 5,
+             "every answer in the workers' access logs")
+
+
+async def test_a_batch_job_submitted_to_any_worker_runs(workers_gateway):
+    gw = workers_gateway
+    key = gw.cli_json("endpoint", "get-credentials", "--name", "iris-batch")["primaryKey"]
+    jobs_url = f"{gw.scoring_url}/api/v1/batch/iris-batch/jobs"
+    headers = {"Authorization": f"Bearer {key}"}
+    async with one_connection_per_request(gw) as session:
+        async with session.post(jobs_url, json={"input": {"type": "uri_folder", "path": "flowers"}},
+                                headers=headers) as response:
+            assert response.status == 202, await response.text()
+            job = await response.json()
+        for _ in range(300):  # every poll on a new connection: both workers pass it on
+            async with session.get(f"{jobs_url}/{job['id']}", headers=headers) as response:
+                assert response.status == 200
+                view = await response.json()
+            if view["status"] in ("Completed", "Failed", "Canceled"):
+                break
+            await asyncio.sleep(0.1)
+        assert view["status"] == "Completed", view
+        async with session.get(f"{jobs_url}/{job['id']}/output", headers=headers) as response:
+            assert response.status == 200
+            assert len((await response.text()).splitlines()) == 20
+        async with session.get(jobs_url, headers={"Authorization": "Bearer wrong"}) as response:
+            assert response.status == 401 and (await response.json())["code"]
+
+
+def test_metrics_show_each_worker_and_stay_valid(workers_gateway):
+    text = metrics(workers_gateway)
+    workers = {m for labels in series(text, "scoregate_routing_table_version") for m in re.findall(r'worker="(\d)"', labels)}
+    assert workers == {"0", "1"}
+    assert "scoregate_workers_listening 2.0" in text
+    assert "scoregate_rollouts_total" in text or "scoregate_rollout" in text  # the control plane's own
+    promtool = shutil.which("promtool")
+    if promtool:
+        checked = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+async def test_a_killed_worker_gives_its_slots_back_and_is_started_again(workers_gateway):
+    gw = workers_gateway
+    key = gw.keys("slow")[0]
+    before = {w["index"]: w["pid"] for w in healthz(gw)["workers"]}
+    async with one_connection_per_request(gw) as session:
+        held = asyncio.create_task(score(session, gw, "slow", key))  # takes the one slot for 3 s
+
+        def holder():
+            in_flight = series(metrics(gw), "scoregate_deployment_in_flight_requests")
+            busy = [re.search(r'worker="(\d)"', labels).group(1) for labels, value in in_flight.items()
+                    if 'endpoint="slow"' in labels and value == 1]
+            return busy[0] if busy else None
+
+        index = int(await asyncio.to_thread(wait_for, holder, 10, "the slow request to be in flight"))
+        os.kill(before[index], signal.SIGKILL)
+        with pytest.raises(aiohttp.ClientError):
+            await held  # its connection died with the worker
+        started = time.monotonic()
+        # The dead worker's slot is given back: the one slot is free for the next caller
+        # (it would wait its 8 s in the queue and get 429 otherwise).
+        assert await score(session, gw, "slow", key) == 200
+        assert time.monotonic() - started < 7.0
+
+    def restarted():
+        shown = {w["index"]: w for w in healthz(gw)["workers"]}
+        return all(w["listening"] for w in shown.values()) and shown[index]["pid"] != before[index]
+
+    await asyncio.to_thread(wait_for, restarted, 30, "the worker to be started again")
+    assert not alive(before[index])
+    assert "scoregate_worker_restarts_total 1.0" in metrics(gw)
+    key = gw.keys("counted")[0]
+    async with one_connection_per_request(gw) as session:
+        statuses = [await score(session, gw, "counted", key) for _ in range(10)]
+    assert statuses == [200] * 10
+
+
+def test_sigterm_stops_every_process(workers_gateway):
+    gw = workers_gateway
+    everything = gw.replica_pids()
+    workers = {w["pid"] for w in healthz(gw)["workers"]}
+    assert workers <= everything
+    assert gw.stop(signal.SIGTERM) == 0
+    wait_for(lambda: not any(alive(pid) for pid in everything), 10, "every child process to end")
+    assert "stopped" in gw.log()
+
+
+def test_workers_reach_replicas_over_mtls(make_gateway, tmp_path):
+    """--replica-mtls: each worker presents the router's client certificate."""
+    gw = make_gateway([str(IRIS)], ["--workers", "2", "--replica-mtls"])
+    gw.wait_ready("iris", ["blue", "green"])
+    answer = gw.cli_json("endpoint", "invoke", "-n", "iris", "-r", str(IRIS / "sample-request.json"))
+    assert answer["predictions"] == ["setosa", "versicolor", "virginica"], answer
+    text = metrics(gw)
+    assert sum(v for labels, v in series(text, "scoregate_requests_total").items() if 'status="200"' in labels) == 1
