@@ -46,6 +46,7 @@ SPAWN = multiprocessing.get_context("spawn")
 MAX_REPLICAS = 4096  # slots in the shared counts: replicas (also draining ones) at once
 START_TIMEOUT_S = 60.0
 RESTART_FIRST_S, RESTART_MAX_S, STABLE_AFTER_S = 0.5, 30.0, 60.0
+SCRAPE_INTERVAL_S = 1.0
 
 
 class WorkerStartError(Exception):
@@ -149,6 +150,14 @@ class WorkerPool:
                 await asyncio.gather(*(self._until_listening(w) for w in self._workers))
         except TimeoutError:
             raise WorkerStartError(f"the workers did not start listening within {START_TIMEOUT_S:g} s") from None
+        self._track(asyncio.get_running_loop().create_task(self._scrape_loop(), name="worker-metrics"))
+
+    async def _scrape_loop(self) -> None:
+        """Keep the merged metrics fresh for the status page's live view, which samples
+        the registry every second (the admin /metrics asks the workers afresh anyway)."""
+        while not self._stopping:
+            await asyncio.sleep(SCRAPE_INTERVAL_S)
+            await self.refresh_metrics()
 
     async def _until_listening(self, worker: _Worker) -> None:
         while not worker.listening.is_set():
