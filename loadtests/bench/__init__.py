@@ -4,7 +4,8 @@ What it answers: how much does the gateway cost, compared with calling the
 replica directly and with a C reverse proxy doing the same job on the same
 core?  See docs/performance.md for the method and the latest reading.
 Modules: procs (pinned children), gateway (scoregate under test), nginx,
-measure (one measurement, medians), orchestrate (the rounds), report.
+measure (one measurement, medians), orchestrate (the rounds), workers (the
+`--workers N` scaling phase), report.
 """
 
 from __future__ import annotations
@@ -61,6 +62,10 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--noise-limit", type=float, default=0.15, help="redo a measurement when other "
                    "processes took more than this many cores meanwhile (0.15)")
     p.add_argument("--noise-retries", type=int, help="how many times to redo it (2; quick 0)")
+    p.add_argument("--workers", type=_positive(int), default=1, metavar="N",
+                   help="also measure `scoregate serve --workers N` after the session and compare "
+                        "its max throughput with one worker's (goal: >= 0.8 x N); a fair reading "
+                        "needs N+1 cores, with fewer it is only indicative (1: no such phase)")
     p.add_argument("--quick", action="store_true",
                    help="seconds, not minutes: checks the benchmark works, measures nothing")
     p.add_argument("--output", type=Path, help="directory for results.json and summary.md "
@@ -80,6 +85,7 @@ def options_from_args(args: argparse.Namespace):
         client_cpu=None if args.no_pin else args.client_cpu,
         nginx="skip" if args.no_nginx else ("install" if args.install_nginx else "auto"),
         wrk=not args.no_wrk, noise_limit=args.noise_limit, replica=args.replica,
+        workers=args.workers,
         progress=None if args.quiet else sys.stderr)
     for key in ("runs", "duration", "rates", "warmup", "noise_retries", "idle_connections",
                 "handshake_seconds"):

@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from ..admin import Gateway, GatewayError, ready_replicas
-from .procs import BenchError, Child, child_env, pin_process
+from .procs import BenchError, Child, Cpus, child_env, pin_process
 
 ENDPOINT, DEPLOYMENT = "bench", "fast"
 SCORE_PY = '''"""Benchmark model: the cheapest possible run(), so only the path to it is measured."""
@@ -89,13 +89,15 @@ class RunningGateway:
         return self.child.stop(timeout=40.0)
 
 
-def start_gateway(workdir: Path, gateway_cpu: int | None, replica_cpu: int | None,
-                  timeout: float = 60.0, replica: str = "fastserver") -> RunningGateway:
-    """Start, wait until the replica is ready, pin it; BenchError if it cannot."""
+def start_gateway(workdir: Path, gateway_cpu: Cpus, replica_cpu: Cpus,
+                  timeout: float = 60.0, replica: str = "fastserver",
+                  extra_args: tuple[str, ...] = ()) -> RunningGateway:
+    """Start, wait until the replica is ready, pin it; BenchError if it cannot.
+    `extra_args` go to `scoregate serve` (e.g. ("--workers", "2"))."""
     yml = write_manifests(workdir, replica)
     state = workdir / "state"
     child = Child("scoregate", [*serve_command(), "serve", str(yml), "--state-dir", str(state),
-                                "--port", "0", "--admin-port", "0"],
+                                "--port", "0", "--admin-port", "0", *extra_args],
                   workdir / "scoregate.log", gateway_cpu, env=child_env(), cwd=str(workdir))
     try:
         return _wait_ready(child, state, replica_cpu, time.monotonic() + timeout)
@@ -104,7 +106,7 @@ def start_gateway(workdir: Path, gateway_cpu: int | None, replica_cpu: int | Non
         raise
 
 
-def _wait_ready(child: Child, state: Path, replica_cpu: int | None,
+def _wait_ready(child: Child, state: Path, replica_cpu: Cpus,
                 deadline: float) -> RunningGateway:
     gateway = None
     while time.monotonic() < deadline:

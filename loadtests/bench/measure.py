@@ -96,9 +96,11 @@ def process_cpu_s(pids: list[int]) -> float | None:
 
 
 def measure_wrk(wrk: str, bt: BenchTarget, duration: float, connections: int,
-                cores: set[int] | None = None, pids: list[int] | None = None) -> dict:
-    """wrk -t1 closed loop with the same request; throughput and service-time p50/p99,
-    and with `pids` (the proxy's processes) its CPU time per request."""
+                cores: set[int] | None = None, pids: list[int] | None = None,
+                threads: int = 1) -> dict:
+    """wrk -t`threads` (1) closed loop with the same request; throughput and service-time
+    p50/p99, and with `pids` (the proxy's processes) its CPU time per request."""
+    threads = max(1, min(threads, connections))  # wrk needs a connection per thread
     lines = ['wrk.method = "POST"', f"wrk.body = {_lua(BODY.decode())}",
              'wrk.headers["Content-Type"] = "application/json"']
     lines += [f"wrk.headers[{_lua(k)}] = {_lua(v)}" for k, v in bt.headers]
@@ -108,7 +110,7 @@ def measure_wrk(wrk: str, bt: BenchTarget, duration: float, connections: int,
     cpu_before = process_cpu_s(pids) if pids else None
     try:
         with NoiseMeter(cores) as meter:
-            done = subprocess.run([wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
+            done = subprocess.run([wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",
                                    "--timeout", "5s", "-s", script.name, bt.url],
                                   capture_output=True, text=True, timeout=seconds + 30)
     except (OSError, subprocess.TimeoutExpired) as exc:

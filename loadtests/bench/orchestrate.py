@@ -6,6 +6,8 @@ all targets instead of biasing whichever ran last.  The closed-loop rounds
 come first because the third fixed rate is half of scoregate's median
 maximum.  The generator (this process) and the replica share the client
 core; scoregate and nginx each run alone on the gateway core, one at a time.
+With --workers N (>= 2), a second scoregate with `serve --workers N` is measured
+after the session's processes have stopped (bench.workers).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from .gateway import DEPLOYMENT, ENDPOINT, start_gateway
 from .measure import BenchTarget, measure, measure_wrk, spread, wrk_available
 from .nginx import find_nginx, install_nginx, nginx_version, start_nginx
 from .procs import start_fastserver
+from .workers import plan_workers, run_workers_phase
 
 GATEWAY, DIRECT, NGINX, FAST = "scoregate", "direct", "nginx", "fastserver"
 
@@ -49,6 +52,7 @@ class BenchOptions:
     replica: str = "fastserver"  # fastserver | modelserver (loadtests.bench.gateway)
     idle_connections: int = 10000  # held open to the gateway for its memory figure (0: skip)
     handshake_seconds: int = 3
+    workers: int = 1  # >= 2: after the session, a `serve --workers N` phase (bench.workers)
     progress: TextIO | None = None
 
 
@@ -84,6 +88,7 @@ class Session:
         self.resumption: dict[str, bool | None] = {}
         self.idle: dict | None = None
         self.client_cpu: int | None = None
+        self.workers: dict | None = None  # the --workers N phase (bench.workers), if run
 
     def say(self, text: str) -> None:
         if self.opts.progress is not None:
@@ -275,8 +280,13 @@ def run_session(opts: BenchOptions) -> tuple[Session, dict]:
         finally:
             session.stop()
             os.sched_setaffinity(0, original)
+        plan = None
+        if opts.workers >= 2:  # after the usual session, with its processes gone
+            plan = plan_workers(sorted(original), opts.workers, gateway_cpu, client_cpu)
+            session.workers = run_workers_phase(session, plan)
     setup = {"pinning": pinning, "gateway_cpu": gateway_cpu, "client_cpu": client_cpu,
-             "rates": rates, "started_at": started, "elapsed_s": round(time.time() - started, 1),
+             "workers_pinning": plan.pinning if plan else None, "rates": rates,
+             "started_at": started, "elapsed_s": round(time.time() - started, 1),
              "loadavg_before": [round(x, 2) for x in load_before],
              "loadavg_after": [round(x, 2) for x in os.getloadavg()]}
     return session, setup

@@ -17,29 +17,48 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Collection
 from pathlib import Path
+
+Cpus = int | Collection[int] | None  # one core, a set of cores, or not pinned
 
 
 class BenchError(RuntimeError):
     """The benchmark cannot set up or measure something; the message says what."""
 
 
-def pinned(cmd: list[str], cpu: int | None) -> list[str]:
-    """`cmd` under `taskset -c cpu` (unchanged when not pinning or without taskset)."""
+def cpu_set(cpu: Cpus) -> set[int] | None:
+    """The cores of `cpu` (one core or several) as a set; None when not pinning."""
+    if cpu is None:
+        return None
+    return {cpu} if isinstance(cpu, int) else set(cpu)
+
+
+def cpu_list(cpu: Cpus) -> str:
+    """taskset's spelling of the cores: "1" or "2,3"."""
+    cores = cpu_set(cpu)
+    return "-" if cores is None else ",".join(str(c) for c in sorted(cores))
+
+
+def pinned(cmd: list[str], cpu: Cpus) -> list[str]:
+    """`cmd` under `taskset -c cpu[,cpu...]` (unchanged when not pinning or without taskset)."""
     if cpu is None or not shutil.which("taskset"):
         return cmd
-    return ["taskset", "-c", str(cpu), *cmd]
+    return ["taskset", "-c", cpu_list(cpu), *cmd]
 
 
-def _affinity_preexec(cpu: int | None):
+def _affinity_preexec(cpu: Cpus):
     if cpu is None or shutil.which("taskset"):
         return None
-    return lambda: os.sched_setaffinity(0, {cpu})
+    cores = cpu_set(cpu)
+    return lambda: os.sched_setaffinity(0, cores)
 
 
-def pin_process(pid: int, cpu: int | None) -> None:
-    """Move every thread of a running process to `cpu` (threads created later inherit)."""
-    if cpu is None:
+def pin_process(pid: int, cpu: Cpus) -> None:
+    """Move every thread of a running process to `cpu` (one core or several; threads
+    created later inherit)."""
+    cores = cpu_set(cpu)
+    if cores is None:
         return
     try:
         tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
@@ -47,7 +66,7 @@ def pin_process(pid: int, cpu: int | None) -> None:
         tids = [pid]
     for tid in tids:
         try:
-            os.sched_setaffinity(tid, {cpu})
+            os.sched_setaffinity(tid, cores)
         except (ProcessLookupError, PermissionError):
             pass
 
@@ -75,7 +94,7 @@ def wait_port(port: int, timeout: float, child: "Child | None" = None) -> None:
 class Child:
     """A started child process with its output in a log file."""
 
-    def __init__(self, name: str, cmd: list[str], log: Path, cpu: int | None,
+    def __init__(self, name: str, cmd: list[str], log: Path, cpu: Cpus,
                  env: dict | None = None, cwd: str | None = None, capture: bool = False) -> None:
         self.name, self.log = name, log
         self._log_handle = open(log, "wb")

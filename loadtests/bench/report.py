@@ -94,6 +94,7 @@ def build(session: Session, setup: dict, command: str) -> dict:
         "handshake_errors": {name: [r["error"] for r in runs if "error" in r]
                              for name, runs in session.handshakes.items()},
         "resumption": session.resumption, "idle": session.idle}
+    data["workers"] = workers_section(session.workers, data)
     data["ratios"] = ratios(data)
     data["noise"] = noise_summary(session)
     data["goals"] = goals(data)
@@ -159,8 +160,66 @@ def goals(data: dict) -> list[dict]:
                     and idle["rss_held_mb"] < 300})
     else:
         out.append({"goal": "10,000 idle TLS connections in < 300 MB", "measured": None, "holds": None})
-    out.append({"goal": "--workers N scales ≥ 0.8 × N", "measured": None, "holds": None})
+    out.append(workers_goal(data.get("workers")))
     return out
+
+
+WORKERS_GOAL = "--workers N scales ≥ 0.8 × N"
+CLIENT_SATURATED = 0.9  # client cores busier than this: the generator may be what limits
+
+
+def workers_section(raw: dict | None, data: dict) -> dict | None:
+    """The --workers N phase summarised: medians, the 1-worker baseline measured by the
+    same generator (wrk, else loadtests) with the same connections, and the scaling."""
+    if not raw:
+        return None
+    runs = raw.get("runs", [])
+    by_wrk = raw.get("generator", "").startswith("wrk")
+    base = (data["wrk"] if by_wrk else data["closed"]).get(GATEWAY, {})
+    throughput = _sp(runs, "throughput")
+    shares: dict[str, list[float]] = {}
+    for r in runs:
+        for worker, share in (r.get("worker_share") or {}).items():
+            shares.setdefault(worker, []).append(share)
+    n = raw["workers"]
+    return {**{k: raw[k] for k in ("workers", "plan", "generator", "processes", "error",
+                                    "left_running", "exit_code") if k in raw},
+            "throughput": throughput, "p50_ms": _sp(runs, "p50_ms"), "p99_ms": _sp(runs, "p99_ms"),
+            "cpu_us_per_request": _sp(runs, "cpu_us_per_request"),
+            "client_cores_busy": _sp(runs, "client_cores_busy"), "noise": _sp(runs, "foreign_cores"),
+            "worker_share": {w: spread(v) for w, v in sorted(shares.items(), key=lambda i: int(i[0]))},
+            "baseline": {"source": f"{'wrk' if by_wrk else 'loadtests'}, main session, 1 worker",
+                         "throughput": base.get("throughput"), "p50_ms": base.get("p50_ms"),
+                         "p99_ms": base.get("p99_ms"), "cpu_us_per_request": base.get("cpu_us_per_request")},
+            "scaling": _ratio(throughput, base.get("throughput")), "scaling_needed": round(0.8 * n, 2),
+            "runs": runs}
+
+
+def workers_goal(w: dict | None) -> dict:
+    """The --workers goal: a verdict only from a pinned reading on N + 1 cores, by wrk."""
+    row = {"goal": WORKERS_GOAL, "measured": None, "holds": None}
+    if not w:
+        row["measured"] = "not run (bench --workers N, N ≥ 2, measures it)"
+        return row
+    n, plan = w["workers"], w.get("plan") or {}
+    if w.get("error"):
+        row["measured"] = f"not measured: the --workers {n} phase failed ({w['error'][:200]})"
+    elif not plan.get("measurable"):
+        row["measured"] = f"{plan.get('reason')} (an indicative reading is in the workers section)"
+    elif not w.get("generator", "").startswith("wrk"):
+        row["measured"] = ("not measurable without wrk: the Python generator cannot load "
+                           f"{n} workers (indicative reading in the workers section)")
+    elif w.get("scaling") is None:
+        row["measured"] = "not measured: no 1-worker or N-worker throughput"
+    else:
+        busy = _median(w.get("client_cores_busy"))
+        row["measured"] = (f"{w['scaling']:g}× with {n} workers (needs ≥ {w['scaling_needed']:g}×): "
+                           f"{w['throughput']['median']:.0f} vs {w['baseline']['throughput']['median']:.0f} "
+                           "req/s (wrk medians)"
+                           + (f"; client cores {busy:.0%} busy, the generator may be the limit"
+                              if busy is not None and busy > CLIENT_SATURATED else ""))
+        row["holds"] = w["scaling"] >= w["scaling_needed"]
+    return row
 
 
 def noise_summary(session: Session) -> dict:
@@ -168,6 +227,7 @@ def noise_summary(session: Session) -> dict:
     every = [f for runs in session.closed.values() for f in runs]
     every += [f for runs in session.wrk.values() for f in runs]
     every += [f for by_name in session.open.values() for runs in by_name.values() for f in runs]
+    every += [f for f in (session.workers or {}).get("runs", [])]
     noisy = [f for f in every if (f.get("foreign_cores") or 0.0) > session.opts.noise_limit]
     return {"measurements": len(every), "limit_cores": session.opts.noise_limit,
             "redone": sum(f.get("attempts", 1) - 1 for f in every), "kept_noisy": len(noisy),
@@ -306,6 +366,7 @@ def markdown(data: dict) -> str:
                       f"{idle['probe_ok']}/{idle['probes']} scoring requests on new connections "
                       f"answered 200 (p50 {idle['probe_p50_ms']} ms, max {idle['probe_max_ms']} ms)."]
         lines.append("")
+    lines += workers_markdown(data.get("workers"), data)
     lines += ["## scoregate / nginx", ""]
     r = data["ratios"]
     if not r:
@@ -324,3 +385,57 @@ def markdown(data: dict) -> str:
         lines += ["", "An overhead ratio is — when nginx's overhead is below 0.01 ms "
                   "(not measurable against run-to-run noise)."]
     return "\n".join(lines) + "\n"
+
+
+def _pct(s: dict | None) -> str:
+    if not s:
+        return "—"
+    if s["n"] == 1 or s["min"] == s["max"]:
+        return f"{s['median']:.0%}"
+    return f"{s['median']:.0%} ({s['min']:.0%}–{s['max']:.0%})"
+
+
+def workers_markdown(w: dict | None, data: dict) -> list[str]:
+    """The "## Workers" section: what ran where, the figures, the scaling."""
+    if not w:
+        return []
+    n, plan = w["workers"], w.get("plan") or {}
+    lines = [f"## Workers (`serve --workers {n}`)", "",
+             f"- pinning: {plan.get('pinning')}"]
+    if not plan.get("measurable"):
+        lines.append(f"- **indicative reading only** — {plan.get('reason')}; it decides nothing")
+    lines.append(f"- generator: {w.get('generator', '—')}; 1-worker figure: {w['baseline']['source']} "
+                 f"({data['setup'].get('pinning')})")
+    if w.get("error"):
+        lines += [f"- **the phase failed:** {w['error']}", ""]
+        return lines
+    base = w["baseline"]
+    lines += ["", "| gateway | req/s | p50 ms | p99 ms | CPU µs/req (main + workers) | other CPU |",
+              "|---|---:|---:|---:|---:|---:|",
+              f"| 1 worker | {fmt(base.get('throughput'), 0)} | {fmt(base.get('p50_ms'))} | "
+              f"{fmt(base.get('p99_ms'))} | {fmt(base.get('cpu_us_per_request'), 0)} | — |",
+              f"| {n} workers | {fmt(w.get('throughput'), 0)} | {fmt(w.get('p50_ms'))} | "
+              f"{fmt(w.get('p99_ms'))} | {fmt(w.get('cpu_us_per_request'), 0)} | {fmt(w.get('noise'))} |",
+              "", f"Scaling ({n} workers / 1 worker, medians): {_x(w.get('scaling'))} "
+              f"(the goal needs ≥ {w['scaling_needed']:g}×"
+              + ("" if plan.get("measurable") else "; not decided from this contended reading") + ")."]
+    if w.get("worker_share"):
+        lines.append("Share of the requests each worker served (scoregate_requests_total{worker}): "
+                     + ", ".join(f"worker {i} {_pct(s)}" for i, s in w["worker_share"].items()) + ".")
+    if w.get("client_cores_busy"):
+        lines.append(f"Client cores (wrk + replica) busy: {_pct(w['client_cores_busy'])}"
+                     + (" — near saturation, the generator may be the limit."
+                        if w["client_cores_busy"]["median"] > CLIENT_SATURATED else "."))
+    procs = w.get("processes") or []
+    if procs:
+        lines += ["", "| process | pid | cores | CPU counted |", "|---|---:|---|---|"]
+        for p in procs:
+            lines.append(f"| {p['role']} | {p['pid'] or '—'} | {p['cpus']} | "
+                         f"{'yes' if p['cpu_measured'] else 'no'} |")
+        lines += ["", "CPU per request: user + system time of the main process and the workers "
+                  "(not the replica, the resource tracker or nginx) over the requests completed."]
+    if w.get("left_running"):
+        lines.append(f"**Left running after the gateway stopped (killed by the bench):** "
+                     f"{', '.join(w['left_running'])}")
+    lines.append("")
+    return lines

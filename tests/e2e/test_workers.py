@@ -19,12 +19,16 @@ import subprocess
 import sys
 import time
 
+import socket
+import ssl
+
 import aiohttp
 import pytest
 import yaml
+from cryptography import x509
 
 from tests.support.gateway import REPO, GatewayProcess, alive, wait_for
-from tls import client_context
+from tls import client_context, write_dev_certificates
 
 COUNTING_SERVER = REPO / "tests" / "fakes" / "models" / "counting" / "server.py"
 IRIS, IRIS_BATCH = REPO / "examples" / "iris", REPO / "examples" / "iris-batch"
@@ -196,7 +200,7 @@ async def test_the_autoscaler_reads_the_load_of_every_worker(workers_gateway):
         scaled = await asyncio.to_thread(wait_for, lambda: gw.deployment("scaled", "main")["desired_replicas"] == 2,
                                          15, "the autoscaler to ask for a second replica")
         await load
-    assert scaled and set(statuses) <= {200, 429} and statuses.count(200) > 10
+    assert scaled and set(statuses) <= {200, 429} and statuses.count(200) > 10, statuses
 
 
 def test_metrics_show_each_worker_and_stay_valid(workers_gateway):
@@ -256,6 +260,42 @@ async def test_a_killed_worker_gives_its_slots_back_and_is_started_again(workers
     async with one_connection_per_request(gw) as session:
         statuses = [await score(session, gw, "counted", key) for _ in range(10)]
     assert statuses == [200] * 10
+
+
+def _served_serial(port: int) -> int:
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # only which certificate
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True)).serial_number
+
+
+def test_settings_file_certificates_and_sighup_reach_every_worker(make_gateway, tmp_path):
+    first, second = write_dev_certificates(tmp_path / "c1"), write_dev_certificates(tmp_path / "c2")
+    live = tmp_path / "live"
+    live.mkdir()
+    shutil.copy(first.cert, live / "tls.crt")
+    shutil.copy(first.key, live / "tls.key")
+    settings = tmp_path / "serve.yml"
+    settings.write_text(f"workers: 2\ntls:\n  cert: {live / 'tls.crt'}\n  key: {live / 'tls.key'}\n"
+                        f"  reload_interval: 0\n")
+    gw = make_gateway([str(IRIS)], ["--config", str(settings)])
+    assert len(healthz(gw)["workers"]) == 2
+    port = int(gw.scoring_url.rsplit(":", 1)[1])
+    serial = lambda path: x509.load_pem_x509_certificate(path.read_bytes()).serial_number  # noqa: E731
+    assert {_served_serial(port) for _ in range(12)} == {serial(first.cert)}  # 12 connections: both workers
+    shutil.copy(second.cert, live / "tls.crt")
+    shutil.copy(second.key, live / "tls.key")
+    gw.process.send_signal(signal.SIGHUP)  # to the main process only
+    wait_for(lambda: {_served_serial(port) for _ in range(12)} == {serial(second.cert)}, 10,
+             "every worker to serve the new certificate")
+
+
+@pytest.mark.parametrize("value", ["0", "65", "two"])
+def test_a_worker_count_out_of_range_is_refused(tmp_path, value):
+    done = subprocess.run([sys.executable, "-m", "serving.cli", "serve", "--workers", value, "--state-dir",
+                           str(tmp_path / "s")], capture_output=True, text=True, cwd=str(REPO), timeout=60)
+    assert done.returncode == 2 and "--workers" in done.stderr, done.stderr
 
 
 def test_sigterm_stops_every_process(workers_gateway):

@@ -26,9 +26,10 @@ def _record(change: int) -> None:
         if change < 0:
             _state["served"] += 1
         text = json.dumps(_state)
-        with open(COUNT_FILE + ".tmp", "w") as handle:
+        temporary = f"{COUNT_FILE}.{os.getpid()}.tmp"  # replicas of one deployment share COUNT_FILE
+        with open(temporary, "w") as handle:
             handle.write(text)
-        os.replace(COUNT_FILE + ".tmp", COUNT_FILE)
+        os.replace(temporary, COUNT_FILE)
 
 
 class Handler(BaseHTTPRequestHandler):
