@@ -46,13 +46,13 @@ def otel_tracer(provider=None):
     return trace.get_tracer("scoregate.router")
 
 
-def start_server_span(tracer, request):
+def start_server_span(tracer, method: str, headers: dict[str, str]):
     """A SERVER span continuing the caller's trace; (span, traceparent for the model)."""
     from opentelemetry import propagate, trace
 
-    parent = propagate.extract(dict(request.headers))
+    parent = propagate.extract(headers)
     span = tracer.start_span("scoregate.score", context=parent, kind=trace.SpanKind.SERVER,
-                             attributes={"http.request.method": request.method})
+                             attributes={"http.request.method": method})
     context = span.get_span_context()
     return span, f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
 
