@@ -175,6 +175,7 @@ class RouterApp:
     async def close(self) -> None:
         if self._listener is not None:
             await self.drain(0)
+        self._forwarder.close()
         await self.ejector.close()
         await self.access_log.close()
         await self._pool.close()

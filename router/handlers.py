@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import time
 
 import orjson
 from aiohttp import web
@@ -167,6 +168,7 @@ class ScoringHandlers:
             else:
                 request.abort()
         finally:
+            ctx.ended_ns = time.perf_counter_ns()
             self._recorder.record(ctx)
             self._access_log.record(ctx, request.method, request.path)
             if span is not None:

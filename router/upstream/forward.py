@@ -32,6 +32,7 @@ from ..errors import (PayloadTooLarge, RequestTimeout, ScoringError, UpstreamCon
                       UpstreamTimeout)
 from ..routing_table import DeploymentRoute, Replica
 from .connection import BadResponse, ConnectionClosed, UpstreamConnection
+from .deadlines import Deadlines
 from .headers import downstream_header_lines, upstream_request_head
 from .pool import ConnectFailed, UpstreamPool
 
@@ -95,7 +96,7 @@ class _Upload:
 
 
 class Forwarder:
-    __slots__ = ("_pool", "_max_body_bytes", "_max_response_bytes", "_on_resend")
+    __slots__ = ("_pool", "_max_body_bytes", "_max_response_bytes", "_on_resend", "_deadlines")
 
     def __init__(self, pool: UpstreamPool, *, max_body_bytes: int, max_response_bytes: int = 1 << 30,
                  on_resend=None) -> None:
@@ -105,6 +106,10 @@ class Forwarder:
         # (endpoint, deployment) → None, for each request sent again after the replica
         # closed a reused connection under it.
         self._on_resend = on_resend or (lambda endpoint, deployment: None)
+        self._deadlines = Deadlines()
+
+    def close(self) -> None:
+        self._deadlines.close()
 
     async def forward(
         self,
@@ -146,7 +151,7 @@ class Forwarder:
         upload_task: asyncio.Task | None = None
         done = False
         try:
-            async with asyncio.timeout_at(deadline):
+            with self._deadlines.at(deadline):
                 while True:
                     fresh = conn is not None  # the second attempt never reuses a connection
                     try:
