@@ -125,14 +125,17 @@ class Admission:
             state.busy += 1
         return replica
 
-    def try_acquire(self, key: Key, deployment: DeploymentRoute, exclude: Iterable[str] = ()) -> Replica | None:
+    def try_acquire(self, key: Key, deployment: DeploymentRoute, exclude: Iterable[str] = (),
+                    candidates: list[Replica] | None = None) -> Replica | None:
         """A free slot now, or None; never queues (used for mirrored copies too)."""
         state = self._state(key)
         if state.waiters:
             return None
         if self._in_flight.shared and self._waiting_elsewhere(state, deployment, None):
             return None  # no barging past the callers other processes have queued
-        return self._take(state, deployment, self.candidates(deployment, exclude))
+        if candidates is None:
+            candidates = self.candidates(deployment, exclude)
+        return self._take(state, deployment, candidates)
 
     # -- fairness across processes (`--workers`) -----------------------------------------
     # Each process publishes when the oldest request in its queue started waiting; a
@@ -215,7 +218,7 @@ class Admission:
         candidates = self.candidates(deployment, exclude)
         if not candidates:
             raise NoReadyReplica(f"deployment '{deployment.name}' has no ready replica")
-        replica = self.try_acquire(key, deployment, exclude)
+        replica = self.try_acquire(key, deployment, candidates=candidates)
         if replica is not None:
             return replica
         settings = deployment.request_settings

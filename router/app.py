@@ -26,8 +26,8 @@ from .balancing.ejection import OutlierEjector
 from .balancing.least_outstanding import LeastOutstandingPicker
 from .accesslog import AccessLog
 from .auth_throttle import AuthThrottle
-from .handlers import ScoringHandlers
-from .listener import ConnectionLimits, GatewayRunner, ensure_open_files
+from .handlers import ScoringHandlers, aiohttp_not_found
+from .listener import ConnectionLimits, Listener, ensure_open_files
 from .mirroring import Mirror
 from .pipeline import BodySettings, RetrySettings, ScoringPipeline
 from .ratelimit import RateLimiter
@@ -102,19 +102,19 @@ class RouterApp:
             holder, self.in_flight, picker, self.ejector, queue_depth_factor=settings.queue_depth_factor,
             queue_share=settings.queue_share, on_queue_wait=lambda key, s: self.recorder.queue_wait.labels(*key).observe(s))
         self._mirror = Mirror(self._pool, self.admission, self.recorder)
+        self._forwarder = Forwarder(self._pool, max_body_bytes=settings.body.max_body_bytes,
+                                    max_response_bytes=settings.max_response_bytes,
+                                    on_resend=lambda e, d: self.recorder.resends.labels(e, d).inc())
         pipeline = ScoringPipeline(
             holder, KeyAuthenticator(token_verifier), RateLimiter(), DeploymentPicker(rng),
-            self.admission, self.ejector, AuthThrottle(), self._mirror,
-            Forwarder(self._pool, max_body_bytes=settings.body.max_body_bytes,
-                      max_response_bytes=settings.max_response_bytes,
-                      on_resend=lambda e, d: self.recorder.resends.labels(e, d).inc()),
+            self.admission, self.ejector, AuthThrottle(), self._mirror, self._forwarder,
             self.recorder, settings.body, settings.retry,
         )
         self.access_log = AccessLog(settings.access_log, sample_rate=settings.access_log_sample_rate)
         self._handlers = ScoringHandlers(pipeline, self.recorder, self.access_log, settings.domain,
                                          otel_tracer(settings.tracer_provider), settings.trusted_proxies)
         self.recorder.registry.register(DeploymentCollector(holder, self.admission, self.ejector))
-        self._runner: web.AppRunner | None = None
+        self._listener: Listener | None = None
         holder.subscribe(self._on_table_change)
         self.recorder.routing_version.set(holder.current.version)
 
@@ -141,13 +141,13 @@ class RouterApp:
     @property
     def port(self) -> int:
         """The bound port (useful with port 0)."""
-        if self._runner is None or not self._runner.addresses:
+        if self._listener is None:
             raise RuntimeError("router is not listening")
-        return self._runner.addresses[0][1]
+        return self._listener.port
 
     @property
     def started(self) -> bool:
-        return self._runner is not None
+        return self._listener is not None
 
     async def start(self) -> None:
         # Callers, replica connections and files: leave room above max_connections.
@@ -159,42 +159,29 @@ class RouterApp:
                         self.settings.limits.max_connections)
         await self._pool.start()
         await self.access_log.start()
-        app = web.Application(client_max_size=self.settings.body.max_body_bytes)
-        app.add_routes(self._extra_routes + self._handlers.routes())
-        self._runner = GatewayRunner(
-            app,
-            self.settings.limits,
-            on_refusal=lambda reason: self.recorder.connection_refusals.labels(reason).inc(),
-            access_log=None,
-            keepalive_timeout=self.settings.keepalive_timeout_s,
-            # A caller that disconnects cancels its request: the upstream call is
-            # cancelled and the replica slot freed at once.
-            handler_cancellation=True,
-            handle_signals=False,
-        )
-        await self._runner.setup()
-        site = web.TCPSite(
-            self._runner, self.settings.host, self.settings.port,
-            ssl_context=self.settings.ssl_context, backlog=self.settings.backlog,
-            reuse_address=True, reuse_port=self.settings.reuse_port or None,
-        )
-        await site.start()
+        listener = Listener(
+            self._handlers.handle, host=self.settings.host, port=self.settings.port,
+            ssl_context=self.settings.ssl_context, limits=self.settings.limits,
+            keepalive_timeout_s=self.settings.keepalive_timeout_s, backlog=self.settings.backlog,
+            extra_routes=self._extra_routes, not_found=aiohttp_not_found,
+            client_max_size=self.settings.body.max_body_bytes, reuse_port=self.settings.reuse_port,
+            on_refusal=lambda reason: self.recorder.connection_refusals.labels(reason).inc())
+        await listener.start()
+        self._listener = listener
         log.info("router listening on %s://%s:%d", "https" if self.settings.ssl_context else "http",
                  self.settings.host, self.port)
 
     async def drain(self, timeout_s: float = 30.0) -> None:
         """Stop accepting, let in-flight requests finish within timeout_s, then cancel."""
-        if self._runner is not None:
-            # AppRunner.cleanup: stop listening, ask keep-alive connections to close,
-            # wait for handlers up to the shutdown timeout, cancel the rest.
-            self._runner._shutdown_timeout = timeout_s  # noqa: SLF001 (no public setter)
-            await self._runner.cleanup()
-            self._runner = None
+        if self._listener is not None:
+            await self._listener.drain(timeout_s)
+            self._listener = None
         await self._mirror.drain(min(timeout_s, 5.0))
 
     async def close(self) -> None:
-        if self._runner is not None:
+        if self._listener is not None:
             await self.drain(0)
+        self._forwarder.close()
         await self.ejector.close()
         await self.access_log.close()
         await self._pool.close()

@@ -22,13 +22,15 @@ class _RequestIds:
     gateway processes apart."""
 
     def __init__(self) -> None:
-        self._pid = -1
         self._prefix = ""
         self._counter = itertools.count()
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._prefix = ""
 
     def next(self) -> str:
-        if self._pid != os.getpid():
-            self._pid = os.getpid()
+        if not self._prefix:
             r = os.urandom(10).hex()  # 20 hex digits
             # version 4, variant 10xx, as uuid4() would write them
             self._prefix = f"{r[:8]}-{r[8:12]}-4{r[12:15]}-{'89ab'[int(r[15], 16) & 3]}{r[16:19]}-{r[19]}"
@@ -55,6 +57,7 @@ class RequestContext:
         "started_ns",
         "upstream_started_ns",
         "upstream_ended_ns",
+        "ended_ns",
         "queued_ns",
         "traceparent",
         "trust_forwarded",
@@ -74,6 +77,7 @@ class RequestContext:
         self.started_ns = time.perf_counter_ns()
         self.upstream_started_ns = 0
         self.upstream_ended_ns = 0
+        self.ended_ns = 0  # stamped once the answer is decided (router.handlers)
         self.queued_ns = 0
         self.traceparent: str | None = None
         self.trust_forwarded = False  # the caller is a trusted proxy: keep its X-Forwarded-For
@@ -82,13 +86,16 @@ class RequestContext:
         self.bytes_in = 0
         self.bytes_out = 0
 
+    def _end_ns(self) -> int:
+        return self.ended_ns or time.perf_counter_ns()
+
     def elapsed_s(self) -> float:
-        return (time.perf_counter_ns() - self.started_ns) / 1e9
+        return (self._end_ns() - self.started_ns) / 1e9
 
     def gateway_overhead_s(self) -> float:
         """Time spent in the gateway itself: total minus queueing minus the model."""
         upstream_ns = (self.upstream_ended_ns - self.upstream_started_ns) if self.upstream_ended_ns else 0
-        own = time.perf_counter_ns() - self.started_ns - self.queued_ns - upstream_ns
+        own = self._end_ns() - self.started_ns - self.queued_ns - upstream_ns
         return max(0, own) / 1e9
 
     def server_timing(self, upstream_ns: int | None = None) -> str:
@@ -103,5 +110,5 @@ class RequestContext:
     def upstream_s(self) -> float:
         if not self.upstream_started_ns:
             return 0.0
-        end = self.upstream_ended_ns or time.perf_counter_ns()
+        end = self.upstream_ended_ns or self._end_ns()
         return (end - self.upstream_started_ns) / 1e9

@@ -1,22 +1,32 @@
-"""HTTP routes of the scoring port → ScoringPipeline; every refusal → a JSON body.
+"""Routes of the scoring port → ScoringPipeline; every refusal → a JSON body.
 
-The first and last thing a request meets: it gets its request id and RequestContext
-here, and whatever happens in router.pipeline, it leaves here with either the model's
-answer or `{"code", "message", "request_id"}` and the matching status, and is recorded
-once by router.recording.
+The first and last thing a request meets after router.http1 parsed it: it gets its
+request id and RequestContext here, and whatever happens in router.pipeline, it leaves
+here with either the model's answer (written by router.upstream.forward) or
+`{"code", "message", "request_id"}` and the matching status, and is recorded once by
+router.recording.
+
+    /api/v1/endpoint/{endpoint}/score         POST → the replica's scoring path
+    /api/v1/endpoint/{endpoint}/swagger.json  GET, HEAD → the replica's /swagger.json
+    /api/v1/endpoint/{endpoint}/{tail}        any method → /{tail} (raw, checked)
+    with a `domain`: https://{endpoint}.{domain}/score and /{tail} likewise
+    anything else                             404 NotFound
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import time
 
 import orjson
 from aiohttp import web
 
 from .accesslog import AccessLog
 from .context import RequestContext, request_id_from
-from .errors import BadRequest, ScoringError
+from .errors import ScoringError
+from .http1 import Request
+from .listener import routing_path
 from .paths import NAME_RULE, check_subpath
 from .pipeline import ScoringPipeline
 from .recording import Recorder
@@ -25,16 +35,32 @@ from .tracing import child_traceparent, end_server_span, start_server_span
 log = logging.getLogger("scoregate.router")
 
 ENDPOINT_PREFIX = "/api/v1/endpoint/"
+NOT_FOUND_MESSAGE = "no such route; scoring is POST /api/v1/endpoint/{endpoint}/score"
 
 
 def error_response(status: int, code: str, message: str, request_id: str,
                    headers: dict[str, str] | None = None) -> web.Response:
+    """The JSON refusal as an aiohttp response (for the routes aiohttp serves)."""
     body = orjson.dumps({"code": code, "message": message, "request_id": request_id})
     response = web.Response(status=status, body=body, content_type="application/json")
     response.headers["x-request-id"] = request_id
     if headers:
         response.headers.update(headers)
     return response
+
+
+def send_error(request: Request, status: int, code: str, message: str, request_id: str,
+               headers: dict[str, str] | None = None) -> None:
+    """The JSON refusal `{code, message, request_id}`, answered on the scoring port."""
+    body = orjson.dumps({"code": code, "message": message, "request_id": request_id})
+    lines = f"Content-Type: application/json\r\nx-request-id: {request_id}\r\n"
+    if headers:
+        lines += "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    request.respond(status, lines.encode("utf-8", "surrogateescape"), body)
+
+
+async def aiohttp_not_found(request: web.Request) -> web.Response:
+    return error_response(404, "NotFound", NOT_FOUND_MESSAGE, request_id_from(request.headers.get("x-request-id")))
 
 
 class ScoringHandlers:
@@ -51,42 +77,34 @@ class ScoringHandlers:
         self._trusted_cache: dict[str, bool] = {}
         self._host_suffix = f".{domain.lower().strip('.')}" if domain else None
 
-    def routes(self) -> list[web.RouteDef]:
-        return [
-            web.route("*", "/api/v1/endpoint/{endpoint}/score", self.score),
-            web.get("/api/v1/endpoint/{endpoint}/swagger.json", self.swagger),
-            web.route("*", "/api/v1/endpoint/{endpoint}/{tail:.*}", self.passthrough),
-            web.route("*", "/{tail:.*}", self.not_found),
-        ]
-
-    async def score(self, request: web.Request) -> web.StreamResponse:
-        if not NAME_RULE.match(request.match_info["endpoint"]):
-            return self._refuse(request, 404, "EndpointNotFound", "no such endpoint")
-        if request.method != "POST":
-            return self._refuse(request, 405, "MethodNotAllowed", "scoring takes POST",
-                                {"Allow": "POST"})
-        return await self._run(request, None)
-
-    async def swagger(self, request: web.Request) -> web.StreamResponse:
-        return await self._run(request, "/swagger.json")
-
-    async def passthrough(self, request: web.Request) -> web.StreamResponse:
-        # Forward the raw (still percent-encoded) remainder of the path unchanged.
-        raw = request.rel_url.raw_path
-        prefix_end = raw.find("/", len(ENDPOINT_PREFIX))
-        return await self._run(request, raw[prefix_end:] if prefix_end > 0 else "/", check_path=True)
-
-    async def not_found(self, request: web.Request) -> web.StreamResponse:
-        endpoint = self._endpoint_from_host(request.host)
+    async def handle(self, request: Request) -> None:
+        """Route one request and answer it (router.http1 calls this, one task per request)."""
+        path = routing_path(request.path)
+        if path.startswith(ENDPOINT_PREFIX):
+            endpoint, slash, tail = path[len(ENDPOINT_PREFIX):].partition("/")
+            if endpoint and slash:
+                if tail == "score":
+                    if not NAME_RULE.match(endpoint):
+                        return self._refuse(request, 404, "EndpointNotFound", "no such endpoint")
+                    if request.method != "POST":
+                        return self._refuse(request, 405, "MethodNotAllowed", "scoring takes POST",
+                                            {"Allow": "POST"})
+                    return await self._run(request, None, endpoint)
+                if tail == "swagger.json" and request.method in ("GET", "HEAD"):
+                    return await self._run(request, "/swagger.json", endpoint)
+                # Forward the raw (still percent-encoded) remainder of the path unchanged.
+                raw = request.path
+                prefix_end = raw.find("/", len(ENDPOINT_PREFIX))
+                return await self._run(request, raw[prefix_end:] if prefix_end > 0 else "/", endpoint,
+                                       check_path=True)
+        endpoint = self._endpoint_from_host(request.header(b"host"))
         if endpoint is not None:
-            path = request.rel_url.raw_path
-            if path == "/score":
+            if request.path == "/score":
                 if request.method != "POST":
                     return self._refuse(request, 405, "MethodNotAllowed", "scoring takes POST", {"Allow": "POST"})
                 return await self._run(request, None, endpoint)
-            return await self._run(request, path, endpoint, check_path=True)
-        return self._refuse(request, 404, "NotFound",
-                            "no such route; scoring is POST /api/v1/endpoint/{endpoint}/score")
+            return await self._run(request, request.path, endpoint, check_path=True)
+        return self._refuse(request, 404, "NotFound", NOT_FOUND_MESSAGE)
 
     def _is_trusted(self, remote: str | None) -> bool:
         if not remote:
@@ -113,32 +131,24 @@ class ScoringHandlers:
                 return label
         return None
 
-    def _refuse(self, request, status, code, message, headers=None) -> web.Response:
-        request_id = request_id_from(request.headers.get("x-request-id"))
-        return error_response(status, code, message, request_id, headers)
+    def _refuse(self, request: Request, status, code, message, headers=None) -> None:
+        send_error(request, status, code, message, request_id_from(request.header(b"x-request-id")), headers)
 
-    async def _run(self, request: web.Request, upstream_path: str | None,
-                   endpoint: str | None = None, check_path: bool = False) -> web.StreamResponse:
-        ctx = RequestContext(request_id_from(request.headers.get("x-request-id")), request.remote)
+    async def _run(self, request: Request, upstream_path: str | None, endpoint: str,
+                   check_path: bool = False) -> None:
+        ctx = RequestContext(request_id_from(request.header(b"x-request-id")), request.remote)
         if self._trusted_proxies:
             ctx.trust_forwarded = self._is_trusted(request.remote)
         span = None
         if self._tracer is not None:
-            span, ctx.traceparent = start_server_span(self._tracer, request)
+            span, ctx.traceparent = start_server_span(self._tracer, request.method, request.header_dict())
         else:
-            ctx.traceparent, _ = child_traceparent(request.headers.get("traceparent"))
+            ctx.traceparent, _ = child_traceparent(request.header(b"traceparent"))
         try:
             if check_path:
                 check_subpath(upstream_path or "/")
-            if request.version < (1, 1) and "Transfer-Encoding" in request.headers:
-                # RFC 9112 §6.1: a 1.0 message with Transfer-Encoding has faulty framing.
-                raise BadRequest("Transfer-Encoding is not allowed in HTTP/1.0 requests")
-            response = await self._pipeline.handle(
-                request, ctx, endpoint or request.match_info["endpoint"], upstream_path)
-            ctx.status = response.status
-            if request.protocol is not None and request.protocol.should_close_after():
-                response.force_close()
-            return response
+            # The forwarder answers the caller and sets ctx.status.
+            await self._pipeline.handle(request, ctx, endpoint, upstream_path)
         except ScoringError as exc:
             ctx.status, ctx.error_code = exc.status, exc.code
             headers = dict(exc.headers)
@@ -148,14 +158,18 @@ class ScoringHandlers:
                 headers.setdefault("azureml-model-deployment", ctx.deployment)
             headers["Server-Timing"] = ctx.server_timing()
             headers["traceparent"] = ctx.traceparent
-            return error_response(exc.status, exc.code, exc.message, ctx.request_id, headers)
+            send_error(request, exc.status, exc.code, exc.message, ctx.request_id, headers)
         except Exception:
             log.exception("request %s failed inside the gateway", ctx.request_id)
             ctx.status, ctx.error_code = 500, "InternalError"
-            return error_response(500, "InternalError", "the gateway failed to handle the request",
-                                  ctx.request_id)
+            if not request.responded:
+                send_error(request, 500, "InternalError", "the gateway failed to handle the request",
+                           ctx.request_id)
+            else:
+                request.abort()
         finally:
+            ctx.ended_ns = time.perf_counter_ns()
             self._recorder.record(ctx)
-            self._access_log.record(ctx, request.method, request.rel_url.raw_path)
+            self._access_log.record(ctx, request.method, request.path)
             if span is not None:
                 end_server_span(self._tracer, span, ctx)

@@ -1,36 +1,33 @@
-"""Accept: the HTTPS listener and the limits enforced before a request reaches a handler.
+"""Accept: the scoring port's listening socket, its connections and their limits.
 
-aiohttp's HTTP parser (llhttp, strict) already refuses malformed framing: both
-Content-Length and Transfer-Encoding, duplicate or signed lengths, unknown or
-obfuscated transfer codings, bad chunk sizes and extensions, bare LF, obsolete line
-folding, NUL/CR/LF in values, non-token methods. This module adds what a gateway facing
-the internet needs on top, per connection:
-- every refusal of the parser is a JSON body (`code`, `message`, `request_id`) with
-  the right status — 414 request line too long, 431 headers too large or too many,
-  400 otherwise — and the connection is closed; logged at debug, counted, never a
-  traceback per attacker request;
-- a connection must deliver its first request's headers within `header_timeout_s`
-  (slowloris), else it gets 408 and is closed; later requests on a kept-alive
-  connection are bounded by the keep-alive timeout;
+Each connection is a router.http1.HttpConnection (our HTTP/1.1 server protocol on
+httptools), which refuses malformed requests before any handler (400/414/431 JSON
+bodies, the connection closed) and gives the first request's head `header_timeout_s`
+to arrive (slowloris: 408). This module adds, per listener:
 - at most `max_connections` connections at once (extra ones are closed at once), and
-  at most `max_requests_per_connection` requests on one connection.
-The aiohttp classes are extended here and only here (`RequestHandler.handle_error`,
-the `Server` protocol factory); tests/security exercise every point over raw sockets.
+  at most `max_requests_per_connection` requests on one connection (the connection
+  enforces it; the limits live here);
+- every refusal counted through `on_refusal(reason)`, logged at debug, never a
+  traceback per attacker request;
+- the hand-over of paths served by aiohttp routes (`extra_routes`, e.g. batch jobs)
+  to an aiohttp connection handler, with a JSON 404 for their unknown paths;
+- start / drain: stop accepting, close idle connections, let requests being answered
+  finish within the timeout, then cancel the rest.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import resource
-import uuid
+import ssl
 from dataclasses import dataclass
+from urllib.parse import unquote
 
-import orjson
 from aiohttp import web
-from aiohttp.http_exceptions import LineTooLong
-from aiohttp.web_protocol import RequestHandler
-from aiohttp.web_server import Server
+
+from .http1 import HttpConnection
 
 log = logging.getLogger("scoregate.router.listener")
 
@@ -60,89 +57,16 @@ def ensure_open_files(wanted: int) -> int:
     return soft
 
 
-def _json_error(status: int, code: str, message: str) -> bytes:
-    return orjson.dumps({"code": code, "message": message, "request_id": str(uuid.uuid4())})
+_ENCODED_OCTET = re.compile(r"%[0-9A-Fa-f]{2}")
 
 
-class GatewayRequestHandler(RequestHandler):
-    """aiohttp's connection protocol with the gateway's refusals and first-request deadline."""
-
-    _header_timer: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        limits: ConnectionLimits = self._manager.limits  # type: ignore[attr-defined]
-        self._header_timer = self._loop.call_later(limits.header_timeout_s, self._on_header_timeout)
-
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        if self._header_timer is not None and self._request_count:
-            self._header_timer.cancel()
-            self._header_timer = None
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
-        super().connection_lost(exc)
-
-    def _on_header_timeout(self) -> None:
-        self._header_timer = None
-        transport = self.transport
-        if self._request_count or transport is None or transport.is_closing():
-            return
-        self._manager.refused("header_timeout")  # type: ignore[attr-defined]
-        body = _json_error(408, "ClientRequestTimeout", "the request headers did not arrive in time")
-        transport.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
-                        b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-        self.force_close()
-        transport.close()
-
-    def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
-                     message: str | None = None) -> web.StreamResponse:
-        if status != 400 or exc is None:
-            return super().handle_error(request, status, exc, message)
-        text = str(getattr(exc, "message", "") or exc).splitlines()[0][:200]
-        status, code = 400, "BadRequest"
-        if isinstance(exc, LineTooLong):
-            # The parser reports which line: the request line (URL) or a header.
-            if self._looks_like_url(exc):
-                status, code = 414, "UriTooLong"
-            else:
-                status, code = 431, "RequestHeaderFieldsTooLarge"
-        elif "too many headers" in text.lower():
-            status, code = 431, "RequestHeaderFieldsTooLarge"
-        self._manager.refused(f"http_{status}")  # type: ignore[attr-defined]
-        log.debug("refused a malformed request from %s: %s", request.remote, text)
-        response = web.Response(status=status, body=_json_error(status, code, f"malformed request: {text}"),
-                                content_type="application/json")
-        response.force_close()
-        return response
-
-    @staticmethod
-    def _looks_like_url(exc: LineTooLong) -> bool:
-        # llhttp's URL callback hands over a bytearray, its header callbacks bytes.
-        return "bytearray(" in str(exc)
-
-    def should_close_after(self) -> bool:
-        """True when this connection has served its last allowed request."""
-        return self._request_count >= self._manager.limits.max_requests_per_connection  # type: ignore[attr-defined]
-
-
-class GatewayServer(Server):
-    """aiohttp's Server (the protocol factory) with a cap on open connections."""
-
-    limits: ConnectionLimits
-    on_refusal = staticmethod(lambda reason: None)
-
-    def refused(self, reason: str) -> None:
-        self.on_refusal(reason)
-
-    def __call__(self) -> RequestHandler:
-        if len(self.connections) >= self.limits.max_connections:
-            self.refused("max_connections")
-            return _Refuse()  # type: ignore[return-value]
-        return GatewayRequestHandler(self, loop=self._loop, **self._kwargs)
+def routing_path(raw_path: str) -> str:
+    """The path routes are matched on: percent-decoded, except an encoded '/' or '%'
+    (which would change the segments) — as aiohttp's router matches."""
+    if "%" not in raw_path:
+        return raw_path
+    return _ENCODED_OCTET.sub(lambda m: m.group(0) if m.group(0).lower() in ("%2f", "%25")
+                              else unquote(m.group(0)), raw_path)
 
 
 class _Refuse(asyncio.Protocol):
@@ -152,16 +76,96 @@ class _Refuse(asyncio.Protocol):
         transport.abort()
 
 
-class GatewayRunner(web.AppRunner):
-    def __init__(self, app: web.Application, limits: ConnectionLimits, on_refusal=None, **kwargs) -> None:
-        super().__init__(app, max_line_size=limits.max_line_size, max_field_size=limits.max_field_size,
-                         max_headers=limits.max_headers, **kwargs)
-        self._limits = limits
-        self._on_refusal = on_refusal or (lambda reason: None)
+class Listener:
+    """The scoring port. `handler(request)` answers every request not handed over."""
 
-    async def _make_server(self) -> Server:
-        server = await super()._make_server()
-        server.__class__ = GatewayServer  # same state, our protocol factory
-        server.limits = self._limits
-        server.on_refusal = self._on_refusal
-        return server
+    def __init__(self, handler, *, host: str, port: int, ssl_context: ssl.SSLContext | None,
+                 limits: ConnectionLimits, keepalive_timeout_s: float, backlog: int = 1024,
+                 extra_routes: list[web.RouteDef] | None = None, not_found=None,
+                 client_max_size: int = 1024 ** 2, on_refusal=None, reuse_port: bool = False) -> None:
+        self.handler = handler
+        self.limits = limits
+        self.keepalive_timeout_s = keepalive_timeout_s
+        self.connections: set[HttpConnection] = set()
+        self.draining = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._host, self._port, self._ssl, self._backlog = host, port, ssl_context, backlog
+        self._reuse_port = reuse_port  # `serve --workers`: several processes on one port
+        self._on_refusal = on_refusal or (lambda reason: None)
+        self._server: asyncio.AbstractServer | None = None
+        # aiohttp serves the extra routes; the path prefixes that go there.
+        self._extra_routes = list(extra_routes or [])
+        self._prefixes = tuple(route.path.split("{", 1)[0] for route in self._extra_routes)
+        self._not_found = not_found
+        self._client_max_size = client_max_size
+        self._aiohttp: web.AppRunner | None = None
+
+    @property
+    def port(self) -> int:
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("router is not listening")
+        return self._server.sockets[0].getsockname()[1]
+
+    def refused(self, reason: str) -> None:
+        self._on_refusal(reason)
+
+    def hands_over(self, raw_path: str) -> bool:
+        """True when an aiohttp route serves this path."""
+        if not self._prefixes:
+            return False
+        path = routing_path(raw_path)
+        if not path.startswith(self._prefixes):
+            return False
+        for prefix, route in zip(self._prefixes, self._extra_routes):
+            if path.startswith(prefix) if "{" in route.path else path == prefix:
+                return True
+        return False
+
+    def aiohttp_protocol(self) -> asyncio.Protocol:
+        return self._aiohttp.server()
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        if self._extra_routes:
+            app = web.Application(client_max_size=self._client_max_size)
+            routes = list(self._extra_routes)
+            if self._not_found is not None:
+                routes.append(web.route("*", "/{tail:.*}", self._not_found))
+            app.add_routes(routes)
+            # A caller that disconnects cancels its request there too.
+            self._aiohttp = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True,
+                                          keepalive_timeout=self.keepalive_timeout_s)
+            await self._aiohttp.setup()
+        self._server = await self.loop.create_server(
+            self._protocol, self._host, self._port, ssl=self._ssl, backlog=self._backlog, reuse_address=True,
+            reuse_port=self._reuse_port or None)
+
+    def _protocol(self) -> asyncio.Protocol:
+        if len(self.connections) >= self.limits.max_connections:
+            self.refused("max_connections")
+            return _Refuse()
+        return HttpConnection(self)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Stop accepting, close idle connections, let requests being answered finish
+        within timeout_s (their connections close after the answer), cancel the rest."""
+        if self._server is None:
+            return
+        self._server.close()
+        self.draining = True
+        await asyncio.sleep(0)  # connections accepted just before the close get their protocol
+        for conn in list(self.connections):
+            conn.close_when_idle()
+        waits = [asyncio.ensure_future(conn.wait_idle()) for conn in self.connections if conn.busy]
+        if waits:
+            await asyncio.wait(waits, timeout=timeout_s)
+            for wait in waits:
+                wait.cancel()
+        for conn in list(self.connections):
+            conn.cancel()
+        self.connections.clear()
+        if self._aiohttp is not None:
+            self._aiohttp._shutdown_timeout = timeout_s  # noqa: SLF001 (no public setter)
+            await self._aiohttp.cleanup()
+            self._aiohttp = None
+        self._server = None

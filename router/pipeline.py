@@ -19,16 +19,14 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from aiohttp import web
-
 from .admission import Admission
 from .auth import KeyAuthenticator
 from .balancing.ejection import OutlierEjector
 from .context import RequestContext
-from .errors import (BadRequest, EndpointNotFound, NoReadyReplica, PayloadTooLarge, RequestTimeout,
-                     UpstreamConnectionError)
+from .errors import EndpointNotFound, NoReadyReplica, PayloadTooLarge, RequestTimeout, UpstreamConnectionError
 from .auth_throttle import AuthThrottle
 from .errors import DeploymentNotFound, Unauthorized
+from .http1 import Request
 from .mirroring import Mirror
 from .paths import NAME_RULE
 from .ratelimit import RateLimiter
@@ -38,6 +36,7 @@ from .traffic import PIN_HEADER, DeploymentPicker
 from .upstream.forward import Forwarder, NotSent, UpstreamDeadline, UpstreamFailed
 from .upstream.headers import upstream_request_headers
 
+_PIN_KEY = PIN_HEADER.encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,9 +83,10 @@ class ScoringPipeline:
         self._body = body
         self._retry = retry
 
-    async def handle(self, request: web.Request, ctx: RequestContext, endpoint_name: str,
-                     upstream_path: str | None) -> web.StreamResponse:
-        """Answer one request; `upstream_path` None means the replica's scoring path."""
+    async def handle(self, request: Request, ctx: RequestContext, endpoint_name: str,
+                     upstream_path: str | None) -> None:
+        """Answer one request; `upstream_path` None means the replica's scoring path.
+        The answer is written by the forwarder; a refusal is raised as a ScoringError."""
         if not NAME_RULE.match(endpoint_name):
             raise EndpointNotFound("endpoint names are 2-32 letters, digits and '-', starting with a letter")
         endpoint = self._holder.current.endpoints.get(endpoint_name)
@@ -95,13 +95,13 @@ class ScoringPipeline:
         ctx.endpoint = endpoint.name
         self._auth_throttle.check(request.remote)
         try:
-            self._auth.check(endpoint, request.headers.get("Authorization"))
+            self._auth.check(endpoint, request.header(b"authorization"))
         except Unauthorized:
             self._auth_throttle.failed(request.remote)
             raise
         self._rate_limiter.check(endpoint.name, endpoint.rate_limit)
 
-        pin = request.headers.get(PIN_HEADER)
+        pin = request.header(_PIN_KEY)
         if pin is not None and not NAME_RULE.match(pin):
             raise DeploymentNotFound(f"'{PIN_HEADER}' must name a deployment (2-32 letters, digits or '-')")
         deployment, pinned = self._deployments.pick(endpoint, pin)
@@ -116,7 +116,7 @@ class ScoringPipeline:
             for shadow in self._deployments.mirror_targets(endpoint, deployment.name):
                 if headers is None:  # built once, only when there is a copy to send
                     headers = upstream_request_headers(
-                        request.headers, request_id=ctx.request_id, client_ip=request.remote,
+                        request.raw_headers, request_id=ctx.request_id, client_ip=request.remote,
                         scheme=request.scheme, traceparent=ctx.traceparent, trust_forwarded=ctx.trust_forwarded)
                 self._mirror.send_copy(ctx, shadow, request.method, upstream_path, headers, body)
 
@@ -133,10 +133,9 @@ class ScoringPipeline:
             ctx.queued_ns += time.perf_counter_ns() - queued_ns
             ctx.replica = replica.replica_id
             try:
-                response = await self._forwarder.forward(
-                    request, ctx, deployment, replica, upstream_path, body, deadline)
+                await self._forwarder.forward(request, ctx, deployment, replica, upstream_path, body, deadline)
                 self._ejector.on_success(replica.replica_id)
-                return response
+                return
             except NotSent as exc:
                 self._on_failure(key, replica.replica_id, exc.kind)
                 tried.append(replica.replica_id)
@@ -157,27 +156,25 @@ class ScoringPipeline:
         if self._ejector.on_failure(replica_id, kind):
             self._recorder.ejections.labels(*key).inc()
 
-    async def _read_small_body(self, request: web.Request) -> bytes | None:
+    async def _read_small_body(self, request: Request) -> bytes | None:
         """Read the body into memory when it is known to be small; None means stream it."""
-        if not request.can_read_body:
+        if not request.has_body:
             return b""
         length = request.content_length
-        if length is None:
-            if request.headers.get("Transfer-Encoding", "").lower() != "chunked":
-                raise BadRequest("a request body needs Content-Length or chunked encoding")
+        if length is None:  # chunked (router.http1 accepts no other transfer coding)
             return None
         if length > self._body.max_body_bytes:
             raise PayloadTooLarge(
                 f"request body of {length} bytes exceeds the limit of {self._body.max_body_bytes}")
         if length > self._body.buffer_max_bytes:
             return None
-        content = request.content
-        if content.is_eof() and not content.exception():
+        body = request.body
+        if body.done:
             # Already all here (the usual small body): take it without a timer.
-            return content.read_nowait(-1) if length else b""
+            return body.take()
         try:
             async with asyncio.timeout(self._body.body_timeout_s):
-                return await request.read()
+                return await body.read()
         except TimeoutError:
             raise RequestTimeout(
                 f"the request body did not arrive within {self._body.body_timeout_s:g} s") from None

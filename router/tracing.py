@@ -12,8 +12,8 @@ span per request; without it, the cost is one `is None` check.
 
 from __future__ import annotations
 
-import os
 import re
+from random import getrandbits  # ids need to be unique, not secret; reseeded in a forked child
 
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})\Z")
 _ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
@@ -27,8 +27,8 @@ def child_traceparent(incoming: str | None) -> tuple[str, str]:
         if match and match.group(1) != _ZERO_TRACE and match.group(2) != _ZERO_SPAN:
             trace_id, flags = match.group(1), match.group(3)
     if trace_id is None:
-        trace_id = os.urandom(16).hex()
-    return f"00-{trace_id}-{os.urandom(8).hex()}-{flags}", trace_id
+        trace_id = f"{getrandbits(128) or 1:032x}"
+    return f"00-{trace_id}-{getrandbits(64) or 1:016x}-{flags}", trace_id
 
 
 def otel_tracer(provider=None):
@@ -46,13 +46,13 @@ def otel_tracer(provider=None):
     return trace.get_tracer("scoregate.router")
 
 
-def start_server_span(tracer, request):
+def start_server_span(tracer, method: str, headers: dict[str, str]):
     """A SERVER span continuing the caller's trace; (span, traceparent for the model)."""
     from opentelemetry import propagate, trace
 
-    parent = propagate.extract(dict(request.headers))
+    parent = propagate.extract(headers)
     span = tracer.start_span("scoregate.score", context=parent, kind=trace.SpanKind.SERVER,
-                             attributes={"http.request.method": request.method})
+                             attributes={"http.request.method": method})
     context = span.get_span_context()
     return span, f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
 

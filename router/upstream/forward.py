@@ -26,17 +26,17 @@ from __future__ import annotations
 import asyncio
 import time
 
-from aiohttp import web
-
 from ..context import RequestContext
+from ..http1 import Request
 from ..errors import (PayloadTooLarge, RequestTimeout, ScoringError, UpstreamConnectionError,
                       UpstreamTimeout)
 from ..routing_table import DeploymentRoute, Replica
 from .connection import BadResponse, ConnectionClosed, UpstreamConnection
-from .headers import downstream_headers_from_raw, upstream_request_head
+from .deadlines import Deadlines
+from .headers import downstream_header_lines, upstream_request_head
 from .pool import ConnectFailed, UpstreamPool
 
-DEPLOYMENT_HEADER = "azureml-model-deployment"
+DEPLOYMENT_HEADER = b"azureml-model-deployment"
 WHOLE_RESPONSE_MAX_BYTES = 256 * 1024
 STREAM_CHUNK_BYTES = 64 * 1024
 # RFC 9110 §9.2.2: a proxy may send these again after a connection failure.
@@ -83,7 +83,7 @@ class _Upload:
 
     async def run(self, conn: UpstreamConnection, source, chunked: bool, limit: int,
                   ctx: RequestContext) -> None:
-        async for chunk in source.iter_chunked(STREAM_CHUNK_BYTES):
+        async for chunk in source.chunks():
             ctx.bytes_in += len(chunk)
             if ctx.bytes_in > limit:
                 raise _BodyTooLarge()
@@ -96,7 +96,7 @@ class _Upload:
 
 
 class Forwarder:
-    __slots__ = ("_pool", "_max_body_bytes", "_max_response_bytes", "_on_resend")
+    __slots__ = ("_pool", "_max_body_bytes", "_max_response_bytes", "_on_resend", "_deadlines")
 
     def __init__(self, pool: UpstreamPool, *, max_body_bytes: int, max_response_bytes: int = 1 << 30,
                  on_resend=None) -> None:
@@ -106,24 +106,29 @@ class Forwarder:
         # (endpoint, deployment) → None, for each request sent again after the replica
         # closed a reused connection under it.
         self._on_resend = on_resend or (lambda endpoint, deployment: None)
+        self._deadlines = Deadlines()
+
+    def close(self) -> None:
+        self._deadlines.close()
 
     async def forward(
         self,
-        request: web.Request,
+        request: Request,
         ctx: RequestContext,
         deployment: DeploymentRoute,
         replica: Replica,
         path: str | None,
         body: bytes | None,
         deadline: float,
-    ) -> web.StreamResponse:
+    ) -> None:
+        """Send the request to `replica` and answer the caller (setting ctx.status)."""
         method = request.method
         source = None
         chunked = False
         if body is not None:
             framing = f"Content-Length: {len(body)}\r\n" if body or method in BODY_METHODS else ""
-        elif request.can_read_body:
-            source = request.content
+        elif request.has_body:
+            source = request.body
             if request.content_length is not None:
                 framing = f"Content-Length: {request.content_length}\r\n"
             else:
@@ -132,11 +137,11 @@ class Forwarder:
             framing = "Content-Length: 0\r\n" if method in BODY_METHODS else ""
         # Path and query go out byte for byte as the caller sent them.
         target = path or replica.scoring_path
-        query = request.rel_url.raw_query_string
+        query = request.query
         if query:
             target = f"{target}?{query}"
         head = upstream_request_head(
-            method, target, replica.authority, request.headers, framing, request_id=ctx.request_id,
+            method, target, replica.authority, request.raw_headers, framing, request_id=ctx.request_id,
             client_ip=request.remote, scheme=request.scheme, traceparent=ctx.traceparent,
             trust_forwarded=ctx.trust_forwarded)
 
@@ -144,10 +149,9 @@ class Forwarder:
         conn: UpstreamConnection | None = None
         upload: _Upload | None = None
         upload_task: asyncio.Task | None = None
-        streaming: list[web.StreamResponse] = []  # set once the answer started
         done = False
         try:
-            async with asyncio.timeout_at(deadline):
+            with self._deadlines.at(deadline):
                 while True:
                     fresh = conn is not None  # the second attempt never reuses a connection
                     try:
@@ -179,17 +183,16 @@ class Forwarder:
                         if exc.reset:
                             raise NotSent("reset") from None
                         raise
-                response = await self._relay(request, ctx, deployment, conn, status, reason,
-                                             raw_headers, length, streaming)
+                await self._relay(request, ctx, deployment, conn, status, reason, raw_headers, length)
                 done = upload_task is None or upload_task.done()
-                return response
+                return
         except _BodyTooLarge:
             ctx.error_code = PayloadTooLarge.code
             raise PayloadTooLarge(f"request body exceeds {self._max_body_bytes} bytes") from None
         except TimeoutError:
-            if streaming:
-                self._abort(request)
-                return streaming[0]
+            if request.responded:  # the answer started: cut it
+                request.abort()
+                return
             if upload is not None and not upload.done:
                 raise RequestTimeout("the request body did not arrive in time") from None
             raise UpstreamDeadline(
@@ -198,14 +201,14 @@ class Forwarder:
         except (NotSent, ScoringError):
             raise
         except BadResponse as exc:
-            if streaming:
-                self._abort(request)
-                return streaming[0]
+            if request.responded:
+                request.abort()
+                return
             raise UpstreamFailed(f"the model's answer is not valid HTTP: {exc}", "bad_response") from None
         except (ConnectionClosed, OSError, _ResponseTooLarge) as exc:
-            if streaming:
-                self._abort(request)
-                return streaming[0]
+            if request.responded:
+                request.abort()
+                return
             raise UpstreamFailed(f"the connection to the model failed: {exc}", "reset") from None
         finally:
             ctx.upstream_ended_ns = time.perf_counter_ns()
@@ -219,7 +222,7 @@ class Forwarder:
 
     async def _relay(
         self,
-        request: web.Request,
+        request: Request,
         ctx: RequestContext,
         deployment: DeploymentRoute,
         conn: UpstreamConnection,
@@ -227,44 +230,34 @@ class Forwarder:
         reason: bytes,
         raw_headers: list[tuple[bytes, bytes]],
         length: int | None,
-        streaming: list[web.StreamResponse],
-    ) -> web.StreamResponse:
-        headers = downstream_headers_from_raw(raw_headers)
-        headers[DEPLOYMENT_HEADER] = deployment.name
-        headers["x-request-id"] = ctx.request_id
-        headers["Server-Timing"] = ctx.server_timing()
+    ) -> None:
+        lines = downstream_header_lines(raw_headers)
+        lines.append(b"%s: %s\r\nx-request-id: %s\r\nServer-Timing: %s\r\n" % (
+            DEPLOYMENT_HEADER, deployment.name.encode(), ctx.request_id.encode(), ctx.server_timing().encode()))
         if ctx.traceparent:
-            headers["traceparent"] = ctx.traceparent
+            lines.append(b"traceparent: %s\r\n" % ctx.traceparent.encode())
         if not 200 <= status < 300:
-            headers["ms-azureml-model-error-statuscode"] = str(status)
-            headers["ms-azureml-model-error-reason"] = reason[:200].decode("latin-1")
+            lines.append(b"ms-azureml-model-error-statuscode: %d\r\nms-azureml-model-error-reason: %s\r\n"
+                         % (status, reason[:200]))
             ctx.error_code = "ModelError"
             status = 424
         if length is not None and length > self._max_response_bytes:
             raise UpstreamFailed(f"the model's answer ({length} bytes) exceeds the limit of "
                                  f"{self._max_response_bytes} bytes", "oversized")
+        ctx.status = status
         if length is not None and length <= WHOLE_RESPONSE_MAX_BYTES:
             payload = await conn.read_all()
             ctx.bytes_out = len(payload)
-            return web.Response(status=status, headers=headers, body=payload)
-        response = web.StreamResponse(status=status, headers=headers)
-        if length is not None:
-            response.content_length = length
-        await response.prepare(request)
-        streaming.append(response)
+            request.respond(status, b"".join(lines), payload,
+                            content_length=length if request.head_only else None)
+            return
+        request.start(status, b"".join(lines), length)
         while (chunk := await conn.next_chunk()) is not None:
             ctx.bytes_out += len(chunk)
             if ctx.bytes_out > self._max_response_bytes:
                 raise _ResponseTooLarge("the model's answer exceeds the response size limit")
-            await response.write(chunk)
-        await response.write_eof()
-        return response
-
-    @staticmethod
-    def _abort(request: web.Request) -> None:
-        transport = request.transport
-        if transport is not None:
-            transport.abort()
+            await request.write(chunk)
+        request.end()
 
 
 def _abort_on_failure(conn: UpstreamConnection):

@@ -7,7 +7,7 @@ connection, never the message, so a proxy must drop them and every header the
 
 from __future__ import annotations
 
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 
 HOP_BY_HOP = frozenset(
     h.lower()
@@ -32,34 +32,47 @@ _DROP_UPSTREAM = HOP_BY_HOP | {"authorization", "host", "content-length", "x-for
 # Not returned to the caller: set by our own server for the new message.
 _DROP_DOWNSTREAM = HOP_BY_HOP | {"content-length", "date", "server"}
 _DROP_DOWNSTREAM_RAW = frozenset(name.encode() for name in _DROP_DOWNSTREAM)
+_DROP_UPSTREAM_RAW = frozenset(name.encode() for name in _DROP_UPSTREAM)
 
 
-def _connection_listed(headers: CIMultiDictProxy) -> set[str]:
-    listed: set[str] = set()
-    for value in headers.getall("Connection", ()):
-        for name in value.split(","):
-            name = name.strip().lower()
-            if name:
-                listed.add(name)
+def _listed(raw: list[tuple[bytes, bytes]]) -> set[bytes]:
+    """Lower-case names the `Connection` headers of `raw` name (hop-by-hop too)."""
+    listed: set[bytes] = set()
+    for name, value in raw:
+        if name.lower() == b"connection":
+            listed.update(part.strip().lower() for part in value.split(b",") if part.strip())
     return listed
 
 
-def _forwardable(headers: CIMultiDictProxy):
-    """(name, value) of the caller's headers that may go to the model."""
-    listed = _connection_listed(headers) if "Connection" in headers else ()
-    for name, value in headers.items():
-        lower = name.lower()
-        if lower in _DROP_UPSTREAM or lower in listed:
-            continue
-        yield name, value
+def _forwardable(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """(name, value) byte pairs of the caller's headers that may go to the model."""
+    out = []
+    connection = False
+    for pair in raw:
+        lower = pair[0].lower()
+        if lower in _DROP_UPSTREAM_RAW:
+            connection = connection or lower == b"connection"
+        else:
+            out.append(pair)
+    if connection:  # it may come after the headers it names
+        listed = _listed(raw)
+        out = [pair for pair in out if pair[0].lower() not in listed]
+    return out
 
 
-def _added(headers: CIMultiDictProxy, request_id: str, client_ip: str | None, scheme: str,
+def _prior_forwarded_for(raw: list[tuple[bytes, bytes]]) -> str | None:
+    for name, value in raw:
+        if name.lower() == b"x-forwarded-for":
+            return value.decode("utf-8", "surrogateescape")
+    return None
+
+
+def _added(raw: list[tuple[bytes, bytes]], request_id: str, client_ip: str | None, scheme: str,
            traceparent: str | None, trust_forwarded: bool):
     """The headers the gateway sets. A caller's own X-Forwarded-For is kept (and appended
     to) only when the caller is a trusted proxy; otherwise it is replaced by the caller's
     address, so nobody can pose as another client."""
-    prior = headers.get("X-Forwarded-For") if trust_forwarded else None
+    prior = _prior_forwarded_for(raw) if trust_forwarded else None
     if client_ip:
         yield "X-Forwarded-For", f"{prior}, {client_ip}" if prior else client_ip
     elif prior:
@@ -71,59 +84,41 @@ def _added(headers: CIMultiDictProxy, request_id: str, client_ip: str | None, sc
 
 
 def upstream_request_headers(
-    headers: CIMultiDictProxy, *, request_id: str, client_ip: str | None, scheme: str,
+    raw: list[tuple[bytes, bytes]], *, request_id: str, client_ip: str | None, scheme: str,
     traceparent: str | None = None, trust_forwarded: bool = False,
 ) -> CIMultiDict:
-    """Headers for the model, as a multidict (mirrored copies go through aiohttp)."""
-    out: CIMultiDict = CIMultiDict(_forwardable(headers))
-    for name, value in _added(headers, request_id, client_ip, scheme, traceparent, trust_forwarded):
+    """Headers for the model from the caller's raw headers, as a multidict (mirrored
+    copies go through aiohttp)."""
+    out: CIMultiDict = CIMultiDict(
+        (n.decode("latin-1"), v.decode("utf-8", "surrogateescape")) for n, v in _forwardable(raw))
+    for name, value in _added(raw, request_id, client_ip, scheme, traceparent, trust_forwarded):
         out[name] = value
     return out
 
 
 def upstream_request_head(
-    method: str, target: str, authority: str, headers: CIMultiDictProxy, framing: str, *,
+    method: str, target: str, authority: str, raw: list[tuple[bytes, bytes]], framing: str, *,
     request_id: str, client_ip: str | None, scheme: str, traceparent: str | None = None,
     trust_forwarded: bool = False,
 ) -> bytes:
     """The request line and headers for the model as bytes, in one pass: the same headers
-    as upstream_request_headers(). `framing` is the Content-Length or Transfer-Encoding
-    line (or ""). Values came through our server's parser, which refuses CR, LF and NUL
-    in them, and the gateway's own values are checked where they are made, so nothing
-    here can split a header."""
-    parts = [f"{method} {target} HTTP/1.1\r\nHost: {authority}\r\n"]
-    for name, value in _forwardable(headers):
-        parts.append(f"{name}: {value}\r\n")
-    for name, value in _added(headers, request_id, client_ip, scheme, traceparent, trust_forwarded):
-        parts.append(f"{name}: {value}\r\n")
-    parts.append(framing)
-    parts.append("\r\n")
-    return "".join(parts).encode("utf-8", "surrogateescape")
+    as upstream_request_headers(), the caller's byte for byte. `framing` is the
+    Content-Length or Transfer-Encoding line (or ""). The caller's values came through
+    router.http1's parser, which refuses CR, LF and NUL in them, and the gateway's own
+    values are checked where they are made, so nothing here can split a header."""
+    lines = [b"%s: %s\r\n" % pair for pair in _forwardable(raw)]
+    prior = _prior_forwarded_for(raw) if trust_forwarded else None
+    forwarded_for = (f"{prior}, {client_ip}" if prior else client_ip) if client_ip else prior
+    own = (f"X-Forwarded-For: {forwarded_for}\r\n" if forwarded_for else "") + \
+        f"X-Forwarded-Proto: {scheme}\r\nx-request-id: {request_id}\r\n" + \
+        (f"traceparent: {traceparent}\r\n" if traceparent else "")
+    return b"%s%s%s" % (f"{method} {target} HTTP/1.1\r\nHost: {authority}\r\n".encode("utf-8", "surrogateescape"),
+                        b"".join(lines), f"{own}{framing}\r\n".encode("utf-8", "surrogateescape"))
 
 
-def downstream_response_headers(headers: CIMultiDictProxy) -> CIMultiDict:
-    listed = _connection_listed(headers)
-    out: CIMultiDict = CIMultiDict()
-    for name, value in headers.items():
-        lower = name.lower()
-        if lower in _DROP_DOWNSTREAM or lower in listed:
-            continue
-        out.add(name, value)
-    return out
-
-
-def downstream_headers_from_raw(raw: list[tuple[bytes, bytes]]) -> CIMultiDict:
-    """downstream_response_headers() for the (name, value) byte pairs of the upstream
-    connection's parser. Header bytes are octets (RFC 9110 §5.5): decoded as latin-1,
-    which maps every byte and never fails."""
-    listed: set[bytes] = set()
-    for name, value in raw:
-        if name.lower() == b"connection":
-            listed.update(part.strip().lower() for part in value.split(b",") if part.strip())
-    out: CIMultiDict = CIMultiDict()
-    for name, value in raw:
-        lower = name.lower()
-        if lower in _DROP_DOWNSTREAM_RAW or lower in listed:
-            continue
-        out.add(name.decode("latin-1"), value.decode("latin-1"))
-    return out
+def downstream_header_lines(raw: list[tuple[bytes, bytes]]) -> list[bytes]:
+    """The model's answer headers that go back to the caller, as "Name: value\r\n" lines
+    of the bytes the replica sent (the connection's parser refuses CR, LF and NUL)."""
+    listed = _listed(raw)
+    return [b"%s: %s\r\n" % (name, value) for name, value in raw
+            if (lower := name.lower()) not in _DROP_DOWNSTREAM_RAW and lower not in listed]

@@ -1,0 +1,723 @@
+"""The scoring port's HTTP/1.1 server: one asyncio protocol per caller connection.
+
+Why our own and not aiohttp's server: once the upstream hop ran on our own client,
+aiohttp's server side (its request and response objects, router, writer and a task
+loop per connection) was the largest block of gateway CPU per request
+(docs/performance.md). This module does only what the scoring port needs:
+
+    bytes → httptools (llhttp, strict) → Request (method, raw target, raw headers,
+    RequestBody) → the handler (router.handlers) in a task of its own → the answer,
+    written whole by Request.respond() or streamed by start() / write() / end()
+    → the next request on the connection, or the keep-alive wait.
+
+Requests on one connection are answered one at a time and in order (pipelined ones
+wait, their bodies buffered up to a bound). Before a handler sees anything, a request
+is refused with a JSON body `{code, message, request_id}` and the connection closed
+(router.listener counts each refusal): 400 for everything llhttp refuses (both
+Content-Length and Transfer-Encoding, duplicate or signed lengths, obfuscated transfer
+codings, bad chunks, bare LF, obsolete folding, NUL/CR/LF in values, non-token
+methods), for a Transfer-Encoding other than `chunked` or in an HTTP/1.0 request, and
+for protocol upgrades; 414 a request target over `max_line_size`; 431 a header over
+`max_field_size`, more than `max_headers`, or a head over `MAX_HEAD_BYTES`; 417 an
+`Expect` other than `100-continue`; 408 when the first request's head is not in within
+`header_timeout_s` (slowloris). A caller that goes away cancels its handler's task, so
+the upstream call stops and the replica slot is freed at once.
+
+Paths the gateway serves with aiohttp (the control plane's `extra_routes`, e.g. batch
+jobs) are handed to an aiohttp connection handler: it gets the request re-serialized
+(the same method, target, headers and body, with `Connection: close`) and answers it
+on this transport; the connection then ends with that answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections import deque
+from email.utils import formatdate
+from http import HTTPStatus
+
+import httptools
+import orjson
+
+from .context import request_id_from
+
+log = logging.getLogger("scoregate.router.http")
+
+MAX_HEAD_BYTES = 64 * 1024  # request line + headers, whatever the per-field limits allow
+BODY_HIGH_WATER = 256 * 1024  # stop reading from the caller while this much body waits
+MAX_PIPELINED = 16  # requests parsed ahead of the one being answered
+LINGER_S = 2.0  # after an early answer, read (and drop) the rest of the body this long
+
+_READ_BUFFER = memoryview(bytearray(256 * 1024))
+_REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+_METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH")}
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_DROP_ON_HANDOVER = frozenset((b"connection", b"keep-alive"))
+
+
+class Refusal(Exception):
+    """A request refused before any handler saw it."""
+
+    def __init__(self, status: int, code: str, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.reason = reason or f"http_{status}"  # the refusal's metric label
+
+
+_date_cache: list = [0, b""]
+
+
+def _date_line() -> bytes:
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[0] = now
+        _date_cache[1] = b"Date: %s\r\n" % formatdate(now, usegmt=True).encode()
+    return _date_cache[1]
+
+
+def json_error_body(code: str, message: str, request_id: str) -> bytes:
+    return orjson.dumps({"code": code, "message": message, "request_id": request_id})
+
+
+class RequestBody:
+    """A request's body as it arrives, for one consumer: read() it whole, or iterate
+    chunks(). Reading from the caller pauses while BODY_HIGH_WATER bytes wait. The first
+    wait for a body the caller holds back behind `Expect: 100-continue` sends
+    `100 Continue` — so a request refused before its body is read never uploads it."""
+
+    __slots__ = ("_conn", "_chunks", "_buffered", "received", "done", "_error", "_waiter", "_expect_continue",
+                 "_discard")
+
+    def __init__(self, conn: HttpConnection, expect_continue: bool) -> None:
+        self._conn = conn
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+        self.received = 0
+        self.done = False  # every byte of the body is in
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future | None = None
+        self._expect_continue = expect_continue
+        self._discard = False
+
+    # -- fed by the connection
+    def feed(self, data: bytes) -> None:
+        if self._discard:
+            return
+        self._chunks.append(data)
+        self._buffered += len(data)
+        self.received += len(data)
+        if self._buffered > BODY_HIGH_WATER:
+            self._conn.pause_reading_for_body()
+        self._wake()
+
+    def feed_eof(self) -> None:
+        self.done = True
+        self._wake()
+
+    def fail(self, error: BaseException) -> None:
+        if not self.done and self._error is None:
+            self._error = error
+        self._wake()
+
+    def discard(self) -> None:
+        """Nobody reads this body any more: drop what came and what comes."""
+        self._discard = True
+        self._chunks.clear()
+        self._buffered = 0
+        self._conn.resume_reading_for_body()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- read by the handler
+    @property
+    def buffered(self) -> bool:
+        return bool(self._chunks)
+
+    def take(self) -> bytes:
+        """Every byte that arrived and was not taken yet."""
+        chunks = self._chunks
+        if not chunks:
+            return b""
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._buffered = 0
+        self._conn.resume_reading_for_body()
+        return data
+
+    async def read(self) -> bytes:
+        while not self.done:
+            await self._wait()
+        return self.take()
+
+    async def chunks(self):
+        while True:
+            if self._chunks:
+                yield self.take()
+            elif self.done:
+                return
+            else:
+                await self._wait()
+
+    async def _wait(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._expect_continue:
+            self._expect_continue = False
+            self._conn.send_continue()
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+        if self._error is not None:
+            raise self._error
+
+
+class Request:
+    """One parsed request and the way to answer it. Header names are looked up in
+    lower case bytes; values come back as text (UTF-8, undecodable bytes kept as
+    surrogates, so they go out again byte for byte)."""
+
+    __slots__ = ("conn", "method", "target", "path", "query", "version", "raw_headers", "_index",
+                 "content_length", "chunked", "keep_alive", "head_only", "body", "responded",
+                 "_chunked_out", "_streaming", "handed_over")
+
+    def __init__(self, conn: HttpConnection, method: str, target: bytes, version: str,
+                 raw_headers: list[tuple[bytes, bytes]], index: dict[bytes, bytes],
+                 content_length: int | None, chunked: bool, keep_alive: bool, expect_continue: bool) -> None:
+        self.conn = conn
+        self.method = method
+        self.target = target
+        path, _, query = target.partition(b"?")
+        if b"#" in target:
+            path = path.partition(b"#")[0]
+            query = query.partition(b"#")[0]
+        self.path = path.decode("utf-8", "surrogateescape")  # raw: still percent-encoded
+        self.query = query.decode("utf-8", "surrogateescape")
+        self.version = version
+        self.raw_headers = raw_headers
+        self._index = index
+        self.content_length = content_length
+        self.chunked = chunked
+        self.keep_alive = keep_alive
+        self.head_only = method == "HEAD"
+        self.body = RequestBody(conn, expect_continue)
+        self.responded = False
+        self._chunked_out = False
+        self._streaming = False
+        self.handed_over = False
+
+    def header(self, name: bytes) -> str | None:
+        """The first value of header `name` (lower case), or None."""
+        value = self._index.get(name)
+        return None if value is None else value.decode("utf-8", "surrogateescape")
+
+    def has_header(self, name: bytes) -> bool:
+        return name in self._index
+
+    def header_dict(self) -> dict[str, str]:
+        return {n.decode("latin-1"): v.decode("utf-8", "surrogateescape") for n, v in self.raw_headers}
+
+    @property
+    def remote(self) -> str | None:
+        return self.conn.remote
+
+    @property
+    def scheme(self) -> str:
+        return self.conn.scheme
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+    # -- answering: whole, or streamed
+    def respond(self, status: int, headers: bytes, body: bytes = b"", *, content_length: int | None = None) -> None:
+        """Send the whole answer. `headers`: "Name: value\\r\\n" lines, without framing.
+        `content_length` overrides len(body) (an answer to HEAD carries no body)."""
+        self.responded = True
+        length = len(body) if content_length is None else content_length
+        head = self.conn.answer_head(self, status, headers, b"Content-Length: %d\r\n" % length)
+        self.conn.write(head + body if body and not self.head_only else head)
+
+    def start(self, status: int, headers: bytes, length: int | None) -> None:
+        """Send the head of a streamed answer; then write() the body and end()."""
+        self.responded = True
+        self._streaming = True
+        if length is not None:
+            framing = b"Content-Length: %d\r\n" % length
+        elif self.version == "1.1":
+            framing = b"Transfer-Encoding: chunked\r\n"
+            self._chunked_out = not self.head_only
+        else:
+            framing = b""  # HTTP/1.0: the end of the connection ends the body
+            self.keep_alive = False
+        self.conn.write(self.conn.answer_head(self, status, headers, framing))
+
+    async def write(self, data: bytes) -> None:
+        if not data or self.head_only:
+            return
+        if self._chunked_out:
+            self.conn.write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            self.conn.write(data)
+        await self.conn.drain()
+
+    def end(self) -> None:
+        if self._chunked_out:
+            self.conn.write(b"0\r\n\r\n")
+        self._streaming = False
+
+    def abort(self) -> None:
+        """Cut the connection: the caller sees a truncated answer, never a short one."""
+        self.conn.abort()
+
+
+class HttpConnection(asyncio.Protocol):
+    """One caller connection. `owner` (router.listener.Listener) provides the limits,
+    the handler, refusal counting and the aiohttp hand-over."""
+
+    __slots__ = ("_owner", "_limits", "_loop", "transport", "remote", "scheme", "_parser",
+                 "_url", "_headers", "_index", "_head_bytes", "_parsing", "_active", "_queue", "_task",
+                 "_heads", "_served", "_deadline", "_timer", "_stopped", "_body_paused", "_queue_paused",
+                 "_write_paused", "_drain_waiter", "_delegate", "_idle_waiter", "_lingering")
+
+    def __init__(self, owner) -> None:
+        self._owner = owner
+        self._limits = owner.limits
+        self._loop = owner.loop
+        self.transport: asyncio.Transport | None = None
+        self.remote: str | None = None
+        self.scheme = "http"
+        self._parser = httptools.HttpRequestParser(self)
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._index: dict[bytes, bytes] = {}
+        self._head_bytes = 0
+        self._parsing: Request | None = None  # the request whose body is arriving
+        self._active: Request | None = None  # the request being answered
+        self._queue: deque = deque()  # parsed requests (or a Refusal) waiting their turn
+        self._task: asyncio.Task | None = None
+        self._heads = 0  # request heads parsed
+        self._served = 0  # requests started
+        self._deadline: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._stopped = False  # no more requests are read from this connection
+        self._body_paused = False
+        self._queue_paused = False
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future | None = None
+        self._delegate = None  # the aiohttp protocol this connection was handed to
+        self._idle_waiter: asyncio.Future | None = None
+        self._lingering = False
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.remote = peer[0] if isinstance(peer, (tuple, list)) else peer
+        if transport.get_extra_info("sslcontext") is not None:
+            self.scheme = "https"
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        self._owner.connections.add(self)
+        self._set_deadline(self._limits.header_timeout_s)
+
+    # uvloop's TLS layer decrypts straight into the buffer a protocol offers (instead of
+    # allocating 256 KiB for every read). One buffer serves every connection: it is
+    # filled and handed to buffer_updated() in one go, and nothing keeps a view of it.
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _READ_BUFFER
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(_READ_BUFFER[:nbytes])
+
+    def data_received(self, data: bytes) -> None:
+        if self._stopped and not (self._lingering or self._delegate is not None):
+            return  # refused, or past the last request: nothing more is read
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            self._refuse(cause if isinstance(cause, Refusal) else Refusal(400, "BadRequest", f"malformed request: {exc}"))
+        except httptools.HttpParserUpgrade:
+            self._refuse(Refusal(400, "BadRequest", "protocol upgrades are not supported"))
+        except httptools.HttpParserError as exc:
+            if not self._stopped:
+                self._refuse(Refusal(400, "BadRequest", f"malformed request: {exc}"))
+        else:
+            if self._parsing is None and (self._head_bytes or self._url):
+                self._head_bytes += len(data)
+                if self._head_bytes > MAX_HEAD_BYTES:
+                    self._refuse(Refusal(431, "RequestHeaderFieldsTooLarge",
+                                         f"malformed request: the request head is over {MAX_HEAD_BYTES} bytes"))
+
+    def eof_received(self) -> bool | None:
+        if self._delegate is not None:
+            return self._delegate.eof_received()
+        return None  # close the connection; a running handler is cancelled by connection_lost
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._stopped = True
+        self._owner.connections.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        error = ConnectionResetError("the caller closed the connection")
+        for request in (self._parsing, self._active, *self._queue):
+            if isinstance(request, Request):
+                request.body.fail(error)
+        self._queue.clear()
+        if self._task is not None:
+            self._task.cancel()
+        drain = self._drain_waiter
+        if drain is not None and not drain.done():
+            drain.set_result(None)  # drain() sees the connection is gone
+        if self._delegate is not None:
+            self._delegate.connection_lost(exc)
+        self._wake_idle()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        if self._delegate is not None:
+            self._delegate.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        drain = self._drain_waiter
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+        if self._delegate is not None:
+            self._delegate.resume_writing()
+
+    # -- httptools callbacks -----------------------------------------------------------------
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self._limits.max_line_size:
+            raise Refusal(414, "UriTooLong", f"malformed request: the request target is over "
+                                             f"{self._limits.max_line_size} bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        limits = self._limits
+        if len(name) > limits.max_field_size or len(value) > limits.max_field_size:
+            raise Refusal(431, "RequestHeaderFieldsTooLarge",
+                          f"malformed request: a header is over {limits.max_field_size} bytes")
+        if len(self._headers) >= limits.max_headers:
+            raise Refusal(431, "RequestHeaderFieldsTooLarge",
+                          f"malformed request: too many headers (more than {limits.max_headers})")
+        self._headers.append((name, value))
+        lower = name.lower()
+        if lower not in self._index:
+            self._index[lower] = value
+        elif lower == b"transfer-encoding" or lower == b"host":
+            raise Refusal(400, "BadRequest", f"malformed request: more than one {name.decode()} header")
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        if parser.should_upgrade():
+            raise Refusal(400, "BadRequest", "protocol upgrades are not supported")
+        index = self._index
+        version = parser.get_http_version()
+        chunked = False
+        te = index.get(b"transfer-encoding")
+        if te is not None:
+            if version != "1.1":
+                raise Refusal(400, "BadRequest", "Transfer-Encoding is not allowed in HTTP/1.0 requests")
+            if te.strip().lower() != b"chunked":
+                raise Refusal(400, "BadRequest", "malformed request: the only transfer coding accepted is chunked")
+            chunked = True
+        length = index.get(b"content-length")
+        expect = index.get(b"expect")
+        if expect is not None and expect.strip().lower() != b"100-continue":
+            raise Refusal(417, "ExpectationFailed", "the only expectation supported is 100-continue")
+        method = parser.get_method()
+        request = Request(self, _METHODS.get(method) or method.decode("ascii"), self._url, version,
+                          self._headers, index, int(length) if length is not None else None, chunked,
+                          parser.should_keep_alive(), expect is not None and version == "1.1")
+        self._url = b""
+        self._headers = []
+        self._index = {}
+        self._head_bytes = 0
+        self._heads += 1
+        if self._stopped:
+            self._parsing = None  # after the last request (handed over, or lingering): ignored
+            return
+        self._parsing = request
+        if self._owner.hands_over(request.path):
+            request.handed_over = True
+        if self._active is None and not self._queue:
+            self._start(request)
+        else:
+            self._queue.append(request)
+            if len(self._queue) >= MAX_PIPELINED and not self._queue_paused:
+                self._queue_paused = True
+                self.transport.pause_reading()
+
+    def on_body(self, body: bytes) -> None:
+        request = self._parsing
+        if request is None:
+            return
+        if request.handed_over and request is self._active:
+            self._delegate.data_received(b"%x\r\n%b\r\n" % (len(body), body) if request.chunked else body)
+        elif self._delegate is None:
+            request.body.feed(body)
+
+    def on_message_complete(self) -> None:
+        request = self._parsing
+        self._parsing = None
+        if request is None:
+            return
+        if request.handed_over and request is self._active:
+            if request.chunked:
+                self._delegate.data_received(b"0\r\n\r\n")
+        else:
+            request.body.feed_eof()
+        if self._lingering:
+            self.transport.close()  # the early answer is out and the body is in: done
+        if not request.keep_alive:
+            self._stopped = True  # nothing after this request is read (llhttp would refuse it)
+
+    # -- one request after the other -------------------------------------------------------
+
+    def _start(self, request: Request) -> None:
+        self._active = request
+        self._deadline = None  # no head or idle deadline while a request is answered
+        self._served += 1
+        if self._served >= self._limits.max_requests_per_connection or self._owner.draining:
+            request.keep_alive = False
+        if request.handed_over:
+            self._hand_over(request)
+            return
+        self._task = self._loop.create_task(self._serve(request))
+
+    async def _serve(self, request: Request) -> None:
+        try:
+            await self._owner.handler(request)
+        except Exception:
+            log.exception("the handler failed on %s %s", request.method, request.path)
+            if not request.responded and not self._stopped:
+                request.keep_alive = False
+                self._send_json(request, 500, "InternalError", "the gateway failed to handle the request")
+        finally:
+            self._finish(request)
+
+    def _finish(self, request: Request) -> None:
+        if self._active is not request:
+            return  # refused while its handler ran (see _refuse)
+        self._task = None
+        self._active = None
+        if self.transport is None or self.transport.is_closing():
+            self._wake_idle()
+            return
+        if not request.responded or request._streaming:
+            self.abort()  # cancelled half-way (shutdown): a partial answer must not look whole
+            return
+        if not request.keep_alive:
+            if request.body.done:
+                self.transport.close()
+            else:  # answered before its body arrived: read and drop the rest for a while
+                self._stopped = self._lingering = True
+                request.body.discard()
+                self._loop.call_later(LINGER_S, self.transport.close)
+            self._wake_idle()
+            return
+        if self._queue:
+            item = self._queue.popleft()
+            if self._queue_paused and len(self._queue) < MAX_PIPELINED // 2:
+                self._queue_paused = False
+                self._resume_reading()
+            if isinstance(item, Refusal):
+                self._send_refusal(item)
+            else:
+                self._start(item)
+        else:
+            self._set_deadline(self._owner.keepalive_timeout_s)
+            self._wake_idle()
+
+    # -- answers ---------------------------------------------------------------------------
+
+    def answer_head(self, request: Request, status: int, headers: bytes, framing: bytes) -> bytes:
+        """Status line and headers; decides whether the connection stays open: not when
+        the caller or a limit says so, nor when the body was not read to its end."""
+        if request.keep_alive and not (request.body.done and not self._owner.draining):
+            request.keep_alive = False
+        if request.keep_alive:
+            connection = b"" if request.version == "1.1" else b"Connection: keep-alive\r\n"
+        else:
+            connection = b"Connection: close\r\n"
+        return b"HTTP/1.1 %d %s\r\n%b%b%b%b\r\n" % (status, _REASONS.get(status, b""), headers, framing,
+                                                   _date_line(), connection)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        if self._stopped and (self.transport is None or self.transport.is_closing()):
+            raise ConnectionResetError("the caller closed the connection")
+        if self._write_paused:
+            self._drain_waiter = self._loop.create_future()
+            try:
+                await self._drain_waiter
+            finally:
+                self._drain_waiter = None
+            if self.transport is None or self.transport.is_closing():
+                raise ConnectionResetError("the caller closed the connection")
+
+    def abort(self) -> None:
+        self._stopped = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def send_continue(self) -> None:
+        active = self._active
+        if active is not None and not active.responded:
+            self.write(_CONTINUE)
+
+    def _send_json(self, request: Request, status: int, code: str, message: str) -> None:
+        request_id = request_id_from(None)
+        body = json_error_body(code, message, request_id)
+        request.respond(status, b"Content-Type: application/json\r\nx-request-id: %s\r\n" % request_id.encode(), body)
+
+    def _refuse(self, refusal: Refusal) -> None:
+        """Stop reading; answer the refusal in turn, then close."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._owner.refused(refusal.reason)
+        log.debug("refused a request from %s: %s", self.remote, refusal.message)
+        parsing = self._parsing
+        if parsing is not None:
+            self._parsing = None
+            parsing.body.fail(ConnectionResetError("the request was malformed"))
+            if parsing is self._active and not parsing.responded:
+                # Its body turned out malformed before any answer: the refusal is the answer.
+                if self._task is not None:
+                    self._task.cancel()
+                    self._task = None
+                self._active = None
+        self.transport.pause_reading()
+        if self._active is None and not self._queue:
+            self._send_refusal(refusal)
+        else:
+            self._queue.append(refusal)
+
+    def _send_refusal(self, refusal: Refusal) -> None:
+        request_id = request_id_from(None)
+        body = json_error_body(refusal.code, refusal.message, request_id)
+        self.write(b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nx-request-id: %s\r\n"
+                   b"Content-Length: %d\r\n%bConnection: close\r\n\r\n%b"
+                   % (refusal.status, _REASONS.get(refusal.status, b""), request_id.encode(), len(body),
+                      _date_line(), body))
+        self._deadline = None
+        self.transport.close()
+
+    # -- deadlines: the first head (slowloris), then the keep-alive wait -------------------
+
+    def _set_deadline(self, delay_s: float) -> None:
+        deadline = self._deadline = self._loop.time() + delay_s
+        timer = self._timer
+        # A timer due before the deadline re-arms itself when it fires (cheaper than
+        # one timer per request); one due later is replaced.
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        deadline = self._deadline
+        if deadline is None or self.transport is None or self.transport.is_closing():
+            return
+        if self._loop.time() < deadline:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+            return
+        if self._heads == 0:
+            self._stopped = True
+            self._owner.refused("header_timeout")
+            self._send_refusal(Refusal(408, "ClientRequestTimeout", "the request headers did not arrive in time"))
+        else:
+            self._stopped = True
+            self.transport.close()  # idle (or a later head too slow) past the keep-alive timeout
+
+    # -- back-pressure -----------------------------------------------------------------------
+
+    def pause_reading_for_body(self) -> None:
+        if not self._body_paused and self.transport is not None:
+            self._body_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading_for_body(self) -> None:
+        if self._body_paused:
+            self._body_paused = False
+            self._resume_reading()
+
+    def _resume_reading(self) -> None:
+        if self._body_paused or self._queue_paused or self.transport is None or self.transport.is_closing():
+            return
+        if not self._stopped or self._lingering or self._delegate is not None:
+            self.transport.resume_reading()
+
+    # -- for the listener ----------------------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        return self._active is not None or bool(self._queue)
+
+    def close_when_idle(self) -> None:
+        """Shutdown: close now if idle; a request being answered finishes first."""
+        if not self.busy and self.transport is not None:
+            self._stopped = True
+            self.transport.close()
+
+    async def wait_idle(self) -> None:
+        while self.busy and self.transport is not None and not self.transport.is_closing():
+            self._idle_waiter = self._loop.create_future()
+            await self._idle_waiter
+
+    def _wake_idle(self) -> None:
+        waiter = self._idle_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def cancel(self) -> None:
+        """Shutdown after the grace period: cancel what runs and close."""
+        if self._task is not None:
+            self._task.cancel()
+        self.abort()
+
+    def _hand_over(self, request: Request) -> None:
+        """Give the connection to an aiohttp protocol for this request (and its answer)."""
+        self._stopped = True  # nothing after this request is read by us
+        self._deadline = None
+        handler = self._owner.aiohttp_protocol()
+        self._delegate = handler
+        handler.connection_made(self.transport)
+        lines = [b"%s %s HTTP/%s\r\n" % (request.method.encode(), request.target, request.version.encode())]
+        lines.extend(b"%s: %s\r\n" % (n, v) for n, v in request.raw_headers if n.lower() not in _DROP_ON_HANDOVER)
+        lines.append(b"Connection: close\r\n\r\n")
+        handler.data_received(b"".join(lines))
+        early = request.body.take()
+        if early:
+            handler.data_received(b"%x\r\n%b\r\n" % (len(early), early) if request.chunked else early)
+        if request.body.done and request.chunked:
+            handler.data_received(b"0\r\n\r\n")
+        self._resume_reading_for_handover()
+
+    def _resume_reading_for_handover(self) -> None:
+        self._body_paused = self._queue_paused = False
+        if self._parsing is not None and self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()  # the rest of the handed-over body

@@ -1,0 +1,225 @@
+"""The scoring port's own HTTP/1.1 server (router/http1.py) over real TLS sockets: what
+a caller sees on one connection — order, keep-alive, HTTP/1.0, 100-continue, HEAD, and
+routes handed to aiohttp (extra_routes) on the same port."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+
+from aiohttp import web
+
+from router import RouterApp, RouterSettings, RoutingTableHolder
+from tests.fakes.recording_upstream import Script
+from tests.functional.router_harness import AUTH, deployment, table
+from tls import server_context
+
+KEY = AUTH["Authorization"].encode()
+SCORE = b"POST /api/v1/endpoint/ep/score HTTP/1.1\r\nHost: localhost\r\nAuthorization: " + KEY + b"\r\n"
+
+
+async def connect(certs, router):
+    context = ssl.create_default_context(cafile=str(certs.ca_cert))
+    return await asyncio.open_connection("127.0.0.1", router.port, ssl=context, server_hostname="localhost")
+
+
+async def read_answer(reader: asyncio.StreamReader, head_only: bool = False) -> tuple[int, dict[str, str], bytes]:
+    """One answer: (status, headers with lower-case names, body)."""
+    async with asyncio.timeout(10):
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = {}
+        for line in lines[1:]:
+            if line:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+        if head_only or status in (100, 204, 304):
+            return status, headers, b""
+        if "content-length" in headers:
+            return status, headers, await reader.readexactly(int(headers["content-length"]))
+        if headers.get("transfer-encoding") == "chunked":
+            body = b""
+            while size := int((await reader.readuntil(b"\r\n")).strip(), 16):
+                body += await reader.readexactly(size)
+                await reader.readexactly(2)
+            await reader.readexactly(2)
+            return status, headers, body
+        return status, headers, await reader.read()  # until the connection ends
+
+
+async def closed_by_server(reader: asyncio.StreamReader) -> bool:
+    try:
+        async with asyncio.timeout(10):
+            return await reader.read(1) == b""
+    except (ConnectionError, ssl.SSLError):
+        return True
+
+
+async def test_pipelined_requests_are_answered_in_order(make_router, upstream, certs):
+    router = await make_router()
+    reader, writer = await connect(certs, router)
+    writer.write(b"".join(SCORE + b"x-request-id: req-%d\r\nContent-Length: 2\r\n\r\n{}" % i for i in range(3)))
+    answers = [await read_answer(reader) for _ in range(3)]
+    writer.close()
+    assert [(status, headers["x-request-id"]) for status, headers, _ in answers] == \
+        [(200, "req-0"), (200, "req-1"), (200, "req-2")]
+    assert [seen.header("x-request-id") for seen in upstream.seen] == ["req-0", "req-1", "req-2"]
+
+
+async def test_a_head_arriving_byte_by_byte_is_served(make_router, upstream, certs):
+    router = await make_router()
+    reader, writer = await connect(certs, router)
+    for byte in SCORE + b"Content-Length: 2\r\n\r\n{}":
+        writer.write(bytes([byte]))
+        await writer.drain()
+    status, _, body = await read_answer(reader)
+    writer.close()
+    assert status == 200 and body == b'{"ok": true}' and upstream.seen[0].body == b"{}"
+
+
+async def test_100_continue_only_once_the_request_is_accepted(make_router, upstream, certs):
+    router = await make_router()
+    reader, writer = await connect(certs, router)
+    writer.write(SCORE + b"Expect: 100-continue\r\nContent-Length: 2\r\n\r\n")
+    status, _, _ = await read_answer(reader)
+    assert status == 100
+    writer.write(b"{}")
+    status, _, body = await read_answer(reader)
+    assert status == 200 and upstream.seen[0].body == b"{}"
+    assert upstream.seen[0].header("Expect") is None
+    # A wrong key: refused at once, and the body is never asked for.
+    wrong = SCORE.replace(KEY, b"Bearer wrong")
+    writer.write(wrong + b"Expect: 100-continue\r\nContent-Length: 2\r\n\r\n")
+    status, headers, _ = await read_answer(reader)
+    assert status == 401 and headers["connection"] == "close"
+    writer.close()
+    assert len(upstream.seen) == 1
+
+
+async def test_an_unknown_expectation_is_417(make_router, upstream, certs):
+    router = await make_router()
+    reader, writer = await connect(certs, router)
+    writer.write(SCORE + b"Expect: something-else\r\nContent-Length: 2\r\n\r\n{}")
+    status, _, _ = await read_answer(reader)
+    assert status == 417 and await closed_by_server(reader)
+    writer.close()
+    assert upstream.seen == []
+
+
+async def test_http_1_0_closes_unless_asked_to_keep_alive(make_router, upstream, certs):
+    router = await make_router()
+    one_zero = SCORE.replace(b"HTTP/1.1", b"HTTP/1.0") + b"Content-Length: 2\r\n"
+    reader, writer = await connect(certs, router)
+    writer.write(one_zero + b"\r\n{}")
+    status, _, _ = await read_answer(reader)
+    assert status == 200 and await closed_by_server(reader)
+    writer.close()
+    reader, writer = await connect(certs, router)
+    for _ in range(2):
+        writer.write(one_zero + b"Connection: keep-alive\r\n\r\n{}")
+        status, headers, _ = await read_answer(reader)
+        assert status == 200 and headers["connection"].lower() == "keep-alive"
+    writer.close()
+
+
+async def test_a_streamed_answer_to_http_1_0_ends_with_the_connection(make_router, upstream, certs):
+    router = await make_router()
+    upstream.respond = Script(body=b"z" * 300_000, chunks=10)  # no length: streamed
+    reader, writer = await connect(certs, router)
+    writer.write(SCORE.replace(b"HTTP/1.1", b"HTTP/1.0") + b"Content-Length: 2\r\n\r\n{}")
+    status, headers, body = await read_answer(reader)
+    writer.close()
+    assert status == 200 and "transfer-encoding" not in headers and body == b"z" * 300_000
+
+
+async def test_a_streamed_answer_to_http_1_1_is_chunked_and_the_connection_kept(make_router, upstream, certs):
+    router = await make_router()
+    upstream.respond = Script(body=b"y" * 300_000, chunks=10)
+    reader, writer = await connect(certs, router)
+    for _ in range(2):
+        writer.write(SCORE + b"Content-Length: 2\r\n\r\n{}")
+        status, headers, body = await read_answer(reader)
+        assert status == 200 and headers["transfer-encoding"] == "chunked" and body == b"y" * 300_000
+    writer.close()
+
+
+async def test_head_gets_the_length_without_a_body(make_router, upstream, certs):
+    router = await make_router()
+    reader, writer = await connect(certs, router)
+    writer.write(b"HEAD /api/v1/endpoint/ep/v2/ready HTTP/1.1\r\nHost: localhost\r\nAuthorization: " + KEY
+                 + b"\r\n\r\n")
+    status, headers, _ = await read_answer(reader, head_only=True)
+    assert status == 200 and headers["content-length"] == str(len(b'{"ok": true}'))
+    writer.write(SCORE + b"Content-Length: 2\r\n\r\n{}")  # the connection is still in step
+    status, _, body = await read_answer(reader)
+    writer.close()
+    assert status == 200 and body == b'{"ok": true}'
+    assert [seen.method for seen in upstream.seen] == ["HEAD", "POST"]
+
+
+async def test_an_idle_connection_is_closed_after_the_keepalive_timeout(make_router, upstream, certs):
+    router = await make_router(keepalive_timeout_s=0.3)
+    reader, writer = await connect(certs, router)
+    writer.write(SCORE + b"Content-Length: 2\r\n\r\n{}")
+    assert (await read_answer(reader))[0] == 200
+    assert await closed_by_server(reader)
+    writer.close()
+
+
+async def test_extra_routes_are_served_by_aiohttp_on_the_same_port(make_router, upstream, certs):
+    async def jobs(request: web.Request) -> web.Response:
+        body = await request.read()
+        return web.json_response({"endpoint": request.match_info["endpoint"], "got": body.decode(),
+                                  "scheme": request.scheme, "remote": request.remote})
+
+    router = RouterApp(RouterSettings(port=0, ssl_context=server_context(certs.cert, certs.key)),
+                       RoutingTableHolder(table(deployment("blue", [upstream.port]))),
+                       extra_routes=[web.post("/api/v1/batch/{endpoint}/jobs", jobs)])
+    await router.start()
+    try:
+        await _extra_routes(router, upstream, certs)
+    finally:
+        await router.drain(1)
+        await router.close()
+
+
+async def _extra_routes(router, upstream, certs):
+    reader, writer = await connect(certs, router)
+    writer.write(SCORE + b"Content-Length: 2\r\n\r\n{}")
+    status, headers, _ = await read_answer(reader)
+    assert status == 200 and "connection" not in headers  # kept alive
+    # Then a route of aiohttp's on the same connection, with a chunked body.
+    writer.write(b"POST /api/v1/batch/bep/jobs HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 b"3\r\nabc\r\n")
+    await asyncio.sleep(0.05)
+    writer.write(b"3\r\ndef\r\n0\r\n\r\n")
+    status, headers, body = await read_answer(reader)
+    assert status == 200 and headers["connection"] == "close"
+    assert __import__("json").loads(body) == {"endpoint": "bep", "got": "abcdef", "scheme": "https",
+                                              "remote": "127.0.0.1"}
+    assert await closed_by_server(reader)
+    writer.close()
+    # An unknown path under the handed-over prefix is the gateway's JSON 404.
+    reader, writer = await connect(certs, router)
+    writer.write(b"GET /api/v1/batch/nothing-here HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    status, _, body = await read_answer(reader)
+    writer.close()
+    assert status == 404 and b'"code":"NotFound"' in body
+    assert len(upstream.seen) == 1
+
+
+async def test_a_caller_that_leaves_mid_body_frees_everything(make_router, upstream, certs):
+    router = await make_router()
+    reader, writer = await connect(certs, router)
+    writer.write(SCORE + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+    await writer.drain()
+    await asyncio.sleep(0.1)  # the streamed upload to the replica has begun
+    writer.transport.abort()
+    async with asyncio.timeout(10):
+        while router.in_flight.total():
+            await asyncio.sleep(0.02)
+    reader, writer = await connect(certs, router)  # and the gateway serves the next caller
+    writer.write(SCORE + b"Content-Length: 2\r\n\r\n{}")
+    assert (await read_answer(reader))[0] == 200
+    writer.close()
