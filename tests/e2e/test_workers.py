@@ -109,6 +109,19 @@ async def score(session, gw, endpoint: str, key: str) -> int:
         return response.status
 
 
+async def hammer(gw, endpoint: str, *, callers: int, seconds: float, statuses: list[int]) -> None:
+    """`callers` clients scoring back to back for `seconds`; each answer's status is kept."""
+    key = gw.keys(endpoint)[0]
+    until = time.monotonic() + seconds
+
+    async def caller(session) -> None:
+        while time.monotonic() < until:
+            statuses.append(await score(session, gw, endpoint, key))
+
+    async with one_connection_per_request(gw) as session:
+        await asyncio.gather(*(caller(session) for _ in range(callers)))
+
+
 def test_two_workers_listen_on_the_one_port(workers_gateway):
     shown = healthz(workers_gateway)["workers"]
     assert [w["index"] for w in shown] == [0, 1] and all(w["listening"] for w in shown)
@@ -122,16 +135,8 @@ def test_two_workers_listen_on_the_one_port(workers_gateway):
 
 async def test_the_replica_limit_holds_across_both_workers(workers_gateway):
     gw = workers_gateway
-    key = gw.keys("counted")[0]
     statuses: list[int] = []
-
-    async def caller(session, until: float) -> None:
-        while time.monotonic() < until:
-            statuses.append(await score(session, gw, "counted", key))
-
-    async with one_connection_per_request(gw) as session:
-        until = time.monotonic() + 3.0
-        await asyncio.gather(*(caller(session, until) for _ in range(12)))
+    await hammer(gw, "counted", callers=12, seconds=3.0, statuses=statuses)
     seen = json.loads((gw.root / "counted.json").read_text())
     assert seen["peak"] == 2, f"the replica saw {seen['peak']} requests at once; its limit is 2 for all workers"
     assert set(statuses) <= {200, 429}, statuses
@@ -186,20 +191,12 @@ async def test_the_autoscaler_reads_the_load_of_every_worker(workers_gateway):
     the capacity, so the controller's autoscaler (in the main process) asks for the second
     replica. (Each worker queues at most 2 here, 1/2 of the deployment's queue: some 429s.)"""
     gw = workers_gateway
-    key = gw.keys("scaled")[0]
     statuses: list[int] = []
-
-    async def caller(session, until: float) -> None:
-        while time.monotonic() < until:
-            statuses.append(await score(session, gw, "scaled", key))
-
     assert gw.deployment("scaled", "main")["desired_replicas"] == 1
-    async with one_connection_per_request(gw) as session:
-        until = time.monotonic() + 4.0
-        load = asyncio.gather(*(caller(session, until) for _ in range(6)))
-        scaled = await asyncio.to_thread(wait_for, lambda: gw.deployment("scaled", "main")["desired_replicas"] == 2,
-                                         15, "the autoscaler to ask for a second replica")
-        await load
+    load = asyncio.create_task(hammer(gw, "scaled", callers=6, seconds=4.0, statuses=statuses))
+    scaled = await asyncio.to_thread(wait_for, lambda: gw.deployment("scaled", "main")["desired_replicas"] == 2,
+                                     15, "the autoscaler to ask for a second replica")
+    await load
     assert scaled and set(statuses) <= {200, 429} and statuses.count(200) > 10, statuses
 
 
