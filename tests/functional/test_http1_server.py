@@ -67,6 +67,44 @@ async def test_pipelined_requests_are_answered_in_order(make_router, upstream, c
     assert [seen.header("x-request-id") for seen in upstream.seen] == ["req-0", "req-1", "req-2"]
 
 
+async def test_a_kept_alive_connection_reads_each_request_whole(make_router, upstream, certs):
+    # Between requests an idle connection keeps no parser: each request, whether it comes
+    # after an idle wait, began before the previous answer went out, or is pipelined, is
+    # read whole with its own headers.
+    router = await make_router()
+    reader, writer = await connect(certs, router)
+
+    def score(i: int) -> bytes:
+        return SCORE + b"x-request-id: req-%d\r\nContent-Length: 2\r\n\r\n{}" % i
+
+    answers = []
+    for i in range(2):
+        writer.write(score(i))
+        answers.append(await read_answer(reader))
+    writer.write(score(2) + score(3)[:7])
+    answers.append(await read_answer(reader))
+    writer.write(score(3)[7:])
+    answers.append(await read_answer(reader))
+    writer.write(score(4) + score(5))
+    answers += [await read_answer(reader) for _ in range(2)]
+    writer.close()
+    ids = [f"req-{i}" for i in range(6)]
+    assert [(status, headers["x-request-id"]) for status, headers, _ in answers] == [(200, i) for i in ids]
+    assert [seen.header("x-request-id") for seen in upstream.seen] == ids
+
+
+async def test_trailers_of_a_chunked_request_are_not_headers_of_the_next(make_router, upstream, certs):
+    router = await make_router()
+    reader, writer = await connect(certs, router)
+    writer.write(SCORE + b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nx-trailing: yes\r\n\r\n")
+    first = await read_answer(reader)
+    writer.write(SCORE + b"Content-Length: 2\r\n\r\n{}")
+    second = await read_answer(reader)
+    writer.close()
+    assert first[0] == second[0] == 200
+    assert [seen.header("x-trailing") for seen in upstream.seen] == [None, None]
+
+
 async def test_a_head_arriving_byte_by_byte_is_served(make_router, upstream, certs):
     router = await make_router()
     reader, writer = await connect(certs, router)
