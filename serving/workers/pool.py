@@ -203,11 +203,17 @@ class WorkerPool:
                   "longer count against their replicas", worker.index, process.pid, process.exitcode, held)
         if time.monotonic() - worker.started_at > STABLE_AFTER_S:
             worker.restart_delay_s = RESTART_FIRST_S
-        await asyncio.sleep(worker.restart_delay_s)
-        worker.restart_delay_s = min(RESTART_MAX_S, worker.restart_delay_s * 2)
-        if not self._stopping:
-            self._restarts.inc()
-            await self._spawn(worker)
+        while not self._stopping:
+            await asyncio.sleep(worker.restart_delay_s)
+            worker.restart_delay_s = min(RESTART_MAX_S, worker.restart_delay_s * 2)
+            if self._stopping:
+                return
+            try:
+                self._restarts.inc()
+                await self._spawn(worker)
+                return
+            except Exception:  # e.g. out of processes or descriptors: try again later
+                log.exception("starting worker %d again failed", worker.index)
 
     def _forget_row(self, row: int) -> int:
         """Clear a dead worker's counts. Blocking (run in a thread): if the worker died
