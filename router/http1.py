@@ -386,6 +386,10 @@ class HttpConnection(asyncio.Protocol):
             if isinstance(request, Request):
                 request.body.fail(error)
         self._queue = None
+        # The parser holds this protocol (its callbacks): let go of it, or a connection that
+        # ends mid-head (a slowloris caller's 408) stays in a cycle until a full collection.
+        self._parser = None
+        self._parsing = None
         if self._task is not None:
             self._task.cancel()
         drain = self._drain_waiter
