@@ -51,7 +51,6 @@ BODY_HIGH_WATER = 256 * 1024  # stop reading from the caller while this much bod
 MAX_PIPELINED = 16  # requests parsed ahead of the one being answered
 LINGER_S = 2.0  # after an early answer, read (and drop) the rest of the body this long
 
-_READ_BUFFER = memoryview(bytearray(256 * 1024))
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 _METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH")}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -337,15 +336,6 @@ class HttpConnection(asyncio.Protocol):
                 pass
         self._owner.connections.add(self)
         self._set_deadline(self._limits.header_timeout_s)
-
-    # uvloop's TLS layer decrypts straight into the buffer a protocol offers (instead of
-    # allocating 256 KiB for every read). One buffer serves every connection: it is
-    # filled and handed to buffer_updated() in one go, and nothing keeps a view of it.
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return _READ_BUFFER
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(_READ_BUFFER[:nbytes])
 
     def data_received(self, data: bytes) -> None:
         if self._stopped and not (self._lingering or self._delegate is not None):
