@@ -5,8 +5,9 @@ aiohttp's server side (its request and response objects, router, writer and a ta
 loop per connection) was the largest block of gateway CPU per request
 (docs/performance.md). This module does only what the scoring port needs:
 
-    bytes → httptools (llhttp, strict) → Request (method, raw target, raw headers,
-    RequestBody) → the handler (router.handlers) in a task of its own → the answer,
+    bytes (read into the listener's shared buffer; with TLS, decrypted by the
+    connection's own router.tls_termination session) → httptools (llhttp, strict)
+    → Request (method, raw target, raw headers, RequestBody) → the handler (router.handlers) in a task of its own → the answer,
     written whole by Request.respond() or streamed by start() / write() / end()
     → the next request on the connection, or the keep-alive wait.
 
@@ -34,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 import time
 from collections import deque
 from email.utils import formatdate
@@ -43,6 +45,7 @@ import httptools
 import orjson
 
 from .context import request_id_from
+from .tls_termination import TlsSession, TlsTransport
 
 log = logging.getLogger("scoregate.router.http")
 
@@ -279,11 +282,30 @@ class Request:
         self.conn.abort()
 
 
-class HttpConnection(asyncio.Protocol):
-    """One caller connection. `owner` (router.listener.Listener) provides the limits,
-    the handler, refusal counting and the aiohttp hand-over."""
+class ReadBuffer:
+    """The read buffers all connections of a listener share: what the socket gives
+    (ciphertext with TLS) and, with TLS, the plaintext decrypted from it.
 
-    __slots__ = ("_owner", "_limits", "_loop", "transport", "remote", "scheme", "_parser",
+    Why: one buffer per listener instead of one per read or per connection (the event
+    loop's TLS layer made a 256 KiB bytes object for every read, and keeps a 256 KiB
+    buffer per connection). Sharing is safe because what is read is parsed at once, in
+    buffer_updated(), and httptools hands its callbacks copies, never views; and reads
+    are only ever started by the event loop, never from inside a parse."""
+
+    __slots__ = ("view", "plain")
+
+    SIZE = 64 * 1024
+
+    def __init__(self) -> None:
+        self.view = memoryview(bytearray(self.SIZE))
+        self.plain = memoryview(bytearray(self.SIZE))
+
+
+class HttpConnection(asyncio.BufferedProtocol):
+    """One caller connection. `owner` (router.listener.Listener) provides the limits,
+    the handler, refusal counting, the shared read buffer and the aiohttp hand-over."""
+
+    __slots__ = ("_owner", "_limits", "_loop", "transport", "_reads", "_tls", "remote", "scheme", "_parser",
                  "_url", "_headers", "_index", "_head_bytes", "_parsing", "_active", "_queue", "_task",
                  "_heads", "_served", "_deadline", "_timer", "_stopped", "_body_paused", "_queue_paused",
                  "_write_paused", "_drain_waiter", "_delegate", "_idle_waiter", "_lingering", "_in_message")
@@ -292,6 +314,8 @@ class HttpConnection(asyncio.Protocol):
         self._owner = owner
         self._limits = owner.limits
         self._loop = owner.loop
+        self._reads: ReadBuffer = owner.read_buffer
+        self._tls: TlsSession | None = None  # with TLS (router.tls_termination)
         self.transport: asyncio.Transport | None = None
         self.remote: str | None = None
         self.scheme = "http"
@@ -326,7 +350,9 @@ class HttpConnection(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.remote = peer[0] if isinstance(peer, (tuple, list)) else peer
-        if transport.get_extra_info("sslcontext") is not None:
+        context = self._owner.ssl_context
+        if context is not None:
+            self._tls = TlsSession(context, transport.write)
             self.scheme = "https"
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -337,7 +363,35 @@ class HttpConnection(asyncio.Protocol):
         self._owner.connections.add(self)
         self._set_deadline(self._limits.header_timeout_s)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._reads.view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._tls is None:
+            self.data_received(self._reads.view[:nbytes])
+        else:
+            self._receive_tls(self._reads.view[:nbytes])
+
+    def _receive_tls(self, data) -> None:
+        try:
+            still_open = self._tls.receive(data, self._reads.plain, self.data_received)
+        except (ssl.SSLError, OSError) as exc:
+            # A failed handshake (counted by tls.metrics) or a broken record: nothing to answer.
+            log.debug("TLS with %s failed: %s", self.remote, exc)
+            self.abort()
+            return
+        if not still_open:  # the caller's close_notify: as the end of its stream
+            self._stopped = True
+            self.close()
+
+    def _pump_tls(self) -> None:
+        """After a pause: what the TLS session still holds."""
+        tls = self._tls
+        if tls is not None and not tls.paused and self.transport is not None and not self.transport.is_closing():
+            self._receive_tls(b"")
+
+    def data_received(self, data) -> None:
+        """Parse what arrived (a view of the read buffer: nothing may keep it)."""
         if self._stopped and not (self._lingering or self._delegate is not None):
             return  # refused, or past the last request: nothing more is read
         parser = self._parser
@@ -470,7 +524,7 @@ class HttpConnection(asyncio.Protocol):
             self._enqueue(request)
             if len(self._queue) >= MAX_PIPELINED and not self._queue_paused:
                 self._queue_paused = True
-                self.transport.pause_reading()
+                self.pause_reading()
 
     def on_body(self, body: bytes) -> None:
         request = self._parsing
@@ -493,7 +547,7 @@ class HttpConnection(asyncio.Protocol):
         else:
             request.body.feed_eof()
         if self._lingering:
-            self.transport.close()  # the early answer is out and the body is in: done
+            self.close()  # the early answer is out and the body is in: done
         if not request.keep_alive:
             self._stopped = True  # nothing after this request is read (llhttp would refuse it)
 
@@ -534,11 +588,11 @@ class HttpConnection(asyncio.Protocol):
             return
         if not request.keep_alive:
             if request.body.done:
-                self.transport.close()
+                self.close()
             else:  # answered before its body arrived: read and drop the rest for a while
                 self._stopped = self._lingering = True
                 request.body.discard()
-                self._loop.call_later(LINGER_S, self.transport.close)
+                self._loop.call_later(LINGER_S, self.close)
             self._wake_idle()
             return
         if self._queue:
@@ -573,8 +627,12 @@ class HttpConnection(asyncio.Protocol):
                                                    _date_line(), connection)
 
     def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            if self._tls is None:
+                transport.write(data)
+            else:
+                self._tls.write(data)
 
     async def drain(self) -> None:
         if self._stopped and (self.transport is None or self.transport.is_closing()):
@@ -592,6 +650,30 @@ class HttpConnection(asyncio.Protocol):
         self._stopped = True
         if self.transport is not None:
             self.transport.abort()
+
+    def close(self) -> None:
+        """End the connection once what was written is sent (with TLS: after close_notify)."""
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            if self._tls is not None:
+                self._tls.close_notify()
+            transport.close()
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+        if self._tls is not None:
+            self._tls.paused = True
+
+    def resume_reading(self) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.transport.resume_reading()
+        tls = self._tls
+        if tls is not None and tls.paused:
+            tls.paused = False
+            if tls.has_pending:
+                self._loop.call_soon(self._pump_tls)
 
     def send_continue(self) -> None:
         active = self._active
@@ -620,7 +702,7 @@ class HttpConnection(asyncio.Protocol):
                     self._task.cancel()
                     self._task = None
                 self._active = None
-        self.transport.pause_reading()
+        self.pause_reading()
         if self._active is None and not self._queue:
             self._send_refusal(refusal)
         else:
@@ -639,7 +721,7 @@ class HttpConnection(asyncio.Protocol):
                    % (refusal.status, _REASONS.get(refusal.status, b""), request_id.encode(), len(body),
                       _date_line(), body))
         self._deadline = None
-        self.transport.close()
+        self.close()
 
     # -- deadlines: the first head (slowloris), then the keep-alive wait -------------------
 
@@ -661,20 +743,24 @@ class HttpConnection(asyncio.Protocol):
         if self._loop.time() < deadline:
             self._timer = self._loop.call_at(deadline, self._on_timer)
             return
-        if self._heads == 0:
+        if self._tls is not None and not self._tls.established:
+            self._stopped = True
+            self._owner.refused("tls_handshake_timeout")
+            self.abort()  # no request can be answered before the handshake
+        elif self._heads == 0:
             self._stopped = True
             self._owner.refused("header_timeout")
             self._send_refusal(Refusal(408, "ClientRequestTimeout", "the request headers did not arrive in time"))
         else:
             self._stopped = True
-            self.transport.close()  # idle (or a later head too slow) past the keep-alive timeout
+            self.close()  # idle (or a later head too slow) past the keep-alive timeout
 
     # -- back-pressure -----------------------------------------------------------------------
 
     def pause_reading_for_body(self) -> None:
         if not self._body_paused and self.transport is not None:
             self._body_paused = True
-            self.transport.pause_reading()
+            self.pause_reading()
 
     def resume_reading_for_body(self) -> None:
         if self._body_paused:
@@ -685,7 +771,7 @@ class HttpConnection(asyncio.Protocol):
         if self._body_paused or self._queue_paused or self.transport is None or self.transport.is_closing():
             return
         if not self._stopped or self._lingering or self._delegate is not None:
-            self.transport.resume_reading()
+            self.resume_reading()
 
     # -- for the listener ----------------------------------------------------------------------
 
@@ -697,7 +783,7 @@ class HttpConnection(asyncio.Protocol):
         """Shutdown: close now if idle; a request being answered finishes first."""
         if not self.busy and self.transport is not None:
             self._stopped = True
-            self.transport.close()
+            self.close()
 
     async def wait_idle(self) -> None:
         while self.busy and self.transport is not None and not self.transport.is_closing():
@@ -721,7 +807,8 @@ class HttpConnection(asyncio.Protocol):
         self._deadline = None
         handler = self._owner.aiohttp_protocol()
         self._delegate = handler
-        handler.connection_made(self.transport)
+        handler.connection_made(self.transport if self._tls is None else
+                                TlsTransport(self, self._tls, self.transport, self._owner.ssl_context))
         lines = [b"%s %s HTTP/%s\r\n" % (request.method.encode(), request.target, request.version.encode())]
         lines.extend(b"%s: %s\r\n" % (n, v) for n, v in request.raw_headers if n.lower() not in _DROP_ON_HANDOVER)
         lines.append(b"Connection: close\r\n\r\n")
@@ -736,4 +823,4 @@ class HttpConnection(asyncio.Protocol):
     def _resume_reading_for_handover(self) -> None:
         self._body_paused = self._queue_paused = False
         if self._parsing is not None and self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()  # the rest of the handed-over body
+            self.resume_reading()  # the rest of the handed-over body

@@ -3,8 +3,12 @@
 Each connection is a router.http1.HttpConnection (our HTTP/1.1 server protocol on
 httptools), which refuses malformed requests before any handler (400/414/431 JSON
 bodies, the connection closed) and gives the first request's head `header_timeout_s`
-to arrive (slowloris: 408). This module adds, per listener:
-- at most `max_connections` connections at once (extra ones are closed at once), and
+to arrive (slowloris: 408; with TLS the handshake must be done by then too). The
+listening socket is plain TCP: each connection terminates its own TLS
+(router.tls_termination), reading through the listener's shared buffers. This module
+adds, per listener:
+- at most `max_connections` connections at once (extra ones are closed at once, before
+  any TLS handshake), and
   at most `max_requests_per_connection` requests on one connection (the connection
   enforces it; the limits live here);
 - every refusal counted through `on_refusal(reason)`, logged at debug, never a
@@ -27,7 +31,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from .http1 import HttpConnection
+from .http1 import HttpConnection, ReadBuffer
 
 log = logging.getLogger("scoregate.router.listener")
 
@@ -87,9 +91,11 @@ class Listener:
         self.limits = limits
         self.keepalive_timeout_s = keepalive_timeout_s
         self.connections: set[HttpConnection] = set()
+        self.read_buffer = ReadBuffer()
         self.draining = False
         self.loop: asyncio.AbstractEventLoop | None = None
-        self._host, self._port, self._ssl, self._backlog = host, port, ssl_context, backlog
+        self.ssl_context = ssl_context  # TLS is terminated by each connection (router.tls_termination)
+        self._host, self._port, self._backlog = host, port, backlog
         self._reuse_port = reuse_port  # `serve --workers`: several processes on one port
         self._on_refusal = on_refusal or (lambda reason: None)
         self._server: asyncio.AbstractServer | None = None
@@ -137,7 +143,7 @@ class Listener:
                                           keepalive_timeout=self.keepalive_timeout_s)
             await self._aiohttp.setup()
         self._server = await self.loop.create_server(
-            self._protocol, self._host, self._port, ssl=self._ssl, backlog=self._backlog, reuse_address=True,
+            self._protocol, self._host, self._port, backlog=self._backlog, reuse_address=True,
             reuse_port=self._reuse_port or None)
 
     def _protocol(self) -> asyncio.Protocol:

@@ -261,3 +261,109 @@ async def test_a_caller_that_leaves_mid_body_frees_everything(make_router, upstr
     writer.write(SCORE + b"Content-Length: 2\r\n\r\n{}")
     assert (await read_answer(reader))[0] == 200
     writer.close()
+
+
+# -- TLS terminated by each connection (router/tls_termination.py) --------------------------
+
+
+async def test_interleaved_connections_never_see_each_others_bytes(make_router, upstream, certs):
+    # All connections read through the listener's two shared buffers: 40 callers whose
+    # requests arrive in small pieces, interleaved, each get their own answer, and the
+    # replica gets each request's own body.
+    import random
+    rng = random.Random(7)
+    router = await make_router()
+    conns = [await connect(certs, router) for _ in range(40)]
+    payloads = []
+    for i in range(40):
+        body = b'{"caller": %d, "pad": "%s"}' % (i, b"p" * rng.randrange(0, 3000))
+        payloads.append(SCORE + b"x-request-id: caller-%d\r\nContent-Length: %d\r\n\r\n%b" % (i, len(body), body))
+    offsets = [0] * 40
+    while any(offset < len(p) for offset, p in zip(offsets, payloads)):
+        for i in rng.sample(range(40), 40):
+            if offsets[i] < len(payloads[i]):
+                piece = rng.randrange(1, 400)
+                conns[i][1].write(payloads[i][offsets[i]:offsets[i] + piece])
+                offsets[i] += piece
+        await asyncio.sleep(0)
+    answers = [await read_answer(reader) for reader, _ in conns]
+    for _, writer in conns:
+        writer.close()
+    assert [(status, headers["x-request-id"]) for status, headers, _ in answers] == \
+        [(200, f"caller-{i}") for i in range(40)]
+    bodies = {seen.header("x-request-id"): seen.body for seen in upstream.seen}
+    assert bodies == {f"caller-{i}": payloads[i].split(b"\r\n\r\n", 1)[1] for i in range(40)}
+
+
+async def test_a_closed_connection_ends_with_close_notify(make_router, upstream, certs):
+    # After `Connection: close` the caller reads a clean end of the TLS session, not a
+    # truncation ("EOF occurred in violation of protocol").
+    import socket
+    router = await make_router()
+    context = ssl.create_default_context(cafile=str(certs.ca_cert))
+
+    def exchange() -> bytes:
+        with socket.create_connection(("127.0.0.1", router.port), timeout=10) as sock:
+            with context.wrap_socket(sock, server_hostname="localhost", suppress_ragged_eofs=False) as tls:
+                tls.sendall(SCORE + b"Connection: close\r\nContent-Length: 2\r\n\r\n{}")
+                received = b""
+                while chunk := tls.recv(65536):  # raises SSLEOFError on a truncation
+                    received += chunk
+                return received
+
+    received = await asyncio.to_thread(exchange)
+    assert received.startswith(b"HTTP/1.1 200") and received.endswith(b'{"ok": true}')
+
+
+async def test_a_handshake_not_finished_in_time_is_dropped(make_router, upstream, certs):
+    # The first head's deadline covers the handshake: a caller that opens TCP and never
+    # says hello is dropped (counted), and others are served meanwhile.
+    from router.listener import ConnectionLimits
+    router = await make_router(limits=ConnectionLimits(header_timeout_s=0.5))
+    silent = [await asyncio.open_connection("127.0.0.1", router.port) for _ in range(20)]
+    reader, writer = await connect(certs, router)
+    writer.write(SCORE + b"Content-Length: 2\r\n\r\n{}")
+    assert (await read_answer(reader))[0] == 200
+    writer.close()
+    async with asyncio.timeout(10):
+        for silent_reader, silent_writer in silent:
+            assert await silent_reader.read() == b""  # closed without a byte
+            silent_writer.close()
+    assert router.recorder.registry.get_sample_value(
+        "scoregate_connection_refusals_total", {"reason": "tls_handshake_timeout"}) == 20
+
+
+async def test_a_broken_record_ends_only_its_connection(make_router, upstream, certs):
+    # Bytes that are not TLS (plain HTTP to the TLS port), or garbage after a handshake:
+    # that connection is dropped, the gateway keeps serving.
+    router = await make_router()
+    plain_reader, plain_writer = await asyncio.open_connection("127.0.0.1", router.port)
+    plain_writer.write(SCORE + b"Content-Length: 2\r\n\r\n{}")
+    async with asyncio.timeout(10):
+        assert await plain_reader.read() == b""
+    plain_writer.close()
+    import os
+    import socket
+    context = ssl.create_default_context(cafile=str(certs.ca_cert))
+
+    def broken_after_one_request() -> bytes:
+        with socket.create_connection(("127.0.0.1", router.port), timeout=10) as sock:
+            with context.wrap_socket(sock, server_hostname="localhost") as tls:
+                tls.sendall(SCORE + b"Content-Length: 2\r\n\r\n{}")
+                answer = tls.recv(65536)
+                # An application-data record that fails to decrypt, under the TLS layer.
+                with socket.socket(fileno=os.dup(tls.fileno())) as under:
+                    under.sendall(b"\x17\x03\x03\x00\x20" + b"\x00" * 32)
+                try:
+                    after = tls.recv(65536)
+                except (ssl.SSLError, ConnectionError):
+                    after = b""
+                return answer, after
+
+    answer, after = await asyncio.to_thread(broken_after_one_request)
+    assert answer.startswith(b"HTTP/1.1 200") and after == b""
+    reader, writer = await connect(certs, router)
+    writer.write(SCORE + b"Content-Length: 2\r\n\r\n{}")
+    assert (await read_answer(reader))[0] == 200
+    writer.close()
+    assert len(upstream.seen) == 2

@@ -1,0 +1,166 @@
+"""TLS on the scoring port, terminated inside the connection's own protocol.
+
+Why not the event loop's TLS (`create_server(ssl=...)`): uvloop's TLS layer gives every
+connection a 256 KiB read buffer of its own (at least one touched page, ~4 KB resident
+per idle connection), a protocol and a transport object, and a handshake timer; and it
+adds its own steps around every read and write. Here a connection is one SSLObject over
+two memory BIOs, driven by router.http1.HttpConnection:
+
+    socket → the listener's shared ciphertext buffer → TlsSession.receive() → the
+    incoming BIO → SSLObject.read() into the listener's shared plaintext buffer →
+    HttpConnection.data_received() (parsed at once; httptools hands out copies)
+
+    answer bytes → TlsSession.write() → SSLObject.write() → the outgoing BIO → one
+    transport.write() of the records
+
+The handshake happens in receive() as the client's flights arrive; its deadline is the
+connection's head deadline (`header_timeout_s`): a client that has not finished the
+handshake and sent a request head by then is dropped. Handshake metrics keep working:
+`SSLContext.wrap_bio` makes the context's `sslobject_class` (tls.metrics). The SNI
+switch of tls.rotation works as before (the callback gets this SSLObject).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+
+
+class TlsSession:
+    """One connection's TLS state. `write_raw` sends ciphertext (the TCP transport's write)."""
+
+    __slots__ = ("_ssl", "_incoming", "_outgoing", "_write_raw", "established", "paused", "_closed")
+
+    def __init__(self, context: ssl.SSLContext, write_raw) -> None:
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._ssl = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        self._write_raw = write_raw
+        self.established = False  # the handshake is done
+        self.paused = False  # the reader paused: plaintext stays in the SSLObject until resumed
+        self._closed = False  # close_notify sent
+
+    @property
+    def ssl_object(self) -> ssl.SSLObject:
+        return self._ssl
+
+    def receive(self, data, plain: memoryview, deliver) -> bool:
+        """Take ciphertext (may be empty: go on after a pause) and call deliver(view) with
+        each piece of plaintext, a view of `plain` valid only during the call. False when
+        the peer closed the session (close_notify). ssl.SSLError: a failed handshake or a
+        broken record; the connection is then of no further use."""
+        if data:
+            self._incoming.write(data)
+        sslobj = self._ssl
+        if not self.established:
+            try:
+                sslobj.do_handshake()
+            except ssl.SSLWantReadError:
+                self._flush()
+                return True
+            self.established = True
+            self._flush()
+        incoming = self._incoming
+        size = len(plain)
+        while not self.paused and (incoming.pending or sslobj.pending()):
+            try:
+                count = sslobj.read(size, plain)
+            except ssl.SSLWantReadError:
+                break  # a record only partly in
+            if count == 0:
+                self._flush()  # what OpenSSL answers to the close, if anything
+                return False
+            deliver(plain[:count])
+        if self._outgoing.pending:  # e.g. a TLS 1.3 key update's answer
+            self._flush()
+        return True
+
+    @property
+    def has_pending(self) -> bool:
+        """Plaintext or ciphertext left after a pause."""
+        return bool(self._incoming.pending or self._ssl.pending())
+
+    def write(self, data: bytes) -> None:
+        if data and not self._closed:
+            self._ssl.write(data)
+            self._write_raw(self._outgoing.read())
+
+    def close_notify(self) -> None:
+        """Say the session ends (the TCP close follows); nothing is read after it."""
+        if self._closed or not self.established:
+            return
+        self._closed = True
+        try:
+            self._ssl.unwrap()
+        except (ssl.SSLError, ValueError):
+            pass  # the peer's own close_notify is not awaited: SSLWantReadError
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._outgoing.pending:
+            self._write_raw(self._outgoing.read())
+
+
+class TlsTransport(asyncio.Transport):
+    """The connection as a TLS transport, for the protocol a request is handed over to
+    (aiohttp's, for the control plane's extra routes on the scoring port)."""
+
+    def __init__(self, conn, tls: TlsSession, raw: asyncio.Transport, context: ssl.SSLContext) -> None:
+        super().__init__()
+        self._conn, self._tls, self._raw, self._context = conn, tls, raw, context
+
+    def get_extra_info(self, name, default=None):
+        sslobj = self._tls.ssl_object
+        if name == "sslcontext":
+            return self._context
+        if name == "ssl_object":
+            return sslobj
+        if name == "peercert":
+            return sslobj.getpeercert()
+        if name == "cipher":
+            return sslobj.cipher()
+        if name == "compression":
+            return sslobj.compression()
+        return self._raw.get_extra_info(name, default)
+
+    def write(self, data) -> None:
+        self._conn.write(bytes(data))
+
+    def writelines(self, list_of_data) -> None:
+        self._conn.write(b"".join(list_of_data))
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def is_closing(self) -> bool:
+        return self._raw.is_closing()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def abort(self) -> None:
+        self._conn.abort()
+
+    def pause_reading(self) -> None:
+        self._conn.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._conn.resume_reading()
+
+    def is_reading(self) -> bool:
+        return self._raw.is_reading()
+
+    def set_write_buffer_limits(self, high=None, low=None) -> None:
+        self._raw.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_size(self) -> int:
+        return self._raw.get_write_buffer_size()
+
+    def get_write_buffer_limits(self):
+        return self._raw.get_write_buffer_limits()
+
+    def set_protocol(self, protocol) -> None:
+        pass  # the connection stays the raw transport's protocol and passes on what arrives
+
+    def get_protocol(self):
+        return self._conn
