@@ -7,8 +7,9 @@ loop per connection) was the largest block of gateway CPU per request
 
     bytes (read into the listener's shared buffer; with TLS, decrypted by the
     connection's own router.tls_termination session) → httptools (llhttp, strict)
-    → Request (method, raw target, raw headers, RequestBody) → the handler (router.handlers) in a task of its own → the answer,
-    written whole by Request.respond() or streamed by start() / write() / end()
+    → Request (method, raw target, raw headers, RequestBody) → the handler
+    (router.handlers) in a task of its own → the answer, written whole by
+    Request.respond() or streamed by start() / write() / end()
     → the next request on the connection, or the keep-alive wait.
 
 Requests on one connection are answered one at a time and in order (pipelined ones
@@ -34,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import ssl
 import time
 from collections import deque
@@ -354,12 +354,7 @@ class HttpConnection(asyncio.BufferedProtocol):
         if context is not None:
             self._tls = TlsSession(context, transport.write)
             self.scheme = "https"
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        # TCP_NODELAY: uvloop and asyncio both set it on every accepted TCP socket.
         self._owner.connections.add(self)
         self._set_deadline(self._limits.header_timeout_s)
 
