@@ -295,6 +295,20 @@ async def test_interleaved_connections_never_see_each_others_bytes(make_router, 
     assert bodies == {f"caller-{i}": payloads[i].split(b"\r\n\r\n", 1)[1] for i in range(40)}
 
 
+async def test_many_pipelined_requests_each_in_its_own_record_are_all_answered(make_router, upstream, certs):
+    # 40 requests written one by one (one TLS record each) before any answer: the gateway
+    # stops decrypting at its pipelining bound, with the rest still inside the TLS
+    # session and nothing more coming from the socket; answering resumes it.
+    router = await make_router()
+    reader, writer = await connect(certs, router)
+    for i in range(40):
+        writer.write(SCORE + b"x-request-id: req-%d\r\nContent-Length: 2\r\n\r\n{}" % i)
+    answers = [await read_answer(reader) for _ in range(40)]
+    writer.close()
+    assert [(status, headers["x-request-id"]) for status, headers, _ in answers] == \
+        [(200, f"req-{i}") for i in range(40)]
+
+
 async def test_a_closed_connection_ends_with_close_notify(make_router, upstream, certs):
     # After `Connection: close` the caller reads a clean end of the TLS session, not a
     # truncation ("EOF occurred in violation of protocol").
