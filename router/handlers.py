@@ -25,7 +25,7 @@ from aiohttp import web
 from .accesslog import AccessLog
 from .context import RequestContext, request_id_from
 from .errors import ScoringError
-from .http1 import Request
+from .http1_request import Request
 from .listener import routing_path
 from .paths import NAME_RULE, check_subpath
 from .pipeline import ScoringPipeline

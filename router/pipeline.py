@@ -26,7 +26,7 @@ from .context import RequestContext
 from .errors import EndpointNotFound, NoReadyReplica, PayloadTooLarge, RequestTimeout, UpstreamConnectionError
 from .auth_throttle import AuthThrottle
 from .errors import DeploymentNotFound, Unauthorized
-from .http1 import Request
+from .http1_request import Request
 from .mirroring import Mirror
 from .paths import NAME_RULE
 from .ratelimit import RateLimiter

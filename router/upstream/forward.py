@@ -27,7 +27,7 @@ import asyncio
 import time
 
 from ..context import RequestContext
-from ..http1 import Request
+from ..http1_request import Request
 from ..errors import (PayloadTooLarge, RequestTimeout, ScoringError, UpstreamConnectionError,
                       UpstreamTimeout)
 from ..routing_table import DeploymentRoute, Replica
