@@ -54,6 +54,7 @@ class TLSMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self._children: dict[tuple, object] = {}
         self.handshakes = Counter(
             "scoregate_tls_handshakes_total",
             "TLS handshakes that ended, by listener, TLS version (unknown when it failed "
@@ -85,6 +86,16 @@ class TLSMetrics:
             "still served, else 0.", ["name"], registry=registry,
         )
 
+    def count(self, counter: Counter, *labels: str) -> None:
+        """counter.labels(*labels).inc(), with the child kept: labels() costs more than
+        the increment, and these run on every handshake. Label values come from small
+        fixed sets (listeners, TLS versions, outcomes, configured certificate names)."""
+        key = (counter, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = counter.labels(*labels)
+        child.inc()
+
     def set_expiry(self, name: str, moment: datetime) -> None:
         self.expiry.labels(name=name).set(moment.timestamp())
 
@@ -107,7 +118,7 @@ class _ObservedSSLObject(ssl.SSLObject):
     def do_handshake(self) -> None:
         if self._tls_state == "new":
             self._tls_state = "started"
-            self._metrics.handshakes_started.labels(listener=self._listener).inc()
+            self._metrics.count(self._metrics.handshakes_started, self._listener)
         try:
             super().do_handshake()
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
@@ -120,9 +131,7 @@ class _ObservedSSLObject(ssl.SSLObject):
     def _finish(self, version: str, outcome: str) -> None:
         if self._tls_state != "done":
             self._tls_state = "done"
-            self._metrics.handshakes.labels(
-                listener=self._listener, version=version, outcome=outcome
-            ).inc()
+            self._metrics.count(self._metrics.handshakes, self._listener, version, outcome)
 
     def __del__(self) -> None:
         if self._tls_state == "started":

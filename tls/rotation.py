@@ -129,9 +129,7 @@ class ServerTLS:
             chosen = self._set.select(server_name)
             conn.context = chosen.certificate.context
             if self._metrics is not None:
-                self._metrics.selections.labels(
-                    listener=self.listener, name=chosen.certificate.name, match=chosen.match
-                ).inc()
+                self._metrics.count(self._metrics.selections, self.listener, chosen.certificate.name, chosen.match)
         except Exception:  # an exception here would print a traceback per handshake
             log.exception("choosing a certificate for %r failed; serving the default", server_name)
         return None
