@@ -87,6 +87,7 @@ class TlsSession:
 
     def close_notify(self) -> None:
         """Say the session ends (the TCP close follows); nothing is read after it."""
+        self.paused = True  # receive() stops delivering, even in the middle of a read
         if self._closed or not self.established:
             return
         self._closed = True

@@ -1,6 +1,8 @@
-"""ServerTLS behind a real aiohttp server (web.AppRunner + web.TCPSite, as the router
-listens): rotation while a long request is in flight, plain HTTP on the TLS port,
-client certificates, and the HTTP→HTTPS redirect listener. Run on asyncio and uvloop."""
+"""ServerTLS behind the two servers that use it: the scoring port (router.listener, TLS
+terminated by each connection: router/tls_termination.py) and a real aiohttp server
+(web.AppRunner + web.TCPSite, the loop's TLS, as the admin side listens): rotation while
+a long request is in flight, plain HTTP on the TLS port, client certificates, and the
+HTTP→HTTPS redirect listener. Run on asyncio and uvloop."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from aiohttp import web
 from cryptography import x509
 from prometheus_client import CollectorRegistry
 
+from router.listener import ConnectionLimits, Listener
 from tls import CertificateSource, ServerTLS, TLSMetrics
 from tls.redirect import redirect_app
 
@@ -57,6 +60,34 @@ def _app() -> web.Application:
     app = web.Application()
     app.add_routes([web.get("/slow", slow), web.get("/", hello)])
     return app
+
+
+async def _scoring_port_handler(request) -> None:
+    """The same two paths as _app(), answered by the scoring port's own server."""
+    if request.path == "/slow":
+        await asyncio.sleep(float(request.query.partition("s=")[2] or "1"))
+        request.respond(200, b"Content-Type: text/plain\r\n", b"slow done")
+    else:
+        request.respond(200, b"Content-Type: text/plain\r\n", b"hello")
+
+
+@contextlib.asynccontextmanager
+async def serving(server: str, ssl_context: ssl.SSLContext) -> AsyncIterator[int]:
+    """`server`: "scoring-port" (router.listener.Listener) or "aiohttp"."""
+    if server == "aiohttp":
+        async with running(_app(), ssl_context) as port:
+            yield port
+        return
+    listener = Listener(_scoring_port_handler, host="127.0.0.1", port=0, ssl_context=ssl_context,
+                        limits=ConnectionLimits(), keepalive_timeout_s=30)
+    await listener.start()
+    try:
+        yield listener.port
+    finally:
+        await listener.drain(1)
+
+
+SERVERS = ["scoring-port", "aiohttp"]
 
 
 @contextlib.asynccontextmanager
@@ -99,13 +130,13 @@ def files(tmp_path: Path) -> Files:
     return out
 
 
-async def rotation_during_long_request(files: Files) -> None:
+async def rotation_during_long_request(files: Files, kind: str) -> None:
     registry = CollectorRegistry()
     server = ServerTLS([files.source], metrics=TLSMetrics(registry))
     server.watch(0.05)
     old_serial = server.certificates["api"].serial
     try:
-        async with running(_app(), server.context) as port:
+        async with serving(kind, server.context) as port:
             reader, writer = await _open(port, files.client())
             assert _serial(writer) == old_serial
             in_flight = asyncio.create_task(_request(reader, writer, "/slow?s=1.5"))
@@ -149,9 +180,10 @@ def run_on(loop: str, coro) -> None:
     (uvloop.run if loop == "uvloop" else asyncio.run)(coro)
 
 
+@pytest.mark.parametrize("kind", SERVERS)
 @pytest.mark.parametrize("loop", LOOPS)
-def test_rotation_during_long_request(files: Files, loop: str) -> None:
-    run_on(loop, rotation_during_long_request(files))
+def test_rotation_during_long_request(files: Files, loop: str, kind: str) -> None:
+    run_on(loop, rotation_during_long_request(files, kind))
 
 
 def _plain_http(port: int, payload: bytes) -> bytes:
@@ -163,17 +195,18 @@ def _plain_http(port: int, payload: bytes) -> bytes:
         return b"".join(chunks)
 
 
+@pytest.mark.parametrize("kind", SERVERS)
 @pytest.mark.parametrize("loop", LOOPS)
-def test_plain_http_on_tls_port_is_closed_and_server_stays_healthy(files: Files, loop: str) -> None:
-    run_on(loop, plain_http_on_tls_port(files))
+def test_plain_http_on_tls_port_is_closed_and_server_stays_healthy(files: Files, loop: str, kind: str) -> None:
+    run_on(loop, plain_http_on_tls_port(files, kind))
 
 
-async def plain_http_on_tls_port(files: Files) -> None:
+async def plain_http_on_tls_port(files: Files, kind: str) -> None:
     registry = CollectorRegistry()
     server = ServerTLS([files.source], metrics=TLSMetrics(registry))
     loop_errors: list[dict] = []
     asyncio.get_running_loop().set_exception_handler(lambda _loop, context: loop_errors.append(context))
-    async with running(_app(), server.context) as port:
+    async with serving(kind, server.context) as port:
         payloads = [b"GET / HTTP/1.1\r\nHost: api.test\r\n\r\n", b"POST /score HTTP/1.0\r\n\r\n{}",
                     b"\x00" * 64, b"hello\r\n"] * 5
         replies = await asyncio.gather(*(asyncio.to_thread(_plain_http, port, p) for p in payloads))
@@ -188,12 +221,13 @@ async def plain_http_on_tls_port(files: Files) -> None:
     assert not_tls >= 10  # the HTTP requests at least; what the junk counts as may vary
 
 
-async def test_client_certificates_over_aiohttp(files: Files, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", SERVERS)
+async def test_client_certificates(files: Files, tmp_path: Path, kind: str) -> None:
     clients = trustme.CA()
     bundle = tmp_path / "clients.pem"
     clients.cert_pem.write_to_path(str(bundle))
     server = ServerTLS([files.source], client_ca_file=bundle)
-    async with running(_app(), server.context) as port:
+    async with serving(kind, server.context) as port:
         with_cert = files.client()
         clients.issue_cert("router@clients.test").configure_cert(with_cert)
         async with aiohttp.ClientSession() as session:
