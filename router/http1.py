@@ -109,7 +109,7 @@ class HttpConnection(asyncio.BufferedProtocol):
     """One caller connection. `owner` (router.listener.Listener) provides the limits,
     the handler, refusal counting, the shared read buffer and the aiohttp hand-over."""
 
-    __slots__ = ("_owner", "_limits", "_loop", "transport", "_reads", "_tls", "remote", "scheme", "_parser",
+    __slots__ = ("_owner", "_limits", "loop", "transport", "_reads", "_tls", "remote", "scheme", "_parser",
                  "_url", "_headers", "_index", "_head_bytes", "_parsing", "_active", "_queue", "_task",
                  "_heads", "_served", "_deadline", "_timer", "_stopped", "_body_paused", "_queue_paused",
                  "_write_paused", "_drain_waiter", "_delegate", "_idle_waiter", "_lingering", "_in_message")
@@ -117,7 +117,7 @@ class HttpConnection(asyncio.BufferedProtocol):
     def __init__(self, owner) -> None:
         self._owner = owner
         self._limits = owner.limits
-        self._loop = owner.loop
+        self.loop = owner.loop  # serving this connection; asyncio.get_running_loop() makes a getpid()
         self._reads: ReadBuffer = owner.read_buffer
         self._tls: TlsSession | None = None  # with TLS (router.tls_termination)
         self.transport: asyncio.Transport | None = None
@@ -361,7 +361,7 @@ class HttpConnection(asyncio.BufferedProtocol):
         if request.handed_over:
             self._hand_over(request)
             return
-        self._task = self._loop.create_task(self._serve(request))
+        self._task = self.loop.create_task(self._serve(request))
 
     async def _serve(self, request: Request) -> None:
         try:
@@ -391,7 +391,7 @@ class HttpConnection(asyncio.BufferedProtocol):
             else:  # answered before its body arrived: read and drop the rest for a while
                 self._stopped = self._lingering = True
                 request.body.discard()
-                self._loop.call_later(LINGER_S, self.close)
+                self.loop.call_later(LINGER_S, self.close)
             self._wake_idle()
             return
         if self._queue:
@@ -437,7 +437,7 @@ class HttpConnection(asyncio.BufferedProtocol):
         if self._stopped and (self.transport is None or self.transport.is_closing()):
             raise ConnectionResetError("the caller closed the connection")
         if self._write_paused:
-            self._drain_waiter = self._loop.create_future()
+            self._drain_waiter = self.loop.create_future()
             try:
                 await self._drain_waiter
             finally:
@@ -472,7 +472,7 @@ class HttpConnection(asyncio.BufferedProtocol):
         if tls is not None and tls.paused:
             tls.paused = False
             if tls.has_pending:
-                self._loop.call_soon(self._pump_tls)
+                self.loop.call_soon(self._pump_tls)
 
     def send_continue(self) -> None:
         active = self._active
@@ -525,22 +525,22 @@ class HttpConnection(asyncio.BufferedProtocol):
     # -- deadlines: the first head (slowloris), then the keep-alive wait -------------------
 
     def _set_deadline(self, delay_s: float) -> None:
-        deadline = self._deadline = self._loop.time() + delay_s
+        deadline = self._deadline = self.loop.time() + delay_s
         timer = self._timer
         # A timer due before the deadline re-arms itself when it fires (cheaper than
         # one timer per request); one due later is replaced.
         if timer is None or timer.when() > deadline:
             if timer is not None:
                 timer.cancel()
-            self._timer = self._loop.call_at(deadline, self._on_timer)
+            self._timer = self.loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
         deadline = self._deadline
         if deadline is None or self.transport is None or self.transport.is_closing():
             return
-        if self._loop.time() < deadline:
-            self._timer = self._loop.call_at(deadline, self._on_timer)
+        if self.loop.time() < deadline:
+            self._timer = self.loop.call_at(deadline, self._on_timer)
             return
         if self._tls is not None and not self._tls.established:
             self._stopped = True
@@ -586,7 +586,7 @@ class HttpConnection(asyncio.BufferedProtocol):
 
     async def wait_idle(self) -> None:
         while self.busy and self.transport is not None and not self.transport.is_closing():
-            self._idle_waiter = self._loop.create_future()
+            self._idle_waiter = self.loop.create_future()
             await self._idle_waiter
 
     def _wake_idle(self) -> None:

@@ -104,7 +104,7 @@ class RequestBody:
         if self._expect_continue:
             self._expect_continue = False
             self._conn.send_continue()
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._waiter = self._conn.loop.create_future()
         try:
             await self._waiter
         finally:

@@ -106,7 +106,8 @@ class ScoringPipeline:
             raise DeploymentNotFound(f"'{PIN_HEADER}' must name a deployment (2-32 letters, digits or '-')")
         deployment, pinned = self._deployments.pick(endpoint, pin)
         ctx.deployment = deployment.name
-        deadline = asyncio.get_running_loop().time() + deployment.request_settings.request_timeout_ms / 1000
+        loop = request.conn.loop
+        deadline = loop.time() + deployment.request_settings.request_timeout_ms / 1000
 
         body = await self._read_small_body(request)
         if body:
@@ -140,7 +141,7 @@ class ScoringPipeline:
                 self._on_failure(key, replica.replica_id, exc.kind)
                 tried.append(replica.replica_id)
                 if (body is None and ctx.bytes_in) or len(tried) > self._retry.max_retries \
-                        or asyncio.get_running_loop().time() >= deadline \
+                        or loop.time() >= deadline \
                         or not self._admission.candidates(deployment, exclude=tried):
                     raise UpstreamConnectionError(
                         f"could not connect to a replica of deployment '{key[1]}' "

@@ -43,20 +43,26 @@ class Deadline:
 
 
 class Deadlines:
-    __slots__ = ("_heap", "_order", "_timer", "_timer_when")
+    __slots__ = ("_heap", "_order", "_timer", "_timer_when", "_loop")
 
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, Deadline]] = []
         self._order = itertools.count()  # ties: first in, first out (Deadlines never compare)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
+        # Kept: asyncio.get_running_loop(), and current_task() without a loop, each make a
+        # getpid() system call in CPython 3.11.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def at(self, when: float) -> Deadline:
         """`with deadlines.at(loop_time):` bounds the block like asyncio.timeout_at()."""
         heap = self._heap
         while heap and heap[0][2].done:
             heapq.heappop(heap)
-        deadline = Deadline(when, asyncio.current_task())
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        deadline = Deadline(when, asyncio.current_task(loop))
         heapq.heappush(heap, (when, next(self._order), deadline))
         if self._timer is None or when < self._timer_when:
             self._schedule(when)
@@ -66,12 +72,12 @@ class Deadlines:
         if self._timer is not None:
             self._timer.cancel()
         self._timer_when = when
-        self._timer = asyncio.get_running_loop().call_at(when, self._on_timer)
+        self._timer = self._loop.call_at(when, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
         heap = self._heap
-        now = asyncio.get_running_loop().time()
+        now = self._loop.time()
         while heap and (heap[0][2].done or heap[0][0] <= now):
             deadline = heapq.heappop(heap)[2]
             if not deadline.done:

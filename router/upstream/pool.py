@@ -45,6 +45,7 @@ class UpstreamPool:
         self._session: aiohttp.ClientSession | None = None
         self._idle: dict[tuple, list[UpstreamConnection]] = {}
         self._sweeper: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by start()
         self.opened = 0  # connections opened since start (tests and metrics read it)
 
     @property
@@ -66,7 +67,8 @@ class UpstreamPool:
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout_s),
             cookie_jar=aiohttp.DummyCookieJar(),
         )
-        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+        self._loop = asyncio.get_running_loop()
+        self._sweeper = self._loop.create_task(self._sweep())
 
     async def close(self) -> None:
         if self._sweeper is not None:
@@ -106,7 +108,7 @@ class UpstreamPool:
         if len(stack) >= MAX_IDLE_PER_REPLICA:
             conn.abort()
             return
-        conn.idle_since = asyncio.get_running_loop().time()
+        conn.idle_since = (self._loop or asyncio.get_running_loop()).time()
         stack.append(conn)
 
     def discard_idle(self, replica: Replica) -> None:
