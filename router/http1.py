@@ -174,7 +174,7 @@ class HttpConnection(asyncio.BufferedProtocol):
     def _receive_tls(self, data) -> None:
         try:
             still_open = self._tls.receive(data, self._reads.plain, self.data_received)
-        except (ssl.SSLError, OSError) as exc:
+        except ssl.SSLError as exc:
             # A failed handshake (counted by tls.metrics) or a broken record: nothing to answer.
             log.debug("TLS with %s failed: %s", self.remote, exc)
             self.abort()

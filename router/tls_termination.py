@@ -125,7 +125,7 @@ class TlsTransport(asyncio.Transport):
         return self._raw.get_extra_info(name, default)
 
     def write(self, data) -> None:
-        self._conn.write(bytes(data))
+        self._conn.write(data)  # encrypted at once: nothing keeps the caller's buffer
 
     def writelines(self, list_of_data) -> None:
         self._conn.write(b"".join(list_of_data))
