@@ -34,7 +34,7 @@ class AccessLog:
         """target: a file path, "-" for stdout, or None (off)."""
         self._target = None if target is None else (str(target) if str(target) == "-" else Path(target))
         self.sample_rate = sample_rate
-        self._pending: deque[tuple] = deque()
+        self._pending: deque[RequestContext] = deque()
         self._max_pending = max_pending
         self._flush_interval_s = flush_interval_s
         self._max_file_bytes = max_file_bytes
@@ -47,7 +47,9 @@ class AccessLog:
     def enabled(self) -> bool:
         return self._target is not None
 
-    def record(self, ctx: RequestContext, method: str, path: str) -> None:
+    def record(self, ctx: RequestContext) -> None:
+        """Queue the request's line; `ctx` carries everything (its method and path too) and
+        is not changed after this, so the line is made from it later, off the request's path."""
         if self._target is None:
             return
         if ctx.status < 400 and self.sample_rate < 1.0 and self._rng.random() >= self.sample_rate:
@@ -55,11 +57,9 @@ class AccessLog:
         if len(self._pending) >= self._max_pending:
             self.dropped += 1
             return
-        # Raw numbers here; the line is made off the request's path (_line).
-        self._pending.append((
-            time.time(), ctx.request_id, ctx.client, method, path, ctx.endpoint, ctx.deployment, ctx.replica,
-            ctx.status, ctx.error_code, ctx.bytes_in, ctx.bytes_out, ctx.started_ns, ctx.queued_ns,
-            ctx.upstream_started_ns, ctx.upstream_ended_ns, ctx.ended_ns or time.perf_counter_ns()))
+        if not ctx.ended_ns:
+            ctx.ended_ns = time.perf_counter_ns()
+        self._pending.append(ctx)
 
     async def start(self) -> None:
         if self._target is not None:
@@ -84,7 +84,9 @@ class AccessLog:
 
     async def _flush(self) -> None:
         batch = [self._pending.popleft() for _ in range(len(self._pending))]
-        data = b"".join(_line(entry) for entry in batch)
+        # Wall-clock time of a request's end from its monotonic stamp: one clock pair per batch.
+        wall_ns = time.time_ns() - time.perf_counter_ns()
+        data = b"".join([_line(ctx, wall_ns) for ctx in batch])
         try:
             await asyncio.to_thread(self._write, data)
             self.written += len(batch)
@@ -121,32 +123,38 @@ def _whole_line_chunks(data: bytes, limit: int):
         start = end
 
 
-_second_cache: list = [None, ""]  # (whole second, its ISO-8601 text without the fraction)
+_second_cache: list = [None, ""]  # (whole second, its ISO-8601 text up to the fraction's dot)
+_milli_cache: list = [None, ""]  # (whole millisecond, its ISO-8601 text): lines come in time order
 
 
-def _iso_time(timestamp: float) -> str:
-    """UTC ISO-8601 with milliseconds; the second's text is formatted once per second."""
-    second = int(timestamp)
+def _iso_time(wall_ns: int) -> str:
+    """UTC ISO-8601 with milliseconds; a second's text is formatted once, and a line in the
+    same millisecond as the one before reuses its text."""
+    millis = wall_ns // 1_000_000
+    if _milli_cache[0] == millis:
+        return _milli_cache[1]
+    second, fraction = divmod(millis, 1000)
     if _second_cache[0] != second:
         _second_cache[0] = second
-        _second_cache[1] = datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{_second_cache[1]}.{int((timestamp - second) * 1000):03d}+00:00"
+        _second_cache[1] = datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.")
+    text = _milli_cache[1] = f"{_second_cache[1]}{fraction:03d}+00:00"
+    _milli_cache[0] = millis
+    return text
 
 
-def _ms(ns: int) -> float:
-    """Nanoseconds as milliseconds with three decimals."""
-    return (ns + 500) // 1000 / 1000
-
-
-def _line(entry: tuple) -> bytes:
-    (timestamp, request_id, client, method, path, endpoint, deployment, replica, status, code, bytes_in,
-     bytes_out, started_ns, queued_ns, upstream_started_ns, upstream_ended_ns, ended_ns) = entry
-    duration_ns = ended_ns - started_ns
-    upstream_ns = ((upstream_ended_ns or ended_ns) - upstream_started_ns) if upstream_started_ns else 0
+def _line(ctx: RequestContext, wall_ns: int) -> bytes:
+    """One JSON line; durations in milliseconds with three decimals (rounded to the µs)."""
+    ended_ns = ctx.ended_ns
+    duration_ns = ended_ns - ctx.started_ns
+    queued_ns = ctx.queued_ns
+    upstream_started_ns = ctx.upstream_started_ns
+    upstream_ns = ((ctx.upstream_ended_ns or ended_ns) - upstream_started_ns) if upstream_started_ns else 0
+    own_ns = duration_ns - queued_ns - upstream_ns
     return orjson.dumps({
-        "time": _iso_time(timestamp), "request_id": request_id, "client": client, "method": method,
-        "path": path, "endpoint": endpoint, "deployment": deployment, "replica": replica, "status": status,
-        "code": code, "bytes_in": bytes_in, "bytes_out": bytes_out, "duration_ms": _ms(duration_ns),
-        "queue_ms": _ms(queued_ns), "upstream_ms": _ms(upstream_ns),
-        "gateway_ms": _ms(max(0, duration_ns - queued_ns - upstream_ns)),
+        "time": _iso_time(wall_ns + ended_ns), "request_id": ctx.request_id, "client": ctx.client,
+        "method": ctx.method, "path": ctx.path, "endpoint": ctx.endpoint, "deployment": ctx.deployment,
+        "replica": ctx.replica, "status": ctx.status, "code": ctx.error_code, "bytes_in": ctx.bytes_in,
+        "bytes_out": ctx.bytes_out, "duration_ms": (duration_ns + 500) // 1000 / 1000,
+        "queue_ms": (queued_ns + 500) // 1000 / 1000, "upstream_ms": (upstream_ns + 500) // 1000 / 1000,
+        "gateway_ms": (own_ns + 500) // 1000 / 1000 if own_ns > 0 else 0.0,
     }, option=orjson.OPT_APPEND_NEWLINE)

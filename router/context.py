@@ -66,11 +66,15 @@ class RequestContext:
         "bytes_in",
         "bytes_out",
         "client",
+        "method",
+        "path",
     )
 
-    def __init__(self, request_id: str, client: str | None = None) -> None:
+    def __init__(self, request_id: str, client: str | None = None, method: str = "", path: str = "") -> None:
         self.request_id = request_id
         self.client = client
+        self.method = method
+        self.path = path  # as the caller sent it, without the query (router.accesslog writes it)
         self.endpoint: str | None = None
         self.deployment: str | None = None
         self.replica: str | None = None

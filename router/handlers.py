@@ -136,7 +136,8 @@ class ScoringHandlers:
 
     async def _run(self, request: Request, upstream_path: str | None, endpoint: str,
                    check_path: bool = False) -> None:
-        ctx = RequestContext(request_id_from(request.header(b"x-request-id")), request.remote)
+        ctx = RequestContext(request_id_from(request.header(b"x-request-id")), request.remote,
+                             request.method, request.path)
         if self._trusted_proxies:
             ctx.trust_forwarded = self._is_trusted(request.remote)
         span = None
@@ -170,6 +171,6 @@ class ScoringHandlers:
         finally:
             ctx.ended_ns = time.perf_counter_ns()
             self._recorder.record(ctx)
-            self._access_log.record(ctx, request.method, request.path)
+            self._access_log.record(ctx)
             if span is not None:
                 end_server_span(self._tracer, span, ctx)

@@ -10,11 +10,13 @@ path pays nothing for them.
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
 from .context import RequestContext
-from .histograms import LoopHistogram
+from .loop_metrics import LoopCounter, LoopHistogram
 
 _LATENCY_BUCKETS_S = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
@@ -27,10 +29,10 @@ _OVERHEAD_BUCKETS_S = (
 class Recorder:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        self._counters: dict[tuple, Counter] = {}
+        self._counters: dict[tuple, object] = {}
         self._histograms: dict[tuple, tuple] = {}
         r = self.registry
-        self.requests = Counter(
+        self.requests = LoopCounter(
             "scoregate_requests",
             "Scoring requests answered, by endpoint, deployment, HTTP status and error code "
             "(each refusal has its own code).",
@@ -83,17 +85,25 @@ class Recorder:
         counter = self._counters.get(key)
         if counter is None:
             counter = self._counters[key] = self.requests.labels(key[0], key[1], str(key[2]), key[3])
-        counter.inc()
+        counter.value += 1
         histograms = self._histograms.get(key[:2])
         if histograms is None:
             histograms = self._histograms[key[:2]] = (
                 self.latency.labels(*key[:2]), self.upstream_latency.labels(*key[:2]),
                 self.overhead.labels(*key[:2]))
-        histograms[0].observe(ctx.elapsed_s())
-        if ctx.upstream_started_ns:
-            histograms[1].observe(ctx.upstream_s())
+        # The durations of RequestContext's methods, computed here once from the stamps.
+        ended_ns = ctx.ended_ns or time.perf_counter_ns()
+        total_ns = ended_ns - ctx.started_ns
+        histograms[0].observe(total_ns / 1e9)
+        upstream_started_ns = ctx.upstream_started_ns
+        if upstream_started_ns:
+            upstream_ended_ns = ctx.upstream_ended_ns
+            histograms[1].observe(((upstream_ended_ns or ended_ns) - upstream_started_ns) / 1e9)
+        else:
+            upstream_ended_ns = 0
         if ctx.endpoint is not None:
-            histograms[2].observe(ctx.gateway_overhead_s())
+            own_ns = total_ns - ctx.queued_ns - (upstream_ended_ns - upstream_started_ns if upstream_ended_ns else 0)
+            histograms[2].observe(own_ns / 1e9 if own_ns > 0 else 0.0)
 
     def forget(self, endpoint: str, deployment: str | None = None) -> None:
         """Drop cached children of a removed endpoint (or deployment)."""
