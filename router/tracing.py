@@ -13,7 +13,7 @@ span per request; without it, the cost is one `is None` check.
 from __future__ import annotations
 
 import re
-from random import getrandbits  # ids need to be unique, not secret; reseeded in a forked child
+from random import randbytes  # ids need to be unique, not secret; reseeded in a forked child
 
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})\Z")
 _ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
@@ -21,14 +21,20 @@ _ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 
 def child_traceparent(incoming: str | None) -> tuple[str, str]:
     """(traceparent to send upstream, trace id); a fresh trace when `incoming` is unusable."""
+    ids = randbytes(24).hex()  # a span id, and a trace id if needed: one draw, no formatting
     trace_id, flags = None, "01"
     if incoming:
         match = _TRACEPARENT.match(incoming.strip().lower())
         if match and match.group(1) != _ZERO_TRACE and match.group(2) != _ZERO_SPAN:
             trace_id, flags = match.group(1), match.group(3)
     if trace_id is None:
-        trace_id = f"{getrandbits(128) or 1:032x}"
-    return f"00-{trace_id}-{getrandbits(64) or 1:016x}-{flags}", trace_id
+        trace_id = ids[:32]
+        if trace_id == _ZERO_TRACE:  # all-zero ids are invalid (a 2**-128 chance)
+            trace_id = _ZERO_TRACE[:-1] + "1"
+    span_id = ids[32:]
+    if span_id == _ZERO_SPAN:
+        span_id = _ZERO_SPAN[:-1] + "1"
+    return f"00-{trace_id}-{span_id}-{flags}", trace_id
 
 
 def otel_tracer(provider=None):
