@@ -110,10 +110,13 @@ class Admission:
 
     def candidates(self, deployment: DeploymentRoute, exclude: Iterable[str] = ()) -> list[Replica]:
         """Routable replicas: not ejected (unless all are: then all), not excluded."""
-        excluded = set(exclude)
-        replicas = [r for r in deployment.replicas if r.replica_id not in excluded]
-        healthy = [r for r in replicas if not self._ejector.is_ejected(r.replica_id)]
-        return healthy or replicas
+        replicas = deployment.replicas
+        if exclude:
+            excluded = set(exclude)
+            replicas = [r for r in replicas if r.replica_id not in excluded]
+        is_ejected = self._ejector.is_ejected
+        healthy = [r for r in replicas if not is_ejected(r.replica_id)]
+        return healthy or list(replicas)
 
     def _take(self, state: _DeploymentState, deployment: DeploymentRoute,
               candidates: list[Replica]) -> Replica | None:

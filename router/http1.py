@@ -47,6 +47,7 @@ import orjson
 from .context import request_id_from
 from .http1_request import Request
 from .tls_termination import TlsSession, TlsTransport
+from .upstream.headers import DROP_UPSTREAM_RAW
 
 log = logging.getLogger("scoregate.router.http")
 
@@ -110,7 +111,7 @@ class HttpConnection(asyncio.BufferedProtocol):
     the handler, refusal counting, the shared read buffer and the aiohttp hand-over."""
 
     __slots__ = ("_owner", "_limits", "loop", "transport", "_reads", "_tls", "remote", "scheme", "_parser",
-                 "_url", "_headers", "_index", "_head_bytes", "_parsing", "_active", "_queue", "_task",
+                 "_url", "_headers", "_index", "_forward", "_head_bytes", "_parsing", "_active", "_queue", "_task",
                  "_heads", "_served", "_deadline", "_timer", "_stopped", "_body_paused", "_queue_paused",
                  "_write_paused", "_drain_waiter", "_delegate", "_idle_waiter", "_lingering", "_in_message")
 
@@ -130,6 +131,9 @@ class HttpConnection(asyncio.BufferedProtocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._index: dict[bytes, bytes] = {}
+        # The headers that may go to a model, as lines, picked while parsing (None: a
+        # `Connection` header names more to drop; router.upstream.headers then decides).
+        self._forward: list[bytes] | None = []
         self._head_bytes = 0
         self._parsing: Request | None = None  # the request whose body is arriving
         self._active: Request | None = None  # the request being answered
@@ -262,6 +266,7 @@ class HttpConnection(asyncio.BufferedProtocol):
         if self._headers:  # the trailers of a chunked body before: not this request's headers
             self._headers = []
             self._index = {}
+            self._forward = []
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -283,6 +288,11 @@ class HttpConnection(asyncio.BufferedProtocol):
             self._index[lower] = value
         elif lower == b"transfer-encoding" or lower == b"host":
             raise Refusal(400, "BadRequest", f"malformed request: more than one {name.decode()} header")
+        if lower not in DROP_UPSTREAM_RAW:
+            if self._forward is not None:
+                self._forward.append(b"%s: %s\r\n" % (name, value))
+        elif lower == b"connection":
+            self._forward = None
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -306,9 +316,11 @@ class HttpConnection(asyncio.BufferedProtocol):
         request = Request(self, _METHODS.get(method) or method.decode("ascii"), self._url, version,
                           self._headers, index, int(length) if length is not None else None, chunked,
                           parser.should_keep_alive(), expect is not None and version == "1.1")
+        request.forward_lines = self._forward
         self._url = b""
         self._headers = []
         self._index = {}
+        self._forward = []
         self._head_bytes = 0
         self._heads += 1
         if self._stopped:

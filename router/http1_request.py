@@ -119,8 +119,8 @@ class Request:
     surrogates, so they go out again byte for byte)."""
 
     __slots__ = ("conn", "method", "target", "path", "query", "version", "raw_headers", "_index",
-                 "content_length", "chunked", "keep_alive", "head_only", "body", "responded",
-                 "_chunked_out", "_streaming", "handed_over")
+                 "content_length", "chunked", "has_body", "keep_alive", "head_only", "body", "responded",
+                 "_chunked_out", "_streaming", "handed_over", "remote", "scheme", "forward_lines")
 
     def __init__(self, conn: HttpConnection, method: str, target: bytes, version: str,
                  raw_headers: list[tuple[bytes, bytes]], index: dict[bytes, bytes],
@@ -139,6 +139,9 @@ class Request:
         self._index = index
         self.content_length = content_length
         self.chunked = chunked
+        self.has_body = chunked or bool(content_length)
+        self.remote: str | None = conn.remote  # the caller's address
+        self.scheme: str = conn.scheme
         self.keep_alive = keep_alive
         self.head_only = method == "HEAD"
         self.body = RequestBody(conn, expect_continue)
@@ -146,6 +149,9 @@ class Request:
         self._chunked_out = False
         self._streaming = False
         self.handed_over = False
+        # The headers a model may see, as "Name: value\r\n" lines (router.http1 picks them
+        # while parsing); None: router.upstream.headers picks them from raw_headers.
+        self.forward_lines: list[bytes] | None = None
 
     def header(self, name: bytes) -> str | None:
         """The first value of header `name` (lower case), or None."""
@@ -157,18 +163,6 @@ class Request:
 
     def header_dict(self) -> dict[str, str]:
         return {n.decode("latin-1"): v.decode("utf-8", "surrogateescape") for n, v in self.raw_headers}
-
-    @property
-    def remote(self) -> str | None:
-        return self.conn.remote
-
-    @property
-    def scheme(self) -> str:
-        return self.conn.scheme
-
-    @property
-    def has_body(self) -> bool:
-        return self.chunked or bool(self.content_length)
 
     # -- answering: whole, or streamed
     def respond(self, status: int, headers: bytes, body: bytes = b"", *, content_length: int | None = None) -> None:

@@ -33,14 +33,17 @@ class Replica:
     scoring_path: str = "/score"
     liveness_path: str = "/"
     scheme: str = "http"  # "https" with router→replica mTLS
+    # Made once here, read by every request forwarded to the replica:
+    authority: str = field(init=False, repr=False, compare=False)  # "host:port", the Host header
+    pool_key: tuple = field(init=False, repr=False, compare=False)  # its upstream pool's key
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "authority", f"{self.host}:{self.port}")
+        object.__setattr__(self, "pool_key", (self.scheme, self.host, self.port))
 
     @property
     def base_url(self) -> str:
         return f"{self.scheme}://{self.host}:{self.port}"
-
-    @property
-    def authority(self) -> str:
-        return f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)

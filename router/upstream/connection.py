@@ -18,6 +18,8 @@ import asyncio
 
 import httptools
 
+from .headers import DROP_DOWNSTREAM_RAW
+
 MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 200
 PAUSE_READING_BYTES = 256 * 1024
@@ -42,7 +44,7 @@ class BadResponse(Exception):
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("key", "transport", "closed", "uses", "idle_since", "_parser", "_loop",
-                 "_active", "_head_only", "_status", "_reason", "_headers", "_head_bytes",
+                 "_active", "_head_only", "_status", "_reason", "_headers", "_lines", "_length_value", "_head_bytes",
                  "_length", "_chunked", "_close_delimited", "_head_done", "_complete",
                  "_keep_alive", "_received", "_body", "_buffered", "_error", "_waiter",
                  "_reading_paused", "_write_paused", "_drain_waiter")
@@ -66,6 +68,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._status = 0
         self._reason = b""
         self._headers: list[tuple[bytes, bytes]] = []
+        self._lines: list[bytes] | None = []
+        self._length_value: bytes | None = None
         self._head_bytes = 0
         self._length: int | None = None
         self._chunked = False
@@ -99,12 +103,13 @@ class UpstreamConnection(asyncio.Protocol):
         """Start an exchange: the request head (and a body held in memory) in one write."""
         if self._active:
             raise RuntimeError("an exchange is already running on this connection")
-        if not self.usable:
+        transport = self.transport
+        if self.closed or transport is None or transport.is_closing():  # not `usable`
             raise ConnectionClosed(0, False)
         self._reset_exchange(head_only)
         self._active = True
         self.uses += 1
-        self.transport.write(head + body if body else head)
+        transport.write(head + body if body else head)
 
     def write(self, data: bytes) -> None:
         if self.closed:
@@ -121,6 +126,13 @@ class UpstreamConnection(asyncio.Protocol):
                 self._drain_waiter = None
         if self.closed and not self._complete:
             raise self._error or ConnectionClosed(self._received, False)
+
+    @property
+    def downstream_lines(self) -> list[bytes] | None:
+        """The answer's headers a caller may see, as "Name: value\r\n" lines picked while
+        parsing (router.upstream.headers' rule), for the forwarder to use up; None when a
+        `Connection` header names more to drop (then apply downstream_header_lines())."""
+        return self._lines
 
     async def head(self) -> tuple[int, bytes, list[tuple[bytes, bytes]], int | None]:
         """(status, reason, raw headers, Content-Length or None) of the final answer."""
@@ -250,20 +262,26 @@ class UpstreamConnection(asyncio.Protocol):
         if self._head_bytes > MAX_HEAD_BYTES or len(self._headers) >= MAX_HEADERS:
             raise BadResponse(f"the answer's head is over {MAX_HEAD_BYTES} bytes or {MAX_HEADERS} headers")
         self._headers.append((name, value))
+        lower = name.lower()
+        if lower in DROP_DOWNSTREAM_RAW:
+            if lower == b"content-length":
+                self._length_value = value
+            elif lower == b"transfer-encoding":
+                self._chunked = True
+            elif lower == b"connection":
+                self._lines = None
+        elif self._lines is not None:
+            self._lines.append(b"%s: %s\r\n" % (name, value))
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
         if 100 <= status < 200:
             return  # interim answer (e.g. 100 Continue): wait for the final one
         self._status = status
-        for name, value in self._headers:
-            lower = name.lower()
-            if lower == b"content-length":
-                self._length = int(value)
-                if self._length > (1 << 62):
-                    raise BadResponse("the answer's Content-Length is out of range")
-            elif lower == b"transfer-encoding":
-                self._chunked = True
+        if self._length_value is not None:
+            self._length = int(self._length_value)
+            if self._length > (1 << 62):
+                raise BadResponse("the answer's Content-Length is out of range")
         self._close_delimited = (self._length is None and not self._chunked
                                  and status not in (204, 304) and not self._head_only)
         self._head_done = True
@@ -286,6 +304,9 @@ class UpstreamConnection(asyncio.Protocol):
             # The end of an interim answer: the final one follows on the same stream.
             self._reason = b""
             self._headers = []
+            self._lines = []
+            self._length_value = None
+            self._chunked = False
             self._head_bytes = 0
             return
         if not self._complete:

@@ -143,7 +143,7 @@ class Forwarder:
         head = upstream_request_head(
             method, target, replica.authority, request.raw_headers, framing, request_id=ctx.request_id,
             client_ip=request.remote, scheme=request.scheme, traceparent=ctx.traceparent,
-            trust_forwarded=ctx.trust_forwarded)
+            trust_forwarded=ctx.trust_forwarded, forward_lines=request.forward_lines)
 
         ctx.upstream_started_ns = time.perf_counter_ns()
         conn: UpstreamConnection | None = None
@@ -154,10 +154,12 @@ class Forwarder:
             with self._deadlines.at(deadline):
                 while True:
                     fresh = conn is not None  # the second attempt never reuses a connection
-                    try:
-                        conn = await self._pool.acquire(replica, fresh=fresh)
-                    except ConnectFailed as exc:
-                        raise NotSent(exc.kind) from None
+                    # An idle connection needs no await (the usual case); else connect.
+                    if fresh or (conn := self._pool.take_idle(replica)) is None:
+                        try:
+                            conn = await self._pool.acquire(replica, fresh=fresh)
+                        except ConnectFailed as exc:
+                            raise NotSent(exc.kind) from None
                     try:
                         conn.send(head, body, head_only=method == "HEAD")
                         if source is not None:
@@ -231,7 +233,9 @@ class Forwarder:
         raw_headers: list[tuple[bytes, bytes]],
         length: int | None,
     ) -> None:
-        lines = downstream_header_lines(raw_headers)
+        lines = conn.downstream_lines
+        if lines is None:
+            lines = downstream_header_lines(raw_headers)
         lines.append(b"%s: %s\r\nx-request-id: %s\r\nServer-Timing: %s\r\n" % (
             DEPLOYMENT_HEADER, deployment.name.encode(), ctx.request_id.encode(), ctx.server_timing().encode()))
         if ctx.traceparent:

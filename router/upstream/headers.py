@@ -31,8 +31,11 @@ _DROP_UPSTREAM = HOP_BY_HOP | {"authorization", "host", "content-length", "x-for
                                "expect"}
 # Not returned to the caller: set by our own server for the new message.
 _DROP_DOWNSTREAM = HOP_BY_HOP | {"content-length", "date", "server"}
-_DROP_DOWNSTREAM_RAW = frozenset(name.encode() for name in _DROP_DOWNSTREAM)
-_DROP_UPSTREAM_RAW = frozenset(name.encode() for name in _DROP_UPSTREAM)
+# Lower-case bytes, as the parsers see names. router.http1 and router.upstream.connection
+# apply them as each header is parsed (a name is lower-cased once); the functions below
+# apply them to whole header lists.
+DROP_DOWNSTREAM_RAW = frozenset(name.encode() for name in _DROP_DOWNSTREAM)
+DROP_UPSTREAM_RAW = frozenset(name.encode() for name in _DROP_UPSTREAM)
 
 
 def _listed(raw: list[tuple[bytes, bytes]]) -> set[bytes]:
@@ -50,7 +53,7 @@ def _forwardable(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     connection = False
     for pair in raw:
         lower = pair[0].lower()
-        if lower in _DROP_UPSTREAM_RAW:
+        if lower in DROP_UPSTREAM_RAW:
             connection = connection or lower == b"connection"
         else:
             out.append(pair)
@@ -99,14 +102,17 @@ def upstream_request_headers(
 def upstream_request_head(
     method: str, target: str, authority: str, raw: list[tuple[bytes, bytes]], framing: str, *,
     request_id: str, client_ip: str | None, scheme: str, traceparent: str | None = None,
-    trust_forwarded: bool = False,
+    trust_forwarded: bool = False, forward_lines: list[bytes] | None = None,
 ) -> bytes:
     """The request line and headers for the model as bytes, in one pass: the same headers
     as upstream_request_headers(), the caller's byte for byte. `framing` is the
-    Content-Length or Transfer-Encoding line (or ""). The caller's values came through
-    router.http1's parser, which refuses CR, LF and NUL in them, and the gateway's own
-    values are checked where they are made, so nothing here can split a header."""
-    lines = [b"%s: %s\r\n" % pair for pair in _forwardable(raw)]
+    Content-Length or Transfer-Encoding line (or ""). `forward_lines`: the caller's
+    forwardable headers as lines, when the parser already picked them (router.http1
+    does, unless a `Connection` header names others to drop). The caller's values came
+    through router.http1's parser, which refuses CR, LF and NUL in them, and the
+    gateway's own values are checked where they are made, so nothing here can split a
+    header."""
+    lines = forward_lines if forward_lines is not None else [b"%s: %s\r\n" % pair for pair in _forwardable(raw)]
     prior = _prior_forwarded_for(raw) if trust_forwarded else None
     forwarded_for = (f"{prior}, {client_ip}" if prior else client_ip) if client_ip else prior
     own = (f"X-Forwarded-For: {forwarded_for}\r\n" if forwarded_for else "") + \
@@ -121,4 +127,4 @@ def downstream_header_lines(raw: list[tuple[bytes, bytes]]) -> list[bytes]:
     of the bytes the replica sent (the connection's parser refuses CR, LF and NUL)."""
     listed = _listed(raw)
     return [b"%s: %s\r\n" % (name, value) for name, value in raw
-            if (lower := name.lower()) not in _DROP_DOWNSTREAM_RAW and lower not in listed]
+            if (lower := name.lower()) not in DROP_DOWNSTREAM_RAW and lower not in listed]

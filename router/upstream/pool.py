@@ -85,20 +85,27 @@ class UpstreamPool:
             self._session = None
 
     def idle_count(self, replica: Replica) -> int:
-        return len(self._idle.get((replica.scheme, replica.host, replica.port), ()))
+        return len(self._idle.get(replica.pool_key, ()))
 
-    async def acquire(self, replica: Replica, *, fresh: bool = False) -> UpstreamConnection:
-        """An open connection to `replica`: an idle one, or a new one (ConnectFailed)."""
-        key = (replica.scheme, replica.host, replica.port)
-        stack = self._idle.get(key)
-        if fresh and stack:
-            self.discard_idle(replica)
+    def take_idle(self, replica: Replica) -> UpstreamConnection | None:
+        """An idle open connection to `replica`, or None (no await: the usual case)."""
+        stack = self._idle.get(replica.pool_key)
         while stack:
             conn = stack.pop()
             if conn.usable:
                 return conn
             conn.abort()
-        return await self._connect(key, replica)
+        return None
+
+    async def acquire(self, replica: Replica, *, fresh: bool = False) -> UpstreamConnection:
+        """An open connection to `replica`: an idle one, or a new one (ConnectFailed)."""
+        if fresh:
+            self.discard_idle(replica)
+        else:
+            conn = self.take_idle(replica)
+            if conn is not None:
+                return conn
+        return await self._connect(replica.pool_key, replica)
 
     def release(self, conn: UpstreamConnection) -> None:
         """Take a connection back after an exchange (closing it unless it is reusable)."""
@@ -114,7 +121,7 @@ class UpstreamPool:
     def discard_idle(self, replica: Replica) -> None:
         """Close every idle connection to `replica` (it closed one under us: the others
         were opened to the same process and are likely stale too)."""
-        stack = self._idle.pop((replica.scheme, replica.host, replica.port), None)
+        stack = self._idle.pop(replica.pool_key, None)
         for conn in stack or ():
             conn.abort()
 

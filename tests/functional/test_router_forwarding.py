@@ -3,9 +3,11 @@ what is forwarded, what comes back, and how failures map to status codes."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import socket
+import ssl
 
 import pytest
 
@@ -58,6 +60,25 @@ async def test_hop_by_hop_and_credentials_are_not_forwarded(router, upstream, cl
     assert seen.header("X-Forwarded-Proto") == "https"
     assert seen.header("x-request-id") == r.headers["x-request-id"]
     assert seen.body == b'{"a": 1}' and seen.path_qs == "/score"
+
+
+async def test_repeated_headers_reach_the_model_in_order_and_byte_for_byte(router, upstream, certs):
+    # Without a Connection header the parser picks the forwarded lines as it goes
+    # (router.http1); sent raw, as client libraries merge repeated headers.
+    context = ssl.create_default_context(cafile=str(certs.ca_cert))
+    reader, writer = await asyncio.open_connection("127.0.0.1", router.port, ssl=context,
+                                                   server_hostname="localhost")
+    writer.write(b"POST /api/v1/endpoint/ep/score HTTP/1.1\r\nHost: localhost\r\nX-Tag: a\r\n"
+                 b"Authorization: " + AUTH["Authorization"].encode() + b"\r\nx-TAG: b\r\n"
+                 b"X-Note: caf\xc3\xa9 \t ok\r\nX-Tag: c\r\nContent-Length: 2\r\n\r\n{}")
+    async with asyncio.timeout(5):
+        head = await reader.readuntil(b"\r\n\r\n")
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 200 ")
+    [seen] = upstream.seen
+    assert [(k, v) for k, v in seen.headers if k.lower() == "x-tag"] == [("X-Tag", "a"), ("x-TAG", "b"), ("X-Tag", "c")]
+    assert seen.header("X-Note").encode("utf-8", "surrogateescape") == "caf\u00e9 \t ok".encode()
+    assert "authorization" not in {k.lower() for k, _ in seen.headers}
 
 
 async def test_hop_by_hop_response_headers_are_not_returned(router, upstream, client):
