@@ -18,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
+from collections.abc import Coroutine
 
 import orjson
 from aiohttp import web
@@ -77,8 +78,10 @@ class ScoringHandlers:
         self._trusted_cache: dict[str, bool] = {}
         self._host_suffix = f".{domain.lower().strip('.')}" if domain else None
 
-    async def handle(self, request: Request) -> None:
-        """Route one request and answer it (router.http1 calls this, one task per request)."""
+    def handle(self, request: Request) -> Coroutine[None, None, None] | None:
+        """Route one request: None when it was answered at once (refused), else the
+        coroutine that answers it, which router.http1 awaits in the request's task (one
+        coroutine level less on every resumption than an `async def` wrapper)."""
         path = routing_path(request.path)
         if path.startswith(ENDPOINT_PREFIX):
             endpoint, slash, tail = path[len(ENDPOINT_PREFIX):].partition("/")
@@ -89,21 +92,21 @@ class ScoringHandlers:
                     if request.method != "POST":
                         return self._refuse(request, 405, "MethodNotAllowed", "scoring takes POST",
                                             {"Allow": "POST"})
-                    return await self._run(request, None, endpoint)
+                    return self._run(request, None, endpoint)
                 if tail == "swagger.json" and request.method in ("GET", "HEAD"):
-                    return await self._run(request, "/swagger.json", endpoint)
+                    return self._run(request, "/swagger.json", endpoint)
                 # Forward the raw (still percent-encoded) remainder of the path unchanged.
                 raw = request.path
                 prefix_end = raw.find("/", len(ENDPOINT_PREFIX))
-                return await self._run(request, raw[prefix_end:] if prefix_end > 0 else "/", endpoint,
+                return self._run(request, raw[prefix_end:] if prefix_end > 0 else "/", endpoint,
                                        check_path=True)
         endpoint = self._endpoint_from_host(request.header(b"host"))
         if endpoint is not None:
             if request.path == "/score":
                 if request.method != "POST":
                     return self._refuse(request, 405, "MethodNotAllowed", "scoring takes POST", {"Allow": "POST"})
-                return await self._run(request, None, endpoint)
-            return await self._run(request, request.path, endpoint, check_path=True)
+                return self._run(request, None, endpoint)
+            return self._run(request, request.path, endpoint, check_path=True)
         return self._refuse(request, 404, "NotFound", NOT_FOUND_MESSAGE)
 
     def _is_trusted(self, remote: str | None) -> bool:

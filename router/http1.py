@@ -377,7 +377,10 @@ class HttpConnection(asyncio.BufferedProtocol):
 
     async def _serve(self, request: Request) -> None:
         try:
-            await self._owner.handler(request)
+            # The handler answers at once (None) or returns what answers: an awaitable.
+            answering = self._owner.handler(request)
+            if answering is not None:
+                await answering
         except Exception:
             log.exception("the handler failed on %s %s", request.method, request.path)
             if not request.responded and not self._stopped:

@@ -81,7 +81,8 @@ class _Refuse(asyncio.Protocol):
 
 
 class Listener:
-    """The scoring port. `handler(request)` answers every request not handed over."""
+    """The scoring port. `handler(request)` answers every request not handed over: at once
+    (returning None) or through the awaitable it returns."""
 
     def __init__(self, handler, *, host: str, port: int, ssl_context: ssl.SSLContext | None,
                  limits: ConnectionLimits, keepalive_timeout_s: float, backlog: int = 1024,
