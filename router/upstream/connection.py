@@ -137,12 +137,12 @@ class UpstreamConnection(asyncio.Protocol):
     async def head(self) -> tuple[int, bytes, list[tuple[bytes, bytes]], int | None]:
         """(status, reason, raw headers, Content-Length or None) of the final answer."""
         while not self._head_done:
-            await self._wait()
+            await self._next_event()
         return self._status, self._reason, self._headers, self._length
 
     async def read_all(self) -> bytes:
         while not self._complete:
-            await self._wait()
+            await self._next_event()
         body = b"".join(self._body)
         self._body.clear()
         self._buffered = 0
@@ -153,7 +153,7 @@ class UpstreamConnection(asyncio.Protocol):
         while not self._body:
             if self._complete:
                 return None
-            await self._wait()
+            await self._next_event()
         chunk = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         self._body.clear()
         self._buffered = 0
@@ -180,16 +180,14 @@ class UpstreamConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    async def _wait(self) -> None:
+    def _next_event(self) -> asyncio.Future:
+        """A future the next callback of the exchange resolves (a plain function: the
+        awaiting coroutine awaits the future itself, one coroutine level less); raises
+        the exchange's error instead when there is one."""
         if self._error is not None:
             raise self._error
-        self._waiter = self._loop.create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
-        if self._error is not None:
-            raise self._error
+        waiter = self._waiter = self._loop.create_future()
+        return waiter
 
     def _wake(self) -> None:
         waiter = self._waiter
