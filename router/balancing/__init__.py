@@ -48,11 +48,12 @@ class InFlightCounter:
     def take_free(self, candidates: Sequence[Replica], limit: int, picker: "ReplicaPicker") -> Replica | None:
         """Choose among the candidates below `limit` and count one more on it, in one
         step (nothing awaits in between); None when every candidate is full."""
-        free = [r for r in candidates if self.get(r.replica_id) < limit]
+        counts = self._counts
+        free = [r for r in candidates if counts.get(r.replica_id, 0) < limit]
         if not free:
             return None
-        chosen = picker.choose(free, self)
-        self.acquire(chosen.replica_id)
+        chosen = free[0] if len(free) == 1 else picker.choose(free, self)
+        counts[chosen.replica_id] = counts.get(chosen.replica_id, 0) + 1
         return chosen
 
 
