@@ -222,7 +222,22 @@ def _cluster_verb(argv: list[str], verb: str, module: str, run_name: str) -> int
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await getattr(running, run_name)(running.settings_from_args(args), stop)
+        if verb != "router":
+            await getattr(running, run_name)(running.settings_from_args(args), stop)
+            return
+        from .gc_freeze import freeze_startup_objects
+
+        serving = asyncio.Event()
+
+        async def freeze_once_serving() -> None:
+            await serving.wait()
+            freeze_startup_objects()
+
+        freezing = loop.create_task(freeze_once_serving())
+        try:
+            await running.run_router(running.settings_from_args(args), stop, serving)
+        finally:
+            freezing.cancel()
 
     try:
         asyncio.run(main())

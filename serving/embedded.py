@@ -32,6 +32,7 @@ from .controller.publisher import RoutingPublisher
 from .controller.rollouts import RolloutManager
 from .applying import parse_documents, write
 from .batch.service import BatchService, BatchStoreError
+from .gc_freeze import freeze_startup_objects
 from .manifests import ManifestError, read_documents
 from .metrics import ControlPlaneMetrics
 from .tracing_setup import TracingUnavailable, setup_tracing
@@ -269,14 +270,23 @@ def run_serve(options: ServeOptions) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, gateway.request_stop)
         loop.add_signal_handler(signal.SIGHUP, gateway.request_tls_reload)
+        serving = asyncio.Event()
+
+        async def freeze_once_serving() -> None:
+            await serving.wait()
+            freeze_startup_objects()
+
+        freezing = loop.create_task(freeze_once_serving())
         try:
-            await gateway.run()
+            await gateway.run(serving)
         except (StartupError, TracingUnavailable) as exc:
             log.error("%s", exc)
             return 2
         except OSError as exc:
             log.error("cannot start: %s", exc)
             return 1
+        finally:
+            freezing.cancel()
         return 0
 
     try:

@@ -34,6 +34,7 @@ from router import RouterApp, RouterSettings, RoutingTableHolder
 from router.balancing.shared import SharedInFlightCounter
 from tls import CertificateSource, ServerTLS, TLSConfigError, TLSMetrics, client_context
 
+from ..gc_freeze import freeze_startup_objects
 from ..tokens import TokenIssuer
 from ..tracing_setup import setup_tracing
 from .batch_proxy import BatchProxy
@@ -154,6 +155,7 @@ async def _run(index: int, rows: int, settings: WorkerSettings, memory_name: str
         if settings.tls_reload_interval_s > 0:
             server_tls.watch(settings.tls_reload_interval_s)
         channel.send({"op": "listening", "pid": os.getpid(), "port": router.port})
+        freeze_startup_objects()
         reporting = loop.create_task(_report(channel, router, stop), name="worker-stats")
         await stop.wait()
         reporting.cancel()

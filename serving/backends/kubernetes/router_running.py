@@ -233,12 +233,16 @@ class KubernetesRouter:
             await self.api.close()
 
 
-async def run_router(settings: KubernetesRouterSettings, stop: asyncio.Event | None = None) -> None:
-    """Serve until `stop` is set; then shut down in order."""
+async def run_router(settings: KubernetesRouterSettings, stop: asyncio.Event | None = None,
+                     serving: asyncio.Event | None = None) -> None:
+    """Serve until `stop` is set; then shut down in order. `serving` is set once the
+    router listens."""
     stop = stop or asyncio.Event()
     router = KubernetesRouter(settings)
     try:
         await router.start()
+        if serving is not None:
+            serving.set()
         await stop.wait()
     finally:
         await router.close()
