@@ -129,9 +129,11 @@ class ScoringPipeline:
             deployment = current.deployments.get(deployment.name) if current else None
             if deployment is None:
                 raise NoReadyReplica(f"deployment '{key[1]}' is being removed")
-            queued_ns = time.perf_counter_ns()
-            replica = await self._admission.acquire(key, deployment, exclude=tried)
-            ctx.queued_ns += time.perf_counter_ns() - queued_ns
+            replica = self._admission.try_acquire(key, deployment, exclude=tried)
+            if replica is None:  # no free slot now (or no replica): queue, or be refused
+                queued_ns = time.perf_counter_ns()
+                replica = await self._admission.acquire(key, deployment, exclude=tried)
+                ctx.queued_ns += time.perf_counter_ns() - queued_ns
             ctx.replica = replica.replica_id
             try:
                 await self._forwarder.forward(request, ctx, deployment, replica, upstream_path, body, deadline)
