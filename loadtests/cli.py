@@ -1,4 +1,4 @@
-"""Command line: `python -m loadtests run | compare | scenario | bench ...`.
+"""Command line: `python -m loadtests run | compare | scenario | bench | instructions ...`.
 
 build_parser() and run_cli(argv) are separate so the gateway's CLI can mount
 the same commands as `scoregate loadtest`; add_run_arguments() and
@@ -23,7 +23,7 @@ from .runner import RunSpec, WorkerError, run
 from .targets import ResolvedTarget, merge_headers, resolve
 
 DEFAULT_OUTPUT_ROOT = "loadtest-results"
-COMMANDS = ("run", "compare", "scenario", "bench")
+COMMANDS = ("run", "compare", "scenario", "bench", "instructions")
 
 
 def _positive(kind):
@@ -118,6 +118,9 @@ def build_parser(prog: str = "python -m loadtests") -> argparse.ArgumentParser:
 
     add_scenario_parser(sub)
     add_bench_parser(sub)
+    from .bench.instructions import add_instructions_parser
+
+    add_instructions_parser(sub)
     return parser
 
 
@@ -224,6 +227,6 @@ def run_cli(argv: list[str] | None = None, prog: str = "python -m loadtests") ->
     args = build_parser(prog).parse_args(argv)
     if args.command == "compare":
         return compare_command(args)
-    if args.command in ("scenario", "bench"):
+    if args.command in ("scenario", "bench", "instructions"):
         return args.handler(args)
     return run_command(args)

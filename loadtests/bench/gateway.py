@@ -91,12 +91,14 @@ class RunningGateway:
 
 def start_gateway(workdir: Path, gateway_cpu: Cpus, replica_cpu: Cpus,
                   timeout: float = 60.0, replica: str = "fastserver",
-                  extra_args: tuple[str, ...] = ()) -> RunningGateway:
+                  extra_args: tuple[str, ...] = (), wrapper: tuple[str, ...] = ()) -> RunningGateway:
     """Start, wait until the replica is ready, pin it; BenchError if it cannot.
-    `extra_args` go to `scoregate serve` (e.g. ("--workers", "2"))."""
+    `extra_args` go to `scoregate serve` (e.g. ("--workers", "2")); `wrapper` runs the
+    gateway's Python under another program (e.g. valgrind), which must exec it in place."""
     yml = write_manifests(workdir, replica)
     state = workdir / "state"
-    child = Child("scoregate", [*serve_command(), "serve", str(yml), "--state-dir", str(state),
+    command = [*wrapper, sys.executable, "-m", "serving.cli"] if wrapper else serve_command()
+    child = Child("scoregate", [*command, "serve", str(yml), "--state-dir", str(state),
                                 "--port", "0", "--admin-port", "0", *extra_args],
                   workdir / "scoregate.log", gateway_cpu, env=child_env(), cwd=str(workdir))
     try:
