@@ -225,15 +225,10 @@ def _cluster_verb(argv: list[str], verb: str, module: str, run_name: str) -> int
         if verb != "router":
             await getattr(running, run_name)(running.settings_from_args(args), stop)
             return
-        from .gc_freeze import freeze_startup_objects
+        from .gc_freeze import freeze_once_serving
 
         serving = asyncio.Event()
-
-        async def freeze_once_serving() -> None:
-            await serving.wait()
-            freeze_startup_objects()
-
-        freezing = loop.create_task(freeze_once_serving())
+        freezing = loop.create_task(freeze_once_serving(serving))
         try:
             await running.run_router(running.settings_from_args(args), stop, serving)
         finally:

@@ -32,7 +32,7 @@ from .controller.publisher import RoutingPublisher
 from .controller.rollouts import RolloutManager
 from .applying import parse_documents, write
 from .batch.service import BatchService, BatchStoreError
-from .gc_freeze import freeze_startup_objects
+from .gc_freeze import freeze_once_serving
 from .manifests import ManifestError, read_documents
 from .metrics import ControlPlaneMetrics
 from .tracing_setup import TracingUnavailable, setup_tracing
@@ -271,12 +271,7 @@ def run_serve(options: ServeOptions) -> int:
             loop.add_signal_handler(sig, gateway.request_stop)
         loop.add_signal_handler(signal.SIGHUP, gateway.request_tls_reload)
         serving = asyncio.Event()
-
-        async def freeze_once_serving() -> None:
-            await serving.wait()
-            freeze_startup_objects()
-
-        freezing = loop.create_task(freeze_once_serving())
+        freezing = loop.create_task(freeze_once_serving(serving))
         try:
             await gateway.run(serving)
         except (StartupError, TracingUnavailable) as exc:

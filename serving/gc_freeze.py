@@ -13,6 +13,7 @@ test process that runs gateways in-process keeps a normal collector.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 
@@ -26,3 +27,9 @@ def freeze_startup_objects() -> int:
     frozen = gc.get_freeze_count()
     log.debug("%d startup objects moved out of the garbage collector's walks", frozen)
     return frozen
+
+
+async def freeze_once_serving(serving: asyncio.Event) -> None:
+    """Freeze when `serving` is set (run as a task beside the process's main coroutine)."""
+    await serving.wait()
+    freeze_startup_objects()

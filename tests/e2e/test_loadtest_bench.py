@@ -17,6 +17,7 @@ import subprocess
 import sys
 
 from tests.support.gateway import REPO
+from tests.support.processes import processes_mentioning
 
 SECTIONS = ("# scoregate benchmark", "## Maximum throughput (closed loop)",
             "## Fixed rates (open loop)", "### 100 req/s", "### 200 req/s",
@@ -25,15 +26,7 @@ SECTIONS = ("# scoregate benchmark", "## Maximum throughput (closed loop)",
 
 def bench_processes() -> set[int]:
     """Processes whose command line mentions a benchmark work dir."""
-    found = set()
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                if b"scoregate-bench-" in handle.read():
-                    found.add(int(pid))
-        except OSError:
-            pass
-    return found
+    return processes_mentioning(b"scoregate-bench-")
 
 
 def test_quick_bench_writes_every_section(tmp_path):

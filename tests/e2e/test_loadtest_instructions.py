@@ -14,18 +14,11 @@ import subprocess
 import sys
 
 from tests.support.gateway import REPO
+from tests.support.processes import processes_mentioning
 
 
 def instruction_processes() -> set[int]:
-    found = set()
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                if b"scoregate-instructions-" in handle.read():
-                    found.add(int(pid))
-        except OSError:
-            pass
-    return found
+    return processes_mentioning(b"scoregate-instructions-")
 
 
 def count(tmp_path, name: str) -> dict:

@@ -7,13 +7,13 @@ import asyncio
 import hashlib
 import os
 import socket
-import ssl
 
 import pytest
 
 from router import (DeploymentRoute, EndpointRoute, Replica, RequestSettings, RouterApp, RouterSettings,
                     RoutingTable, RoutingTableHolder)
 from tests.fakes.recording_upstream import Script
+from tests.support.clients import open_raw_tls
 from tls import server_context
 
 KEY = "k" * 43
@@ -65,9 +65,7 @@ async def test_hop_by_hop_and_credentials_are_not_forwarded(router, upstream, cl
 async def test_repeated_headers_reach_the_model_in_order_and_byte_for_byte(router, upstream, certs):
     # Without a Connection header the parser picks the forwarded lines as it goes
     # (router.http1); sent raw, as client libraries merge repeated headers.
-    context = ssl.create_default_context(cafile=str(certs.ca_cert))
-    reader, writer = await asyncio.open_connection("127.0.0.1", router.port, ssl=context,
-                                                   server_hostname="localhost")
+    reader, writer = await open_raw_tls(router.port, certs.ca_cert)
     writer.write(b"POST /api/v1/endpoint/ep/score HTTP/1.1\r\nHost: localhost\r\nX-Tag: a\r\n"
                  b"Authorization: " + AUTH["Authorization"].encode() + b"\r\nx-TAG: b\r\n"
                  b"X-Note: caf\xc3\xa9 \t ok\r\nX-Tag: c\r\nContent-Length: 2\r\n\r\n{}")

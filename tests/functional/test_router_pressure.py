@@ -6,17 +6,16 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import ssl
 import time
 
 import aiohttp
 import pytest
 
-from router import RouterApp, RouterSettings, RoutingTableHolder
 from router.pipeline import BodySettings
 from tests.fakes.recording_upstream import RecordingUpstream, Script
-from tests.functional.router_harness import AUTH, assert_idle, deployment, post, table, url
-from tls import client_context, ensure_dev_certificates, server_context
+from tests.functional.router_harness import AUTH, deployment, post, table, url
+from tests.support.clients import open_raw_tls
+from tls import client_context
 
 
 
@@ -120,9 +119,7 @@ async def test_a_client_too_slow_to_send_its_body_is_408(make_router, upstreams,
     [server, _] = upstreams
     router = await make_router(table(deployment("blue", [server.port])),
                                body=BodySettings(body_timeout_s=0.3))
-    context = ssl.create_default_context(cafile=str(certs.ca_cert))
-    reader, writer = await asyncio.open_connection("127.0.0.1", router.port, ssl=context,
-                                                   server_hostname="localhost")
+    reader, writer = await open_raw_tls(router.port, certs.ca_cert)
     writer.write(b"POST /api/v1/endpoint/ep/score HTTP/1.1\r\nHost: localhost\r\n"
                  b"Authorization: " + AUTH["Authorization"].encode() + b"\r\n"
                  b"Content-Length: 100\r\n\r\n{\"partial\":")
