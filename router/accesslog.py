@@ -27,6 +27,9 @@ from .context import RequestContext
 
 log = logging.getLogger("scoregate.router.accesslog")
 
+LINES_PER_SLICE = 64  # lines made per turn of the event loop (see _flush)
+
+
 class AccessLog:
     def __init__(self, target: str | Path | None, *, sample_rate: float = 1.0, max_pending: int = 10000,
                  flush_interval_s: float = 0.2, max_file_bytes: int = 100 * 1024 * 1024,
@@ -40,6 +43,8 @@ class AccessLog:
         self._max_file_bytes = max_file_bytes
         self._rng = rng or random.Random()
         self._task: asyncio.Task | None = None
+        self._built: list[bytes] = []  # lines made, not written yet
+        self._built_lines = 0
         self.dropped = 0
         self.written = 0
 
@@ -73,7 +78,7 @@ class AccessLog:
             except asyncio.CancelledError:
                 pass
             self._task = None
-        if self._pending:
+        if self._pending or self._built:
             await self._flush()
 
     async def _run(self) -> None:
@@ -83,16 +88,29 @@ class AccessLog:
                 await self._flush()
 
     async def _flush(self) -> None:
-        batch = [self._pending.popleft() for _ in range(len(self._pending))]
-        # Wall-clock time of a request's end from its monotonic stamp: one clock pair per batch.
-        wall_ns = time.time_ns() - time.perf_counter_ns()
-        data = b"".join([_line(ctx, wall_ns) for ctx in batch])
+        # Lines are made LINES_PER_SLICE at a time with a turn of the event loop in
+        # between, so requests never wait for a whole batch (~2 us a line: a 0.2 s batch
+        # at 1,000 req/s held the loop ~0.4 ms, at 15,000 req/s ~6 ms). What is built
+        # stays in self._built until written, so a cancellation in between loses nothing.
+        wall_ns = time.time_ns() - time.perf_counter_ns()  # wall clock of a monotonic stamp
+        left = len(self._pending)
+        while left:
+            count = min(left, LINES_PER_SLICE)
+            chunk = [self._pending.popleft() for _ in range(count)]
+            self._built.append(b"".join([_line(ctx, wall_ns) for ctx in chunk]))
+            self._built_lines += count
+            left -= count
+            if left:
+                await asyncio.sleep(0)
+        data, lines = b"".join(self._built), self._built_lines
+        self._built.clear()
+        self._built_lines = 0
         try:
             await asyncio.to_thread(self._write, data)
-            self.written += len(batch)
+            self.written += lines
         except OSError as exc:
-            self.dropped += len(batch)
-            log.warning("access log write failed (%s); %d lines dropped", exc, len(batch))
+            self.dropped += lines
+            log.warning("access log write failed (%s); %d lines dropped", exc, lines)
 
     def _write(self, data: bytes) -> None:
         if self._target == "-":
