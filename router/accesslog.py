@@ -63,7 +63,7 @@ class AccessLog:
             self.dropped += 1
             return
         if not ctx.ended_ns:
-            ctx.ended_ns = time.perf_counter_ns()
+            ctx.finish()
         self._pending.append(ctx)
 
     async def start(self) -> None:
@@ -162,17 +162,12 @@ def _iso_time(wall_ns: int) -> str:
 
 def _line(ctx: RequestContext, wall_ns: int) -> bytes:
     """One JSON line; durations in milliseconds with three decimals (rounded to the µs)."""
-    ended_ns = ctx.ended_ns
-    duration_ns = ended_ns - ctx.started_ns
-    queued_ns = ctx.queued_ns
-    upstream_started_ns = ctx.upstream_started_ns
-    upstream_ns = ((ctx.upstream_ended_ns or ended_ns) - upstream_started_ns) if upstream_started_ns else 0
-    own_ns = duration_ns - queued_ns - upstream_ns
+    upstream_ns, own_ns, queued_ns = ctx.upstream_ns, ctx.own_ns, ctx.queued_ns
     return orjson.dumps({
-        "time": _iso_time(wall_ns + ended_ns), "request_id": ctx.request_id, "client": ctx.client,
+        "time": _iso_time(wall_ns + ctx.ended_ns), "request_id": ctx.request_id, "client": ctx.client,
         "method": ctx.method, "path": ctx.path, "endpoint": ctx.endpoint, "deployment": ctx.deployment,
         "replica": ctx.replica, "status": ctx.status, "code": ctx.error_code, "bytes_in": ctx.bytes_in,
-        "bytes_out": ctx.bytes_out, "duration_ms": (duration_ns + 500) // 1000 / 1000,
+        "bytes_out": ctx.bytes_out, "duration_ms": (ctx.total_ns + 500) // 1000 / 1000,
         "queue_ms": (queued_ns + 500) // 1000 / 1000, "upstream_ms": (upstream_ns + 500) // 1000 / 1000,
-        "gateway_ms": (own_ns + 500) // 1000 / 1000 if own_ns > 0 else 0.0,
+        "gateway_ms": (own_ns + 500) // 1000 / 1000,
     }, option=orjson.OPT_APPEND_NEWLINE)

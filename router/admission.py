@@ -105,7 +105,7 @@ class Admission:
 
     def _account(self, state: _DeploymentState) -> None:
         now = self._clock()
-        state.level_integral += (state.busy + len(state.waiters)) * (now - state.last_change)  # level()
+        state.level_integral += state.level() * (now - state.last_change)
         state.last_change = now
 
     def candidates(self, deployment: DeploymentRoute, exclude: Iterable[str] = ()) -> list[Replica]:
@@ -131,7 +131,7 @@ class Admission:
     def try_acquire(self, key: Key, deployment: DeploymentRoute, exclude: Iterable[str] = (),
                     candidates: list[Replica] | None = None) -> Replica | None:
         """A free slot now, or None; never queues (used for mirrored copies too)."""
-        state = self._states.get(key) or self._state(key)
+        state = self._state(key)
         if state.waiters:
             return None
         if self._in_flight.shared and self._waiting_elsewhere(state, deployment, None):
@@ -163,7 +163,7 @@ class Admission:
             self._in_flight.set_waiting(state.queue_id, state.since.get(head, 0) if head is not None else 0)
 
     def release(self, key: Key, replica_id: str) -> None:
-        state = self._states.get(key) or self._state(key)
+        state = self._state(key)
         self._account(state)
         self._in_flight.release(replica_id)
         state.busy -= 1

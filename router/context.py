@@ -68,6 +68,9 @@ class RequestContext:
         "client",
         "method",
         "path",
+        "total_ns",
+        "upstream_ns",
+        "own_ns",
     )
 
     def __init__(self, request_id: str, client: str | None = None, method: str = "", path: str = "") -> None:
@@ -81,7 +84,8 @@ class RequestContext:
         self.started_ns = time.perf_counter_ns()
         self.upstream_started_ns = 0
         self.upstream_ended_ns = 0
-        self.ended_ns = 0  # stamped once the answer is decided (router.handlers)
+        self.ended_ns = 0  # stamped by finish() once the answer is decided (router.handlers)
+        self.total_ns = self.upstream_ns = self.own_ns = 0  # set by finish()
         self.queued_ns = 0
         self.traceparent: str | None = None
         self.trust_forwarded = False  # the caller is a trusted proxy: keep its X-Forwarded-For
@@ -90,17 +94,16 @@ class RequestContext:
         self.bytes_in = 0
         self.bytes_out = 0
 
-    def _end_ns(self) -> int:
-        return self.ended_ns or time.perf_counter_ns()
-
-    def elapsed_s(self) -> float:
-        return (self._end_ns() - self.started_ns) / 1e9
-
-    def gateway_overhead_s(self) -> float:
-        """Time spent in the gateway itself: total minus queueing minus the model."""
-        upstream_ns = (self.upstream_ended_ns - self.upstream_started_ns) if self.upstream_ended_ns else 0
-        own = self._end_ns() - self.started_ns - self.queued_ns - upstream_ns
-        return max(0, own) / 1e9
+    def finish(self) -> None:
+        """Stamp the end and fix the durations (ns) the metrics and the access log read:
+        total; upstream, the model's exchange (0 if none started); own, the gateway's
+        (total minus queueing minus upstream, at least 0)."""
+        ended_ns = self.ended_ns = time.perf_counter_ns()
+        self.total_ns = total_ns = ended_ns - self.started_ns
+        started_ns = self.upstream_started_ns
+        self.upstream_ns = upstream_ns = ((self.upstream_ended_ns or ended_ns) - started_ns) if started_ns else 0
+        own_ns = total_ns - self.queued_ns - upstream_ns
+        self.own_ns = own_ns if own_ns > 0 else 0
 
     def server_timing(self, upstream_ns: int | None = None) -> str:
         """`Server-Timing` value: queue, model (until its answer began) and gateway, in ms."""
@@ -116,8 +119,3 @@ class RequestContext:
         return "%s, model;dur=%d.%03d, gateway;dur=%d.%03d" % (
             queue, model_us // 1000, model_us % 1000, gateway_us // 1000, gateway_us % 1000)
 
-    def upstream_s(self) -> float:
-        if not self.upstream_started_ns:
-            return 0.0
-        end = self.upstream_ended_ns or self._end_ns()
-        return (end - self.upstream_started_ns) / 1e9

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import time
 from collections.abc import Coroutine
 
 import orjson
@@ -172,7 +171,7 @@ class ScoringHandlers:
             else:
                 request.abort()
         finally:
-            ctx.ended_ns = time.perf_counter_ns()
+            ctx.finish()
             self._recorder.record(ctx)
             self._access_log.record(ctx)
             if span is not None:

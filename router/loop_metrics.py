@@ -10,9 +10,8 @@ observation apart. The exposition is prometheus_client's, `_created` samples inc
 
 from __future__ import annotations
 
-from bisect import bisect_left
-
 import time
+from bisect import bisect_left
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
@@ -111,4 +110,3 @@ class LoopHistogram:
             buckets.append(("+Inf", running + child.counts[-1]))
             family.add_metric(list(values), buckets, sum_value=child.sum)
         yield family
-

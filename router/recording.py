@@ -10,8 +10,6 @@ path pays nothing for them.
 
 from __future__ import annotations
 
-import time
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
@@ -91,19 +89,13 @@ class Recorder:
             histograms = self._histograms[key[:2]] = (
                 self.latency.labels(*key[:2]), self.upstream_latency.labels(*key[:2]),
                 self.overhead.labels(*key[:2]))
-        # The durations of RequestContext's methods, computed here once from the stamps.
-        ended_ns = ctx.ended_ns or time.perf_counter_ns()
-        total_ns = ended_ns - ctx.started_ns
-        histograms[0].observe(total_ns / 1e9)
-        upstream_started_ns = ctx.upstream_started_ns
-        if upstream_started_ns:
-            upstream_ended_ns = ctx.upstream_ended_ns
-            histograms[1].observe(((upstream_ended_ns or ended_ns) - upstream_started_ns) / 1e9)
-        else:
-            upstream_ended_ns = 0
+        if not ctx.ended_ns:
+            ctx.finish()
+        histograms[0].observe(ctx.total_ns / 1e9)
+        if ctx.upstream_started_ns:
+            histograms[1].observe(ctx.upstream_ns / 1e9)
         if ctx.endpoint is not None:
-            own_ns = total_ns - ctx.queued_ns - (upstream_ended_ns - upstream_started_ns if upstream_ended_ns else 0)
-            histograms[2].observe(own_ns / 1e9 if own_ns > 0 else 0.0)
+            histograms[2].observe(ctx.own_ns / 1e9)
 
     def forget(self, endpoint: str, deployment: str | None = None) -> None:
         """Drop cached children of a removed endpoint (or deployment)."""
