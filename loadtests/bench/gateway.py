@@ -13,7 +13,6 @@ TLS uses the state dir's development certificate, which nginx reuses.
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -70,8 +69,11 @@ def write_manifests(folder: Path, replica: str = "fastserver") -> Path:
 
 
 def serve_command() -> list[str]:
-    exe = shutil.which("scoregate")
-    return [exe] if exe else [sys.executable, "-m", "serving.cli"]
+    """`scoregate` of this interpreter's environment, so that the gateway runs on the
+    interpreter measuring it (not whichever `scoregate` PATH finds first: the interpreter's
+    build alone moves CPU per request by ~10 %, docs/performance.md)."""
+    exe = Path(sys.executable).parent / "scoregate"
+    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "serving.cli"]
 
 
 @dataclass

@@ -40,7 +40,23 @@ def machine() -> dict:
         wrk_version = text.splitlines()[0] if text else ""
     return {"nproc": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
             "cpu_model": model, "kernel": platform.release(), "python": sys.version.split()[0],
-            "wrk": wrk_version}
+            "python_executable": sys.executable, "libpython": libpython(), "wrk": wrk_version}
+
+
+def libpython() -> str:
+    """Where this interpreter's core lives: "in the executable" (a static build, as
+    Debian's /usr/bin/python3 and the official images) or the shared library's path (a
+    default pyenv build). The gateway runs on this same interpreter, and the build
+    moves its CPU time per request by ~10 % (docs/performance.md)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.rsplit(None, 1)[-1]
+                if "/libpython" in path and ".so" in path:
+                    return path
+    except OSError:
+        return "unknown"
+    return "in the executable"
 
 
 def _sp(runs: list[dict], key: str) -> dict | None:
@@ -290,7 +306,8 @@ def markdown(data: dict) -> str:
     lines = ["# scoregate benchmark", "",
              f"- date: {data['date']}",
              f"- machine: {m['nproc']} CPUs ({m['cpu_model']}), kernel {m['kernel']}, "
-             f"Python {m['python']}",
+             f"Python {m['python']} ({m.get('python_executable', '?')}; libpython "
+             f"{m.get('libpython', '?')})",
              f"- pinning: {s['pinning']}",
              f"- other processes on these cores: median {_num(n.get('median_cores'))} cores "
              f"per measurement; {n.get('redone', 0)} measurement(s) redone because they took "
