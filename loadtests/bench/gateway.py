@@ -13,6 +13,7 @@ TLS uses the state dir's development certificate, which nginx reuses.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -74,6 +75,14 @@ def serve_command() -> list[str]:
     build alone moves CPU per request by ~10 %, docs/performance.md)."""
     exe = Path(sys.executable).parent / "scoregate"
     return [str(exe)] if exe.is_file() else [sys.executable, "-m", "serving.cli"]
+
+
+def gateway_interpreter(pid: int) -> str:
+    """The binary the gateway process runs (the interpreter, symlinks resolved)."""
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return "unknown"
 
 
 @dataclass

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from ..generators.http import new_event_loop
 from .connections import handshake_rate, idle_connections, resumption_works
-from .gateway import DEPLOYMENT, ENDPOINT, start_gateway
+from .gateway import DEPLOYMENT, ENDPOINT, gateway_interpreter, start_gateway
 from .measure import BenchTarget, measure, measure_wrk, spread, wrk_available
 from .nginx import find_nginx, install_nginx, nginx_version, start_nginx
 from .procs import start_fastserver
@@ -108,6 +108,7 @@ class Session:
         self.children.append(gw)
         self.proxy_pids[GATEWAY] = gw.child.pid
         self.info["replica"] = self.opts.replica
+        self.info["gateway_python"] = gateway_interpreter(gw.child.pid)
         auth = (("Authorization", f"Bearer {gw.key}"),)
         ca = gw.gateway.ca_cert
         self.targets[DIRECT] = BenchTarget(DIRECT, f"http://127.0.0.1:{gw.replica_port}/score")

@@ -308,6 +308,7 @@ def markdown(data: dict) -> str:
              f"- machine: {m['nproc']} CPUs ({m['cpu_model']}), kernel {m['kernel']}, "
              f"Python {m['python']} ({m.get('python_executable', '?')}; libpython "
              f"{m.get('libpython', '?')})",
+             f"- gateway interpreter: {s.get('gateway_python', '?')}",
              f"- pinning: {s['pinning']}",
              f"- other processes on these cores: median {_num(n.get('median_cores'))} cores "
              f"per measurement; {n.get('redone', 0)} measurement(s) redone because they took "

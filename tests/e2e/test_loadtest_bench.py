@@ -32,7 +32,12 @@ def bench_processes() -> set[int]:
 def test_quick_bench_writes_every_section(tmp_path):
     before = bench_processes()
     out = tmp_path / "bench"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # A `scoregate` first on PATH that is not this interpreter's: the benchmark must not use it.
+    decoy = tmp_path / "decoy-bin"
+    decoy.mkdir()
+    (decoy / "scoregate").write_text("#!/bin/sh\necho 'the scoregate found on PATH ran' >&2\nexit 3\n")
+    (decoy / "scoregate").chmod(0o755)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{decoy}:{os.environ.get('PATH', '')}"}
     done = subprocess.run([sys.executable, "-m", "loadtests", "bench", "--quick", "--no-wrk",
                            "--no-plots", "--output", str(out)],
                           capture_output=True, text=True, timeout=150, cwd=tmp_path, env=env)
@@ -59,6 +64,11 @@ def test_quick_bench_writes_every_section(tmp_path):
         assert set(entry["targets"]) == set(names)
         assert entry["targets"]["scoregate"]["overhead_p50_ms"] is not None
     assert {"nproc", "cpu_model", "kernel"} <= set(data["machine"])
+    # The gateway ran on the interpreter that measured it (not whichever `scoregate` PATH
+    # finds first), and the report says which one that was.
+    assert data["setup"]["gateway_python"] == os.path.realpath(sys.executable)
+    assert data["machine"]["python_executable"] == sys.executable
+    assert f"gateway interpreter: {os.path.realpath(sys.executable)}" in summary
     assert data["setup"]["pinning"]
     assert bench_processes() <= before  # the gateway, its replica, nginx: all stopped
 
