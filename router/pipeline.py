@@ -87,10 +87,10 @@ class ScoringPipeline:
                      upstream_path: str | None) -> None:
         """Answer one request; `upstream_path` None means the replica's scoring path.
         The answer is written by the forwarder; a refusal is raised as a ScoringError."""
-        if not NAME_RULE.match(endpoint_name):
-            raise EndpointNotFound("endpoint names are 2-32 letters, digits and '-', starting with a letter")
         endpoint = self._holder.current.endpoints.get(endpoint_name)
-        if endpoint is None:
+        if endpoint is None:  # every known name passed NAME_RULE: only an unknown one is checked
+            if not NAME_RULE.match(endpoint_name):
+                raise EndpointNotFound("endpoint names are 2-32 letters, digits and '-', starting with a letter")
             raise EndpointNotFound(f"no endpoint named '{endpoint_name}'")
         ctx.endpoint = endpoint.name
         self._auth_throttle.check(request.remote)

@@ -101,6 +101,13 @@ async def test_unknown_endpoint_and_deployment_are_json_404s(gateway):
             body = await r.json()
             assert r.status == 404 and body["code"] == "EndpointNotFound"
             assert body["request_id"] == r.headers["x-request-id"]
+            assert "no endpoint named 'nosuch'" in body["message"]
+        # A name no endpoint can have, on a path past the endpoint (not /score): told why.
+        async with session.get(f"{gateway.scoring_url}/api/v1/endpoint/9-not-a-name/swagger.json",
+                               headers=auth(gateway)) as r:
+            body = await r.json()
+            assert r.status == 404 and body["code"] == "EndpointNotFound"
+            assert "endpoint names are 2-32 letters" in body["message"]
         headers = {**auth(gateway), "azureml-model-deployment": "purple"}
         async with session.post(score_url(gateway, "split"), json={}, headers=headers) as r:
             body = await r.json()
