@@ -78,9 +78,31 @@ def _place(source: Path, dest: Path) -> None:
             archive.extractall(dest)
     elif name.endswith(_ARCHIVES):
         with tarfile.open(source) as archive:
-            archive.extractall(dest, filter="data")
+            _extract_tar(archive, dest)
     else:
         shutil.copy2(source, dest / source.name)
+
+
+def _extract_tar(archive: tarfile.TarFile, dest: Path) -> None:
+    """Unpack without letting a member land outside `dest`. Python 3.11.4+ has the "data"
+    extraction filter for this; older 3.11 releases (Debian 12's python3 is 3.11.2) do
+    not, and there the same rules are applied by hand, but stricter on links: only plain
+    files and directories, leading slashes stripped, nothing resolving outside `dest`."""
+    if hasattr(tarfile, "data_filter"):
+        archive.extractall(dest, filter="data")
+        return
+    root = dest.resolve()
+    members = archive.getmembers()
+    for member in members:
+        if not (member.isfile() or member.isdir()):
+            raise DownloadError(f"archive member {member.name!r} is not a plain file or directory")
+        name = member.name.lstrip("/")  # as the filter does: an absolute name lands inside
+        target = (root / name).resolve()
+        if target != root and root not in target.parents:
+            raise DownloadError(f"archive member {member.name!r} would land outside the model directory")
+        member.name = name
+        member.mode &= 0o755  # no setuid/setgid/sticky, no group/other write
+    archive.extractall(dest, members=members)
 
 
 def fetch(uri: str, dest: Path) -> None:
