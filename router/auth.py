@@ -13,18 +13,19 @@ import hmac
 from .errors import Unauthorized
 from .routing_table import EndpointRoute
 
-_BEARER = "bearer "
+_BEARER = b"bearer "
 
 
-def bearer_credential(authorization: str | None) -> bytes | None:
+def bearer_credential(authorization: bytes | str | None) -> bytes | None:
+    """The token of an `Authorization: Bearer <token>` value (the scheme in any case), as
+    bytes; None when there is none. The data path passes the raw header bytes."""
     if not authorization or len(authorization) > 4096:
         return None
+    if isinstance(authorization, str):
+        authorization = authorization.encode("utf-8", "surrogateescape")
     if authorization[:7].lower() != _BEARER:
         return None
-    token = authorization[7:].strip()
-    if not token:
-        return None
-    return token.encode("utf-8", "surrogateescape")
+    return authorization[7:].strip() or None
 
 
 class KeyAuthenticator:
@@ -39,7 +40,7 @@ class KeyAuthenticator:
     def __init__(self, token_verifier=None) -> None:
         self._token_verifier = token_verifier
 
-    def check(self, endpoint: EndpointRoute, authorization: str | None) -> None:
+    def check(self, endpoint: EndpointRoute, authorization: bytes | str | None) -> None:
         mode = endpoint.auth_mode
         if mode == "none":
             return
@@ -48,8 +49,8 @@ class KeyAuthenticator:
             raise Unauthorized("missing credential: send 'Authorization: Bearer <key>'")
         if mode == "key":
             matched = False
-            for key in endpoint.keys:
-                matched |= hmac.compare_digest(credential, key.encode())
+            for key in endpoint.key_bytes:
+                matched |= hmac.compare_digest(credential, key)
             if matched:
                 return
             raise Unauthorized("the key is not valid for this endpoint")

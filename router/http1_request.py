@@ -118,7 +118,7 @@ class Request:
     lower case bytes; values come back as text (UTF-8, undecodable bytes kept as
     surrogates, so they go out again byte for byte)."""
 
-    __slots__ = ("conn", "method", "target", "path", "query", "version", "raw_headers", "_index",
+    __slots__ = ("conn", "method", "target", "path", "query", "version", "raw_headers", "index",
                  "content_length", "chunked", "has_body", "keep_alive", "head_only", "body", "responded",
                  "_chunked_out", "_streaming", "handed_over", "remote", "scheme", "forward_lines")
 
@@ -136,7 +136,7 @@ class Request:
         self.query = query.decode("utf-8", "surrogateescape")
         self.version = version
         self.raw_headers = raw_headers
-        self._index = index
+        self.index = index  # lower-case name -> its first raw value (bytes)
         self.content_length = content_length
         self.chunked = chunked
         self.has_body = chunked or bool(content_length)
@@ -155,11 +155,11 @@ class Request:
 
     def header(self, name: bytes) -> str | None:
         """The first value of header `name` (lower case), or None."""
-        value = self._index.get(name)
+        value = self.index.get(name)
         return None if value is None else value.decode("utf-8", "surrogateescape")
 
     def has_header(self, name: bytes) -> bool:
-        return name in self._index
+        return name in self.index
 
     def header_dict(self) -> dict[str, str]:
         return {n.decode("latin-1"): v.decode("utf-8", "surrogateescape") for n, v in self.raw_headers}

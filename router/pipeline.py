@@ -95,7 +95,7 @@ class ScoringPipeline:
         ctx.endpoint = endpoint.name
         self._auth_throttle.check(request.remote)
         try:
-            self._auth.check(endpoint, request.header(b"authorization"))
+            self._auth.check(endpoint, request.index.get(b"authorization"))
         except Unauthorized:
             self._auth_throttle.failed(request.remote)
             raise

@@ -19,7 +19,7 @@ def _reduce_with_plain_dicts(obj):
     """Pickle support (tables go to `serve --workers` processes): a read-only mapping
     travels as a dict and becomes read-only again in __post_init__."""
     values = tuple(dict(v) if isinstance(v, MappingProxyType) else v
-                   for v in (getattr(obj, f.name) for f in fields(obj)))
+                   for v in (getattr(obj, f.name) for f in fields(obj) if f.init))
     return type(obj), values
 
 
@@ -79,10 +79,13 @@ class EndpointRoute:
     # Why no traffic is in effect yet (deployments still rolling out): a 503 to callers.
     unavailable_reason: str | None = None
     deployments: Mapping[str, DeploymentRoute] = field(default_factory=lambda: _EMPTY)
+    # The keys as bytes, made once here: every caller's credential is compared with them.
+    key_bytes: tuple[bytes, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.deployments, MappingProxyType):
             object.__setattr__(self, "deployments", MappingProxyType(dict(self.deployments)))
+        object.__setattr__(self, "key_bytes", tuple(key.encode() for key in self.keys))
 
     __reduce__ = _reduce_with_plain_dicts
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import random
 from collections import Counter
 
@@ -44,15 +45,31 @@ def test_mirror_share_and_never_to_the_serving_deployment():
     assert picker.mirror_targets(ENDPOINT, "shadow") == []
 
 
-@pytest.mark.parametrize("header", ["Bearer k1", "Bearer k2", "bearer k2", "Bearer  k1 "])
-def test_either_key_is_accepted(header):
-    KeyAuthenticator().check(ENDPOINT, header)
+def _as(kind: str, header: str | None):
+    """The header as the data path passes it (raw bytes) or as aiohttp's routes do (str)."""
+    return header.encode() if kind == "bytes" and header is not None else header
 
 
-@pytest.mark.parametrize("header", [None, "", "Bearer", "Bearer k3", "Basic k1", "Bearer k1x", "k1"])
-def test_anything_else_is_refused(header):
+@pytest.mark.parametrize("kind", ["bytes", "str"])
+@pytest.mark.parametrize("header", ["Bearer k1", "Bearer k2", "bearer k2", "BEARER k1", "Bearer  k1 "])
+def test_either_key_is_accepted(header, kind):
+    KeyAuthenticator().check(ENDPOINT, _as(kind, header))
+
+
+@pytest.mark.parametrize("kind", ["bytes", "str"])
+@pytest.mark.parametrize("header", [None, "", "Bearer", "Bearer ", "Bearer k3", "Basic k1", "Bearer k1x", "k1",
+                                    "Bearer k1" + " " * 4100])
+def test_anything_else_is_refused(header, kind):
     with pytest.raises(Unauthorized):
-        KeyAuthenticator().check(ENDPOINT, header)
+        KeyAuthenticator().check(ENDPOINT, _as(kind, header))
+
+
+def test_endpoint_keys_survive_the_trip_to_a_worker_process():
+    """Routing tables are pickled to `serve --workers` processes; the keys' bytes are made
+    again there (they are not pickled), so the copy authenticates like the original."""
+    copy = pickle.loads(pickle.dumps(ENDPOINT))
+    assert copy == ENDPOINT and copy.key_bytes == (b"k1", b"k2")
+    KeyAuthenticator().check(copy, b"Bearer k2")
 
 
 def test_auth_mode_none_and_unsupported_modes():
