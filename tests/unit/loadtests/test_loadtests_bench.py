@@ -171,6 +171,24 @@ def test_a_negative_overhead_is_reported_as_not_measurable(tmp_path):
     assert by_goal["added p50 at 1,000 req/s ≤ 150 µs"]["holds"] is False  # 400 µs added
 
 
+def test_a_round_where_direct_stalled_is_left_out_of_the_added_latency(tmp_path):
+    """One round of three had a 236 ms stall while direct was measured: its negative
+    "added" p99 must not pull the median under the goal."""
+    session = Session(BenchOptions(runs=3, rates=[1000.0]), tmp_path)
+    for name in ("direct", "scoregate"):
+        session.targets[name] = None
+    direct_p99, gateway_p99 = (0.32, 235.9, 0.33), (1.17, 1.24, 1.18)
+    session.open[1000.0] = {
+        "direct": [{"p50_ms": 0.14, "p99_ms": d, "mean_ms": 0.2, "held_rate": True} for d in direct_p99],
+        "scoregate": [{"p50_ms": 0.5, "p99_ms": g, "mean_ms": 0.6, "held_rate": True} for g in gateway_p99]}
+    data = build(session, {"pinning": "pinned", "rates": [(1000.0, "1000 req/s")], "started_at": 0.0}, "b")
+    added = data["rates"][0]["targets"]["scoregate"]["overhead_p99_ms"]
+    assert added["n"] == 2 and added["noise_rounds"] == 1 and added["min"] >= 0
+    p99 = {g["goal"]: g for g in data["goals"]}["added p99 at 1,000 req/s ≤ 400 µs"]
+    assert p99["holds"] is False and p99["measured"].startswith("850 µs")
+    assert "1 round(s) left out" in p99["measured"]
+
+
 def test_connection_goals_compare_cpu_per_handshake_and_idle_memory(tmp_path):
     session = Session(BenchOptions(runs=1, rates=[]), tmp_path)
     for name in ("direct", "scoregate", "nginx"):
