@@ -1,7 +1,8 @@
 """Routing input checks: names and the sub-paths forwarded to a model.
 
-Endpoint and deployment names follow Azure ML's rule and are checked before any
-lookup. A sub-path under an endpoint is forwarded byte for byte, so it must not carry
+Endpoint and deployment names follow Azure ML's rule (NAME_RULE, the one definition:
+the control plane's manifests check names with it too); a name the routing table does
+not know is told whether it could be a name at all. A sub-path under an endpoint is forwarded byte for byte, so it must not carry
 what could make a model server (or a proxy behind it) see another path than the one
 routed: NUL or control characters, backslashes, dot segments (`..`, `.`, also
 percent-encoded), or encoded separators' double encoding tricks (`%25` followed by a

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..manifests.fields import FieldReader
 from ..manifests import Document, ManifestError
-from .resources import NAME_RULE, BatchDeployment, BatchEndpoint, BatchSettings
+from .resources import BatchDeployment, BatchEndpoint, BatchSettings
 from .settings import SETTING_NAMES, SettingsError, apply_settings
 
 AUTH_MODES = ("key", "none")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from .resources import NAME_RULE
+from router.paths import NAME_RULE  # online and batch names share one namespace and one rule
 
 INPUT_TYPES = ("uri_folder", "uri_file", "tabular", "inline")
 BODY_FIELDS = ("input", "deployment_name", "settings")

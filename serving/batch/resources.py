@@ -6,11 +6,8 @@ rather than request/scale settings, and are never run as online replicas.
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field, fields
 
-# The same rule as online endpoint and deployment names (they share one namespace).
-NAME_RULE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,31}\Z")
 OUTPUT_ACTIONS = ("append_row", "summary_only")
 LOGGING_LEVELS = ("debug", "info", "warning", "error", "critical")
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from .documents import Document, ManifestError
+from router.paths import NAME_RULE
 
-NAME_RULE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,31}\Z")
+from .documents import Document, ManifestError
 
 # Fields Azure ML YAML may carry that scoregate accepts and does not use.
 AML_IGNORED = {"$schema", "properties", "identity", "public_network_access", "kind",

@@ -14,6 +14,8 @@ import re
 from dataclasses import fields
 from typing import Any
 
+from router.paths import NAME_RULE
+
 from ...resources import Deployment, Endpoint, InstanceType, ProbeSettings, RequestSettings, ScaleSettings
 from . import names
 
@@ -22,8 +24,6 @@ BATCH_ENDPOINT, BATCH_DEPLOYMENT = "BatchEndpoint", "BatchDeployment"
 API_VERSION = f"{names.GROUP}/{names.VERSION}"
 DEFAULT_INSTANCE_TYPE_NAME = "defaultinstancetype"
 
-# The same rules as the YAML resources (serving/manifests): names of 2-32 letters, digits, '-'.
-NAME_RULE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,31}\Z")
 AUTH_MODES = ("key", "aml_token", "none")
 _ENV_VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei|e[0-9]+)?\Z")
