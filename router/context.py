@@ -41,10 +41,14 @@ class _RequestIds:
 _ids = _RequestIds()
 
 
-def request_id_from(header_value: str | None) -> str:
-    """Keep the caller's request id when it is short and plain, else make one."""
-    if header_value and _SANE_REQUEST_ID.fullmatch(header_value):
-        return header_value
+def request_id_from(header_value: bytes | str | None) -> str:
+    """Keep the caller's request id when it is short and plain, else make one. The data
+    path passes the raw header bytes (None, the usual case, costs no decoding)."""
+    if header_value:
+        if isinstance(header_value, bytes):
+            header_value = header_value.decode("latin-1")  # a sane id is ASCII anyway
+        if _SANE_REQUEST_ID.fullmatch(header_value):
+            return header_value
     return _ids.next()
 
 

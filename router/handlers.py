@@ -138,7 +138,7 @@ class ScoringHandlers:
 
     async def _run(self, request: Request, upstream_path: str | None, endpoint: str,
                    check_path: bool = False) -> None:
-        ctx = RequestContext(request_id_from(request.header(b"x-request-id")), request.remote,
+        ctx = RequestContext(request_id_from(request.index.get(b"x-request-id")), request.remote,
                              request.method, request.path)
         if self._trusted_proxies:
             ctx.trust_forwarded = self._is_trusted(request.remote)
@@ -146,7 +146,7 @@ class ScoringHandlers:
         if self._tracer is not None:
             span, ctx.traceparent = start_server_span(self._tracer, request.method, request.header_dict())
         else:
-            ctx.traceparent, _ = child_traceparent(request.header(b"traceparent"))
+            ctx.traceparent, _ = child_traceparent(request.index.get(b"traceparent"))
         try:
             if check_path:
                 check_subpath(upstream_path or "/")

@@ -101,9 +101,11 @@ class ScoringPipeline:
             raise
         self._rate_limiter.check(endpoint.name, endpoint.rate_limit)
 
-        pin = request.header(_PIN_KEY)
-        if pin is not None and not NAME_RULE.match(pin):
-            raise DeploymentNotFound(f"'{PIN_HEADER}' must name a deployment (2-32 letters, digits or '-')")
+        pin = request.index.get(_PIN_KEY)
+        if pin is not None:
+            pin = pin.decode("latin-1")  # a name is ASCII: anything else fails the rule
+            if not NAME_RULE.match(pin):
+                raise DeploymentNotFound(f"'{PIN_HEADER}' must name a deployment (2-32 letters, digits or '-')")
         deployment, pinned = self._deployments.pick(endpoint, pin)
         ctx.deployment = deployment.name
         loop = request.conn.loop

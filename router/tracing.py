@@ -19,11 +19,14 @@ _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})\Z")
 _ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 
 
-def child_traceparent(incoming: str | None) -> tuple[str, str]:
-    """(traceparent to send upstream, trace id); a fresh trace when `incoming` is unusable."""
+def child_traceparent(incoming: bytes | str | None) -> tuple[str, str]:
+    """(traceparent to send upstream, trace id); a fresh trace when `incoming` (the
+    caller's header, raw bytes on the data path) is unusable."""
     ids = randbytes(24).hex()  # a span id, and a trace id if needed: one draw, no formatting
     trace_id, flags = None, "01"
     if incoming:
+        if isinstance(incoming, bytes):
+            incoming = incoming.decode("latin-1")  # a valid traceparent is ASCII
         match = _TRACEPARENT.match(incoming.strip().lower())
         if match and match.group(1) != _ZERO_TRACE and match.group(2) != _ZERO_SPAN:
             trace_id, flags = match.group(1), match.group(3)
