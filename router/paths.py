@@ -2,11 +2,11 @@
 
 Endpoint and deployment names follow Azure ML's rule (NAME_RULE, the one definition:
 the control plane's manifests check names with it too); a name the routing table does
-not know is told whether it could be a name at all. A sub-path under an endpoint is forwarded byte for byte, so it must not carry
-what could make a model server (or a proxy behind it) see another path than the one
-routed: NUL or control characters, backslashes, dot segments (`..`, `.`, also
-percent-encoded), or encoded separators' double encoding tricks (`%25` followed by a
-hex pair, `%2F`).
+not know is told whether it could be a name at all. A sub-path under an endpoint is
+forwarded byte for byte, so it must not carry what could make a model server (or a
+proxy behind it) see another path than the one routed: NUL or control characters,
+backslashes, dot segments (`..`, `.`, also percent-encoded), or encoded separators'
+double encoding tricks (`%25` followed by a hex pair, `%2F`).
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import http.server
 import tarfile
 import threading
@@ -105,7 +106,18 @@ def test_an_absolute_member_lands_inside(tmp_path, tar_filter):
     assert inside.read_text() == "not yours\n"
 
 
-def test_a_plain_archive_unpacks_both_ways(tmp_path, archive, tar_filter):
+def test_a_plain_archive_unpacks_both_ways(tmp_path, tar_filter):
+    """Files come out readable and writable by the unpacking user, owned by it (not by the
+    archive's ids), without setuid or group/other write bits."""
+    path = tmp_path / "code.tar"
+    with tarfile.open(path, "w") as tar:
+        data = b"def init(): pass\n"
+        member = tarfile.TarInfo("pkg/score.py")
+        member.size, member.mode, member.uid, member.gid = len(data), 0o4466, 4242, 4242
+        tar.addfile(member, io.BytesIO(data))
     dest = tmp_path / "app"
-    assert main(["--dest", str(dest), "--code", str(archive)]) == 0
-    assert (dest / "code" / "score.py").read_text() == "def init(): pass\n"
+    assert main(["--dest", str(dest), "--code", str(path)]) == 0
+    unpacked = dest / "code" / "pkg" / "score.py"
+    assert unpacked.read_bytes() == data
+    info = unpacked.stat()
+    assert info.st_mode & 0o7777 == 0o644 and info.st_uid == os.getuid()

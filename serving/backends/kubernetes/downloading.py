@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import shutil
 import sys
 import tarfile
@@ -102,6 +103,10 @@ def _extract_tar(archive: tarfile.TarFile, dest: Path) -> None:
             raise DownloadError(f"archive member {member.name!r} would land outside the model directory")
         member.name = name
         member.mode &= 0o755  # no setuid/setgid/sticky, no group/other write
+        if member.isfile():
+            member.mode |= 0o600  # the owner can read and write what it unpacked
+        # Owned by whoever unpacks (root in an init container), not by the archive's ids.
+        member.uid, member.gid, member.uname, member.gname = os.getuid(), os.getgid(), "", ""
     archive.extractall(dest, members=members)
 
 
