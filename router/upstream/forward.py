@@ -157,7 +157,7 @@ class Forwarder:
                     # An idle connection needs no await (the usual case); else connect.
                     if fresh or (conn := self._pool.take_idle(replica)) is None:
                         try:
-                            conn = await self._pool.acquire(replica, fresh=fresh)
+                            conn = await self._pool.connect(replica, fresh=fresh)
                         except ConnectFailed as exc:
                             raise NotSent(exc.kind) from None
                     try:

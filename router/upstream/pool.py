@@ -97,14 +97,11 @@ class UpstreamPool:
             conn.abort()
         return None
 
-    async def acquire(self, replica: Replica, *, fresh: bool = False) -> UpstreamConnection:
-        """An open connection to `replica`: an idle one, or a new one (ConnectFailed)."""
+    async def connect(self, replica: Replica, *, fresh: bool = False) -> UpstreamConnection:
+        """A new connection to `replica` (ConnectFailed), for when take_idle() had none;
+        `fresh`: the replica closed one under us, so its idle ones are closed first."""
         if fresh:
             self.discard_idle(replica)
-        else:
-            conn = self.take_idle(replica)
-            if conn is not None:
-                return conn
         return await self._connect(replica.pool_key, replica)
 
     def release(self, conn: UpstreamConnection) -> None:
