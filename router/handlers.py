@@ -134,7 +134,7 @@ class ScoringHandlers:
         return None
 
     def _refuse(self, request: Request, status, code, message, headers=None) -> None:
-        send_error(request, status, code, message, request_id_from(request.header(b"x-request-id")), headers)
+        send_error(request, status, code, message, request_id_from(request.index.get(b"x-request-id")), headers)
 
     async def _run(self, request: Request, upstream_path: str | None, endpoint: str,
                    check_path: bool = False) -> None:

@@ -158,9 +158,6 @@ class Request:
         value = self.index.get(name)
         return None if value is None else value.decode("utf-8", "surrogateescape")
 
-    def has_header(self, name: bytes) -> bool:
-        return name in self.index
-
     def header_dict(self) -> dict[str, str]:
         return {n.decode("latin-1"): v.decode("utf-8", "surrogateescape") for n, v in self.raw_headers}
 
