@@ -20,7 +20,7 @@ from pathlib import Path
 from aiohttp import web
 
 from router import RouterApp, RouterSettings, RoutingTableHolder
-from tls import CertificateSource, ServerTLS, TLSConfigError, TLSMetrics, ensure_dev_certificates
+from tls import CertificateSource, ServerTLS, TLSConfigError, TLSMetrics, ensure_dev_certificates, new_ticket_keys
 from tls.redirect import redirect_app
 
 from .api import AdminApi
@@ -167,7 +167,7 @@ class EmbeddedGateway:
             router = self._pool = WorkerPool(opts.workers, WorkerSettings(
                 router=replace(settings, reuse_port=True, queue_share=opts.workers),
                 tls_sources=tuple(self._tls_sources), tls_client_ca=opts.tls_client_ca,
-                tls_reload_interval_s=opts.tls_reload_interval_s,
+                tls_reload_interval_s=opts.tls_reload_interval_s, tls_ticket_keys=new_ticket_keys(),
                 replica_client_dir=replica_tls.client_dir if replica_tls else None,
                 replica_ca_file=replica_tls.ca_file if replica_tls else None,
                 token_secret=token_secret, otel_exporter=opts.otel_exporter, drain_timeout_s=opts.drain_timeout_s,

@@ -13,6 +13,7 @@ from .metrics import TLSMetrics
 from .policy import client_context, mtls_server_context, server_context
 from .rotation import ReloadResult, ServerTLS
 from .sni import CertificateSet
+from .tickets import new_ticket_keys
 
 __all__ = [
     "CertificateSet",
@@ -28,6 +29,7 @@ __all__ = [
     "client_context",
     "ensure_dev_certificates",
     "mtls_server_context",
+    "new_ticket_keys",
     "server_context",
     "write_dev_certificates",
 ]

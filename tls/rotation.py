@@ -29,6 +29,7 @@ from .loader import CertificateSource, PemMaterial, ServingCertificate, build_ce
 from .metrics import TLSMetrics
 from .pem import StrPath, read_file
 from .sni import CertificateSet
+from .tickets import install_ticket_keys
 
 log = logging.getLogger("scoregate.tls")
 
@@ -60,6 +61,7 @@ class ServerTLS:
         client_ca_file: StrPath | None = None,
         metrics: TLSMetrics | None = None,
         listener: str = "https",
+        ticket_keys: bytes | None = None,
     ) -> None:
         names = [s.name for s in sources]
         if len(set(names)) != len(names):
@@ -81,6 +83,8 @@ class ServerTLS:
         configured = {s.name: s.server_names for s in sources if s.server_names}
         self._set = CertificateSet(certs, default, configured)
         self.context = self._front_context(materials[self._set.default.name], ca)
+        # Shared with the other processes serving this port (tls.tickets), or the context's own.
+        self.shares_ticket_keys = ticket_keys is not None and install_ticket_keys(self.context, ticket_keys)
         if metrics is not None:
             self.attach_metrics(metrics)
 

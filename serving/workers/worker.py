@@ -24,7 +24,7 @@ import os
 import signal
 import ssl
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from multiprocessing import shared_memory
 from pathlib import Path
 
@@ -56,6 +56,7 @@ class WorkerSettings:
     tls_default: str = "default"
     tls_client_ca: str | None = None
     tls_reload_interval_s: float = 10.0
+    tls_ticket_keys: bytes | None = field(default=None, repr=False)  # shared by all workers (tls.tickets)
     replica_client_dir: Path | None = None  # router→replica mTLS: ca.pem, cert.pem, key.pem
     replica_ca_file: Path | None = None
     token_secret: str = ""
@@ -102,7 +103,7 @@ async def _run(index: int, rows: int, settings: WorkerSettings, memory_name: str
     try:
         server_tls = await asyncio.to_thread(
             ServerTLS, list(settings.tls_sources), default=settings.tls_default,
-            client_ca_file=settings.tls_client_ca)
+            client_ca_file=settings.tls_client_ca, ticket_keys=settings.tls_ticket_keys)
         replica_context = await asyncio.to_thread(_replica_context, settings)
     except TLSConfigError as exc:
         log.error("%s", exc)

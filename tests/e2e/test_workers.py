@@ -215,6 +215,48 @@ def test_metrics_show_each_worker_and_stay_valid(workers_gateway):
         assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
+def _resumed_by_worker(gw) -> dict[str, float]:
+    counts = {"0": 0.0, "1": 0.0}
+    for labels, value in series(metrics(gw), "scoregate_tls_handshakes_total").items():
+        if 'outcome="resumed"' in labels:
+            counts[re.search(r'worker="(\d)"', labels).group(1)] += value
+    return counts
+
+
+def _visit(port: int, context: ssl.SSLContext, session: ssl.SSLSession | None = None):
+    """A new TLS connection, one request answered, closed: (session, reused)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
+            tls.sendall(b"POST /api/v1/endpoint/iris/score HTTP/1.1\r\nHost: localhost\r\n"
+                        b"Content-Length: 2\r\nConnection: close\r\n\r\n{}")
+            answer = b""
+            while chunk := tls.recv(65536):
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 401"), answer[:200]  # no key: refused, and answered
+            return tls.session, tls.session_reused
+
+
+def test_a_tls_session_resumes_on_either_worker(workers_gateway):
+    gw = workers_gateway
+    port = int(gw.scoring_url.rsplit(":", 1)[1])
+    context = client_context(gw.info.ca_cert)
+    before = _resumed_by_worker(gw)
+    session, reused = _visit(port, context)
+    assert session is not None and session.has_ticket and not reused
+    # Each new connection goes to either worker (the kernel picks by its ports): a ticket
+    # one worker issued must open on both. A handful of rounds makes both take part.
+    visits = 0
+    for _ in range(4):
+        for _ in range(16):
+            assert _visit(port, context, session)[1], f"visit {visits + 1}: a full handshake, not resumed"
+            visits += 1
+        counted = wait_for(lambda: (c := _resumed_by_worker(gw)) and sum(c.values()) - sum(before.values()) >= visits
+                           and c, 10, "the resumed handshakes in /metrics")
+        if all(counted[w] > before[w] for w in ("0", "1")):
+            break
+    assert all(counted[w] > before[w] for w in ("0", "1")), (before, counted)
+
+
 async def test_a_killed_worker_gives_its_slots_back_and_is_started_again(workers_gateway):
     gw = workers_gateway
     key = gw.keys("slow")[0]
