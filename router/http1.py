@@ -57,6 +57,7 @@ LINGER_S = 2.0  # after an early answer, read (and drop) the rest of the body th
 
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 _METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH")}
+_TASK_NAME = "scoregate-request"  # every request's task (asyncio debug output, task dumps)
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _DROP_ON_HANDOVER = frozenset((b"connection", b"keep-alive"))
 
@@ -373,7 +374,9 @@ class HttpConnection(asyncio.BufferedProtocol):
         if request.handed_over:
             self._hand_over(request)
             return
-        self._task = self.loop.create_task(self._serve(request))
+        # A Task made here with its name: loop.create_task() would first format a
+        # "Task-N" name for it (Python 3.11), ~1.3k instructions on every request.
+        self._task = asyncio.Task(self._serve(request), loop=self.loop, name=_TASK_NAME)
 
     async def _serve(self, request: Request) -> None:
         try:
