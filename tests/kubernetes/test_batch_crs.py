@@ -177,8 +177,6 @@ async def test_invalid_batch_resources_are_reported_and_the_last_good_one_serves
                      timeout_s=10)
 
 
-
-@pytest.mark.xfail(strict=True, reason="known defect: the keys Secret waits for a valid default deployment")
 @pytest.mark.parametrize("deployment", [{"outputFileName": "../escape.csv"}, None], ids=["refused", "missing"])
 async def test_a_batch_endpoint_has_its_keys_while_its_default_deployment_is_not_valid(apiserver, kube_api, runner,
                                                                                        deployment):
