@@ -177,6 +177,53 @@ async def test_invalid_batch_resources_are_reported_and_the_last_good_one_serves
                      timeout_s=10)
 
 
+@pytest.mark.parametrize("deployment", [{"outputFileName": "../escape.csv"}, None], ids=["refused", "missing"])
+async def test_a_batch_endpoint_has_its_keys_while_its_default_deployment_is_not_valid(apiserver, kube_api, runner,
+                                                                                       deployment):
+    """Keys come with the endpoint, as in Azure ML: a BatchEndpoint whose default deployment is
+    refused by the rules, or not there at all, still gets its keys Secret at once, and the key
+    authenticates; the endpoint's status names spec.defaults.deploymentName (and the refused
+    deployment's names its field). Once the deployment is valid, the same key takes jobs."""
+    running, session = runner
+    await kube_api.create(BATCH_ENDPOINTS, NS, batch_endpoint())
+    if deployment is not None:
+        await kube_api.create(BATCH_DEPLOYMENTS, NS, batch_deployment(**deployment))
+        reason = await eventually(lambda: (s := status(apiserver, "batchdeployments", "iris-batch-classifier"))
+                                  .get("provisioningState") == "Failed" and s["reason"], timeout_s=10)
+        assert reason.startswith("BatchDeployment team-a/iris-batch-classifier: spec.outputFileName:"), reason
+    reason = await eventually(lambda: (s := status(apiserver, "batchendpoints", "iris-batch"))
+                              .get("provisioningState") == "Failed" and s["reason"], timeout_s=10)
+    assert reason == ("BatchEndpoint team-a/iris-batch: spec.defaults.deploymentName: "
+                      "no valid BatchDeployment classifier of this endpoint"), reason
+
+    key = await eventually(lambda: key_of(apiserver), timeout_s=10, what="the keys Secret scoregate-keys-iris-batch")
+    [secret] = [s for s in apiserver.objects_of("secrets", NS) if s["metadata"]["name"] == "scoregate-keys-iris-batch"]
+    assert secret["metadata"]["ownerReferences"][0]["kind"] == "BatchEndpoint"
+    assert all(base64.b64decode(secret["data"][k]) for k in ("primaryKey", "secondaryKey"))
+    jobs = f"{running.scoring_url}/api/v1/batch/iris-batch/jobs"
+
+    async def listed_with(credential: str) -> int:
+        async with session.get(jobs, headers={"Authorization": f"Bearer {credential}"}) as answer:
+            return answer.status
+
+    async def key_accepted() -> bool:
+        return await listed_with(key) == 200
+    await eventually(key_accepted, timeout_s=10, what="the Secret's key accepted")
+    assert await listed_with("not-the-key") == 401
+    assert status(apiserver, "batchendpoints", "iris-batch")["provisioningState"] == "Failed"
+
+    if deployment is None:
+        await kube_api.create(BATCH_DEPLOYMENTS, NS, batch_deployment())
+    else:
+        await kube_api.patch(BATCH_DEPLOYMENTS, NS, "iris-batch-classifier", {"spec": {"outputFileName": "out.csv"}})
+    await eventually(lambda: status(apiserver, "batchendpoints", "iris-batch").get("provisioningState")
+                     == "Succeeded", timeout_s=15)
+    assert key_of(apiserver) == key
+    async with session.post(jobs, json={"input": {"type": "inline", "data": [[5.1, 3.5, 1.4, 0.2]]}},
+                            headers={"Authorization": f"Bearer {key}"}) as response:
+        assert response.status == 202, await response.text()
+
+
 async def test_a_batch_endpoint_may_not_take_the_name_of_an_online_endpoint(apiserver, kube_api, runner):
     """Endpoint names are unique across online and batch endpoints (as `scoregate apply` rules
     locally): a BatchEndpoint named like an OnlineEndpoint of its namespace is Failed with a

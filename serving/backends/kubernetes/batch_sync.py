@@ -18,7 +18,9 @@ endpoints, deployments and keys equal to the custom resources, and writes their 
   folder or plain file:// file is used in place;
 - keys: the endpoint's Secret (created here, owned by the BatchEndpoint, like online
   endpoints' keys) is the truth; the service takes its keys, so rotating the Secret
-  rotates them;
+  rotates them. Every accepted endpoint gets it at once, even while its default
+  deployment is not valid (as in Azure ML, keys come with the endpoint); only an endpoint
+  refused itself (its own fields, or a name taken) gets none;
 - only an object that is gone is deleted from the service (cancelling that endpoint's
   jobs); an object that became invalid keeps its last good version serving, so a typo in
   an edit never throws accepted jobs away.
@@ -154,11 +156,15 @@ class BatchResources:
                 continue
             mine.append((deployment, obj))
 
+        keyed: set[ObjectId] = set()
         for name, (endpoint, obj) in endpoints.items():
-            await asyncio.to_thread(self._apply, endpoint, obj, deployments.get(name, []), problems)
+            if self._keys.keys_of(obj["metadata"]["namespace"], name) is None:
+                self._keys.ensure_keys_later(obj)  # with the endpoint, whatever its deployments say
+            if await asyncio.to_thread(self._apply, endpoint, obj, deployments.get(name, []), problems):
+                keyed.add(_oid(obj))
         await self._delete_gone()
         self.problems = problems
-        await self._report(problems)
+        await self._report(problems, keyed)
         self.passes += 1
 
     async def _deployment(self, obj: dict, endpoints: dict) -> BatchDeployment:
@@ -187,8 +193,10 @@ class BatchResources:
                                       f"cannot fetch {uri}: {exc}") from None
 
     def _apply(self, endpoint: BatchEndpoint, obj: dict, deployments: list[tuple[BatchDeployment, dict]],
-               problems: dict[ObjectId, str]) -> None:
-        """One endpoint and its deployments, in one transaction (worker thread)."""
+               problems: dict[ObjectId, str]) -> bool:
+        """One endpoint and its deployments, in one transaction (worker thread). True when
+        its Secret was there to take the keys from: only then may the status say Succeeded
+        (a Secret created during this pass is taken by the next, which its event wakes)."""
         ours = {d.name for d, _ in deployments}
         applied = endpoint
         if endpoint.default_deployment and endpoint.default_deployment not in ours:
@@ -202,11 +210,12 @@ class BatchResources:
             self._service.apply([applied], [d for d, _ in deployments])
         except BatchStoreError as exc:
             problems[_oid(obj)] = str(exc)
-            return
+            return False
         keys = self._keys.keys_of(obj["metadata"]["namespace"], endpoint.name)
         record = self._service.store.get_endpoint(endpoint.name)
         if keys is not None and all(keys) and record is not None and record.keys != keys:
             self._service.store.set_keys(endpoint.name, *keys)
+        return keys is not None
 
     async def _delete_gone(self) -> None:
         """Delete from the service what has no custom resource any more (valid or not)."""
@@ -227,14 +236,12 @@ class BatchResources:
                     log.warning("%s", exc)
 
     # -- status ----------------------------------------------------------------------------
-    async def _report(self, problems: dict[ObjectId, str]) -> None:
+    async def _report(self, problems: dict[ObjectId, str], keyed: set[ObjectId]) -> None:
         for obj in self._endpoints.values():
             problem = problems.get(_oid(obj))
-            name = obj["metadata"]["name"]
             if problem:
                 status = {"provisioningState": "Failed", "reason": problem}
-            elif self._keys.keys_of(obj["metadata"]["namespace"], name) is None:
-                self._keys.ensure_keys_later(obj)
+            elif _oid(obj) not in keyed:
                 status = {"provisioningState": "Creating", "reason": "creating the endpoint keys"}
             else:
                 status = {"provisioningState": "Succeeded", "reason": ""}
