@@ -49,7 +49,7 @@ class Controller:
         # Objects being deleted (their replicas still stopping): (endpoint, deployment or
         # None for the whole endpoint) -> since. Shown as provisioning_state Deleting.
         self.deleting: dict[tuple[str, str | None], float] = {}
-        self.passes = 0
+        self.passes = 0  # completed reconcile passes, start()'s first one included
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:

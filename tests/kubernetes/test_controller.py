@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 
 from serving.backends.kubernetes.api import INSTANCE_TYPES, ONLINE_DEPLOYMENTS, ONLINE_ENDPOINTS
 from serving.backends.kubernetes.running import KubernetesControllerSettings, run_controller
@@ -29,22 +31,43 @@ async def kubectl_apply(kube_api, docs: list[dict]) -> None:
         await kube_api.create(kind, doc["metadata"].get("namespace"), doc)
 
 
+class Running(NamedTuple):
+    stop: asyncio.Event
+    task: asyncio.Task
+    registry: CollectorRegistry  # the controller's metrics, its reconcile pass count among them
+
+
 @pytest.fixture
 async def controller(kubeconfig):
-    running: list[tuple[asyncio.Event, asyncio.Task]] = []
+    running: list[Running] = []
 
-    def start(**overrides) -> tuple[asyncio.Event, asyncio.Task]:
-        stop = asyncio.Event()
+    def start(**overrides) -> Running:
+        stop, registry = asyncio.Event(), CollectorRegistry()
         settings = KubernetesControllerSettings(kubeconfig=kubeconfig, namespaces=(NS,), interval_s=0.2,
                                                 leader_election=False, **overrides)
-        task = asyncio.get_running_loop().create_task(run_controller(settings, stop))
-        running.append((stop, task))
-        return stop, task
+        task = asyncio.get_running_loop().create_task(run_controller(settings, stop, registry=registry))
+        running.append(Running(stop, task, registry))
+        return running[-1]
 
     yield start
-    for stop, task in running:
+    for stop, task, _ in running:
         stop.set()
         await asyncio.wait_for(task, 10)
+
+
+def passes(registry: CollectorRegistry) -> int:
+    """Reconcile passes the controller has completed (0 until it has started)."""
+    return int(registry.get_sample_value("scoregate_controller_reconcile_passes_total") or 0)
+
+
+async def after_passes(registry: CollectorRegistry, n: int, timeout_s: float = 10.0) -> None:
+    """Wait until the controller has completed `n` more reconcile passes than it had at the
+    call. The first may have begun before the call; the other n - 1 began after it, so they
+    read the controller's caches as they were then or later. A test that asserts "nothing
+    changed" waits on this instead of sleeping: a sleep passes even when no pass ran."""
+    since = passes(registry)
+    await eventually(lambda: passes(registry) >= since + n, timeout_s=timeout_s,
+                     what=f"{n} reconcile passes after pass {since}", context=lambda: f"passes: {passes(registry)}")
 
 
 def the(apiserver, plural: str) -> dict:
@@ -123,18 +146,18 @@ async def test_scaling_the_custom_resource_scales_the_deployment(apiserver, kube
 
 async def test_controller_restart_converges_without_duplicating(apiserver, kube_api, cluster, controller):
     await kubectl_apply(kube_api, sample("instancetypes.yaml") + sample("iris-endpoint.yaml"))
-    stop, task = controller()
+    first = controller()
     await eventually(lambda: status_of(apiserver, "onlinedeployments", "iris-blue").get("provisioningState")
                      == "Succeeded", timeout_s=10)
-    stop.set()
-    await asyncio.wait_for(task, 10)
+    first.stop.set()
+    await asyncio.wait_for(first.task, 10)
     uids = {p: {o["metadata"]["uid"] for o in apiserver.objects_of(p, NS)} for p in ("deployments", "services", "secrets")}
     pods_created = cluster.pods_created
     writes = sum(1 for r in apiserver if r.method.value in ("POST", "PUT", "DELETE") or
                  (r.method.value == "PATCH" and r.subresource != "status"))
 
-    controller()
-    await asyncio.sleep(1.5)  # several reconcile passes
+    second = controller()
+    await after_passes(second.registry, 3)  # its first pass (in start) and two of its loop
     assert {p: {o["metadata"]["uid"] for o in apiserver.objects_of(p, NS)} for p in uids} == uids
     assert cluster.pods_created == pods_created
     assert sum(1 for r in apiserver if r.method.value in ("POST", "PUT", "DELETE") or

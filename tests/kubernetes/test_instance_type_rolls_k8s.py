@@ -9,7 +9,8 @@ import asyncio
 from serving.backends.kubernetes.api import INSTANCE_TYPES
 from tests.kubernetes import cluster as fates
 from tests.kubernetes.conftest import eventually
-from tests.kubernetes.test_controller import NS, controller, kubectl_apply, sample, status_of  # noqa: F401
+from tests.kubernetes.test_controller import (NS, after_passes, controller, kubectl_apply, sample,  # noqa: F401
+                                              status_of)
 
 BIGGER = {"spec": {"nodeSelector": {"scoregate.io/pool": "cpu-v2"},
                    "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "2", "memory": "2Gi"}}}}
@@ -31,7 +32,7 @@ async def settled(apiserver) -> dict:
 
 async def test_an_edited_instance_type_rolls_out_a_new_version(apiserver, kube_api, cluster, controller):
     await kubectl_apply(kube_api, sample("instancetypes.yaml") + sample("iris-endpoint.yaml"))
-    controller()
+    running = controller()
     old = await settled(apiserver)
     old_hash = status_of(apiserver, "onlinedeployments", "iris-blue")["specHash"]
 
@@ -64,7 +65,7 @@ async def test_an_edited_instance_type_rolls_out_a_new_version(apiserver, kube_a
 
     # An edit of another instance type changes nothing for this deployment.
     await kube_api.patch(INSTANCE_TYPES, None, "gpu-t4", {"spec": {"nodeSelector": {"scoregate.io/pool": "gpu-2"}}})
-    await asyncio.sleep(1.0)  # several reconcile passes
+    await after_passes(running.registry, 3)  # two of them began after the edit was acknowledged
     assert [d["metadata"]["uid"] for d in apiserver.objects_of("deployments", NS)] == [new["metadata"]["uid"]]
 
 

@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily
 
 from router import RoutingTableHolder
 
@@ -104,7 +105,8 @@ def settings_from_args(args: argparse.Namespace) -> KubernetesControllerSettings
 async def run_controller(settings: KubernetesControllerSettings, stop: asyncio.Event | None = None, *,
                          registry: CollectorRegistry | None = None) -> None:
     """Run until `stop` is set (or leadership is lost); then shut down in order.
-    `registry` receives the autoscaler's metrics (decisions, desired replicas, utilization)."""
+    `registry` receives the autoscaler's metrics (decisions, desired replicas, utilization)
+    and `scoregate_controller_reconcile_passes_total` (ReconcilePasses)."""
     stop = stop or asyncio.Event()
     api = KubeApi(await load_api_client(settings.kubeconfig, settings.context))
     try:
@@ -151,9 +153,12 @@ async def _run_elected(api: KubeApi, settings: KubernetesControllerSettings, sto
         await autoscaling.start()
     await reporter.start()
     log.info("controller running for %s", ", ".join(settings.namespaces) if settings.namespaces else "all namespaces")
+    passes = ReconcilePasses(controller)
+    registry.register(passes)
     try:
         await until_stopped(stop, elector)
     finally:
+        registry.unregister(passes)
         await reporter.close()
         if autoscaling is not None:
             await autoscaling.close()
@@ -162,6 +167,21 @@ async def _run_elected(api: KubeApi, settings: KubernetesControllerSettings, sto
             await utilization.close()
         await backend.close()
         await store.aclose()
+
+
+class ReconcilePasses:
+    """`scoregate_controller_reconcile_passes_total`: the reconcile passes this leader's loop
+    has completed (Controller.passes, read when the registry is collected). A loop that is
+    stuck stops counting; the tests wait on it to know the controller has looked at the
+    cluster again since some moment (tests/kubernetes/test_controller.py, after_passes)."""
+
+    def __init__(self, controller: Controller) -> None:
+        self._controller = controller
+
+    def collect(self):
+        yield CounterMetricFamily("scoregate_controller_reconcile_passes",
+                                  "Reconcile passes completed by the controller's loop.",
+                                  value=self._controller.passes)
 
 
 def _running(backend: KubernetesBackend, deployment) -> int | None:
