@@ -60,6 +60,25 @@ def max_surge(instance_count: int) -> int:
     return max(1, -(-instance_count // 4))
 
 
+def wanted_count(replicas: list[ReplicaView]) -> int:
+    """The count plan() last ran one deployment at, read back from its replicas: where a
+    new controller leader continues from, as it has no memory of that count. Not the
+    number that run: a rolling update runs up to max_surge(count) more. No version runs
+    more than the count, and while the new one has fewer, the surge is used up — so the
+    count is the larger of the largest version and the smallest count whose surge covers
+    all that run. Replicas becoming ready between passes change neither; exited ones
+    make it lower, never higher. (After a scale-down in mid-rollout it may read above
+    the count until the old version is gone.)"""
+    per_version: dict[str, int] = {}
+    for replica in replicas:
+        if replica.state in (STARTING, READY):
+            per_version[replica.spec_hash] = per_version.get(replica.spec_hash, 0) + 1
+    live, count = sum(per_version.values()), 0
+    while count + max_surge(count) < live:
+        count += 1
+    return max([count, *per_version.values()])
+
+
 def restart_backoff_s(restarts: int) -> float:
     return min(RESTART_BACKOFF_MAX_S, RESTART_BACKOFF_MIN_S * (2 ** max(0, restarts)))
 

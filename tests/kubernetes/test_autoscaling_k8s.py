@@ -13,12 +13,14 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry
 
-from serving.backends.kubernetes.api import CONFIG_MAPS
+from serving.backends.kubernetes.api import CONFIG_MAPS, ONLINE_DEPLOYMENTS
 from serving.backends.kubernetes.coordination import SHARES_CONFIG_MAP, SHARES_KEY
+from serving.backends.kubernetes.replicas import pod_ready
 from serving.backends.kubernetes.running import KubernetesControllerSettings, run_controller
 from serving.backends.kubernetes.shares import DeploymentShares, SharesDoc
+from tests.kubernetes import cluster as fates
 from tests.kubernetes.conftest import eventually
-from tests.kubernetes.test_controller import NS, kubectl_apply, sample
+from tests.kubernetes.test_controller import NS, kubectl_apply, sample, status_of
 
 ROUTERS_NS = "scoregate-system"
 
@@ -130,3 +132,72 @@ async def test_a_load_that_stops_being_reported_does_not_count_forever(apiserver
     await eventually(lambda: replicas(apiserver) == 1, timeout_s=60, interval_s=0.1)
     assert time.monotonic() - silent_since >= 18  # the age bound, then the usual conservative scale-down
     assert decisions(registry, "down") == 1
+
+
+async def test_a_new_leader_during_a_rolling_update_continues_from_the_count_wanted(apiserver, kube_api, cluster,
+                                                                                    kubeconfig):
+    """Leadership changes while a rolling update runs its surge pod (2 old + 1 new): the new
+    leader's autoscaler must continue from the 2 replicas the last leader wanted — what the
+    load needs — not from the 3 pods that run, or the rollout ends one replica high."""
+    await kubectl_apply(kube_api, sample("instancetypes.yaml") + sample("iris-endpoint.yaml"))
+    coordinator = Coordinator(kube_api)
+    await coordinator.keep_publishing(0.9)  # 0.9 in flight + queued, target 70 %: 2 replicas
+    running: list[tuple[asyncio.Event, asyncio.Task]] = []
+
+    def start(identity: str) -> CollectorRegistry:
+        stop, registry = asyncio.Event(), CollectorRegistry()
+        settings = KubernetesControllerSettings(kubeconfig=kubeconfig, namespaces=(NS,), interval_s=0.2,
+                                                lease_namespace=ROUTERS_NS, identity=identity)
+        running.append((stop, asyncio.get_running_loop().create_task(run_controller(settings, stop,
+                                                                                    registry=registry))))
+        return registry
+
+    def desired(registry: CollectorRegistry) -> float | None:
+        return registry.get_sample_value("scoregate_autoscale_desired_replicas",
+                                         {"endpoint": "iris", "deployment": "blue"})
+
+    try:
+        first = start("controller-a")
+        await eventually(lambda: status_of(apiserver, "onlinedeployments", "iris-blue").get("provisioningState")
+                         == "Succeeded", timeout_s=10)  # the first version is the last good one
+        assert replicas(apiserver) == 2 and desired(first) == 2
+        [old] = apiserver.objects_of("deployments", NS)
+
+        # A new version whose pods keep downloading the model: the surge pod runs beside the old two.
+        cluster.fate = fates.pending_forever
+        edit = {"spec": {"environmentVariables": {"LOG_LEVEL": "debug"}}}
+        await kube_api.patch(ONLINE_DEPLOYMENTS, NS, "iris-blue", edit)
+        await eventually(lambda: sorted(d["spec"]["replicas"] for d in apiserver.objects_of("deployments", NS))
+                         == [1, 2] and len(cluster.pods()) == 3, timeout_s=10)
+
+        second = start("controller-b")
+        stop, task = running[0]
+        stop.set()  # the leader steps down gracefully; the other takes the Lease over
+        await asyncio.wait_for(task, 10)
+        await eventually(lambda: desired(second) is not None, timeout_s=10)
+        [lease] = [x for x in apiserver.objects_of("leases", ROUTERS_NS)
+                   if x["metadata"]["name"] == "scoregate-controller"]
+        assert lease["spec"]["holderIdentity"] == "controller-b"
+
+        # The new version's pods become ready: the rollout finishes under the new leader.
+        cluster.fate = fates.running_ready
+        for pod in cluster.pods():
+            if not pod_ready(pod):
+                apiserver.update(fates.PODS, NS, pod["metadata"]["name"],
+                                 lambda p: p.__setitem__("status", fates.running_ready(p)))
+
+        def rolled_out() -> int | None:
+            deployments, pods = apiserver.objects_of("deployments", NS), cluster.pods()
+            if len(deployments) != 1 or deployments[0]["metadata"]["uid"] == old["metadata"]["uid"]:
+                return None
+            count = deployments[0]["spec"]["replicas"]
+            return count if len(pods) == count and all(map(pod_ready, pods)) else None
+
+        assert await eventually(rolled_out, timeout_s=15) == 2
+        assert desired(second) == 2
+        assert decisions(second, "up") == 0
+    finally:
+        await coordinator.stop()
+        for stop, task in running:
+            stop.set()
+            await asyncio.wait_for(task, 10)

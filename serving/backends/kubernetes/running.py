@@ -25,9 +25,10 @@ from prometheus_client.core import CounterMetricFamily
 
 from router import RoutingTableHolder
 
-from ...backends import READY, STARTING, Artifacts
+from ...backends import Artifacts
 from ...controller.autoscaling import Autoscaling
 from ...controller.loop import Controller
+from ...controller.planner import wanted_count
 from ...controller.preparing import StageFailed
 from ...controller.publisher import RoutingPublisher
 from ...controller.rollouts import RolloutManager
@@ -185,12 +186,12 @@ class ReconcilePasses:
 
 
 def _running(backend: KubernetesBackend, deployment) -> int | None:
-    """Replicas of the deployment that run or start (any version: a rollout may be under
-    way): where a new leader's autoscaler continues from, rather than instanceCount, which
-    would undo the last leader's decisions. None (use instanceCount) when nothing runs."""
+    """The count the last leader ran the deployment at (all versions; a rollout's surge
+    replicas left out: planner.wanted_count): where a new leader's autoscaler continues
+    from, rather than instanceCount, which would undo the last leader's decisions.
+    None (use instanceCount) when nothing runs."""
     key = (deployment.endpoint_name, deployment.name)
-    count = sum(1 for v in backend.observe() if (v.endpoint, v.deployment) == key and v.state in (STARTING, READY))
-    return count or None
+    return wanted_count([v for v in backend.observe() if (v.endpoint, v.deployment) == key]) or None
 
 
 async def _bounded(closing, what: str, timeout_s: float = 3.0) -> None:

@@ -7,7 +7,8 @@ from dataclasses import replace
 import pytest
 
 from serving.backends import EXITED, READY, STARTING, STOPPING, ReplicaView
-from serving.controller.planner import ForgetReplica, StartReplica, StopReplica, plan, restart_backoff_s
+from serving.controller.planner import (ForgetReplica, StartReplica, StopReplica, max_surge, plan, restart_backoff_s,
+                                       wanted_count)
 from serving.resources import Deployment
 
 NOW = 1000.0
@@ -99,3 +100,35 @@ def test_restart_backoff_doubles_and_is_capped():
 def test_only_what_makes_a_replica_changes_its_hash():
     assert replace(BLUE, instance_count=5).replica_spec_hash() == HASH
     assert replace(BLUE, environment_variables={"A": "1"}).replica_spec_hash() != HASH
+
+
+@pytest.mark.parametrize("count", range(1, 13))
+@pytest.mark.parametrize("ready_per_round", [1, 2, 99])
+def test_wanted_count_reads_back_the_count_through_a_rolling_update(count, ready_per_round):
+    """What a new leader reads at any moment of a rollout — after a pass, or after replicas
+    became ready with no leader to act — is the count, although up to max_surge more run."""
+    old = replace(BLUE, instance_count=count)
+    new = replace(old, environment_variables={"A": "1"})
+    views = [replica(f"old-{i}", spec_hash=old.replica_spec_hash()) for i in range(count)]
+    assert wanted_count(views) == count
+    most_live = 0
+    for step in range(4 * count + 4):
+        for action in plan([new], views, NOW):
+            if isinstance(action, StartReplica):
+                views.append(replica(f"new-{step}-{len(views)}", STARTING, action.spec_hash, started_at=step))
+            elif isinstance(action, StopReplica):
+                views = [v for v in views if v.replica_id != action.replica_id]
+        most_live = max(most_live, len(views))
+        assert wanted_count(views) == count
+        starting = [i for i, v in enumerate(views) if v.state == STARTING][:ready_per_round]
+        for i in starting:  # ready before the next pass
+            views[i] = replace(views[i], state=READY)
+        assert wanted_count(views) == count
+    assert [v.spec_hash for v in views] == [new.replica_spec_hash()] * count  # the rollout finished
+    assert most_live == count + max_surge(count)
+
+
+def test_wanted_count_without_a_rollout_counts_what_starts_or_runs():
+    assert wanted_count([]) == 0
+    assert wanted_count([replica("a"), replica("b", STARTING), replica("c", STOPPING)]) == 2
+    assert wanted_count([replica("a"), replica("b", EXITED, ended_at=NOW)]) == 1  # lower, never higher
