@@ -51,6 +51,16 @@ def test_report_and_doc_round_trip():
     assert doc.grants_for("a", "iris/blue") == {"ns/p1": 1} and doc.grants_for("zed", "iris/blue") is None
 
 
+def test_a_config_map_holds_a_doc_none_or_an_unreadable_entry():
+    doc, _ = Allocator("a").round({"iris/blue": (2, ("ns/p1",))}, {"a": Report()})
+    assert SharesDoc.from_config_map({"data": {"shares.json": doc.to_json()}}, "shares.json") == doc
+    for nothing in (None, {}, {"data": None}, {"data": {}}, {"data": {"shares.json": ""}}):
+        assert SharesDoc.from_config_map(nothing, "shares.json") is None
+    for broken in ("{not json", "[]", '{"version": "x"}', '{"deployments": {"k": 3}}'):
+        with pytest.raises(ValueError, match="shares.json cannot be read"):
+            SharesDoc.from_config_map({"data": {"shares.json": broken}}, "shares.json")
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_the_limit_holds_while_shares_move(seed):
     """Routers apply published docs late, admit and finish requests at random, report with

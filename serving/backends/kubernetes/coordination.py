@@ -154,13 +154,12 @@ class Coordination:
     def _adopt(self, config_map: dict | None) -> None:
         """Apply a shares doc unless it is older than the one applied (a watch event of an
         earlier write can arrive after our own write returned)."""
-        text = ((config_map or {}).get("data") or {}).get(SHARES_KEY)
-        if not text:
-            return
         try:
-            doc = SharesDoc.from_json(text)
-        except (ValueError, KeyError, TypeError) as exc:
-            log.warning("unreadable ConfigMap %s/%s: %s", self.namespace, SHARES_CONFIG_MAP, exc)
+            doc = SharesDoc.from_config_map(config_map, SHARES_KEY)
+        except ValueError as exc:
+            log.warning("ConfigMap %s/%s: %s", self.namespace, SHARES_CONFIG_MAP, exc)
+            return
+        if doc is None:
             return
         if self._tables.doc is not None and doc.version < self._tables.doc.version:
             return

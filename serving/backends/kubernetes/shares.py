@@ -111,6 +111,18 @@ class SharesDoc:
         return cls(int(data.get("version", 0)), str(data.get("coordinator", "")), tuple(data.get("routers") or ()),
                    {k: DeploymentShares.from_dict(d) for k, d in (data.get("deployments") or {}).items()})
 
+    @classmethod
+    def from_config_map(cls, config_map: dict | None, key: str) -> SharesDoc | None:
+        """The document a ConfigMap holds under `key`; None when there is none (no object,
+        or no such entry). ValueError, saying why, when the entry cannot be read."""
+        text = ((config_map or {}).get("data") or {}).get(key)
+        if not text:
+            return None
+        try:
+            return cls.from_json(text)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"{key} cannot be read: {exc}") from None
+
 
 def apportion(total: int, demands: dict[str, float], cap: int, previous: dict[str, int],
               credit: dict[str, float]) -> dict[str, int]:

@@ -61,15 +61,13 @@ class ClusterUtilization:
         await self._cache.close()
 
     def _on_event(self, _kind: str, _obj: dict) -> None:
-        config_map = self._cache.get(self.namespace, SHARES_CONFIG_MAP)
-        text = ((config_map or {}).get("data") or {}).get(SHARES_KEY)
-        if not text:
-            self._doc = None
-            return
         try:
-            doc = SharesDoc.from_json(text)
-        except (ValueError, KeyError, TypeError) as exc:
-            log.warning("unreadable ConfigMap %s/%s: %s", self.namespace, SHARES_CONFIG_MAP, exc)
+            doc = SharesDoc.from_config_map(self._cache.get(self.namespace, SHARES_CONFIG_MAP), SHARES_KEY)
+        except ValueError as exc:  # the last good document stays
+            log.warning("ConfigMap %s/%s: %s", self.namespace, SHARES_CONFIG_MAP, exc)
+            return
+        if doc is None:
+            self._doc = None
             return
         if self._doc is None or doc.version != self._doc.version or doc.coordinator != self._doc.coordinator:
             self._seen_at, self._stale_logged = self._clock(), False
