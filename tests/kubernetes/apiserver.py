@@ -134,6 +134,26 @@ class Fault:
     hits: int = 0
 
 
+def _prune(value: Any, schema: dict) -> None:
+    """Drop, in place, the fields a structural schema does not declare — what a real API
+    server does to custom resources (unless `x-kubernetes-preserve-unknown-fields`), so a
+    field the code writes but the CRD lacks is lost here as it would be on a cluster."""
+    if schema.get("x-kubernetes-preserve-unknown-fields"):
+        return
+    if isinstance(value, dict):
+        declared, extra = schema.get("properties") or {}, schema.get("additionalProperties")
+        for key in list(value):
+            if key in declared:
+                _prune(value[key], declared[key])
+            elif isinstance(extra, dict):
+                _prune(value[key], extra)
+            elif extra is not True:
+                del value[key]
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for item in value:
+            _prune(item, schema["items"])
+
+
 class ApiServerEmulator(kmock.KubernetesEmulator):
     def __attrs_post_init__(self) -> None:
         kmock.KubernetesScaffold.__attrs_post_init__(self)  # discovery and 404s; our own object serving:
@@ -267,6 +287,11 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
                 where = ".".join(str(p) for p in errors[0].path)
                 raise status_error(422, "Invalid", f'{info.kind}.{res[0]} "{name}" is invalid: {where}: '
                                                    f"{errors[0].message}", name=name, kind=info.kind)
+            for field_name in list(body):  # what the schema does not declare is dropped, as a real server does
+                if field_name in schema["properties"]:
+                    _prune(obj[field_name], schema["properties"][field_name])
+                else:
+                    del obj[field_name]
 
     def _create(self, res: Res, namespace: str, obj: dict) -> dict:
         info = self.kinds[res]
@@ -302,6 +327,7 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
         if subresource == "status":
             result = copy.deepcopy(current)
             result["status"] = new.get("status")
+            self._admit(key[0], result)  # status is validated and pruned too
         else:
             result = copy.deepcopy(new)
             result["metadata"] = {**new.get("metadata", {}),

@@ -76,6 +76,7 @@ async def test_batch_custom_resources_accept_and_run_jobs(apiserver, kube_api, r
     await eventually(lambda: status(apiserver, "batchendpoints", "iris-batch").get("provisioningState")
                      == "Succeeded", timeout_s=15)
     assert status(apiserver, "batchdeployments", "iris-batch-classifier")["provisioningState"] == "Succeeded"
+    assert status(apiserver, "batchendpoints", "iris-batch")["keysSecretName"] == "scoregate-keys-iris-batch"
     key = key_of(apiserver)
     [secret] = [s for s in apiserver.objects_of("secrets", NS) if s["metadata"]["name"] == "scoregate-keys-iris-batch"]
     assert secret["metadata"]["ownerReferences"][0]["kind"] == "BatchEndpoint"
@@ -211,6 +212,8 @@ async def test_a_batch_endpoint_has_its_keys_while_its_default_deployment_is_not
     await eventually(key_accepted, timeout_s=10, what="the Secret's key accepted")
     assert await listed_with("not-the-key") == 401
     assert status(apiserver, "batchendpoints", "iris-batch")["provisioningState"] == "Failed"
+    await eventually(lambda: status(apiserver, "batchendpoints", "iris-batch").get("keysSecretName")
+                     == "scoregate-keys-iris-batch", timeout_s=10, what="the status naming the keys Secret")
 
     if deployment is None:
         await kube_api.create(BATCH_DEPLOYMENTS, NS, batch_deployment())

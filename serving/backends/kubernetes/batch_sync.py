@@ -245,6 +245,8 @@ class BatchResources:
                 status = {"provisioningState": "Creating", "reason": "creating the endpoint keys"}
             else:
                 status = {"provisioningState": "Succeeded", "reason": ""}
+            if _oid(obj) in keyed:  # as an OnlineEndpoint's status names its keys Secret
+                status["keysSecretName"] = names.keys_secret_name(obj["metadata"]["name"])
             await self._patch(BATCH_ENDPOINTS, obj, status)
         for obj in self._deployments.values():
             problem = problems.get(_oid(obj))

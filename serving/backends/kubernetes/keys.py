@@ -2,7 +2,7 @@
 
 Each endpoint's keys live in Secret `scoregate-keys-ENDPOINT` (`primaryKey`,
 `secondaryKey`) in the endpoint's namespace, labelled for the store's watch and owned by
-the OnlineEndpoint, so they are garbage-collected with it. The keeper creates them when
+the OnlineEndpoint or BatchEndpoint, so they are garbage-collected with it. The keeper creates them when
 the store first sees an endpoint without them (once at a time per endpoint, retried on
 the next change), regenerates one key at a time with a resourceVersion precondition (the
 other key keeps working), and keeps named secrets (e.g. the token signing key) in Secret
