@@ -10,6 +10,12 @@ For each deployment, every reconcile pass:
 - it fails fast when a stage cannot succeed — init() raised, a probe gave up, a
   replica exited `crash_limit` times, the budget ran out — and the deployment then runs
   its last good version again (an automatic rollback), or nothing if it never had one.
+- a new version desired while a rollout is in progress first gets that rollout's verdict
+  from the replicas as they are: if they are all ready (they may have become so after the
+  last pass; on a cluster the status already says Succeeded and routers serve them), that
+  version is the last good one and the new one is an update of it — surge, never a stop of
+  the old replicas before new ones are ready — whatever the timing of the edit. The last
+  good version is also kept in memory, as the store may give it back late (a watch).
 Until a version is prepared, the last good one keeps serving: a failed rollout changes
 nothing for traffic.
 """
@@ -55,6 +61,10 @@ class RolloutManager:
         self._artifacts: dict[tuple[Key, str], Artifacts] = {}
         self._preparing: dict[tuple[Key, str], asyncio.Task] = {}
         self._to_save: dict[Key, tuple[Rollout, Deployment | None]] = {}
+        self._versions: dict[Key, Deployment] = {}  # the version each current rollout is for
+        # The last good version this manager recorded: the store's copy can lag behind it
+        # (on a cluster the status patch comes back through a watch).
+        self._good: dict[Key, Deployment] = {}
 
     # -- reading ----------------------------------------------------------------------------
     def rollout(self, key: Key) -> Rollout | None:
@@ -78,11 +88,14 @@ class RolloutManager:
             by_key.setdefault((view.endpoint, view.deployment), []).append(view)
         live = set()
         for record in records:
-            desired, good = record.deployment, record.last_good
+            desired = record.deployment
             key = (desired.endpoint_name, desired.name)
             live.add(key)
             spec_hash = desired.replica_spec_hash()
-            rollout = self._current(key, record, spec_hash, now)
+            self._conclude_superseded(key, spec_hash, by_key.get(key, []), wanted, now)
+            good = self._good.get(key) or record.last_good
+            rollout = self._current(key, record, good, spec_hash, now)
+            self._versions[key] = desired
             good_hash = good.replica_spec_hash() if good else None
             if rollout.state == IN_PROGRESS:
                 self._ensure_prepared(key, desired, spec_hash, rollout)
@@ -109,7 +122,22 @@ class RolloutManager:
         self._forget_others(live)
         return plan
 
-    def _current(self, key: Key, record: DeploymentRecord, spec_hash: str, now: float) -> Rollout:
+    def _conclude_superseded(self, key: Key, spec_hash: str, replicas: list[ReplicaView],
+                             wanted: Callable[[Deployment], int], now: float) -> None:
+        """A new version is desired while the current rollout is in progress. Its replicas
+        may all be ready already — they became ready after the last pass, and on a cluster
+        the status says Succeeded and the routers send them traffic — so give it the
+        verdict that pass would have given before it is replaced: if it succeeded, the new
+        version is an update of it (surge, and a rollback to it if the new one fails)."""
+        rollout, version = self._rollouts.get(key), self._versions.get(key)
+        if rollout is None or version is None or rollout.state != IN_PROGRESS or rollout.spec_hash == spec_hash \
+                or (key, rollout.spec_hash) not in self._artifacts:
+            return
+        mine = [r for r in replicas if r.spec_hash == rollout.spec_hash]
+        self._succeed_if_ready(key, rollout, version, mine, wanted(version), now)
+
+    def _current(self, key: Key, record: DeploymentRecord, good: Deployment | None, spec_hash: str,
+                 now: float) -> Rollout:
         rollout = self._rollouts.get(key)
         if rollout is None and record.rollout:
             saved = Rollout.from_dict(record.rollout)
@@ -117,11 +145,11 @@ class RolloutManager:
                 rollout = saved  # finished before a restart: keep its verdict
         if rollout is None or rollout.spec_hash != spec_hash:
             budget = record.deployment.rollout_timeout_s or self._default_budget_s
-            kind = "update" if record.last_good is not None else "create"
+            kind = "update" if good is not None else "create"
             rollout = Rollout(spec_hash, kind, budget, now)
             log.info("rollout of %s/%s version %s started (%s, budget %s)", key[0], key[1], spec_hash,
                      kind, format_duration(budget))
-            self._to_save[key] = (rollout, None)
+            self._record(key, rollout)
         self._rollouts[key] = rollout
         return rollout
 
@@ -138,7 +166,7 @@ class RolloutManager:
             self._artifacts[(key, spec_hash)] = artifacts
             if rollout is not None:
                 rollout.enter("init", self._clock())
-                self._to_save[key] = (rollout, None)
+                self._record(key, rollout)
         except StageFailed as exc:
             if rollout is not None and rollout.spec_hash == spec_hash:
                 self._fail(key, rollout, exc.stage, exc.reason, None, self._clock())
@@ -167,15 +195,26 @@ class RolloutManager:
                 return self._fail(key, rollout, stage if stage in ("init", "readiness") else "readiness",
                                   f"the replica exited {replica.restarts + 1} times; last: {replica.reason}",
                                   None, now)
+        self._succeed_if_ready(key, rollout, desired, mine, wanted, now)
+
+    def _succeed_if_ready(self, key: Key, rollout: Rollout, desired: Deployment, mine: list[ReplicaView],
+                          wanted: int, now: float) -> None:
         if any(r.state == READY or r.phase == READINESS for r in mine):
             rollout.enter("readiness", now)
         if sum(1 for r in mine if r.state == READY) >= wanted:
             rollout.succeed(now)
             if self._metrics is not None:
                 self._metrics.rollout_finished(key, True)
-            log.info("rollout of %s/%s version %s succeeded in %.1fs", key[0], key[1], spec_hash,
+            log.info("rollout of %s/%s version %s succeeded in %.1fs", key[0], key[1], rollout.spec_hash,
                      now - rollout.started_at)
-            self._to_save[key] = (rollout, desired)
+            self._good[key] = desired
+            self._record(key, rollout, desired)
+
+    def _record(self, key: Key, rollout: Rollout, last_good: Deployment | None = None) -> None:
+        """Queue the rollout for the store; a last good version queued earlier in the same
+        pass (a superseded rollout that succeeded) is saved with it, not dropped."""
+        pending = self._to_save.get(key)
+        self._to_save[key] = (rollout, last_good or (pending[1] if pending else None))
 
     def _fail(self, key: Key, rollout: Rollout, stage: str, reason: str, _good, now: float) -> None:
         if rollout.state != IN_PROGRESS:
@@ -186,12 +225,15 @@ class RolloutManager:
             self._metrics.rollout_finished(key, False)
         log.error("rollout of %s/%s version %s failed in stage %s: %s%s", key[0], key[1], rollout.spec_hash,
                   stage, reason, "; rolled back to the previous version" if rollout.rolled_back else "")
-        self._to_save[key] = (rollout, None)
+        self._record(key, rollout)
         self._on_change()
 
     def _forget_others(self, live: set[Key]) -> None:
         for key in [k for k in self._rollouts if k not in live]:
             del self._rollouts[key]
+        for known in (self._versions, self._good):
+            for key in [k for k in known if k not in live]:
+                del known[key]
         for job in [j for j in self._artifacts if j[0] not in live]:
             del self._artifacts[job]
         for job, task in list(self._preparing.items()):

@@ -1,0 +1,82 @@
+"""RolloutManager + planner, pass by pass: a new version that arrives while the previous
+one's replicas are all ready is an update of it (surge; the old replicas kept until new
+ones are ready), whether or not a pass recorded that verdict and whether or not the store
+gives the recorded last good version back yet (a KubernetesStore sees its own status
+patch only when the watch delivers it). tests/functional/test_controller_rollout_race.py
+does the first case with real model-server processes."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import pytest
+
+from serving.backends import READY, Artifacts, ReplicaView
+from serving.controller.planner import StartReplica, StopReplica, plan
+from serving.controller.rollout import IN_PROGRESS, SUCCEEDED
+from serving.controller.rollouts import RolloutManager
+from serving.resources import Deployment
+from serving.store import DeploymentRecord
+
+KEY = ("ep", "blue")
+V1 = Deployment(name="blue", endpoint_name="ep", code="/code", scoring_script="score.py", instance_count=2)
+V2 = replace(V1, environment_variables={"LABEL": "two"})
+NOW = 1000.0
+
+
+class Prepared:
+    """Every version is prepared at once (the stages before the replicas are not the point)."""
+
+    async def prepare(self, deployment, rollout, clock) -> Artifacts:
+        if rollout is not None:
+            rollout.enter("environment", clock())
+        return Artifacts()
+
+
+def ready(*ids: str, version: Deployment = V1) -> list[ReplicaView]:
+    return [ReplicaView(i, "ep", "blue", version.replica_spec_hash(), READY, "127.0.0.1", 1, 1, 1.0) for i in ids]
+
+
+async def prepared(changed: asyncio.Event) -> None:
+    """Wait for a preparation to finish (RolloutManager calls on_change then)."""
+    await asyncio.wait_for(changed.wait(), 5)
+    changed.clear()
+
+
+@pytest.mark.parametrize("window", ["ready after the last pass", "recorded, not yet read back"])
+async def test_a_new_version_over_a_ready_first_version_is_an_update(window):
+    changed = asyncio.Event()
+    manager = RolloutManager(Prepared(), clock=lambda: NOW, on_change=changed.set)
+    wanted = (lambda d: d.instance_count)
+    first = DeploymentRecord(V1, None, None)
+    manager.step([first], [], wanted)
+    await prepared(changed)
+    start = manager.step([first], [], wanted)  # prepared: both replicas are started
+    assert [a.spec_hash for a in plan(start.run, [], NOW, start.hold) if isinstance(a, StartReplica)] == [
+        V1.replica_spec_hash()] * 2
+    manager.take_changes()
+    if window == "recorded, not yet read back":
+        manager.step([first], ready("a", "b"), wanted)
+        assert manager.rollout(KEY).state == SUCCEEDED
+        [(_rollout, good)] = manager.take_changes().values()
+        assert good == V1  # saved; the store below has not given it back yet
+    else:
+        assert manager.rollout(KEY).state == IN_PROGRESS
+
+    # The edit: the store's record still has no last good version.
+    step = manager.step([DeploymentRecord(V2, None, None)], ready("a", "b"), wanted)
+    assert not [a for a in plan(step.run, ready("a", "b"), NOW, step.hold) if isinstance(a, StopReplica)]
+    rollout = manager.rollout(KEY)
+    assert (rollout.spec_hash, rollout.kind, rollout.state) == (V2.replica_spec_hash(), "update", IN_PROGRESS)
+    assert KEY in step.available
+    [(saved, good)] = manager.take_changes().values()
+    # saved with the new rollout, unless it was saved already
+    assert saved is rollout and good == (None if window == "recorded, not yet read back" else V1)
+
+    # Prepared, the new version surges in: one above the count, the old replicas all kept.
+    await prepared(changed)
+    step = manager.step([DeploymentRecord(V2, None, None)], ready("a", "b"), wanted)
+    actions = plan(step.run, ready("a", "b"), NOW, step.hold)
+    assert [(type(a).__name__, a.spec_hash) for a in actions] == [("StartReplica", V2.replica_spec_hash())]
+    await manager.close()
