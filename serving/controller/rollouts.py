@@ -32,7 +32,7 @@ from ..backends import EXITED, READINESS, READY, Artifacts, ReplicaView
 from ..resources import Deployment
 from ..store import DeploymentRecord
 from .preparing import Preparer, StageFailed
-from .rollout import FAILED, IN_PROGRESS, SUCCEEDED, Rollout, format_duration
+from .rollout import IN_PROGRESS, SUCCEEDED, Rollout, format_duration
 
 log = logging.getLogger("scoregate.rollout")
 
@@ -164,17 +164,19 @@ class RolloutManager:
         try:
             artifacts = await self._preparer.prepare(deployment, rollout, self._clock)
             self._artifacts[(key, spec_hash)] = artifacts
-            if rollout is not None:
+            if rollout is not None and self._rollouts.get(key) is rollout:
                 rollout.enter("init", self._clock())
                 self._record(key, rollout)
         except StageFailed as exc:
-            if rollout is not None and rollout.spec_hash == spec_hash:
-                self._fail(key, rollout, exc.stage, exc.reason, None, self._clock())
-            else:
+            if rollout is None:
                 log.error("cannot prepare the last good version of %s/%s: %s", key[0], key[1], exc)
+            elif self._rollouts.get(key) is rollout:
+                self._fail(key, rollout, exc.stage, exc.reason, None, self._clock())
+            else:  # replaced by a newer version meanwhile: its rollout is what counts now
+                log.info("preparing the replaced version %s of %s/%s failed: %s", spec_hash, key[0], key[1], exc)
         except Exception as exc:  # a bug must not leave the rollout hanging until its budget
             log.exception("preparing %s/%s failed", *key)
-            if rollout is not None:
+            if rollout is not None and self._rollouts.get(key) is rollout:
                 self._fail(key, rollout, rollout.stage or "environment", f"internal error: {exc}", None,
                            self._clock())
         finally:

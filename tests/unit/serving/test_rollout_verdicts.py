@@ -80,3 +80,41 @@ async def test_a_new_version_over_a_ready_first_version_is_an_update(window):
     actions = plan(step.run, ready("a", "b"), NOW, step.hold)
     assert [(type(a).__name__, a.spec_hash) for a in actions] == [("StartReplica", V2.replica_spec_hash())]
     await manager.close()
+
+
+class Gated:
+    """V1's preparation waits for `release`, then succeeds or fails as told; others are at once."""
+
+    def __init__(self, fail: bool) -> None:
+        self.release, self.fail = asyncio.Event(), fail
+
+    async def prepare(self, deployment, rollout, clock) -> Artifacts:
+        if deployment == V1:
+            await self.release.wait()
+            if self.fail:
+                from serving.controller.preparing import StageFailed
+                raise StageFailed("model_download", "the model cannot be fetched")
+        return Artifacts()
+
+
+@pytest.mark.parametrize("outcome", ["prepared", "failed"])
+async def test_a_superseded_version_finishing_its_preparation_changes_nothing(outcome):
+    # V1 is still being prepared when V2 replaces it; when V1's preparation ends after
+    # that, its old rollout must not be saved over V2's, nor reported as failed.
+    changed = asyncio.Event()
+    preparer = Gated(fail=outcome == "failed")
+    manager = RolloutManager(preparer, clock=lambda: NOW, on_change=changed.set)
+    wanted = (lambda d: d.instance_count)
+    manager.step([DeploymentRecord(V1, None, None)], [], wanted)
+    manager.step([DeploymentRecord(V2, None, None)], [], wanted)
+    await prepared(changed)  # V2's preparation
+    current = manager.rollout(KEY)
+    assert current.spec_hash == V2.replica_spec_hash()
+    manager.take_changes()
+
+    preparer.release.set()
+    for _ in range(20):  # let V1's preparation end
+        await asyncio.sleep(0)
+    assert manager.take_changes() == {}
+    assert manager.rollout(KEY) is current and current.state == IN_PROGRESS
+    await manager.close()
