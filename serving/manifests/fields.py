@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from router.paths import NAME_RULE
 
+from ..online_rules import Problem
 from .documents import Document, ManifestError
 
 # Fields Azure ML YAML may carry that scoregate accepts and does not use.
@@ -22,6 +23,11 @@ class FieldReader:
 
     def fail(self, field: str, message: str):
         raise ManifestError(self.doc.source, field, message)
+
+    def check(self, problems: Iterable[Problem]) -> None:
+        """Refuse the document for the first rule it breaks (serving/online_rules.py)."""
+        for problem in problems:
+            self.fail(problem.field, problem.message)
 
     def check_fields(self, body: dict, allowed: set[str], prefix: str = "", ignored=AML_IGNORED) -> None:
         for key in body:

@@ -2,7 +2,9 @@
 
 Relative paths (`model.path`, `code_configuration.code`) resolve against the YAML
 file's folder. Fields Azure ML has but scoregate does not use are accepted and ignored;
-unknown fields are refused, so a typo never passes silently.
+unknown fields are refused, so a typo never passes silently. This module reads fields
+and checks their types; the rules shared with Kubernetes custom resources (weights,
+mirroring, settings, probes, ...) are serving/online_rules.py's.
 """
 
 from __future__ import annotations
@@ -11,12 +13,12 @@ import re
 import shlex
 from pathlib import Path
 
+from ..online_rules import ROUTES, deployment_problems, endpoint_problems
 from ..resources import (DEFAULT_INSTANCE_TYPE, Deployment, Endpoint, ProbeSettings, RequestSettings,
                          ScaleSettings)
 from .documents import Document
 from .fields import FieldReader
 
-AUTH_MODES = ("key", "aml_token", "none")
 INFERENCE_SERVERS = ("scoregate", "azmlinfsrv")
 
 _ENDPOINT_FIELDS = {"name", "auth_mode", "traffic", "mirror_traffic", "rate_limit", "description", "tags"}
@@ -26,7 +28,6 @@ _DEPLOYMENT_FIELDS = {"name", "endpoint_name", "model", "code_configuration", "e
                       "rollout_timeout_s", "description", "tags"}
 _ENVIRONMENT_FIELDS = {"name", "version", "image", "conda_file", "build", "description", "tags",
                        "os_type", "inference_config", "command", "inference_server"}
-_ROUTES = ("liveness_route", "readiness_route", "scoring_route")
 _PROBE_NUMBERS = ("initial_delay", "period", "timeout")
 
 
@@ -35,20 +36,8 @@ def parse_endpoint(doc: Document) -> Endpoint:
     r.check_fields(body, _ENDPOINT_FIELDS)
     name = r.name(body.get("name"), "name")
     auth_mode = body.get("auth_mode", "key")
-    if auth_mode not in AUTH_MODES:
-        r.fail("auth_mode", f"must be one of {', '.join(AUTH_MODES)}, got {auth_mode!r}")
     traffic = r.weights(body.get("traffic"), "traffic")
-    total = sum(traffic.values())
-    if total not in (0, 100):
-        r.fail("traffic", f"weights must add up to 100 (or all be 0), got {total}")
     mirror = r.weights(body.get("mirror_traffic"), "mirror_traffic")
-    if len(mirror) > 1:
-        r.fail("mirror_traffic", "only one deployment can receive mirrored traffic")
-    for target, percent in mirror.items():
-        if percent > 50:
-            r.fail(f"mirror_traffic.{target}", f"at most 50 percent can be mirrored, got {percent}")
-        if traffic.get(target, 0) > 0:
-            r.fail(f"mirror_traffic.{target}", "a deployment cannot get both live and mirrored traffic")
     rate_limit = None
     if body.get("rate_limit") is not None:
         limit = r.mapping(body["rate_limit"], "rate_limit")
@@ -56,9 +45,11 @@ def parse_endpoint(doc: Document) -> Endpoint:
         rps = r.number(limit.get("requests_per_second"), "rate_limit.requests_per_second", 0.001)
         burst = r.integer(limit.get("burst", max(1, int(rps))), "rate_limit.burst", 1)
         rate_limit = {"requests_per_second": float(rps), "burst": burst}
-    return Endpoint(name=name, auth_mode=auth_mode, traffic=traffic, mirror_traffic=mirror,
-                    rate_limit=rate_limit, description=str(body.get("description") or ""),
-                    tags=r.strings(body.get("tags"), "tags"))
+    endpoint = Endpoint(name=name, auth_mode=auth_mode, traffic=traffic, mirror_traffic=mirror,
+                        rate_limit=rate_limit, description=str(body.get("description") or ""),
+                        tags=r.strings(body.get("tags"), "tags"))
+    r.check(endpoint_problems(endpoint))
+    return endpoint
 
 
 def parse_deployment(doc: Document) -> Deployment:
@@ -81,42 +72,20 @@ def parse_deployment(doc: Document) -> Deployment:
         r.fail("code_configuration", "is required (code and scoring_script), unless environment.command "
                "starts a model server of your own")
 
-    env_vars = {}
-    for key, value in r.mapping(body.get("environment_variables"), "environment_variables").items():
-        if not isinstance(key, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*\Z", key):
-            r.fail(f"environment_variables.{key}", "must be a valid environment variable name")
-        env_vars[key] = str(value)
+    env_vars = {key: str(value) for key, value in
+                r.mapping(body.get("environment_variables"), "environment_variables").items()}
 
     instance_type = r.string(body.get("instance_type", DEFAULT_INSTANCE_TYPE), "instance_type")
     instance_count = r.integer(body.get("instance_count", 1), "instance_count", 0, 64)
     request_settings = r.dataclass_from(RequestSettings, body.get("request_settings"), "request_settings")
-    if request_settings.max_concurrent_requests_per_instance < 1:
-        r.fail("request_settings.max_concurrent_requests_per_instance", "must be at least 1")
-    if request_settings.request_timeout_ms < 1:
-        r.fail("request_settings.request_timeout_ms", "must be at least 1")
     scale = r.dataclass_from(ScaleSettings, body.get("scale_settings"), "scale_settings",
                              numbers=("polling_interval",))
-    if scale.type not in ("default", "target_utilization"):
-        r.fail("scale_settings.type", f"must be default or target_utilization, got {scale.type!r}")
-    if scale.type == "target_utilization":
-        if scale.min_instances > scale.max_instances:
-            r.fail("scale_settings.min_instances", "must not exceed max_instances")
-        if not 1 <= scale.target_utilization_percentage <= 100:
-            r.fail("scale_settings.target_utilization_percentage", "must be from 1 to 100")
-        if scale.polling_interval < 0.1:
-            r.fail("scale_settings.polling_interval", "must be at least 0.1 seconds")
-    probes = []
-    for field_name in ("liveness_probe", "readiness_probe"):
-        probe = r.dataclass_from(ProbeSettings, body.get(field_name), field_name, numbers=_PROBE_NUMBERS)
-        if probe.period <= 0 or probe.timeout <= 0:
-            r.fail(field_name, "period and timeout must be above 0")
-        if probe.success_threshold < 1 or probe.failure_threshold < 1:
-            r.fail(field_name, "success_threshold and failure_threshold must be at least 1")
-        probes.append(probe)
+    probes = [r.dataclass_from(ProbeSettings, body.get(field_name), field_name, numbers=_PROBE_NUMBERS)
+              for field_name in ("liveness_probe", "readiness_probe")]
     rollout_timeout_s = None
     if body.get("rollout_timeout_s") is not None:
         rollout_timeout_s = r.number(body["rollout_timeout_s"], "rollout_timeout_s", 1)
-    return Deployment(
+    deployment = Deployment(
         name=name, endpoint_name=endpoint_name, code=code, scoring_script=scoring_script,
         model_path=model_path, model_sha256=model_sha256, environment=environment,
         environment_variables=env_vars, instance_type=instance_type, instance_count=instance_count,
@@ -124,6 +93,8 @@ def parse_deployment(doc: Document) -> Deployment:
         readiness_probe=probes[1], rollout_timeout_s=rollout_timeout_s,
         description=str(body.get("description") or ""), tags=r.strings(body.get("tags"), "tags"),
     )
+    r.check(deployment_problems(deployment))
+    return deployment
 
 
 def _model(r: FieldReader, model) -> tuple[str | None, str | None]:
@@ -160,15 +131,13 @@ def _environment(r: FieldReader, value) -> dict:
         r.fail("environment.inference_server", f"must be one of {', '.join(INFERENCE_SERVERS)}")
     if "inference_config" in env:
         config = r.mapping(env["inference_config"], "environment.inference_config")
-        r.check_fields(config, set(_ROUTES), "environment.inference_config.", ignored=set())
-        for route in _ROUTES:
+        r.check_fields(config, set(ROUTES), "environment.inference_config.", ignored=set())
+        for route in ROUTES:
             if route in config:
                 field = f"environment.inference_config.{route}"
                 entry = r.mapping(config[route], field)
                 r.check_fields(entry, {"port", "path"}, f"{field}.", ignored=set())
-                path = r.string(entry.get("path"), f"{field}.path")
-                if not path.startswith("/"):
-                    r.fail(f"{field}.path", f"must start with '/', got {path!r}")
+                r.string(entry.get("path"), f"{field}.path")
                 if "port" in entry:
                     r.integer(entry["port"], f"{field}.port", 1, 65535)
     return env

@@ -71,6 +71,19 @@ BAD_DEPLOYMENTS = [
     ({"scaleSettings__minInstances": 9}, "spec.scaleSettings.minInstances: must not exceed maxInstances"),
     ({"environment": {"inferenceConfig": {"livenessRoute": {"port": 1, "path": "/"}}}},
      "spec.environment.inferenceConfig.readinessRoute.port: must be an integer"),
+    # The rules shared with YAML (serving/online_rules.py): a key the user chose is kept as written...
+    ({"environmentVariables": {"MY-VAR_X": "x"}}, "spec.environmentVariables.MY-VAR_X: must be a valid environment"),
+    ({"livenessProbe__period": 0}, "spec.livenessProbe.period: must be above 0, got 0"),
+    ({"readinessProbe__failureThreshold": 0}, "spec.readinessProbe.failureThreshold: must be at least 1, got 0"),
+    # ... and these were checked for YAML only before.
+    ({"scaleSettings__targetUtilizationPercentage": 0},
+     "spec.scaleSettings.targetUtilizationPercentage: must be from 1 to 100"),
+    ({"scaleSettings__pollingInterval": 0}, "spec.scaleSettings.pollingInterval: must be at least 0.1 seconds"),
+    ({"environment": {"image": "mlserver:1", "inferenceConfig": {
+        "livenessRoute": {"port": 8080, "path": "/v2/health/live"},
+        "readinessRoute": {"port": 8080, "path": "/v2/health/ready"},
+        "scoringRoute": {"port": 8080, "path": "v2/models/iris/infer"}}}},
+     "spec.environment.inferenceConfig.scoringRoute.path: must start with '/'"),
 ]
 
 

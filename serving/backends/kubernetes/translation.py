@@ -1,9 +1,10 @@
 """Custom resources (camelCase) ⇄ serving.resources (snake_case), validated on the way in.
 
 The CRD's OpenAPI schema is the first check (kubectl refuses a wrong type before the
-object is stored); this is the second, for what a schema cannot say (weights adding up
-to 100, a mirror target without live traffic, a relative path that means nothing on a
-cluster). Every error names the object and the field, e.g.
+object is stored); this is the second, for what a schema cannot say (a relative path
+that means nothing on a cluster) and, through serving/online_rules.py, the rules YAML
+manifests keep too (weights adding up to 100, a mirror target without live traffic,
+settings and probes). Every error names the object and the field, e.g.
 `OnlineDeployment team-a/iris-blue: spec.instanceCount: must be at least 0, got -1`.
 The store (store.py) calls these; the workload renderer (workloads.py) reads the result.
 """
@@ -12,10 +13,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import fields
-from typing import Any
+from typing import Any, Iterable
 
 from router.paths import NAME_RULE
 
+from ...online_rules import Problem, deployment_problems, endpoint_problems
 from ...resources import Deployment, Endpoint, InstanceType, ProbeSettings, RequestSettings, ScaleSettings
 from . import names
 
@@ -24,8 +26,6 @@ BATCH_ENDPOINT, BATCH_DEPLOYMENT = "BatchEndpoint", "BatchDeployment"
 API_VERSION = f"{names.GROUP}/{names.VERSION}"
 DEFAULT_INSTANCE_TYPE_NAME = "defaultinstancetype"
 
-AUTH_MODES = ("key", "aml_token", "none")
-_ENV_VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei|e[0-9]+)?\Z")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?\Z")
 _URI_SCHEMES = ("http://", "https://", "file://")
@@ -80,6 +80,12 @@ class _Fields:
     def fail(self, field_path: str | None, message: str):
         raise CustomResourceError(self.kind, self.namespace, self.name, field_path, message)
 
+    def check(self, problems: Iterable[Problem]) -> None:
+        """Refuse the object for the first rule its spec breaks (serving/online_rules.py,
+        asked with camelCase field names)."""
+        for problem in problems:
+            self.fail(f"spec.{problem.field}", problem.message)
+
     def mapping(self, value: Any, path: str) -> dict:
         if value is None:
             return {}
@@ -132,8 +138,8 @@ class _Fields:
                             f" (a relative path means nothing on a cluster), got {text!r}")
         return text
 
-    def settings(self, kind, value: Any, path: str, minimums: dict[str, int]):
-        """A snake_case settings dataclass from its camelCase object."""
+    def settings(self, kind, value: Any, path: str):
+        """A snake_case settings dataclass from its camelCase object (numbers: integers ≥ 0)."""
         body = self.mapping(value, path)
         by_camel = {snake_to_camel(f.name): f.name for f in fields(kind)}
         self.known(body, set(by_camel), path)
@@ -143,7 +149,7 @@ class _Fields:
             if snake == "type":
                 values[snake] = self.string(raw, f"{path}.{camel}")
             else:
-                values[snake] = self.integer(raw, f"{path}.{camel}", minimums.get(snake, 0))
+                values[snake] = self.integer(raw, f"{path}.{camel}", 0)
         return kind(**values)
 
 
@@ -161,23 +167,13 @@ def endpoint_from_custom_resource(obj: dict) -> Endpoint:
     name = f.scoregate_name(f.name, "metadata.name")
     spec = f.mapping(obj.get("spec"), "spec")
     f.known(spec, _ENDPOINT_SPEC, "spec")
-    auth_mode = spec.get("authMode", "key")
-    if auth_mode not in AUTH_MODES:
-        f.fail("spec.authMode", f"must be one of {', '.join(AUTH_MODES)}, got {auth_mode!r}")
-    traffic = f.weights(spec.get("traffic"), "spec.traffic")
-    if sum(traffic.values()) not in (0, 100):
-        f.fail("spec.traffic", f"weights must add up to 100 (or all be 0), got {sum(traffic.values())}")
-    mirror = f.weights(spec.get("mirrorTraffic"), "spec.mirrorTraffic")
-    if len(mirror) > 1:
-        f.fail("spec.mirrorTraffic", "only one deployment can receive mirrored traffic")
-    for target, percent in mirror.items():
-        if percent > 50:
-            f.fail(f"spec.mirrorTraffic.{target}", f"at most 50 percent can be mirrored, got {percent}")
-        if traffic.get(target, 0) > 0:
-            f.fail(f"spec.mirrorTraffic.{target}", "a deployment cannot get both live and mirrored traffic")
-    return Endpoint(name=name, auth_mode=auth_mode, traffic=traffic, mirror_traffic=mirror,
-                    description=str(spec.get("description") or ""),
-                    tags=f.string_map(spec.get("tags"), "spec.tags"))
+    endpoint = Endpoint(name=name, auth_mode=spec.get("authMode", "key"),
+                        traffic=f.weights(spec.get("traffic"), "spec.traffic"),
+                        mirror_traffic=f.weights(spec.get("mirrorTraffic"), "spec.mirrorTraffic"),
+                        description=str(spec.get("description") or ""),
+                        tags=f.string_map(spec.get("tags"), "spec.tags"))
+    f.check(endpoint_problems(endpoint, case=snake_to_camel))
+    return endpoint
 
 
 def endpoint_to_custom_resource(endpoint: Endpoint, namespace: str) -> dict:
@@ -195,7 +191,6 @@ def endpoint_to_custom_resource(endpoint: Endpoint, namespace: str) -> dict:
 _DEPLOYMENT_SPEC = {"endpointName", "deploymentName", "model", "codeConfiguration", "environment",
                     "environmentVariables", "instanceType", "instanceCount", "requestSettings",
                     "scaleSettings", "livenessProbe", "readinessProbe", "description", "tags"}
-_PROBE_MINIMUMS = {"period": 1, "timeout": 1, "success_threshold": 1, "failure_threshold": 1}
 
 
 def deployment_name_of(obj: dict) -> str:
@@ -221,8 +216,6 @@ def deployment_from_custom_resource(obj: dict) -> Deployment:
         f.fail("spec.codeConfiguration", "is required (code and scoringScript)")
     code_uri = f.uri(code.get("code"), "spec.codeConfiguration.code")
     scoring_script = f.string(code.get("scoringScript"), "spec.codeConfiguration.scoringScript")
-    if scoring_script.startswith("/") or ".." in scoring_script.split("/"):
-        f.fail("spec.codeConfiguration.scoringScript", "must be a path inside the code folder")
 
     environment = _keys_to(camel_to_snake, f.mapping(spec.get("environment"), "spec.environment"))
     inference = environment.get("inference_config")
@@ -235,30 +228,23 @@ def deployment_from_custom_resource(obj: dict) -> Deployment:
             f.fail("spec.environment.image", "is required with inferenceConfig (the model server's image)")
 
     variables = f.string_map(spec.get("environmentVariables"), "spec.environmentVariables")
-    for key in variables:
-        if not _ENV_VAR.match(key):
-            f.fail(f"spec.environmentVariables.{key}", "must be a valid environment variable name")
-
     instance_type = f.string(spec.get("instanceType", DEFAULT_INSTANCE_TYPE_NAME), "spec.instanceType")
     if not _DNS_SUBDOMAIN.match(instance_type):
         f.fail("spec.instanceType", f"must name an InstanceType object (a lowercase DNS name), got {instance_type!r}")
     instance_count = f.integer(spec.get("instanceCount", 1), "spec.instanceCount", 0, 64)
-    request_settings = f.settings(RequestSettings, spec.get("requestSettings"), "spec.requestSettings",
-                                  {"request_timeout_ms": 1, "max_concurrent_requests_per_instance": 1})
-    scale_settings = f.settings(ScaleSettings, spec.get("scaleSettings"), "spec.scaleSettings", {})
-    if scale_settings.type not in ("default", "target_utilization"):
-        f.fail("spec.scaleSettings.type", f"must be default or target_utilization, got {scale_settings.type!r}")
-    if scale_settings.min_instances > scale_settings.max_instances and scale_settings.type != "default":
-        f.fail("spec.scaleSettings.minInstances", "must not exceed maxInstances")
-    liveness = f.settings(ProbeSettings, spec.get("livenessProbe"), "spec.livenessProbe", _PROBE_MINIMUMS)
-    readiness = f.settings(ProbeSettings, spec.get("readinessProbe"), "spec.readinessProbe", _PROBE_MINIMUMS)
-    return Deployment(
+    request_settings = f.settings(RequestSettings, spec.get("requestSettings"), "spec.requestSettings")
+    scale_settings = f.settings(ScaleSettings, spec.get("scaleSettings"), "spec.scaleSettings")
+    liveness = f.settings(ProbeSettings, spec.get("livenessProbe"), "spec.livenessProbe")
+    readiness = f.settings(ProbeSettings, spec.get("readinessProbe"), "spec.readinessProbe")
+    deployment = Deployment(
         name=name, endpoint_name=endpoint_name, code=code_uri, scoring_script=scoring_script,
         model_path=model_path, environment=environment, environment_variables=variables,
         instance_type=instance_type, instance_count=instance_count,
         request_settings=request_settings, scale_settings=scale_settings,
         liveness_probe=liveness, readiness_probe=readiness,
         description=str(spec.get("description") or ""), tags=f.string_map(spec.get("tags"), "spec.tags"))
+    f.check(deployment_problems(deployment, case=snake_to_camel))
+    return deployment
 
 
 def deployment_to_custom_resource(deployment: Deployment, namespace: str) -> dict:

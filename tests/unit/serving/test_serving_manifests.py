@@ -51,6 +51,10 @@ code_configuration: {{code: {ECHO_MODEL}, scoring_script: score.py}}
     (DEPLOYMENT + "request_settings: {max_concurrent_requests_per_instance: 0}\n",
      "request_settings.max_concurrent_requests_per_instance", "at least 1"),
     (DEPLOYMENT + "request_settings: {timeout: 3}\n", "request_settings.timeout", "unknown field"),
+    (DEPLOYMENT + "readiness_probe: {period: 0}\n", "readiness_probe.period", "must be above 0, got 0"),
+    (DEPLOYMENT + "liveness_probe: {failure_threshold: 0}\n", "liveness_probe.failure_threshold", "at least 1"),
+    (DEPLOYMENT + "scale_settings: {type: target_utilization, polling_interval: 0.05}\n",
+     "scale_settings.polling_interval", "at least 0.1 seconds"),
     (DEPLOYMENT + "model: {path: ./nowhere}\n", "model.path", "does not exist"),
     ("name: blue\nendpoint_name: ep\ncode_configuration: {code: /nonexistent, scoring_script: s.py}\n",
      "code_configuration.code", "does not exist"),
@@ -65,6 +69,15 @@ def test_errors_name_the_file_and_the_field(tmp_path, text, field, words):
     message = str(caught.value)
     assert message.startswith(f"{path}: {field}"), message
     assert words in message
+
+
+@pytest.mark.parametrize("script", ["../echo/score.py", str(ECHO_MODEL / "score.py")])
+def test_the_scoring_script_must_lie_in_the_code_folder(tmp_path, script):
+    """As on Kubernetes (serving/online_rules.py): the file exists, but outside `code`."""
+    path = write(tmp_path, f"name: blue\nendpoint_name: ep\n"
+                           f"code_configuration: {{code: {ECHO_MODEL}, scoring_script: {script}}}\n")
+    with pytest.raises(ManifestError, match="code_configuration.scoring_script: must be a path inside the code"):
+        parse_all(read_documents([path]), {"ep"}, set())
 
 
 def test_references_are_checked_across_the_applied_set(tmp_path):
