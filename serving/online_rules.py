@@ -31,6 +31,11 @@ class Problem(NamedTuple):
     message: str
 
 
+def valid_env_var_name(name: object) -> bool:
+    """A name a process environment takes as is (batch deployments keep this rule too)."""
+    return isinstance(name, str) and bool(_ENV_VAR.match(name))
+
+
 def _as_is(name: str) -> str:
     return name
 
@@ -65,7 +70,7 @@ def deployment_problems(deployment: Deployment, case: Case = _as_is) -> Iterator
     yield from _code_problems(deployment, case)
     yield from _route_problems(deployment.environment, case)
     for name in deployment.environment_variables:
-        if not isinstance(name, str) or not _ENV_VAR.match(name):
+        if not valid_env_var_name(name):
             yield Problem(_path(case, "environment_variables", key=str(name)),
                           "must be a valid environment variable name")
     yield from _request_problems(deployment, case)

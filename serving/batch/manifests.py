@@ -9,12 +9,12 @@ unknown fields are refused, Azure ML fields that mean nothing here are ignored.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 from ..manifests.fields import FieldReader
 from ..manifests import Document, ManifestError
+from ..online_rules import valid_env_var_name
 from .resources import BatchDeployment, BatchEndpoint, BatchSettings
 from .settings import SETTING_NAMES, SettingsError, apply_settings
 
@@ -124,7 +124,7 @@ def _parse_deployment(doc: Document) -> BatchDeployment:
     for field in ("environment_variables", "settings.environment_variables"):
         source = body if field == "environment_variables" else nested
         for key, value in r.mapping(source.get("environment_variables"), field).items():
-            if not isinstance(key, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*\Z", key):
+            if not valid_env_var_name(key):
                 r.fail(f"{field}.{key}", "must be a valid environment variable name")
             env_vars[key] = str(value)
 

@@ -123,3 +123,20 @@ def test_object_names_are_valid_and_distinct(endpoint, deployment):
         assert rule.match(name) and len(name) <= 63, name
     assert names.service_name(endpoint, deployment) != names.service_name(endpoint.lower(), deployment.lower()) \
         or endpoint == endpoint.lower()
+
+
+@pytest.mark.parametrize("name", ["1ST", "MY-VAR", "A B", "X=Y"])
+def test_batch_deployment_environment_variable_names_are_checked(name):
+    # The rule online deployments and batch YAML keep (serving/online_rules.py): a name a
+    # process environment cannot take is refused here, not at a worker's start.
+    from serving.backends.kubernetes.batch_translation import batch_deployment_from_custom_resource
+
+    obj = {"apiVersion": "scoregate.io/v1alpha1", "kind": "BatchDeployment",
+           "metadata": {"name": "iris-batch-classifier", "namespace": "team-a"},
+           "spec": {"endpointName": "iris-batch", "deploymentName": "classifier",
+                    "codeConfiguration": {"code": "https://example.com/code.tar.gz", "scoringScript": "score.py"},
+                    "environmentVariables": {"GOOD_NAME": "1", name: "2"}}}
+    with pytest.raises(CustomResourceError, match=f"spec.environmentVariables.{name}: must be a valid environment"):
+        batch_deployment_from_custom_resource(obj)
+    del obj["spec"]["environmentVariables"][name]
+    assert batch_deployment_from_custom_resource(obj).deployment.environment_variables == {"GOOD_NAME": "1"}

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from ...batch.resources import BatchDeployment, BatchEndpoint
 from ...batch.settings import SettingsError, apply_settings
+from ...online_rules import valid_env_var_name
 from .translation import BATCH_DEPLOYMENT, BATCH_ENDPOINT, _Fields, camel_to_snake, snake_to_camel
 
 _ENDPOINT_SPEC = {"authMode", "defaults", "description", "tags"}
@@ -64,6 +65,9 @@ def batch_deployment_from_custom_resource(obj: dict) -> BatchDeploymentSource:
     model = f.mapping(spec.get("model"), "spec.model")
     model_uri = _uri(f, model["path"], "spec.model.path") if "path" in model else None
     env_vars = f.string_map(spec.get("environmentVariables"), "spec.environmentVariables")
+    for key in env_vars:
+        if not valid_env_var_name(key):
+            f.fail(f"spec.environmentVariables.{key}", "must be a valid environment variable name")
     raw = {camel_to_snake(k): _snake_keys(spec[k]) for k in _SETTINGS if k in spec}
     try:
         settings = apply_settings(raw)
