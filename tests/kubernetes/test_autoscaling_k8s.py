@@ -141,6 +141,8 @@ async def test_a_load_that_stops_being_reported_does_not_count_forever(apiserver
     await eventually(lambda: replicas(apiserver) == 2, timeout_s=10)
     await after_polls(registry, 2)  # no ConfigMap (routers never coordinated): no signal, nothing decided
     assert replicas(apiserver) == 2 and decisions(registry, "down") == decisions(registry, "up") == 0
+    assert registry.get_sample_value("scoregate_autoscale_utilization_ratio",
+                                     {"endpoint": "iris", "deployment": "blue"}) is None  # not even a 0
 
     await coordinator.publish(3.0)  # one report of a high load, then the routers go silent
     await eventually(lambda: replicas(apiserver) == 4, timeout_s=10)
