@@ -6,8 +6,9 @@ the embedded router's own, or on a cluster the sum over all routers
 (serving/backends/kubernetes/utilization.py) — run serving.controller.autoscaler.decide,
 and when the replica count changes, tell the controller (which scales through the
 backend). Every decision that changes something is logged with the inputs that led to it
-and counted in a metric. A source may answer None: no signal this interval (nothing is
-decided, so a missing signal never scales anything). An explicit scale (a new
+and counted in a metric; every interval evaluated, with a signal or without, is counted
+in `scoregate_autoscale_polls_total`. A source may answer None: no signal this interval
+(nothing is decided, so a missing signal never scales anything). An explicit scale (a new
 `instance_count`, e.g. `deployment scale` or an edited custom resource) sets the count
 the autoscaler continues from; `initial` lets a restarted controller continue from the
 replicas that run instead of starting over from `instance_count`.
@@ -67,6 +68,11 @@ class Autoscaling:
         self.utilization = Gauge("scoregate_autoscale_utilization_ratio",
                                  "Average utilization over the last polling interval.",
                                  ("endpoint", "deployment"), registry=registry)
+        # Rises once per polling interval while the loop runs, also when there is no signal
+        # (no utilization sample then, no decision): a stuck loop or source stops it.
+        self.polls = Counter("scoregate_autoscale_polls",
+                             "Polling intervals the autoscaler evaluated, with or without a signal.",
+                             ("endpoint", "deployment"), registry=registry)
 
     # -- desired state --------------------------------------------------------------------
     def update(self, deployments: list[Deployment]) -> None:
@@ -138,6 +144,7 @@ class Autoscaling:
             tracked.next_due = now + s.polling_interval
             window = self._source(*key)
             if window is None:
+                self.polls.labels(*key).inc()
                 continue  # no signal: decide nothing (see the module docstring)
             ctx = AutoscaleContext(
                 current_replicas=tracked.replicas, min_replicas=s.min_instances,
@@ -159,6 +166,7 @@ class Autoscaling:
                 self.decisions.labels(key[0], key[1], direction).inc()
                 self.desired.labels(*key).set(decision.replicas)
                 changed = True
+            self.polls.labels(*key).inc()
         if changed:
             self._on_change()
         return changed

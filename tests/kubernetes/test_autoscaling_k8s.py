@@ -92,6 +92,22 @@ def decisions(registry: CollectorRegistry, direction: str) -> float:
                                      {"endpoint": "iris", "deployment": "blue", "direction": direction}) or 0.0
 
 
+def polls(registry: CollectorRegistry) -> int:
+    """Polling intervals the autoscaler has evaluated for iris/blue (0 before its first)."""
+    return int(registry.get_sample_value("scoregate_autoscale_polls_total",
+                                         {"endpoint": "iris", "deployment": "blue"}) or 0)
+
+
+async def after_polls(registry: CollectorRegistry, n: int, timeout_s: float = 10.0) -> None:
+    """Wait until the autoscaler has evaluated iris/blue `n` more times than it had at the call.
+    A poll reads the utilization and decides in one step (no await in between), so each of
+    them read it after the call. A test that asserts "nothing decided" waits on this instead
+    of sleeping: a sleep passes even when no poll ran."""
+    since = polls(registry)
+    await eventually(lambda: polls(registry) >= since + n, timeout_s=timeout_s,
+                     what=f"{n} autoscaler polls after poll {since}", context=lambda: f"polls: {polls(registry)}")
+
+
 async def test_summed_utilization_scales_the_deployment_up_then_down(apiserver, cluster, started, caplog):
     start, coordinator = started
     caplog.set_level(logging.INFO, logger="scoregate.autoscaler")
@@ -123,8 +139,10 @@ async def test_a_load_that_stops_being_reported_does_not_count_forever(apiserver
     caplog.set_level(logging.INFO, logger="scoregate.autoscaler")
     registry = await start(utilization_max_age_s=3.0)
     await eventually(lambda: replicas(apiserver) == 2, timeout_s=10)
-    await asyncio.sleep(2.5)  # no ConfigMap (routers never coordinated): no signal, nothing decided
+    await after_polls(registry, 2)  # no ConfigMap (routers never coordinated): no signal, nothing decided
     assert replicas(apiserver) == 2 and decisions(registry, "down") == decisions(registry, "up") == 0
+    assert registry.get_sample_value("scoregate_autoscale_utilization_ratio",
+                                     {"endpoint": "iris", "deployment": "blue"}) is None  # not even a 0
 
     await coordinator.publish(3.0)  # one report of a high load, then the routers go silent
     await eventually(lambda: replicas(apiserver) == 4, timeout_s=10)

@@ -47,6 +47,30 @@ def test_no_signal_decides_nothing_then_a_signal_scales():
     assert autoscaling.poll() is True and autoscaling.replicas_for(SCALED) == 4
 
 
+def test_every_interval_evaluated_is_counted_with_or_without_a_signal():
+    clock, levels, registry = Clock(), {}, CollectorRegistry()
+    autoscaling = Autoscaling(lambda e, d: levels.get((e, d)), registry=registry, clock=clock)
+
+    def polls() -> float | None:
+        return registry.get_sample_value("scoregate_autoscale_polls_total", {"endpoint": "iris", "deployment": "blue"})
+
+    autoscaling.update([SCALED])
+    autoscaling.poll()  # not due yet (polling_interval 1 s): not a poll
+    assert polls() is None
+    clock.now += 1
+    autoscaling.poll()  # due, no signal: counted, nothing measured
+    assert polls() == 1
+    assert registry.get_sample_value("scoregate_autoscale_utilization_ratio",
+                                     {"endpoint": "iris", "deployment": "blue"}) is None
+    clock.now += 0.5
+    autoscaling.poll()
+    assert polls() == 1
+    levels[("iris", "blue")] = Window(2.5)
+    clock.now += 0.5
+    assert autoscaling.poll() is True and polls() == 2  # due, a signal, a decision
+    clock.now += 1
+    assert autoscaling.poll() is False and polls() == 3  # due, a signal, nothing changed
+
 def test_an_explicit_instance_count_is_where_it_continues_from():
     clock, levels = Clock(), {("iris", "blue"): Window(2.5)}
     autoscaling = loop(levels, clock)
