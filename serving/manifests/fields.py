@@ -100,6 +100,8 @@ class FieldReader:
         self.check_fields(body, names, prefix=f"{field}.")
         values = {}
         for key, raw in body.items():
+            if key not in names:
+                continue  # an Azure ML field check_fields let pass: accepted and not used
             if key == "type":
                 values[key] = self.string(raw, f"{field}.{key}")
             elif key in numbers:
