@@ -8,7 +8,7 @@ from typing import Any, Iterable
 
 from router.paths import NAME_RULE
 
-from ..online_rules import Problem
+from ..online_rules import FULL_TRAFFIC, Problem
 from .documents import Document, ManifestError
 
 # Fields Azure ML YAML may carry that scoregate accepts and does not use.
@@ -90,7 +90,7 @@ class FieldReader:
         out = {}
         for key, weight in table.items():
             self.name(key, f"{field}.{key}")
-            out[key] = self.integer(weight, f"{field}.{key}", 0, 100)
+            out[key] = self.integer(weight, f"{field}.{key}", 0, FULL_TRAFFIC)
         return out
 
     def dataclass_from(self, kind, value: Any, field: str, numbers: tuple[str, ...] = ()):

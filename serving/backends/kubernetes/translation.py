@@ -17,7 +17,8 @@ from typing import Any, Iterable
 
 from router.paths import NAME_RULE
 
-from ...online_rules import Problem, deployment_problems, endpoint_problems
+from ...online_rules import (FULL_TRAFFIC, MAX_INSTANCE_COUNT, MAX_PORT, MIN_PORT, ROUTES, Problem,
+                             deployment_problems, endpoint_problems)
 from ...resources import Deployment, Endpoint, InstanceType, ProbeSettings, RequestSettings, ScaleSettings
 from . import names
 
@@ -128,7 +129,7 @@ class _Fields:
         out = {}
         for key, weight in self.mapping(value, path).items():
             self.scoregate_name(key, f"{path}.{key}")
-            out[key] = self.integer(weight, f"{path}.{key}", 0, 100)
+            out[key] = self.integer(weight, f"{path}.{key}", 0, FULL_TRAFFIC)
         return out
 
     def uri(self, value: Any, path: str) -> str:
@@ -220,10 +221,11 @@ def deployment_from_custom_resource(obj: dict) -> Deployment:
     environment = _keys_to(camel_to_snake, f.mapping(spec.get("environment"), "spec.environment"))
     inference = environment.get("inference_config")
     if inference is not None:
-        for route in ("liveness_route", "readiness_route", "scoring_route"):
-            body = f.mapping(inference.get(route), f"spec.environment.inferenceConfig.{snake_to_camel(route)}")
-            f.integer(body.get("port"), f"spec.environment.inferenceConfig.{snake_to_camel(route)}.port", 1, 65535)
-            f.string(body.get("path"), f"spec.environment.inferenceConfig.{snake_to_camel(route)}.path")
+        for route in ROUTES:
+            where = f"spec.environment.inferenceConfig.{snake_to_camel(route)}"
+            body = f.mapping(inference.get(route), where)
+            f.integer(body.get("port"), f"{where}.port", MIN_PORT, MAX_PORT)
+            f.string(body.get("path"), f"{where}.path")
         if not environment.get("image"):
             f.fail("spec.environment.image", "is required with inferenceConfig (the model server's image)")
 
@@ -231,7 +233,7 @@ def deployment_from_custom_resource(obj: dict) -> Deployment:
     instance_type = f.string(spec.get("instanceType", DEFAULT_INSTANCE_TYPE_NAME), "spec.instanceType")
     if not _DNS_SUBDOMAIN.match(instance_type):
         f.fail("spec.instanceType", f"must name an InstanceType object (a lowercase DNS name), got {instance_type!r}")
-    instance_count = f.integer(spec.get("instanceCount", 1), "spec.instanceCount", 0, 64)
+    instance_count = f.integer(spec.get("instanceCount", 1), "spec.instanceCount", 0, MAX_INSTANCE_COUNT)
     request_settings = f.settings(RequestSettings, spec.get("requestSettings"), "spec.requestSettings")
     scale_settings = f.settings(ScaleSettings, spec.get("scaleSettings"), "spec.scaleSettings")
     liveness = f.settings(ProbeSettings, spec.get("livenessProbe"), "spec.livenessProbe")
