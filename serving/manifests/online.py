@@ -77,10 +77,9 @@ def parse_deployment(doc: Document) -> Deployment:
 
     instance_type = r.string(body.get("instance_type", DEFAULT_INSTANCE_TYPE), "instance_type")
     instance_count = r.integer(body.get("instance_count", 1), "instance_count", 0, MAX_INSTANCE_COUNT)
-    request_settings = r.dataclass_from(RequestSettings, body.get("request_settings"), "request_settings")
-    scale = r.dataclass_from(ScaleSettings, body.get("scale_settings"), "scale_settings",
-                             numbers=("polling_interval",))
-    probes = [r.dataclass_from(ProbeSettings, body.get(field_name), field_name, numbers=_PROBE_NUMBERS)
+    request_settings = r.settings(RequestSettings, body.get("request_settings"), "request_settings")
+    scale = r.settings(ScaleSettings, body.get("scale_settings"), "scale_settings", numbers=("polling_interval",))
+    probes = [r.settings(ProbeSettings, body.get(field_name), field_name, numbers=_PROBE_NUMBERS)
               for field_name in ("liveness_probe", "readiness_probe")]
     rollout_timeout_s = None
     if body.get("rollout_timeout_s") is not None:
