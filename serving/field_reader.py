@@ -4,8 +4,8 @@ YAML manifests (serving/manifests/fields.py) and Kubernetes custom resources
 (serving/backends/kubernetes/translation.py) read the same kinds of value — names,
 bounded integers, mappings, traffic weights, settings blocks — and must refuse them in
 the same words, so the readers live here and cannot drift apart. A subclass says only
-what differs: how a refusal is raised (`fail`), how field names are spelled (`case`)
-and which unknown fields it lets pass.
+what differs: how a refusal is raised (`fail`), how field names are spelled (`case`),
+what the format calls a mapping and which unknown fields it lets pass.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ class BaseFieldReader:
     """The typed readers; each refuses a value through `fail`, naming the field."""
 
     case: Callable[[str], str] = staticmethod(_as_is)  # a snake_case field name as the format spells it
+    mapping_noun = "a mapping"  # "an object" in a custom resource
     ignored: frozenset[str] | set[str] = frozenset()  # unknown fields accepted and not used
 
     def fail(self, field: str | None, message: str) -> NoReturn:
@@ -68,13 +69,22 @@ class BaseFieldReader:
         if value is None:
             return {}
         if not isinstance(value, dict):
-            self.fail(field, f"must be a mapping, got {type(value).__name__}")
+            self.fail(field, f"must be {self.mapping_noun}, got {type(value).__name__}")
         return value
 
     def string(self, value: Any, field: str) -> str:
         if not isinstance(value, str) or not value:
             self.fail(field, f"must be a non-empty string, got {value!r}")
         return value
+
+    def string_map(self, value: Any, field: str) -> dict[str, str]:
+        """Strings by key; a number is kept as its text, anything else refused."""
+        out = {}
+        for key, item in self.mapping(value, field).items():
+            if not isinstance(item, (str, int, float)) or isinstance(item, bool):
+                self.fail(f"{field}.{key}", f"must be a string, got {item!r}")
+            out[str(key)] = str(item)
+        return out
 
     def weights(self, value: Any, field: str) -> dict[str, int]:
         """Percent of traffic by deployment name (traffic, mirror_traffic)."""
