@@ -30,6 +30,7 @@ from .controller.loop import Controller
 from .applying import parse_documents, write
 from .batch.store import BatchStoreError
 from .manifests import Document, ManifestError
+from .online_rules import MAX_INSTANCE_COUNT
 from .store import Store, StoreError
 from .views import deployment_view, endpoint_view
 
@@ -296,8 +297,8 @@ class AdminApi:
         await self._deployment_or_404(endpoint, name)
         body = await self._json_body(request)
         count = body.get("instance_count")
-        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= 64:
-            return _error(400, "ValidationError", "instance_count must be an integer from 0 to 64")
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_INSTANCE_COUNT:
+            return _error(400, "ValidationError", f"instance_count must be an integer from 0 to {MAX_INSTANCE_COUNT}")
         deployment = await asyncio.to_thread(self._store.set_instance_count, endpoint, name, count)
         self._controller.notify()
         return web.json_response(self._view(deployment, self._backend.observe()))

@@ -18,6 +18,9 @@ from .resources import Deployment, Endpoint, ProbeSettings
 AUTH_MODES = ("key", "aml_token", "none")
 SCALE_TYPES = ("default", "target_utilization")
 MAX_MIRROR_PERCENT = 50
+FULL_TRAFFIC = 100  # percent: one deployment's weight is at most this; live weights add up to it
+MAX_INSTANCE_COUNT = 64  # replicas an online deployment may ask for (YAML, CRs, `deployment scale`)
+MIN_PORT, MAX_PORT = 1, 65535  # an inference_config route's port
 ROUTES = ("liveness_route", "readiness_route", "scoring_route")
 _ENV_VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 
@@ -51,8 +54,8 @@ def endpoint_problems(endpoint: Endpoint, case: Case = _as_is) -> Iterator[Probl
         yield Problem(_path(case, "auth_mode"),
                       f"must be one of {', '.join(AUTH_MODES)}, got {endpoint.auth_mode!r}")
     total = sum(endpoint.traffic.values())
-    if total not in (0, 100):
-        yield Problem(_path(case, "traffic"), f"weights must add up to 100 (or all be 0), got {total}")
+    if total not in (0, FULL_TRAFFIC):
+        yield Problem(_path(case, "traffic"), f"weights must add up to {FULL_TRAFFIC} (or all be 0), got {total}")
     mirror = endpoint.mirror_traffic
     if len(mirror) > 1:
         yield Problem(_path(case, "mirror_traffic"), "only one deployment can receive mirrored traffic")

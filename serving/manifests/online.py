@@ -13,7 +13,7 @@ import re
 import shlex
 from pathlib import Path
 
-from ..online_rules import ROUTES, deployment_problems, endpoint_problems
+from ..online_rules import MAX_INSTANCE_COUNT, MAX_PORT, MIN_PORT, ROUTES, deployment_problems, endpoint_problems
 from ..resources import (DEFAULT_INSTANCE_TYPE, Deployment, Endpoint, ProbeSettings, RequestSettings,
                          ScaleSettings)
 from .documents import Document
@@ -76,11 +76,10 @@ def parse_deployment(doc: Document) -> Deployment:
                 r.mapping(body.get("environment_variables"), "environment_variables").items()}
 
     instance_type = r.string(body.get("instance_type", DEFAULT_INSTANCE_TYPE), "instance_type")
-    instance_count = r.integer(body.get("instance_count", 1), "instance_count", 0, 64)
-    request_settings = r.dataclass_from(RequestSettings, body.get("request_settings"), "request_settings")
-    scale = r.dataclass_from(ScaleSettings, body.get("scale_settings"), "scale_settings",
-                             numbers=("polling_interval",))
-    probes = [r.dataclass_from(ProbeSettings, body.get(field_name), field_name, numbers=_PROBE_NUMBERS)
+    instance_count = r.integer(body.get("instance_count", 1), "instance_count", 0, MAX_INSTANCE_COUNT)
+    request_settings = r.settings(RequestSettings, body.get("request_settings"), "request_settings")
+    scale = r.settings(ScaleSettings, body.get("scale_settings"), "scale_settings", numbers=("polling_interval",))
+    probes = [r.settings(ProbeSettings, body.get(field_name), field_name, numbers=_PROBE_NUMBERS)
               for field_name in ("liveness_probe", "readiness_probe")]
     rollout_timeout_s = None
     if body.get("rollout_timeout_s") is not None:
@@ -139,5 +138,5 @@ def _environment(r: FieldReader, value) -> dict:
                 r.check_fields(entry, {"port", "path"}, f"{field}.", ignored=set())
                 r.string(entry.get("path"), f"{field}.path")
                 if "port" in entry:
-                    r.integer(entry["port"], f"{field}.port", 1, 65535)
+                    r.integer(entry["port"], f"{field}.port", MIN_PORT, MAX_PORT)
     return env

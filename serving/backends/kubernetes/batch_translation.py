@@ -38,16 +38,16 @@ class BatchDeploymentSource:
 def batch_endpoint_from_custom_resource(obj: dict) -> BatchEndpoint:
     f = _Fields(BATCH_ENDPOINT, obj)
     spec = f.mapping(obj.get("spec"), "spec")
-    f.known(spec, _ENDPOINT_SPEC, "spec")
-    name = f.scoregate_name(f.name, "metadata.name")
+    f.check_fields(spec, _ENDPOINT_SPEC, "spec.")
+    name = f.name(f.metadata_name, "metadata.name")
     auth_mode = spec.get("authMode", "key")
     if auth_mode != "key":
         f.fail("spec.authMode", f"batch endpoints take key authentication only, got {auth_mode!r}")
     defaults = f.mapping(spec.get("defaults"), "spec.defaults")
-    f.known(defaults, {"deploymentName"}, "spec.defaults")
+    f.check_fields(defaults, {"deploymentName"}, "spec.defaults.")
     default = defaults.get("deploymentName")
     if default is not None:
-        default = f.scoregate_name(default, "spec.defaults.deploymentName")
+        default = f.name(default, "spec.defaults.deploymentName")
     return BatchEndpoint(name=name, auth_mode=auth_mode, default_deployment=default,
                          description=str(spec.get("description") or ""),
                          tags=f.string_map(spec.get("tags"), "spec.tags"))
@@ -56,9 +56,9 @@ def batch_endpoint_from_custom_resource(obj: dict) -> BatchEndpoint:
 def batch_deployment_from_custom_resource(obj: dict) -> BatchDeploymentSource:
     f = _Fields(BATCH_DEPLOYMENT, obj)
     spec = f.mapping(obj.get("spec"), "spec")
-    f.known(spec, _DEPLOYMENT_SPEC, "spec")
-    endpoint_name = f.scoregate_name(spec.get("endpointName"), "spec.endpointName")
-    name = f.scoregate_name(spec.get("deploymentName", f.name), "spec.deploymentName")
+    f.check_fields(spec, _DEPLOYMENT_SPEC, "spec.")
+    endpoint_name = f.name(spec.get("endpointName"), "spec.endpointName")
+    name = f.name(spec.get("deploymentName", f.metadata_name), "spec.deploymentName")
     code = f.mapping(spec.get("codeConfiguration"), "spec.codeConfiguration")
     code_uri = _uri(f, code.get("code"), "spec.codeConfiguration.code")
     script = f.string(code.get("scoringScript"), "spec.codeConfiguration.scoringScript")

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import fields
-from typing import Any, Iterable
+from typing import Any, NoReturn
 
-from router.paths import NAME_RULE
-
-from ...online_rules import Problem, deployment_problems, endpoint_problems
+from ...field_reader import BaseFieldReader
+from ...online_rules import MAX_INSTANCE_COUNT, MAX_PORT, MIN_PORT, ROUTES, deployment_problems, endpoint_problems
 from ...resources import Deployment, Endpoint, InstanceType, ProbeSettings, RequestSettings, ScaleSettings
 from . import names
 
@@ -70,66 +69,20 @@ def _keys_to(convert, value: Any) -> Any:
     return value
 
 
-class _Fields:
-    """Readers that raise CustomResourceError naming the field they read."""
+class _Fields(BaseFieldReader):
+    """Reads one custom resource; every refusal is a CustomResourceError naming the object
+    and the field, spelled in camelCase as the user wrote it."""
+
+    case = staticmethod(snake_to_camel)
+    mapping_noun = "an object"
 
     def __init__(self, kind: str, obj: dict) -> None:
         meta = obj.get("metadata") or {}
-        self.kind, self.namespace, self.name = kind, meta.get("namespace"), str(meta.get("name") or "?")
+        self.kind, self.namespace = kind, meta.get("namespace")
+        self.metadata_name = str(meta.get("name") or "?")
 
-    def fail(self, field_path: str | None, message: str):
-        raise CustomResourceError(self.kind, self.namespace, self.name, field_path, message)
-
-    def check(self, problems: Iterable[Problem]) -> None:
-        """Refuse the object for the first rule its spec breaks (serving/online_rules.py,
-        asked with camelCase field names)."""
-        for problem in problems:
-            self.fail(f"spec.{problem.field}", problem.message)
-
-    def mapping(self, value: Any, path: str) -> dict:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.fail(path, f"must be an object, got {type(value).__name__}")
-        return value
-
-    def known(self, body: dict, allowed: set[str], path: str) -> None:
-        for key in body:
-            if key not in allowed:
-                self.fail(f"{path}.{key}", f"unknown field (expected one of: {', '.join(sorted(allowed))})")
-
-    def string(self, value: Any, path: str) -> str:
-        if not isinstance(value, str) or not value:
-            self.fail(path, f"must be a non-empty string, got {value!r}")
-        return value
-
-    def scoregate_name(self, value: Any, path: str) -> str:
-        if not isinstance(value, str) or not NAME_RULE.match(value):
-            self.fail(path, f"must be 2-32 letters, digits or '-', starting with a letter; got {value!r}")
-        return value
-
-    def integer(self, value: Any, path: str, minimum: int, maximum: int | None = None) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.fail(path, f"must be an integer, got {value!r}")
-        if value < minimum or (maximum is not None and value > maximum):
-            upper = f" and at most {maximum}" if maximum is not None else ""
-            self.fail(path, f"must be at least {minimum}{upper}, got {value}")
-        return value
-
-    def string_map(self, value: Any, path: str) -> dict[str, str]:
-        out = {}
-        for key, item in self.mapping(value, path).items():
-            if not isinstance(item, (str, int, float)) or isinstance(item, bool):
-                self.fail(f"{path}.{key}", f"must be a string, got {item!r}")
-            out[str(key)] = str(item)
-        return out
-
-    def weights(self, value: Any, path: str) -> dict[str, int]:
-        out = {}
-        for key, weight in self.mapping(value, path).items():
-            self.scoregate_name(key, f"{path}.{key}")
-            out[key] = self.integer(weight, f"{path}.{key}", 0, 100)
-        return out
+    def fail(self, field_path: str | None, message: str) -> NoReturn:
+        raise CustomResourceError(self.kind, self.namespace, self.metadata_name, field_path, message)
 
     def uri(self, value: Any, path: str) -> str:
         text = self.string(value, path)
@@ -137,20 +90,6 @@ class _Fields:
             self.fail(path, "must be an http(s):// or file:// URI or an absolute path in the image"
                             f" (a relative path means nothing on a cluster), got {text!r}")
         return text
-
-    def settings(self, kind, value: Any, path: str):
-        """A snake_case settings dataclass from its camelCase object (numbers: integers ≥ 0)."""
-        body = self.mapping(value, path)
-        by_camel = {snake_to_camel(f.name): f.name for f in fields(kind)}
-        self.known(body, set(by_camel), path)
-        values = {}
-        for camel, raw in body.items():
-            snake = by_camel[camel]
-            if snake == "type":
-                values[snake] = self.string(raw, f"{path}.{camel}")
-            else:
-                values[snake] = self.integer(raw, f"{path}.{camel}", 0)
-        return kind(**values)
 
 
 def _settings_to_camel(settings) -> dict:
@@ -164,15 +103,15 @@ _ENDPOINT_SPEC = {"authMode", "traffic", "mirrorTraffic", "description", "tags"}
 
 def endpoint_from_custom_resource(obj: dict) -> Endpoint:
     f = _Fields(ONLINE_ENDPOINT, obj)
-    name = f.scoregate_name(f.name, "metadata.name")
+    name = f.name(f.metadata_name, "metadata.name")
     spec = f.mapping(obj.get("spec"), "spec")
-    f.known(spec, _ENDPOINT_SPEC, "spec")
+    f.check_fields(spec, _ENDPOINT_SPEC, "spec.")
     endpoint = Endpoint(name=name, auth_mode=spec.get("authMode", "key"),
                         traffic=f.weights(spec.get("traffic"), "spec.traffic"),
                         mirror_traffic=f.weights(spec.get("mirrorTraffic"), "spec.mirrorTraffic"),
                         description=str(spec.get("description") or ""),
                         tags=f.string_map(spec.get("tags"), "spec.tags"))
-    f.check(endpoint_problems(endpoint, case=snake_to_camel))
+    f.check(endpoint_problems(endpoint, case=snake_to_camel), "spec.")
     return endpoint
 
 
@@ -201,17 +140,17 @@ def deployment_name_of(obj: dict) -> str:
 def deployment_from_custom_resource(obj: dict) -> Deployment:
     f = _Fields(ONLINE_DEPLOYMENT, obj)
     spec = f.mapping(obj.get("spec"), "spec")
-    f.known(spec, _DEPLOYMENT_SPEC, "spec")
+    f.check_fields(spec, _DEPLOYMENT_SPEC, "spec.")
     name_field = "spec.deploymentName" if spec.get("deploymentName") else "metadata.name"
-    name = f.scoregate_name(deployment_name_of(obj), name_field)
-    endpoint_name = f.scoregate_name(spec.get("endpointName"), "spec.endpointName")
+    name = f.name(deployment_name_of(obj), name_field)
+    endpoint_name = f.name(spec.get("endpointName"), "spec.endpointName")
 
     model = f.mapping(spec.get("model"), "spec.model")
-    f.known(model, {"name", "version", "path", "description"}, "spec.model")
+    f.check_fields(model, {"name", "version", "path", "description"}, "spec.model.")
     model_path = f.uri(model["path"], "spec.model.path") if "path" in model else None
 
     code = f.mapping(spec.get("codeConfiguration"), "spec.codeConfiguration")
-    f.known(code, {"code", "scoringScript"}, "spec.codeConfiguration")
+    f.check_fields(code, {"code", "scoringScript"}, "spec.codeConfiguration.")
     if not code:
         f.fail("spec.codeConfiguration", "is required (code and scoringScript)")
     code_uri = f.uri(code.get("code"), "spec.codeConfiguration.code")
@@ -220,10 +159,11 @@ def deployment_from_custom_resource(obj: dict) -> Deployment:
     environment = _keys_to(camel_to_snake, f.mapping(spec.get("environment"), "spec.environment"))
     inference = environment.get("inference_config")
     if inference is not None:
-        for route in ("liveness_route", "readiness_route", "scoring_route"):
-            body = f.mapping(inference.get(route), f"spec.environment.inferenceConfig.{snake_to_camel(route)}")
-            f.integer(body.get("port"), f"spec.environment.inferenceConfig.{snake_to_camel(route)}.port", 1, 65535)
-            f.string(body.get("path"), f"spec.environment.inferenceConfig.{snake_to_camel(route)}.path")
+        for route in ROUTES:
+            where = f"spec.environment.inferenceConfig.{snake_to_camel(route)}"
+            body = f.mapping(inference.get(route), where)
+            f.integer(body.get("port"), f"{where}.port", MIN_PORT, MAX_PORT)
+            f.string(body.get("path"), f"{where}.path")
         if not environment.get("image"):
             f.fail("spec.environment.image", "is required with inferenceConfig (the model server's image)")
 
@@ -231,7 +171,7 @@ def deployment_from_custom_resource(obj: dict) -> Deployment:
     instance_type = f.string(spec.get("instanceType", DEFAULT_INSTANCE_TYPE_NAME), "spec.instanceType")
     if not _DNS_SUBDOMAIN.match(instance_type):
         f.fail("spec.instanceType", f"must name an InstanceType object (a lowercase DNS name), got {instance_type!r}")
-    instance_count = f.integer(spec.get("instanceCount", 1), "spec.instanceCount", 0, 64)
+    instance_count = f.integer(spec.get("instanceCount", 1), "spec.instanceCount", 0, MAX_INSTANCE_COUNT)
     request_settings = f.settings(RequestSettings, spec.get("requestSettings"), "spec.requestSettings")
     scale_settings = f.settings(ScaleSettings, spec.get("scaleSettings"), "spec.scaleSettings")
     liveness = f.settings(ProbeSettings, spec.get("livenessProbe"), "spec.livenessProbe")
@@ -243,7 +183,7 @@ def deployment_from_custom_resource(obj: dict) -> Deployment:
         request_settings=request_settings, scale_settings=scale_settings,
         liveness_probe=liveness, readiness_probe=readiness,
         description=str(spec.get("description") or ""), tags=f.string_map(spec.get("tags"), "spec.tags"))
-    f.check(deployment_problems(deployment, case=snake_to_camel))
+    f.check(deployment_problems(deployment, case=snake_to_camel), "spec.")
     return deployment
 
 
@@ -273,16 +213,17 @@ def deployment_to_custom_resource(deployment: Deployment, namespace: str) -> dic
 def instance_type_from_custom_resource(obj: dict) -> InstanceTypeSpec:
     f = _Fields(INSTANCE_TYPE, obj)
     spec = f.mapping(obj.get("spec"), "spec")
-    f.known(spec, {"nodeSelector", "resources"}, "spec")
+    f.check_fields(spec, {"nodeSelector", "resources"}, "spec.")
     resources = f.mapping(spec.get("resources"), "spec.resources")
-    f.known(resources, {"requests", "limits"}, "spec.resources")
+    f.check_fields(resources, {"requests", "limits"}, "spec.resources.")
     quantities = {}
     for part in ("requests", "limits"):
         quantities[part] = f.string_map(resources.get(part), f"spec.resources.{part}")
         for resource, quantity in quantities[part].items():
             if not _QUANTITY.match(quantity):
                 f.fail(f"spec.resources.{part}.{resource}", f"is not a Kubernetes quantity: {quantity!r}")
-    return InstanceTypeSpec(name=f.name, node_selector=f.string_map(spec.get("nodeSelector"), "spec.nodeSelector"),
+    return InstanceTypeSpec(name=f.metadata_name,
+                            node_selector=f.string_map(spec.get("nodeSelector"), "spec.nodeSelector"),
                             requests=quantities["requests"], limits=quantities["limits"])
 
 

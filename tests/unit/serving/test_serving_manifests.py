@@ -99,3 +99,10 @@ def test_an_empty_folder_and_a_missing_path_are_errors(tmp_path):
         read_documents([tmp_path])
     with pytest.raises(ManifestError, match="no such file"):
         read_documents([tmp_path / "missing.yml"])
+
+
+def test_azure_ml_fields_in_a_settings_block_are_ignored(tmp_path):
+    """As everywhere else in the YAML: an Azure ML field scoregate does not use passes."""
+    path = write(tmp_path, DEPLOYMENT + "request_settings: {request_timeout_ms: 900, properties: {}}\n")
+    deployment = parse_all(read_documents([path]), {"ep"}, set()).deployments[0]
+    assert deployment.request_settings.request_timeout_ms == 900
