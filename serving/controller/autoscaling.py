@@ -81,9 +81,11 @@ class Autoscaling:
                   if d.scale_settings.type == "target_utilization"}
         for key in [k for k in self._tracked if k not in wanted]:
             del self._tracked[key]
-            for gauge in (self.desired, self.utilization):
+            # Its series go with it (a deleted deployment is not shown forever).
+            for metric, labels in ((self.desired, key), (self.utilization, key), (self.polls, key),
+                                   (self.decisions, (*key, "up")), (self.decisions, (*key, "down"))):
                 try:
-                    gauge.remove(*key)
+                    metric.remove(*labels)
                 except KeyError:
                     pass
         for key, deployment in wanted.items():

@@ -71,6 +71,23 @@ def test_every_interval_evaluated_is_counted_with_or_without_a_signal():
     clock.now += 1
     assert autoscaling.poll() is False and polls() == 3  # due, a signal, nothing changed
 
+
+def test_a_deployment_no_longer_autoscaled_leaves_no_series():
+    clock, levels, registry = Clock(), {("iris", "blue"): Window(2.5)}, CollectorRegistry()
+    autoscaling = Autoscaling(lambda e, d: levels.get((e, d)), registry=registry, clock=clock)
+    autoscaling.update([SCALED])
+    clock.now += 1
+    assert autoscaling.poll() is True  # a decision (up), a poll, both gauges set
+
+    def series() -> set[str]:
+        return {sample.name for metric in registry.collect() for sample in metric.samples
+                if sample.labels.get("deployment") == "blue"}
+
+    assert {"scoregate_autoscale_polls_total", "scoregate_autoscale_decisions_total",
+            "scoregate_autoscale_desired_replicas", "scoregate_autoscale_utilization_ratio"} <= series()
+    autoscaling.update([])  # deleted, or no longer target_utilization
+    assert series() == set()
+
 def test_an_explicit_instance_count_is_where_it_continues_from():
     clock, levels = Clock(), {("iris", "blue"): Window(2.5)}
     autoscaling = loop(levels, clock)
