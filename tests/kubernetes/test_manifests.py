@@ -83,6 +83,31 @@ def test_crd_schemas_are_structural_and_have_a_status_subresource(crd):
         assert {c["name"] for c in version["additionalPrinterColumns"]} >= {"Age"}
 
 
+def test_crd_bounds_are_the_ones_the_controller_checks():
+    # A CRD is static YAML, so it repeats the limits serving/online_rules.py keeps; kubectl
+    # refuses by the CRD, the controller by the rules: they must say the same.
+    from serving.online_rules import FULL_TRAFFIC, MAX_INSTANCE_COUNT, MAX_PORT, MIN_PORT, ROUTES, SCALE_TYPES
+
+    def spec_of(kind: str) -> dict:
+        return CRDS[("scoregate.io", kind)]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"][
+            "spec"]["properties"]
+
+    deployment = spec_of("OnlineDeployment")
+    count = deployment["instanceCount"]
+    assert (count["minimum"], count["maximum"]) == (0, MAX_INSTANCE_COUNT)
+    scale = deployment["scaleSettings"]["properties"]
+    assert tuple(scale["type"]["enum"]) == SCALE_TYPES
+    assert (scale["targetUtilizationPercentage"]["minimum"], scale["targetUtilizationPercentage"]["maximum"]) \
+        == (1, 100)
+    routes = deployment["environment"]["properties"]["inferenceConfig"]["properties"]
+    assert set(routes) == {"livenessRoute", "readinessRoute", "scoringRoute"} and len(ROUTES) == 3
+    for route in routes.values():
+        port = route["properties"]["port"]
+        assert (port["minimum"], port["maximum"]) == (MIN_PORT, MAX_PORT)
+    weight = spec_of("OnlineEndpoint")["traffic"]["additionalProperties"]
+    assert (weight["minimum"], weight["maximum"]) == (0, FULL_TRAFFIC)
+
+
 # -- Pod Security Standards (https://kubernetes.io/docs/concepts/security/pod-security-standards/) --
 BASELINE_CAPABILITIES = {"AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD",
                          "NET_BIND_SERVICE", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT"}
