@@ -49,6 +49,14 @@ class BaseFieldReader:
             self.fail(field, f"must be 2-32 letters, digits or '-', starting with a letter; got {value!r}")
         return value
 
+    def default_deployment(self, value: Any, field: str) -> str | None:
+        """A batch endpoint's `defaults`: the deployment a job goes to when it names none."""
+        defaults = self.mapping(value, field)
+        key = self.case("deployment_name")
+        self.check_fields(defaults, {key}, f"{field}.")
+        default = defaults.get(key)
+        return None if default is None else self.name(default, f"{field}.{key}")
+
     def integer(self, value: Any, field: str, minimum: int, maximum: int | None = None) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             self.fail(field, f"must be an integer, got {value!r}")

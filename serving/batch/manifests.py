@@ -80,11 +80,7 @@ def _parse_endpoint(doc: Document) -> BatchEndpoint:
     if auth_mode not in AUTH_MODES:
         hint = " (Azure ML's aad_token is not available here)" if auth_mode == "aad_token" else ""
         r.fail("auth_mode", f"must be one of {', '.join(AUTH_MODES)}, got {auth_mode!r}{hint}")
-    defaults = r.mapping(body.get("defaults"), "defaults")
-    r.check_fields(defaults, {"deployment_name"}, "defaults.")
-    default = defaults.get("deployment_name")
-    if default is not None:
-        default = r.name(default, "defaults.deployment_name")
+    default = r.default_deployment(body.get("defaults"), "defaults")
     return BatchEndpoint(name=name, auth_mode=auth_mode, default_deployment=default,
                          description=str(body.get("description") or ""), tags=r.tags(body.get("tags")))
 

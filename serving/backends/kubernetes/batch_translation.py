@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from ...batch.resources import BatchDeployment, BatchEndpoint
 from ...batch.settings import SettingsError, apply_settings
 from ...online_rules import valid_env_var_name
-from .translation import BATCH_DEPLOYMENT, BATCH_ENDPOINT, _Fields, camel_to_snake, snake_to_camel
+from .translation import BATCH_DEPLOYMENT, BATCH_ENDPOINT, ResourceFields, camel_to_snake, snake_to_camel
 
 _ENDPOINT_SPEC = {"authMode", "defaults", "description", "tags"}
 _DEPLOYMENT_SPEC = {"endpointName", "deploymentName", "description", "tags", "model", "codeConfiguration",
@@ -36,25 +36,21 @@ class BatchDeploymentSource:
 
 
 def batch_endpoint_from_custom_resource(obj: dict) -> BatchEndpoint:
-    f = _Fields(BATCH_ENDPOINT, obj)
+    f = ResourceFields(BATCH_ENDPOINT, obj)
     spec = f.mapping(obj.get("spec"), "spec")
     f.check_fields(spec, _ENDPOINT_SPEC, "spec.")
     name = f.name(f.metadata_name, "metadata.name")
     auth_mode = spec.get("authMode", "key")
     if auth_mode != "key":
         f.fail("spec.authMode", f"batch endpoints take key authentication only, got {auth_mode!r}")
-    defaults = f.mapping(spec.get("defaults"), "spec.defaults")
-    f.check_fields(defaults, {"deploymentName"}, "spec.defaults.")
-    default = defaults.get("deploymentName")
-    if default is not None:
-        default = f.name(default, "spec.defaults.deploymentName")
+    default = f.default_deployment(spec.get("defaults"), "spec.defaults")
     return BatchEndpoint(name=name, auth_mode=auth_mode, default_deployment=default,
                          description=str(spec.get("description") or ""),
                          tags=f.string_map(spec.get("tags"), "spec.tags"))
 
 
 def batch_deployment_from_custom_resource(obj: dict) -> BatchDeploymentSource:
-    f = _Fields(BATCH_DEPLOYMENT, obj)
+    f = ResourceFields(BATCH_DEPLOYMENT, obj)
     spec = f.mapping(obj.get("spec"), "spec")
     f.check_fields(spec, _DEPLOYMENT_SPEC, "spec.")
     endpoint_name = f.name(spec.get("endpointName"), "spec.endpointName")
@@ -81,7 +77,7 @@ def batch_deployment_from_custom_resource(obj: dict) -> BatchDeploymentSource:
     return BatchDeploymentSource(deployment, code_uri, model_uri)
 
 
-def _uri(f: _Fields, value, path: str) -> str:
+def _uri(f: ResourceFields, value, path: str) -> str:
     text = f.string(value, path)
     if not text.startswith(_URI_SCHEMES):
         f.fail(path, f"must be an http(s):// or file:// URI on a cluster, got {text!r}")

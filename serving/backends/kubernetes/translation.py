@@ -69,7 +69,7 @@ def _keys_to(convert, value: Any) -> Any:
     return value
 
 
-class _Fields(BaseFieldReader):
+class ResourceFields(BaseFieldReader):
     """Reads one custom resource; every refusal is a CustomResourceError naming the object
     and the field, spelled in camelCase as the user wrote it."""
 
@@ -102,7 +102,7 @@ _ENDPOINT_SPEC = {"authMode", "traffic", "mirrorTraffic", "description", "tags"}
 
 
 def endpoint_from_custom_resource(obj: dict) -> Endpoint:
-    f = _Fields(ONLINE_ENDPOINT, obj)
+    f = ResourceFields(ONLINE_ENDPOINT, obj)
     name = f.name(f.metadata_name, "metadata.name")
     spec = f.mapping(obj.get("spec"), "spec")
     f.check_fields(spec, _ENDPOINT_SPEC, "spec.")
@@ -138,7 +138,7 @@ def deployment_name_of(obj: dict) -> str:
 
 
 def deployment_from_custom_resource(obj: dict) -> Deployment:
-    f = _Fields(ONLINE_DEPLOYMENT, obj)
+    f = ResourceFields(ONLINE_DEPLOYMENT, obj)
     spec = f.mapping(obj.get("spec"), "spec")
     f.check_fields(spec, _DEPLOYMENT_SPEC, "spec.")
     name_field = "spec.deploymentName" if spec.get("deploymentName") else "metadata.name"
@@ -211,7 +211,7 @@ def deployment_to_custom_resource(deployment: Deployment, namespace: str) -> dic
 # -- InstanceType ---------------------------------------------------------------------------
 
 def instance_type_from_custom_resource(obj: dict) -> InstanceTypeSpec:
-    f = _Fields(INSTANCE_TYPE, obj)
+    f = ResourceFields(INSTANCE_TYPE, obj)
     spec = f.mapping(obj.get("spec"), "spec")
     f.check_fields(spec, {"nodeSelector", "resources"}, "spec.")
     resources = f.mapping(spec.get("resources"), "spec.resources")
