@@ -8,7 +8,9 @@ batch of N keep-alive TLS requests (8 connections, every answer checked), and th
 difference of the two counts over the difference of the requests is the cost of one
 request, with connection set-up and other fixed costs cancelled. What the process does
 while idle (timers, probes, the control plane's loops) is counted for a few seconds
-first and subtracted for the time each batch took. Repeatable to about ±0.5 %.
+first and subtracted for the time each batch took. Repeatable to about ±0.5 % (runs
+of the same code spread over 1-2.5k instructions: how many requests share one turn
+of the event loop varies with timing, even under valgrind).
 
 What it is not: a CPU time. It counts user-space instructions only (the kernel's work
 for the socket calls and TLS records is not in it), and the gateway runs ~50 times
