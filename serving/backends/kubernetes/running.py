@@ -134,7 +134,8 @@ async def _run_elected(api: KubeApi, settings: KubernetesControllerSettings, sto
                                   initial=lambda d: _running(backend, d))
     controller = Controller(store, backend, RoutingPublisher(RoutingTableHolder()), rollouts,
                             autoscaling=autoscaling, interval_s=settings.interval_s)
-    reporter = DeploymentStatusReporter(api, store, backend.observe)
+    # Judges "Succeeded" against the count the rollouts judge against (the autoscaler's).
+    reporter = DeploymentStatusReporter(api, store, backend.observe, wanted=controller.wanted)
 
     def on_replica_change() -> None:
         controller.on_replica_change()
