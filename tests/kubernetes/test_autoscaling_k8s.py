@@ -126,6 +126,7 @@ async def test_summed_utilization_scales_the_deployment_up_then_down(apiserver, 
     assert not apiserver.objects_of("horizontalpodautoscalers", NS)
     await eventually(lambda: (s := status_of(apiserver, "onlinedeployments", "iris-blue"))
                      .get("provisioningState") == "Succeeded" and s.get("readyReplicas") == 4, timeout_s=10)
+    assert status_of(apiserver, "onlinedeployments", "iris-blue")["desiredReplicas"] == 4
 
     # Load drops to half a request: scaled down only after ~20 polling intervals of it.
     low_since = time.monotonic()
@@ -138,7 +139,7 @@ async def test_summed_utilization_scales_the_deployment_up_then_down(apiserver, 
     # One replica is all the controller wants now (instanceCount is 2): still Succeeded.
     status = await eventually(lambda: (s := status_of(apiserver, "onlinedeployments", "iris-blue"))
                               .get("readyReplicas") == 1 and s, timeout_s=10)
-    assert status["provisioningState"] == "Succeeded"
+    assert status["provisioningState"] == "Succeeded" and status["desiredReplicas"] == 1
 
 
 async def test_a_load_that_stops_being_reported_does_not_count_forever(apiserver, cluster, started, caplog):

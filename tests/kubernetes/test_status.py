@@ -1,6 +1,7 @@
 """deployment_status (pure): an OnlineDeployment says Succeeded when the replicas the
 controller wants of its current version are ready — for an autoscaled deployment the
-autoscaler's count, the one the rollout is judged against — not `instanceCount`.
+autoscaler's count, the one the rollout is judged against — not `instanceCount`; it shows
+that count as `desiredReplicas`.
 Routers send traffic once it says Succeeded (discovery.rolled_out), so the two counts must
 agree (test_autoscaling_k8s.py shows what happens when they do not, end to end)."""
 
@@ -56,6 +57,7 @@ def test_succeeded_when_the_replicas_the_controller_wants_are_ready(states, want
     status = deployment_status(CR, None, replicas(*states), SAMPLE, **extra)
     assert status["provisioningState"] == expected
     assert status["readyReplicas"] == states.count(READY)
+    assert status["desiredReplicas"] == (SAMPLE.instance_count if wanted is None else wanted)
 
 
 def test_a_scale_down_below_instance_count_stays_succeeded():
@@ -64,3 +66,9 @@ def test_a_scale_down_below_instance_count_stays_succeeded():
     assert before["status"]["provisioningState"] == "Succeeded"
     after = deployment_status(before, None, replicas(READY), SAMPLE, wants(1))
     assert after["provisioningState"] == "Succeeded" and after["readyReplicas"] == 1
+    assert after["desiredReplicas"] == 1
+
+
+def test_an_object_that_cannot_be_served_wants_no_replicas():
+    status = deployment_status(CR, "waiting for its endpoint", replicas(READY), SAMPLE, wants(3))
+    assert (status["provisioningState"], status["desiredReplicas"], status["readyReplicas"]) == ("Failed", 0, 0)

@@ -5,7 +5,8 @@ snapshot (problems: invalid spec, missing endpoint or instance type) and the bac
 replica views, and merge-patches the status subresource when it changed:
 - OnlineDeployment: provisioningState (Creating, Updating, Succeeded, Failed), stage and
   reason (of the replica that failed, else of the one furthest behind), replicas,
-  readyReplicas, specHash, observedGeneration;
+  readyReplicas, desiredReplicas (the count the controller wants), specHash,
+  observedGeneration;
 - OnlineEndpoint: provisioningState, reason, keysSecretName.
 When the rollout record kept in the status (`status.rollout`, written by the store for
 serving/controller/rollouts.py) says the current version failed, that verdict wins (with
@@ -63,7 +64,8 @@ def deployment_status(obj: dict, problem: str | None, views: list[ReplicaView],
     previous = obj.get("status") or {}
     if problem:
         return {"provisioningState": "Failed", "stage": VALIDATION, "reason": problem, "replicas": 0,
-                "readyReplicas": 0, "specHash": previous.get("specHash", ""), "observedGeneration": generation}
+                "readyReplicas": 0, "desiredReplicas": 0, "specHash": previous.get("specHash", ""),
+                "observedGeneration": generation}
     deployment = deployment or deployment_from_custom_resource(obj)
     spec_hash = deployment.replica_spec_hash()
     mine = [v for v in views if (v.endpoint, v.deployment) == (deployment.endpoint_name, deployment.name)]
@@ -73,15 +75,17 @@ def deployment_status(obj: dict, problem: str | None, views: list[ReplicaView],
     failed = [v for v in current if v.state == EXITED]
     waiting = sorted((v for v in current if v.state == STARTING),
                      key=lambda v: _STAGE_ORDER.index(_split(v.reason)[0]) if _split(v.reason)[0] else 0)
+    desired = wanted(deployment)
     status = {"replicas": sum(1 for v in current if v.state in (STARTING, READY, EXITED)),
-              "readyReplicas": ready, "specHash": spec_hash, "observedGeneration": generation}
+              "readyReplicas": ready, "desiredReplicas": desired, "specHash": spec_hash,
+              "observedGeneration": generation}
     rollout = previous.get("rollout") or {}
     if rollout.get("spec_hash") == spec_hash and str(rollout.get("state", "")).lower() == "failed":
         # the rollout's own verdict (serving/controller/rollouts.py): budget, rollback, crash limit
         reason = rollout.get("reason", "") + ("; rolled back to the previous version" if rollout.get("rolled_back")
                                               else "")
         return {**status, "provisioningState": "Failed", "stage": rollout.get("failed_stage") or "", "reason": reason}
-    if ready >= wanted(deployment) and not stale and not waiting:
+    if ready >= desired and not stale and not waiting:
         return {**status, "provisioningState": "Succeeded", "stage": "", "reason": ""}
     if failed:
         stage, reason = _stage_and_reason(failed[0])
