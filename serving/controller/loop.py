@@ -66,6 +66,14 @@ class Controller:
     def notify(self) -> None:
         self._wake.set()
 
+    def wanted(self, deployment: Deployment) -> int:
+        """The replica count this controller runs `deployment` at: the autoscaler's for an
+        autoscaled deployment, else `instance_count`. The rollouts judge a version against it,
+        and on a cluster so does the status (serving/backends/kubernetes/status.py)."""
+        if self._autoscaling is not None:
+            return self._autoscaling.replicas_for(deployment)
+        return deployment.instance_count
+
     def on_replica_change(self) -> None:
         """Backend callback: republish at once (no await), then let the loop re-plan."""
         self._publish()
@@ -91,11 +99,9 @@ class Controller:
         self._records = await asyncio.to_thread(self._store.list_endpoints)
         records: list[DeploymentRecord] = await asyncio.to_thread(self._store.list_deployment_records)
         self._deployments = [r.deployment for r in records]
-        wanted = (lambda d: d.instance_count)
         if self._autoscaling is not None:
             self._autoscaling.update(self._deployments)
-            wanted = self._autoscaling.replicas_for
-        step = self.rollouts.step(records, self._backend.observe(), wanted)
+        step = self.rollouts.step(records, self._backend.observe(), self.wanted)
         self._available = step.available
         for key, (rollout, last_good) in self.rollouts.take_changes().items():
             await asyncio.to_thread(self._store.save_rollout, key[0], key[1], rollout.to_dict(), last_good)

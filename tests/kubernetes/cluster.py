@@ -87,6 +87,21 @@ def crash_loop(exit_code: int = 1, message: str = "", reason: str = "Error") -> 
     return fate
 
 
+def crashed_once(message: str = "ConnectionError: the feature store did not answer") -> Callable[[dict], dict]:
+    """The model server exited once before it was ready (exit code 1, restart count 1): below
+    the controller's crash limit, so the rollout goes on and the planner replaces the pod after
+    its back-off (1 s). `finishedAt` is left out, so that back-off counts from when the
+    controller saw the crash rather than from a time truncated to the second."""
+    def fate(pod: dict) -> dict:
+        _scheduled(pod)
+        last = {"terminated": {"exitCode": 1, "reason": "Error", "message": message}}
+        waiting = {"reason": "CrashLoopBackOff", "message": "back-off 10s restarting failed container"}
+        return {"phase": "Running", "podIP": f"10.0.1.{next(_ips) % 250}", "conditions": _conditions(False),
+                "initContainerStatuses": _init_done(pod),
+                "containerStatuses": _main(pod, {"waiting": waiting}, restarts=1, last=last)}
+    return fate
+
+
 def oom_killed() -> Callable[[dict], dict]:
     return crash_loop(exit_code=137, reason="OOMKilled")
 

@@ -15,12 +15,13 @@ from prometheus_client import CollectorRegistry
 
 from serving.backends.kubernetes.api import CONFIG_MAPS, ONLINE_DEPLOYMENTS
 from serving.backends.kubernetes.coordination import SHARES_CONFIG_MAP, SHARES_KEY
+from serving.backends.kubernetes.discovery import rolled_out
 from serving.backends.kubernetes.replicas import pod_ready
 from serving.backends.kubernetes.running import KubernetesControllerSettings, run_controller
 from serving.backends.kubernetes.shares import DeploymentShares, SharesDoc
 from tests.kubernetes import cluster as fates
 from tests.kubernetes.conftest import eventually
-from tests.kubernetes.test_controller import NS, kubectl_apply, sample, status_of
+from tests.kubernetes.test_controller import NS, after_passes, kubectl_apply, sample, status_of
 
 ROUTERS_NS = "scoregate-system"
 
@@ -123,6 +124,9 @@ async def test_summed_utilization_scales_the_deployment_up_then_down(apiserver, 
                                      {"endpoint": "iris", "deployment": "blue"}) == 4
     assert "autoscale iris/blue up: 2 -> 4 replicas" in caplog.text
     assert not apiserver.objects_of("horizontalpodautoscalers", NS)
+    await eventually(lambda: (s := status_of(apiserver, "onlinedeployments", "iris-blue"))
+                     .get("provisioningState") == "Succeeded" and s.get("readyReplicas") == 4, timeout_s=10)
+    assert status_of(apiserver, "onlinedeployments", "iris-blue")["desiredReplicas"] == 4
 
     # Load drops to half a request: scaled down only after ~20 polling intervals of it.
     low_since = time.monotonic()
@@ -132,6 +136,10 @@ async def test_summed_utilization_scales_the_deployment_up_then_down(apiserver, 
     await eventually(lambda: len(cluster.pods()) == 1, timeout_s=10)
     assert decisions(registry, "down") == 1 and decisions(registry, "up") == 1
     assert "below target 70% for 20 intervals" in caplog.text
+    # One replica is all the controller wants now (instanceCount is 2): still Succeeded.
+    status = await eventually(lambda: (s := status_of(apiserver, "onlinedeployments", "iris-blue"))
+                              .get("readyReplicas") == 1 and s, timeout_s=10)
+    assert status["provisioningState"] == "Succeeded" and status["desiredReplicas"] == 1
 
 
 async def test_a_load_that_stops_being_reported_does_not_count_forever(apiserver, cluster, started, caplog):
@@ -219,3 +227,47 @@ async def test_a_new_leader_during_a_rolling_update_continues_from_the_count_wan
         for stop, task in running:
             stop.set()
             await asyncio.wait_for(task, 10)
+
+
+async def test_traffic_starts_only_when_an_edit_would_keep_the_serving_replicas(apiserver, kube_api, cluster,
+                                                                               started):
+    """The autoscaler wants 4 replicas of a first version (instanceCount 2): two are ready and
+    two crashed once, waiting for their restart. Routers send a deployment traffic once its
+    status says Succeeded (discovery.rolled_out); from then on an edit must be an update that
+    keeps the serving replicas until new ones are ready. The rollout manager makes it one only
+    when the replicas it wants, 4, are ready — so the status must not say Succeeded on 2
+    ready (instanceCount), or an edit in that moment stops the replicas taking traffic."""
+    start, coordinator = started
+    await coordinator.keep_publishing(3.0)  # 3 in flight + queued, 1 slot each, target 70 %: 4 (maxInstances)
+    cluster.fate = fates.pending_forever  # the first pods keep downloading the model
+    registry = await start()
+    await eventually(lambda: replicas(apiserver) == 4 and len(cluster.pods()) == 4, timeout_s=10)
+    assert status_of(apiserver, "onlinedeployments", "iris-blue").get("provisioningState") == "Creating"
+
+    cluster.fate = fates.running_ready  # a crashed pod's replacement comes up ready
+    first, second, *others = sorted(cluster.pods(), key=lambda p: p["metadata"]["name"])
+    for pod, fate in [(first, fates.running_ready), (second, fates.running_ready),
+                      *((p, fates.crashed_once()) for p in others)]:
+        apiserver.update(fates.PODS, NS, pod["metadata"]["name"], lambda p, fate=fate: p.__setitem__("status", fate(p)))
+
+    # The moment routers start sending traffic: the status says Succeeded, or the rollout
+    # recorded a last good version (whichever the watch delivers first).
+    cr = await eventually(lambda: (o := next(iter(apiserver.objects_of("onlinedeployments", NS)), None))
+                          and rolled_out(o) and o, timeout_s=15, what="traffic to iris/blue")
+    serving = {p["metadata"]["uid"] for p in cluster.pods() if pod_ready(p)}
+
+    # The edit, at once: a new version whose pods never become ready.
+    cluster.fate = fates.pending_forever
+    await kube_api.patch(ONLINE_DEPLOYMENTS, NS, "iris-blue", {"spec": {"environmentVariables": {"LOG_LEVEL": "x"}}})
+    rollout = await eventually(lambda: (r := status_of(apiserver, "onlinedeployments", "iris-blue").get("rollout")
+                                        or {}).get("spec_hash") not in (None, cr["status"]["specHash"]) and r,
+                               timeout_s=10, what="the new version's rollout")
+    # an update of the version taking traffic, not a "create" that replaces it at once
+    assert rollout["kind"] == "update", f"traffic started with {len(serving)} of the 4 wanted replicas ready"
+    await eventually(lambda: len(apiserver.objects_of("deployments", NS)) == 2, timeout_s=10)  # the surge version
+    await after_passes(registry, 3)
+    live = {p["metadata"]["uid"] for p in cluster.pods() if pod_ready(p) and not p["metadata"].get("deletionTimestamp")}
+    assert serving <= live  # every replica that took traffic still serves
+    assert len(serving) == 4
+    await eventually(lambda: status_of(apiserver, "onlinedeployments", "iris-blue")["provisioningState"]
+                     == "Updating", timeout_s=10)

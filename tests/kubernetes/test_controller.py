@@ -88,6 +88,7 @@ async def test_sample_resources_become_deployment_service_and_keys(apiserver, ku
 
     cr = the(apiserver, "onlinedeployments")
     assert cr["status"]["readyReplicas"] == 2 and cr["status"]["stage"] == "" and cr["status"]["reason"] == ""
+    assert cr["status"]["desiredReplicas"] == 2  # autoscaled 1..4, no load reported: instanceCount
     deployment = the(apiserver, "deployments")
     meta, spec = deployment["metadata"], deployment["spec"]
     assert meta["name"] == f"iris-blue-{cr['status']['specHash'][:8]}"

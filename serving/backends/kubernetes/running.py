@@ -130,11 +130,16 @@ async def _run_elected(api: KubeApi, settings: KubernetesControllerSettings, sto
     if settings.autoscaling:
         utilization = ClusterUtilization(api, settings.router_namespace or settings.lease_namespace,
                                          max_age_s=settings.utilization_max_age_s)
-        autoscaling = Autoscaling(utilization.sample, registry=registry, on_change=lambda: controller.notify(),
+        autoscaling = Autoscaling(utilization.sample, registry=registry, on_change=lambda: on_autoscale(),
                                   initial=lambda d: _running(backend, d))
     controller = Controller(store, backend, RoutingPublisher(RoutingTableHolder()), rollouts,
                             autoscaling=autoscaling, interval_s=settings.interval_s)
-    reporter = DeploymentStatusReporter(api, store, backend.observe)
+    # Judges "Succeeded" against the count the rollouts judge against (the autoscaler's).
+    reporter = DeploymentStatusReporter(api, store, backend.observe, wanted=controller.wanted)
+
+    def on_autoscale() -> None:  # a new count: act on it, and show it (status.desiredReplicas)
+        controller.notify()
+        reporter.wake()
 
     def on_replica_change() -> None:
         controller.on_replica_change()

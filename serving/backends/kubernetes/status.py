@@ -5,12 +5,17 @@ snapshot (problems: invalid spec, missing endpoint or instance type) and the bac
 replica views, and merge-patches the status subresource when it changed:
 - OnlineDeployment: provisioningState (Creating, Updating, Succeeded, Failed), stage and
   reason (of the replica that failed, else of the one furthest behind), replicas,
-  readyReplicas, specHash, observedGeneration;
+  readyReplicas, desiredReplicas (the count the controller wants), specHash,
+  observedGeneration;
 - OnlineEndpoint: provisioningState, reason, keysSecretName.
 When the rollout record kept in the status (`status.rollout`, written by the store for
 serving/controller/rollouts.py) says the current version failed, that verdict wins (with
 its stage and reason: budget exhausted, rolled back); otherwise "Failed" means a replica
 of the current version failed, with the stage and reason of its pod.
+"Succeeded": as many replicas of the current version are ready as the controller wants
+(`Controller.wanted`: the autoscaler's count for an autoscaled deployment, not
+`instanceCount`), none older or still starting. Routers send traffic from then on, and it
+is the count at which the rollout manager makes an edit an update that keeps them serving.
 """
 
 from __future__ import annotations
@@ -45,15 +50,22 @@ def _stage_and_reason(view: ReplicaView) -> tuple[str, str]:
     return ROLLOUT_STAGE.get(pod_stage, pod_stage), view.reason
 
 
+def _instance_count(deployment: Deployment) -> int:
+    return deployment.instance_count
+
+
 def deployment_status(obj: dict, problem: str | None, views: list[ReplicaView],
-                      deployment: Deployment | None = None) -> dict:
+                      deployment: Deployment | None = None,
+                      wanted: Callable[[Deployment], int] = _instance_count) -> dict:
     """The status subresource of one OnlineDeployment (pure). `deployment`: as the store
-    resolved it (its instance type's content is part of the version); else parsed from obj."""
+    resolved it (its instance type's content is part of the version); else parsed from obj.
+    `wanted`: the replica count the controller runs it at (Controller.wanted)."""
     generation = (obj.get("metadata") or {}).get("generation", 0)
     previous = obj.get("status") or {}
     if problem:
         return {"provisioningState": "Failed", "stage": VALIDATION, "reason": problem, "replicas": 0,
-                "readyReplicas": 0, "specHash": previous.get("specHash", ""), "observedGeneration": generation}
+                "readyReplicas": 0, "desiredReplicas": 0, "specHash": previous.get("specHash", ""),
+                "observedGeneration": generation}
     deployment = deployment or deployment_from_custom_resource(obj)
     spec_hash = deployment.replica_spec_hash()
     mine = [v for v in views if (v.endpoint, v.deployment) == (deployment.endpoint_name, deployment.name)]
@@ -63,15 +75,17 @@ def deployment_status(obj: dict, problem: str | None, views: list[ReplicaView],
     failed = [v for v in current if v.state == EXITED]
     waiting = sorted((v for v in current if v.state == STARTING),
                      key=lambda v: _STAGE_ORDER.index(_split(v.reason)[0]) if _split(v.reason)[0] else 0)
+    desired = wanted(deployment)
     status = {"replicas": sum(1 for v in current if v.state in (STARTING, READY, EXITED)),
-              "readyReplicas": ready, "specHash": spec_hash, "observedGeneration": generation}
+              "readyReplicas": ready, "desiredReplicas": desired, "specHash": spec_hash,
+              "observedGeneration": generation}
     rollout = previous.get("rollout") or {}
     if rollout.get("spec_hash") == spec_hash and str(rollout.get("state", "")).lower() == "failed":
         # the rollout's own verdict (serving/controller/rollouts.py): budget, rollback, crash limit
         reason = rollout.get("reason", "") + ("; rolled back to the previous version" if rollout.get("rolled_back")
                                               else "")
         return {**status, "provisioningState": "Failed", "stage": rollout.get("failed_stage") or "", "reason": reason}
-    if ready >= deployment.instance_count and not stale and not waiting:
+    if ready >= desired and not stale and not waiting:
         return {**status, "provisioningState": "Succeeded", "stage": "", "reason": ""}
     if failed:
         stage, reason = _stage_and_reason(failed[0])
@@ -95,8 +109,9 @@ def endpoint_status(obj: dict, problem: str | None, has_keys: bool) -> dict:
 
 class DeploymentStatusReporter:
     def __init__(self, api: KubeApi, store: KubernetesStore, observe: Callable[[], list[ReplicaView]], *,
-                 debounce_s: float = 0.1) -> None:
-        self._api, self._store, self._observe = api, store, observe
+                 wanted: Callable[[Deployment], int] = _instance_count, debounce_s: float = 0.1) -> None:
+        """`wanted`: the count the controller runs a deployment at (Controller.wanted)."""
+        self._api, self._store, self._observe, self._wanted = api, store, observe, wanted
         self._debounce_s = debounce_s
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -132,7 +147,8 @@ class DeploymentStatusReporter:
                     (obj.get("spec") or {}).get("endpointName"), deployment_name_of(obj)) not in snapshot.sources:
                 problem = "waiting for its endpoint"
             key = ((obj.get("spec") or {}).get("endpointName"), deployment_name_of(obj))
-            await self._patch(ONLINE_DEPLOYMENTS, obj, deployment_status(obj, problem, views, resolved.get(key)))
+            await self._patch(ONLINE_DEPLOYMENTS, obj, deployment_status(obj, problem, views, resolved.get(key),
+                                                                       self._wanted))
 
     async def _patch(self, kind, obj: dict, status: dict) -> None:
         if await patch_status(self._api, kind, obj, status):
