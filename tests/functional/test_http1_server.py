@@ -252,7 +252,9 @@ async def test_a_caller_that_leaves_mid_body_frees_everything(make_router, upstr
     reader, writer = await connect(certs, router)
     writer.write(SCORE + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
     await writer.drain()
-    await asyncio.sleep(0.1)  # the streamed upload to the replica has begun
+    async with asyncio.timeout(10):
+        while not upstream.in_flight:  # the streamed upload to the replica has begun
+            await asyncio.sleep(0.01)
     writer.transport.abort()
     async with asyncio.timeout(10):
         while router.in_flight.total():

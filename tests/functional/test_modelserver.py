@@ -23,6 +23,7 @@ READY_PREFIX = "scoregate-modelserver listening on "
 START_TIMEOUT = 10.0
 
 ECHO_SCRIPT = '''
+import sys
 import time
 from aiohttp import web
 
@@ -35,6 +36,7 @@ def run(raw_data):
     if raw_data == "response":
         return web.Response(status=201, text="custom", headers={"x-custom": "yes"})
     if raw_data.startswith("sleep:"):
+        print("run() sleeping", raw_data[6:], file=sys.stderr, flush=True)
         time.sleep(float(raw_data[6:]))
         return {"slept": float(raw_data[6:])}
     return {"echo": raw_data}
@@ -86,6 +88,7 @@ class Server:
     """A running model server child process and its base URL."""
 
     def __init__(self, command: list[str], stderr_path: Path):
+        self.stderr_path = stderr_path
         self.stderr_file = stderr_path.open("wb")
         self.proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=self.stderr_file)
         try:
@@ -99,6 +102,13 @@ class Server:
         kill(self.proc)
         self.proc.stdout.close()
         self.stderr_file.close()
+
+    async def wait_for_stderr(self, text: str, timeout_s: float = 10.0) -> None:
+        """Until `text` is in its stderr (bounded)."""
+        deadline = time.monotonic() + timeout_s
+        while text not in self.stderr_path.read_text(errors="replace"):
+            assert time.monotonic() < deadline, f"{text!r} not in the model server's stderr within {timeout_s} s"
+            await asyncio.sleep(0.01)
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +201,7 @@ async def test_result_kinds_and_own_swagger(echo, http):
 
 async def test_run_does_not_block_the_event_loop(echo, http):
     slow = asyncio.create_task(http.post(echo.url + "/score", data="sleep:1.0"))
-    await asyncio.sleep(0.2)
+    await echo.wait_for_stderr("run() sleeping 1.0")
     started = time.monotonic()
     async with http.get(echo.url + "/") as response:
         assert response.status == 200
@@ -203,7 +213,7 @@ async def test_run_does_not_block_the_event_loop(echo, http):
 
 async def test_sigterm_finishes_in_flight_request_then_exits_zero(echo, http):
     in_flight = asyncio.create_task(http.post(echo.url + "/score", data="sleep:0.8"))
-    await asyncio.sleep(0.3)
+    await echo.wait_for_stderr("run() sleeping 0.8")
     stopped_at = time.monotonic()
     echo.proc.send_signal(signal.SIGTERM)
     response = await in_flight

@@ -49,8 +49,12 @@ class Files:
         return ctx
 
 
+SLOW_STARTED = [0]  # /slow requests the servers below have begun to answer
+
+
 def _app() -> web.Application:
     async def slow(request: web.Request) -> web.Response:
+        SLOW_STARTED[0] += 1
         await asyncio.sleep(float(request.query.get("s", "1")))
         return web.Response(text="slow done")
 
@@ -65,6 +69,7 @@ def _app() -> web.Application:
 async def _scoring_port_handler(request) -> None:
     """The same two paths as _app(), answered by the scoring port's own server."""
     if request.path == "/slow":
+        SLOW_STARTED[0] += 1
         await asyncio.sleep(float(request.query.partition("s=")[2] or "1"))
         request.respond(200, b"Content-Type: text/plain\r\n", b"slow done")
     else:
@@ -139,8 +144,13 @@ async def rotation_during_long_request(files: Files, kind: str) -> None:
         async with serving(kind, server.context) as port:
             reader, writer = await _open(port, files.client())
             assert _serial(writer) == old_serial
+            started = SLOW_STARTED[0]
             in_flight = asyncio.create_task(_request(reader, writer, "/slow?s=1.5"))
-            await asyncio.sleep(0.1)
+            for _ in range(200):  # the server is answering it (bounded)
+                if SLOW_STARTED[0] > started:
+                    break
+                await asyncio.sleep(0.01)
+            assert SLOW_STARTED[0] > started, "the slow request never reached the server"
 
             new_serial = files.issue("api.test", "127.0.0.1")
             for _ in range(100):  # the watcher needs two rounds to accept a change

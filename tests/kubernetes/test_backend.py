@@ -190,7 +190,9 @@ async def test_a_restarted_backend_adopts_everything_and_changes_nothing(apiserv
     second = await backend()
     assert states(second.observe()) == [READY] * 3
     assert plan([d], second.observe(), 0.0) == []
-    await asyncio.sleep(0.2)
+    # its writer's first pass syncs every adopted version (start() marks them all dirty):
+    # that is where a restart would write, so wait for it rather than for a while
+    await eventually(lambda: second._writer.passes >= 1, what="the restarted writer's first pass")
     after = ({o["metadata"]["uid"] for o in apiserver.objects_of("deployments", NS)},
              {o["metadata"]["uid"] for o in apiserver.objects_of("services", NS)}, cluster.pods_created)
     assert after == before

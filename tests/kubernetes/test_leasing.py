@@ -3,26 +3,58 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 
 from serving.backends.kubernetes.leasing import LeaseElector
 from tests.kubernetes.conftest import eventually
 
 TIMING = dict(lease_duration_s=0.6, renew_deadline_s=0.4, retry_period_s=0.05)
+LEASES = ("coordination.k8s.io", "v1", "leases")
 
 
 def elector(kube_api, identity: str) -> LeaseElector:
     return LeaseElector(kube_api, "scoregate-system", "scoregate-controller", identity, **TIMING)
 
 
+def tries(e: LeaseElector) -> list[tuple[bool, bool]]:
+    """The outcome of each of e's tries from now on, (held, another holds it validly): a
+    check that e did not take the Lease waits for its tries, not for a while."""
+    outcomes: list[tuple[bool, bool]] = []
+    try_once = e.try_acquire_or_renew
+
+    async def recorded() -> tuple[bool, bool]:
+        outcomes.append(await try_once())
+        return outcomes[-1]
+    e.try_acquire_or_renew = recorded
+    return outcomes
+
+
+def renewed_for(apiserver) -> float:
+    """How long the holder has renewed the Lease since it acquired it (its own timestamps)."""
+    spec = apiserver.get(LEASES, "scoregate-system", "scoregate-controller")["spec"]
+    acquired, renewed = (datetime.strptime(spec[f], "%Y-%m-%dT%H:%M:%S.%fZ") for f in ("acquireTime", "renewTime"))
+    return (renewed - acquired).total_seconds()
+
+
 async def test_one_leader_then_take_over_when_it_stops_renewing(apiserver, kube_api):
     a, b, c = (elector(kube_api, name) for name in "abc")
+    outcomes = {e.identity: tries(e) for e in (a, b, c)}
     tasks = {e.identity: asyncio.create_task(e.run()) for e in (a, b, c)}
     try:
         await eventually(lambda: sum(e.is_leader for e in (a, b, c)) == 1)
-        await asyncio.sleep(0.3)
-        leaders = [e for e in (a, b, c) if e.is_leader]
-        assert len(leaders) == 1
-        first = leaders[0]
+        [first] = [e for e in (a, b, c) if e.is_leader]
+        others = [e for e in (a, b, c) if e is not first]
+        # it keeps the Lease by renewing it: for longer than a lease duration, after which
+        # the others, trying every retry period, would have taken an unrenewed Lease over
+        await eventually(lambda: renewed_for(apiserver) > TIMING["lease_duration_s"], timeout_s=3,
+                         what="the leader renewing for a lease duration", context=lambda: str(outcomes))
+        since = {e.identity: len(outcomes[e.identity]) for e in others}
+        await eventually(lambda: all(len(outcomes[e.identity]) > since[e.identity] for e in others),
+                         what="a try of each of the others after that")
+        assert [e for e in (a, b, c) if e.is_leader] == [first]
+        [lease] = apiserver.objects_of("leases", "scoregate-system")
+        assert lease["spec"]["holderIdentity"] == first.identity and lease["spec"]["leaseTransitions"] == 0
+        assert all(outcome == (False, True) for e in others for outcome in outcomes[e.identity][since[e.identity]:])
         tasks[first.identity].cancel()  # dies without releasing
         loop = asyncio.get_running_loop()
         died = loop.time()
@@ -44,10 +76,11 @@ async def test_release_hands_over_at_once(apiserver, kube_api):
     task_a = asyncio.create_task(a.run())
     await eventually(lambda: a.is_leader)
     b = elector(kube_api, "b")
+    outcomes = tries(b)
     task_b = asyncio.create_task(b.run())
     try:
-        await asyncio.sleep(0.2)
-        assert not b.is_leader
+        await eventually(lambda: len(outcomes) >= 2, what="two tries of b")
+        assert outcomes[:2] == [(False, True)] * 2 and not b.is_leader  # a holds it validly: b waits
         task_a.cancel()
         await asyncio.gather(task_a, return_exceptions=True)
         a.is_leader = True  # (cancelled mid-term: release as a graceful shutdown would)

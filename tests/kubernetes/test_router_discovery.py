@@ -136,7 +136,9 @@ async def test_traffic_waits_for_the_rollout_status(apiserver, kubeconfig, tmp_p
         traffic = lambda: dict(router.router.holder.current.endpoints["iris"].traffic)  # noqa: E731
         apiserver.update(("scoregate.io", "v1", "onlineendpoints"), NS, "iris",
                          lambda o: o["spec"].__setitem__("traffic", {"blue": 50, "green": 50}))
-        await asyncio.sleep(0.3)
+        # the router has the new split in its view: the table was rebuilt from it (same call)
+        await eventually(lambda: [r.endpoint.traffic for r in router.discovery.view.records]
+                         == [{"blue": 50, "green": 50}], what="the edited endpoint in the router's view")
         assert traffic() == {"blue": 100}  # green has not rolled out: the old split stays in effect
         status, _, headers = await score(client, router.port, **{"azureml-model-deployment": "green"})
         assert status == 200 and headers["azureml-model-deployment"] == "green"  # a pin may test it

@@ -72,7 +72,12 @@ async def test_delete_endpoint_cancels_its_jobs(service):
 
 async def test_close_leaves_a_running_job_to_resume(tmp_path, service):
     job = await service.submit("scorer", JobRequest("inline", data=list(range(40)), settings={"mini_batch_size": 5}))
-    await asyncio.sleep(0.3)
+    for _ in range(200):  # running: a mini-batch scored
+        if service.jobs.counts(job.id).succeeded:
+            break
+        await asyncio.sleep(0.05)
+    counts = service.jobs.counts(job.id)
+    assert counts.succeeded and counts.pending, counts  # closed in the middle of the job
     await service.close()
     again = BatchService(tmp_path / "state", [tmp_path / "data"])
     await again.start()

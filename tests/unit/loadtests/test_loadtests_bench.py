@@ -261,5 +261,5 @@ def test_noise_meter_counts_own_cpu_as_own_and_others_as_foreign():
     orphan = "import os,time\nif os.fork(): os._exit(0)\nt=time.time()\nwhile time.time()-t<1.2: pass"
     subprocess.run([sys.executable, "-c", orphan], check=True, timeout=10)
     with NoiseMeter() as meter:
-        time.sleep(0.6)
+        time.sleep(0.6)  # the window measured, within the orphan's 1.2 s of busy work
     assert meter.foreign_cores is not None and meter.foreign_cores >= 0.4

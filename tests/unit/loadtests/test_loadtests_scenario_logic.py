@@ -84,7 +84,7 @@ async def test_watch_follows_the_load():
     load.set_result(None)
     await asyncio.sleep(0)
     assert not watch.running and watch.active
-    await asyncio.sleep(0.25)
+    await asyncio.sleep(0.25)  # the 0.2 s grace running out is what is checked
     assert not watch.active
     assert await watch.until(10.0) is False
 

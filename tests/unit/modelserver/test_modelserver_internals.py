@@ -74,9 +74,13 @@ async def test_parent_watcher_notices_reparenting():
     assert reasons and "went away" in reasons[0]
 
 
-async def test_parent_watcher_keeps_waiting_while_parent_lives():
+async def test_parent_watcher_keeps_waiting_while_parent_lives(monkeypatch):
+    looks, getppid = [], os.getppid
+    monkeypatch.setattr(lifecycle.os, "getppid", lambda: looks.append(1) or getppid())
     reasons = []
-    task = asyncio.create_task(lifecycle.watch_parent(os.getppid(), reasons.append, interval=0.01))
-    await asyncio.sleep(0.1)
+    task = asyncio.create_task(lifecycle.watch_parent(getppid(), reasons.append, interval=0.01))
+    async with asyncio.timeout(5):
+        while len(looks) < 5 and not task.done():  # it looked at its parent five times (deciding each time)
+            await asyncio.sleep(0.01)
     assert not task.done() and reasons == []
     task.cancel()
