@@ -240,7 +240,6 @@ async def test_a_failed_update_keeps_the_old_version_serving(apiserver, kube_api
     assert the(apiserver, "deployments")["spec"]["replicas"] == 2
 
 
-@pytest.mark.xfail(strict=True, reason="the store drops an object that fails validation, so the controller stops its replicas")
 async def test_an_invalid_edit_is_reported_and_the_serving_version_keeps_serving(apiserver, kube_api, cluster,
                                                                                  controller):
     await kubectl_apply(kube_api, sample("instancetypes.yaml") + sample("iris-endpoint.yaml"))
@@ -301,7 +300,6 @@ async def test_deleting_an_invalid_custom_resource_removes_its_workload(apiserve
                      and not apiserver.objects_of("services", NS), timeout_s=10)
 
 
-@pytest.mark.xfail(strict=True, reason="the store drops an object that fails validation, so the controller stops its replicas")
 async def test_an_endpoint_edit_that_breaks_traffic_keeps_the_last_valid_traffic(apiserver, kube_api, cluster,
                                                                                  controller):
     await kubectl_apply(kube_api, sample("instancetypes.yaml") + sample("iris-endpoint.yaml"))
