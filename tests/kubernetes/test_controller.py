@@ -238,3 +238,82 @@ async def test_a_failed_update_keeps_the_old_version_serving(apiserver, kube_api
                      == [old["metadata"]["uid"]], timeout_s=10)
     assert {p["metadata"]["uid"] for p in cluster.pods()} == old_pods
     assert the(apiserver, "deployments")["spec"]["replicas"] == 2
+
+
+async def test_an_invalid_edit_is_reported_and_the_serving_version_keeps_serving(apiserver, kube_api, cluster,
+                                                                                 controller):
+    await kubectl_apply(kube_api, sample("instancetypes.yaml") + sample("iris-endpoint.yaml"))
+    running = controller()
+    await eventually(lambda: status_of(apiserver, "onlinedeployments", "iris-blue").get("provisioningState")
+                     == "Succeeded", timeout_s=10)
+    [serving] = apiserver.objects_of("deployments", NS)
+    [service] = apiserver.objects_of("services", NS)
+    pods = {p["metadata"]["uid"] for p in cluster.pods()}
+    assert len(pods) == 2
+
+    # a typo the CRD schema cannot catch: the controller refuses it, the old version keeps serving
+    await kube_api.patch(ONLINE_DEPLOYMENTS, NS, "iris-blue", {"spec": {"instanceType": "cpu-smal"}})
+    status = await eventually(lambda: (s := status_of(apiserver, "onlinedeployments", "iris-blue"))
+                              .get("provisioningState") == "Failed" and s, timeout_s=10)
+    assert status["stage"] == "validation"
+    assert status["reason"] == "OnlineDeployment team-a/iris-blue: spec.instanceType: no InstanceType named cpu-smal"
+    await after_passes(running.registry, 3)
+    assert [(d["metadata"]["uid"], d["spec"]["replicas"]) for d in apiserver.objects_of("deployments", NS)] \
+        == [(serving["metadata"]["uid"], 2)]
+    assert {p["metadata"]["uid"] for p in cluster.pods()} == pods
+    assert [s["metadata"]["uid"] for s in apiserver.objects_of("services", NS)] == [service["metadata"]["uid"]]
+    status = status_of(apiserver, "onlinedeployments", "iris-blue")
+    assert status["provisioningState"] == "Failed" and status["readyReplicas"] == 2
+    assert status["specHash"] == serving["metadata"]["labels"]["scoregate.io/spec-hash"]
+
+    # an edit of the endpoint that breaks its traffic: reported, the last valid traffic stays
+    await kube_api.patch(ONLINE_ENDPOINTS, NS, "iris", {"spec": {"traffic": {"blue": 60}}})
+    ep_status = await eventually(lambda: (s := status_of(apiserver, "onlineendpoints", "iris"))
+                                 .get("provisioningState") == "Failed" and s, timeout_s=10)
+    assert ep_status["reason"] == "OnlineEndpoint team-a/iris: spec.traffic: weights must add up to 100 (or all be 0), got 60"
+    await after_passes(running.registry, 3)
+    assert {p["metadata"]["uid"] for p in cluster.pods()} == pods
+    assert the(apiserver, "deployments")["spec"]["replicas"] == 2
+    assert status_of(apiserver, "onlinedeployments", "iris-blue")["reason"].endswith("no InstanceType named cpu-smal")
+
+    # valid edits again: the endpoint is Succeeded, the deployment back to Succeeded, same version
+    await kube_api.patch(ONLINE_ENDPOINTS, NS, "iris", {"spec": {"traffic": {"blue": 100}}})
+    await kube_api.patch(ONLINE_DEPLOYMENTS, NS, "iris-blue", {"spec": {"instanceType": "cpu-small"}})
+    await eventually(lambda: status_of(apiserver, "onlinedeployments", "iris-blue").get("provisioningState")
+                     == "Succeeded" and status_of(apiserver, "onlineendpoints", "iris").get("provisioningState")
+                     == "Succeeded", timeout_s=10)
+    assert [d["metadata"]["uid"] for d in apiserver.objects_of("deployments", NS)] == [serving["metadata"]["uid"]]
+    assert {p["metadata"]["uid"] for p in cluster.pods()} == pods
+
+
+async def test_deleting_an_invalid_custom_resource_removes_its_workload(apiserver, kube_api, cluster, controller):
+    await kubectl_apply(kube_api, sample("instancetypes.yaml") + sample("iris-endpoint.yaml"))
+    controller()
+    await eventually(lambda: status_of(apiserver, "onlinedeployments", "iris-blue").get("provisioningState")
+                     == "Succeeded", timeout_s=10)
+    await kube_api.patch(ONLINE_DEPLOYMENTS, NS, "iris-blue", {"spec": {"instanceType": "cpu-smal"}})
+    await eventually(lambda: status_of(apiserver, "onlinedeployments", "iris-blue").get("provisioningState")
+                     == "Failed", timeout_s=10)
+    await kube_api.patch(ONLINE_ENDPOINTS, NS, "iris", {"spec": {"traffic": {}}})
+    await kube_api.delete(ONLINE_DEPLOYMENTS, NS, "iris-blue")
+    await eventually(lambda: not apiserver.objects_of("deployments", NS) and not cluster.pods()
+                     and not apiserver.objects_of("services", NS), timeout_s=10)
+
+
+async def test_an_endpoint_edit_that_breaks_traffic_keeps_the_last_valid_traffic(apiserver, kube_api, cluster,
+                                                                                 controller):
+    await kubectl_apply(kube_api, sample("instancetypes.yaml") + sample("iris-endpoint.yaml"))
+    running = controller()
+    await eventually(lambda: status_of(apiserver, "onlinedeployments", "iris-blue").get("provisioningState")
+                     == "Succeeded", timeout_s=10)
+    [serving] = apiserver.objects_of("deployments", NS)
+    pods = {p["metadata"]["uid"] for p in cluster.pods()}
+    await kube_api.patch(ONLINE_ENDPOINTS, NS, "iris", {"spec": {"traffic": {"blue": 60}}})
+    ep_status = await eventually(lambda: (s := status_of(apiserver, "onlineendpoints", "iris"))
+                                 .get("provisioningState") == "Failed" and s, timeout_s=10)
+    assert ep_status["reason"] == "OnlineEndpoint team-a/iris: spec.traffic: weights must add up to 100 (or all be 0), got 60"
+    await after_passes(running.registry, 3)
+    assert [(d["metadata"]["uid"], d["spec"]["replicas"]) for d in apiserver.objects_of("deployments", NS)] \
+        == [(serving["metadata"]["uid"], 2)]
+    assert {p["metadata"]["uid"] for p in cluster.pods()} == pods
+    assert status_of(apiserver, "onlinedeployments", "iris-blue")["provisioningState"] == "Succeeded"

@@ -198,3 +198,38 @@ def test_command_line_settings(monkeypatch):
     assert settings.identity == "scoregate-router-7d9f-abcde" and settings.coordination_namespace == "scoregate-system"
     every = router_running.settings_from_args(parser.parse_args(["--all-namespaces", "--no-coordination"]))
     assert every.namespaces is None and not every.coordination
+
+
+async def test_an_invalid_edit_keeps_the_last_valid_version_routed(apiserver, kubeconfig, tmp_path, replicas, client):
+    put_endpoint(apiserver, "iris", {"blue": 100})
+    put_deployment(apiserver, "iris", "blue", limit=4)
+    put_replica(apiserver, "iris", "blue", "iris-blue-pod-1", replicas[0].port)
+    router = KubernetesRouter(router_settings(kubeconfig, "router-a", tmp_path, coordination=False))
+    await router.start()
+    try:
+        assert (await score(client, router.port))[0] == 200
+        discovery = router.discovery
+
+        def rebuilt_after(plural: str, name: str, check) -> bool:
+            """The router's cache holds the edit and the rebuild it scheduled has run."""
+            cache = discovery._endpoints if plural == "onlineendpoints" else discovery._deployments
+            return check(cache.get(NS, name) or {}) and not discovery._scheduled
+
+        # traffic that no longer adds up (the controller refuses it): the last valid split stays
+        apiserver.update(("scoregate.io", "v1", "onlineendpoints"), NS, "iris",
+                         lambda o: o["spec"].__setitem__("traffic", {"blue": 60}))
+        await eventually(lambda: rebuilt_after("onlineendpoints", "iris",
+                                               lambda o: o["spec"]["traffic"] == {"blue": 60}))
+        assert dict(router.router.holder.current.endpoints["iris"].traffic) == {"blue": 100}
+        status, body, _ = await score(client, router.port)
+        assert status == 200, body
+        # a deployment edit the schema allows and the rules refuse (min above max): still routed
+        apiserver.update(("scoregate.io", "v1", "onlinedeployments"), NS, "iris-blue", lambda o: o["spec"].__setitem__(
+            "scaleSettings", {"type": "target_utilization", "minInstances": 3, "maxInstances": 2}))
+        await eventually(lambda: rebuilt_after("onlinedeployments", "iris-blue",
+                                               lambda o: "scaleSettings" in o["spec"]))
+        assert replicas_in(router, "iris", "blue") == [f"{NS}/iris-blue-pod-1"]
+        status, body, _ = await score(client, router.port)
+        assert status == 200, body
+    finally:
+        await router.close()

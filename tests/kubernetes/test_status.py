@@ -72,3 +72,13 @@ def test_a_scale_down_below_instance_count_stays_succeeded():
 def test_an_object_that_cannot_be_served_wants_no_replicas():
     status = deployment_status(CR, "waiting for its endpoint", replicas(READY), SAMPLE, wants(3))
     assert (status["provisioningState"], status["desiredReplicas"], status["readyReplicas"]) == ("Failed", 0, 0)
+
+
+def test_an_invalid_edit_of_a_served_deployment_shows_the_served_version():
+    """The store still serves the last valid version (`kept`): Failed with the problem, that
+    version's replicas and specHash — not 0 of a version nobody runs."""
+    edited = {**CR, "spec": {**CR["spec"], "instanceType": "cpu-smal"}}
+    problem = "OnlineDeployment team-a/iris-blue: spec.instanceType: no InstanceType named cpu-smal"
+    status = deployment_status(edited, problem, replicas(READY, READY), None, wants(2), kept=SAMPLE)
+    assert status == {"provisioningState": "Failed", "stage": "validation", "reason": problem, "replicas": 2,
+                      "readyReplicas": 2, "desiredReplicas": 2, "specHash": HASH, "observedGeneration": 1}

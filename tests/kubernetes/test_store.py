@@ -67,3 +67,35 @@ async def test_named_secrets_are_created_once_and_kept(apiserver, store):
     assert await asyncio.to_thread(store.secret, "other") != first
     [secret] = [s for s in apiserver.objects_of("secrets", NS) if s["metadata"]["name"] == "scoregate-secrets"]
     assert set(secret["data"]) == {"aml_token", "other"}
+
+
+async def test_an_invalid_edit_keeps_the_last_valid_version_until_deleted_or_recreated(apiserver, kube_api, store):
+    from serving.backends.kubernetes.api import ONLINE_DEPLOYMENTS, ONLINE_ENDPOINTS
+    small = InstanceTypeSpec("cpu-small", {"pool": "cpu"}, {"cpu": "500m"}, {"memory": "1Gi"})
+    await asyncio.to_thread(store.apply, [Endpoint(name="iris", traffic={"blue": 100})], [blue()], [small])
+    await eventually(lambda: store.list_endpoints() and store.get_deployment("iris", "blue"))
+    good = store.get_deployment("iris", "blue")
+
+    await kube_api.patch(ONLINE_DEPLOYMENTS, NS, "iris-blue", {"spec": {"instanceType": "cpu-smal",
+                                                                         "instanceCount": 3}})
+    await kube_api.patch(ONLINE_ENDPOINTS, NS, "iris", {"spec": {"traffic": {"blue": 60}}})
+    problems = await eventually(lambda: len(store.snapshot.problems) == 2 and store.snapshot.problems)
+    assert problems[("OnlineDeployment", NS, "iris-blue")].endswith("spec.instanceType: no InstanceType named cpu-smal")
+    assert problems[("OnlineEndpoint", NS, "iris")].endswith("spec.traffic: weights must add up to 100"
+                                                              " (or all be 0), got 60")
+    assert store.get_deployment("iris", "blue") == good  # unchanged: not the refused instanceCount either
+    assert store.get_endpoint("iris").endpoint.traffic == {"blue": 100}
+    assert store.snapshot.kept[("OnlineDeployment", NS, "iris-blue")] == good
+    assert store.placement(good).instance_type == small
+
+    # deleted and created again, still invalid: a new object, nothing of the old one is served
+    [cr] = apiserver.objects_of("onlinedeployments", NS)
+    await kube_api.delete(ONLINE_DEPLOYMENTS, NS, "iris-blue")
+    await eventually(lambda: store.get_deployment("iris", "blue") is None)
+    body = {k: cr[k] for k in ("apiVersion", "kind", "spec")}
+    body["metadata"] = {"name": "iris-blue", "namespace": NS}
+    await kube_api.create(ONLINE_DEPLOYMENTS, NS, body)
+    await eventually(lambda: ("OnlineDeployment", NS, "iris-blue") in store.snapshot.problems
+                     and len(store.custom_objects(ONLINE_DEPLOYMENTS)) == 1)
+    assert store.get_deployment("iris", "blue") is None and not store.snapshot.kept.get(("OnlineDeployment", NS,
+                                                                                             "iris-blue"))

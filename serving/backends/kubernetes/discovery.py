@@ -6,7 +6,9 @@ them rolled out, and the ready replicas — which routing.py turns into a Routin
 - OnlineEndpoint / OnlineDeployment: parsed and validated as the controller's store does
   (translation.py), the same name rules (the oldest object keeps a contested name), so
   router and controller agree on what exists. An endpoint is listed only once its keys
-  Secret exists (keys.py), as in the store; the router never creates keys.
+  Secret exists (keys.py), as in the store; the router never creates keys. An object that
+  an edit made invalid is routed in its last valid version, as the store serves it, until
+  a valid edit or its deletion.
 - A deployment gets traffic only when its status says a version served (`lastGood`, or
   `provisioningState: Succeeded`) — the publisher's "traffic in effect" rule.
 - Replicas: EndpointSlices labelled `kubernetes.io/service-name` = the deployment's
@@ -51,6 +53,28 @@ class ClusterView:
 def _age(obj: dict) -> tuple[float, str, str]:
     meta = obj.get("metadata") or {}
     return parse_time(meta.get("creationTimestamp")) or 0.0, meta.get("namespace", ""), meta.get("name", "")
+
+
+def _key(obj: dict) -> tuple[str, str]:
+    meta = obj.get("metadata") or {}
+    return meta.get("namespace", ""), meta.get("name", "")
+
+
+def _uid(obj: dict) -> str:
+    return (obj.get("metadata") or {}).get("uid", "")
+
+
+def _valid(obj: dict, parse: Callable, last: dict):
+    """The object parsed; when it is invalid, its last valid version (same uid), else None."""
+    try:
+        return parse(obj)
+    except CustomResourceError as exc:
+        kept = last.get(_key(obj))
+        if kept is not None and kept[0] == _uid(obj):
+            log.debug("routing to the last valid version of %s", exc)
+            return kept[1]
+        log.debug("not routing to %s", exc)
+        return None
 
 
 def rolled_out(obj: dict) -> bool:
@@ -109,6 +133,9 @@ class ClusterDiscovery:
         self._keys = SecretKeeper(api, self._keys_cache, default_namespace=self._signing_namespace,
                                   on_change=lambda: None)  # read-only use: keys_of()
         self.view = ClusterView()
+        # the last valid version of each OnlineEndpoint / OnlineDeployment: (namespace, name) -> (uid, parsed)
+        self._last_endpoints: dict[tuple[str, str], tuple[str, Endpoint]] = {}
+        self._last_deployments: dict[tuple[str, str], tuple[str, Deployment]] = {}
         self._tokens: TokenIssuer | None = None
         self._signing_encoded = ""
         self._scheduled = False
@@ -139,13 +166,14 @@ class ClusterDiscovery:
         if not self._started:
             return
         endpoints: dict[str, tuple[Endpoint, str]] = {}  # name -> (endpoint, namespace)
+        last_endpoints: dict[tuple[str, str], tuple[str, Endpoint]] = {}
         for obj in sorted(self._endpoints.values(), key=_age):
-            try:
-                endpoint = endpoint_from_custom_resource(obj)
-            except CustomResourceError as exc:
-                log.debug("not routing to %s", exc)
+            endpoint = _valid(obj, endpoint_from_custom_resource, self._last_endpoints)
+            if endpoint is None:
                 continue
+            last_endpoints[_key(obj)] = (_uid(obj), endpoint)
             endpoints.setdefault(endpoint.name, (endpoint, obj["metadata"]["namespace"]))
+        self._last_endpoints = last_endpoints
         records = []
         for name, (endpoint, namespace) in sorted(endpoints.items()):
             keys = self._keys.keys_of(namespace, name)
@@ -154,12 +182,12 @@ class ClusterDiscovery:
                 records.append(EndpointRecord(endpoint, keys[0], keys[1], created, created))
         deployments: dict[Key, tuple[Deployment, str]] = {}
         available = set()
+        last_deployments: dict[tuple[str, str], tuple[str, Deployment]] = {}
         for obj in sorted(self._deployments.values(), key=_age):
-            try:
-                deployment = deployment_from_custom_resource(obj)
-            except CustomResourceError as exc:
-                log.debug("not routing to %s", exc)
+            deployment = _valid(obj, deployment_from_custom_resource, self._last_deployments)
+            if deployment is None:
                 continue
+            last_deployments[_key(obj)] = (_uid(obj), deployment)
             key, namespace = (deployment.endpoint_name, deployment.name), obj["metadata"]["namespace"]
             owner = endpoints.get(deployment.endpoint_name)
             if owner is None or owner[1] != namespace or key in deployments:
@@ -167,6 +195,7 @@ class ClusterDiscovery:
             deployments[key] = (deployment, namespace)
             if rolled_out(obj):
                 available.add(key)
+        self._last_deployments = last_deployments
         by_service = {(ns, names.service_name(*key)): d for key, (d, ns) in deployments.items()}
         replicas: dict[str, ReplicaView] = {}
         for endpoint_slice in self._slices.values():

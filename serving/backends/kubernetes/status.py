@@ -1,7 +1,9 @@
 """DeploymentStatusReporter: what `kubectl get onlinedeployments` shows.
 
 After changes (debounced), derives each custom resource's status from the store's
-snapshot (problems: invalid spec, missing endpoint or instance type) and the backend's
+snapshot (problems: invalid spec, missing endpoint or instance type; an invalid object
+the store still serves in its last valid version is Failed with its problem and that
+version's specHash and replicas) and the backend's
 replica views, and merge-patches the status subresource when it changed:
 - OnlineDeployment: provisioningState (Creating, Updating, Succeeded, Failed), stage and
   reason (of the replica that failed, else of the one furthest behind), replicas,
@@ -56,20 +58,28 @@ def _instance_count(deployment: Deployment) -> int:
 
 def deployment_status(obj: dict, problem: str | None, views: list[ReplicaView],
                       deployment: Deployment | None = None,
-                      wanted: Callable[[Deployment], int] = _instance_count) -> dict:
+                      wanted: Callable[[Deployment], int] = _instance_count,
+                      kept: Deployment | None = None) -> dict:
     """The status subresource of one OnlineDeployment (pure). `deployment`: as the store
     resolved it (its instance type's content is part of the version); else parsed from obj.
+    `kept`: with a `problem`, the last valid version the store still serves (if any), whose
+    replicas and specHash the status then shows.
     `wanted`: the replica count the controller runs it at (Controller.wanted)."""
     generation = (obj.get("metadata") or {}).get("generation", 0)
     previous = obj.get("status") or {}
-    if problem:
+    if problem and kept is None:
         return {"provisioningState": "Failed", "stage": VALIDATION, "reason": problem, "replicas": 0,
                 "readyReplicas": 0, "desiredReplicas": 0, "specHash": previous.get("specHash", ""),
                 "observedGeneration": generation}
-    deployment = deployment or deployment_from_custom_resource(obj)
+    deployment = (kept if problem else deployment) or deployment_from_custom_resource(obj)
     spec_hash = deployment.replica_spec_hash()
     mine = [v for v in views if (v.endpoint, v.deployment) == (deployment.endpoint_name, deployment.name)]
     current = [v for v in mine if v.spec_hash == spec_hash]
+    if problem:  # refused; its last valid version is still served: its replicas
+        return {"provisioningState": "Failed", "stage": VALIDATION, "reason": problem,
+                "replicas": sum(1 for v in current if v.state in (STARTING, READY, EXITED)),
+                "readyReplicas": sum(1 for v in current if v.state == READY),
+                "desiredReplicas": wanted(deployment), "specHash": spec_hash, "observedGeneration": generation}
     stale = [v for v in mine if v.spec_hash != spec_hash and v.state in (STARTING, READY)]
     ready = sum(1 for v in current if v.state == READY)
     failed = [v for v in current if v.state == EXITED]
@@ -147,8 +157,9 @@ class DeploymentStatusReporter:
                     (obj.get("spec") or {}).get("endpointName"), deployment_name_of(obj)) not in snapshot.sources:
                 problem = "waiting for its endpoint"
             key = ((obj.get("spec") or {}).get("endpointName"), deployment_name_of(obj))
+            kept = snapshot.kept.get(("OnlineDeployment", meta["namespace"], meta["name"]))
             await self._patch(ONLINE_DEPLOYMENTS, obj, deployment_status(obj, problem, views, resolved.get(key),
-                                                                       self._wanted))
+                                                                       self._wanted, kept))
 
     async def _patch(self, kind, obj: dict, status: dict) -> None:
         if await patch_status(self._api, kind, obj, status):

@@ -7,6 +7,12 @@ event loop — parsed and validated again (translation.py), conflicts resolved (
 object wins a name) — so the Store's synchronous readers, called from worker threads by
 the reconcile loop, read one consistent reference. Objects that cannot be served are kept
 in `problems` with a reason, which status.py writes into their status.
+An OnlineEndpoint or OnlineDeployment that was valid and then becomes invalid (an edit
+the CRD schema cannot refuse: an unknown instance type, traffic that no longer adds up)
+keeps its last valid version in the snapshot (`kept`), so the controller goes on serving
+it unchanged while the problem is reported; a valid edit or the object's deletion (or a
+new object under its name: another uid) ends that. The last valid versions are held in
+memory only: a controller that starts while an object is invalid does not know them.
 Endpoint keys live in a Secret per endpoint (keys.py); an endpoint without its Secret yet
 is not listed, so the router never sees an endpoint with empty keys. Writes (the management API) block on the
 event loop and must come from a worker thread, as the Store protocol says.
@@ -41,6 +47,10 @@ def _created(obj: dict) -> tuple[float, str]:
     return parse_time(meta.get("creationTimestamp")) or 0.0, meta.get("namespace", "")
 
 
+def _uid(obj: dict) -> str:
+    return (obj.get("metadata") or {}).get("uid", "")
+
+
 def _id(obj: dict) -> ObjectId:
     meta = obj.get("metadata") or {}
     return obj.get("kind", ""), meta.get("namespace", ""), meta.get("name", "")
@@ -55,6 +65,8 @@ class StoreSnapshot:
     sources: dict[tuple[str, str], dict] = field(default_factory=dict)  # (endpoint, deployment) -> CR
     endpoint_sources: dict[str, dict] = field(default_factory=dict)
     problems: dict[ObjectId, str] = field(default_factory=dict)
+    # invalid objects served in their last valid version: id -> that version (Endpoint or Deployment)
+    kept: dict[ObjectId, object] = field(default_factory=dict)
 
 
 class KubernetesStore:
@@ -75,6 +87,9 @@ class KubernetesStore:
         self._keys = SecretKeeper(api, self._secrets, default_namespace=self.default_namespace,
                                   on_change=lambda: self._rebuild())
         self._snapshot = StoreSnapshot()
+        # the last valid version of each endpoint and deployment, by object id: (uid, parsed)
+        self._last_endpoints: dict[ObjectId, tuple[str, Endpoint]] = {}
+        self._last_deployments: dict[ObjectId, tuple[str, Deployment, Placement]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
 
@@ -115,42 +130,66 @@ class KubernetesStore:
                 instance_types[spec.name] = spec
             except CustomResourceError as exc:
                 problems[_id(obj)] = str(exc)
+        kept: dict[ObjectId, object] = {}
+        last_endpoints: dict[ObjectId, tuple[str, Endpoint]] = {}
         endpoints: dict[str, tuple[Endpoint, dict]] = {}
         for obj in sorted(self._endpoints.values(), key=_created):
+            oid, uid = _id(obj), _uid(obj)
             try:
                 endpoint = endpoint_from_custom_resource(obj)
             except CustomResourceError as exc:
-                problems[_id(obj)] = str(exc)
-                continue
+                problems[oid] = str(exc)
+                last = self._last_endpoints.get(oid)
+                if last is None or last[0] != uid:
+                    continue
+                endpoint = kept[oid] = last[1]  # serve the last valid version meanwhile
             if endpoint.name in endpoints:
                 other = endpoints[endpoint.name][1]["metadata"]["namespace"]
-                problems[_id(obj)] = f"the endpoint name {endpoint.name} is already used in namespace {other}"
+                problems[oid] = f"the endpoint name {endpoint.name} is already used in namespace {other}"
+                kept.pop(oid, None)
                 continue
             endpoints[endpoint.name] = (endpoint, obj)
+            last_endpoints[oid] = (uid, endpoint)
         records = []
         for name, (endpoint, obj) in sorted(endpoints.items()):
             record = self._record(endpoint, obj)
             if record is not None:
                 records.append(record)
         deployments, placements, sources = [], {}, {}
+        last_deployments: dict[ObjectId, tuple[str, Deployment, Placement]] = {}
         for obj in sorted(self._deployments.values(), key=_created):
+            oid, uid = _id(obj), _uid(obj)
             try:
                 deployment = deployment_from_custom_resource(obj)
                 placement = self._place(obj, deployment, endpoints, instance_types)
+                # The type's content is part of the version: editing the InstanceType rolls it.
+                deployment = with_instance_type(deployment, instance_types.values())
             except CustomResourceError as exc:
-                problems[_id(obj)] = str(exc)
-                continue
+                problems[oid] = str(exc)
+                last = self._last_deployments.get(oid)
+                if last is None or last[0] != uid or not self._owned(obj, last[1], endpoints):
+                    continue
+                _, deployment, placement = last  # serve the last valid version, unchanged, meanwhile
+                kept[oid] = deployment
             key = (deployment.endpoint_name, deployment.name)
             if key in sources:
-                problems[_id(obj)] = (f"endpoint {key[0]} already has a deployment {key[1]} "
-                                      f"({sources[key]['metadata']['name']})")
+                problems[oid] = (f"endpoint {key[0]} already has a deployment {key[1]} "
+                                 f"({sources[key]['metadata']['name']})")
+                kept.pop(oid, None)
                 continue
-            # The type's content is part of the version: editing the InstanceType rolls it.
-            deployments.append(with_instance_type(deployment, instance_types.values()))
+            deployments.append(deployment)
             placements[key], sources[key] = placement, obj
+            last_deployments[oid] = (uid, deployment, placement)
+        self._last_endpoints, self._last_deployments = last_endpoints, last_deployments
         self._snapshot = StoreSnapshot(tuple(records), tuple(deployments), placements, instance_types, sources,
-                                       {name: obj for name, (_, obj) in endpoints.items()}, problems)
+                                       {name: obj for name, (_, obj) in endpoints.items()}, problems, kept)
         self.on_change()
+
+    @staticmethod
+    def _owned(obj: dict, deployment: Deployment, endpoints: dict) -> bool:
+        """Whether the deployment's endpoint is served, in the deployment's namespace."""
+        owner = endpoints.get(deployment.endpoint_name)
+        return owner is not None and owner[1]["metadata"]["namespace"] == obj["metadata"]["namespace"]
 
     def _place(self, obj: dict, deployment: Deployment, endpoints: dict, instance_types: dict) -> Placement:
         meta = obj["metadata"]
