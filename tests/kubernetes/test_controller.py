@@ -81,10 +81,7 @@ def status_of(apiserver, plural: str, name: str) -> dict:
 
 
 async def test_sample_resources_become_deployment_service_and_keys(apiserver, kube_api, cluster, controller):
-    await kubectl_apply(kube_api, sample("instancetypes.yaml") + sample("iris-endpoint.yaml"))
-    controller()
-    await eventually(lambda: status_of(apiserver, "onlinedeployments", "iris-blue").get("provisioningState")
-                     == "Succeeded", timeout_s=10)
+    await serving_sample(apiserver, kube_api, controller)
 
     cr = the(apiserver, "onlinedeployments")
     assert cr["status"]["readyReplicas"] == 2 and cr["status"]["stage"] == "" and cr["status"]["reason"] == ""
@@ -219,10 +216,7 @@ async def test_deleting_the_custom_resource_removes_its_workload(apiserver, kube
 
 
 async def test_a_failed_update_keeps_the_old_version_serving(apiserver, kube_api, cluster, controller):
-    await kubectl_apply(kube_api, sample("instancetypes.yaml") + sample("iris-endpoint.yaml"))
-    controller()
-    await eventually(lambda: status_of(apiserver, "onlinedeployments", "iris-blue").get("provisioningState")
-                     == "Succeeded", timeout_s=10)
+    await serving_sample(apiserver, kube_api, controller)
     [old] = apiserver.objects_of("deployments", NS)
     old_pods = {p["metadata"]["uid"] for p in cluster.pods()}
 
@@ -240,12 +234,18 @@ async def test_a_failed_update_keeps_the_old_version_serving(apiserver, kube_api
     assert the(apiserver, "deployments")["spec"]["replicas"] == 2
 
 
-async def test_an_invalid_edit_is_reported_and_the_serving_version_keeps_serving(apiserver, kube_api, cluster,
-                                                                                 controller):
+async def serving_sample(apiserver, kube_api, controller):
+    """The sample endpoint applied and a controller run until iris-blue is Succeeded."""
     await kubectl_apply(kube_api, sample("instancetypes.yaml") + sample("iris-endpoint.yaml"))
     running = controller()
     await eventually(lambda: status_of(apiserver, "onlinedeployments", "iris-blue").get("provisioningState")
                      == "Succeeded", timeout_s=10)
+    return running
+
+
+async def test_an_invalid_edit_is_reported_and_the_serving_version_keeps_serving(apiserver, kube_api, cluster,
+                                                                                 controller):
+    running = await serving_sample(apiserver, kube_api, controller)
     [serving] = apiserver.objects_of("deployments", NS)
     [service] = apiserver.objects_of("services", NS)
     pods = {p["metadata"]["uid"] for p in cluster.pods()}
@@ -287,10 +287,7 @@ async def test_an_invalid_edit_is_reported_and_the_serving_version_keeps_serving
 
 
 async def test_deleting_an_invalid_custom_resource_removes_its_workload(apiserver, kube_api, cluster, controller):
-    await kubectl_apply(kube_api, sample("instancetypes.yaml") + sample("iris-endpoint.yaml"))
-    controller()
-    await eventually(lambda: status_of(apiserver, "onlinedeployments", "iris-blue").get("provisioningState")
-                     == "Succeeded", timeout_s=10)
+    await serving_sample(apiserver, kube_api, controller)
     await kube_api.patch(ONLINE_DEPLOYMENTS, NS, "iris-blue", {"spec": {"instanceType": "cpu-smal"}})
     await eventually(lambda: status_of(apiserver, "onlinedeployments", "iris-blue").get("provisioningState")
                      == "Failed", timeout_s=10)
@@ -302,10 +299,7 @@ async def test_deleting_an_invalid_custom_resource_removes_its_workload(apiserve
 
 async def test_an_endpoint_edit_that_breaks_traffic_keeps_the_last_valid_traffic(apiserver, kube_api, cluster,
                                                                                  controller):
-    await kubectl_apply(kube_api, sample("instancetypes.yaml") + sample("iris-endpoint.yaml"))
-    running = controller()
-    await eventually(lambda: status_of(apiserver, "onlinedeployments", "iris-blue").get("provisioningState")
-                     == "Succeeded", timeout_s=10)
+    running = await serving_sample(apiserver, kube_api, controller)
     [serving] = apiserver.objects_of("deployments", NS)
     pods = {p["metadata"]["uid"] for p in cluster.pods()}
     await kube_api.patch(ONLINE_ENDPOINTS, NS, "iris", {"spec": {"traffic": {"blue": 60}}})
