@@ -120,6 +120,16 @@ async def test_batch_custom_resources_accept_and_run_jobs(apiserver, kube_api, r
         await asyncio.sleep(0.05)
     assert await key_works(new_key) and not await key_works(key)
 
+    # A Secret with a key emptied is not taken: the status says so, the keys in use stay.
+    emptied = await kube_api.get(SECRETS, NS, secret["metadata"]["name"])
+    emptied["data"]["secondaryKey"] = ""
+    await kube_api.replace(SECRETS, NS, secret["metadata"]["name"], emptied)
+    reason = await eventually(lambda: (s := status(apiserver, "batchendpoints", "iris-batch"))
+                              .get("provisioningState") == "Failed" and s["reason"], timeout_s=10)
+    assert reason == ("BatchEndpoint team-a/iris-batch: Secret scoregate-keys-iris-batch must hold both "
+                      "primaryKey and secondaryKey; the keys in use are unchanged"), reason
+    assert await key_works(new_key)
+
     # Deleting the endpoint takes it (and its jobs) away.
     await kube_api.delete(BATCH_DEPLOYMENTS, NS, "iris-batch-classifier")
     await kube_api.delete(BATCH_ENDPOINTS, NS, "iris-batch")

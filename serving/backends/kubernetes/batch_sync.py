@@ -213,7 +213,12 @@ class BatchResources:
             return False
         keys = self._keys.keys_of(obj["metadata"]["namespace"], endpoint.name)
         record = self._service.store.get_endpoint(endpoint.name)
-        if keys is not None and all(keys) and record is not None and record.keys != keys:
+        if keys is not None and not all(keys):  # someone emptied a key: not taken, and said
+            problems.setdefault(_oid(obj), (
+                f"{_oid(obj)[0]} {obj['metadata']['namespace']}/{obj['metadata']['name']}: Secret "
+                f"{names.keys_secret_name(endpoint.name)} must hold both primaryKey and secondaryKey; "
+                "the keys in use are unchanged"))
+        elif keys is not None and record is not None and record.keys != keys:
             self._service.store.set_keys(endpoint.name, *keys)
         return keys is not None
 
