@@ -75,20 +75,17 @@ def deployment_status(obj: dict, problem: str | None, views: list[ReplicaView],
     spec_hash = deployment.replica_spec_hash()
     mine = [v for v in views if (v.endpoint, v.deployment) == (deployment.endpoint_name, deployment.name)]
     current = [v for v in mine if v.spec_hash == spec_hash]
-    if problem:  # refused; its last valid version is still served: its replicas
-        return {"provisioningState": "Failed", "stage": VALIDATION, "reason": problem,
-                "replicas": sum(1 for v in current if v.state in (STARTING, READY, EXITED)),
-                "readyReplicas": sum(1 for v in current if v.state == READY),
-                "desiredReplicas": wanted(deployment), "specHash": spec_hash, "observedGeneration": generation}
-    stale = [v for v in mine if v.spec_hash != spec_hash and v.state in (STARTING, READY)]
     ready = sum(1 for v in current if v.state == READY)
-    failed = [v for v in current if v.state == EXITED]
-    waiting = sorted((v for v in current if v.state == STARTING),
-                     key=lambda v: _STAGE_ORDER.index(_split(v.reason)[0]) if _split(v.reason)[0] else 0)
     desired = wanted(deployment)
     status = {"replicas": sum(1 for v in current if v.state in (STARTING, READY, EXITED)),
               "readyReplicas": ready, "desiredReplicas": desired, "specHash": spec_hash,
               "observedGeneration": generation}
+    if problem:  # refused; its last valid version is still served: its replicas
+        return {**status, "provisioningState": "Failed", "stage": VALIDATION, "reason": problem}
+    stale = [v for v in mine if v.spec_hash != spec_hash and v.state in (STARTING, READY)]
+    failed = [v for v in current if v.state == EXITED]
+    waiting = sorted((v for v in current if v.state == STARTING),
+                     key=lambda v: _STAGE_ORDER.index(_split(v.reason)[0]) if _split(v.reason)[0] else 0)
     rollout = previous.get("rollout") or {}
     if rollout.get("spec_hash") == spec_hash and str(rollout.get("state", "")).lower() == "failed":
         # the rollout's own verdict (serving/controller/rollouts.py): budget, rollback, crash limit
