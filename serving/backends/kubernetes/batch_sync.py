@@ -55,6 +55,12 @@ def _oid(obj: dict) -> ObjectId:
     return obj.get("kind", ""), meta.get("namespace", ""), meta.get("name", "")
 
 
+def _named(obj: dict) -> str:
+    """How a status reason names the object: `BatchEndpoint team-a/iris-batch`."""
+    kind, namespace, name = _oid(obj)
+    return f"{kind} {namespace}/{name}"
+
+
 def _created(obj: dict) -> tuple[float, str, str]:
     meta = obj.get("metadata") or {}
     return parse_time(meta.get("creationTimestamp")) or 0.0, meta.get("namespace", ""), meta.get("name", "")
@@ -203,8 +209,7 @@ class BatchResources:
             held = self._service.store.get_endpoint(endpoint.name)
             applied = replace(endpoint, default_deployment=held.endpoint.default_deployment if held and (
                 held.endpoint.default_deployment in ours) else None)
-            problems[_oid(obj)] = (f"{_oid(obj)[0]} {obj['metadata']['namespace']}/{obj['metadata']['name']}: "
-                                   f"spec.defaults.deploymentName: no valid BatchDeployment "
+            problems[_oid(obj)] = (f"{_named(obj)}: spec.defaults.deploymentName: no valid BatchDeployment "
                                    f"{endpoint.default_deployment} of this endpoint")
         try:
             self._service.apply([applied], [d for d, _ in deployments])
@@ -215,9 +220,8 @@ class BatchResources:
         record = self._service.store.get_endpoint(endpoint.name)
         if keys is not None and not all(keys):  # someone emptied a key: not taken, and said
             problems.setdefault(_oid(obj), (
-                f"{_oid(obj)[0]} {obj['metadata']['namespace']}/{obj['metadata']['name']}: Secret "
-                f"{names.keys_secret_name(endpoint.name)} must hold both primaryKey and secondaryKey; "
-                "the keys in use are unchanged"))
+                f"{_named(obj)}: Secret {names.keys_secret_name(endpoint.name)} must hold both primaryKey "
+                "and secondaryKey; the keys in use are unchanged"))
         elif keys is not None and record is not None and record.keys != keys:
             self._service.store.set_keys(endpoint.name, *keys)
         return keys is not None
