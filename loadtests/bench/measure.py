@@ -60,22 +60,33 @@ def figures(result: RunResult, rate: float | None = None) -> dict:
 
 def measure(bt: BenchTarget, duration: float, *, rate: float | None = None,
             connections: int = 32, processes: int = 1, timeout: float = 5.0,
-            cores: set[int] | None = None, warmup: float = 0.0) -> tuple[dict, RunResult | None]:
+            cores: set[int] | None = None, warmup: float = 0.0,
+            pids: list[int] | None = None) -> tuple[dict, RunResult | None]:
     """Closed loop (rate None) or open loop at `rate`; (figures, result).
 
-    figures["foreign_cores"]: CPU other processes took on `cores` meanwhile.
+    figures["foreign_cores"]: CPU other processes took on `cores` meanwhile. With `pids`
+    (a proxy's processes) at a fixed rate, figures["cpu_us_per_request"]: their CPU time
+    over the requests sent, the warm-up's included (rate × warm-up: an open loop sends
+    on schedule) — at a low rate each request wakes an idle core and runs with cold
+    caches, so it costs several times its price at saturation.
     """
     mode = "closed" if rate is None else "open"
     spec = RunSpec(bt.target(timeout), duration, mode=mode,
                    profile=None if rate is None else f"constant:{rate:g}",
                    connections=connections if rate is None else 0,
                    processes=processes, label=bt.name, warmup=warmup)
+    cpu_before = process_cpu_s(pids) if pids and rate is not None else None
     try:
         with NoiseMeter(cores) as meter:
             result = run(spec, None)
     except (OSError, ValueError, WorkerError, TimeoutError) as exc:
         return {"error": f"{type(exc).__name__}: {exc}"}, None
-    return {**figures(result, rate), "foreign_cores": meter.foreign_cores}, result
+    out = {**figures(result, rate), "foreign_cores": meter.foreign_cores}
+    cpu_after = process_cpu_s(pids) if cpu_before is not None else None
+    sent = result.ok + result.failed + rate * warmup if rate is not None else 0
+    if cpu_before is not None and cpu_after is not None and sent > 0:
+        out["cpu_us_per_request"] = round((cpu_after - cpu_before) / sent * 1e6, 1)
+    return out, result
 
 
 def wrk_available() -> str | None:

@@ -221,7 +221,8 @@ class Session:
                 for name, bt in self.targets.items():
                     figs, result = self._quiet(f"{rate:g} req/s {name}", lambda: measure(
                         bt, self.opts.duration, rate=rate, processes=self.opts.processes,
-                        timeout=self.opts.timeout, cores=self.cores, warmup=self.opts.warmup))
+                        timeout=self.opts.timeout, cores=self.cores, warmup=self.opts.warmup,
+                        pids=self._pids(name)))
                     self.open.setdefault(rate, {}).setdefault(name, []).append(figs)
                     if result is not None:
                         result.label = f"{name} @ {rate:g} req/s"

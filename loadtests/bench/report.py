@@ -104,6 +104,7 @@ def build(session: Session, setup: dict, command: str) -> dict:
             entry["targets"][name] = {
                 "p50_ms": _sp(runs, "p50_ms"), "p99_ms": _sp(runs, "p99_ms"),
                 "throughput": _sp(runs, "throughput"), "held": f"{held}/{len(runs)}",
+                "cpu_us_per_request": _sp(runs, "cpu_us_per_request"),
                 "noise": _sp(runs, "foreign_cores"),
                 "target_fell_short": sum(1 for r in ok if not r.get("target_kept_up", True)),
                 "generator_late": sum(1 for r in ok if r.get("fell_behind")),
@@ -155,6 +156,8 @@ def goals(data: dict) -> list[dict]:
             nginx = _median(((entry or {}).get("targets", {}).get(NGINX) or {}).get(key))
             # nginx's own figure in the same run: what a C proxy adds on this machine.
             beside = f" (nginx {nginx * 1000:.0f} µs)" if nginx is not None and nginx >= 0 else ""
+            if key == "overhead_p50_ms":
+                beside += _cpu_at_rate(entry)
             if value is None:
                 out.append({"goal": goal, "measured": None, "holds": None})
             elif value < 0:
@@ -197,6 +200,17 @@ def goals(data: dict) -> list[dict]:
         out.append({"goal": "10,000 idle TLS connections in < 300 MB", "measured": None, "holds": None})
     out.append(workers_goal(data.get("workers")))
     return out
+
+
+def _cpu_at_rate(entry: dict | None) -> str:
+    """The proxies' CPU per request at this rate: what the added latency is made of
+    (every request wakes an idle core and runs with cold caches)."""
+    targets = (entry or {}).get("targets", {})
+    ours = _median((targets.get(GATEWAY) or {}).get("cpu_us_per_request"))
+    if ours is None:
+        return ""
+    nginx = _median((targets.get(NGINX) or {}).get("cpu_us_per_request"))
+    return f"; CPU per request at this rate {ours:.0f} µs" + (f", nginx {nginx:.0f} µs" if nginx is not None else "")
 
 
 WORKERS_GOAL = "--workers N scales ≥ 0.8 × N"
@@ -363,7 +377,7 @@ def markdown(data: dict) -> str:
     for entry in data["rates"]:
         lines += [f"### {entry['label']}", "",
                   "| target | p50 ms | p99 ms | overhead p50 ms | overhead p99 ms | overhead mean ms "
-                  "| rounds ok | other CPU |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| proxy CPU µs/req | rounds ok | other CPU |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for name in data["targets"]:
             t = entry["targets"].get(name)
             if not t:
@@ -371,7 +385,7 @@ def markdown(data: dict) -> str:
             mark = ("\\*" if t.get("target_fell_short") else "") + ("†" if t.get("generator_late") else "")
             lines.append(f"| {name} | {fmt(t['p50_ms'], mark=mark)} | {fmt(t['p99_ms'], mark=mark)} | "
                          f"{fmt(t['overhead_p50_ms'])} | {fmt(t['overhead_p99_ms'])} | "
-                         f"{fmt(t.get('overhead_mean_ms'))} | {t['held']} | "
+                         f"{fmt(t.get('overhead_mean_ms'))} | {fmt(t.get('cpu_us_per_request'), 0)} | {t['held']} | "
                          f"{fmt(t.get('noise'))} |")
         lines.append("")
     lines += ["\\* the target did not keep up in some round (failures, or ok-throughput < 95 % "
@@ -380,7 +394,10 @@ def markdown(data: dict) -> str:
               "figure too. \"rounds ok\": rounds with neither.",
               "Negative overheads are noise: the proxy's round happened to be quieter than "
               "direct's. \"other CPU\": cores that processes outside the benchmark took on "
-              "the benchmark's cores during the measurement.", ""]
+              "the benchmark's cores during the measurement. \"proxy CPU\": the proxy's CPU time "
+              "over the requests sent at that rate (warm-up included) — at a low rate every request "
+              "wakes an idle core and runs with cold caches, several times its cost at saturation, "
+              "and that is most of what a proxy adds to the latency there.", ""]
     conns = data.get("connections", {})
     if conns.get("handshakes_per_s") or conns.get("idle"):
         lines += ["## Connections", "", "| target | full TLS handshakes/s reached (openssl s_time -new) "

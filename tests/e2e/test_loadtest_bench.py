@@ -63,6 +63,10 @@ def test_quick_bench_writes_every_section(tmp_path):
     for entry in data["rates"]:
         assert set(entry["targets"]) == set(names)
         assert entry["targets"]["scoregate"]["overhead_p50_ms"] is not None
+        # the proxies' CPU per request at each rate (the replica has none of its own here)
+        for name in set(names) - {"direct"}:
+            assert entry["targets"][name]["cpu_us_per_request"]["median"] > 0, (entry["label"], name)
+        assert entry["targets"]["direct"]["cpu_us_per_request"] is None
     assert {"nproc", "cpu_model", "kernel"} <= set(data["machine"])
     # The gateway ran on the interpreter that measured it (not whichever `scoregate` PATH
     # finds first), and the report says which one that was.

@@ -133,8 +133,10 @@ def test_goals_say_measured_value_and_verdict(tmp_path):
     for rate, gw_p50 in ((1000.0, 0.4), (3000.0, 0.35)):
         session.open[rate] = {
             "direct": [{"p50_ms": 0.3, "p99_ms": 1.0, "mean_ms": 0.3, "held_rate": True}],
-            "scoregate": [{"p50_ms": gw_p50, "p99_ms": 3.0, "mean_ms": 0.5, "held_rate": rate < 2000}],
-            "nginx": [{"p50_ms": 0.32, "p99_ms": 1.1, "mean_ms": 0.31, "held_rate": True}]}
+            "scoregate": [{"p50_ms": gw_p50, "p99_ms": 3.0, "mean_ms": 0.5, "held_rate": rate < 2000,
+                           "cpu_us_per_request": 270.0 if rate == 1000 else None}],
+            "nginx": [{"p50_ms": 0.32, "p99_ms": 1.1, "mean_ms": 0.31, "held_rate": True,
+                       "cpu_us_per_request": 125.0 if rate == 1000 else None}]}
     setup = {"pinning": "pinned", "rates": [(1000.0, "1000 req/s"), (3000.0, "3000 req/s")],
              "started_at": 0.0}
     data = build(session, setup, "bench")
@@ -143,7 +145,11 @@ def test_goals_say_measured_value_and_verdict(tmp_path):
         "goal": "max throughput ≥ 15,000 req/s", "measured": "4000 req/s", "holds": False}
     assert by_goal["max throughput ≥ 0.25 × nginx's"]["holds"] is True  # 0.4× by wrk
     # nginx's own added latency and CPU in the same run stand beside ours: the floor here.
-    assert by_goal["added p50 at 1,000 req/s ≤ 150 µs"]["measured"] == "100 µs (nginx 20 µs)"
+    # ... and at 1,000 req/s both proxies' CPU per request: what the added latency is made of
+    assert by_goal["added p50 at 1,000 req/s ≤ 150 µs"]["measured"] == (
+        "100 µs (nginx 20 µs); CPU per request at this rate 270 µs, nginx 125 µs")
+    assert by_goal["added p99 at 1,000 req/s ≤ 400 µs"]["measured"].endswith("(nginx 100 µs)")
+    assert "CPU per request" not in late_measured(by_goal)  # not measured at 3,000 here
     assert by_goal["added p50 at 1,000 req/s ≤ 150 µs"]["holds"] is True
     assert by_goal["added p99 at 1,000 req/s ≤ 400 µs"]["holds"] is False  # 2 ms added
     late = by_goal["added p50 at 3,000 req/s ≤ 150 µs"]  # 50 µs, but the rate was not held
@@ -153,8 +159,14 @@ def test_goals_say_measured_value_and_verdict(tmp_path):
     assert by_goal["--workers N scales ≥ 0.8 × N"]["holds"] is None
     text = markdown(data)
     assert "| gateway CPU time per request ≤ 60 µs | 250 µs (nginx 30 µs) | **no** |" in text
-    assert "| added p50 at 1,000 req/s ≤ 150 µs | 100 µs (nginx 20 µs) | yes |" in text
+    assert ("| added p50 at 1,000 req/s ≤ 150 µs | 100 µs (nginx 20 µs); CPU per request at this "
+            "rate 270 µs, nginx 125 µs | yes |") in text
+    assert "| nginx | 0.32 | 1.10 | 0.02 | 0.10 | 0.01 | 125 |" in text  # the proxy CPU column
     assert "| scoregate |" in text and "| 250 |" in text  # CPU per request column
+
+
+def late_measured(by_goal: dict) -> str:
+    return by_goal["added p50 at 3,000 req/s ≤ 150 µs"]["measured"]
 
 
 def test_a_negative_overhead_is_reported_as_not_measurable(tmp_path):
