@@ -64,18 +64,6 @@ def gateway(tmp_path_factory):
         gw.kill_everything()
 
 
-def wired(gw: GatewayProcess) -> bool:
-    """True once the gateway serves the status routes; a gateway whose composition root
-    imports serving.status but does not serve them is a wiring bug, not a skip."""
-    status, _ = gw.admin("GET", "/api/v1/status")
-    if status != 404:
-        return True
-    source = (REPO / "serving" / "embedded.py").read_text()
-    assert not re.search(r"from \.status|serving\.status", source), "embedded.py imports serving.status " \
-        "but GET /api/v1/status is 404"
-    return False
-
-
 async def start_harness(gw: GatewayProcess) -> tuple[web.AppRunner, str]:
     remote = RemoteSnapshot(AdminClient(gw.info))
     app = web.Application()
@@ -106,8 +94,6 @@ async def submit_batch_job(gw: GatewayProcess, items: int) -> str:
 @pytest.fixture(params=["harness", "gateway"])
 async def status_url(request, gateway):
     if request.param == "gateway":
-        if not wired(gateway):
-            pytest.skip("serving.embedded does not serve the status page yet")
         yield gateway.info.admin_url
         return
     runner, url = await start_harness(gateway)
@@ -184,8 +170,6 @@ async def check_page(page, job_id: str, rps_chart: str) -> None:
 
 
 async def test_gateway_serves_the_status_routes_behind_the_admin_token(gateway):
-    if not wired(gateway):
-        pytest.skip("serving.embedded does not serve the status page yet")
     admin, token = gateway.info.admin_url, gateway.info.admin_token
     load = load_for(gateway, 30).start()
     try:
