@@ -365,7 +365,9 @@ def test_deleting_is_shown_while_replicas_drain(gateway, tmp_path):
 
     caller = threading.Thread(target=slow_call)
     caller.start()
-    time.sleep(0.5)  # the request is at the model: the replica must drain before it stops
+    # the request is at the model: the replica must drain before it stops
+    wait_for(lambda: gateway.metric("scoregate_deployment_in_flight_requests", endpoint="goner") == 1, 20,
+             "the request at the model")
     deleting = threading.Thread(target=gateway.cli, args=("endpoint", "delete", "-n", "goner"))
     deleting.start()
     shown = wait_for(lambda: (lambda s: s if s[0] == 200 and s[1]["provisioning_state"] == "Deleting" else None)(

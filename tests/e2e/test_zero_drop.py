@@ -117,7 +117,10 @@ async def test_autoscaler_scales_up_under_load_and_down_conservatively(gateway, 
     assert result.sent > 40 and result.failed == 0, (result.statuses, result.codes, result.errors)
 
     idle_since = time.monotonic()
-    await asyncio.sleep(1.5)  # well under 20 intervals (5 s): no scale-down yet
+    # Six polls after the load ended (1.5 s, well under 20 intervals of 0.25 s): no scale-down yet.
+    polls = gateway.metric("scoregate_autoscale_polls_total", endpoint="auto", deployment="main")
+    await wait_async(lambda: gateway.metric("scoregate_autoscale_polls_total", endpoint="auto",
+                                            deployment="main") >= polls + 6, 20, "six more autoscaler polls")
     assert gateway.deployment("auto", "main")["desired_replicas"] == 3
     await wait_async(lambda: gateway.deployment("auto", "main")["desired_replicas"] == 1, 20,
                      "scale-down to min_instances")
@@ -138,7 +141,8 @@ async def test_shutdown_finishes_requests_in_flight(make_gateway, tmp_path):
                                     headers={"Authorization": f"Bearer {key}"}) as r:
                 return r.status, await r.json()
         in_flight = [asyncio.create_task(one()) for _ in range(4)]
-        await asyncio.sleep(0.5)  # all four are at the model now
+        await wait_async(lambda: gw.metric("scoregate_deployment_in_flight_requests", endpoint="slow") == 4,
+                         20, "all four requests at the model")
         stopping = asyncio.create_task(asyncio.to_thread(gw.stop))
         results = await asyncio.gather(*in_flight)
     assert [status for status, _ in results] == [200] * 4

@@ -154,6 +154,19 @@ class GatewayProcess:
         except ValueError:
             return status, raw.decode(errors="replace")
 
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of a metric's samples on the admin /metrics whose labels include
+        `labels` (0.0 when there is none yet)."""
+        status, text = self.admin("GET", "/metrics")
+        assert status == 200, text
+        total = 0.0
+        for line in text.splitlines():
+            sample, _, value = line.rpartition(" ")
+            if sample == name or sample.startswith(name + "{"):
+                if all(f'{key}="{wanted}"' in sample for key, wanted in labels.items()):
+                    total += float(value)
+        return total
+
     def cli(self, *args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "-m", "serving.cli", *args, "--state-dir", str(self.state.root)],
