@@ -8,7 +8,8 @@ them rolled out, and the ready replicas — which routing.py turns into a Routin
   router and controller agree on what exists. An endpoint is listed only once its keys
   Secret exists (keys.py), as in the store; the router never creates keys. An object that
   an edit made invalid is routed in its last valid version, as the store serves it, until
-  a valid edit or its deletion (last_valid.py).
+  a valid edit or its deletion: the one this router saw, else the one the controller
+  recorded in its status (last_valid.py), so a router that starts meanwhile routes it too.
 - A deployment gets traffic only when its status says a version served (`lastGood`, or
   `provisioningState: Succeeded`) — the publisher's "traffic in effect" rule.
 - Replicas: EndpointSlices labelled `kubernetes.io/service-name` = the deployment's
@@ -112,8 +113,8 @@ class ClusterDiscovery:
         self._keys = SecretKeeper(api, self._keys_cache, default_namespace=self._signing_namespace,
                                   on_change=lambda: None)  # read-only use: keys_of()
         self.view = ClusterView()
-        self._endpoint_versions: LastValid[Endpoint] = LastValid()
-        self._deployment_versions: LastValid[Deployment] = LastValid()
+        self._endpoint_versions: LastValid[Endpoint] = LastValid("endpoint", Endpoint.from_dict)
+        self._deployment_versions: LastValid[Deployment] = LastValid("deployment", Deployment.from_dict)
         self._tokens: TokenIssuer | None = None
         self._signing_encoded = ""
         self._scheduled = False

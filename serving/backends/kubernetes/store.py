@@ -11,9 +11,9 @@ An OnlineEndpoint or OnlineDeployment that was valid and then becomes invalid (a
 the CRD schema cannot refuse: an unknown instance type, traffic that no longer adds up)
 keeps its last valid version in the snapshot (`kept`), so the controller goes on serving
 it unchanged while the problem is reported; a valid edit or the object's deletion (or a
-new object under its name: another uid) ends that (last_valid.py). The last valid
-versions are held in memory only: a controller that starts while an object is invalid
-does not know them.
+new object under its name: another uid) ends that. The versions accepted (`last_valid`)
+are recorded in each object's status (last_valid.py), so a controller that starts while
+an object is invalid serves the same version.
 Endpoint keys live in a Secret per endpoint (keys.py); an endpoint without its Secret yet
 is not listed, so the router never sees an endpoint with empty keys. Writes (the management API) block on the
 event loop and must come from a worker thread, as the Store protocol says.
@@ -65,6 +65,8 @@ class StoreSnapshot:
     problems: dict[ObjectId, str] = field(default_factory=dict)
     # invalid objects served in their last valid version: id -> that version (Endpoint or Deployment)
     kept: dict[ObjectId, object] = field(default_factory=dict)
+    # every endpoint and deployment served, as accepted (for status.lastValid)
+    last_valid: dict[ObjectId, Version] = field(default_factory=dict)
 
 
 class KubernetesStore:
@@ -85,8 +87,8 @@ class KubernetesStore:
         self._keys = SecretKeeper(api, self._secrets, default_namespace=self.default_namespace,
                                   on_change=lambda: self._rebuild())
         self._snapshot = StoreSnapshot()
-        self._endpoint_versions: LastValid[Endpoint] = LastValid()
-        self._deployment_versions: LastValid[Deployment] = LastValid()
+        self._endpoint_versions: LastValid[Endpoint] = LastValid("endpoint", Endpoint.from_dict)
+        self._deployment_versions: LastValid[Deployment] = LastValid("deployment", Deployment.from_dict)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
 
@@ -178,8 +180,11 @@ class KubernetesStore:
             accepted_deployments[key_of(obj)] = found.version
         self._endpoint_versions.remember(accepted_endpoints)
         self._deployment_versions.remember(accepted_deployments)
+        last_valid = {("OnlineEndpoint", *k): v for k, v in accepted_endpoints.items()}
+        last_valid.update({("OnlineDeployment", *k): v for k, v in accepted_deployments.items()})
         self._snapshot = StoreSnapshot(tuple(records), tuple(deployments), placements, instance_types, sources,
-                                       {name: obj for name, (_, obj) in endpoints.items()}, problems, kept)
+                                       {name: obj for name, (_, obj) in endpoints.items()}, problems, kept,
+                                       last_valid)
         self.on_change()
 
     @staticmethod
