@@ -48,8 +48,9 @@ class Version(Generic[V]):
     field: str  # the record's key for the value: "endpoint" or "deployment"
 
     def record(self) -> dict:
-        """As `status.lastValid` holds it. Without null members: they are the defaults
-        `from_dict` restores, and an API server need not keep them."""
+        """As `status.lastValid` holds it. Without null members: an API server need not
+        keep them, and the resource's own are defaults `from_dict` restores (a null a user
+        put inside `environment` is lost with them: that version's hash then differs)."""
         return {"uid": self.uid, "generation": self.generation, self.field: _without_nulls(self.value.to_dict())}
 
 
