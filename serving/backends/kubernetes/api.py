@@ -21,6 +21,7 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
 RETRYABLE_STATUSES = {0, 429, 500, 502, 503, 504}
 
 
@@ -194,11 +195,12 @@ class KubeApi:
         method, params = self._method(kind, "replace", namespace, name, subresource)
         return await _decode(await method(**params, body=body, _preload_content=False))
 
-    async def patch(self, kind: Kind, namespace: str | None, name: str, patch: dict,
-                    subresource: str | None = None) -> dict:
-        """JSON merge patch (RFC 7386): maps merge, null deletes, lists are replaced."""
+    async def patch(self, kind: Kind, namespace: str | None, name: str, patch: dict | list,
+                    subresource: str | None = None, content_type: str = MERGE_PATCH) -> dict:
+        """JSON merge patch (RFC 7386): maps merge, null deletes, lists are replaced; or, with
+        `content_type` application/json-patch+json, a JSON patch (RFC 6902: a list of ops)."""
         method, params = self._method(kind, "patch", namespace, name, subresource)
-        return await _decode(await method(**params, body=patch, _content_type=MERGE_PATCH,
+        return await _decode(await method(**params, body=patch, _content_type=content_type,
                                           _preload_content=False))
 
     async def delete(self, kind: Kind, namespace: str | None, name: str, *,

@@ -8,7 +8,8 @@ them rolled out, and the ready replicas — which routing.py turns into a Routin
   router and controller agree on what exists. An endpoint is listed only once its keys
   Secret exists (keys.py), as in the store; the router never creates keys. An object that
   an edit made invalid is routed in its last valid version, as the store serves it, until
-  a valid edit or its deletion.
+  a valid edit or its deletion: the one this router saw, else the one the controller
+  recorded in its status (last_valid.py), so a router that starts meanwhile routes it too.
 - A deployment gets traffic only when its status says a version served (`lastGood`, or
   `provisioningState: Succeeded`) — the publisher's "traffic in effect" rule.
 - Replicas: EndpointSlices labelled `kubernetes.io/service-name` = the deployment's
@@ -33,8 +34,9 @@ from .. import READY, ReplicaView
 from . import names
 from .api import ENDPOINT_SLICES, ONLINE_DEPLOYMENTS, ONLINE_ENDPOINTS, SECRETS, KubeApi
 from .keys import NAMED_SECRETS, SecretKeeper
+from .last_valid import LastValid, Version, key_of
 from .podstatus import parse_time
-from .translation import CustomResourceError, deployment_from_custom_resource, endpoint_from_custom_resource
+from .translation import deployment_from_custom_resource, endpoint_from_custom_resource
 from .watching import ObjectCache
 
 log = logging.getLogger("scoregate.kubernetes.discovery")
@@ -53,28 +55,6 @@ class ClusterView:
 def _age(obj: dict) -> tuple[float, str, str]:
     meta = obj.get("metadata") or {}
     return parse_time(meta.get("creationTimestamp")) or 0.0, meta.get("namespace", ""), meta.get("name", "")
-
-
-def _key(obj: dict) -> tuple[str, str]:
-    meta = obj.get("metadata") or {}
-    return meta.get("namespace", ""), meta.get("name", "")
-
-
-def _uid(obj: dict) -> str:
-    return (obj.get("metadata") or {}).get("uid", "")
-
-
-def _valid(obj: dict, parse: Callable, last: dict):
-    """The object parsed; when it is invalid, its last valid version (same uid), else None."""
-    try:
-        return parse(obj)
-    except CustomResourceError as exc:
-        kept = last.get(_key(obj))
-        if kept is not None and kept[0] == _uid(obj):
-            log.debug("routing to the last valid version of %s", exc)
-            return kept[1]
-        log.debug("not routing to %s", exc)
-        return None
 
 
 def rolled_out(obj: dict) -> bool:
@@ -133,9 +113,8 @@ class ClusterDiscovery:
         self._keys = SecretKeeper(api, self._keys_cache, default_namespace=self._signing_namespace,
                                   on_change=lambda: None)  # read-only use: keys_of()
         self.view = ClusterView()
-        # the last valid version of each OnlineEndpoint / OnlineDeployment: (namespace, name) -> (uid, parsed)
-        self._last_endpoints: dict[tuple[str, str], tuple[str, Endpoint]] = {}
-        self._last_deployments: dict[tuple[str, str], tuple[str, Deployment]] = {}
+        self._endpoint_versions: LastValid[Endpoint] = LastValid("endpoint", Endpoint.from_dict)
+        self._deployment_versions: LastValid[Deployment] = LastValid("deployment", Deployment.from_dict)
         self._tokens: TokenIssuer | None = None
         self._signing_encoded = ""
         self._scheduled = False
@@ -166,14 +145,14 @@ class ClusterDiscovery:
         if not self._started:
             return
         endpoints: dict[str, tuple[Endpoint, str]] = {}  # name -> (endpoint, namespace)
-        last_endpoints: dict[tuple[str, str], tuple[str, Endpoint]] = {}
+        accepted_endpoints: dict[tuple[str, str], Version[Endpoint]] = {}
         for obj in sorted(self._endpoints.values(), key=_age):
-            endpoint = _valid(obj, endpoint_from_custom_resource, self._last_endpoints)
-            if endpoint is None:
+            version = self._endpoint_versions.parse(obj, endpoint_from_custom_resource).version
+            if version is None or version.value.name in endpoints:  # the oldest keeps a name
                 continue
-            last_endpoints[_key(obj)] = (_uid(obj), endpoint)
-            endpoints.setdefault(endpoint.name, (endpoint, obj["metadata"]["namespace"]))
-        self._last_endpoints = last_endpoints
+            endpoints[version.value.name] = (version.value, obj["metadata"]["namespace"])
+            accepted_endpoints[key_of(obj)] = version
+        self._endpoint_versions.remember(accepted_endpoints)
         records = []
         for name, (endpoint, namespace) in sorted(endpoints.items()):
             keys = self._keys.keys_of(namespace, name)
@@ -182,20 +161,26 @@ class ClusterDiscovery:
                 records.append(EndpointRecord(endpoint, keys[0], keys[1], created, created))
         deployments: dict[Key, tuple[Deployment, str]] = {}
         available = set()
-        last_deployments: dict[tuple[str, str], tuple[str, Deployment]] = {}
+        accepted_deployments: dict[tuple[str, str], Version[Deployment]] = {}
         for obj in sorted(self._deployments.values(), key=_age):
-            deployment = _valid(obj, deployment_from_custom_resource, self._last_deployments)
-            if deployment is None:
+            namespace = obj["metadata"]["namespace"]
+
+            def owned(d: Deployment, namespace=namespace) -> bool:
+                owner = endpoints.get(d.endpoint_name)
+                return owner is not None and owner[1] == namespace
+
+            version = self._deployment_versions.parse(obj, deployment_from_custom_resource, usable=owned).version
+            if version is None or not owned(version.value):
                 continue
-            last_deployments[_key(obj)] = (_uid(obj), deployment)
-            key, namespace = (deployment.endpoint_name, deployment.name), obj["metadata"]["namespace"]
-            owner = endpoints.get(deployment.endpoint_name)
-            if owner is None or owner[1] != namespace or key in deployments:
+            deployment = version.value
+            key = (deployment.endpoint_name, deployment.name)
+            if key in deployments:
                 continue
             deployments[key] = (deployment, namespace)
+            accepted_deployments[key_of(obj)] = version
             if rolled_out(obj):
                 available.add(key)
-        self._last_deployments = last_deployments
+        self._deployment_versions.remember(accepted_deployments)
         by_service = {(ns, names.service_name(*key)): d for key, (d, ns) in deployments.items()}
         replicas: dict[str, ReplicaView] = {}
         for endpoint_slice in self._slices.values():

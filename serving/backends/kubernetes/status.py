@@ -9,7 +9,9 @@ replica views, and merge-patches the status subresource when it changed:
   reason (of the replica that failed, else of the one furthest behind), replicas,
   readyReplicas, desiredReplicas (the count the controller wants), specHash,
   observedGeneration;
-- OnlineEndpoint: provisioningState, reason, keysSecretName.
+- OnlineEndpoint: provisioningState, reason, keysSecretName;
+- both: lastValid, the version the store accepted last (last_valid.py: what a controller
+  or router that starts while the object is invalid serves), removed once it serves none.
 When the rollout record kept in the status (`status.rollout`, written by the store for
 serving/controller/rollouts.py) says the current version failed, that verdict wins (with
 its stage and reason: budget exhausted, rolled back); otherwise "Failed" means a replica
@@ -29,6 +31,7 @@ from typing import Callable
 from ...resources import Deployment
 from .. import EXITED, READY, STARTING, ReplicaView
 from . import names
+from . import last_valid
 from .api import ONLINE_DEPLOYMENTS, ONLINE_ENDPOINTS, KubeApi, patch_status
 from .watching import run_on_wake
 from .podstatus import ENVIRONMENT, IMAGE_PULL, INIT, MODEL_DOWNLOAD, RUNNING, SCHEDULING
@@ -144,8 +147,10 @@ class DeploymentStatusReporter:
         views = self._observe()
         keyed = {name for name in (r.endpoint.name for r in snapshot.records)}
         for obj in self._store.custom_objects(ONLINE_ENDPOINTS):
-            problem = snapshot.problems.get(("OnlineEndpoint", obj["metadata"]["namespace"], obj["metadata"]["name"]))
-            await self._patch(ONLINE_ENDPOINTS, obj, endpoint_status(obj, problem, obj["metadata"]["name"] in keyed))
+            oid = ("OnlineEndpoint", obj["metadata"]["namespace"], obj["metadata"]["name"])
+            await self._patch(ONLINE_ENDPOINTS, obj, endpoint_status(obj, snapshot.problems.get(oid),
+                                                                     obj["metadata"]["name"] in keyed))
+            await self._save_last_valid(ONLINE_ENDPOINTS, obj, snapshot.last_valid.get(oid))
         resolved = {(d.endpoint_name, d.name): d for d in snapshot.deployments}
         for obj in self._store.custom_objects(ONLINE_DEPLOYMENTS):
             meta = obj["metadata"]
@@ -157,7 +162,13 @@ class DeploymentStatusReporter:
             kept = snapshot.kept.get(("OnlineDeployment", meta["namespace"], meta["name"]))
             await self._patch(ONLINE_DEPLOYMENTS, obj, deployment_status(obj, problem, views, resolved.get(key),
                                                                        self._wanted, kept))
+            await self._save_last_valid(ONLINE_DEPLOYMENTS, obj,
+                                        snapshot.last_valid.get(("OnlineDeployment", meta["namespace"], meta["name"])))
 
     async def _patch(self, kind, obj: dict, status: dict) -> None:
         if await patch_status(self._api, kind, obj, status):
+            self.patches += 1
+
+    async def _save_last_valid(self, kind, obj: dict, version) -> None:
+        if await last_valid.save(self._api, kind, obj, version):
             self.patches += 1

@@ -11,8 +11,9 @@ An OnlineEndpoint or OnlineDeployment that was valid and then becomes invalid (a
 the CRD schema cannot refuse: an unknown instance type, traffic that no longer adds up)
 keeps its last valid version in the snapshot (`kept`), so the controller goes on serving
 it unchanged while the problem is reported; a valid edit or the object's deletion (or a
-new object under its name: another uid) ends that. The last valid versions are held in
-memory only: a controller that starts while an object is invalid does not know them.
+new object under its name: another uid) ends that. The versions accepted (`last_valid`)
+are recorded in each object's status (last_valid.py), so a controller that starts while
+an object is invalid serves the same version.
 Endpoint keys live in a Secret per endpoint (keys.py); an endpoint without its Secret yet
 is not listed, so the router never sees an endpoint with empty keys. Writes (the management API) block on the
 event loop and must come from a worker thread, as the Store protocol says.
@@ -30,6 +31,7 @@ from ...store import DeploymentRecord, EndpointRecord, StoreError
 from . import names
 from .api import INSTANCE_TYPES, ONLINE_DEPLOYMENTS, ONLINE_ENDPOINTS, SECRETS, KubeApi, status_of
 from .keys import SecretKeeper
+from .last_valid import LastValid, Version, key_of
 from .podstatus import parse_time
 from .translation import (DEFAULT_INSTANCE_TYPE, DEFAULT_INSTANCE_TYPE_NAME, CustomResourceError, InstanceTypeSpec,
                           deployment_from_custom_resource, deployment_to_custom_resource,
@@ -45,10 +47,6 @@ ObjectId = tuple[str, str, str]  # kind, namespace, name
 def _created(obj: dict) -> tuple[float, str]:
     meta = obj.get("metadata") or {}
     return parse_time(meta.get("creationTimestamp")) or 0.0, meta.get("namespace", "")
-
-
-def _uid(obj: dict) -> str:
-    return (obj.get("metadata") or {}).get("uid", "")
 
 
 def _id(obj: dict) -> ObjectId:
@@ -67,6 +65,8 @@ class StoreSnapshot:
     problems: dict[ObjectId, str] = field(default_factory=dict)
     # invalid objects served in their last valid version: id -> that version (Endpoint or Deployment)
     kept: dict[ObjectId, object] = field(default_factory=dict)
+    # every endpoint and deployment served, as accepted (for status.lastValid)
+    last_valid: dict[ObjectId, Version] = field(default_factory=dict)
 
 
 class KubernetesStore:
@@ -87,9 +87,8 @@ class KubernetesStore:
         self._keys = SecretKeeper(api, self._secrets, default_namespace=self.default_namespace,
                                   on_change=lambda: self._rebuild())
         self._snapshot = StoreSnapshot()
-        # the last valid version of each endpoint and deployment, by object id: (uid, parsed)
-        self._last_endpoints: dict[ObjectId, tuple[str, Endpoint]] = {}
-        self._last_deployments: dict[ObjectId, tuple[str, Deployment, Placement]] = {}
+        self._endpoint_versions: LastValid[Endpoint] = LastValid("endpoint", Endpoint.from_dict)
+        self._deployment_versions: LastValid[Deployment] = LastValid("deployment", Deployment.from_dict)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
 
@@ -131,58 +130,61 @@ class KubernetesStore:
             except CustomResourceError as exc:
                 problems[_id(obj)] = str(exc)
         kept: dict[ObjectId, object] = {}
-        last_endpoints: dict[ObjectId, tuple[str, Endpoint]] = {}
+        accepted_endpoints: dict[tuple[str, str], Version[Endpoint]] = {}
         endpoints: dict[str, tuple[Endpoint, dict]] = {}
         for obj in sorted(self._endpoints.values(), key=_created):
-            oid, uid = _id(obj), _uid(obj)
-            try:
-                endpoint = endpoint_from_custom_resource(obj)
-            except CustomResourceError as exc:
-                problems[oid] = str(exc)
-                last = self._last_endpoints.get(oid)
-                if last is None or last[0] != uid:
-                    continue
-                endpoint = kept[oid] = last[1]  # serve the last valid version meanwhile
+            oid = _id(obj)
+            found = self._endpoint_versions.parse(obj, endpoint_from_custom_resource)
+            if found.problem is not None:
+                problems[oid] = str(found.problem)
+            if found.version is None:
+                continue
+            endpoint = found.version.value
             if endpoint.name in endpoints:
                 other = endpoints[endpoint.name][1]["metadata"]["namespace"]
                 problems[oid] = f"the endpoint name {endpoint.name} is already used in namespace {other}"
-                kept.pop(oid, None)
                 continue
+            if found.kept:  # served in its last valid version meanwhile
+                kept[oid] = endpoint
             endpoints[endpoint.name] = (endpoint, obj)
-            last_endpoints[oid] = (uid, endpoint)
+            accepted_endpoints[key_of(obj)] = found.version
         records = []
         for name, (endpoint, obj) in sorted(endpoints.items()):
             record = self._record(endpoint, obj)
             if record is not None:
                 records.append(record)
         deployments, placements, sources = [], {}, {}
-        last_deployments: dict[ObjectId, tuple[str, Deployment, Placement]] = {}
+        accepted_deployments: dict[tuple[str, str], Version[Deployment]] = {}
         for obj in sorted(self._deployments.values(), key=_created):
-            oid, uid = _id(obj), _uid(obj)
-            try:
-                deployment = deployment_from_custom_resource(obj)
-                placement = self._place(obj, deployment, endpoints, instance_types)
-                # The type's content is part of the version: editing the InstanceType rolls it.
-                deployment = with_instance_type(deployment, instance_types.values())
-            except CustomResourceError as exc:
-                problems[oid] = str(exc)
-                last = self._last_deployments.get(oid)
-                if last is None or last[0] != uid or not self._owned(obj, last[1], endpoints):
-                    continue
-                _, deployment, placement = last  # serve the last valid version, unchanged, meanwhile
-                kept[oid] = deployment
+            oid = _id(obj)
+            found = self._deployment_versions.parse(
+                obj, lambda o: self._resolve(o, endpoints, instance_types),
+                # the last valid version, unchanged (its instance type's content included)
+                usable=lambda d, o=obj: d.resolved_instance_type is not None and self._owned(o, d, endpoints))
+            if found.problem is not None:
+                problems[oid] = str(found.problem)
+            if found.version is None:
+                continue
+            deployment = found.version.value
             key = (deployment.endpoint_name, deployment.name)
             if key in sources:
                 problems[oid] = (f"endpoint {key[0]} already has a deployment {key[1]} "
                                  f"({sources[key]['metadata']['name']})")
-                kept.pop(oid, None)
                 continue
+            if found.kept:
+                kept[oid] = deployment
             deployments.append(deployment)
-            placements[key], sources[key] = placement, obj
-            last_deployments[oid] = (uid, deployment, placement)
-        self._last_endpoints, self._last_deployments = last_endpoints, last_deployments
+            placements[key] = Placement(obj["metadata"]["namespace"], deployment.resolved_instance_type,
+                                        owner_reference(obj))
+            sources[key] = obj
+            accepted_deployments[key_of(obj)] = found.version
+        self._endpoint_versions.remember(accepted_endpoints)
+        self._deployment_versions.remember(accepted_deployments)
+        last_valid = {("OnlineEndpoint", *k): v for k, v in accepted_endpoints.items()}
+        last_valid.update({("OnlineDeployment", *k): v for k, v in accepted_deployments.items()})
         self._snapshot = StoreSnapshot(tuple(records), tuple(deployments), placements, instance_types, sources,
-                                       {name: obj for name, (_, obj) in endpoints.items()}, problems, kept)
+                                       {name: obj for name, (_, obj) in endpoints.items()}, problems, kept,
+                                       last_valid)
         self.on_change()
 
     @staticmethod
@@ -191,7 +193,14 @@ class KubernetesStore:
         owner = endpoints.get(deployment.endpoint_name)
         return owner is not None and owner[1]["metadata"]["namespace"] == obj["metadata"]["namespace"]
 
-    def _place(self, obj: dict, deployment: Deployment, endpoints: dict, instance_types: dict) -> Placement:
+    def _resolve(self, obj: dict, endpoints: dict, instance_types: dict) -> Deployment:
+        """The deployment parsed, its endpoint and instance type checked, the type's content
+        resolved: it is part of the version (editing the InstanceType rolls it)."""
+        deployment = deployment_from_custom_resource(obj)
+        self._check_place(obj, deployment, endpoints, instance_types)
+        return with_instance_type(deployment, instance_types.values())
+
+    def _check_place(self, obj: dict, deployment: Deployment, endpoints: dict, instance_types: dict) -> None:
         meta = obj["metadata"]
         owner = endpoints.get(deployment.endpoint_name)
         if owner is None or owner[1]["metadata"]["namespace"] != meta["namespace"]:
@@ -203,7 +212,6 @@ class KubernetesStore:
         if spec is None:
             raise CustomResourceError(obj["kind"], meta["namespace"], meta["name"], "spec.instanceType",
                                       f"no InstanceType named {deployment.instance_type}")
-        return Placement(meta["namespace"], spec, owner_reference(obj))
 
     def _record(self, endpoint: Endpoint, obj: dict) -> EndpointRecord | None:
         keys = self._keys.keys_of(obj["metadata"]["namespace"], endpoint.name)
