@@ -17,6 +17,7 @@ from serving.backends.kubernetes.discovery import rolled_out
 from serving.backends.kubernetes.replicas import pod_ready
 from serving.backends.kubernetes.running import KubernetesControllerSettings, run_controller
 from tests.kubernetes import cluster as fates
+from tests.kubernetes.test_autoscaling_k8s import Coordinator, after_polls
 from tests.kubernetes.conftest import eventually
 from tests.kubernetes.test_controller import NS, after_passes, kubectl_apply, sample, status_of
 
@@ -141,3 +142,75 @@ async def test_a_new_leader_continues_a_first_version_still_downloading(apiserve
     await after_passes(second.registry, 3)
     assert {p["metadata"]["uid"] for p in cluster.pods() if not p["metadata"].get("deletionTimestamp")} == pods
     assert cluster.pods_created == created
+
+
+def replica_counts(apiserver) -> list[int]:
+    return sorted(d["spec"]["replicas"] for d in apiserver.objects_of("deployments", NS))
+
+
+async def scaled_between_leaders(apiserver, kube_api, leaders, *, autoscaled: bool) -> Leader:
+    """A first version serving 2 replicas under one leader; the leader steps down;
+    instanceCount is set to 3 while no controller leads; the next leader takes over."""
+    start, step_down = leaders
+    endpoint, deployment = sample("iris-endpoint.yaml")
+    if not autoscaled:
+        del deployment["spec"]["scaleSettings"]
+    await kubectl_apply(kube_api, sample("instancetypes.yaml") + [endpoint, deployment])
+    first = await start("controller-a")
+    await eventually(lambda: status_of(apiserver, "onlinedeployments", "iris-blue").get("provisioningState")
+                     == "Succeeded", timeout_s=10)
+    assert replica_counts(apiserver) == [2]
+    await step_down(first)
+    await kube_api.patch(ONLINE_DEPLOYMENTS, NS, "iris-blue", {"spec": {"instanceCount": 3}})
+    return await start("controller-b")
+
+
+async def test_an_instance_count_edit_between_leaders_is_honoured(apiserver, kube_api, cluster, leaders):
+    """Without autoscaling the count is instanceCount, read by every pass: the next leader
+    runs 3 (a regression guard: this held before, by construction)."""
+    second = await scaled_between_leaders(apiserver, kube_api, leaders, autoscaled=False)
+    await after_passes(second.registry, 3)
+    assert replica_counts(apiserver) == [3]
+    status = await eventually(lambda: (s := status_of(apiserver, "onlinedeployments", "iris-blue"))
+                              .get("readyReplicas") == 3 and s, timeout_s=10)
+    assert status["provisioningState"] == "Succeeded" and status["desiredReplicas"] == 3
+
+
+async def test_an_instance_count_edit_between_leaders_sets_the_autoscaled_count(apiserver, kube_api, cluster,
+                                                                                leaders):
+    """With target_utilization (1..4, no load reported: nothing decided), an instanceCount
+    edit is an explicit scale the autoscaler continues from — also when it was made while
+    no controller held the Lease. The next leader must not take the 2 replicas that run
+    for the last leader's decision and ignore the edit."""
+    second = await scaled_between_leaders(apiserver, kube_api, leaders, autoscaled=True)
+    await after_passes(second.registry, 3)
+    assert replica_counts(apiserver) == [3]
+    status = await eventually(lambda: (s := status_of(apiserver, "onlinedeployments", "iris-blue"))
+                              .get("readyReplicas") == 3 and s, timeout_s=10)
+    assert status["provisioningState"] == "Succeeded" and status["desiredReplicas"] == 3
+    await after_polls(second.registry, 2)  # still no signal: the autoscaler keeps the count it was given
+    assert replica_counts(apiserver) == [3]
+
+
+async def test_without_an_edit_the_next_leader_keeps_the_autoscaled_count(apiserver, kube_api, cluster, leaders):
+    """The other side of the rule above: instanceCount unchanged since the last leader acted
+    on it (status.observedInstanceCount), the next leader continues from the 4 replicas its
+    autoscaler decided, not from instanceCount (2). The load reported then needs 2, which
+    only brings it down after 20 intervals."""
+    start, step_down = leaders
+    coordinator = Coordinator(kube_api)
+    await kubectl_apply(kube_api, sample("instancetypes.yaml") + sample("iris-endpoint.yaml"))
+    try:
+        await coordinator.keep_publishing(3.0)  # 3 in flight + queued, 1 slot each, target 70 %: 4
+        first = await start("controller-a")
+        await eventually(lambda: (s := status_of(apiserver, "onlinedeployments", "iris-blue"))
+                         .get("readyReplicas") == 4 and s.get("provisioningState") == "Succeeded", timeout_s=10)
+        assert status_of(apiserver, "onlinedeployments", "iris-blue")["observedInstanceCount"] == 2
+        await step_down(first)
+        await coordinator.keep_publishing(0.9)
+        second = await start("controller-b")
+        await after_passes(second.registry, 3)
+        await after_polls(second.registry, 2)
+        assert replica_counts(apiserver) == [4]
+    finally:
+        await coordinator.stop()
