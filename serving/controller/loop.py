@@ -111,8 +111,7 @@ class Controller:
             self._autoscaling.update(self._deployments)
         step = self.rollouts.step(records, self._backend.observe(), self.wanted)
         self._available = step.available
-        for key, (rollout, last_good) in self.rollouts.take_changes().items():
-            await asyncio.to_thread(self._store.save_rollout, key[0], key[1], rollout.to_dict(), last_good)
+        await self._save_rollouts()
         actions = plan(step.run, self._backend.observe(), self._clock(), step.hold)
         for action in actions:
             if isinstance(action, ForgetReplica):
@@ -130,6 +129,18 @@ class Controller:
         self._publish()
         self._acted_on = {(d.endpoint_name, d.name): d.instance_count for d in self._deployments}
         self.passes += 1
+
+    async def _save_rollouts(self) -> None:
+        """Write the rollouts' changes to the store. One it refuses (an API error on a
+        cluster) is written again with the next pass's changes: dropped, a verdict would
+        leave the store saying "in progress" with no last good version for good — what a
+        new leader and the routers read."""
+        for key, (rollout, last_good) in self.rollouts.take_changes().items():
+            try:
+                await asyncio.to_thread(self._store.save_rollout, key[0], key[1], rollout.to_dict(), last_good)
+            except Exception as exc:
+                log.warning("saving the rollout of %s/%s failed; trying again next pass: %s", key[0], key[1], exc)
+                self.rollouts.keep_unsaved(key, rollout, last_good)
 
     def _stop_in_background(self, action: StopReplica) -> None:
         if action.replica_id in self._stopping:

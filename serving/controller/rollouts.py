@@ -82,6 +82,12 @@ class RolloutManager:
         changes, self._to_save = self._to_save, {}
         return changes
 
+    def keep_unsaved(self, key: Key, rollout: Rollout, last_good: Deployment | None) -> None:
+        """A change the store refused: saved with the next ones. A newer rollout queued
+        meanwhile replaces it, and takes its last good version unless it has its own."""
+        newer = self._to_save.get(key)
+        self._to_save[key] = (newer[0], newer[1] or last_good) if newer else (rollout, last_good)
+
     # -- one pass ---------------------------------------------------------------------------
     def step(self, records: list[DeploymentRecord], replicas: list[ReplicaView],
              wanted: Callable[[Deployment], int]) -> Plan:
