@@ -151,6 +151,8 @@ class RolloutManager:
         version = Deployment.from_dict(saved.version)
         if version.replica_spec_hash() == saved.spec_hash:  # else hashed by another release
             self._rollouts[key], self._versions[key] = saved, version
+            log.info("taking over the rollout of %s/%s version %s (%s, started by another controller)",
+                     key[0], key[1], saved.spec_hash, saved.kind)
 
     def _conclude_superseded(self, key: Key, spec_hash: str, replicas: list[ReplicaView],
                              wanted: Callable[[Deployment], int], now: float) -> None:
