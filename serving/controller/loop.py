@@ -50,6 +50,7 @@ class Controller:
         # None for the whole endpoint) -> since. Shown as provisioning_state Deleting.
         self.deleting: dict[tuple[str, str | None], float] = {}
         self.passes = 0  # completed reconcile passes, start()'s first one included
+        self._acted_on: dict[tuple[str, str], int] = {}  # instance_count per deployment, last pass
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -73,6 +74,13 @@ class Controller:
         if self._autoscaling is not None:
             return self._autoscaling.replicas_for(deployment)
         return deployment.instance_count
+
+    def acted_on_instance_count(self, deployment: Deployment) -> int | None:
+        """The instance_count of `deployment` the last completed pass acted on (None before
+        one did). On a cluster the status keeps it, so that a new leader can tell an
+        instanceCount edit no leader has acted on (an explicit scale for its autoscaler)
+        from the one the replica count that runs was derived from."""
+        return self._acted_on.get((deployment.endpoint_name, deployment.name))
 
     def on_replica_change(self) -> None:
         """Backend callback: republish at once (no await), then let the loop re-plan."""
@@ -103,8 +111,7 @@ class Controller:
             self._autoscaling.update(self._deployments)
         step = self.rollouts.step(records, self._backend.observe(), self.wanted)
         self._available = step.available
-        for key, (rollout, last_good) in self.rollouts.take_changes().items():
-            await asyncio.to_thread(self._store.save_rollout, key[0], key[1], rollout.to_dict(), last_good)
+        await self._save_rollouts()
         actions = plan(step.run, self._backend.observe(), self._clock(), step.hold)
         for action in actions:
             if isinstance(action, ForgetReplica):
@@ -120,7 +127,20 @@ class Controller:
                 log.info("starting replica %s of %s/%s (restarts: %d)", replica_id,
                          d.endpoint_name, d.name, action.restarts)
         self._publish()
+        self._acted_on = {(d.endpoint_name, d.name): d.instance_count for d in self._deployments}
         self.passes += 1
+
+    async def _save_rollouts(self) -> None:
+        """Write the rollouts' changes to the store. One it refuses (an API error on a
+        cluster) is written again with the next pass's changes: dropped, a verdict would
+        leave the store saying "in progress" with no last good version for good — what a
+        new leader and the routers read."""
+        for key, (rollout, last_good) in self.rollouts.take_changes().items():
+            try:
+                await asyncio.to_thread(self._store.save_rollout, key[0], key[1], rollout.to_dict(), last_good)
+            except Exception as exc:
+                log.warning("saving the rollout of %s/%s failed; trying again next pass: %s", key[0], key[1], exc)
+                self.rollouts.keep_unsaved(key, rollout, last_good)
 
     def _stop_in_background(self, action: StopReplica) -> None:
         if action.replica_id in self._stopping:

@@ -48,6 +48,10 @@ class Rollout:
     failed_stage: str | None = None
     rolled_back: bool = False
     finished_at: float | None = None
+    # The version rolled out (Deployment.to_dict()), saved with the record: a controller that
+    # did not start the rollout (a new leader) can then make it the last good version when
+    # its replicas turn out to be ready. None in records written before it was kept.
+    version: dict | None = None
 
     @property
     def stage(self) -> str | None:

@@ -16,6 +16,10 @@ For each deployment, every reconcile pass:
   version is the last good one and the new one is an update of it — surge, never a stop of
   the old replicas before new ones are ready — whatever the timing of the edit. The last
   good version is also kept in memory, as the store may give it back late (a watch).
+- a controller that did not start a rollout in progress (a new leader on a cluster) takes
+  it over from the saved record, which carries the version rolled out: the same verdict
+  then applies to the replicas the previous controller started. Until it has prepared a
+  version whose replicas already run, it leaves them as they are.
 Until a version is prepared, the last good one keeps serving: a failed rollout changes
 nothing for traffic.
 """
@@ -28,7 +32,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
-from ..backends import EXITED, READINESS, READY, Artifacts, ReplicaView
+from ..backends import EXITED, READINESS, READY, STARTING, Artifacts, ReplicaView
 from ..resources import Deployment
 from ..store import DeploymentRecord
 from .preparing import Preparer, StageFailed
@@ -78,6 +82,12 @@ class RolloutManager:
         changes, self._to_save = self._to_save, {}
         return changes
 
+    def keep_unsaved(self, key: Key, rollout: Rollout, last_good: Deployment | None) -> None:
+        """A change the store refused: saved with the next ones. A newer rollout queued
+        meanwhile replaces it, and takes its last good version unless it has its own."""
+        newer = self._to_save.get(key)
+        self._to_save[key] = (newer[0], newer[1] or last_good) if newer else (rollout, last_good)
+
     # -- one pass ---------------------------------------------------------------------------
     def step(self, records: list[DeploymentRecord], replicas: list[ReplicaView],
              wanted: Callable[[Deployment], int]) -> Plan:
@@ -92,6 +102,7 @@ class RolloutManager:
             key = (desired.endpoint_name, desired.name)
             live.add(key)
             spec_hash = desired.replica_spec_hash()
+            self._take_over(key, record, spec_hash)
             self._conclude_superseded(key, spec_hash, by_key.get(key, []), wanted, now)
             good = self._good.get(key) or record.last_good
             rollout = self._current(key, record, good, spec_hash, now)
@@ -115,6 +126,11 @@ class RolloutManager:
                     plan.run.append(replace(good, instance_count=wanted(good)))
                 else:
                     plan.hold.add(key)  # keep what runs until the last good version is prepared
+            elif rollout.state == IN_PROGRESS and any(r.spec_hash == spec_hash and r.state in (STARTING, READY)
+                                                      for r in by_key.get(key, [])):
+                # Replicas of a version not prepared here: another controller started them
+                # (a previous leader). Running it at 0 for a pass would stop them.
+                plan.hold.add(key)
             else:
                 plan.run.append(replace(desired, instance_count=0))
             if rollout.state == SUCCEEDED or good is not None:
@@ -122,18 +138,36 @@ class RolloutManager:
         self._forget_others(live)
         return plan
 
+    def _take_over(self, key: Key, record: DeploymentRecord, spec_hash: str) -> None:
+        """A deployment this manager has no rollout for yet (it just became the leader, or
+        started) while the saved rollout of another version is in progress: take that
+        rollout and its version over, so that a version replaced before this pass gets its
+        verdict from the replicas the previous controller started (_conclude_superseded)."""
+        if key in self._rollouts or not record.rollout:
+            return
+        saved = Rollout.from_dict(record.rollout)
+        if saved.state != IN_PROGRESS or saved.spec_hash == spec_hash or not saved.version:
+            return
+        version = Deployment.from_dict(saved.version)
+        if version.replica_spec_hash() == saved.spec_hash:  # else hashed by another release
+            self._rollouts[key], self._versions[key] = saved, version
+            log.info("taking over the rollout of %s/%s version %s (%s, started by another controller)",
+                     key[0], key[1], saved.spec_hash, saved.kind)
+
     def _conclude_superseded(self, key: Key, spec_hash: str, replicas: list[ReplicaView],
                              wanted: Callable[[Deployment], int], now: float) -> None:
         """A new version is desired while the current rollout is in progress. Its replicas
         may all be ready already — they became ready after the last pass, and on a cluster
         the status says Succeeded and the routers send them traffic — so give it the
         verdict that pass would have given before it is replaced: if it succeeded, the new
-        version is an update of it (surge, and a rollback to it if the new one fails)."""
+        version is an update of it (surge, and a rollback to it if the new one fails).
+        Also for a rollout taken over from a previous controller, which prepared it there."""
         rollout, version = self._rollouts.get(key), self._versions.get(key)
-        if rollout is None or version is None or rollout.state != IN_PROGRESS or rollout.spec_hash == spec_hash \
-                or (key, rollout.spec_hash) not in self._artifacts:
+        if rollout is None or version is None or rollout.state != IN_PROGRESS or rollout.spec_hash == spec_hash:
             return
         mine = [r for r in replicas if r.spec_hash == rollout.spec_hash]
+        if (key, rollout.spec_hash) not in self._artifacts and not any(r.state == READY for r in mine):
+            return  # neither prepared here nor serving: nothing of it runs
         self._succeed_if_ready(key, rollout, version, mine, wanted(version), now)
 
     def _current(self, key: Key, record: DeploymentRecord, good: Deployment | None, spec_hash: str,
@@ -146,7 +180,7 @@ class RolloutManager:
         if rollout is None or rollout.spec_hash != spec_hash:
             budget = record.deployment.rollout_timeout_s or self._default_budget_s
             kind = "update" if good is not None else "create"
-            rollout = Rollout(spec_hash, kind, budget, now)
+            rollout = Rollout(spec_hash, kind, budget, now, version=record.deployment.to_dict())
             log.info("rollout of %s/%s version %s started (%s, budget %s)", key[0], key[1], spec_hash,
                      kind, format_duration(budget))
             self._record(key, rollout)

@@ -132,6 +132,7 @@ class Fault:
     remaining: int
     subresource: str | None = None
     hits: int = 0
+    when: Callable[[Any], bool] | None = None  # only requests whose body this accepts
 
 
 def _prune(value: Any, schema: dict) -> None:
@@ -188,9 +189,10 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
                     self.install_crd(doc)
 
     def fail_next(self, method: str, plural: str, status: int, times: int = 1,
-                  subresource: str | None = None) -> Fault:
-        """The next `times` matching requests fail with `status` (e.g. 409, 500)."""
-        fault = Fault(method.upper(), plural, status, times, subresource)
+                  subresource: str | None = None, when: Callable[[Any], bool] | None = None) -> Fault:
+        """The next `times` matching requests fail with `status` (e.g. 409, 500); `when`
+        narrows them to requests whose body it accepts (one write among several alike)."""
+        fault = Fault(method.upper(), plural, status, times, subresource, when=when)
         self.faults.append(fault)
         return fault
 
@@ -387,7 +389,8 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
     def _take_fault(self, request, res: Res) -> Fault | None:
         for fault in self.faults:
             if (fault.remaining > 0 and fault.method == request.method.value and fault.plural == res[2]
-                    and fault.subresource == request.subresource):
+                    and fault.subresource == request.subresource
+                    and (fault.when is None or fault.when(request.data))):
                 fault.remaining -= 1
                 fault.hits += 1
                 return fault

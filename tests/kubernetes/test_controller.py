@@ -311,3 +311,16 @@ async def test_an_endpoint_edit_that_breaks_traffic_keeps_the_last_valid_traffic
         == [(serving["metadata"]["uid"], 2)]
     assert {p["metadata"]["uid"] for p in cluster.pods()} == pods
     assert status_of(apiserver, "onlinedeployments", "iris-blue")["provisioningState"] == "Succeeded"
+
+
+async def test_a_refused_write_of_the_rollouts_verdict_is_written_again(apiserver, kube_api, cluster, controller):
+    """The status patch that records the first version's success (status.lastGood, what the
+    routers and a next leader read) fails once: it is written again, not dropped."""
+    refused = apiserver.fail_next("PATCH", "onlinedeployments", 500, subresource="status",
+                                  when=lambda body: "lastGood" in ((body or {}).get("status") or {}))
+    running = await serving_sample(apiserver, kube_api, controller)
+    await eventually(lambda: refused.hits == 1, timeout_s=10, what="the success record refused once")
+    await after_passes(running.registry, 3)
+    status = status_of(apiserver, "onlinedeployments", "iris-blue")
+    assert status["rollout"]["state"] == "Succeeded"
+    assert status["lastGood"]["environment_variables"] == {"LOG_LEVEL": "info"}

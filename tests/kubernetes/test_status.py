@@ -82,3 +82,13 @@ def test_an_invalid_edit_of_a_served_deployment_shows_the_served_version():
     status = deployment_status(edited, problem, replicas(READY, READY), None, wants(2), kept=SAMPLE)
     assert status == {"provisioningState": "Failed", "stage": "validation", "reason": problem, "replicas": 2,
                       "readyReplicas": 2, "desiredReplicas": 2, "specHash": HASH, "observedGeneration": 1}
+
+
+def test_the_instance_count_acted_on_is_kept_for_the_next_leader():
+    """observedInstanceCount: what the controller's last pass acted on (a next leader that
+    finds another spec.instanceCount applies it as an explicit scale); left out, so kept as
+    it was by the merge patch, while the controller has not acted on the deployment yet."""
+    edited = {**CR, "spec": {**CR["spec"], "instanceCount": 3}}
+    status = deployment_status(edited, None, replicas(READY, READY), SAMPLE, wants(2), acted_on=lambda d: 2)
+    assert status["observedInstanceCount"] == 2
+    assert "observedInstanceCount" not in deployment_status(edited, None, replicas(READY, READY), SAMPLE, wants(2))

@@ -131,11 +131,12 @@ async def _run_elected(api: KubeApi, settings: KubernetesControllerSettings, sto
         utilization = ClusterUtilization(api, settings.router_namespace or settings.lease_namespace,
                                          max_age_s=settings.utilization_max_age_s)
         autoscaling = Autoscaling(utilization.sample, registry=registry, on_change=lambda: on_autoscale(),
-                                  initial=lambda d: _running(backend, d))
+                                  initial=lambda d: _continue_from(backend, store, d))
     controller = Controller(store, backend, RoutingPublisher(RoutingTableHolder()), rollouts,
                             autoscaling=autoscaling, interval_s=settings.interval_s)
     # Judges "Succeeded" against the count the rollouts judge against (the autoscaler's).
-    reporter = DeploymentStatusReporter(api, store, backend.observe, wanted=controller.wanted)
+    reporter = DeploymentStatusReporter(api, store, backend.observe, wanted=controller.wanted,
+                                        acted_on=controller.acted_on_instance_count)
 
     def on_autoscale() -> None:  # a new count: act on it, and show it (status.desiredReplicas)
         controller.notify()
@@ -190,12 +191,17 @@ class ReconcilePasses:
                                   value=self._controller.passes)
 
 
-def _running(backend: KubernetesBackend, deployment) -> int | None:
+def _continue_from(backend: KubernetesBackend, store: KubernetesStore, deployment) -> int | None:
     """The count the last leader ran the deployment at (all versions; a rollout's surge
     replicas left out: planner.wanted_count): where a new leader's autoscaler continues
     from, rather than instanceCount, which would undo the last leader's decisions.
-    None (use instanceCount) when nothing runs."""
+    None (use instanceCount) when nothing runs, or when the status says the last leader
+    acted on another instanceCount (observedInstanceCount): the spec's was set since, an
+    explicit scale like one made under a leader."""
     key = (deployment.endpoint_name, deployment.name)
+    status = (store.snapshot.sources.get(key) or {}).get("status") or {}
+    if status.get("observedInstanceCount", deployment.instance_count) != deployment.instance_count:
+        return None
     return wanted_count([v for v in backend.observe() if (v.endpoint, v.deployment) == key]) or None
 
 

@@ -8,7 +8,9 @@ replica views, and merge-patches the status subresource when it changed:
 - OnlineDeployment: provisioningState (Creating, Updating, Succeeded, Failed), stage and
   reason (of the replica that failed, else of the one furthest behind), replicas,
   readyReplicas, desiredReplicas (the count the controller wants), specHash,
-  observedGeneration;
+  observedGeneration, observedInstanceCount (the instanceCount the controller's last pass
+  acted on: a new leader that finds another one in the spec knows it for an explicit
+  scale nobody applied yet);
 - OnlineEndpoint: provisioningState, reason, keysSecretName;
 - both: lastValid, the version the store accepted last (last_valid.py: what a controller
   or router that starts while the object is invalid serves), removed once it serves none.
@@ -59,15 +61,22 @@ def _instance_count(deployment: Deployment) -> int:
     return deployment.instance_count
 
 
+def _not_known(_deployment: Deployment) -> int | None:
+    return None
+
+
 def deployment_status(obj: dict, problem: str | None, views: list[ReplicaView],
                       deployment: Deployment | None = None,
                       wanted: Callable[[Deployment], int] = _instance_count,
-                      kept: Deployment | None = None) -> dict:
+                      kept: Deployment | None = None,
+                      acted_on: Callable[[Deployment], int | None] = _not_known) -> dict:
     """The status subresource of one OnlineDeployment (pure). `deployment`: as the store
     resolved it (its instance type's content is part of the version); else parsed from obj.
     `kept`: with a `problem`, the last valid version the store still serves (if any), whose
     replicas and specHash the status then shows.
-    `wanted`: the replica count the controller runs it at (Controller.wanted)."""
+    `wanted`: the replica count the controller runs it at (Controller.wanted); `acted_on`:
+    the instance count its last pass acted on (Controller.acted_on_instance_count), shown
+    as observedInstanceCount when known."""
     generation = (obj.get("metadata") or {}).get("generation", 0)
     previous = obj.get("status") or {}
     if problem and kept is None:
@@ -83,6 +92,8 @@ def deployment_status(obj: dict, problem: str | None, views: list[ReplicaView],
     status = {"replicas": sum(1 for v in current if v.state in (STARTING, READY, EXITED)),
               "readyReplicas": ready, "desiredReplicas": desired, "specHash": spec_hash,
               "observedGeneration": generation}
+    if (count := acted_on(deployment)) is not None:
+        status["observedInstanceCount"] = count
     if problem:  # refused; its last valid version is still served: its replicas
         return {**status, "provisioningState": "Failed", "stage": VALIDATION, "reason": problem}
     stale = [v for v in mine if v.spec_hash != spec_hash and v.state in (STARTING, READY)]
@@ -119,9 +130,12 @@ def endpoint_status(obj: dict, problem: str | None, has_keys: bool) -> dict:
 
 class DeploymentStatusReporter:
     def __init__(self, api: KubeApi, store: KubernetesStore, observe: Callable[[], list[ReplicaView]], *,
-                 wanted: Callable[[Deployment], int] = _instance_count, debounce_s: float = 0.1) -> None:
-        """`wanted`: the count the controller runs a deployment at (Controller.wanted)."""
+                 wanted: Callable[[Deployment], int] = _instance_count,
+                 acted_on: Callable[[Deployment], int | None] = _not_known, debounce_s: float = 0.1) -> None:
+        """`wanted`: the count the controller runs a deployment at (Controller.wanted);
+        `acted_on`: the instance count it last acted on (Controller.acted_on_instance_count)."""
         self._api, self._store, self._observe, self._wanted = api, store, observe, wanted
+        self._acted_on = acted_on
         self._debounce_s = debounce_s
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -161,7 +175,7 @@ class DeploymentStatusReporter:
             key = ((obj.get("spec") or {}).get("endpointName"), deployment_name_of(obj))
             kept = snapshot.kept.get(("OnlineDeployment", meta["namespace"], meta["name"]))
             await self._patch(ONLINE_DEPLOYMENTS, obj, deployment_status(obj, problem, views, resolved.get(key),
-                                                                       self._wanted, kept))
+                                                                       self._wanted, kept, self._acted_on))
             await self._save_last_valid(ONLINE_DEPLOYMENTS, obj,
                                         snapshot.last_valid.get(("OnlineDeployment", meta["namespace"], meta["name"])))
 

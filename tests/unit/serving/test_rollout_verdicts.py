@@ -3,7 +3,9 @@ one's replicas are all ready is an update of it (surge; the old replicas kept un
 ones are ready), whether or not a pass recorded that verdict and whether or not the store
 gives the recorded last good version back yet (a KubernetesStore sees its own status
 patch only when the watch delivers it). tests/functional/test_controller_rollout_race.py
-does the first case with real model-server processes."""
+does the first case with real model-server processes. And the same verdict from a new
+leader's first pass, which knows the rollout in progress only from its saved record
+(tests/kubernetes/test_leader_change.py does it on the emulator)."""
 
 from __future__ import annotations
 
@@ -12,9 +14,9 @@ from dataclasses import replace
 
 import pytest
 
-from serving.backends import READY, Artifacts, ReplicaView
+from serving.backends import READY, STARTING, Artifacts, ReplicaView
 from serving.controller.planner import StartReplica, StopReplica, plan
-from serving.controller.rollout import IN_PROGRESS, SUCCEEDED
+from serving.controller.rollout import IN_PROGRESS, SUCCEEDED, Rollout
 from serving.controller.rollouts import RolloutManager
 from serving.resources import Deployment
 from serving.store import DeploymentRecord
@@ -117,4 +119,46 @@ async def test_a_superseded_version_finishing_its_preparation_changes_nothing(ou
         await asyncio.sleep(0)
     assert manager.take_changes() == {}
     assert manager.rollout(KEY) is current and current.state == IN_PROGRESS
+    await manager.close()
+
+
+def saved_in_progress(version: Deployment) -> dict:
+    """The rollout record another controller saved when it started rolling `version` out."""
+    return Rollout(version.replica_spec_hash(), "create", 1200.0, NOW - 60, version=version.to_dict()).to_dict()
+
+
+async def test_a_new_leader_concludes_the_rollout_it_takes_over_before_an_edit():
+    # A new leader's first pass: the saved record says V1's rollout is in progress (its
+    # success was never saved), V1's two replicas are ready, and V2 is desired already.
+    manager = RolloutManager(Prepared(), clock=lambda: NOW)
+    record = DeploymentRecord(V2, None, saved_in_progress(V1))
+    step = manager.step([record], ready("a", "b"), lambda d: d.instance_count)
+    assert not [a for a in plan(step.run, ready("a", "b"), NOW, step.hold) if isinstance(a, StopReplica)]
+    rollout = manager.rollout(KEY)
+    assert (rollout.spec_hash, rollout.kind) == (V2.replica_spec_hash(), "update")
+    [(saved, good)] = manager.take_changes().values()
+    assert saved is rollout and good == V1 and saved.version == V2.to_dict()
+    await manager.close()
+
+
+async def test_a_new_leader_does_not_take_a_version_that_serves_nothing_for_good():
+    # The same, but one of V1's replicas is still starting: V1 never served, V2 replaces it.
+    manager = RolloutManager(Prepared(), clock=lambda: NOW)
+    starting = [replace(ready("b")[0], state=STARTING)]
+    step = manager.step([DeploymentRecord(V2, None, saved_in_progress(V1))], ready("a") + starting,
+                        lambda d: d.instance_count)
+    assert manager.rollout(KEY).kind == "create"
+    assert {a.replica_id for a in plan(step.run, ready("a") + starting, NOW, step.hold)
+            if isinstance(a, StopReplica)} == {"a", "b"}
+    await manager.close()
+
+
+async def test_a_new_leader_leaves_the_replicas_of_a_version_it_has_not_prepared_alone():
+    # No edit: V1's rollout is in progress, its replicas run; this manager has not prepared
+    # V1 yet (its first pass), so it must not run V1 at 0 replicas meanwhile.
+    manager = RolloutManager(Prepared(), clock=lambda: NOW)
+    step = manager.step([DeploymentRecord(V1, None, saved_in_progress(V1))], ready("a", "b"),
+                        lambda d: d.instance_count)
+    assert KEY in step.hold
+    assert plan(step.run, ready("a", "b"), NOW, step.hold) == []
     await manager.close()
