@@ -188,6 +188,19 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
                 if doc and doc.get("kind") == "CustomResourceDefinition":
                     self.install_crd(doc)
 
+    @staticmethod
+    def status_fields_written(body) -> set[str]:
+        """The status fields a PATCH body writes, as a merge patch ({"status": {...}}) or a
+        JSON patch (ops on /status/FIELD, or on /status whole) — for `fail_next(when=...)`."""
+        if isinstance(body, dict):
+            return set((body.get("status") or {}))
+        fields: set[str] = set()
+        for op in body if isinstance(body, list) else ():
+            path = str(op.get("path", "")).split("/")
+            if path[1:2] == ["status"]:
+                fields |= {path[2]} if len(path) > 2 else set(op.get("value") or {})
+        return fields
+
     def fail_next(self, method: str, plural: str, status: int, times: int = 1,
                   subresource: str | None = None, when: Callable[[Any], bool] | None = None) -> Fault:
         """The next `times` matching requests fail with `status` (e.g. 409, 500); `when`

@@ -317,10 +317,26 @@ async def test_a_refused_write_of_the_rollouts_verdict_is_written_again(apiserve
     """The status patch that records the first version's success (status.lastGood, what the
     routers and a next leader read) fails once: it is written again, not dropped."""
     refused = apiserver.fail_next("PATCH", "onlinedeployments", 500, subresource="status",
-                                  when=lambda body: "lastGood" in ((body or {}).get("status") or {}))
+                                  when=lambda body: "lastGood" in apiserver.status_fields_written(body))
     running = await serving_sample(apiserver, kube_api, controller)
     await eventually(lambda: refused.hits == 1, timeout_s=10, what="the success record refused once")
     await after_passes(running.registry, 3)
     status = status_of(apiserver, "onlinedeployments", "iris-blue")
     assert status["rollout"]["state"] == "Succeeded"
     assert status["lastGood"]["environment_variables"] == {"LOG_LEVEL": "info"}
+
+
+async def test_the_rollout_records_are_replaced_whole_not_merged(apiserver, kube_api, cluster, controller):
+    """status.lastGood and status.rollout.version are what a next leader rolls back to and
+    takes over: after an update that takes an environment variable away, neither may still
+    hold it (a merge patch merged each record into the one before)."""
+    await serving_sample(apiserver, kube_api, controller)
+    first_hash = status_of(apiserver, "onlinedeployments", "iris-blue")["specHash"]
+    await kube_api.patch(ONLINE_DEPLOYMENTS, NS, "iris-blue", {"spec": {"environmentVariables": {"LOG_LEVEL": None}}})
+    status = await eventually(lambda: (s := status_of(apiserver, "onlinedeployments", "iris-blue"))
+                              .get("rollout", {}).get("state") == "Succeeded" and s["specHash"] != first_hash
+                              and s.get("lastGood", {}).get("environment_variables") is not None and s,
+                              timeout_s=15, what="the update Succeeded and recorded")
+    assert status["rollout"]["kind"] == "update"
+    assert status["lastGood"]["environment_variables"] == {}
+    assert status["rollout"]["version"]["environment_variables"] == {}

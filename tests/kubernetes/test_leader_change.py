@@ -71,7 +71,7 @@ async def succeeded_unrecorded(apiserver, kube_api, cluster, start, step_down) -
     write was refused) before the leader stepped down. The uids of the serving pods."""
     await kubectl_apply(kube_api, sample("instancetypes.yaml") + sample("iris-endpoint.yaml"))
     refused = apiserver.fail_next("PATCH", "onlinedeployments", 500, times=1000, subresource="status",
-                                  when=lambda body: "lastGood" in ((body or {}).get("status") or {}))
+                                  when=lambda body: "lastGood" in apiserver.status_fields_written(body))
     first = await start("controller-a")
     cr = await eventually(lambda: (o := next(iter(apiserver.objects_of("onlinedeployments", NS)), None))
                           and o.get("status", {}).get("provisioningState") == "Succeeded" and o,

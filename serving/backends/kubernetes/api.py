@@ -241,3 +241,33 @@ async def patch_status(api: KubeApi, kind: Kind, obj: dict, status: dict) -> boo
             raise
         return False
     return True
+
+
+def without_nulls(value):
+    """`value` without null members, at any depth: a CRD field that is not nullable may not
+    hold null (an API server prunes it), so a record is written without them and read back
+    with its defaults."""
+    if isinstance(value, dict):
+        return {k: without_nulls(v) for k, v in value.items() if v is not None}
+    return value
+
+
+async def replace_status_fields(api: KubeApi, kind: Kind, obj: dict, fields: dict) -> bool:
+    """Make each of `fields` (a map of status field -> record) exactly that record, with a
+    JSON patch (RFC 6902): a merge patch would merge a record into the one before it, and
+    a key the new record lacks would stay. Nulls are left out (without_nulls). The whole
+    status is written when the object has none yet. False when the object is gone."""
+    values = {name: without_nulls(value) for name, value in fields.items()}
+    if obj.get("status"):
+        ops = [{"op": "add", "path": f"/status/{name}", "value": value} for name, value in values.items()]
+    else:
+        ops = [{"op": "add", "path": "/status", "value": values}]
+    meta = obj["metadata"]
+    try:
+        await api.patch(kind, meta.get("namespace"), meta["name"], ops, subresource="status",
+                        content_type=JSON_PATCH)
+    except Exception as exc:
+        if status_of(exc) != 404:
+            raise
+        return False
+    return True

@@ -20,7 +20,7 @@ import logging
 from dataclasses import dataclass
 from typing import Callable, Generic, TypeVar
 
-from .api import JSON_PATCH, KubeApi, Kind, status_of
+from .api import KubeApi, Kind, replace_status_fields, status_of, without_nulls
 from .translation import CustomResourceError
 
 log = logging.getLogger("scoregate.kubernetes.last_valid")
@@ -51,13 +51,7 @@ class Version(Generic[V]):
         """As `status.lastValid` holds it. Without null members: an API server need not
         keep them, and the resource's own are defaults `from_dict` restores (a null a user
         put inside `environment` is lost with them: that version's hash then differs)."""
-        return {"uid": self.uid, "generation": self.generation, self.field: _without_nulls(self.value.to_dict())}
-
-
-def _without_nulls(value):
-    if isinstance(value, dict):
-        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
-    return value
+        return {"uid": self.uid, "generation": self.generation, self.field: without_nulls(self.value.to_dict())}
 
 
 @dataclass(frozen=True)
@@ -117,20 +111,17 @@ class LastValid(Generic[V]):
 
 
 async def save(api: KubeApi, kind: Kind, obj: dict, version: Version | None) -> bool:
-    """Make `status.lastValid` of `obj` the record of `version` (None: remove it), once
-    its other status fields are written (the status exists). False when it already was (or
-    the object is gone). The record is replaced whole, with a JSON patch: a merge patch
-    would merge it into the previous one, where a key the new version lacks would stay."""
+    """Make `status.lastValid` of `obj` the record of `version` (None: remove it). False
+    when it already was (or the object is gone). The record is replaced whole
+    (replace_status_fields: a merge patch would keep a key the new version lacks)."""
     record = version.record() if version is not None else None
     if (obj.get("status") or {}).get(STATUS_FIELD) == record:
         return False
+    if record is not None:
+        return await replace_status_fields(api, kind, obj, {STATUS_FIELD: record})
     namespace, name = key_of(obj)
     try:
-        if record is None:
-            await api.patch(kind, namespace, name, {"status": {STATUS_FIELD: None}}, subresource="status")
-        else:
-            await api.patch(kind, namespace, name, [{"op": "add", "path": f"/status/{STATUS_FIELD}", "value": record}],
-                            subresource="status", content_type=JSON_PATCH)
+        await api.patch(kind, namespace, name, {"status": {STATUS_FIELD: None}}, subresource="status")
     except Exception as exc:
         if status_of(exc) != 404:
             raise

@@ -29,7 +29,8 @@ from typing import Callable, Iterable
 from ...resources import Deployment, Endpoint, with_instance_type
 from ...store import DeploymentRecord, EndpointRecord, StoreError
 from . import names
-from .api import INSTANCE_TYPES, ONLINE_DEPLOYMENTS, ONLINE_ENDPOINTS, SECRETS, KubeApi, status_of
+from .api import (INSTANCE_TYPES, ONLINE_DEPLOYMENTS, ONLINE_ENDPOINTS, SECRETS, KubeApi, replace_status_fields,
+                  status_of)
 from .keys import SecretKeeper
 from .last_valid import LastValid, Version, key_of
 from .podstatus import parse_time
@@ -390,15 +391,13 @@ class KubernetesStore:
         source = self._snapshot.sources.get((endpoint_name, name))
         if source is None:
             return
-        status: dict = {"rollout": rollout}
+        # Each record replaces the one before it whole (a merge patch would keep, say, an
+        # environment variable the new version dropped in its lastGood: a rollback after a
+        # leader change would then go to a version that never ran).
+        fields: dict = {"rollout": rollout}
         if last_good is not None:
-            status["lastGood"] = last_good.to_dict()
-        try:
-            await self._api.patch(ONLINE_DEPLOYMENTS, source["metadata"]["namespace"], source["metadata"]["name"],
-                                  {"status": status}, subresource="status")
-        except Exception as exc:
-            if status_of(exc) != 404:
-                raise
+            fields["lastGood"] = last_good.to_dict()
+        await replace_status_fields(self._api, ONLINE_DEPLOYMENTS, source, fields)
 
     async def secret_async(self, name: str) -> str:
         return await self._keys.named_secret(name)
