@@ -9,7 +9,7 @@ module only keeps the record; serving.controller.rollouts decides when stages ch
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 STAGES = ("environment", "model_download", "code_download", "init", "readiness")
 IN_PROGRESS, SUCCEEDED, FAILED = "InProgress", "Succeeded", "Failed"
@@ -91,8 +91,12 @@ class Rollout:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Rollout":
-        values = dict(data)
-        values["stages"] = [StageRecord(**s) for s in data.get("stages", [])]
+        """A saved record; members this release does not know (written by a newer one, which
+        a rolled-back controller may read on a cluster) are left out, not a TypeError on
+        every reconcile pass."""
+        values = {k: v for k, v in data.items() if k in _ROLLOUT_FIELDS}
+        values["stages"] = [StageRecord(**{k: v for k, v in stage.items() if k in _STAGE_FIELDS})
+                            for stage in data.get("stages", [])]
         return cls(**values)
 
     def view(self, now: float) -> dict:
@@ -109,3 +113,7 @@ class Rollout:
             **({"failed_stage": self.failed_stage, "reason": self.reason} if self.state == FAILED else {}),
             **({"rolled_back": True} if self.rolled_back else {}),
         }
+
+
+_ROLLOUT_FIELDS = frozenset(f.name for f in fields(Rollout))
+_STAGE_FIELDS = frozenset(f.name for f in fields(StageRecord))

@@ -162,3 +162,15 @@ async def test_a_new_leader_leaves_the_replicas_of_a_version_it_has_not_prepared
     assert KEY in step.hold
     assert plan(step.run, ready("a", "b"), NOW, step.hold) == []
     await manager.close()
+
+
+def test_a_record_from_a_newer_release_is_read_without_its_unknown_members():
+    """A controller rolled back to this release reads records a newer one wrote: members it
+    does not know are left out (before: a TypeError on every reconcile pass)."""
+    saved = Rollout("abc", "update", 1200.0, 100.0)
+    saved.enter("environment", 101.0)
+    data = saved.to_dict()
+    data["surge_policy"] = "max"
+    data["stages"][0]["retries"] = 2
+    again = Rollout.from_dict(data)
+    assert again == saved and again.stage == "environment" and again.state == IN_PROGRESS
