@@ -255,17 +255,21 @@ def without_nulls(value):
 async def replace_status_fields(api: KubeApi, kind: Kind, obj: dict, fields: dict) -> bool:
     """Make each of `fields` (a map of status field -> record) exactly that record, with a
     JSON patch (RFC 6902): a merge patch would merge a record into the one before it, and
-    a key the new record lacks would stay. Nulls are left out (without_nulls). The whole
-    status is written when the object has none yet. False when the object is gone."""
+    a key the new record lacks would stay. Nulls are left out (without_nulls). An object
+    that has no status yet (as `obj` shows it) gets a merge patch: a JSON patch cannot add
+    below a missing /status, and one adding /status whole would drop fields another writer
+    just put there; with no record before, nothing can be merged into. False when the
+    object is gone."""
     values = {name: without_nulls(value) for name, value in fields.items()}
     if obj.get("status"):
-        ops = [{"op": "add", "path": f"/status/{name}", "value": value} for name, value in values.items()]
+        body = [{"op": "add", "path": f"/status/{name}", "value": value} for name, value in values.items()]
+        content_type = JSON_PATCH
     else:
-        ops = [{"op": "add", "path": "/status", "value": values}]
+        body, content_type = {"status": values}, MERGE_PATCH
     meta = obj["metadata"]
     try:
-        await api.patch(kind, meta.get("namespace"), meta["name"], ops, subresource="status",
-                        content_type=JSON_PATCH)
+        await api.patch(kind, meta.get("namespace"), meta["name"], body, subresource="status",
+                        content_type=content_type)
     except Exception as exc:
         if status_of(exc) != 404:
             raise
