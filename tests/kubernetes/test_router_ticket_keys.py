@@ -152,3 +152,18 @@ async def test_keys_that_cannot_be_installed_leave_the_contexts_own(kube_api, ap
     assert not keys.shared
     assert "not installed; this router keeps its own" in caplog.text
     assert apiserver.get(SECRETS, SYSTEM, TICKET_SECRET) is not None  # made for the routers that can use it
+
+
+def test_the_shipped_router_role_allows_the_ticket_keys_secret():
+    """Without these rules every pod gets 403 and keeps its own keys (the previous test)."""
+    import yaml
+
+    from tests.kubernetes.router_cluster import ROOT
+
+    docs = list(yaml.safe_load_all((ROOT / "deploy" / "rbac" / "router.yaml").read_text()))
+    role = next(d for d in docs if d["kind"] == "Role" and d["metadata"]["namespace"] == SYSTEM)
+    granted = {(verb, name) for rule in role["rules"] if "secrets" in rule["resources"] and "" in rule["apiGroups"]
+               for verb in rule["verbs"] for name in rule.get("resourceNames") or [None]}
+    for verb in ("get", "list", "watch"):
+        assert (verb, TICKET_SECRET) in granted or (verb, None) in granted, verb
+    assert ("create", None) in granted  # create cannot be limited to a name
