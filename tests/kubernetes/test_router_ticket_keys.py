@@ -150,7 +150,7 @@ async def test_keys_that_cannot_be_installed_leave_the_contexts_own(kube_api, ap
     finally:
         await keys.close()
     assert not keys.shared
-    assert "not installed; this router keeps its own" in caplog.text
+    assert "not installed, this router keeps its own ticket keys" in caplog.text
     assert apiserver.get(SECRETS, SYSTEM, TICKET_SECRET) is not None  # made for the routers that can use it
 
 

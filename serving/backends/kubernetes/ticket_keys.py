@@ -97,7 +97,7 @@ class SharedTicketKeys:
                         "resuming on another router gets a full handshake): %s", where, exc)
             return False
         if not install_ticket_keys(self._context, keys):
-            log.warning("TLS ticket keys from Secret %s not installed; this router keeps its own", where)
+            log.warning("TLS ticket keys from Secret %s not installed, this router keeps its own ticket keys", where)
             return False
         self.keys = keys  # from here on, events (the list's included) install newer content
         try:
