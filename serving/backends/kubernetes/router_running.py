@@ -183,7 +183,8 @@ class KubernetesRouter:
             self.server_tls, self.ca_cert = await development_tls(s.dev_cert_dir)
         if s.ticket_keys_secret:
             self.ticket_keys = SharedTicketKeys(self.api, self.server_tls.context,
-                                                *parse_secret_ref(s.ticket_keys_secret, s.coordination_namespace))
+                                                *parse_secret_ref(s.ticket_keys_secret, s.coordination_namespace,
+                                                                  "--tls-ticket-keys-secret"))
             await self.ticket_keys.start()
         holder = RoutingTableHolder()
         self.tables = RouterTables(holder, self.identity, settle_s=s.settle_s)
