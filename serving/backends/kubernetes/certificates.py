@@ -29,11 +29,11 @@ log = logging.getLogger("scoregate.kubernetes.certificates")
 CERT_NAME = "default"
 
 
-def parse_secret_ref(text: str, default_namespace: str) -> tuple[str, str]:
+def parse_secret_ref(text: str, default_namespace: str, flag: str = "--tls-secret") -> tuple[str, str]:
     """`NAME` (in default_namespace) or `NAMESPACE/NAME`."""
     namespace, _, name = text.rpartition("/")
     if not name:
-        raise ValueError(f"--tls-secret must be NAME or NAMESPACE/NAME, got {text!r}")
+        raise ValueError(f"{flag} must be NAME or NAMESPACE/NAME, got {text!r}")
     return namespace or default_namespace, name
 
 

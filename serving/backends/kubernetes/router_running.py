@@ -1,7 +1,7 @@
 """`scoregate router --backend kubernetes`: the composition root of one router replica.
 
 Builds, in order: API client (in-cluster or --kubeconfig) → TLS (the Secret's certificate,
-or a development one) → RouterApp (router/, unchanged) → ClusterDiscovery (routing state,
+or a development one; session ticket keys shared through a Secret) → RouterApp (router/, unchanged) → ClusterDiscovery (routing state,
 keys, EndpointSlices) → RouterTables → Coordination (report, coordinator election, slot
 shares) → the scoring listener and the admin port (/metrics, /healthz, /readyz,
 /coordination). Shutdown: stop accepting and drain in-flight requests, *then* hand the
@@ -30,6 +30,8 @@ from .coordination import Coordination
 from .discovery import ClusterDiscovery
 from .routing import RouterTables, deployment_key
 from .shares import Report
+from .ticket_keys import DEFAULT_SECRET as DEFAULT_TICKET_KEYS_SECRET
+from .ticket_keys import SharedTicketKeys
 
 log = logging.getLogger("scoregate.kubernetes.router")
 
@@ -45,6 +47,8 @@ class KubernetesRouterSettings:
     admin_port: int = 9090
     tls_secret: str | None = None  # NAME (in coordination_namespace) or NAMESPACE/NAME
     dev_cert_dir: str | None = None
+    # NAME (in coordination_namespace) or NAMESPACE/NAME; None: each router its own keys
+    ticket_keys_secret: str | None = DEFAULT_TICKET_KEYS_SECRET
     coordination: bool = True
     coordination_namespace: str = "scoregate-system"
     identity: str = ""
@@ -72,6 +76,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--admin-port", type=int, default=9090, help="/metrics, /healthz, /readyz, /coordination")
     parser.add_argument("--tls-secret", default=None,
                         help="kubernetes.io/tls Secret, NAME or NAMESPACE/NAME (default: a development certificate)")
+    parser.add_argument("--tls-ticket-keys-secret", default=DEFAULT_TICKET_KEYS_SECRET,
+                        help="Secret with the TLS session ticket keys all routers share, NAME or NAMESPACE/NAME; "
+                             "created if missing (default: %(default)s)")
+    parser.add_argument("--no-shared-ticket-keys", action="store_true",
+                        help="each router keeps its own ticket keys (a resumption on another router is a full "
+                             "handshake)")
     parser.add_argument("--dev-cert-dir", default=None, help="where the development certificate is kept")
     parser.add_argument("--no-coordination", action="store_true",
                         help="one router only: enforce the full per-replica limits locally")
@@ -105,7 +115,8 @@ def settings_from_args(args: argparse.Namespace) -> KubernetesRouterSettings:
     return KubernetesRouterSettings(
         kubeconfig=args.kubeconfig, context=args.context, namespaces=namespaces, host=args.host, port=args.port,
         admin_host=args.admin_host, admin_port=args.admin_port, tls_secret=args.tls_secret,
-        dev_cert_dir=args.dev_cert_dir, coordination=not args.no_coordination,
+        dev_cert_dir=args.dev_cert_dir,
+        ticket_keys_secret=None if args.no_shared_ticket_keys else args.tls_ticket_keys_secret, coordination=not args.no_coordination,
         coordination_namespace=args.lease_namespace, identity=args.identity, drain_timeout_s=args.drain_timeout,
         domain=args.domain, access_log=args.access_log, report_interval_s=args.report_interval,
         member_timeout_s=args.member_timeout, lease_duration_s=args.lease_duration,
@@ -149,6 +160,7 @@ class KubernetesRouter:
         self.tables: RouterTables | None = None
         self.coordination: Coordination | None = None
         self.certificate: SecretCertificate | None = None
+        self.ticket_keys: SharedTicketKeys | None = None
         self.server_tls = None
         self.ca_cert: str | None = None  # the development CA, when serving a development certificate
         self._admin: web.AppRunner | None = None
@@ -169,6 +181,11 @@ class KubernetesRouter:
             self.server_tls = await self.certificate.start()
         else:
             self.server_tls, self.ca_cert = await development_tls(s.dev_cert_dir)
+        if s.ticket_keys_secret:
+            self.ticket_keys = SharedTicketKeys(self.api, self.server_tls.context,
+                                                *parse_secret_ref(s.ticket_keys_secret, s.coordination_namespace,
+                                                                  "--tls-ticket-keys-secret"))
+            await self.ticket_keys.start()
         holder = RoutingTableHolder()
         self.tables = RouterTables(holder, self.identity, settle_s=s.settle_s)
         self.discovery = ClusterDiscovery(self.api, namespaces=s.namespaces)
@@ -225,6 +242,8 @@ class KubernetesRouter:
             await self.discovery.close()
         if self.router is not None:
             await self.router.close()
+        if self.ticket_keys is not None:
+            await self.ticket_keys.close()
         if self.certificate is not None:
             await self.certificate.close()
         elif self.server_tls is not None:
