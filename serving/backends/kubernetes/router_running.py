@@ -1,8 +1,8 @@
 """`scoregate router --backend kubernetes`: the composition root of one router replica.
 
 Builds, in order: API client (in-cluster or --kubeconfig) → TLS (the Secret's certificate,
-or a development one; session ticket keys shared through a Secret) → RouterApp (router/, unchanged) → ClusterDiscovery (routing state,
-keys, EndpointSlices) → RouterTables → Coordination (report, coordinator election, slot
+or a development one; session ticket keys shared through a Secret) → RouterApp (router/,
+unchanged) → ClusterDiscovery (routing state, keys, EndpointSlices) → RouterTables → Coordination (report, coordinator election, slot
 shares) → the scoring listener and the admin port (/metrics, /healthz, /readyz,
 /coordination). Shutdown: stop accepting and drain in-flight requests, *then* hand the
 coordinator Lease over and withdraw the report (so the slots of requests still running
@@ -116,7 +116,8 @@ def settings_from_args(args: argparse.Namespace) -> KubernetesRouterSettings:
         kubeconfig=args.kubeconfig, context=args.context, namespaces=namespaces, host=args.host, port=args.port,
         admin_host=args.admin_host, admin_port=args.admin_port, tls_secret=args.tls_secret,
         dev_cert_dir=args.dev_cert_dir,
-        ticket_keys_secret=None if args.no_shared_ticket_keys else args.tls_ticket_keys_secret, coordination=not args.no_coordination,
+        ticket_keys_secret=None if args.no_shared_ticket_keys else args.tls_ticket_keys_secret,
+        coordination=not args.no_coordination,
         coordination_namespace=args.lease_namespace, identity=args.identity, drain_timeout_s=args.drain_timeout,
         domain=args.domain, access_log=args.access_log, report_interval_s=args.report_interval,
         member_timeout_s=args.member_timeout, lease_duration_s=args.lease_duration,
