@@ -3,13 +3,13 @@
 Builds, in order: API client (in-cluster or --kubeconfig) → TLS (the Secret's certificate,
 or a development one; session ticket keys shared through a Secret) → RouterApp (router/,
 unchanged) → ClusterDiscovery (routing state, keys, EndpointSlices) → RouterTables →
-Coordination (report, coordinator election, slot shares) → the scoring listener and the admin port (/metrics, /healthz, /readyz,
-/coordination). Shutdown: stop accepting and drain in-flight requests, *then* hand the
-coordinator Lease over and withdraw the report (so the slots of requests still running
-are not dealt out early), then stop the watches. serving/cli.py wires `add_arguments`
-and `settings_from_args` to the CLI verb; `KubernetesRouter` is the same thing as an
-object (tests use it to reach the ports and parts).
-"""
+Coordination (report, coordinator election, slot shares) → the scoring listener and the
+admin port (/metrics, /healthz, /readyz, /coordination). Shutdown: stop accepting and
+drain in-flight requests, *then* hand the coordinator Lease over and withdraw the report
+(so the slots of requests still running are not dealt out early), then stop the watches.
+serving/cli.py wires `add_arguments` and `settings_from_args` to the CLI verb;
+`KubernetesRouter` is the same thing as an object (tests use it to reach the ports and
+parts). """
 
 from __future__ import annotations
 
