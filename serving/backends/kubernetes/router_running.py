@@ -9,7 +9,8 @@ drain in-flight requests, *then* hand the coordinator Lease over and withdraw th
 (so the slots of requests still running are not dealt out early), then stop the watches.
 serving/cli.py wires `add_arguments` and `settings_from_args` to the CLI verb;
 `KubernetesRouter` is the same thing as an object (tests use it to reach the ports and
-parts). """
+parts).
+"""
 
 from __future__ import annotations
 
