@@ -162,9 +162,11 @@ class DeploymentStatusReporter:
         keyed = {name for name in (r.endpoint.name for r in snapshot.records)}
         for obj in self._store.custom_objects(ONLINE_ENDPOINTS):
             oid = ("OnlineEndpoint", obj["metadata"]["namespace"], obj["metadata"]["name"])
+            # The record first: a status that says Succeeded is then never on the cluster
+            # without the record of its version (a controller stopped between the two writes).
+            await self._save_last_valid(ONLINE_ENDPOINTS, obj, snapshot.last_valid.get(oid))
             await self._patch(ONLINE_ENDPOINTS, obj, endpoint_status(obj, snapshot.problems.get(oid),
                                                                      obj["metadata"]["name"] in keyed))
-            await self._save_last_valid(ONLINE_ENDPOINTS, obj, snapshot.last_valid.get(oid))
         resolved = {(d.endpoint_name, d.name): d for d in snapshot.deployments}
         for obj in self._store.custom_objects(ONLINE_DEPLOYMENTS):
             meta = obj["metadata"]
@@ -174,10 +176,10 @@ class DeploymentStatusReporter:
                 problem = "waiting for its endpoint"
             key = ((obj.get("spec") or {}).get("endpointName"), deployment_name_of(obj))
             kept = snapshot.kept.get(("OnlineDeployment", meta["namespace"], meta["name"]))
-            await self._patch(ONLINE_DEPLOYMENTS, obj, deployment_status(obj, problem, views, resolved.get(key),
-                                                                       self._wanted, kept, self._acted_on))
             await self._save_last_valid(ONLINE_DEPLOYMENTS, obj,
                                         snapshot.last_valid.get(("OnlineDeployment", meta["namespace"], meta["name"])))
+            await self._patch(ONLINE_DEPLOYMENTS, obj, deployment_status(obj, problem, views, resolved.get(key),
+                                                                       self._wanted, kept, self._acted_on))
 
     async def _patch(self, kind, obj: dict, status: dict) -> None:
         if await patch_status(self._api, kind, obj, status):
