@@ -4,7 +4,9 @@
 the RBAC check a real API server makes for it: (namespace, apiGroup, resource[/subresource],
 resourceName, verb). A list or watch with `fieldSelector=metadata.name=X` counts as a
 request for the name X, as for the authorizer (that is how `resourceNames` allows them);
-a create never has a name (RBAC cannot narrow create by name). Give each component its own
+a create never has a name (RBAC cannot narrow create by name). A write setting an owner
+reference with blockOwnerDeletion also records the check admission makes (update on the
+owner's finalizers), which the emulator does not enforce. Give each component its own
 token (`kubeconfig_with_token`) so the test's own requests stay out of its record.
 
 `shipped_rbac(files, service_account)` reads the Roles, ClusterRoles and their bindings from
@@ -80,9 +82,24 @@ class RecordingApiServer(ApiServerEmulator):
         if auth.startswith("Bearer "):
             resource = request.resource
             plural = resource.plural + (f"/{request.subresource}" if request.subresource else "")
-            self.requests[auth.removeprefix("Bearer ")].add(
-                Request(request.namespace or "", resource.group or "", plural, name_of(request), verb_of(request)))
+            made = self.requests[auth.removeprefix("Bearer ")]
+            made.add(Request(request.namespace or "", resource.group or "", plural, name_of(request), verb_of(request)))
+            made.update(self._owner_checks(request))
         return super()._answer(request)
+
+    def _owner_checks(self, request) -> set[Request]:
+        """What admission (OwnerReferencesPermissionEnforcement) checks for a write that sets
+        an ownerReference with blockOwnerDeletion: update on the owner's finalizers."""
+        body = request.data if request.method.value in ("POST", "PUT", "PATCH") else None
+        refs = ((body.get("metadata") or {}).get("ownerReferences") or []) if isinstance(body, dict) else []
+        checks = set()
+        for ref in refs:
+            if ref.get("blockOwnerDeletion"):
+                group = ref["apiVersion"].rpartition("/")[0]
+                plural = next(res[2] for res, info in self.kinds.items()
+                              if res[0] == group and info.kind == ref["kind"])
+                checks.add(Request(request.namespace or "", group, f"{plural}/finalizers", ref["name"], "update"))
+        return checks
 
 
 @pytest.fixture
