@@ -17,49 +17,18 @@ import time
 from pathlib import Path
 
 import aiohttp
-import kmock
 import pytest
 import yaml
 
 from serving.backends.kubernetes.api import BATCH_DEPLOYMENTS, BATCH_ENDPOINTS
-from tests.kubernetes.apiserver import ApiServerEmulator
-from tests.kubernetes.conftest import CRD_FILES, eventually
+from tests.kubernetes.conftest import eventually
+from tests.kubernetes.rbac import Grant, apiserver, kubeconfig_with_token, refused, shipped_rbac, unused  # noqa: F401
 from tests.kubernetes.router_cluster import ROOT, SYSTEM, free_port
 from tests.kubernetes.test_batch_crs import DATA, NS, batch_deployment, batch_endpoint, key_of, status
 
 LEASES = ("coordination.k8s.io", "v1", "leases")
 RUNNER_TOKEN = "batch-runner-token"  # tells the runner's requests from the test's own
-VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
-
-
-class RecordingApiServer(ApiServerEmulator):
-    """The emulator, also noting every request made with the runner's token as the RBAC
-    check it needs: (namespace, apiGroup, resource[/subresource], name, verb)."""
-
-    def __attrs_post_init__(self) -> None:
-        super().__attrs_post_init__()
-        self.runner_requests: set[tuple[str, str, str, str | None, str]] = set()
-
-    def _answer(self, request):
-        if request.headers.get("Authorization", "") == f"Bearer {RUNNER_TOKEN}":
-            resource = request.resource
-            plural = resource.plural + (f"/{request.subresource}" if request.subresource else "")
-            method = request.method.value
-            if method == "GET":
-                verb = "get" if request.name else (
-                    "watch" if request.params.get("watch") in ("true", "True", "1") else "list")
-            else:
-                verb = VERBS.get(method, method)
-            self.runner_requests.add((request.namespace or "", resource.group or "", plural, request.name, verb))
-        return super()._answer(request)
-
-
-@pytest.fixture
-async def apiserver():
-    async with RecordingApiServer() as server, kmock.Server(server):
-        server.install_crds(CRD_FILES)
-        yield server
-        await server.drop_watches()
+RBAC_FILES = ("rbac/batch-runner.yaml", "samples/team-namespace.yaml")
 
 
 class BatchRunnerProcess:
@@ -131,11 +100,8 @@ def lease_holder(apiserver) -> str | None:
 
 @pytest.fixture
 async def batch_runner(kubeconfig, tmp_path):
-    config = yaml.safe_load(Path(kubeconfig).read_text())
-    config["users"][0]["user"]["token"] = RUNNER_TOKEN
-    runner_kubeconfig = tmp_path / "runner-kubeconfig"
-    runner_kubeconfig.write_text(yaml.safe_dump(config))
-    runner = BatchRunnerProcess(str(runner_kubeconfig), tmp_path)
+    runner_kubeconfig = kubeconfig_with_token(kubeconfig, RUNNER_TOKEN, tmp_path / "runner-kubeconfig")
+    runner = BatchRunnerProcess(runner_kubeconfig, tmp_path)
     try:
         yield await runner.start()
     finally:
@@ -187,47 +153,12 @@ async def test_the_batch_runner_verb_runs_a_job_from_custom_resources(apiserver,
     # Least privilege: the shipped RBAC allows every request the runner made, and grants
     # nothing it did not use (but update on batchendpoints/finalizers, which the API server
     # checks when a Secret owned by a BatchEndpoint, blockOwnerDeletion, is created).
-    granted = shipped_rbac()
-    made = {(("team" if ns == NS else ns), group, resource, verb) for ns, group, resource, _, verb in
-            apiserver.runner_requests}
-    refused = [r for r in sorted(apiserver.runner_requests, key=str) if not allowed(granted, *r)]
-    assert refused == [], f"requests the RBAC in deploy/ would refuse: {refused}"
-    unused = {(scope, group, resource, verb) for scope, group, resource, _, verb in granted} - made - {
-        ("team", "scoregate.io", "batchendpoints/finalizers", "update")}
-    assert unused == set(), f"granted but never used: {unused}"
-
-
-def shipped_rbac() -> set[tuple[str, str, str, str | None, str]]:
-    """(scope, apiGroup, resource, resourceName or None, verb) the runner's ServiceAccount gets:
-    scope "team" for the ClusterRole bound in the team namespace, else the Role's namespace."""
-    deploy = ROOT / "deploy"
-    docs = [d for f in ("rbac/batch-runner.yaml", "samples/team-namespace.yaml")
-            for d in yaml.safe_load_all((deploy / f).read_text()) if d]
-    subject = {"kind": "ServiceAccount", "name": "scoregate-batch-runner", "namespace": SYSTEM}
-    bound = {(d["roleRef"]["kind"], d["roleRef"]["name"], d["metadata"]["namespace"]) for d in docs
-             if d["kind"] == "RoleBinding" and subject in d["subjects"]}
-    granted = set()
-    for doc in docs:
-        if doc["kind"] not in ("Role", "ClusterRole"):
-            continue
-        scopes = {("team" if ns == NS else ns) for kind, name, ns in bound
-                  if kind == doc["kind"] and name == doc["metadata"]["name"]
-                  and (kind == "ClusterRole" or ns == doc["metadata"]["namespace"])}
-        for scope in scopes:
-            for rule in doc["rules"]:
-                for group in rule["apiGroups"]:
-                    for resource in rule["resources"]:
-                        for name in rule.get("resourceNames") or [None]:
-                            for verb in rule["verbs"]:
-                                granted.add((scope, group, resource, name, verb))
-    assert {s for s, *_ in granted} == {"team", SYSTEM}, bound
-    return granted
-
-
-def allowed(granted, namespace: str, group: str, resource: str, name: str | None, verb: str) -> bool:
-    scope = "team" if namespace == NS else namespace
-    return (scope, group, resource, None, verb) in granted or (
-        name is not None and (scope, group, resource, name, verb) in granted)
+    granted = shipped_rbac(RBAC_FILES, "scoregate-batch-runner")
+    assert {g.scope for g in granted} == {NS, SYSTEM}
+    made = apiserver.requests_of(RUNNER_TOKEN)
+    assert refused(granted, made) == [], "requests the RBAC in deploy/ would refuse"
+    assert unused(granted, made) - {Grant(NS, "scoregate.io", "batchendpoints/finalizers", None, "update")} \
+        == set(), "granted but never used"
 
 
 def test_the_verb_documents_its_flags():
