@@ -48,8 +48,8 @@ class SigningKeyKeeper:
         self._warned = False
 
     async def start(self, timeout_s: float = 10.0) -> None:
-        """Start keeping the Secret; return once it was looked at (and created if missing), or
-        after `timeout_s` (the work goes on in the background)."""
+        """Start keeping the Secret; return once it was looked at and, if missing, its create
+        answered (or after `timeout_s`); what failed is retried in the background."""
         self._task = asyncio.get_running_loop().create_task(self._run(), name="aml_token signing key")
         try:
             await asyncio.wait_for(self._first_look.wait(), timeout_s)
@@ -68,9 +68,10 @@ class SigningKeyKeeper:
         backoff = Backoff(initial_s=0.5, maximum_s=30.0)
         while True:
             self._wake.clear()  # an event from here on means: look again
-            if await self._ensure():
+            done = await self._ensure()
+            self._first_look.set()  # a refusal is retried in the background, not waited for
+            if done:
                 backoff.reset()
-                self._first_look.set()
                 await self._wake.wait()
             else:
                 await asyncio.sleep(backoff.next_delay())
