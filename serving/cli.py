@@ -311,7 +311,8 @@ def _cluster_token(args) -> dict:
     try:
         minting = _kubernetes_running("token_minting")
     except ImportError:
-        raise CliError("the Kubernetes backend needs kubernetes-asyncio: pip install 'scoregate[kubernetes]'", 2) from None
+        raise CliError("the Kubernetes backend needs kubernetes-asyncio: "
+                       "pip install 'scoregate[kubernetes]'", 2) from None
     try:
         return asyncio.run(minting.mint_token(args.name, namespace=args.namespace,
                                               signing_namespace=args.signing_namespace, kubeconfig=args.kubeconfig,
