@@ -119,6 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("-n", "--name", required=True)
     token.add_argument("--lifetime", type=_duration, default=3600.0,
                        help="how long the token is valid (default 1h; at most 24h)")
+    token.add_argument("--backend", choices=("embedded", "kubernetes"), default="embedded",
+                       help="kubernetes: mint it from the cluster's signing key Secret with your kubeconfig")
+    token.add_argument("--kubeconfig", default=None, help="(kubernetes) kubeconfig file (default: ~/.kube/config)")
+    token.add_argument("--context", default=None, help="(kubernetes) kubeconfig context")
+    token.add_argument("--namespace", default="default", help="(kubernetes) the OnlineEndpoint's namespace")
+    token.add_argument("--signing-namespace", default=None,
+                       help="(kubernetes) namespace of Secret scoregate-secrets: the first --namespace of the "
+                            "controller and routers (default: --namespace)")
     regen = endpoint.add_parser("regenerate-keys", parents=[common])
     regen.add_argument("-n", "--name", required=True)
     regen.add_argument("--key-type", choices=("primary", "secondary"), default="primary")
@@ -296,6 +304,25 @@ def _endpoint(args, client: AdminClient):
     raise CliError(f"unknown action {args.action}", 2)
 
 
+def _cluster_token(args) -> dict:
+    """`endpoint get-token --backend kubernetes`: minted from the cluster's signing key."""
+    import asyncio
+
+    try:
+        minting = _kubernetes_running("token_minting")
+    except ImportError:
+        raise CliError("the Kubernetes backend needs kubernetes-asyncio: "
+                       "pip install 'scoregate[kubernetes]'", 2) from None
+    try:
+        return asyncio.run(minting.mint_token(args.name, namespace=args.namespace,
+                                              signing_namespace=args.signing_namespace, kubeconfig=args.kubeconfig,
+                                              context=args.context, lifetime_s=args.lifetime))
+    except minting.MintingError as exc:
+        raise CliError(str(exc), exc.exit_code) from None
+    except Exception as exc:  # a bad kubeconfig, an unreachable API server: one line
+        raise CliError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+
+
 def _invoke(args, client: AdminClient):
     try:
         body = Path(args.request_file).read_bytes()
@@ -364,6 +391,9 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args)
         if args.verb == "tls":
             _print(_dev_cert(args), output)
+            return 0
+        if args.verb == "endpoint" and getattr(args, "backend", "embedded") == "kubernetes":
+            _print(_cluster_token(args), output)
             return 0
         client = AdminClient.from_state_dir(resolve_state_dir(args.state_dir))
         if args.verb == "top":

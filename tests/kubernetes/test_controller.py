@@ -11,6 +11,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from serving.backends.kubernetes import names
 from serving.backends.kubernetes.api import INSTANCE_TYPES, ONLINE_DEPLOYMENTS, ONLINE_ENDPOINTS
 from serving.backends.kubernetes.running import KubernetesControllerSettings, run_controller
 from tests.kubernetes import cluster as fates
@@ -120,7 +121,7 @@ async def test_sample_resources_become_deployment_service_and_keys(apiserver, ku
     service = the(apiserver, "services")
     assert service["metadata"]["ownerReferences"][0]["uid"] == cr["metadata"]["uid"]
     assert service["spec"]["selector"] == {"scoregate.io/endpoint": "iris", "scoregate.io/deployment": "blue"}
-    [secret] = apiserver.objects_of("secrets", NS)
+    [secret] = apiserver.objects_of("secrets", NS, names.MANAGED_KEYS_SELECTOR)  # (and scoregate-secrets)
     endpoint = the(apiserver, "onlineendpoints")
     assert secret["metadata"]["ownerReferences"][0]["uid"] == endpoint["metadata"]["uid"]
     assert set(secret["data"]) == {"primaryKey", "secondaryKey"}

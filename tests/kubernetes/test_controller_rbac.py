@@ -9,6 +9,7 @@ import asyncio
 
 from prometheus_client import CollectorRegistry
 
+from serving.backends.kubernetes import names
 from serving.backends.kubernetes.api import ONLINE_DEPLOYMENTS, ONLINE_ENDPOINTS
 from serving.backends.kubernetes.running import KubernetesControllerSettings, run_controller
 from tests.kubernetes import cluster as fates
@@ -50,9 +51,10 @@ async def test_the_controller_asks_for_what_its_rbac_grants(apiserver, kubeconfi
     stop = asyncio.Event()
     task = asyncio.get_running_loop().create_task(run_controller(settings, stop, registry=CollectorRegistry()))
     try:
-        # the first rollout: Deployment, Service, keys Secret, statuses
+        # the first rollout: Deployment, Service, keys Secret, statuses; the aml_token signing key Secret
         await eventually(lambda: state(apiserver).get("provisioningState") == "Succeeded"
-                         and apiserver.objects_of("secrets", NS), timeout_s=15, what="iris-blue Succeeded")
+                         and apiserver.objects_of("secrets", NS, names.MANAGED_KEYS_SELECTOR)
+                         and apiserver.get(("", "v1", "secrets"), NS, "scoregate-secrets"), timeout_s=15, what="iris-blue Succeeded")
         assert (apiserver.get(LEASES, SYSTEM, "scoregate-controller") or {})["spec"]["holderIdentity"] == "controller-1"
 
         # scale up, its first Deployment write refused as stale (re-read, written again); then down

@@ -11,6 +11,8 @@
 - writing.py     VersionWriter: targets → Deployments and Services (409, back-off)
 - store.py       KubernetesStore (the Store protocol, on custom resources)
 - keys.py        SecretKeeper: endpoint keys and named secrets in Secrets
+- signing_key.py SigningKeyKeeper: the controller makes the aml_token signing key Secret
+- token_minting.py `endpoint get-token --backend kubernetes`: a token from that key
 - status.py      DeploymentStatusReporter: the status subresource of the custom resources
 - leasing.py     LeaseElector: coordination.k8s.io Lease leader election
 - running.py     run_controller(): the `scoregate controller --backend kubernetes` process

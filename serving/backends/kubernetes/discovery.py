@@ -33,7 +33,7 @@ from ...tokens import TokenIssuer
 from .. import READY, ReplicaView
 from . import names
 from .api import ENDPOINT_SLICES, ONLINE_DEPLOYMENTS, ONLINE_ENDPOINTS, SECRETS, KubeApi
-from .keys import NAMED_SECRETS, SecretKeeper
+from .keys import NAMED_SECRETS, TOKEN_SIGNING_KEY, SecretKeeper, signing_namespace
 from .last_valid import LastValid, Version, key_of
 from .podstatus import parse_time
 from .translation import deployment_from_custom_resource, endpoint_from_custom_resource
@@ -106,7 +106,7 @@ class ClusterDiscovery:
         self._slices = ObjectCache(api, ENDPOINT_SLICES, namespaces=self._namespaces,
                                    label_selector=SERVICE_NAME_LABEL, on_event=wake)
         # The store keeps named secrets (the token signing key) in its first namespace.
-        self._signing_namespace = (self._namespaces or ("default",))[0]
+        self._signing_namespace = signing_namespace(self._namespaces)
         self._signing = ObjectCache(api, SECRETS, namespaces=[self._signing_namespace],
                                     field_selector=f"metadata.name={NAMED_SECRETS}", on_event=wake)
         self._caches = (self._keys_cache, self._signing, self._endpoints, self._deployments, self._slices)
@@ -196,7 +196,7 @@ class ClusterDiscovery:
 
     def _signing_issuer(self) -> TokenIssuer | None:
         secret = self._signing.get(self._signing_namespace, NAMED_SECRETS)
-        encoded = ((secret or {}).get("data") or {}).get("aml_token")
+        encoded = ((secret or {}).get("data") or {}).get(TOKEN_SIGNING_KEY)
         if not encoded:
             return None
         if self._tokens is not None and self._signing_encoded == encoded:

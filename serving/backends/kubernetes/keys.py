@@ -24,6 +24,13 @@ from .workloads import owner_reference
 
 log = logging.getLogger("scoregate.store.kubernetes")
 NAMED_SECRETS = "scoregate-secrets"
+TOKEN_SIGNING_KEY = "aml_token"  # the key in NAMED_SECRETS that signs aml_token tokens (serving/tokens.py)
+
+
+def signing_namespace(namespaces) -> str:
+    """Where NAMED_SECRETS lives: the first namespace watched ("default" for all), for the
+    controller, the routers and the store alike, so they all use one signing key."""
+    return (tuple(namespaces or ()) or ("default",))[0]
 
 
 def new_key() -> str:

@@ -1,7 +1,8 @@
 """`scoregate controller --backend kubernetes`: the composition root of the cluster controller.
 
 Builds, in order: API client (in-cluster or --kubeconfig) → KubernetesStore (custom
-resources) → KubernetesBackend (Deployments, Services, pods; placement from the store)
+resources) → SigningKeyKeeper (the aml_token signing key Secret, signing_key.py) →
+KubernetesBackend (Deployments, Services, pods; placement from the store)
 → ClusterUtilization (the routers' summed load) → serving.controller's Autoscaling and
 Controller (planner + reconcile loop) → DeploymentStatusReporter. The autoscaler's
 verdicts reach the cluster the way every replica count does: the planner, the backend,
@@ -35,6 +36,7 @@ from ...controller.rollouts import RolloutManager
 from .api import KubeApi, load_api_client
 from .backend import KubernetesBackend
 from .leasing import LeaseElector, run_elected, until_stopped
+from .signing_key import SigningKeyKeeper
 from .status import DeploymentStatusReporter
 from .store import KubernetesStore
 from .utilization import DEFAULT_MAX_AGE_S, ClusterUtilization
@@ -152,6 +154,8 @@ async def _run_elected(api: KubeApi, settings: KubernetesControllerSettings, sto
 
     store.on_change, backend.on_change = on_store_change, on_replica_change
     await store.start()
+    signing_key = SigningKeyKeeper(api, store.default_namespace)  # what aml_token endpoints need
+    await signing_key.start()
     await backend.start()
     if utilization is not None:
         await utilization.start()
@@ -173,6 +177,7 @@ async def _run_elected(api: KubeApi, settings: KubernetesControllerSettings, sto
         if utilization is not None:
             await utilization.close()
         await backend.close()
+        await signing_key.close()
         await store.aclose()
 
 

@@ -31,7 +31,7 @@ from ...store import DeploymentRecord, EndpointRecord, StoreError
 from . import names
 from .api import (INSTANCE_TYPES, ONLINE_DEPLOYMENTS, ONLINE_ENDPOINTS, SECRETS, KubeApi, replace_status_fields,
                   status_of)
-from .keys import SecretKeeper
+from .keys import SecretKeeper, signing_namespace
 from .last_valid import LastValid, Version, key_of
 from .podstatus import parse_time
 from .translation import (DEFAULT_INSTANCE_TYPE, DEFAULT_INSTANCE_TYPE_NAME, CustomResourceError, InstanceTypeSpec,
@@ -75,7 +75,7 @@ class KubernetesStore:
                  on_change: Callable[[], None] = lambda: None, sync_timeout_s: float = 60.0) -> None:
         self._api = api
         self._namespaces = tuple(namespaces) if namespaces is not None else None
-        self.default_namespace = (self._namespaces or ("default",))[0]
+        self.default_namespace = signing_namespace(self._namespaces)
         self.on_change = on_change
         self._sync_timeout_s = sync_timeout_s
         wake = lambda _kind, _obj: self._rebuild()  # noqa: E731
