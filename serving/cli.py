@@ -123,7 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="kubernetes: mint it from the cluster's signing key Secret with your kubeconfig")
     token.add_argument("--kubeconfig", default=None, help="(kubernetes) kubeconfig file (default: ~/.kube/config)")
     token.add_argument("--context", default=None, help="(kubernetes) kubeconfig context")
-    token.add_argument("--namespace", default="default", help="(kubernetes) the OnlineEndpoint's namespace")
+    token.add_argument("--namespace", default=None,
+                       help="(kubernetes) the OnlineEndpoint's namespace (default: the kubeconfig context's, "
+                            "else default)")
     token.add_argument("--signing-namespace", default=None,
                        help="(kubernetes) namespace of Secret scoregate-secrets: the first --namespace of the "
                             "controller and routers (default: --namespace)")

@@ -14,6 +14,7 @@ import time
 
 import aiohttp
 import pytest
+import yaml
 
 from serving.backends.kubernetes.api import ONLINE_ENDPOINTS
 from serving.tokens import TokenIssuer
@@ -168,3 +169,20 @@ async def test_a_refused_create_is_retried_without_holding_the_controller_up(api
     await after_passes(running.registry, 1, timeout_s=3)  # serving does not wait for the signing key
     await eventually(lambda: signing_secret(apiserver), timeout_s=15, what="the signing key Secret, made on retry")
     assert refusal.hits == 4
+
+
+def test_get_token_takes_the_namespace_from_the_kubeconfig_context(tmp_path, monkeypatch):
+    """Without --namespace, as kubectl without -n: the chosen context's namespace, else default."""
+    from serving.backends.kubernetes.api import context_namespace
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "team",
+        "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "team", "context": {"cluster": "c", "user": "u", "namespace": "team-a"}},
+                     {"name": "plain", "context": {"cluster": "c", "user": "u"}}]}))
+    assert context_namespace(str(path)) == "team-a"
+    assert context_namespace(str(path), "plain") == "default"
+    assert context_namespace(str(tmp_path / "missing")) == "default"

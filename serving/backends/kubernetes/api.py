@@ -97,6 +97,26 @@ async def load_api_client(kubeconfig: str | None = None, context: str | None = N
     return client.ApiClient(configuration=configuration)
 
 
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+def context_namespace(kubeconfig: str | None = None, context: str | None = None) -> str:
+    """The namespace kubectl would use without `-n`: the kubeconfig context's (the current
+    one, or `context`), the pod's own in a cluster, else "default"."""
+    if kubeconfig is None and context is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        try:
+            with open(SERVICE_ACCOUNT_NAMESPACE) as handle:
+                return handle.read().strip() or "default"
+        except OSError:
+            return "default"
+    try:
+        contexts, current = config.list_kube_config_contexts(kubeconfig)
+    except Exception:  # no kubeconfig, or not one: load_api_client reports it properly
+        return "default"
+    chosen = next((c for c in contexts if c.get("name") == context), None) if context else current
+    return ((chosen or {}).get("context") or {}).get("namespace") or "default"
+
+
 async def _decode(response: aiohttp.ClientResponse) -> Any:
     try:
         body = await response.read()

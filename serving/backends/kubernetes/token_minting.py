@@ -16,7 +16,7 @@ import binascii
 
 from ...tokens import MAX_LIFETIME_S, TokenIssuer
 from . import names
-from .api import ONLINE_ENDPOINTS, SECRETS, KubeApi, load_api_client, status_of
+from .api import ONLINE_ENDPOINTS, SECRETS, KubeApi, context_namespace, load_api_client, status_of
 from .keys import NAMED_SECRETS, TOKEN_SIGNING_KEY
 
 
@@ -35,11 +35,12 @@ def _refused(exc: Exception, what: str) -> MintingError:
     return MintingError(f"cannot read {what}: {'HTTP ' + str(status) if status else exc}")
 
 
-async def mint_token(endpoint: str, *, namespace: str, signing_namespace: str | None = None,
+async def mint_token(endpoint: str, *, namespace: str | None = None, signing_namespace: str | None = None,
                      kubeconfig: str | None = None, context: str | None = None,
                      lifetime_s: float = 3600.0) -> dict:
     if not 1 <= lifetime_s <= MAX_LIFETIME_S:
         raise MintingError(f"--lifetime must be from 1 s to {MAX_LIFETIME_S // 3600} h", 2)
+    namespace = namespace or context_namespace(kubeconfig, context)  # as kubectl without -n
     signing_namespace = signing_namespace or namespace
     api = KubeApi(await load_api_client(kubeconfig, context))
     try:
