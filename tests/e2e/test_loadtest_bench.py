@@ -63,9 +63,11 @@ def test_quick_bench_writes_every_section(tmp_path):
     for entry in data["rates"]:
         assert set(entry["targets"]) == set(names)
         assert entry["targets"]["scoregate"]["overhead_p50_ms"] is not None
-        # the proxies' CPU per request at each rate (the replica has none of its own here)
+        # the proxies' CPU per request at each rate (the replica has none of its own here);
+        # quick mode's fraction of a second can be under one clock tick of CPU (0.0)
         for name in set(names) - {"direct"}:
-            assert entry["targets"][name]["cpu_us_per_request"]["median"] > 0, (entry["label"], name)
+            figure = entry["targets"][name]["cpu_us_per_request"]
+            assert figure is not None and figure["median"] >= 0, (entry["label"], name)
         assert entry["targets"]["direct"]["cpu_us_per_request"] is None
     assert {"nproc", "cpu_model", "kernel"} <= set(data["machine"])
     # The gateway ran on the interpreter that measured it (not whichever `scoregate` PATH
