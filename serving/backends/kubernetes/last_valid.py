@@ -62,10 +62,6 @@ class Parsed(Generic[V]):
     version: Version[V] | None
     problem: CustomResourceError | None = None
 
-    @property
-    def kept(self) -> bool:
-        return self.problem is not None and self.version is not None
-
 
 class LastValid(Generic[V]):
     """The versions of one kind accepted in the last pass, by object; each pass parses

@@ -168,18 +168,18 @@ class DeploymentStatusReporter:
             await self._patch(ONLINE_ENDPOINTS, obj, endpoint_status(obj, snapshot.problems.get(oid),
                                                                      obj["metadata"]["name"] in keyed))
         resolved = {(d.endpoint_name, d.name): d for d in snapshot.deployments}
+        kept = snapshot.kept
         for obj in self._store.custom_objects(ONLINE_DEPLOYMENTS):
             meta = obj["metadata"]
-            problem = snapshot.problems.get(("OnlineDeployment", meta["namespace"], meta["name"]))
+            oid = ("OnlineDeployment", meta["namespace"], meta["name"])
+            problem = snapshot.problems.get(oid)
             if problem is None and deployment_name_of(obj) and (
                     (obj.get("spec") or {}).get("endpointName"), deployment_name_of(obj)) not in snapshot.sources:
                 problem = "waiting for its endpoint"
             key = ((obj.get("spec") or {}).get("endpointName"), deployment_name_of(obj))
-            kept = snapshot.kept.get(("OnlineDeployment", meta["namespace"], meta["name"]))
-            await self._save_last_valid(ONLINE_DEPLOYMENTS, obj,
-                                        snapshot.last_valid.get(("OnlineDeployment", meta["namespace"], meta["name"])))
+            await self._save_last_valid(ONLINE_DEPLOYMENTS, obj, snapshot.last_valid.get(oid))
             await self._patch(ONLINE_DEPLOYMENTS, obj, deployment_status(obj, problem, views, resolved.get(key),
-                                                                       self._wanted, kept, self._acted_on))
+                                                                       self._wanted, kept.get(oid), self._acted_on))
 
     async def _patch(self, kind, obj: dict, status: dict) -> None:
         if await patch_status(self._api, kind, obj, status):

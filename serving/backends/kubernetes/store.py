@@ -64,10 +64,14 @@ class StoreSnapshot:
     sources: dict[tuple[str, str], dict] = field(default_factory=dict)  # (endpoint, deployment) -> CR
     endpoint_sources: dict[str, dict] = field(default_factory=dict)
     problems: dict[ObjectId, str] = field(default_factory=dict)
-    # invalid objects served in their last valid version: id -> that version (Endpoint or Deployment)
-    kept: dict[ObjectId, object] = field(default_factory=dict)
     # every endpoint and deployment served, as accepted (for status.lastValid)
     last_valid: dict[ObjectId, Version] = field(default_factory=dict)
+
+    @property
+    def kept(self) -> dict[ObjectId, object]:
+        """Invalid objects served in their last valid version: id -> that version (Endpoint
+        or Deployment) — the served ones that have a problem."""
+        return {oid: version.value for oid, version in self.last_valid.items() if oid in self.problems}
 
 
 class KubernetesStore:
@@ -130,7 +134,6 @@ class KubernetesStore:
                 instance_types[spec.name] = spec
             except CustomResourceError as exc:
                 problems[_id(obj)] = str(exc)
-        kept: dict[ObjectId, object] = {}
         accepted_endpoints: dict[tuple[str, str], Version[Endpoint]] = {}
         endpoints: dict[str, tuple[Endpoint, dict]] = {}
         for obj in sorted(self._endpoints.values(), key=_created):
@@ -145,8 +148,6 @@ class KubernetesStore:
                 other = endpoints[endpoint.name][1]["metadata"]["namespace"]
                 problems[oid] = f"the endpoint name {endpoint.name} is already used in namespace {other}"
                 continue
-            if found.kept:  # served in its last valid version meanwhile
-                kept[oid] = endpoint
             endpoints[endpoint.name] = (endpoint, obj)
             accepted_endpoints[key_of(obj)] = found.version
         records = []
@@ -172,8 +173,6 @@ class KubernetesStore:
                 problems[oid] = (f"endpoint {key[0]} already has a deployment {key[1]} "
                                  f"({sources[key]['metadata']['name']})")
                 continue
-            if found.kept:
-                kept[oid] = deployment
             deployments.append(deployment)
             placements[key] = Placement(obj["metadata"]["namespace"], deployment.resolved_instance_type,
                                         owner_reference(obj))
@@ -184,8 +183,7 @@ class KubernetesStore:
         last_valid = {("OnlineEndpoint", *k): v for k, v in accepted_endpoints.items()}
         last_valid.update({("OnlineDeployment", *k): v for k, v in accepted_deployments.items()})
         self._snapshot = StoreSnapshot(tuple(records), tuple(deployments), placements, instance_types, sources,
-                                       {name: obj for name, (_, obj) in endpoints.items()}, problems, kept,
-                                       last_valid)
+                                       {name: obj for name, (_, obj) in endpoints.items()}, problems, last_valid)
         self.on_change()
 
     @staticmethod
