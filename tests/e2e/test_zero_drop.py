@@ -118,9 +118,9 @@ async def test_autoscaler_scales_up_under_load_and_down_conservatively(gateway, 
 
     idle_since = time.monotonic()
     # Six polls after the load ended (1.5 s, well under 20 intervals of 0.25 s): no scale-down yet.
-    polls = gateway.metric("scoregate_autoscale_polls_total", endpoint="auto", deployment="main")
-    await wait_async(lambda: gateway.metric("scoregate_autoscale_polls_total", endpoint="auto",
-                                            deployment="main") >= polls + 6, 20, "six more autoscaler polls")
+    polls = gateway.metric("scoregate_autoscale_polls_total", endpoint="auto", deployment="main") or 0.0
+    await wait_async(lambda: (gateway.metric("scoregate_autoscale_polls_total", endpoint="auto",
+                                             deployment="main") or 0.0) >= polls + 6, 20, "six more autoscaler polls")
     assert gateway.deployment("auto", "main")["desired_replicas"] == 3
     await wait_async(lambda: gateway.deployment("auto", "main")["desired_replicas"] == 1, 20,
                      "scale-down to min_instances")

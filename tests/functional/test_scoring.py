@@ -12,7 +12,6 @@ import uuid
 from collections import Counter
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.clients import scoring_session
 from tests.support.gateway import GatewayProcess, alive, wait_for
@@ -55,17 +54,6 @@ async def post_many(gw, endpoint, count, *, headers=None, body_of=lambda i: {"i"
 
 def auth(gw, endpoint="split", which=0):
     return {"Authorization": f"Bearer {gw.keys(endpoint)[which]}"}
-
-
-def sample(gw, name: str, **labels) -> float | None:
-    """The value of one sample of the gateway's /metrics, None if it has none."""
-    status, text = gw.admin("GET", "/metrics")
-    assert status == 200, text
-    for family in text_string_to_metric_families(text):
-        for found in family.samples:
-            if found.name == name and found.labels == labels:
-                return found.value
-    return None
 
 
 async def test_traffic_split_over_2000_requests(gateway):
@@ -175,8 +163,8 @@ async def test_mirror_copies_arrive_and_answers_come_from_live(gateway, tmp_path
     assert {(s, body["label"]) for s, _, body in results} == {(200, "live")}
     # each copy was sent (or dropped) while its request was answered: once the shadow has
     # none in flight, every copy it got is recorded
-    wait_for(lambda: sample(gateway, "scoregate_deployment_in_flight_requests", endpoint="mirrored",
-                            deployment="shadow") == 0, 10, "the mirror copies answered")
+    wait_for(lambda: gateway.metric("scoregate_deployment_in_flight_requests", endpoint="mirrored",
+                                    deployment="shadow") == 0, 10, "the mirror copies answered")
     seen = [line for line in record.read_text().splitlines() if line]
     assert all(any(m in line for m in markers) for line in seen)
     # Binomial(400, 0.5): sd = 10; accept ±5 sd.

@@ -154,18 +154,16 @@ class GatewayProcess:
         except ValueError:
             return status, raw.decode(errors="replace")
 
-    def metric(self, name: str, **labels: str) -> float:
-        """The sum of a metric's samples on the admin /metrics whose labels include
-        `labels` (0.0 when there is none yet)."""
+    def metric(self, name: str, **labels: str) -> float | None:
+        """The sum of the samples called `name` on the admin /metrics whose labels include
+        `labels`; None when there is none."""
+        from prometheus_client.parser import text_string_to_metric_families
+
         status, text = self.admin("GET", "/metrics")
         assert status == 200, text
-        total = 0.0
-        for line in text.splitlines():
-            sample, _, value = line.rpartition(" ")
-            if sample == name or sample.startswith(name + "{"):
-                if all(f'{key}="{wanted}"' in sample for key, wanted in labels.items()):
-                    total += float(value)
-        return total
+        values = [found.value for family in text_string_to_metric_families(text) for found in family.samples
+                  if found.name == name and labels.items() <= found.labels.items()]
+        return sum(values) if values else None
 
     def cli(self, *args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess:
         return subprocess.run(
