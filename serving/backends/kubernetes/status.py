@@ -13,7 +13,8 @@ replica views, and merge-patches the status subresource when it changed:
   scale nobody applied yet);
 - OnlineEndpoint: provisioningState, reason, keysSecretName;
 - both: lastValid, the version the store accepted last (last_valid.py: what a controller
-  or router that starts while the object is invalid serves), removed once it serves none.
+  or router that starts while the object is invalid serves), replaced whole (a JSON patch,
+  not merged) and written before the fields above; removed once it serves none.
 When the rollout record kept in the status (`status.rollout`, written by the store for
 serving/controller/rollouts.py) says the current version failed, that verdict wins (with
 its stage and reason: budget exhausted, rolled back); otherwise "Failed" means a replica
