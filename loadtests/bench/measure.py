@@ -82,10 +82,11 @@ def measure(bt: BenchTarget, duration: float, *, rate: float | None = None,
     except (OSError, ValueError, WorkerError, TimeoutError) as exc:
         return {"error": f"{type(exc).__name__}: {exc}"}, None
     out = {**figures(result, rate), "foreign_cores": meter.foreign_cores}
-    cpu_after = process_cpu_s(pids) if cpu_before is not None else None
-    sent = result.ok + result.failed + rate * warmup if rate is not None else 0
-    if cpu_before is not None and cpu_after is not None and sent > 0:
-        out["cpu_us_per_request"] = round((cpu_after - cpu_before) / sent * 1e6, 1)
+    if cpu_before is not None:  # a fixed rate (cpu_before is read only then)
+        cpu_after = process_cpu_s(pids)
+        sent = result.ok + result.failed + rate * warmup
+        if cpu_after is not None and sent > 0:
+            out["cpu_us_per_request"] = round((cpu_after - cpu_before) / sent * 1e6, 1)
     return out, result
 
 
