@@ -29,8 +29,12 @@ HOP_BY_HOP = frozenset(
 _DROP_UPSTREAM = HOP_BY_HOP | {"authorization", "host", "content-length", "x-forwarded-for",
                                "x-forwarded-proto", "x-forwarded-host", "x-request-id", "traceparent",
                                "expect"}
-# Not returned to the caller: set by our own server for the new message.
-_DROP_DOWNSTREAM = HOP_BY_HOP | {"content-length", "date", "server"}
+# Not returned to the caller: set by our own server for the new message, and the headers
+# the gateway sets on every answer (router.upstream.forward): a model that echoes the
+# request id (most do) would otherwise put a second, earlier x-request-id before ours.
+_GATEWAY_SET = frozenset(("x-request-id", "azureml-model-deployment", "traceparent",
+                         "ms-azureml-model-error-statuscode", "ms-azureml-model-error-reason"))
+_DROP_DOWNSTREAM = HOP_BY_HOP | _GATEWAY_SET | {"content-length", "date", "server"}
 # Lower-case bytes, as the parsers see names. router.http1 and router.upstream.connection
 # apply them as each header is parsed (a name is lower-cased once); the functions below
 # apply them to whole header lists.

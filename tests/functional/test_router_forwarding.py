@@ -90,6 +90,35 @@ async def test_hop_by_hop_response_headers_are_not_returned(router, upstream, cl
         assert r.headers["azureml-model-deployment"] == "blue"
 
 
+@pytest.mark.parametrize("status", [200, 500])
+async def test_headers_the_gateway_sets_come_back_once_with_its_values(router, upstream, client, status):
+    # A model server that echoes the request id (as most do) or sets headers of the
+    # gateway's own: the caller must see each once, the gateway's value — two
+    # x-request-id headers would be joined into "a, a" by many HTTP clients.
+    upstream.respond = Script(status=status, body=b"{}", headers={
+        "Content-Type": "application/json", "x-request-id": "from-the-model",
+        "azureml-model-deployment": "not-blue", "traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01",
+        "ms-azureml-model-error-statuscode": "299", "ms-azureml-model-error-reason": "made up",
+        "Server-Timing": "model-own;dur=1.0", "X-Model": "m1"})
+    async with client.post(url(router), data=b"{}", headers={**AUTH, "x-request-id": "caller-7"}) as r:
+        await r.read()
+        headers = r.headers
+    assert headers.getall("x-request-id") == ["caller-7"]
+    assert headers.getall("azureml-model-deployment") == ["blue"]
+    [traceparent] = headers.getall("traceparent")
+    assert traceparent != "00-" + "1" * 32 + "-" + "2" * 16 + "-01"
+    if status == 200:
+        assert r.status == 200 and "ms-azureml-model-error-statuscode" not in headers
+    else:
+        assert r.status == 424
+        assert headers.getall("ms-azureml-model-error-statuscode") == ["500"]
+        assert headers.getall("ms-azureml-model-error-reason") == ["Internal Server Error"]
+    # The model's own headers still pass: Server-Timing is a list, the gateway's is added.
+    assert "model-own;dur=1.0" in headers.getall("Server-Timing")
+    assert len(headers.getall("Server-Timing")) == 2
+    assert headers.getall("X-Model") == ["m1"]
+
+
 async def test_large_bodies_stream_both_ways_intact(router, upstream, client):
     payload = os.urandom(8 * 1024 * 1024)
     upstream.respond = Script(headers={"Content-Type": "application/octet-stream"}, body=payload[::-1], chunks=64)
