@@ -132,7 +132,8 @@ class SqliteStore:
             self._db.execute(
                 "UPDATE deployments SET spec=?, updated_at=? WHERE endpoint_name=? AND name=?",
                 (orjson.dumps(deployment.to_dict()).decode(), time.time(), endpoint_name, name))
-            return deployment
+        # As every read gives it: with its instance type resolved (part of its version).
+        return with_instance_type(deployment, self.list_instance_types())
 
     def regenerate_key(self, endpoint_name: str, key_type: str) -> EndpointRecord:
         column = {"primary": "primary_key", "secondary": "secondary_key"}.get(key_type)

@@ -44,7 +44,9 @@ async def test_scale_down_under_load_drops_nothing(gateway, tmp_path):
     await asyncio.to_thread(gateway.wait_ready, "shrink", ["main"])
     load = load_for(gateway, "shrink", rate=RATE).start()
     await asyncio.sleep(1.5)
-    await cli_json(gateway, "deployment", "scale", "-n", "main", "-e", "shrink", "--instance-count", "2")
+    version = gateway.deployment("shrink", "main")["version"]
+    scaled = await cli_json(gateway, "deployment", "scale", "-n", "main", "-e", "shrink", "--instance-count", "2")
+    assert (scaled["instance_count"], scaled["version"]) == (2, version)  # a scale is not a new version
     await wait_async(lambda: len(live_replicas(gateway, "shrink", "main")) == 2, 20, "scale-down to 2")
     await asyncio.sleep(1.5)
     result = await load.stop()

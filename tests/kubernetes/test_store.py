@@ -41,6 +41,10 @@ async def test_apply_list_scale_regenerate_delete(apiserver, store):
 
     scaled = await asyncio.to_thread(store.set_instance_count, "iris", "blue", 3)
     assert scaled.instance_count == 3
+    # The answer carries the version the controller will see (instance type resolved),
+    # and scaling alone is not a new version.
+    assert scaled.resolved_instance_type == gpu
+    assert scaled.replica_spec_hash() == store.get_deployment("iris", "blue").replica_spec_hash()
     renewed = await asyncio.to_thread(store.regenerate_key, "iris", "secondary")
     assert renewed.primary_key == record.primary_key and renewed.secondary_key != record.secondary_key
 

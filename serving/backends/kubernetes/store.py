@@ -369,7 +369,8 @@ class KubernetesStore:
             raise StoreError(f"no deployment {name} in endpoint {endpoint_name}")
         updated = await self._api.patch(ONLINE_DEPLOYMENTS, source["metadata"]["namespace"],
                                         source["metadata"]["name"], {"spec": {"instanceCount": count}})
-        return deployment_from_custom_resource(updated)
+        # As every read gives it: with its instance type resolved (part of its version).
+        return with_instance_type(deployment_from_custom_resource(updated), self._snapshot.instance_types.values())
 
     async def regenerate_key_async(self, endpoint_name: str, key_type: str) -> EndpointRecord:
         if key_type not in ("primary", "secondary"):
