@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 from .client import AdminClient, CliError, GatewayNotRunning, score_request
@@ -38,7 +39,7 @@ def _print_table(data) -> None:
                and any(row.get(k) not in (None, "") for row in rows)]
     if "traffic" in rows[0]:
         columns.append("traffic")
-    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    cells = [[_cell(row.get(c), c) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     sys.stdout.write("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip() + "\n")
     sys.stdout.write("  ".join("-" * w for w in widths) + "\n")
@@ -46,9 +47,12 @@ def _print_table(data) -> None:
         sys.stdout.write("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() + "\n")
 
 
-def _cell(value) -> str:
+def _cell(value, column: str = "") -> str:
     if isinstance(value, dict):
         return ",".join(f"{k}={v}" for k, v in value.items())
+    if column.endswith("_at") and isinstance(value, (int, float)) and not isinstance(value, bool):
+        # Times are Unix seconds in JSON (for scripts); a person reads them as UTC.
+        return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(value))
     return "" if value is None else str(value)
 
 

@@ -1,0 +1,23 @@
+"""`-o table`: what a person reads from the CLI (the JSON output stays as the API gives it)."""
+
+from __future__ import annotations
+
+from serving.cli import _print
+
+
+def test_times_read_as_utc_and_nested_values_stay_out(capsys):
+    rows = [{"name": "j1", "status": "Completed", "finished_at": 1795947203.18, "created_at": 1795947200.0,
+             "duration_s": 0.075, "output": {"ready": True}},
+            {"name": "j2", "status": "Running", "finished_at": None, "created_at": 1795947201.0,
+             "duration_s": None, "output": {"ready": False}}]
+    _print(rows, "table")
+    header, rule, first, second = capsys.readouterr().out.splitlines()
+    assert header.split() == ["name", "status", "finished_at", "duration_s"]  # created_at: noisy, output: nested
+    assert set(rule) == {"-", " "}
+    assert first.split() == ["j1", "Completed", "2026-11-29", "10:13:23Z", "0.075"]
+    assert second.split() == ["j2", "Running"]  # no time yet: an empty cell, not "None"
+
+
+def test_json_keeps_unix_seconds(capsys):
+    _print({"finished_at": 1795947203.18}, "json")
+    assert '"finished_at": 1795947203.18' in capsys.readouterr().out
