@@ -94,12 +94,8 @@ class AdminApi:
             given = header[7:].encode() if header[:7].lower() == "bearer " else b""
             if not hmac.compare_digest(given, self._token):
                 return _error(401, "Unauthorized", "missing or wrong admin token")
-        try:
-            return await handler(request)
-        except web.HTTPException as exc:
-            if exc.status >= 400:
-                return _error(exc.status, exc.reason.replace(" ", ""), exc.text or exc.reason)
-            raise
+        # An HTTPException of a handler becomes a JSON error in serving.admin_errors.
+        return await handler(request)
 
     # -- helpers ------------------------------------------------------------------------
     async def _record_or_404(self, name: str):
