@@ -39,6 +39,8 @@ def _print_table(data) -> None:
                and any(row.get(k) not in (None, "") for row in rows)]
     if "traffic" in rows[0]:
         columns.append("traffic")
+    if any(row.get("mirror_traffic") for row in rows):
+        columns.append("mirror_traffic")
     cells = [[_cell(row.get(c), c) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     sys.stdout.write("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip() + "\n")

@@ -21,3 +21,15 @@ def test_times_read_as_utc_and_nested_values_stay_out(capsys):
 def test_json_keeps_unix_seconds(capsys):
     _print({"finished_at": 1795947203.18}, "json")
     assert '"finished_at": 1795947203.18' in capsys.readouterr().out
+
+
+def test_traffic_and_mirrored_traffic_are_shown_as_name_percent(capsys):
+    rows = [{"name": "iris", "traffic": {"blue": 100, "green": 0}, "mirror_traffic": {"green": 20}},
+            {"name": "other", "traffic": {"main": 100}, "mirror_traffic": {}}]
+    _print(rows, "table")
+    header, _, iris, other = capsys.readouterr().out.splitlines()
+    assert header.split() == ["name", "traffic", "mirror_traffic"]
+    assert iris.split() == ["iris", "blue=100,green=0", "green=20"]
+    assert other.split() == ["other", "main=100"]
+    _print(rows[1:], "table")  # nobody mirrors: no empty column
+    assert capsys.readouterr().out.splitlines()[0].split() == ["name", "traffic"]
