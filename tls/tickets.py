@@ -57,7 +57,7 @@ def install_ticket_keys(context: ssl.SSLContext, keys: bytes) -> bool:
         if ctrl(pointer, _GET_KEYS, TICKET_KEYS_BYTES, back) != 1 or back.raw != keys:
             raise OSError("OpenSSL does not report the ticket keys just set")
     except (OSError, AttributeError, TypeError, ValueError) as exc:
-        log.warning("TLS session tickets stay per process (a client resuming on another worker "
+        log.warning("TLS session tickets stay per process (a client resuming on another worker or router pod "
                     "gets a full handshake): %s", exc)
         return False
     return True
