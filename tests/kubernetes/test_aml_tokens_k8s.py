@@ -161,14 +161,14 @@ async def test_a_signing_key_made_by_someone_else_is_kept(apiserver, kubeconfig,
 
 
 async def test_a_refused_create_is_retried_without_holding_the_controller_up(apiserver, kubeconfig, controller):
-    # refused four times (e.g. RBAC without create for a while): retried with back-off
-    # (0.5, 1, 2, 4 s, jittered down to half), while the reconcile loop already runs
-    refusal = apiserver.fail_next("POST", "secrets", 403, times=4,
+    # refused three times (e.g. RBAC without create for a while): retried with back-off
+    # (0.5, 1, 2 s, jittered down to half), while the reconcile loop already runs
+    refusal = apiserver.fail_next("POST", "secrets", 403, times=3,
                                   when=lambda body: (body or {}).get("metadata", {}).get("name") == SIGNING)
     running = controller()
     await after_passes(running.registry, 1, timeout_s=3)  # serving does not wait for the signing key
     await eventually(lambda: signing_secret(apiserver), timeout_s=15, what="the signing key Secret, made on retry")
-    assert refusal.hits == 4
+    assert refusal.hits == 3
 
 
 def test_get_token_takes_the_namespace_from_the_kubeconfig_context(tmp_path, monkeypatch):
