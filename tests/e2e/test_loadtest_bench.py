@@ -130,7 +130,8 @@ def test_quick_bench_with_two_workers(tmp_path):
     before = bench_processes()
     out = tmp_path / "bench"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-m", "loadtests", "bench", "--quick", "--workers", "2",
+    # One fixed rate (quick mode has two): this test reads the workers phase, which has its own.
+    done = subprocess.run([sys.executable, "-m", "loadtests", "bench", "--quick", "--workers", "2", "--rates", "100",
                            "--no-nginx", "--idle-connections", "0", "--no-plots", "--output", str(out)],
                           capture_output=True, text=True, timeout=150, cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
