@@ -7,8 +7,8 @@ counting off until the measurement; it then serves a first batch of N/4 and a se
 batch of N keep-alive TLS requests (8 connections, every answer checked), and the
 difference of the two counts over the difference of the requests is the cost of one
 request, with connection set-up and other fixed costs cancelled. What the process does
-while idle (timers, probes, the control plane's loops) is counted for a few seconds
-first and subtracted for the time each batch took. Repeatable to about ±0.5 % (runs
+while idle (timers, probes, the control plane's loops) is counted for two seconds
+first (once the warm-up's after-work is done) and subtracted for the time each batch took. Repeatable to about ±0.5 % (runs
 of the same code spread over 1-2.5k instructions: how many requests share one turn
 of the event loop varies with timing, even under valgrind).
 
@@ -38,7 +38,8 @@ from .gateway import RunningGateway, start_gateway
 from .procs import BenchError
 
 CONNECTIONS = 8
-IDLE_SECONDS = 5.0
+IDLE_SETTLE_S = 1.0  # after the warm-up the gateway is busy for about a second more (not idle)
+IDLE_SECONDS = 2.0  # then one reading: 2 s windows agree within ~3 %, 1 s ones do not
 START_TIMEOUT_S = 600.0  # a gateway under valgrind starts in ~15 s here; a slow machine may need more
 REQUEST_TIMEOUT_S = 30.0  # one request under valgrind: milliseconds; this bounds a stuck one
 
@@ -92,6 +93,7 @@ def count_instructions(requests: int, *, replica: str = "fastserver", gateway_cp
         try:
             _send(gw, max(50, requests // 10))  # warm: connections, caches, lazy imports
             _control(gw, "-i", "on")
+            time.sleep(IDLE_SETTLE_S)
             idle = _count(gw, out, lambda: time.sleep(IDLE_SECONDS)) / IDLE_SECONDS
             say(f"idle: {idle / 1e6:.1f} M instructions/s")
             batches = []

@@ -38,8 +38,9 @@ def test_quick_bench_writes_every_section(tmp_path):
     (decoy / "scoregate").write_text("#!/bin/sh\necho 'the scoregate found on PATH ran' >&2\nexit 3\n")
     (decoy / "scoregate").chmod(0o755)
     env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{decoy}:{os.environ.get('PATH', '')}"}
+    # Half of quick mode's measuring time: only the sections and the processes are checked.
     done = subprocess.run([sys.executable, "-m", "loadtests", "bench", "--quick", "--no-wrk",
-                           "--no-plots", "--output", str(out)],
+                           "--duration", "0.15", "--warmup", "0.05", "--no-plots", "--output", str(out)],
                           capture_output=True, text=True, timeout=150, cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = (out / "summary.md").read_text()
@@ -129,7 +130,8 @@ def test_quick_bench_with_two_workers(tmp_path):
     before = bench_processes()
     out = tmp_path / "bench"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-m", "loadtests", "bench", "--quick", "--workers", "2",
+    # One fixed rate (quick mode has two): this test reads the workers phase, which has its own.
+    done = subprocess.run([sys.executable, "-m", "loadtests", "bench", "--quick", "--workers", "2", "--rates", "100",
                            "--no-nginx", "--idle-connections", "0", "--no-plots", "--output", str(out)],
                           capture_output=True, text=True, timeout=150, cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -65,9 +65,11 @@ def gateway(tmp_path_factory):
 
 
 async def start_harness(gw: GatewayProcess) -> tuple[web.AppRunner, str]:
+    # A sample per refresh (RemoteSnapshot keeps one per 0.5 s at most): the chart has the
+    # points the test waits for in half the time of a 1 s refresh.
     remote = RemoteSnapshot(AdminClient(gw.info))
     app = web.Application()
-    app.add_routes(StatusPage(remote.snapshot, admin_token=gw.info.admin_token, refresh_s=1.0).routes())
+    app.add_routes(StatusPage(remote.snapshot, admin_token=gw.info.admin_token, refresh_s=0.5).routes())
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -173,8 +175,17 @@ async def test_gateway_serves_the_status_routes_behind_the_admin_token(gateway):
     admin, token = gateway.info.admin_url, gateway.info.admin_token
     load = load_for(gateway, 30).start()
     try:
-        await asyncio.sleep(3)
         async with aiohttp.ClientSession() as http:
+            # Until the live figures have the load in them (they are asserted below), not a
+            # fixed 3 s: the gateway samples once a second.
+            deadline = time.monotonic() + 20
+            while True:
+                async with http.get(f"{admin}/api/v1/status", headers={"Authorization": f"Bearer {token}"}) as r:
+                    live = next(d for d in (await r.json())["deployments"] if d["key"] == "demo/blue").get("live") or {}
+                if (live.get("requests_per_s") or 0) > 10 and len((live.get("series") or {}).get("t") or ()) >= 2:
+                    break
+                assert time.monotonic() < deadline, f"no live figures for demo/blue under load: {live}"
+                await asyncio.sleep(0.2)
             async with http.get(f"{admin}/") as r:
                 assert r.status == 401 and 'action="/login"' in await r.text()
             async with http.get(f"{admin}/status.json") as r:

@@ -11,18 +11,31 @@ import pytest
 
 from serving.client import AdminClient
 from serving.top import run_top
+from tests.support.gateway import GatewayProcess, wait_for
 from tests.support.load import SteadyLoad
 from tests.support.manifests import write_deployment, write_endpoint
 
 
-@pytest.fixture
-def gateway(make_gateway, tmp_path):
-    write_endpoint(tmp_path, "topdemo", traffic={"blue": 70, "green": 30})
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory):
+    """One gateway for the module: the CLI verb only reads what the other test leaves."""
+    folder = tmp_path_factory.mktemp("manifests")
+    write_endpoint(folder, "topdemo", traffic={"blue": 70, "green": 30})
     for name in ("blue", "green"):
-        write_deployment(tmp_path, "topdemo", name, env={"SLEEP_S": "0.005"})
-    gw = make_gateway([str(tmp_path)])
-    gw.wait_ready("topdemo", ["blue", "green"])
-    return gw
+        write_deployment(folder, "topdemo", name, env={"SLEEP_S": "0.005"})
+    gw = GatewayProcess(tmp_path_factory.mktemp("gw") / "state", [str(folder)]).start()
+    try:
+        gw.wait_ready("topdemo", ["blue", "green"])
+        yield gw
+    finally:
+        gw.kill_everything()
+
+
+def live_rates(gw) -> dict[str, float]:
+    """requests/s per deployment in the gateway's live figures (what top shows)."""
+    status, snapshot = gw.admin("GET", "/api/v1/status")
+    assert status == 200, snapshot
+    return {d["key"]: (d.get("live") or {}).get("requests_per_s") or 0.0 for d in snapshot["deployments"]}
 
 
 def rows(frame: str) -> dict[str, list[str]]:
@@ -34,7 +47,9 @@ async def test_top_shows_deployments_and_live_figures(gateway):
     load = SteadyLoad(gateway.info.ca_cert, f"{gateway.scoring_url}/api/v1/endpoint/topdemo/score",
                       {"Authorization": f"Bearer {key}"}, 30, max_duration_s=30).start()
     try:
-        await asyncio.sleep(2.5)
+        # Until the live figures show the load (not a fixed 2.5 s); the frames are read after.
+        await asyncio.to_thread(wait_for, lambda: (r := live_rates(gateway)).get("topdemo/blue", 0) > 10
+                                and r.get("topdemo/green", 0) > 3, 20, "live figures under the load", 0.2)
         out = io.StringIO()
         code = await asyncio.to_thread(run_top, AdminClient(gateway.info), 1.5, 2, out=out)
     finally:

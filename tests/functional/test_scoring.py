@@ -185,7 +185,11 @@ async def test_a_failing_or_slow_mirror_changes_nothing_for_callers(gateway, tmp
     assert {(s, body["label"]) for s, _, body in results} == {(200, "live")}
     # 60 requests with a 3 s shadow would take ≥ 45 s if callers waited for the copies.
     assert elapsed < 15, elapsed
-    gateway.cli_json("endpoint", "delete", "-n", name)
+    if "FAIL" in shadow_env:
+        gateway.cli_json("endpoint", "delete", "-n", name)
+    # The slow one is left to the module's gateway (killed at the end): deleting it would
+    # only wait out the drain budgets of its shadow's queued 3 s copies (~10 s), which
+    # proves nothing here. It sleeps; no later test here looks past its own endpoint.
 
 
 async def test_a_killed_replica_is_restarted_and_traffic_resumes(gateway, tmp_path):

@@ -145,7 +145,7 @@ async def test_summed_utilization_scales_the_deployment_up_then_down(apiserver, 
 async def test_a_load_that_stops_being_reported_does_not_count_forever(apiserver, cluster, started, caplog):
     start, coordinator = started
     caplog.set_level(logging.INFO, logger="scoregate.autoscaler")
-    registry = await start(utilization_max_age_s=3.0)
+    registry = await start(utilization_max_age_s=2.0)  # a poll (1 s) sees the one report while fresh
     await eventually(lambda: replicas(apiserver) == 2, timeout_s=10)
     await after_polls(registry, 2)  # no ConfigMap (routers never coordinated): no signal, nothing decided
     assert replicas(apiserver) == 2 and decisions(registry, "down") == decisions(registry, "up") == 0

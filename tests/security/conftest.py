@@ -4,6 +4,7 @@ upstream fixtures are in tests/conftest.py)."""
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 
 import pytest
@@ -37,6 +38,22 @@ class RawClient:
             closed = reader.at_eof()
         writer.close()
         return received, closed
+
+    async def response(self, data: bytes, timeout_s: float = 5.0) -> bytes:
+        """The first response to `data`, once its head and Content-Length body are in (for
+        a test that does not care whether the server then closes or keeps the connection:
+        exchange() would wait for the close or the timeout)."""
+        reader, writer = await self.open()
+        try:
+            writer.write(data)
+            await writer.drain()
+            async with asyncio.timeout(timeout_s):
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = re.search(rb"(?im)^content-length: *(\d+)", head)
+                assert length is not None, head
+                return head + await reader.readexactly(int(length.group(1)))
+        finally:
+            writer.close()
 
 
 @pytest.fixture
