@@ -23,7 +23,7 @@ from router import RouterApp, RouterSettings, RoutingTableHolder
 from tls import CertificateSource, ServerTLS, TLSConfigError, TLSMetrics, ensure_dev_certificates, new_ticket_keys
 from tls.redirect import redirect_app
 
-from .admin_errors import request_ids
+from .admin_errors import install as install_request_ids
 from .api import AdminApi
 from .backends.local import LocalProcessBackend
 from .controller.autoscaling import Autoscaling
@@ -202,7 +202,8 @@ class EmbeddedGateway:
         status = GatewayStatus(store, controller, backend, admin_token=self.admin_token, router=router,
                                autoscaling=autoscaling, batch=batch, registry=registry)
         status_page = StatusPage(status.snapshot, admin_token=self.admin_token)
-        admin_app = web.Application(middlewares=[request_ids, api.auth_middleware])
+        admin_app = web.Application(middlewares=[api.auth_middleware])
+        install_request_ids(admin_app)
         admin_app.add_routes(router.admin_routes() + api.routes() + batch.admin_routes()
                              + status.api_routes() + status_page.routes())
         admin_runner = web.AppRunner(admin_app, access_log=None, handle_signals=False)

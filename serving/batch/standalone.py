@@ -28,7 +28,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ..admin_errors import request_ids
+from ..admin_errors import install as install_request_ids
 from ..manifests import ManifestError, read_documents
 from ..statedir import GatewayInfo, StateDir
 from .manifests import is_batch, parse_batch_all
@@ -66,7 +66,8 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     token = secrets.token_urlsafe(24)
     scoring = web.Application()
     scoring.add_routes(service.routes())
-    admin = web.Application(middlewares=[request_ids, _admin_middleware(token)])
+    admin = web.Application(middlewares=[_admin_middleware(token)])
+    install_request_ids(admin)
     admin.add_routes(service.admin_routes())
     runners = [web.AppRunner(scoring, access_log=None, handle_signals=False),
                web.AppRunner(admin, access_log=None, handle_signals=False)]
