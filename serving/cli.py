@@ -29,13 +29,20 @@ def _print(data, output: str) -> None:
 
 
 def _print_table(data) -> None:
+    if isinstance(data, dict) and data and all(isinstance(v, list) for v in data.values()):
+        # A result made of lists (apply: "applied", "deployments"): one table each.
+        for index, (title, rows) in enumerate(data.items()):
+            sys.stdout.write(("\n" if index else "") + f"{title}:\n")
+            _print_table(rows)
+        return
     rows = data if isinstance(data, list) else [data]
     if not rows or not isinstance(rows[0], dict):
         sys.stdout.write(f"{data}\n")
         return
     # What a person scans for; the rest stays in the JSON output.
     noisy = {"openapi_uri", "created_at", "updated_at", "description", "tags", "started_at"}
-    columns = [k for k, v in rows[0].items() if not isinstance(v, (dict, list)) and k not in noisy
+    keys = dict.fromkeys(k for row in rows for k in row)  # every row's, in order of first use
+    columns = [k for k in keys if not any(isinstance(row.get(k), (dict, list)) for row in rows) and k not in noisy
                and any(row.get(k) not in (None, "") for row in rows)]
     if "traffic" in rows[0]:
         columns.append("traffic")
@@ -112,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     apply = verbs.add_parser("apply", parents=[common], help="create or update resources from YAML")
     apply.add_argument("-f", "--file", action="append", required=True, help="YAML file or folder")
+    apply.add_argument("--wait", action="store_true",
+                       help="wait until every deployment applied has rolled out or failed (exit 1 if one failed)")
+    apply.add_argument("--wait-timeout", type=float, default=1800.0,
+                       help="seconds to wait with --wait (default 1800: above the 20 min rollout budget)")
 
     endpoint = verbs.add_parser("endpoint", help="online endpoints").add_subparsers(
         dest="action", required=True, metavar="ACTION")
@@ -288,8 +299,22 @@ def _apply(args, client: AdminClient):
         documents = read_documents(args.file)
     except ManifestError as exc:
         raise CliError(str(exc), 2) from None
-    return client.post("/apply", {"documents": [
+    applied = client.post("/apply", {"documents": [
         {"source": d.source, "base_dir": d.base_dir, "body": d.body} for d in documents]})
+    if not args.wait:
+        return applied
+    from .rollout_wait import wait_for_rollouts
+
+    outcomes = wait_for_rollouts(client, [(a["endpoint_name"], a["name"]) for a in applied.get("applied", [])
+                                          if a.get("kind") == "deployment"], args.wait_timeout)
+    result = {**applied, "deployments": outcomes}
+    failed = [o for o in outcomes if o["provisioning_state"] != "Succeeded" or o.get("timed_out")]
+    if failed:
+        raise CliError("; ".join(f"{o['endpoint_name']}/{o['name']}: "
+                                 + (o["reason"] if o.get("timed_out") else o["provisioning_state"]
+                                    + (f" at {o['failed_stage']}" if o.get("failed_stage") else "")
+                                    + (f": {o['reason']}" if o.get("reason") else "")) for o in failed), 1, result)
+    return result
 
 
 def _endpoint(args, client: AdminClient):
@@ -420,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"error: {exc}\n")
         return 3
     except CliError as exc:
+        if exc.result is not None:
+            _print(exc.result, output)
         sys.stderr.write(f"error: {exc}\n")
         return exc.exit_code
     except KeyboardInterrupt:

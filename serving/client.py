@@ -18,9 +18,13 @@ TIMEOUT_S = 60.0
 
 
 class CliError(Exception):
-    def __init__(self, message: str, exit_code: int = 1) -> None:
+    """A failed verb: `message` goes to stderr; `result`, when given, is still printed
+    (e.g. `apply --wait` shows every deployment's outcome, then fails)."""
+
+    def __init__(self, message: str, exit_code: int = 1, result=None) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+        self.result = result
 
 
 class GatewayNotRunning(CliError):

@@ -102,6 +102,7 @@ class Rollout:
     def view(self, now: float) -> dict:
         """What `deployment show` prints about it."""
         return {
+            "version": self.spec_hash,  # the deployment version this rollout is of
             "state": self.state,
             "kind": self.kind,
             "stage": self.stage,

@@ -376,3 +376,43 @@ def test_deleting_is_shown_while_replicas_drain(gateway, tmp_path):
     deleting.join(30)
     caller.join(30)
     assert gateway.admin("GET", "/api/v1/endpoints/goner/deployments/main")[0] == 404
+
+
+def test_apply_wait_reports_each_deployment_and_fails_with_them(gateway, tmp_path):
+    def apply_wait(*extra):
+        done = gateway.cli("apply", "-f", str(tmp_path), "--wait", *extra)
+        return done.returncode, json.loads(done.stdout), done.stderr
+
+    write_endpoint(tmp_path, "waiter", traffic={"good": 100})
+    write_deployment(tmp_path, "waiter", "good")
+    bad = write_deployment(tmp_path, "waiter", "bad", env={"INIT_FAIL": "1"})
+    code, shown, stderr = apply_wait()
+    outcomes = {o["name"]: o for o in shown["deployments"]}
+    assert code == 1 and "waiter/bad: Failed at init: " in stderr and "ValueError: bad model" in stderr
+    assert (outcomes["good"]["provisioning_state"], outcomes["good"]["ready_replicas"]) == ("Succeeded", 1)
+    assert (outcomes["bad"]["provisioning_state"], outcomes["bad"]["failed_stage"]) == ("Failed", "init")
+    assert {a["kind"] for a in shown["applied"]} == {"endpoint", "deployment"}  # what apply says, kept
+
+    # Fixed: the new version is waited for, not the failed one before it.
+    write_deployment(tmp_path, "waiter", "bad", env={"INIT_SLEEP_S": "1"})
+    code, shown, stderr = apply_wait()
+    outcomes = {o["name"]: o for o in shown["deployments"]}
+    assert code == 0, stderr
+    assert outcomes["bad"]["provisioning_state"] == "Succeeded" and outcomes["bad"]["ready_replicas"] == 1
+    assert outcomes["bad"]["version"] == gateway.deployment("waiter", "bad")["version"]
+
+    # A failed update: rolled back, and the command says so.
+    write_deployment(tmp_path, "waiter", "good", env={"INIT_FAIL": "1"})
+    code, shown, stderr = apply_wait()
+    outcomes = {o["name"]: o for o in shown["deployments"]}
+    assert code == 1 and "waiter/good: Failed at init" in stderr
+    assert outcomes["good"]["rolled_back"] is True and outcomes["bad"]["provisioning_state"] == "Succeeded"
+
+    # Bounded: a rollout that takes longer than --wait-timeout fails the command, naming it.
+    write_deployment(tmp_path, "waiter", "good", env={"INIT_SLEEP_S": "30"})
+    bad.unlink()
+    started = time.monotonic()
+    code, shown, stderr = apply_wait("--wait-timeout", "1")
+    assert code == 1 and "waiter/good: not settled after 1 s" in stderr
+    assert time.monotonic() - started < 15
+    assert [o["name"] for o in shown["deployments"]] == ["good"] and shown["deployments"][0]["timed_out"] is True

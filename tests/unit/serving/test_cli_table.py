@@ -33,3 +33,16 @@ def test_traffic_and_mirrored_traffic_are_shown_as_name_percent(capsys):
     assert other.split() == ["other", "main=100"]
     _print(rows[1:], "table")  # nobody mirrors: no empty column
     assert capsys.readouterr().out.splitlines()[0].split() == ["name", "traffic"]
+
+
+def test_a_result_of_lists_is_one_table_each_with_every_rows_columns(capsys):
+    # `apply -o table`: was blank lines (no scalar column in the result itself).
+    _print({"applied": [{"kind": "endpoint", "name": "ep"},
+                        {"kind": "deployment", "name": "main", "endpoint_name": "ep"}],
+            "deployments": [{"name": "main", "provisioning_state": "Failed", "reason": "init() raised"}]}, "table")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "applied:" and lines[1].split() == ["kind", "name", "endpoint_name"]
+    assert lines[4].split() == ["deployment", "main", "ep"]
+    assert lines[5] == "" and lines[6] == "deployments:"
+    assert lines[7].split() == ["name", "provisioning_state", "reason"]
+    assert lines[9].split() == ["main", "Failed", "init()", "raised"]
