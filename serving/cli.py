@@ -146,6 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--signing-namespace", default=None,
                        help="(kubernetes) namespace of Secret scoregate-secrets: the first --namespace of the "
                             "controller and routers (default: --namespace)")
+    update = endpoint.add_parser("update", parents=[common],
+                                 help="change an endpoint's traffic or mirrored traffic (as az ml online-endpoint update)")
+    update.add_argument("-n", "--name", required=True)
+    update.add_argument("--traffic", default=None, metavar='"blue=90 green=10"',
+                        help="the whole live traffic split (deployments not named get none)")
+    update.add_argument("--mirror-traffic", default=None, metavar='"green=10"',
+                        help='the mirrored traffic ("" for none)')
     regen = endpoint.add_parser("regenerate-keys", parents=[common])
     regen.add_argument("-n", "--name", required=True)
     regen.add_argument("--key-type", choices=("primary", "secondary"), default="primary")
@@ -334,7 +341,39 @@ def _endpoint(args, client: AdminClient):
             return client.post(f"{base}/token", {"lifetime_s": args.lifetime})
         case "invoke":
             return _invoke(args, client)
+        case "update":
+            return _update_endpoint(args, client)
     raise CliError(f"unknown action {args.action}", 2)
+
+
+def _weights(text: str, option: str) -> dict[str, int]:
+    """az ml's "blue=90 green=10" (commas too) as {name: percent}."""
+    weights: dict[str, int] = {}
+    for pair in text.replace(",", " ").split():
+        name, sep, value = pair.partition("=")
+        try:
+            if not sep or not name or name in weights:
+                raise ValueError
+            weights[name] = int(value)
+        except ValueError:
+            raise CliError(f"{option}: expected \"name=percent ...\", got {pair!r}", 2) from None
+    return weights
+
+
+def _update_endpoint(args, client: AdminClient):
+    """Traffic edits go through the same validated apply as YAML: the endpoint as stored,
+    with the new split, as one document (every field of an endpoint is in its view)."""
+    if args.traffic is None and args.mirror_traffic is None:
+        raise CliError("nothing to update: give --traffic and/or --mirror-traffic", 2)
+    current = client.get(f"/endpoints/{args.name}")
+    body = {key: current[key] for key in ("name", "auth_mode", "traffic", "mirror_traffic", "rate_limit",
+                                          "description", "tags")}
+    if args.traffic is not None:
+        body["traffic"] = _weights(args.traffic, "--traffic")
+    if args.mirror_traffic is not None:
+        body["mirror_traffic"] = {k: v for k, v in _weights(args.mirror_traffic, "--mirror-traffic").items() if v}
+    client.post("/apply", {"documents": [{"source": "endpoint update", "base_dir": ".", "body": body}]})
+    return client.get(f"/endpoints/{args.name}")
 
 
 def _cluster_token(args) -> dict:

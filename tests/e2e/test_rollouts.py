@@ -416,3 +416,32 @@ def test_apply_wait_reports_each_deployment_and_fails_with_them(gateway, tmp_pat
     assert code == 1 and "waiter/good: not settled after 1 s" in stderr
     assert time.monotonic() - started < 15
     assert [o["name"] for o in shown["deployments"]] == ["good"] and shown["deployments"][0]["timed_out"] is True
+
+
+def test_endpoint_update_shifts_traffic_through_the_same_checks_as_yaml(gateway, tmp_path):
+    write_endpoint(tmp_path, "shifty", traffic={"aa": 100})
+    write_deployment(tmp_path, "shifty", "aa")
+    write_deployment(tmp_path, "shifty", "bb")
+    assert gateway.cli("apply", "-f", str(tmp_path), "--wait").returncode == 0
+    request = write_request(tmp_path)
+
+    def labels(count=6):
+        return {gateway.cli_json("endpoint", "invoke", "-n", "shifty", "-r", str(request))["label"]
+                for _ in range(count)}
+
+    assert labels() == {"aa"}
+    shown = gateway.cli_json("endpoint", "update", "-n", "shifty", "--traffic", "bb=100")
+    assert shown["traffic"] == {"bb": 100} and labels() == {"bb"}
+    shown = gateway.cli_json("endpoint", "update", "-n", "shifty", "--mirror-traffic", "aa=20")
+    assert (shown["traffic"], shown["mirror_traffic"]) == ({"bb": 100}, {"aa": 20})
+    for args, message in ((("--traffic", "aa=50 bb=40"), "weights must add up to 100"),
+                          (("--traffic", "bb=90 aa=10"), "cannot get both live and mirrored traffic"),
+                          (("--traffic", "cc=100"), "has no deployment 'cc'"),
+                          (("--traffic", "aa"), 'expected "name=percent ...", got \'aa\''),
+                          ((), "nothing to update")):
+        refused = gateway.cli("endpoint", "update", "-n", "shifty", *args)
+        assert refused.returncode == 2 and message in refused.stderr, (args, refused.stderr)
+    # Nothing of a refused update was written; the other fields were kept by the ones that were.
+    shown = gateway.cli_json("endpoint", "show", "-n", "shifty")
+    assert (shown["traffic"], shown["mirror_traffic"], shown["auth_mode"]) == ({"bb": 100}, {"aa": 20}, "key")
+    assert gateway.cli_json("endpoint", "update", "-n", "shifty", "--mirror-traffic", "")["mirror_traffic"] == {}
