@@ -38,7 +38,7 @@ from .manifests import ManifestError, read_documents
 from .metrics import ControlPlaneMetrics
 from .tracing_setup import TracingUnavailable, setup_tracing
 from .replica_tls import ReplicaTLS
-from .statedir import GatewayInfo, StateDir
+from .statedir import GatewayInfo, StateDir, StateDirBusy
 from .status import GatewayStatus, StatusPage
 from .tokens import TokenIssuer
 from .workers import WorkerPool, WorkerSettings
@@ -105,16 +105,20 @@ class EmbeddedGateway:
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
         self.state.create()
-        self.server_tls, ca_cert = await asyncio.to_thread(self._load_tls)
-        store = SqliteStore(self.state.store_path)
-        batch = BatchService(self.state.root, [Path(p).resolve() for p in self.options.data_roots])
+        lock = self.state.acquire()  # StateDirBusy: another gateway serves this dir
         try:
-            if self.options.paths:
-                await asyncio.to_thread(self._initial_apply, store, batch, self.options.paths)
-            await self._serve(store, batch, ca_cert, ready)
+            self.server_tls, ca_cert = await asyncio.to_thread(self._load_tls)
+            store = SqliteStore(self.state.store_path)
+            batch = BatchService(self.state.root, [Path(p).resolve() for p in self.options.data_roots])
+            try:
+                if self.options.paths:
+                    await asyncio.to_thread(self._initial_apply, store, batch, self.options.paths)
+                await self._serve(store, batch, ca_cert, ready)
+            finally:
+                await batch.close()
+                store.close()
         finally:
-            await batch.close()
-            store.close()
+            os.close(lock)
 
     def _load_tls(self) -> tuple[ServerTLS, str]:
         """The listener's certificates: given PEM files, or the development CA's."""
@@ -279,6 +283,9 @@ def run_serve(options: ServeOptions) -> int:
         except (StartupError, TracingUnavailable) as exc:
             log.error("%s", exc)
             return 2
+        except StateDirBusy as exc:
+            log.error("cannot start: %s", exc)
+            return 1
         except OSError as exc:
             log.error("cannot start: %s", exc)
             return 1

@@ -4,11 +4,13 @@
     DIR/store.db       desired state (serving.store.sqlite)
     DIR/tls/           development CA and server certificate (tls.devcert)
     DIR/logs/          replica output, one file per replica
+    DIR/serve.lock     held (flock) by the one gateway serving the dir; holds its pid
 Default `./.scoregate`, or `--state-dir` / `SCOREGATE_STATE_DIR`.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +34,32 @@ class GatewayInfo:
     pid: int
 
 
+class StateDirBusy(Exception):
+    """Another gateway serves this state dir."""
+
+
 class StateDir:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+
+    def acquire(self) -> int:
+        """Make this process the state dir's only gateway; returns the lock's descriptor
+        (close it to let go). Why: two gateways on one dir would run the same replicas from
+        one store, and the second would take over gateway.json and delete it when it stops,
+        leaving the first unreachable for the CLI. An flock ends with the process, even
+        after kill -9, so no lock is ever left behind; the descriptor is not inherited by
+        children (replicas, workers)."""
+        fd = os.open(self.root / "serve.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise StateDirBusy(f"another gateway (pid {holder}) is serving the state dir {self.root}: "
+                               f"stop it first, or give this one a --state-dir of its own") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        return fd
 
     @property
     def store_path(self) -> Path:

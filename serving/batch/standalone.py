@@ -54,6 +54,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
 
     state = StateDir(Path(args.state_dir))
     state.create()
+    lock = state.acquire()  # held until this process ends: one service per state dir
     paths = await asyncio.to_thread(ensure_dev_certificates, state.tls_dir, ["localhost", "127.0.0.1"])
     context = server_context(str(paths.cert), str(paths.key))
     service = BatchService(state.root, [Path(r) for r in args.data_root], max_running_jobs=args.max_running_jobs,
@@ -87,6 +88,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
             await runner.cleanup()
         await service.close()
         state.remove_gateway(os.getpid())
+        os.close(lock)
 
 
 def main(argv: list[str] | None = None) -> int:
