@@ -277,6 +277,11 @@ def test_aml_token_auth_and_expiry(gateway, tmp_path):
     assert status_with(foreign["accessToken"]) == 401  # issued for another endpoint
     assert status_with(token["accessToken"][:-2] + "xx") == 401
     assert status_with(gateway.keys("tokened")[0]) == 401  # keys do not open a token endpoint
+    # get-credentials gives what opens the endpoint, as az ml's does: a token here, for an hour.
+    credentials = gateway.cli_json("endpoint", "get-credentials", "-n", "tokened")
+    assert set(credentials) == {"accessToken", "tokenType", "expiryTimeUtc", "refreshAfterTimeUtc"}
+    assert 3500 < credentials["expiryTimeUtc"] - time.time() <= 3600
+    assert status_with(credentials["accessToken"]) == 200
     wait_for(lambda: time.time() >= short["expiryTimeUtc"], 5, "the short token's expiry")  # not a fixed 2.5 s
     assert status_with(short["accessToken"]) == 401  # expired
     assert gateway.cli_json("endpoint", "invoke", "-n", "tokened", "-r", str(write_request(tmp_path)))["label"] == "main"
