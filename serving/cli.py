@@ -310,17 +310,14 @@ def _apply(args, client: AdminClient):
         {"source": d.source, "base_dir": d.base_dir, "body": d.body} for d in documents]})
     if not args.wait:
         return applied
-    from .rollout_wait import wait_for_rollouts
+    from .rollout_wait import failures, wait_for_rollouts
 
     outcomes = wait_for_rollouts(client, [(a["endpoint_name"], a["name"]) for a in applied.get("applied", [])
                                           if a.get("kind") == "deployment"], args.wait_timeout)
     result = {**applied, "deployments": outcomes}
-    failed = [o for o in outcomes if o["provisioning_state"] != "Succeeded" or o.get("timed_out")]
-    if failed:
-        raise CliError("; ".join(f"{o['endpoint_name']}/{o['name']}: "
-                                 + (o["reason"] if o.get("timed_out") else o["provisioning_state"]
-                                    + (f" at {o['failed_stage']}" if o.get("failed_stage") else "")
-                                    + (f": {o['reason']}" if o.get("reason") else "")) for o in failed), 1, result)
+    problems = failures(outcomes)
+    if problems:
+        raise CliError(problems, 1, result)
     return result
 
 
@@ -334,7 +331,7 @@ def _endpoint(args, client: AdminClient):
         case "delete":
             return client.delete(base)
         case "get-credentials":
-            return _credentials(client, args.name, base)
+            return _credentials(client, base)
         case "regenerate-keys":
             return client.post(f"{base}/regenerate-keys", {"key_type": args.key_type})
         case "get-token":
@@ -346,7 +343,7 @@ def _endpoint(args, client: AdminClient):
     raise CliError(f"unknown action {args.action}", 2)
 
 
-def _credentials(client: AdminClient, name: str, base: str):
+def _credentials(client: AdminClient, base: str):
     """As `az ml online-endpoint get-credentials`: the keys of a key endpoint, an access
     token (valid an hour) for an aml_token one — its keys would not open it."""
     try:
@@ -379,9 +376,10 @@ def _update_endpoint(args, client: AdminClient):
     with the new split, as one document (every field of an endpoint is in its view)."""
     if args.traffic is None and args.mirror_traffic is None:
         raise CliError("nothing to update: give --traffic and/or --mirror-traffic", 2)
+    from .manifests.online import ENDPOINT_FIELDS
+
     current = client.get(f"/endpoints/{args.name}")
-    body = {key: current[key] for key in ("name", "auth_mode", "traffic", "mirror_traffic", "rate_limit",
-                                          "description", "tags")}
+    body = {key: current[key] for key in ENDPOINT_FIELDS}
     if args.traffic is not None:
         body["traffic"] = _weights(args.traffic, "--traffic")
     if args.mirror_traffic is not None:

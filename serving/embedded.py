@@ -283,10 +283,7 @@ def run_serve(options: ServeOptions) -> int:
         except (StartupError, TracingUnavailable) as exc:
             log.error("%s", exc)
             return 2
-        except StateDirBusy as exc:
-            log.error("cannot start: %s", exc)
-            return 1
-        except OSError as exc:
+        except (StateDirBusy, OSError) as exc:
             log.error("cannot start: %s", exc)
             return 1
         finally:

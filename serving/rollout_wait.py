@@ -42,6 +42,19 @@ def wait_for_rollouts(client: AdminClient, deployments: list[tuple[str, str]], t
     return result
 
 
+def failures(outcomes: list[dict]) -> str:
+    """One line for every deployment that did not roll out ("" when all did)."""
+    lines = []
+    for o in outcomes:
+        if o.get("timed_out"):
+            lines.append(f"{o['endpoint_name']}/{o['name']}: {o['reason']}")
+        elif o["provisioning_state"] != "Succeeded":
+            stage = f" at {o['failed_stage']}" if o.get("failed_stage") else ""
+            reason = f": {o['reason']}" if o.get("reason") else ""
+            lines.append(f"{o['endpoint_name']}/{o['name']}: {o['provisioning_state']}{stage}{reason}")
+    return "; ".join(lines)
+
+
 def _outcome(client: AdminClient, endpoint: str, name: str) -> dict:
     base = {"name": name, "endpoint_name": endpoint}
     try:

@@ -21,7 +21,8 @@ from .fields import FieldReader
 
 INFERENCE_SERVERS = ("scoregate", "azmlinfsrv")
 
-_ENDPOINT_FIELDS = {"name", "auth_mode", "traffic", "mirror_traffic", "rate_limit", "description", "tags"}
+# Public: `endpoint update` sends an endpoint back as a document of exactly these fields.
+ENDPOINT_FIELDS = ("name", "auth_mode", "traffic", "mirror_traffic", "rate_limit", "description", "tags")
 _DEPLOYMENT_FIELDS = {"name", "endpoint_name", "model", "code_configuration", "environment",
                       "environment_variables", "instance_type", "instance_count",
                       "request_settings", "scale_settings", "liveness_probe", "readiness_probe",
@@ -33,7 +34,7 @@ _PROBE_NUMBERS = ("initial_delay", "period", "timeout")
 
 def parse_endpoint(doc: Document) -> Endpoint:
     r, body = FieldReader(doc), doc.body
-    r.check_fields(body, _ENDPOINT_FIELDS)
+    r.check_fields(body, set(ENDPOINT_FIELDS))
     name = r.name(body.get("name"), "name")
     auth_mode = body.get("auth_mode", "key")
     traffic = r.weights(body.get("traffic"), "traffic")
