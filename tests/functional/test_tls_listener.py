@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
+import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -279,3 +280,26 @@ async def test_redirect_listener(files: Files) -> None:
         assert b"Location: https://gateway.test/x\r\n" in reply, reply
     with pytest.raises(ValueError):
         redirect_app(0)
+
+
+def _s_client(port: int, ca: Path, session: Path, resume: bool) -> str:
+    """One TLS 1.3 connection with openssl s_client (one request, then the server closes):
+    its output, which has a line for each session ticket the client was sent."""
+    done = subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", "api.test", "-tls1_3",
+         "-CAfile", str(ca), "-ign_eof", "-sess_in" if resume else "-sess_out", str(session)],
+        input=b"GET / HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n", capture_output=True, timeout=30)
+    return done.stdout.decode(errors="replace")
+
+
+@pytest.mark.parametrize("kind", SERVERS)
+async def test_one_session_ticket_per_connection_and_it_resumes(files: Files, tmp_path: Path, kind: str) -> None:
+    ca, session = tmp_path / "ca.pem", tmp_path / "session.pem"
+    files.ca.cert_pem.write_to_path(str(ca))
+    async with serving(kind, ServerTLS([files.source]).context) as port:
+        first = await asyncio.to_thread(_s_client, port, ca, session, False)
+        assert "hello" in first and "New, TLSv1.3" in first
+        assert first.count("New Session Ticket arrived") == 1, first
+        again = await asyncio.to_thread(_s_client, port, ca, session, True)
+        assert "hello" in again and "Reused, TLSv1.3" in again
+        assert again.count("New Session Ticket arrived") == 1, again  # so the next one resumes too
