@@ -101,6 +101,17 @@ def test_an_empty_folder_and_a_missing_path_are_errors(tmp_path):
         read_documents([tmp_path / "missing.yml"])
 
 
+def test_a_file_with_no_resource_is_an_error_that_names_it(tmp_path):
+    """`apply -f empty.yml` used to reach the gateway and come back as the admin API's
+    "'documents' must be a non-empty list", naming neither the file nor the problem."""
+    empty = write(tmp_path, "# nothing here yet\n---\n")
+    with pytest.raises(ManifestError) as info:
+        read_documents([empty])
+    assert str(info.value) == f"{empty}: holds no resource (the YAML is empty)"
+    write_endpoint(tmp_path, "ep")  # beside a file with a resource, an empty one is fine
+    assert [d.body["name"] for d in read_documents([tmp_path])] == ["ep"]
+
+
 def test_azure_ml_fields_in_a_settings_block_are_ignored(tmp_path):
     """As everywhere else in the YAML: an Azure ML field scoregate does not use passes."""
     path = write(tmp_path, DEPLOYMENT + "request_settings: {request_timeout_ms: 900, properties: {}}\n")
