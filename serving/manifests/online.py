@@ -73,8 +73,7 @@ def parse_deployment(doc: Document) -> Deployment:
         r.fail("code_configuration", "is required (code and scoring_script), unless environment.command "
                "starts a model server of your own")
 
-    env_vars = {key: str(value) for key, value in
-                r.mapping(body.get("environment_variables"), "environment_variables").items()}
+    env_vars = r.string_map(body.get("environment_variables"), "environment_variables")
 
     instance_type = r.string(body.get("instance_type", DEFAULT_INSTANCE_TYPE), "instance_type")
     instance_count = r.integer(body.get("instance_count", 1), "instance_count", 0, MAX_INSTANCE_COUNT)

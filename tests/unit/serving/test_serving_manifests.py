@@ -41,6 +41,10 @@ code_configuration: {{code: {ECHO_MODEL}, scoring_script: score.py}}
     ("name: 1ep\n", "name", "starting with a letter"),
     ('name: "ep\\n"\n', "name", "starting with a letter"),  # "$" would have let a newline through
     (DEPLOYMENT + 'environment_variables: {"A\\n": x}\n', "environment_variables", "name"),
+    # given to the model as "None", "True", "['a']" before: refused, as custom resources are
+    (DEPLOYMENT + "environment_variables: {LEVEL: null}\n", "environment_variables.LEVEL", "must be a string"),
+    (DEPLOYMENT + "environment_variables: {DEBUG: true}\n", "environment_variables.DEBUG", "must be a string"),
+    (DEPLOYMENT + "environment_variables: {HOSTS: [a, b]}\n", "environment_variables.HOSTS", "must be a string"),
     ("name: ep\nauth_mode: password\n", "auth_mode", "key, aml_token, none"),
     ("name: ep\ntrafic: {}\n", "trafic", "unknown field"),
     ("name: ep\nmirror_traffic: {aa: 60}\n", "mirror_traffic.aa", "at most 50"),
@@ -110,6 +114,12 @@ def test_a_file_with_no_resource_is_an_error_that_names_it(tmp_path):
     assert str(info.value) == f"{empty}: holds no resource (the YAML is empty)"
     write_endpoint(tmp_path, "ep")  # beside a file with a resource, an empty one is fine
     assert [d.body["name"] for d in read_documents([tmp_path])] == ["ep"]
+
+
+def test_environment_variables_keep_numbers_as_their_text(tmp_path):
+    path = write(tmp_path, DEPLOYMENT + "environment_variables: {WORKERS: 4, RATIO: 0.5, NAME: x}\n")
+    deployment = parse_all(read_documents([path]), {"ep"}, set()).deployments[0]
+    assert deployment.environment_variables == {"WORKERS": "4", "RATIO": "0.5", "NAME": "x"}
 
 
 def test_azure_ml_fields_in_a_settings_block_are_ignored(tmp_path):
