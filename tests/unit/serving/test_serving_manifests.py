@@ -127,3 +127,29 @@ def test_azure_ml_fields_in_a_settings_block_are_ignored(tmp_path):
     path = write(tmp_path, DEPLOYMENT + "request_settings: {request_timeout_ms: 900, properties: {}}\n")
     deployment = parse_all(read_documents([path]), {"ep"}, set()).deployments[0]
     assert deployment.request_settings.request_timeout_ms == 900
+
+
+def test_editing_the_code_or_model_in_place_makes_a_new_version(tmp_path):
+    """The fix for a failed rollout is often an edit of score.py in place: re-applying the
+    same YAML then did nothing (same version, its Failed verdict kept), and a good
+    deployment kept running the old code until a replica restarted with the new one.
+    Azure ML uploads a changed local folder as a new version; so does scoregate now."""
+    code, model = tmp_path / "code", tmp_path / "model"
+    (code / "__pycache__").mkdir(parents=True)
+    model.mkdir()
+    (code / "score.py").write_text("def init():\n    raise RuntimeError('broken')\n")
+    (model / "weights.json").write_text('{"w": 1}')
+    path = write(tmp_path, f"name: blue\nendpoint_name: ep\nmodel: {{path: ./model}}\n"
+                           f"code_configuration: {{code: ./code, scoring_script: score.py}}\n")
+
+    def version() -> str:
+        return parse_all(read_documents([path]), {"ep"}, set()).deployments[0].replica_spec_hash()
+
+    first = version()
+    (code / "__pycache__" / "score.cpython-311.pyc").write_bytes(b"written by the replica's import")
+    assert version() == first, "what Python writes next to the script is not an edit"
+    (code / "score.py").write_text("def init():\n    pass\n\ndef run(raw_data):\n    return raw_data\n")
+    fixed = version()
+    assert fixed != first
+    (model / "weights.json").write_text('{"w": 2, "retrained": true}')
+    assert version() not in (first, fixed)
