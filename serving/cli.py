@@ -432,7 +432,7 @@ def _invoke(args, client: AdminClient):
     except ValueError:
         data = text
     if not 200 <= status < 300:
-        message = data.get("message") if isinstance(data, dict) else text
+        message = data["message"] if isinstance(data, dict) and "message" in data else text.strip()
         raise CliError(f"scoring failed with HTTP {status}: {message}", 1)
     return data
 
