@@ -100,8 +100,9 @@ def parse_deployment(doc: Document) -> Deployment:
 
 
 def _content_digest(*paths: str | None) -> str:
-    """Names, sizes and modification times of the files under local paths (not what
-    Python itself writes there: __pycache__)."""
+    """Names, sizes and modification times of the files under local paths, but not in
+    __pycache__ (the replica's own import writes there) nor in hidden folders (.git, a
+    state dir .scoregate whose logs grow when code is the folder scoregate serves from)."""
     digest = hashlib.sha256()
     for path in paths:
         if path is None or path.startswith(("http://", "https://")):
@@ -111,7 +112,7 @@ def _content_digest(*paths: str | None) -> str:
         else:
             files = []
             for folder, dirs, names in os.walk(path):
-                dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+                dirs[:] = sorted(d for d in dirs if d != "__pycache__" and not d.startswith("."))
                 files += [os.path.join(folder, name) for name in sorted(names)]
         for file in files:
             try:

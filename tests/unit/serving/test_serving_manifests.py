@@ -147,7 +147,9 @@ def test_editing_the_code_or_model_in_place_makes_a_new_version(tmp_path):
 
     first = version()
     (code / "__pycache__" / "score.cpython-311.pyc").write_bytes(b"written by the replica's import")
-    assert version() == first, "what Python writes next to the script is not an edit"
+    (code / ".scoregate" / "logs").mkdir(parents=True)
+    (code / ".scoregate" / "logs" / "blue-1.log").write_text("a gateway served from the code folder\n")
+    assert version() == first, "what Python and the gateway write there is not an edit"
     (code / "score.py").write_text("def init():\n    pass\n\ndef run(raw_data):\n    return raw_data\n")
     fixed = version()
     assert fixed != first
