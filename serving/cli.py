@@ -126,9 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     endpoint = verbs.add_parser("endpoint", help="online endpoints").add_subparsers(
         dest="action", required=True, metavar="ACTION")
-    endpoint.add_parser("list", parents=[common])
-    for action in ("show", "delete", "get-credentials"):
-        p = endpoint.add_parser(action, parents=[common])
+    endpoint.add_parser("list", parents=[common], help="every endpoint (online and batch)")
+    for action, text in (("show", "one endpoint: traffic, URIs, deployments"),
+                         ("delete", "delete an endpoint and stop its replicas"),
+                         ("get-credentials", "its keys (key endpoints) or an access token (aml_token)")):
+        p = endpoint.add_parser(action, parents=[common], help=text)
         p.add_argument("-n", "--name", required=True)
         if action == "delete":
             p.add_argument("-y", "--yes", action="store_true", help="accepted for az compatibility")
@@ -153,20 +155,24 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the whole live traffic split (deployments not named get none)")
     update.add_argument("--mirror-traffic", default=None, metavar='"green=10"',
                         help='the mirrored traffic ("" for none)')
-    regen = endpoint.add_parser("regenerate-keys", parents=[common])
+    regen = endpoint.add_parser("regenerate-keys", parents=[common], help="replace the primary or secondary key")
     regen.add_argument("-n", "--name", required=True)
     regen.add_argument("--key-type", choices=("primary", "secondary"), default="primary")
-    invoke = endpoint.add_parser("invoke", parents=[common])
+    invoke = endpoint.add_parser("invoke", parents=[common], help="score a request file (-d pins a deployment)")
     invoke.add_argument("-n", "--name", required=True)
     invoke.add_argument("-r", "--request-file", required=True)
     invoke.add_argument("-d", "--deployment-name")
 
     deployment = verbs.add_parser("deployment", help="online deployments").add_subparsers(
         dest="action", required=True, metavar="ACTION")
-    dlist = deployment.add_parser("list", parents=[common])
+    dlist = deployment.add_parser("list", parents=[common], help="an endpoint's deployments")
     dlist.add_argument("-e", "--endpoint-name", required=True)
-    for action in ("show", "delete", "logs", "scale"):
-        p = deployment.add_parser(action, parents=[common])
+    for action, text, aliases in (
+            ("show", "one deployment: settings, rollout (stage, reason), replicas", []),
+            ("delete", "delete a deployment without traffic and stop its replicas", []),
+            ("logs", "the last lines of its replicas' logs", ["get-logs"]),
+            ("scale", "set its instance count", [])):
+        p = deployment.add_parser(action, parents=[common], help=text, aliases=aliases)
         p.add_argument("-n", "--name", required=True)
         p.add_argument("-e", "--endpoint-name", required=True)
         if action == "logs":
@@ -426,7 +432,7 @@ def _invoke(args, client: AdminClient):
     except ValueError:
         data = text
     if not 200 <= status < 300:
-        message = data.get("message") if isinstance(data, dict) else text
+        message = data["message"] if isinstance(data, dict) and "message" in data else text.strip()
         raise CliError(f"scoring failed with HTTP {status}: {message}", 1)
     return data
 
@@ -440,7 +446,7 @@ def _deployment(args, client: AdminClient):
             return client.get(f"{base}/{args.name}")
         case "delete":
             return client.delete(f"{base}/{args.name}")
-        case "logs":
+        case "logs" | "get-logs":
             return client.get_text(f"{base}/{args.name}/logs?lines={args.lines}")
         case "scale":
             return client.post(f"{base}/{args.name}/scale", {"instance_count": args.instance_count})

@@ -142,6 +142,11 @@ class Deployment:
     rollout_timeout_s: float | None = None
     description: str = ""
     tags: dict[str, str] = field(default_factory=dict)
+    # The local code folder's and model's files (names, sizes, modification times) when the
+    # YAML was applied: part of the version, so re-applying after an edit in place (a fixed
+    # score.py, a retrained model) rolls it out, as Azure ML uploads a changed folder as a
+    # new version. None: not taken (custom resources name images and URIs instead).
+    content_digest: str | None = None
     # What `instance_type` named when the store read this deployment (with_instance_type):
     # part of the version, so editing an InstanceType rolls the deployments that use it,
     # and kept with the last good version, so a rollback runs the old resources again.
@@ -182,6 +187,8 @@ class Deployment:
             "instance_type": self.instance_type if resolved is None else _content(resolved),
             "probes": [asdict(self.liveness_probe), asdict(self.readiness_probe)],
         }
+        if self.content_digest is not None:
+            relevant["content"] = self.content_digest
         return hashlib.sha256(orjson.dumps(relevant, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
 
 

@@ -40,8 +40,10 @@ def read_documents(paths: Iterable[str | Path]) -> list[Document]:
             files = [path]
         else:
             raise ManifestError(str(path), None, "no such file or folder")
-        for file in files:
-            documents.extend(_read_file(file))
+        found = [document for file in files for document in _read_file(file)]
+        if not found:
+            raise ManifestError(str(path), None, "holds no resource (the YAML is empty)")
+        documents.extend(found)
     return documents
 
 

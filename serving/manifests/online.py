@@ -9,6 +9,8 @@ mirroring, settings, probes, ...) are serving/online_rules.py's.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 import shlex
 from pathlib import Path
@@ -73,8 +75,7 @@ def parse_deployment(doc: Document) -> Deployment:
         r.fail("code_configuration", "is required (code and scoring_script), unless environment.command "
                "starts a model server of your own")
 
-    env_vars = {key: str(value) for key, value in
-                r.mapping(body.get("environment_variables"), "environment_variables").items()}
+    env_vars = r.string_map(body.get("environment_variables"), "environment_variables")
 
     instance_type = r.string(body.get("instance_type", DEFAULT_INSTANCE_TYPE), "instance_type")
     instance_count = r.integer(body.get("instance_count", 1), "instance_count", 0, MAX_INSTANCE_COUNT)
@@ -92,9 +93,34 @@ def parse_deployment(doc: Document) -> Deployment:
         request_settings=request_settings, scale_settings=scale, liveness_probe=probes[0],
         readiness_probe=probes[1], rollout_timeout_s=rollout_timeout_s,
         description=str(body.get("description") or ""), tags=r.strings(body.get("tags"), "tags"),
+        content_digest=_content_digest(code, model_path),
     )
     r.check(deployment_problems(deployment))
     return deployment
+
+
+def _content_digest(*paths: str | None) -> str:
+    """Names, sizes and modification times of the files under local paths, but not in
+    __pycache__ (the replica's own import writes there) nor in hidden folders (.git, a
+    state dir .scoregate whose logs grow when code is the folder scoregate serves from)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        if path is None or path.startswith(("http://", "https://")):
+            continue
+        if os.path.isfile(path):
+            files = [path]
+        else:
+            files = []
+            for folder, dirs, names in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if d != "__pycache__" and not d.startswith("."))
+                files += [os.path.join(folder, name) for name in sorted(names)]
+        for file in files:
+            try:
+                stat = os.stat(file)
+            except OSError:
+                continue
+            digest.update(f"{file}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 def _model(r: FieldReader, model) -> tuple[str | None, str | None]:

@@ -62,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-dir", type=Path, default=None, help="exported as AZUREML_MODEL_DIR")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", required=True, type=_port, help="port to bind; 0 picks a free one")
-    parser.add_argument("--workers-threads", type=_positive_int, default=1,
-                        help="threads that run run() concurrently (default 1)")
+    parser.add_argument("--workers-threads", type=_positive_int, default=None,
+                        help="threads that run run() concurrently (default: $WORKER_COUNT, as in Azure ML, else 1)")
     parser.add_argument("--tls-cert", type=Path, help="serve HTTPS with this certificate (mTLS with the router)")
     parser.add_argument("--tls-key", type=Path, help="key of --tls-cert")
     parser.add_argument("--tls-client-ca", type=Path,
@@ -191,7 +191,13 @@ def _load(args: argparse.Namespace) -> ScoringScript | None:
 def main(argv: list[str] | None = None) -> int:
     parent_pid = os.getppid()
     lifecycle.set_parent_death_signal()
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.workers_threads is None:
+        try:
+            args.workers_threads = _positive_int(os.environ.get("WORKER_COUNT") or "1")
+        except (ValueError, argparse.ArgumentTypeError):
+            parser.error(f"WORKER_COUNT must be a whole number of at least 1, got {os.environ['WORKER_COUNT']!r}")
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     script = _load(args)

@@ -113,10 +113,12 @@ class SqliteStore:
             row = self._db.execute("SELECT spec FROM endpoints WHERE name=?", (endpoint_name,)).fetchone()
             if row is not None:
                 endpoint = Endpoint.from_dict(orjson.loads(row[0]))
-                if endpoint.traffic.get(name, 0) > 0 or endpoint.mirror_traffic.get(name, 0) > 0:
-                    raise StoreError(
-                        f"deployment '{name}' still receives traffic on endpoint '{endpoint_name}';"
-                        " set its traffic to 0 first")
+                for field, how in (("traffic", ""), ("mirror_traffic", " mirrored")):
+                    percent = getattr(endpoint, field).get(name, 0)
+                    if percent > 0:
+                        raise StoreError(
+                            f"deployment '{name}' still receives {percent}% of the traffic{how} on endpoint"
+                            f" '{endpoint_name}'; set its {field} to 0 first")
             return self._db.execute(
                 "DELETE FROM deployments WHERE endpoint_name=? AND name=?",
                 (endpoint_name, name)).rowcount > 0

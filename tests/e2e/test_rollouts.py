@@ -450,3 +450,20 @@ def test_endpoint_update_shifts_traffic_through_the_same_checks_as_yaml(gateway,
     shown = gateway.cli_json("endpoint", "show", "-n", "shifty")
     assert (shown["traffic"], shown["mirror_traffic"], shown["auth_mode"]) == ({"bb": 100}, {"aa": 20}, "key")
     assert gateway.cli_json("endpoint", "update", "-n", "shifty", "--mirror-traffic", "")["mirror_traffic"] == {}
+
+
+def test_invoke_shows_the_models_own_error_body(gateway, tmp_path):
+    """A model's non-2xx answer is a 424 with its body kept; `endpoint invoke` printed
+    "scoring failed with HTTP 424: None" when that body had no "message" field."""
+    write_endpoint(tmp_path, "modelerr", traffic={"main": 100})
+    (tmp_path / "modelerr.yml").write_text(yaml.safe_dump({
+        "name": "main", "endpoint_name": "modelerr",  # scored at /score, a route it does not have
+        "environment": {"command": f"{sys.executable} {CUSTOM_SERVER} {{port}}",
+                        "inference_config": {"liveness_route": {"port": 8000, "path": "/healthz"},
+                                             "readiness_route": {"port": 8000, "path": "/ready"}}},
+    }))
+    apply(gateway, tmp_path)
+    assert settled(gateway, "modelerr", "main")["provisioning_state"] == "Succeeded"
+    call = gateway.cli("endpoint", "invoke", "-n", "modelerr", "-r", str(write_request(tmp_path)))
+    assert call.returncode == 1
+    assert call.stderr.strip() == 'error: scoring failed with HTTP 424: {"error": "no route"}'

@@ -277,3 +277,43 @@ def test_exits_when_its_parent_is_killed(tmp_path: Path):
         parent.stdout.close()
         if child_pid is not None and pid_alive(child_pid):
             os.kill(child_pid, signal.SIGKILL)
+
+
+BARRIER_SCRIPT = '''
+import threading
+
+both = threading.Barrier(2, timeout=5)
+
+def init():
+    pass
+
+def run(raw_data):
+    both.wait()  # returns only when a second run() is in progress at the same time
+    return {"together": True}
+'''
+
+
+async def test_worker_count_runs_that_many_requests_at_once(tmp_path: Path, http):
+    """Azure ML's WORKER_COUNT (an environment variable of the deployment) is how a model
+    serves max_concurrent_requests_per_instance > 1; before, run() went one at a time and
+    the second request waited inside the replica, past the gateway's queue."""
+    (tmp_path / "score.py").write_text(BARRIER_SCRIPT)
+    command = server_command(tmp_path)
+    stderr = (tmp_path / "stderr.log").open("wb")
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr,
+                            env={**os.environ, "WORKER_COUNT": "2"})
+    try:
+        url = f"http://127.0.0.1:{read_port(proc.stdout, time.monotonic() + START_TIMEOUT)}/score"
+        answers = await asyncio.gather(*(http.post(url, data="{}") for _ in range(2)))
+        assert [(a.status, await a.json()) for a in answers] == [(200, {"together": True})] * 2
+    finally:
+        kill(proc)
+        proc.stdout.close()
+        stderr.close()
+
+
+def test_a_worker_count_that_is_not_a_positive_number_is_named(tmp_path: Path):
+    (tmp_path / "score.py").write_text(BARRIER_SCRIPT)
+    done = subprocess.run(server_command(tmp_path), cwd=ROOT, capture_output=True, timeout=30,
+                          env={**os.environ, "WORKER_COUNT": "many"})
+    assert done.returncode == 2 and b"WORKER_COUNT" in done.stderr

@@ -41,6 +41,10 @@ code_configuration: {{code: {ECHO_MODEL}, scoring_script: score.py}}
     ("name: 1ep\n", "name", "starting with a letter"),
     ('name: "ep\\n"\n', "name", "starting with a letter"),  # "$" would have let a newline through
     (DEPLOYMENT + 'environment_variables: {"A\\n": x}\n', "environment_variables", "name"),
+    # given to the model as "None", "True", "['a']" before: refused, as custom resources are
+    (DEPLOYMENT + "environment_variables: {LEVEL: null}\n", "environment_variables.LEVEL", "must be a string"),
+    (DEPLOYMENT + "environment_variables: {DEBUG: true}\n", "environment_variables.DEBUG", "must be a string"),
+    (DEPLOYMENT + "environment_variables: {HOSTS: [a, b]}\n", "environment_variables.HOSTS", "must be a string"),
     ("name: ep\nauth_mode: password\n", "auth_mode", "key, aml_token, none"),
     ("name: ep\ntrafic: {}\n", "trafic", "unknown field"),
     ("name: ep\nmirror_traffic: {aa: 60}\n", "mirror_traffic.aa", "at most 50"),
@@ -101,8 +105,53 @@ def test_an_empty_folder_and_a_missing_path_are_errors(tmp_path):
         read_documents([tmp_path / "missing.yml"])
 
 
+def test_a_file_with_no_resource_is_an_error_that_names_it(tmp_path):
+    """`apply -f empty.yml` used to reach the gateway and come back as the admin API's
+    "'documents' must be a non-empty list", naming neither the file nor the problem."""
+    empty = write(tmp_path, "# nothing here yet\n---\n")
+    with pytest.raises(ManifestError) as info:
+        read_documents([empty])
+    assert str(info.value) == f"{empty}: holds no resource (the YAML is empty)"
+    write_endpoint(tmp_path, "ep")  # beside a file with a resource, an empty one is fine
+    assert [d.body["name"] for d in read_documents([tmp_path])] == ["ep"]
+
+
+def test_environment_variables_keep_numbers_as_their_text(tmp_path):
+    path = write(tmp_path, DEPLOYMENT + "environment_variables: {WORKERS: 4, RATIO: 0.5, NAME: x}\n")
+    deployment = parse_all(read_documents([path]), {"ep"}, set()).deployments[0]
+    assert deployment.environment_variables == {"WORKERS": "4", "RATIO": "0.5", "NAME": "x"}
+
+
 def test_azure_ml_fields_in_a_settings_block_are_ignored(tmp_path):
     """As everywhere else in the YAML: an Azure ML field scoregate does not use passes."""
     path = write(tmp_path, DEPLOYMENT + "request_settings: {request_timeout_ms: 900, properties: {}}\n")
     deployment = parse_all(read_documents([path]), {"ep"}, set()).deployments[0]
     assert deployment.request_settings.request_timeout_ms == 900
+
+
+def test_editing_the_code_or_model_in_place_makes_a_new_version(tmp_path):
+    """The fix for a failed rollout is often an edit of score.py in place: re-applying the
+    same YAML then did nothing (same version, its Failed verdict kept), and a good
+    deployment kept running the old code until a replica restarted with the new one.
+    Azure ML uploads a changed local folder as a new version; so does scoregate now."""
+    code, model = tmp_path / "code", tmp_path / "model"
+    (code / "__pycache__").mkdir(parents=True)
+    model.mkdir()
+    (code / "score.py").write_text("def init():\n    raise RuntimeError('broken')\n")
+    (model / "weights.json").write_text('{"w": 1}')
+    path = write(tmp_path, f"name: blue\nendpoint_name: ep\nmodel: {{path: ./model}}\n"
+                           f"code_configuration: {{code: ./code, scoring_script: score.py}}\n")
+
+    def version() -> str:
+        return parse_all(read_documents([path]), {"ep"}, set()).deployments[0].replica_spec_hash()
+
+    first = version()
+    (code / "__pycache__" / "score.cpython-311.pyc").write_bytes(b"written by the replica's import")
+    (code / ".scoregate" / "logs").mkdir(parents=True)
+    (code / ".scoregate" / "logs" / "blue-1.log").write_text("a gateway served from the code folder\n")
+    assert version() == first, "what Python and the gateway write there is not an edit"
+    (code / "score.py").write_text("def init():\n    pass\n\ndef run(raw_data):\n    return raw_data\n")
+    fixed = version()
+    assert fixed != first
+    (model / "weights.json").write_text('{"w": 2, "retrained": true}')
+    assert version() not in (first, fixed)
