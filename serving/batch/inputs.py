@@ -161,7 +161,7 @@ def _read_table(real: Path, given: str) -> list:
     if real.suffix.lower() not in TABULAR_SUFFIXES:
         raise invalid(f"input.path: tabular input must be a .csv or .jsonl file, got {given}")
     try:
-        with open(real, encoding="utf-8", newline="") as handle:
+        with open(real, encoding="utf-8-sig", newline="") as handle:  # a BOM (Excel) is not data
             if real.suffix.lower() == ".csv":
                 return _read_csv(handle, given)
             rows = []
