@@ -73,6 +73,8 @@ BAD = [
      "ValidationError", "settings.retry_settings.timeout"),
     ({"input": {"type": "uri_folder", "path": "imgs"}, "settings": {"output_file_name": "/tmp/x"}}, 422,
      "ValidationError", "settings.output_file_name"),
+    ({"input": {"type": "uri_folder", "path": "imgs"}, "settings": {"output_file_name": "logs"}}, 422,
+     "ValidationError", "settings.output_file_name: 'logs' is the folder of the job's worker logs"),
     ({"input": {"type": "inline", "data": list(range(1001))}}, 413, "TooManyItems", "at most 1000"),
     ({"input": {"type": "inline", "data": ["x" * 100] * 300}}, 413, "PayloadTooLarge", "exceeds 20000 bytes"),
 ]
