@@ -122,4 +122,7 @@ def _wait(batch: BatchClient, endpoint: str, job: dict, timeout_s: float) -> dic
         time.sleep(delay)
         delay = min(delay * 1.5, 2.0)
         job = batch.show(endpoint, job["id"])
+    if job["status"] != "Completed":  # a script's `invoke --wait && next step` must not go on
+        reason = (job.get("error") or {}).get("message") or job["status"].lower()
+        raise CliError(f"job {job['id']} {job['status']}: {reason}", 1, job)
     return job

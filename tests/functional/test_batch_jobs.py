@@ -197,6 +197,12 @@ def test_cli_verbs_against_the_service(batch, tmp_path):
     assert info.value.exit_code == 2 and "outside every data root" in str(info.value)
     with pytest.raises(CliError):
         run("job", "cancel", "--name", "scorer", "--job-id", job["id"])
+    write_files(data / "bad", 3, text=lambda i: "FAIL" if i == 1 else f"item-{i}")
+    with pytest.raises(CliError) as info:  # --wait fails with the job: a script must not go on
+        run("batch", "invoke", "--name", "scorer", "--input", str(data / "bad"), "--mini-batch-size", "1",
+            "--max-retries", "0", "--error-threshold", "0", "--wait")
+    assert info.value.exit_code == 1 and "Failed" in str(info.value) and "error_threshold 0" in str(info.value)
+    assert info.value.result["status"] == "Failed" and info.value.result["items"]["failed"] == 1
 
 
 def test_the_iris_batch_example(tmp_path):
