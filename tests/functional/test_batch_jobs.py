@@ -168,6 +168,11 @@ def test_auth_routes_and_errors(batch):
     for method, url, status, code in cases:
         got, _, raw = process.request(method, url, None, api.headers)
         assert (got, json.loads(raw)["code"]) == (status, code), (method, url, raw)
+    # a trailing slash names the same resource (it used to answer 405 "takes GET")
+    got, _, raw = process.request("GET", f"{path}/", None, api.headers)
+    assert got == 200 and [j["id"] for j in json.loads(raw)] == [job["id"]]
+    got, _, raw = process.request("GET", f"{path}/{job['id']}/", None, api.headers)
+    assert got == 200 and json.loads(raw)["id"] == job["id"]
     assert api.cancel(job["id"])[1]["status"] == "Canceled"
 
 
