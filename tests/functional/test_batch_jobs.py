@@ -147,7 +147,7 @@ def test_summary_only_writes_counts(batch):
     assert body["items"] == {"total": 12, "succeeded": 12, "failed": 0, "pending": 0}
 
 
-def test_auth_routes_and_errors(batch):
+def test_auth_routes_and_errors(batch, tmp_path):
     api, _, data, process = batch(env={"DELAY": "3"})
     write_files(data / "few", 3)
     path = api.base
@@ -159,6 +159,12 @@ def test_auth_routes_and_errors(batch):
     assert process.request("GET", path, None, {"Authorization": f"Bearer {secondary}"})[0] == 200
     status, headers, raw = api.process.request("GET", f"{path}/{job['id']}/output", None, api.headers)
     assert status == 409 and json.loads(raw)["code"] == "OutputNotReady"
+    from serving.batch.client import BatchClient
+    from serving.client import CliError
+
+    with pytest.raises(CliError, match="409"):  # job download of a running job saves nothing, not even a folder
+        BatchClient(AdminClient.from_state_dir(process.state.root)).download("scorer", job["id"], tmp_path / "dl")
+    assert not (tmp_path / "dl").exists()
     assert headers["x-request-id"]
     cases = [("GET", "/api/v1/batch/nope/jobs", 404, "EndpointNotFound"),
              ("GET", f"{path}/batchjob-unknown", 404, "JobNotFound"),
