@@ -183,7 +183,10 @@ class AdminApi:
         deleting = self._deleting_view(request.match_info["e"])
         if deleting is not None:
             return deleting
-        record = await self._record_or_404(request.match_info["e"])
+        name = request.match_info["e"]
+        if await self._batch_keys(name) is not None:  # listed with the online ones, so shown too
+            return web.json_response(await asyncio.to_thread(self._batch.show_endpoint, name))
+        record = await self._record_or_404(name)
         deployments = await asyncio.to_thread(self._store.list_deployments, record.endpoint.name)
         return web.json_response(endpoint_view(record, deployments, self.scoring_url))
 

@@ -92,6 +92,8 @@ async def test_online_traffic_is_served_during_a_batch_job(gateway):
 def test_batch_cli_verbs(gateway, data_root, tmp_path):
     endpoints = {e["name"]: e["kind"] for e in gateway.cli_json("endpoint", "list")}
     assert endpoints["iris"] == "online" and endpoints["iris-batch"] == "batch"  # one list of both kinds
+    shown = gateway.cli_json("endpoint", "show", "--name", "iris-batch")  # what is listed can be shown
+    assert shown["kind"] == "batch" and shown["deployments"] == ["classifier"]
     job = gateway.cli_json("batch", "invoke", "--name", "iris-batch", "--input", str(data_root / "flowers"),
                            "--mini-batch-size", "100", "--wait")
     assert job["status"] == "Completed" and job["items"]["succeeded"] == FLOWERS
