@@ -90,6 +90,8 @@ def _job_body(args: argparse.Namespace) -> dict:
         except (OSError, ValueError) as exc:
             raise CliError(f"cannot read rows from {given}: {exc}", 2) from None
         rows = data.get("data") if isinstance(data, dict) else data
+        if not isinstance(rows, list):
+            raise CliError(f"{given}: expected a JSON list of rows, or an object with a \"data\" list", 2)
         job_input: dict = {"type": "inline", "data": rows}
     else:
         local = Path(given)
