@@ -40,11 +40,11 @@ class JobRoutes:
 
     def routes(self) -> list[web.RouteDef]:
         p = "/api/v1/batch/{endpoint}/jobs"
-        routes = [("POST", p, self.submit), ("GET", p, self.list_jobs), ("GET", p + "/{job}", self.show),
-                  ("POST", p + "/{job}/cancel", self.cancel), ("GET", p + "/{job}/output", self.output)]
+        routes = [(web.post, p, self.submit), (web.get, p, self.list_jobs), (web.get, p + "/{job}", self.show),
+                  (web.post, p + "/{job}/cancel", self.cancel), (web.get, p + "/{job}/output", self.output)]
         # with or without a trailing slash, as _KNOWN: GET .../jobs/ is the list, not a 405
-        return [web.route(method, path + slash, self._wrap(handler))
-                for method, path, handler in routes for slash in ("", "/")] + \
+        return [route(path + slash, self._wrap(handler))
+                for route, path, handler in routes for slash in ("", "/")] + \
             [web.route("*", "/api/v1/batch/{tail:.*}", self.unknown)]
 
     def _wrap(self, handler):

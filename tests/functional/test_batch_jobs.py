@@ -179,6 +179,7 @@ def test_auth_routes_and_errors(batch, tmp_path):
     assert got == 200 and [j["id"] for j in json.loads(raw)] == [job["id"]]
     got, _, raw = process.request("GET", f"{path}/{job['id']}/", None, api.headers)
     assert got == 200 and json.loads(raw)["id"] == job["id"]
+    assert process.request("HEAD", f"{path}/{job['id']}", None, api.headers)[0] == 200  # GET routes take HEAD
     assert api.cancel(job["id"])[1]["status"] == "Canceled"
 
 
