@@ -107,3 +107,11 @@ async def test_a_missing_script_is_an_init_failure(tmp_path):
     worker = Worker(WorkerSpec(str(tmp_path), "nope.py"), tmp_path / "w.log")
     with pytest.raises(WorkerInitFailed, match="not found"):
         await worker.start(timeout_s=20)
+
+
+async def test_a_code_folder_gone_since_apply_is_named(tmp_path):
+    gone = tmp_path / "code-removed"
+    worker = Worker(WorkerSpec(str(gone), "score.py"), tmp_path / "w.log")
+    with pytest.raises(WorkerInitFailed) as info:
+        await worker.start(timeout_s=20)
+    assert str(info.value) == f"cannot start a worker process in the code folder {gone}: No such file or directory"
