@@ -78,10 +78,13 @@ class BatchClient:
         tmp = target.with_name(f".{name}.part")
         size = 0
         with self._open("GET", endpoint, f"/{urllib.parse.quote(job_id, safe='')}/output") as response:
-            target.parent.mkdir(parents=True, exist_ok=True)  # only once there is an output to save
-            with open(tmp, "wb") as handle:
-                while chunk := response.read(1 << 20):
-                    handle.write(chunk)
-                    size += len(chunk)
-        os.replace(tmp, target)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)  # only once there is an output to save
+                with open(tmp, "wb") as handle:
+                    while chunk := response.read(1 << 20):
+                        handle.write(chunk)
+                        size += len(chunk)
+                os.replace(tmp, target)
+            except OSError as exc:
+                raise CliError(f"cannot save the output to {target}: {exc.strerror or exc}") from None
         return {"job_id": job_id, "status": job["status"], "path": str(target.resolve()), "bytes": size}

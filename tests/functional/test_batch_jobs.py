@@ -204,6 +204,9 @@ def test_cli_verbs_against_the_service(batch, tmp_path):
     assert len(Path(saved["path"]).read_text().splitlines()) == 25
     from serving.client import CliError
 
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(CliError, match="cannot save the output to .*a-file/.*: Not a directory"):  # not a traceback
+        run("job", "download", "--name", "scorer", "--job-id", job["id"], "--download-path", str(tmp_path / "a-file"))
     with pytest.raises(CliError) as info:
         run("batch", "invoke", "--name", "scorer", "--input", "/etc")
     assert info.value.exit_code == 2 and "outside every data root" in str(info.value)
