@@ -183,7 +183,10 @@ class AdminApi:
         deleting = self._deleting_view(request.match_info["e"])
         if deleting is not None:
             return deleting
-        record = await self._record_or_404(request.match_info["e"])
+        name = request.match_info["e"]
+        if await self._batch_keys(name) is not None:  # listed with the online ones, so shown too
+            return web.json_response(await asyncio.to_thread(self._batch.show_endpoint, name))
+        record = await self._record_or_404(name)
         deployments = await asyncio.to_thread(self._store.list_deployments, record.endpoint.name)
         return web.json_response(endpoint_view(record, deployments, self.scoring_url))
 
@@ -260,12 +263,20 @@ class AdminApi:
         return web.json_response([t.to_dict() for t in sorted(types.values(), key=lambda t: t.name)])
 
     async def list_deployments(self, request: web.Request) -> web.Response:
+        if await self._batch_keys(request.match_info["e"]) is not None:  # a batch endpoint's, as endpoint show
+            return web.json_response(await asyncio.to_thread(self._batch.list_deployments, request.match_info["e"]))
         record = await self._record_or_404(request.match_info["e"])
         deployments = await asyncio.to_thread(self._store.list_deployments, record.endpoint.name)
         replicas = self._backend.observe()
         return web.json_response([self._view(d, replicas) for d in deployments])
 
     async def show_deployment(self, request: web.Request) -> web.Response:
+        if await self._batch_keys(request.match_info["e"]) is not None:
+            view = await asyncio.to_thread(self._batch.show_deployment, request.match_info["e"], request.match_info["d"])
+            if view is None:
+                return _error(404, "NotFound", f"no deployment '{request.match_info['d']}' on batch endpoint"
+                              f" '{request.match_info['e']}'")
+            return web.json_response(view)
         if await asyncio.to_thread(self._store.get_deployment, request.match_info["e"], request.match_info["d"]) is None:
             deleting = self._deleting_view(request.match_info["e"], request.match_info["d"])
             if deleting is not None:

@@ -90,6 +90,8 @@ def _job_body(args: argparse.Namespace) -> dict:
         except (OSError, ValueError) as exc:
             raise CliError(f"cannot read rows from {given}: {exc}", 2) from None
         rows = data.get("data") if isinstance(data, dict) else data
+        if not isinstance(rows, list):
+            raise CliError(f"{given}: expected a JSON list of rows, or an object with a \"data\" list", 2)
         job_input: dict = {"type": "inline", "data": rows}
     else:
         local = Path(given)
@@ -122,4 +124,7 @@ def _wait(batch: BatchClient, endpoint: str, job: dict, timeout_s: float) -> dic
         time.sleep(delay)
         delay = min(delay * 1.5, 2.0)
         job = batch.show(endpoint, job["id"])
+    if job["status"] != "Completed":  # a script's `invoke --wait && next step` must not go on
+        reason = (job.get("error") or {}).get("message") or job["status"].lower()
+        raise CliError(f"job {job['id']} {job['status']}: {reason}", 1, job)
     return job

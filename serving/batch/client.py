@@ -75,13 +75,16 @@ class BatchClient:
         job = self.show(endpoint, job_id)
         name = job["output"]["file_name"] if job["output"]["action"] == "append_row" else "summary.json"
         target = Path(folder) / job_id / name
-        target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{name}.part")
         size = 0
-        with self._open("GET", endpoint, f"/{urllib.parse.quote(job_id, safe='')}/output") as response, \
-                open(tmp, "wb") as handle:
-            while chunk := response.read(1 << 20):
-                handle.write(chunk)
-                size += len(chunk)
-        os.replace(tmp, target)
+        with self._open("GET", endpoint, f"/{urllib.parse.quote(job_id, safe='')}/output") as response:
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)  # only once there is an output to save
+                with open(tmp, "wb") as handle:
+                    while chunk := response.read(1 << 20):
+                        handle.write(chunk)
+                        size += len(chunk)
+                os.replace(tmp, target)
+            except OSError as exc:
+                raise CliError(f"cannot save the output to {target}: {exc.strerror or exc}") from None
         return {"job_id": job_id, "status": job["status"], "path": str(target.resolve()), "bytes": size}

@@ -40,14 +40,12 @@ class JobRoutes:
 
     def routes(self) -> list[web.RouteDef]:
         p = "/api/v1/batch/{endpoint}/jobs"
-        return [
-            web.post(p, self._wrap(self.submit)),
-            web.get(p, self._wrap(self.list_jobs)),
-            web.get(p + "/{job}", self._wrap(self.show)),
-            web.post(p + "/{job}/cancel", self._wrap(self.cancel)),
-            web.get(p + "/{job}/output", self._wrap(self.output)),
-            web.route("*", "/api/v1/batch/{tail:.*}", self.unknown),
-        ]
+        routes = [(web.post, p, self.submit), (web.get, p, self.list_jobs), (web.get, p + "/{job}", self.show),
+                  (web.post, p + "/{job}/cancel", self.cancel), (web.get, p + "/{job}/output", self.output)]
+        # with or without a trailing slash, as _KNOWN: GET .../jobs/ is the list, not a 405
+        return [route(path + slash, self._wrap(handler))
+                for route, path, handler in routes for slash in ("", "/")] + \
+            [web.route("*", "/api/v1/batch/{tail:.*}", self.unknown)]
 
     def _wrap(self, handler):
         async def handle(request: web.Request) -> web.StreamResponse:

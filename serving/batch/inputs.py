@@ -161,9 +161,9 @@ def _read_table(real: Path, given: str) -> list:
     if real.suffix.lower() not in TABULAR_SUFFIXES:
         raise invalid(f"input.path: tabular input must be a .csv or .jsonl file, got {given}")
     try:
-        with open(real, encoding="utf-8", newline="") as handle:
+        with open(real, encoding="utf-8-sig", newline="") as handle:  # a BOM (Excel) is not data
             if real.suffix.lower() == ".csv":
-                return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+                return _read_csv(handle, given)
             rows = []
             for number, line in enumerate(handle, 1):
                 if line.strip():
@@ -174,6 +174,21 @@ def _read_table(real: Path, given: str) -> list:
             return rows
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise invalid(f"input.path: cannot read {given}: {exc}") from None
+
+
+def _read_csv(handle, given: str) -> list[dict]:
+    """Rows keyed by the header; a row with more or fewer values than the header is refused."""
+    reader = csv.reader(handle)
+    header = next((record for record in reader if record), [])
+    rows = []
+    for record in reader:
+        if not record:
+            continue  # a blank line
+        if len(record) != len(header):
+            raise invalid(f"input.path: line {reader.line_num} of {given} has {len(record)} values;"
+                          f" its header has {len(header)} columns")
+        rows.append({k: _number(v) for k, v in zip(header, record)})
+    return rows
 
 
 def _rows(rows: list, description: dict, max_items: int) -> CollectedInput:

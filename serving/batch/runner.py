@@ -22,6 +22,7 @@ from . import failpoints
 from .jobs import CANCELED, COMPLETED, FAILED, JobRecord, JobStore, MiniBatch
 from .output import write_output
 from .resources import BatchDeployment
+from .settings import LOGS_FOLDER
 from .workers import Worker, WorkerError, WorkerInitFailed, WorkerSpec
 
 log = logging.getLogger("scoregate.batch")
@@ -164,7 +165,7 @@ class JobRun:
                 await worker.close()
 
     async def _start_worker(self, number: int) -> Worker:
-        path = self._options.jobs_dir / self.job.id / "logs" / f"worker-{number}.log"
+        path = self._options.jobs_dir / self.job.id / LOGS_FOLDER / f"worker-{number}.log"
         worker = Worker(self._spec, path, self._options.python)
         self._workers.add(worker)
         try:

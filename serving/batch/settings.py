@@ -17,6 +17,7 @@ SETTING_NAMES = ("mini_batch_size", "instance_count", "max_concurrency_per_insta
                  "retry_settings", "output_action", "output_file_name", "logging_level")
 _RETRY_NAMES = ("max_retries", "timeout")
 FILE_NAME_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+LOGS_FOLDER = "logs"  # next to the output file: STATE_DIR/batch/jobs/JOB/logs/worker-N.log
 
 MAX_MINI_BATCH_SIZE = 100_000
 MAX_INSTANCES = 64
@@ -92,5 +93,8 @@ def apply_settings(raw: Mapping, base: BatchSettings = BatchSettings(), prefix: 
             if not isinstance(value, str) or not FILE_NAME_RULE.match(value) or ".." in value:
                 raise SettingsError(field, "must be a plain file name (letters, digits, '.', '_', '-';"
                                     f" no folders), got {value!r}")
+            if value == LOGS_FOLDER:
+                raise SettingsError(field, f"'{LOGS_FOLDER}' is the folder of the job's worker logs;"
+                                    " choose another name")
             values[key] = value
     return replace(base, **values)

@@ -29,8 +29,13 @@ def _describe(exc: BaseException) -> str:
     return text if len(text) <= 1000 else text[:997] + "..."
 
 
+def _plain(value):
+    """What json cannot write: numpy scalars and arrays (model.predict's) as numbers and lists."""
+    return value.tolist() if hasattr(value, "tolist") else str(value)
+
+
 def _render(value) -> str:
-    return value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
+    return value if isinstance(value, str) else json.dumps(value, default=_plain, ensure_ascii=False)
 
 
 def _results(output, count: int) -> list[str]:

@@ -90,7 +90,8 @@ class Worker:
                 cwd=spec.code, env=env, start_new_session=True, preexec_fn=_die_with_parent,
                 limit=_LINE_LIMIT)
         except OSError as exc:
-            raise WorkerInitFailed(f"cannot start a worker process: {exc}") from None
+            raise WorkerInitFailed(f"cannot start a worker process in the code folder {spec.code}:"
+                                   f" {exc.strerror or exc}") from None
         finally:
             log.close()
         try:

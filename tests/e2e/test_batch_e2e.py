@@ -92,6 +92,14 @@ async def test_online_traffic_is_served_during_a_batch_job(gateway):
 def test_batch_cli_verbs(gateway, data_root, tmp_path):
     endpoints = {e["name"]: e["kind"] for e in gateway.cli_json("endpoint", "list")}
     assert endpoints["iris"] == "online" and endpoints["iris-batch"] == "batch"  # one list of both kinds
+    shown = gateway.cli_json("endpoint", "show", "--name", "iris-batch")  # what is listed can be shown
+    assert shown["kind"] == "batch" and shown["deployments"] == ["classifier"]
+    assert [d["name"] for d in gateway.cli_json("deployment", "list", "--endpoint-name", "iris-batch")] == \
+        ["classifier"]
+    deployment = gateway.cli_json("deployment", "show", "--name", "classifier", "--endpoint-name", "iris-batch")
+    assert deployment["kind"] == "batch" and deployment["settings"]["mini_batch_size"] == 10
+    missing = gateway.cli("deployment", "show", "--name", "nope", "--endpoint-name", "iris-batch")
+    assert missing.returncode == 1 and "no deployment 'nope' on batch endpoint 'iris-batch'" in missing.stderr
     job = gateway.cli_json("batch", "invoke", "--name", "iris-batch", "--input", str(data_root / "flowers"),
                            "--mini-batch-size", "100", "--wait")
     assert job["status"] == "Completed" and job["items"]["succeeded"] == FLOWERS

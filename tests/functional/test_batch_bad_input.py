@@ -21,6 +21,8 @@ def service(tmp_path_factory):
     write_files(data / "imgs", 3)
     write_files(outside, 2)
     (data / "empty").mkdir()
+    (data / "ragged.csv").write_text("a,b,c\n1,2,3\n4,5\n")
+    (data / "long.csv").write_text("a,b\n1,2\n\n3,4,5\n")
     os.symlink(outside, data / "escape")
     write_files(data / "leaky", 2)
     os.symlink(outside / "f00001.txt", data / "leaky" / "leak.txt")
@@ -59,6 +61,10 @@ BAD = [
     (folder("azureml://datastores/workspaceblobstore/paths/x"), 422, "UriNotAllowed", "azureml://"),
     (folder("file://10.0.0.1/data"), 422, "UriNotAllowed", "must not name a host"),
     ({"input": {"type": "uri_file", "path": "imgs"}}, 422, "ValidationError", "not a file"),
+    ({"input": {"type": "tabular", "path": "ragged.csv"}}, 422, "ValidationError",
+     "line 3 of ragged.csv has 2 values; its header has 3 columns"),
+    ({"input": {"type": "tabular", "path": "long.csv"}}, 422, "ValidationError",
+     "line 4 of long.csv has 3 values; its header has 2 columns"),
     ({"input": {"type": "uri_folder", "path": "imgs"}, "deployment_name": "blue"}, 404, "DeploymentNotFound",
      "no deployment 'blue'"),
     ({"input": {"type": "uri_folder", "path": "imgs"}, "settings": {"mini_batch_size": 0}}, 422,
@@ -67,6 +73,8 @@ BAD = [
      "ValidationError", "settings.retry_settings.timeout"),
     ({"input": {"type": "uri_folder", "path": "imgs"}, "settings": {"output_file_name": "/tmp/x"}}, 422,
      "ValidationError", "settings.output_file_name"),
+    ({"input": {"type": "uri_folder", "path": "imgs"}, "settings": {"output_file_name": "logs"}}, 422,
+     "ValidationError", "settings.output_file_name: 'logs' is the folder of the job's worker logs"),
     ({"input": {"type": "inline", "data": list(range(1001))}}, 413, "TooManyItems", "at most 1000"),
     ({"input": {"type": "inline", "data": ["x" * 100] * 300}}, 413, "PayloadTooLarge", "exceeds 20000 bytes"),
 ]

@@ -147,7 +147,7 @@ def test_summary_only_writes_counts(batch):
     assert body["items"] == {"total": 12, "succeeded": 12, "failed": 0, "pending": 0}
 
 
-def test_auth_routes_and_errors(batch):
+def test_auth_routes_and_errors(batch, tmp_path):
     api, _, data, process = batch(env={"DELAY": "3"})
     write_files(data / "few", 3)
     path = api.base
@@ -159,6 +159,12 @@ def test_auth_routes_and_errors(batch):
     assert process.request("GET", path, None, {"Authorization": f"Bearer {secondary}"})[0] == 200
     status, headers, raw = api.process.request("GET", f"{path}/{job['id']}/output", None, api.headers)
     assert status == 409 and json.loads(raw)["code"] == "OutputNotReady"
+    from serving.batch.client import BatchClient
+    from serving.client import CliError
+
+    with pytest.raises(CliError, match="409"):  # job download of a running job saves nothing, not even a folder
+        BatchClient(AdminClient.from_state_dir(process.state.root)).download("scorer", job["id"], tmp_path / "dl")
+    assert not (tmp_path / "dl").exists()
     assert headers["x-request-id"]
     cases = [("GET", "/api/v1/batch/nope/jobs", 404, "EndpointNotFound"),
              ("GET", f"{path}/batchjob-unknown", 404, "JobNotFound"),
@@ -168,6 +174,12 @@ def test_auth_routes_and_errors(batch):
     for method, url, status, code in cases:
         got, _, raw = process.request(method, url, None, api.headers)
         assert (got, json.loads(raw)["code"]) == (status, code), (method, url, raw)
+    # a trailing slash names the same resource (it used to answer 405 "takes GET")
+    got, _, raw = process.request("GET", f"{path}/", None, api.headers)
+    assert got == 200 and [j["id"] for j in json.loads(raw)] == [job["id"]]
+    got, _, raw = process.request("GET", f"{path}/{job['id']}/", None, api.headers)
+    assert got == 200 and json.loads(raw)["id"] == job["id"]
+    assert process.request("HEAD", f"{path}/{job['id']}", None, api.headers)[0] == 200  # GET routes take HEAD
     assert api.cancel(job["id"])[1]["status"] == "Canceled"
 
 
@@ -192,11 +204,20 @@ def test_cli_verbs_against_the_service(batch, tmp_path):
     assert len(Path(saved["path"]).read_text().splitlines()) == 25
     from serving.client import CliError
 
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(CliError, match="cannot save the output to .*a-file/.*: Not a directory"):  # not a traceback
+        run("job", "download", "--name", "scorer", "--job-id", job["id"], "--download-path", str(tmp_path / "a-file"))
     with pytest.raises(CliError) as info:
         run("batch", "invoke", "--name", "scorer", "--input", "/etc")
     assert info.value.exit_code == 2 and "outside every data root" in str(info.value)
     with pytest.raises(CliError):
         run("job", "cancel", "--name", "scorer", "--job-id", job["id"])
+    write_files(data / "bad", 3, text=lambda i: "FAIL" if i == 1 else f"item-{i}")
+    with pytest.raises(CliError) as info:  # --wait fails with the job: a script must not go on
+        run("batch", "invoke", "--name", "scorer", "--input", str(data / "bad"), "--mini-batch-size", "1",
+            "--max-retries", "0", "--error-threshold", "0", "--wait")
+    assert info.value.exit_code == 1 and "Failed" in str(info.value) and "error_threshold 0" in str(info.value)
+    assert info.value.result["status"] == "Failed" and info.value.result["items"]["failed"] == 1
 
 
 def test_the_iris_batch_example(tmp_path):

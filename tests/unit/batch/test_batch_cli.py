@@ -58,3 +58,12 @@ def test_inline_rows_from_a_json_file(tmp_path):
     with pytest.raises(CliError) as info:
         _job_body(parse("batch", "invoke", "-n", "ep", "-i", str(tmp_path / "none.json"), "--input-type", "inline"))
     assert info.value.exit_code == 2
+
+
+def test_a_json_file_without_rows_is_refused_naming_the_file(tmp_path):
+    (tmp_path / "online.json").write_text(json.dumps({"input_data": {"data": [[1, 2]]}}))  # an online request
+    path = str(tmp_path / "online.json")
+    with pytest.raises(CliError) as info:
+        _job_body(parse("batch", "invoke", "-n", "ep", "-i", path, "--input-type", "inline"))
+    assert info.value.exit_code == 2
+    assert str(info.value) == f'{path}: expected a JSON list of rows, or an object with a "data" list'

@@ -134,3 +134,14 @@ def test_a_good_request():
     request = parse_job_request(b'{"input": {"type": "uri_folder", "path": "imgs", "mode": "ro_mount"},'
                                 b' "deployment_name": "main", "settings": {"mini_batch_size": 3}}')
     assert request == JobRequest("uri_folder", path="imgs", deployment_name="main", settings={"mini_batch_size": 3})
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_column(roots):
+    """Excel's "CSV UTF-8" (and many Windows tools) start the file with a BOM."""
+    data_roots, root, _ = roots
+    (root / "excel.csv").write_bytes(b"\xef\xbb\xbfx,name\r\n1,a\r\n")
+    (root / "bom.jsonl").write_bytes(b'\xef\xbb\xbf{"x": 1}\n')
+    table = collect(job("tabular", "excel.csv"), data_roots, 10)
+    assert [json.loads(p) for p in table.payloads] == [{"x": 1, "name": "a"}]
+    jsonl = collect(job("tabular", "bom.jsonl"), data_roots, 10)
+    assert [json.loads(p) for p in jsonl.payloads] == [{"x": 1}]

@@ -107,3 +107,36 @@ async def test_a_missing_script_is_an_init_failure(tmp_path):
     worker = Worker(WorkerSpec(str(tmp_path), "nope.py"), tmp_path / "w.log")
     with pytest.raises(WorkerInitFailed, match="not found"):
         await worker.start(timeout_s=20)
+
+
+async def test_a_code_folder_gone_since_apply_is_named(tmp_path):
+    gone = tmp_path / "code-removed"
+    worker = Worker(WorkerSpec(str(gone), "score.py"), tmp_path / "w.log")
+    with pytest.raises(WorkerInitFailed) as info:
+        await worker.start(timeout_s=20)
+    assert str(info.value) == f"cannot start a worker process in the code folder {gone}: No such file or directory"
+
+
+NUMPY_SCRIPT = r'''
+import numpy
+
+def init():
+    pass
+
+def run(mini_batch):
+    if mini_batch[0] == "classes":
+        return numpy.array([3, 0], dtype=numpy.int64)  # what model.predict returns
+    return [numpy.array([0.25, 0.75]), numpy.bool_(True)]  # a row of predict_proba, a numpy flag
+'''
+
+
+async def test_numpy_results_are_written_as_numbers_and_lists(tmp_path):
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "score.py").write_text(NUMPY_SCRIPT)
+    worker = Worker(WorkerSpec(str(tmp_path / "code"), "score.py"), tmp_path / "w.log")
+    await worker.start(timeout_s=20)
+    try:
+        assert await worker.score(1, "files", ["classes", "x"], 10) == ["3", "0"]
+        assert await worker.score(2, "files", ["proba", "x"], 10) == ["[0.25, 0.75]", "true"]
+    finally:
+        await worker.close()
