@@ -119,10 +119,10 @@ def _parse_deployment(doc: Document) -> BatchDeployment:
     nested = r.mapping(body.get("settings"), "settings")
     for field in ("environment_variables", "settings.environment_variables"):
         source = body if field == "environment_variables" else nested
-        for key, value in r.mapping(source.get("environment_variables"), field).items():
+        for key, value in r.string_map(source.get("environment_variables"), field).items():
             if not valid_env_var_name(key):
                 r.fail(f"{field}.{key}", "must be a valid environment variable name")
-            env_vars[key] = str(value)
+            env_vars[key] = value
 
     return BatchDeployment(
         name=name, endpoint_name=endpoint_name, code=code, scoring_script=script, model_path=model_path,

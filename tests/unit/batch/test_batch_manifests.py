@@ -106,6 +106,9 @@ def test_nested_settings_newer_schema_with_resources(code):
      "code_configuration.scoring_script", "not a file"),
     ({"code_configuration": None}, "code_configuration", "required"),
     ({"environment_variables": {"1A": "x"}}, "environment_variables.1A", "variable name"),
+    # as online deployments': not Python's text of a YAML null, boolean or list
+    ({"environment_variables": {"DEBUG": True}}, "environment_variables.DEBUG", "must be a string"),
+    ({"settings": {"environment_variables": {"A": None}}}, "settings.environment_variables.A", "must be a string"),
 ])
 def test_deployment_errors_name_the_field(code, extra, field, words):
     with pytest.raises(ManifestError) as info:
