@@ -24,12 +24,21 @@ def init():
 
 
 def _features(flower):
-    """A flower is [4 numbers] or an object with the four feature names."""
+    """A flower is [4 numbers] or an object with the four feature names. Errors say what is
+    wrong, never the values: a job's errors go back to whoever submitted it, and a string
+    item is opened as a file (see run())."""
     if isinstance(flower, dict):
+        missing = [name for name in FEATURES if name not in flower]
+        if missing:
+            raise ValueError(f"missing features: {', '.join(missing)}")
         flower = [flower[name] for name in FEATURES]
     if not isinstance(flower, list) or len(flower) != 4:
-        raise ValueError(f"expected 4 features ({', '.join(FEATURES)}), got {flower!r}")
-    return [float(v) for v in flower]
+        what = f"a list of {len(flower)} values" if isinstance(flower, list) else f"a {type(flower).__name__}"
+        raise ValueError(f"expected 4 features ({', '.join(FEATURES)}), got {what}")
+    try:
+        return [float(v) for v in flower]
+    except (TypeError, ValueError):
+        raise ValueError("the features must be numbers") from None
 
 
 def _classify(values):
@@ -44,7 +53,9 @@ def _classify(values):
 def run(mini_batch):
     results = []
     for item in mini_batch:
-        if isinstance(item, str):  # a file path
+        # A file input's items are paths; so is any string here, even one sent inline
+        # (docs/batch.md): fine for this script, whose errors never show what it read.
+        if isinstance(item, str):
             with open(item, encoding="utf-8") as f:
                 item = json.load(f)
         results.append(_classify(_features(item)))
