@@ -101,14 +101,22 @@ class AdminApi:
     async def _record_or_404(self, name: str):
         record = await asyncio.to_thread(self._store.get_endpoint, name)
         if record is None:
-            raise web.HTTPNotFound(text=f"no endpoint '{name}'")
+            raise web.HTTPNotFound(text=await self._not_online(name) or f"no endpoint '{name}'")
         return record
 
     async def _deployment_or_404(self, endpoint: str, name: str):
         deployment = await asyncio.to_thread(self._store.get_deployment, endpoint, name)
         if deployment is None:
-            raise web.HTTPNotFound(text=f"no deployment '{name}' on endpoint '{endpoint}'")
+            raise web.HTTPNotFound(text=await self._not_online(endpoint)
+                                   or f"no deployment '{name}' on endpoint '{endpoint}'")
         return deployment
+
+    async def _not_online(self, name: str) -> str | None:
+        """Why a verb of online endpoints finds nothing when `name` is a batch endpoint."""
+        if self._batch is None or await asyncio.to_thread(self._batch.keys, name) is None:
+            return None
+        return (f"'{name}' is a batch endpoint; this is for online endpoints "
+                "(batch ones: scoregate batch invoke|list|show, job ...)")
 
     async def _json_body(self, request: web.Request) -> dict:
         try:

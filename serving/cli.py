@@ -384,7 +384,7 @@ def _update_endpoint(args, client: AdminClient):
         raise CliError("nothing to update: give --traffic and/or --mirror-traffic", 2)
     from .manifests.online import ENDPOINT_FIELDS
 
-    current = client.get(f"/endpoints/{args.name}")
+    current = _online_endpoint(client, args.name)
     body = {key: current[key] for key in ENDPOINT_FIELDS}
     if args.traffic is not None:
         body["traffic"] = _weights(args.traffic, "--traffic")
@@ -413,12 +413,22 @@ def _cluster_token(args) -> dict:
         raise CliError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
 
 
+def _online_endpoint(client: AdminClient, name: str) -> dict:
+    """The endpoint's view, for verbs that only online endpoints have (`endpoint show` also
+    shows batch ones: names are unique across both kinds)."""
+    endpoint = client.get(f"/endpoints/{name}")
+    if endpoint.get("kind") == "batch":
+        raise CliError(f"'{name}' is a batch endpoint; this is for online endpoints "
+                       f"(submit a job with `scoregate batch invoke --name {name} --input ...`)", 1)
+    return endpoint
+
+
 def _invoke(args, client: AdminClient):
     try:
         body = Path(args.request_file).read_bytes()
     except OSError as exc:
         raise CliError(f"cannot read {args.request_file}: {exc.strerror}", 2) from None
-    endpoint = client.get(f"/endpoints/{args.name}")
+    endpoint = _online_endpoint(client, args.name)
     headers = {"Content-Type": "application/json"}
     if endpoint["auth_mode"] == "key":
         headers["Authorization"] = f"Bearer {client.get(f'/endpoints/{args.name}/keys')['primaryKey']}"

@@ -100,6 +100,12 @@ def test_batch_cli_verbs(gateway, data_root, tmp_path):
     assert deployment["kind"] == "batch" and deployment["settings"]["mini_batch_size"] == 10
     missing = gateway.cli("deployment", "show", "--name", "nope", "--endpoint-name", "iris-batch")
     assert missing.returncode == 1 and "no deployment 'nope' on batch endpoint 'iris-batch'" in missing.stderr
+    for verb in (("deployment", "scale", "--name", "classifier", "--endpoint-name", "iris-batch",
+                  "--instance-count", "2"),
+                 ("endpoint", "invoke", "--name", "iris-batch", "--request-file", str(IRIS / "sample-request.json")),
+                 ("endpoint", "update", "--name", "iris-batch", "--traffic", "classifier=100")):
+        online_only = gateway.cli(*verb)  # what the verb is for, not "no endpoint" for one just listed
+        assert online_only.returncode == 1 and "'iris-batch' is a batch endpoint" in online_only.stderr
     job = gateway.cli_json("batch", "invoke", "--name", "iris-batch", "--input", str(data_root / "flowers"),
                            "--mini-batch-size", "100", "--wait")
     assert job["status"] == "Completed" and job["items"]["succeeded"] == FLOWERS
