@@ -33,6 +33,16 @@ class StoreError(Exception):
     """A change the store refuses (e.g. deleting a deployment that still has traffic)."""
 
 
+def check_no_traffic(endpoint: Endpoint, name: str) -> None:
+    """StoreError when deployment `name` still gets live or mirrored traffic of `endpoint`:
+    the rule of every store's delete_deployment, with what to change first."""
+    for field, how in (("traffic", ""), ("mirror_traffic", " mirrored")):
+        percent = getattr(endpoint, field).get(name, 0)
+        if percent > 0:
+            raise StoreError(f"deployment '{name}' still receives {percent}% of the traffic{how} on endpoint"
+                             f" '{endpoint.name}'; set its {field} to 0 first")
+
+
 class Store(Protocol):
     def apply(self, endpoints: list[Endpoint], deployments: list[Deployment],
               instance_types: list[InstanceType] = ()) -> None: ...

@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 
 from ..resources import Deployment, Endpoint, InstanceType, with_instance_type
-from . import DeploymentRecord, EndpointRecord, StoreError
+from . import DeploymentRecord, EndpointRecord, StoreError, check_no_traffic
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS endpoints (
@@ -112,13 +112,7 @@ class SqliteStore:
         with self._lock:
             row = self._db.execute("SELECT spec FROM endpoints WHERE name=?", (endpoint_name,)).fetchone()
             if row is not None:
-                endpoint = Endpoint.from_dict(orjson.loads(row[0]))
-                for field, how in (("traffic", ""), ("mirror_traffic", " mirrored")):
-                    percent = getattr(endpoint, field).get(name, 0)
-                    if percent > 0:
-                        raise StoreError(
-                            f"deployment '{name}' still receives {percent}% of the traffic{how} on endpoint"
-                            f" '{endpoint_name}'; set its {field} to 0 first")
+                check_no_traffic(Endpoint.from_dict(orjson.loads(row[0])), name)
             return self._db.execute(
                 "DELETE FROM deployments WHERE endpoint_name=? AND name=?",
                 (endpoint_name, name)).rowcount > 0

@@ -48,8 +48,15 @@ async def test_apply_list_scale_regenerate_delete(apiserver, store):
     renewed = await asyncio.to_thread(store.regenerate_key, "iris", "secondary")
     assert renewed.primary_key == record.primary_key and renewed.secondary_key != record.secondary_key
 
-    with pytest.raises(StoreError, match="still has 100% of the traffic"):
+    with pytest.raises(StoreError, match="still receives 100% of the traffic on endpoint 'iris'"):
         await asyncio.to_thread(store.delete_deployment, "iris", "blue")
+    # mirrored traffic too, as the embedded store: the mirror would go on to nothing
+    await asyncio.to_thread(store.apply, [Endpoint(name="iris", traffic={"blue": 100}, mirror_traffic={"green": 10})],
+                            [blue(), blue(name="green")])
+    await eventually(lambda: store.get_deployment("iris", "green"))
+    await eventually(lambda: store.get_endpoint("iris").endpoint.mirror_traffic == {"green": 10})
+    with pytest.raises(StoreError, match="10% of the traffic mirrored on endpoint 'iris'; set its mirror_traffic"):
+        await asyncio.to_thread(store.delete_deployment, "iris", "green")
     assert await asyncio.to_thread(store.delete_endpoint, "iris")
     await eventually(lambda: not store.list_endpoints() and not store.list_deployments())
     assert apiserver.objects_of("onlinedeployments", NS) == []

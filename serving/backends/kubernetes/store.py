@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from ...resources import Deployment, Endpoint, with_instance_type
-from ...store import DeploymentRecord, EndpointRecord, StoreError
+from ...store import DeploymentRecord, EndpointRecord, StoreError, check_no_traffic
 from . import names
 from .api import (INSTANCE_TYPES, ONLINE_DEPLOYMENTS, ONLINE_ENDPOINTS, SECRETS, KubeApi, replace_status_fields,
                   status_of)
@@ -350,9 +350,8 @@ class KubernetesStore:
         if source is None:
             return False
         endpoint = self.get_endpoint(endpoint_name)
-        if endpoint is not None and endpoint.endpoint.traffic.get(name, 0) > 0:
-            raise StoreError(f"deployment {name} still has {endpoint.endpoint.traffic[name]}% of the traffic"
-                             f" of endpoint {endpoint_name}; move the traffic first")
+        if endpoint is not None:
+            check_no_traffic(endpoint.endpoint, name)
         await self._delete(ONLINE_DEPLOYMENTS, source["metadata"]["namespace"], source["metadata"]["name"])
         return True
 
