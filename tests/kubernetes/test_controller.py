@@ -341,3 +341,37 @@ async def test_the_rollout_records_are_replaced_whole_not_merged(apiserver, kube
     assert status["rollout"]["kind"] == "update"
     assert status["lastGood"]["environment_variables"] == {}
     assert status["rollout"]["version"]["environment_variables"] == {}
+
+
+
+async def test_a_deployment_whose_object_names_another_deployment_uses_is_refused(apiserver, kube_api, cluster,
+                                                                                   controller):
+    """Endpoint iris-ab's deployment cd and endpoint iris's deployment ab-cd both make the names
+    iris-ab-cd (Service) and iris-ab-cd-HASH8 (Deployment, same spec). The older keeps them."""
+    endpoint, deployment = sample("iris-endpoint.yaml")
+    endpoint["spec"]["traffic"] = {"ab-cd": 100}
+    deployment["spec"]["deploymentName"] = "ab-cd"
+    await kubectl_apply(kube_api, sample("instancetypes.yaml") + [endpoint, deployment])
+    running = controller()
+    await eventually(lambda: status_of(apiserver, "onlinedeployments", "iris-blue").get("provisioningState")
+                     == "Succeeded", timeout_s=10)
+    [first] = apiserver.objects_of("deployments", NS)
+    other_endpoint, other = sample("iris-endpoint.yaml")
+    other_endpoint["metadata"]["name"] = "iris-ab"
+    other_endpoint["spec"]["traffic"] = {"cd": 100}
+    other["metadata"]["name"] = "iris-two"  # after iris-blue when created in the same second
+    other["spec"].update(endpointName="iris-ab", deploymentName="cd", instanceCount=1)
+    await kubectl_apply(kube_api, [other_endpoint, other])
+
+    status = await eventually(lambda: (s := status_of(apiserver, "onlinedeployments", "iris-two"))
+                              .get("provisioningState") == "Failed" and s, timeout_s=10)
+    assert status["reason"] == (
+        "OnlineDeployment team-a/iris-two: spec.deploymentName: its Service and Deployments would be named"
+        " iris-ab-cd, as those of deployment ab-cd of endpoint iris (OnlineDeployment team-a/iris-blue);"
+        " rename one of them")
+    await after_passes(running.registry, 3)
+    [deployment_now] = apiserver.objects_of("deployments", NS)
+    assert deployment_now["metadata"]["uid"] == first["metadata"]["uid"] and deployment_now["spec"]["replicas"] == 2
+    [service] = apiserver.objects_of("services", NS)
+    assert service["spec"]["selector"] == {"scoregate.io/endpoint": "iris", "scoregate.io/deployment": "ab-cd"}
+    assert status_of(apiserver, "onlinedeployments", "iris-blue")["provisioningState"] == "Succeeded"

@@ -162,6 +162,7 @@ class ClusterDiscovery:
         deployments: dict[Key, tuple[Deployment, str]] = {}
         available = set()
         accepted_deployments: dict[tuple[str, str], Version[Deployment]] = {}
+        services: set[tuple[str, str]] = set()
         for obj in sorted(self._deployments.values(), key=_age):
             namespace = obj["metadata"]["namespace"]
 
@@ -174,9 +175,11 @@ class ClusterDiscovery:
                 continue
             deployment = version.value
             key = (deployment.endpoint_name, deployment.name)
-            if key in deployments:
+            service = (namespace, names.service_name(*key))
+            if key in deployments or service in services:  # the older keeps the Service (store.py)
                 continue
             deployments[key] = (deployment, namespace)
+            services.add(service)
             accepted_deployments[key_of(obj)] = version
             if rolled_out(obj):
                 available.add(key)

@@ -37,7 +37,8 @@ from .podstatus import parse_time
 from .translation import (DEFAULT_INSTANCE_TYPE, DEFAULT_INSTANCE_TYPE_NAME, CustomResourceError, InstanceTypeSpec,
                           deployment_from_custom_resource, deployment_to_custom_resource,
                           endpoint_from_custom_resource, endpoint_to_custom_resource,
-                          instance_type_from_custom_resource, instance_type_to_custom_resource)
+                          instance_type_from_custom_resource, instance_type_to_custom_resource,
+                          object_name_taken)
 from .watching import ObjectCache
 from .workloads import Placement, owner_reference
 
@@ -45,9 +46,10 @@ log = logging.getLogger("scoregate.store.kubernetes")
 ObjectId = tuple[str, str, str]  # kind, namespace, name
 
 
-def _created(obj: dict) -> tuple[float, str]:
+def _created(obj: dict) -> tuple[float, str, str]:
+    """The oldest object keeps a contested name; the same order as the routers' (discovery.py)."""
     meta = obj.get("metadata") or {}
-    return parse_time(meta.get("creationTimestamp")) or 0.0, meta.get("namespace", "")
+    return parse_time(meta.get("creationTimestamp")) or 0.0, meta.get("namespace", ""), meta.get("name", "")
 
 
 def _id(obj: dict) -> ObjectId:
@@ -157,6 +159,7 @@ class KubernetesStore:
                 records.append(record)
         deployments, placements, sources = [], {}, {}
         accepted_deployments: dict[tuple[str, str], Version[Deployment]] = {}
+        taken_names: dict[tuple[str, str], dict] = {}
         for obj in sorted(self._deployments.values(), key=_created):
             oid = _id(obj)
             found = self._deployment_versions.parse(
@@ -173,6 +176,13 @@ class KubernetesStore:
                 problems[oid] = (f"endpoint {key[0]} already has a deployment {key[1]} "
                                  f"({sources[key]['metadata']['name']})")
                 continue
+            # endpoint iris-ab's deployment cd and iris's ab-cd would share Service iris-ab-cd
+            # and their Deployments: the older keeps the names
+            object_name = (obj["metadata"]["namespace"], names.service_name(*key))
+            if object_name in taken_names:
+                problems[oid] = str(object_name_taken(obj, object_name[1], taken_names[object_name]))
+                continue
+            taken_names[object_name] = obj
             deployments.append(deployment)
             placements[key] = Placement(obj["metadata"]["namespace"], deployment.resolved_instance_type,
                                         owner_reference(obj))
