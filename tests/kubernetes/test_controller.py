@@ -375,3 +375,28 @@ async def test_a_deployment_whose_object_names_another_deployment_uses_is_refuse
     [service] = apiserver.objects_of("services", NS)
     assert service["spec"]["selector"] == {"scoregate.io/endpoint": "iris", "scoregate.io/deployment": "ab-cd"}
     assert status_of(apiserver, "onlinedeployments", "iris-blue")["provisioningState"] == "Succeeded"
+
+
+
+async def test_renaming_a_served_deployment_is_refused_and_it_keeps_serving(apiserver, kube_api, cluster,
+                                                                             controller):
+    """Traffic names deployment blue: an edit to deploymentName green would take it away
+    (its Deployment scaled to 0, the routers finding no blue) while both statuses said Succeeded."""
+    await kubectl_apply(kube_api, sample("instancetypes.yaml") + sample("iris-endpoint.yaml"))
+    running = controller()
+    await eventually(lambda: status_of(apiserver, "onlinedeployments", "iris-blue").get("provisioningState")
+                     == "Succeeded", timeout_s=10)
+    [served] = apiserver.objects_of("deployments", NS)
+    await kube_api.patch(ONLINE_DEPLOYMENTS, NS, "iris-blue", {"spec": {"deploymentName": "green"}})
+
+    status = await eventually(lambda: (s := status_of(apiserver, "onlinedeployments", "iris-blue"))
+                              .get("provisioningState") == "Failed" and s, timeout_s=10)
+    assert status["reason"] == ("OnlineDeployment team-a/iris-blue: spec.deploymentName: cannot be changed"
+                                " (was blue, now green): create another OnlineDeployment for that")
+    assert status["readyReplicas"] == 2
+    await after_passes(running.registry, 3)
+    [deployment] = apiserver.objects_of("deployments", NS)
+    assert deployment["metadata"]["uid"] == served["metadata"]["uid"] and deployment["spec"]["replicas"] == 2
+    await kube_api.patch(ONLINE_DEPLOYMENTS, NS, "iris-blue", {"spec": {"deploymentName": "blue"}})
+    await eventually(lambda: status_of(apiserver, "onlinedeployments", "iris-blue").get("provisioningState")
+                     == "Succeeded", timeout_s=10)

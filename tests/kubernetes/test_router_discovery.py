@@ -251,5 +251,13 @@ async def test_an_invalid_edit_keeps_the_last_valid_version_routed(apiserver, ku
         assert replicas_in(router, "iris", "blue") == [f"{NS}/iris-blue-pod-1"]
         status, body, _ = await score(client, router.port)
         assert status == 200, body
+        # a rename (the controller refuses it): blue, the deployment the traffic names, stays
+        apiserver.update(("scoregate.io", "v1", "onlinedeployments"), NS, "iris-blue", lambda o: o["spec"].update(
+            deploymentName="green", scaleSettings={}))
+        await eventually(lambda: rebuilt_after("onlinedeployments", "iris-blue",
+                                               lambda o: o["spec"]["deploymentName"] == "green"))
+        assert list(router.router.holder.current.endpoints["iris"].deployments) == ["blue"]
+        status, body, _ = await score(client, router.port)
+        assert status == 200, body
     finally:
         await router.close()

@@ -36,7 +36,7 @@ from .api import ENDPOINT_SLICES, ONLINE_DEPLOYMENTS, ONLINE_ENDPOINTS, SECRETS,
 from .keys import NAMED_SECRETS, TOKEN_SIGNING_KEY, SecretKeeper, signing_namespace
 from .last_valid import LastValid, Version, key_of
 from .podstatus import parse_time
-from .translation import deployment_from_custom_resource, endpoint_from_custom_resource
+from .translation import deployment_from_custom_resource, endpoint_from_custom_resource, same_deployment
 from .watching import ObjectCache
 
 log = logging.getLogger("scoregate.kubernetes.discovery")
@@ -170,7 +170,8 @@ class ClusterDiscovery:
                 owner = endpoints.get(d.endpoint_name)
                 return owner is not None and owner[1] == namespace
 
-            version = self._deployment_versions.parse(obj, deployment_from_custom_resource, usable=owned).version
+            version = self._deployment_versions.parse(obj, deployment_from_custom_resource, usable=owned,
+                                                      replaces=same_deployment).version
             if version is None or not owned(version.value):
                 continue
             deployment = version.value

@@ -38,7 +38,7 @@ from .translation import (DEFAULT_INSTANCE_TYPE, DEFAULT_INSTANCE_TYPE_NAME, Cus
                           deployment_from_custom_resource, deployment_to_custom_resource,
                           endpoint_from_custom_resource, endpoint_to_custom_resource,
                           instance_type_from_custom_resource, instance_type_to_custom_resource,
-                          object_name_taken)
+                          object_name_taken, same_deployment)
 from .watching import ObjectCache
 from .workloads import Placement, owner_reference
 
@@ -165,7 +165,8 @@ class KubernetesStore:
             found = self._deployment_versions.parse(
                 obj, lambda o: self._resolve(o, endpoints, instance_types),
                 # the last valid version, unchanged (its instance type's content included)
-                usable=lambda d, o=obj: d.resolved_instance_type is not None and self._owned(o, d, endpoints))
+                usable=lambda d, o=obj: d.resolved_instance_type is not None and self._owned(o, d, endpoints),
+                replaces=same_deployment)
             if found.problem is not None:
                 problems[oid] = str(found.problem)
             if found.version is None:
