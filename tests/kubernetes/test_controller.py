@@ -400,3 +400,18 @@ async def test_renaming_a_served_deployment_is_refused_and_it_keeps_serving(apis
     await kube_api.patch(ONLINE_DEPLOYMENTS, NS, "iris-blue", {"spec": {"deploymentName": "blue"}})
     await eventually(lambda: status_of(apiserver, "onlinedeployments", "iris-blue").get("provisioningState")
                      == "Succeeded", timeout_s=10)
+
+
+async def test_a_deployment_of_an_invalid_instance_type_says_what_is_wrong_with_it(apiserver, kube_api, cluster,
+                                                                                    controller):
+    """`memory: 2GB` passes the CRD (int-or-string) and the controller refuses it: the
+    deployment's reason said `no InstanceType named cpu-small` while kubectl shows that one."""
+    types = sample("instancetypes.yaml")
+    cpu_small = next(t for t in types if t["metadata"]["name"] == "cpu-small")
+    cpu_small["spec"]["resources"]["limits"]["memory"] = "2GB"
+    await kubectl_apply(kube_api, types + sample("iris-endpoint.yaml"))
+    controller()
+    await eventually(lambda: status_of(apiserver, "onlinedeployments", "iris-blue").get("reason") == (
+        "OnlineDeployment team-a/iris-blue: spec.instanceType: the InstanceType cpu-small is not valid:"
+        " InstanceType cpu-small: spec.resources.limits.memory: is not a Kubernetes quantity: '2GB'"), timeout_s=10)
+    assert apiserver.objects_of("deployments", NS) == []

@@ -130,12 +130,13 @@ class KubernetesStore:
             return
         problems: dict[ObjectId, str] = {}
         instance_types = {DEFAULT_INSTANCE_TYPE_NAME: DEFAULT_INSTANCE_TYPE}
+        invalid_types: dict[str, str] = {}  # name: why it is refused
         for obj in self._instance_types.values():
             try:
                 spec = instance_type_from_custom_resource(obj)
                 instance_types[spec.name] = spec
             except CustomResourceError as exc:
-                problems[_id(obj)] = str(exc)
+                problems[_id(obj)] = invalid_types[obj["metadata"]["name"]] = str(exc)
         accepted_endpoints: dict[tuple[str, str], Version[Endpoint]] = {}
         endpoints: dict[str, tuple[Endpoint, dict]] = {}
         for obj in sorted(self._endpoints.values(), key=_created):
@@ -163,7 +164,7 @@ class KubernetesStore:
         for obj in sorted(self._deployments.values(), key=_created):
             oid = _id(obj)
             found = self._deployment_versions.parse(
-                obj, lambda o: self._resolve(o, endpoints, instance_types),
+                obj, lambda o: self._resolve(o, endpoints, instance_types, invalid_types),
                 # the last valid version, unchanged (its instance type's content included)
                 usable=lambda d, o=obj: d.resolved_instance_type is not None and self._owned(o, d, endpoints),
                 replaces=same_deployment)
@@ -203,14 +204,15 @@ class KubernetesStore:
         owner = endpoints.get(deployment.endpoint_name)
         return owner is not None and owner[1]["metadata"]["namespace"] == obj["metadata"]["namespace"]
 
-    def _resolve(self, obj: dict, endpoints: dict, instance_types: dict) -> Deployment:
+    def _resolve(self, obj: dict, endpoints: dict, instance_types: dict, invalid_types: dict) -> Deployment:
         """The deployment parsed, its endpoint and instance type checked, the type's content
         resolved: it is part of the version (editing the InstanceType rolls it)."""
         deployment = deployment_from_custom_resource(obj)
-        self._check_place(obj, deployment, endpoints, instance_types)
+        self._check_place(obj, deployment, endpoints, instance_types, invalid_types)
         return with_instance_type(deployment, instance_types.values())
 
-    def _check_place(self, obj: dict, deployment: Deployment, endpoints: dict, instance_types: dict) -> None:
+    def _check_place(self, obj: dict, deployment: Deployment, endpoints: dict, instance_types: dict,
+                     invalid_types: dict) -> None:
         meta = obj["metadata"]
         owner = endpoints.get(deployment.endpoint_name)
         if owner is None or owner[1]["metadata"]["namespace"] != meta["namespace"]:
@@ -220,8 +222,11 @@ class KubernetesStore:
                                       f"the OnlineEndpoint {deployment.endpoint_name} in namespace {meta['namespace']} {why}")
         spec = instance_types.get(deployment.instance_type)
         if spec is None:
+            # an InstanceType has no status: the deployment says what is wrong with it
+            why = invalid_types.get(deployment.instance_type)
             raise CustomResourceError(obj["kind"], meta["namespace"], meta["name"], "spec.instanceType",
-                                      f"no InstanceType named {deployment.instance_type}")
+                                      f"the InstanceType {deployment.instance_type} is not valid: {why}" if why
+                                      else f"no InstanceType named {deployment.instance_type}")
 
     def _record(self, endpoint: Endpoint, obj: dict) -> EndpointRecord | None:
         keys = self._keys.keys_of(obj["metadata"]["namespace"], endpoint.name)
