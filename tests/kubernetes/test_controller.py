@@ -415,3 +415,24 @@ async def test_a_deployment_of_an_invalid_instance_type_says_what_is_wrong_with_
         "OnlineDeployment team-a/iris-blue: spec.instanceType: the InstanceType cpu-small is not valid:"
         " InstanceType cpu-small: spec.resources.limits.memory: is not a Kubernetes quantity: '2GB'"), timeout_s=10)
     assert apiserver.objects_of("deployments", NS) == []
+
+
+async def test_a_refused_edit_of_defaultinstancetype_keeps_its_deployments_as_they_are(apiserver, kube_api, cluster,
+                                                                                      controller):
+    """A refused defaultinstancetype is not replaced by the built-in one: that would roll its
+    deployments out with other resources (2Gi) instead of keeping the last valid version."""
+    endpoint, deployment = sample("iris-endpoint.yaml")
+    deployment["spec"]["instanceType"] = "defaultinstancetype"
+    await kubectl_apply(kube_api, sample("instancetypes.yaml") + [endpoint, deployment])
+    running = controller()
+    await eventually(lambda: status_of(apiserver, "onlinedeployments", "iris-blue").get("provisioningState")
+                     == "Succeeded", timeout_s=10)
+    [served] = apiserver.objects_of("deployments", NS)
+    await kube_api.patch(INSTANCE_TYPES, None, "defaultinstancetype",
+                         {"spec": {"resources": {"limits": {"memory": "4GB"}}}})
+    status = await eventually(lambda: (s := status_of(apiserver, "onlinedeployments", "iris-blue"))
+                              .get("provisioningState") == "Failed" and s, timeout_s=10)
+    assert status["reason"].startswith("OnlineDeployment team-a/iris-blue: spec.instanceType: the InstanceType"
+                                       " defaultinstancetype is not valid:")
+    await after_passes(running.registry, 3)
+    assert [d["metadata"]["uid"] for d in apiserver.objects_of("deployments", NS)] == [served["metadata"]["uid"]]

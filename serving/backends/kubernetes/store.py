@@ -137,6 +137,7 @@ class KubernetesStore:
                 instance_types[spec.name] = spec
             except CustomResourceError as exc:
                 problems[_id(obj)] = invalid_types[obj["metadata"]["name"]] = str(exc)
+                instance_types.pop(obj["metadata"]["name"], None)  # not the built-in default instead
         accepted_endpoints: dict[tuple[str, str], Version[Endpoint]] = {}
         endpoints: dict[str, tuple[Endpoint, dict]] = {}
         for obj in sorted(self._endpoints.values(), key=_created):
