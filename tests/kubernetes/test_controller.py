@@ -44,8 +44,8 @@ async def controller(kubeconfig):
 
     def start(**overrides) -> Running:
         stop, registry = asyncio.Event(), CollectorRegistry()
-        settings = KubernetesControllerSettings(kubeconfig=kubeconfig, namespaces=(NS,), interval_s=0.2,
-                                                leader_election=False, **overrides)
+        settings = KubernetesControllerSettings(**{"kubeconfig": kubeconfig, "namespaces": (NS,), "interval_s": 0.2,
+                                                   "leader_election": False, **overrides})
         task = asyncio.get_running_loop().create_task(run_controller(settings, stop, registry=registry))
         running.append(Running(stop, task, registry))
         return running[-1]
@@ -436,3 +436,22 @@ async def test_a_refused_edit_of_defaultinstancetype_keeps_its_deployments_as_th
                                        " defaultinstancetype is not valid:")
     await after_passes(running.registry, 3)
     assert [d["metadata"]["uid"] for d in apiserver.objects_of("deployments", NS)] == [served["metadata"]["uid"]]
+
+
+async def test_names_taken_by_an_older_object_are_refused_naming_the_object_and_field(apiserver, kube_api, cluster,
+                                                                                       controller):
+    endpoint, deployment = sample("iris-endpoint.yaml")
+    await kubectl_apply(kube_api, sample("instancetypes.yaml") + [endpoint, deployment])
+    controller(namespaces=(NS, "team-b"))
+    await eventually(lambda: status_of(apiserver, "onlinedeployments", "iris-blue").get("provisioningState")
+                     == "Succeeded", timeout_s=10)
+    second = {**deployment, "metadata": {"name": "iris-blue-again", "namespace": NS}}
+    elsewhere = {**endpoint, "metadata": {"name": "iris", "namespace": "team-b"}}
+    await kubectl_apply(kube_api, [second, elsewhere])
+    await eventually(lambda: status_of(apiserver, "onlinedeployments", "iris-blue-again").get("reason") == (
+        "OnlineDeployment team-a/iris-blue-again: spec.deploymentName: endpoint iris already has a deployment blue"
+        " (OnlineDeployment team-a/iris-blue)"), timeout_s=10)
+    refused = ("OnlineEndpoint team-b/iris: metadata.name: the endpoint name iris is already used in namespace"
+               " team-a (the older keeps it)")
+    await eventually(lambda: [(o.get("status") or {}).get("reason")
+                              for o in apiserver.objects_of("onlineendpoints", "team-b")] == [refused], timeout_s=10)

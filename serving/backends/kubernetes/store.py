@@ -150,7 +150,9 @@ class KubernetesStore:
             endpoint = found.version.value
             if endpoint.name in endpoints:
                 other = endpoints[endpoint.name][1]["metadata"]["namespace"]
-                problems[oid] = f"the endpoint name {endpoint.name} is already used in namespace {other}"
+                problems[oid] = str(CustomResourceError(
+                    "OnlineEndpoint", oid[1], oid[2], "metadata.name",
+                    f"the endpoint name {endpoint.name} is already used in namespace {other} (the older keeps it)"))
                 continue
             endpoints[endpoint.name] = (endpoint, obj)
             accepted_endpoints[key_of(obj)] = found.version
@@ -176,8 +178,11 @@ class KubernetesStore:
             deployment = found.version.value
             key = (deployment.endpoint_name, deployment.name)
             if key in sources:
-                problems[oid] = (f"endpoint {key[0]} already has a deployment {key[1]} "
-                                 f"({sources[key]['metadata']['name']})")
+                holder = sources[key]["metadata"]
+                field_path = "spec.deploymentName" if (obj.get("spec") or {}).get("deploymentName") else "metadata.name"
+                problems[oid] = str(CustomResourceError(
+                    "OnlineDeployment", oid[1], oid[2], field_path, f"endpoint {key[0]} already has a deployment"
+                    f" {key[1]} (OnlineDeployment {holder['namespace']}/{holder['name']})"))
                 continue
             # endpoint iris-ab's deployment cd and iris's ab-cd would share Service iris-ab-cd
             # and their Deployments: the older keeps the names
