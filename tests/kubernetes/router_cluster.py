@@ -135,8 +135,8 @@ def put_keys(apiserver, endpoint: str, keys: tuple[str, str]) -> None:
 
 
 def put_deployment(apiserver, endpoint: str, name: str, *, limit: int = 1, rolled_out: bool = True,
-                   max_queue_wait_ms: int = 500) -> None:
-    obj = f"{endpoint}-{name}"
+                   max_queue_wait_ms: int = 500, obj: str | None = None) -> None:
+    obj = obj or f"{endpoint}-{name}"
     apiserver.create(DEPLOYMENTS, {
         "apiVersion": "scoregate.io/v1", "kind": "OnlineDeployment", "metadata": {"name": obj, "namespace": NS},
         "spec": {"endpointName": endpoint, "deploymentName": name,

@@ -188,3 +188,9 @@ def test_get_token_takes_the_namespace_from_the_kubeconfig_context(tmp_path, mon
     assert context_namespace(str(path)) == "team-a"
     assert context_namespace(str(path), "plain") == "default"
     assert context_namespace(str(tmp_path / "missing")) == "default"
+
+
+async def test_a_kubeconfig_that_does_not_exist_is_named_as_missing(tmp_path):
+    code, err = await get_token(str(tmp_path / "no-such-kubeconfig"), "iris")
+    assert code == 2
+    assert err.strip().splitlines()[-1] == f"error: no kubeconfig file {tmp_path / 'no-such-kubeconfig'}"

@@ -292,3 +292,19 @@ async def test_the_crd_refuses_the_auth_modes_the_runner_refuses(apiserver, kube
         await kube_api.create(BATCH_ENDPOINTS, NS, body)
     assert http_status(refused.value) == 422
     assert apiserver.objects_of("batchendpoints", NS) == []
+
+
+
+async def test_a_second_batch_deployment_of_one_name_is_refused_naming_the_object_and_field(apiserver, kube_api,
+                                                                                            runner):
+    await kube_api.create(BATCH_ENDPOINTS, NS, batch_endpoint())
+    await kube_api.create(BATCH_DEPLOYMENTS, NS, batch_deployment())
+    await eventually(lambda: status(apiserver, "batchdeployments", "iris-batch-classifier").get("provisioningState")
+                     == "Succeeded", timeout_s=15)
+    again = batch_deployment()
+    again["metadata"]["name"] = "iris-batch-classifier-again"
+    await kube_api.create(BATCH_DEPLOYMENTS, NS, again)
+    await eventually(lambda: status(apiserver, "batchdeployments", "iris-batch-classifier-again").get("reason") == (
+        "BatchDeployment team-a/iris-batch-classifier-again: spec.deploymentName: endpoint iris-batch already has a"
+        " deployment classifier (BatchDeployment team-a/iris-batch-classifier)"), timeout_s=10)
+    assert status(apiserver, "batchdeployments", "iris-batch-classifier")["provisioningState"] == "Succeeded"

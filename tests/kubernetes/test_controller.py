@@ -44,8 +44,8 @@ async def controller(kubeconfig):
 
     def start(**overrides) -> Running:
         stop, registry = asyncio.Event(), CollectorRegistry()
-        settings = KubernetesControllerSettings(kubeconfig=kubeconfig, namespaces=(NS,), interval_s=0.2,
-                                                leader_election=False, **overrides)
+        settings = KubernetesControllerSettings(**{"kubeconfig": kubeconfig, "namespaces": (NS,), "interval_s": 0.2,
+                                                   "leader_election": False, **overrides})
         task = asyncio.get_running_loop().create_task(run_controller(settings, stop, registry=registry))
         running.append(Running(stop, task, registry))
         return running[-1]
@@ -341,3 +341,117 @@ async def test_the_rollout_records_are_replaced_whole_not_merged(apiserver, kube
     assert status["rollout"]["kind"] == "update"
     assert status["lastGood"]["environment_variables"] == {}
     assert status["rollout"]["version"]["environment_variables"] == {}
+
+
+
+async def test_a_deployment_whose_object_names_another_deployment_uses_is_refused(apiserver, kube_api, cluster,
+                                                                                   controller):
+    """Endpoint iris-ab's deployment cd and endpoint iris's deployment ab-cd both make the names
+    iris-ab-cd (Service) and iris-ab-cd-HASH8 (Deployment, same spec). The older keeps them."""
+    endpoint, deployment = sample("iris-endpoint.yaml")
+    endpoint["spec"]["traffic"] = {"ab-cd": 100}
+    deployment["spec"]["deploymentName"] = "ab-cd"
+    await kubectl_apply(kube_api, sample("instancetypes.yaml") + [endpoint, deployment])
+    running = controller()
+    await eventually(lambda: status_of(apiserver, "onlinedeployments", "iris-blue").get("provisioningState")
+                     == "Succeeded", timeout_s=10)
+    [first] = apiserver.objects_of("deployments", NS)
+    other_endpoint, other = sample("iris-endpoint.yaml")
+    other_endpoint["metadata"]["name"] = "iris-ab"
+    other_endpoint["spec"]["traffic"] = {"cd": 100}
+    other["metadata"]["name"] = "iris-two"  # after iris-blue when created in the same second
+    other["spec"].update(endpointName="iris-ab", deploymentName="cd", instanceCount=1)
+    await kubectl_apply(kube_api, [other_endpoint, other])
+
+    status = await eventually(lambda: (s := status_of(apiserver, "onlinedeployments", "iris-two"))
+                              .get("provisioningState") == "Failed" and s, timeout_s=10)
+    assert status["reason"] == (
+        "OnlineDeployment team-a/iris-two: spec.deploymentName: its Service and Deployments would be named"
+        " iris-ab-cd, as those of deployment ab-cd of endpoint iris (OnlineDeployment team-a/iris-blue);"
+        " rename one of them")
+    await after_passes(running.registry, 3)
+    [deployment_now] = apiserver.objects_of("deployments", NS)
+    assert deployment_now["metadata"]["uid"] == first["metadata"]["uid"] and deployment_now["spec"]["replicas"] == 2
+    [service] = apiserver.objects_of("services", NS)
+    assert service["spec"]["selector"] == {"scoregate.io/endpoint": "iris", "scoregate.io/deployment": "ab-cd"}
+    assert status_of(apiserver, "onlinedeployments", "iris-blue")["provisioningState"] == "Succeeded"
+
+
+
+async def test_renaming_a_served_deployment_is_refused_and_it_keeps_serving(apiserver, kube_api, cluster,
+                                                                             controller):
+    """Traffic names deployment blue: an edit to deploymentName green would take it away
+    (its Deployment scaled to 0, the routers finding no blue) while both statuses said Succeeded."""
+    await kubectl_apply(kube_api, sample("instancetypes.yaml") + sample("iris-endpoint.yaml"))
+    running = controller()
+    await eventually(lambda: status_of(apiserver, "onlinedeployments", "iris-blue").get("provisioningState")
+                     == "Succeeded", timeout_s=10)
+    [served] = apiserver.objects_of("deployments", NS)
+    await kube_api.patch(ONLINE_DEPLOYMENTS, NS, "iris-blue", {"spec": {"deploymentName": "green"}})
+
+    status = await eventually(lambda: (s := status_of(apiserver, "onlinedeployments", "iris-blue"))
+                              .get("provisioningState") == "Failed" and s, timeout_s=10)
+    assert status["reason"] == ("OnlineDeployment team-a/iris-blue: spec.deploymentName: cannot be changed"
+                                " (was blue, now green): create another OnlineDeployment for that")
+    assert status["readyReplicas"] == 2
+    await after_passes(running.registry, 3)
+    [deployment] = apiserver.objects_of("deployments", NS)
+    assert deployment["metadata"]["uid"] == served["metadata"]["uid"] and deployment["spec"]["replicas"] == 2
+    await kube_api.patch(ONLINE_DEPLOYMENTS, NS, "iris-blue", {"spec": {"deploymentName": "blue"}})
+    await eventually(lambda: status_of(apiserver, "onlinedeployments", "iris-blue").get("provisioningState")
+                     == "Succeeded", timeout_s=10)
+
+
+async def test_a_deployment_of_an_invalid_instance_type_says_what_is_wrong_with_it(apiserver, kube_api, cluster,
+                                                                                    controller):
+    """`memory: 2GB` passes the CRD (int-or-string) and the controller refuses it: the
+    deployment's reason said `no InstanceType named cpu-small` while kubectl shows that one."""
+    types = sample("instancetypes.yaml")
+    cpu_small = next(t for t in types if t["metadata"]["name"] == "cpu-small")
+    cpu_small["spec"]["resources"]["limits"]["memory"] = "2GB"
+    await kubectl_apply(kube_api, types + sample("iris-endpoint.yaml"))
+    controller()
+    await eventually(lambda: status_of(apiserver, "onlinedeployments", "iris-blue").get("reason") == (
+        "OnlineDeployment team-a/iris-blue: spec.instanceType: the InstanceType cpu-small is not valid:"
+        " InstanceType cpu-small: spec.resources.limits.memory: is not a Kubernetes quantity: '2GB'"), timeout_s=10)
+    assert apiserver.objects_of("deployments", NS) == []
+
+
+async def test_a_refused_edit_of_defaultinstancetype_keeps_its_deployments_as_they_are(apiserver, kube_api, cluster,
+                                                                                      controller):
+    """A refused defaultinstancetype is not replaced by the built-in one: that would roll its
+    deployments out with other resources (2Gi) instead of keeping the last valid version."""
+    endpoint, deployment = sample("iris-endpoint.yaml")
+    deployment["spec"]["instanceType"] = "defaultinstancetype"
+    await kubectl_apply(kube_api, sample("instancetypes.yaml") + [endpoint, deployment])
+    running = controller()
+    await eventually(lambda: status_of(apiserver, "onlinedeployments", "iris-blue").get("provisioningState")
+                     == "Succeeded", timeout_s=10)
+    [served] = apiserver.objects_of("deployments", NS)
+    await kube_api.patch(INSTANCE_TYPES, None, "defaultinstancetype",
+                         {"spec": {"resources": {"limits": {"memory": "4GB"}}}})
+    status = await eventually(lambda: (s := status_of(apiserver, "onlinedeployments", "iris-blue"))
+                              .get("provisioningState") == "Failed" and s, timeout_s=10)
+    assert status["reason"].startswith("OnlineDeployment team-a/iris-blue: spec.instanceType: the InstanceType"
+                                       " defaultinstancetype is not valid:")
+    await after_passes(running.registry, 3)
+    assert [d["metadata"]["uid"] for d in apiserver.objects_of("deployments", NS)] == [served["metadata"]["uid"]]
+
+
+async def test_names_taken_by_an_older_object_are_refused_naming_the_object_and_field(apiserver, kube_api, cluster,
+                                                                                       controller):
+    endpoint, deployment = sample("iris-endpoint.yaml")
+    await kubectl_apply(kube_api, sample("instancetypes.yaml") + [endpoint, deployment])
+    controller(namespaces=(NS, "team-b"))
+    await eventually(lambda: status_of(apiserver, "onlinedeployments", "iris-blue").get("provisioningState")
+                     == "Succeeded", timeout_s=10)
+    second = {**deployment, "metadata": {"name": "iris-blue-again", "namespace": NS}}
+    elsewhere = {**endpoint, "metadata": {"name": "iris", "namespace": "team-b"}}
+    await kubectl_apply(kube_api, [second, elsewhere])
+    await eventually(lambda: status_of(apiserver, "onlinedeployments", "iris-blue-again").get("reason") == (
+        "OnlineDeployment team-a/iris-blue-again: spec.deploymentName: endpoint iris already has a deployment blue"
+        " (OnlineDeployment team-a/iris-blue)"), timeout_s=10)
+    refused = ("OnlineEndpoint team-b/iris: metadata.name: the endpoint name iris is already used in namespace"
+               " team-a (the older keeps it)")
+    await eventually(lambda: [(o.get("status") or {}).get("reason")
+                              for o in apiserver.objects_of("onlineendpoints", "team-b")] == [refused], timeout_s=10)

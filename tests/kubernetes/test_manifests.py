@@ -80,7 +80,11 @@ def test_crd_schemas_are_structural_and_have_a_status_subresource(crd):
     for version in crd["spec"]["versions"]:
         assert _structural_problems(version["schema"]["openAPIV3Schema"], "") == []
         assert version["subresources"] == {"status": {}}
-        assert {c["name"] for c in version["additionalPrinterColumns"]} >= {"Age"}
+        columns = {c["name"]: c for c in version["additionalPrinterColumns"]}
+        assert set(columns) >= {"Age"}
+        if "provisioningState" in version["schema"]["openAPIV3Schema"]["properties"]["status"].get("properties", {}):
+            # `kubectl get -o wide` says why an object is Failed, for every kind that says it
+            assert columns["Reason"]["jsonPath"] == ".status.reason" and columns["Reason"]["priority"] == 1
 
 
 def test_crd_bounds_are_the_ones_the_controller_checks():

@@ -75,6 +75,26 @@ async def test_scoring_follows_the_endpoint_slices(apiserver, kubeconfig, tmp_pa
         await router.close()
 
 
+
+async def test_a_deployment_refused_for_another_ones_service_name_takes_none_of_its_replicas(
+        apiserver, kubeconfig, tmp_path, replicas, client):
+    """iris/ab-cd and iris-ab/cd would both have Service iris-ab-cd: the older keeps it, as the
+    controller decides, so iris's replicas stay iris's (not the younger's: iris would get 503)."""
+    put_endpoint(apiserver, "iris", {"ab-cd": 100})
+    put_deployment(apiserver, "iris", "ab-cd")
+    put_endpoint(apiserver, "iris-ab", {"cd": 100})
+    put_deployment(apiserver, "iris-ab", "cd", obj="iris-ab-cd-2", rolled_out=False)  # Failed, by the controller
+    put_replica(apiserver, "iris", "ab-cd", "iris-ab-cd-pod-1", replicas[0].port)
+    router = KubernetesRouter(router_settings(kubeconfig, "router-a", tmp_path, coordination=False))
+    await router.start()
+    try:
+        assert replicas_in(router, "iris", "ab-cd") == [f"{NS}/iris-ab-cd-pod-1"]
+        assert replicas_in(router, "iris-ab", "cd") == []
+        status, body, headers = await score(client, router.port)
+        assert status == 200 and headers["azureml-model-deployment"] == "ab-cd", body
+    finally:
+        await router.close()
+
 async def test_keys_come_from_the_secret(apiserver, kubeconfig, tmp_path, replicas, client):
     put_endpoint(apiserver, "iris", {"blue": 100}, keys=None)
     put_deployment(apiserver, "iris", "blue")
@@ -229,6 +249,14 @@ async def test_an_invalid_edit_keeps_the_last_valid_version_routed(apiserver, ku
         await eventually(lambda: rebuilt_after("onlinedeployments", "iris-blue",
                                                lambda o: "scaleSettings" in o["spec"]))
         assert replicas_in(router, "iris", "blue") == [f"{NS}/iris-blue-pod-1"]
+        status, body, _ = await score(client, router.port)
+        assert status == 200, body
+        # a rename (the controller refuses it): blue, the deployment the traffic names, stays
+        apiserver.update(("scoregate.io", "v1", "onlinedeployments"), NS, "iris-blue", lambda o: o["spec"].update(
+            deploymentName="green", scaleSettings={}))
+        await eventually(lambda: rebuilt_after("onlinedeployments", "iris-blue",
+                                               lambda o: o["spec"]["deploymentName"] == "green"))
+        assert list(router.router.holder.current.endpoints["iris"].deployments) == ["blue"]
         status, body, _ = await score(client, router.port)
         assert status == 200, body
     finally:

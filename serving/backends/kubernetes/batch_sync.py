@@ -146,7 +146,9 @@ class BatchResources:
                 continue
             if endpoint.name in endpoints:
                 other = endpoints[endpoint.name][1]["metadata"]["namespace"]
-                problems[_oid(obj)] = f"the endpoint name {endpoint.name} is already used in namespace {other}"
+                problems[_oid(obj)] = str(CustomResourceError(
+                    obj["kind"], namespace, obj["metadata"]["name"], "metadata.name",
+                    f"the endpoint name {endpoint.name} is already used in namespace {other} (the older keeps it)"))
                 continue
             endpoints[endpoint.name] = (endpoint, obj)
         deployments: dict[str, list[tuple[BatchDeployment, dict]]] = {}
@@ -158,7 +160,12 @@ class BatchResources:
                 continue
             mine = deployments.setdefault(deployment.endpoint_name, [])
             if any(d.name == deployment.name for d, _ in mine):
-                problems[_oid(obj)] = f"endpoint {deployment.endpoint_name} already has a deployment {deployment.name}"
+                holder = next(o for d, o in mine if d.name == deployment.name)["metadata"]
+                field_path = "spec.deploymentName" if (obj.get("spec") or {}).get("deploymentName") else "metadata.name"
+                problems[_oid(obj)] = str(CustomResourceError(
+                    obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"], field_path,
+                    f"endpoint {deployment.endpoint_name} already has a deployment {deployment.name}"
+                    f" (BatchDeployment {holder['namespace']}/{holder['name']})"))
                 continue
             mine.append((deployment, obj))
 

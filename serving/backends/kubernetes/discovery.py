@@ -36,7 +36,7 @@ from .api import ENDPOINT_SLICES, ONLINE_DEPLOYMENTS, ONLINE_ENDPOINTS, SECRETS,
 from .keys import NAMED_SECRETS, TOKEN_SIGNING_KEY, SecretKeeper, signing_namespace
 from .last_valid import LastValid, Version, key_of
 from .podstatus import parse_time
-from .translation import deployment_from_custom_resource, endpoint_from_custom_resource
+from .translation import deployment_from_custom_resource, endpoint_from_custom_resource, same_deployment
 from .watching import ObjectCache
 
 log = logging.getLogger("scoregate.kubernetes.discovery")
@@ -162,6 +162,7 @@ class ClusterDiscovery:
         deployments: dict[Key, tuple[Deployment, str]] = {}
         available = set()
         accepted_deployments: dict[tuple[str, str], Version[Deployment]] = {}
+        services: set[tuple[str, str]] = set()
         for obj in sorted(self._deployments.values(), key=_age):
             namespace = obj["metadata"]["namespace"]
 
@@ -169,14 +170,17 @@ class ClusterDiscovery:
                 owner = endpoints.get(d.endpoint_name)
                 return owner is not None and owner[1] == namespace
 
-            version = self._deployment_versions.parse(obj, deployment_from_custom_resource, usable=owned).version
+            version = self._deployment_versions.parse(obj, deployment_from_custom_resource, usable=owned,
+                                                      replaces=same_deployment).version
             if version is None or not owned(version.value):
                 continue
             deployment = version.value
             key = (deployment.endpoint_name, deployment.name)
-            if key in deployments:
+            service = (namespace, names.service_name(*key))
+            if key in deployments or service in services:  # the older keeps the Service (store.py)
                 continue
             deployments[key] = (deployment, namespace)
+            services.add(service)
             accepted_deployments[key_of(obj)] = version
             if rolled_out(obj):
                 available.add(key)

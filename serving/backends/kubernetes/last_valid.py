@@ -72,24 +72,35 @@ class LastValid(Generic[V]):
         self._known: dict[Key, Version[V]] = {}
 
     def parse(self, obj: dict, parse: Callable[[dict], V],
-              usable: Callable[[V], bool] = lambda _value: True) -> Parsed[V]:
+              usable: Callable[[V], bool] = lambda _value: True,
+              replaces: Callable[[dict, V, V], None] = lambda _obj, _last, _value: None) -> Parsed[V]:
         """`parse(obj)`; when it refuses the object, its last valid version — from memory,
         else from its status — if that is the same object (uid) and `usable` (a hook:
-        e.g. a deployment only while its endpoint is served)."""
+        e.g. a deployment only while its endpoint is served). `replaces(obj, last, value)`
+        refuses (CustomResourceError) a value that may not replace the last valid one."""
         meta = _meta(obj)
         uid = meta.get("uid", "")
         try:
-            return Parsed(Version(uid, int(meta.get("generation") or 0), parse(obj), self.field))
+            value = parse(obj)
+            if (last := self._last(obj)) is not None:
+                replaces(obj, last.value, value)
+            return Parsed(Version(uid, int(meta.get("generation") or 0), value, self.field))
         except CustomResourceError as exc:
             problem = exc
-        last = self._known.get(key_of(obj))
-        if last is None or last.uid != uid:
-            last = self._recorded(obj)
-        if last is None or last.uid != uid or not usable(last.value):
+        last = self._last(obj)
+        if last is None or not usable(last.value):
             log.debug("not serving %s", problem)
             return Parsed(None, problem)
         log.debug("serving the last valid version (generation %d) of %s", last.generation, problem)
         return Parsed(last, problem)
+
+    def _last(self, obj: dict) -> Version[V] | None:
+        """The last valid version of this very object (uid), if any."""
+        uid = _meta(obj).get("uid", "")
+        last = self._known.get(key_of(obj))
+        if last is None or last.uid != uid:
+            last = self._recorded(obj)
+        return last if last is not None and last.uid == uid else None
 
     def remember(self, accepted: dict[Key, Version[V]]) -> None:
         self._known = dict(accepted)

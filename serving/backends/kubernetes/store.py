@@ -37,7 +37,8 @@ from .podstatus import parse_time
 from .translation import (DEFAULT_INSTANCE_TYPE, DEFAULT_INSTANCE_TYPE_NAME, CustomResourceError, InstanceTypeSpec,
                           deployment_from_custom_resource, deployment_to_custom_resource,
                           endpoint_from_custom_resource, endpoint_to_custom_resource,
-                          instance_type_from_custom_resource, instance_type_to_custom_resource)
+                          instance_type_from_custom_resource, instance_type_to_custom_resource,
+                          object_name_taken, same_deployment)
 from .watching import ObjectCache
 from .workloads import Placement, owner_reference
 
@@ -45,9 +46,10 @@ log = logging.getLogger("scoregate.store.kubernetes")
 ObjectId = tuple[str, str, str]  # kind, namespace, name
 
 
-def _created(obj: dict) -> tuple[float, str]:
+def _created(obj: dict) -> tuple[float, str, str]:
+    """The oldest object keeps a contested name; the same order as the routers' (discovery.py)."""
     meta = obj.get("metadata") or {}
-    return parse_time(meta.get("creationTimestamp")) or 0.0, meta.get("namespace", "")
+    return parse_time(meta.get("creationTimestamp")) or 0.0, meta.get("namespace", ""), meta.get("name", "")
 
 
 def _id(obj: dict) -> ObjectId:
@@ -128,12 +130,14 @@ class KubernetesStore:
             return
         problems: dict[ObjectId, str] = {}
         instance_types = {DEFAULT_INSTANCE_TYPE_NAME: DEFAULT_INSTANCE_TYPE}
+        invalid_types: dict[str, str] = {}  # name: why it is refused
         for obj in self._instance_types.values():
             try:
                 spec = instance_type_from_custom_resource(obj)
                 instance_types[spec.name] = spec
             except CustomResourceError as exc:
-                problems[_id(obj)] = str(exc)
+                problems[_id(obj)] = invalid_types[obj["metadata"]["name"]] = str(exc)
+                instance_types.pop(obj["metadata"]["name"], None)  # not the built-in default instead
         accepted_endpoints: dict[tuple[str, str], Version[Endpoint]] = {}
         endpoints: dict[str, tuple[Endpoint, dict]] = {}
         for obj in sorted(self._endpoints.values(), key=_created):
@@ -146,7 +150,9 @@ class KubernetesStore:
             endpoint = found.version.value
             if endpoint.name in endpoints:
                 other = endpoints[endpoint.name][1]["metadata"]["namespace"]
-                problems[oid] = f"the endpoint name {endpoint.name} is already used in namespace {other}"
+                problems[oid] = str(CustomResourceError(
+                    "OnlineEndpoint", oid[1], oid[2], "metadata.name",
+                    f"the endpoint name {endpoint.name} is already used in namespace {other} (the older keeps it)"))
                 continue
             endpoints[endpoint.name] = (endpoint, obj)
             accepted_endpoints[key_of(obj)] = found.version
@@ -157,12 +163,14 @@ class KubernetesStore:
                 records.append(record)
         deployments, placements, sources = [], {}, {}
         accepted_deployments: dict[tuple[str, str], Version[Deployment]] = {}
+        taken_names: dict[tuple[str, str], dict] = {}
         for obj in sorted(self._deployments.values(), key=_created):
             oid = _id(obj)
             found = self._deployment_versions.parse(
-                obj, lambda o: self._resolve(o, endpoints, instance_types),
+                obj, lambda o: self._resolve(o, endpoints, instance_types, invalid_types),
                 # the last valid version, unchanged (its instance type's content included)
-                usable=lambda d, o=obj: d.resolved_instance_type is not None and self._owned(o, d, endpoints))
+                usable=lambda d, o=obj: d.resolved_instance_type is not None and self._owned(o, d, endpoints),
+                replaces=same_deployment)
             if found.problem is not None:
                 problems[oid] = str(found.problem)
             if found.version is None:
@@ -170,9 +178,19 @@ class KubernetesStore:
             deployment = found.version.value
             key = (deployment.endpoint_name, deployment.name)
             if key in sources:
-                problems[oid] = (f"endpoint {key[0]} already has a deployment {key[1]} "
-                                 f"({sources[key]['metadata']['name']})")
+                holder = sources[key]["metadata"]
+                field_path = "spec.deploymentName" if (obj.get("spec") or {}).get("deploymentName") else "metadata.name"
+                problems[oid] = str(CustomResourceError(
+                    "OnlineDeployment", oid[1], oid[2], field_path, f"endpoint {key[0]} already has a deployment"
+                    f" {key[1]} (OnlineDeployment {holder['namespace']}/{holder['name']})"))
                 continue
+            # endpoint iris-ab's deployment cd and iris's ab-cd would share Service iris-ab-cd
+            # and their Deployments: the older keeps the names
+            object_name = (obj["metadata"]["namespace"], names.service_name(*key))
+            if object_name in taken_names:
+                problems[oid] = str(object_name_taken(obj, object_name[1], taken_names[object_name]))
+                continue
+            taken_names[object_name] = obj
             deployments.append(deployment)
             placements[key] = Placement(obj["metadata"]["namespace"], deployment.resolved_instance_type,
                                         owner_reference(obj))
@@ -192,14 +210,15 @@ class KubernetesStore:
         owner = endpoints.get(deployment.endpoint_name)
         return owner is not None and owner[1]["metadata"]["namespace"] == obj["metadata"]["namespace"]
 
-    def _resolve(self, obj: dict, endpoints: dict, instance_types: dict) -> Deployment:
+    def _resolve(self, obj: dict, endpoints: dict, instance_types: dict, invalid_types: dict) -> Deployment:
         """The deployment parsed, its endpoint and instance type checked, the type's content
         resolved: it is part of the version (editing the InstanceType rolls it)."""
         deployment = deployment_from_custom_resource(obj)
-        self._check_place(obj, deployment, endpoints, instance_types)
+        self._check_place(obj, deployment, endpoints, instance_types, invalid_types)
         return with_instance_type(deployment, instance_types.values())
 
-    def _check_place(self, obj: dict, deployment: Deployment, endpoints: dict, instance_types: dict) -> None:
+    def _check_place(self, obj: dict, deployment: Deployment, endpoints: dict, instance_types: dict,
+                     invalid_types: dict) -> None:
         meta = obj["metadata"]
         owner = endpoints.get(deployment.endpoint_name)
         if owner is None or owner[1]["metadata"]["namespace"] != meta["namespace"]:
@@ -209,8 +228,11 @@ class KubernetesStore:
                                       f"the OnlineEndpoint {deployment.endpoint_name} in namespace {meta['namespace']} {why}")
         spec = instance_types.get(deployment.instance_type)
         if spec is None:
+            # an InstanceType has no status: the deployment says what is wrong with it
+            why = invalid_types.get(deployment.instance_type)
             raise CustomResourceError(obj["kind"], meta["namespace"], meta["name"], "spec.instanceType",
-                                      f"no InstanceType named {deployment.instance_type}")
+                                      f"the InstanceType {deployment.instance_type} is not valid: {why}" if why
+                                      else f"no InstanceType named {deployment.instance_type}")
 
     def _record(self, endpoint: Endpoint, obj: dict) -> EndpointRecord | None:
         keys = self._keys.keys_of(obj["metadata"]["namespace"], endpoint.name)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 
 from ...tokens import MAX_LIFETIME_S, TokenIssuer
 from . import names
@@ -40,6 +41,9 @@ async def mint_token(endpoint: str, *, namespace: str | None = None, signing_nam
                      lifetime_s: float = 3600.0) -> dict:
     if not 1 <= lifetime_s <= MAX_LIFETIME_S:
         raise MintingError(f"--lifetime must be from 1 s to {MAX_LIFETIME_S // 3600} h", 2)
+    if kubeconfig is not None and not os.path.isfile(os.path.expanduser(kubeconfig)):
+        # else kubernetes-asyncio says "Expected key current-context in kube-config"
+        raise MintingError(f"no kubeconfig file {kubeconfig}", 2)
     namespace = namespace or context_namespace(kubeconfig, context)  # as kubectl without -n
     signing_namespace = signing_namespace or namespace
     api = KubeApi(await load_api_client(kubeconfig, context))

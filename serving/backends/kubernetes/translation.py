@@ -187,6 +187,29 @@ def deployment_from_custom_resource(obj: dict) -> Deployment:
     return deployment
 
 
+def same_deployment(obj: dict, last: Deployment, deployment: Deployment) -> None:
+    """An edit may not move a served deployment to another name or endpoint: the routers
+    would lose the deployment the endpoint's traffic names (a new object makes another one)."""
+    for field_path, was, now in (("spec.endpointName", last.endpoint_name, deployment.endpoint_name),
+                                 ("spec.deploymentName", last.name, deployment.name)):
+        if now != was:
+            raise CustomResourceError(
+                ONLINE_DEPLOYMENT, obj["metadata"].get("namespace"), obj["metadata"]["name"], field_path,
+                f"cannot be changed (was {was}, now {now}): create another OnlineDeployment for that")
+
+
+def object_name_taken(obj: dict, object_name: str, holder: dict) -> CustomResourceError:
+    """`obj`'s deployment would get the Service and Deployment names of `holder`'s, another
+    deployment of its namespace (endpoint and deployment names are joined with '-')."""
+    spec, meta = holder.get("spec") or {}, holder["metadata"]
+    field_path = "spec.deploymentName" if (obj.get("spec") or {}).get("deploymentName") else "metadata.name"
+    return CustomResourceError(
+        ONLINE_DEPLOYMENT, obj["metadata"].get("namespace"), obj["metadata"]["name"], field_path,
+        f"its Service and Deployments would be named {object_name}, as those of deployment"
+        f" {deployment_name_of(holder)} of endpoint {spec.get('endpointName')}"
+        f" (OnlineDeployment {meta.get('namespace')}/{meta['name']}); rename one of them")
+
+
 def deployment_to_custom_resource(deployment: Deployment, namespace: str) -> dict:
     spec: dict[str, Any] = {
         "endpointName": deployment.endpoint_name, "deploymentName": deployment.name,
