@@ -92,6 +92,9 @@ async def load_api_client(kubeconfig: str | None = None, context: str | None = N
     if kubeconfig is None and context is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
         config.load_incluster_config(client_configuration=configuration)
     else:
+        if kubeconfig is not None and not os.path.isfile(os.path.expanduser(kubeconfig)):
+            # kubernetes-asyncio would say "Expected key current-context in kube-config"
+            raise FileNotFoundError(f"no kubeconfig file {kubeconfig}")
         await config.load_kube_config(config_file=kubeconfig, context=context,
                                       client_configuration=configuration, persist_config=False)
     return client.ApiClient(configuration=configuration)
