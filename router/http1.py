@@ -20,7 +20,8 @@ Content-Length and Transfer-Encoding, duplicate or signed lengths, obfuscated tr
 codings, bad chunks, bare LF, obsolete folding, NUL/CR/LF in values, non-token
 methods), for a Transfer-Encoding other than `chunked` or in an HTTP/1.0 request, and
 for protocol upgrades; 414 a request target over `max_line_size`; 431 a header over
-`max_field_size`, more than `max_headers`, or a head over `MAX_HEAD_BYTES`; 417 an
+`max_field_size`, more than `max_headers`, or a head (or a chunked body's trailers,
+which are dropped) over `MAX_HEAD_BYTES`; 417 an
 `Expect` other than `100-continue`; 408 when the first request's head is not in within
 `header_timeout_s` (slowloris). A caller that goes away cancels its handler's task, so
 the upstream call stops and the replica slot is freed at once.
@@ -264,10 +265,6 @@ class HttpConnection(asyncio.BufferedProtocol):
 
     def on_message_begin(self) -> None:
         self._in_message = True
-        if self._headers:  # the trailers of a chunked body before: not this request's headers
-            self._headers = []
-            self._index = {}
-            self._forward = []
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -276,6 +273,9 @@ class HttpConnection(asyncio.BufferedProtocol):
                                              f"{self._limits.max_line_size} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._url:  # after the head (its request line came first): a trailer of a chunked body
+            self._on_trailer(name, value)
+            return
         limits = self._limits
         if len(name) > limits.max_field_size or len(value) > limits.max_field_size:
             raise Refusal(431, "RequestHeaderFieldsTooLarge",
@@ -294,6 +294,15 @@ class HttpConnection(asyncio.BufferedProtocol):
                 self._forward.append(b"%s: %s\r\n" % (name, value))
         elif lower == b"connection":
             self._forward = None
+
+    def _on_trailer(self, name: bytes, value: bytes) -> None:
+        """Trailers are read and dropped (never forwarded: the gateway frames the body it
+        sends), but count against the head's limit, or a trailer section would be a head
+        without one. _head_bytes counts them until on_message_complete."""
+        self._head_bytes += len(name) + len(value)
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise Refusal(431, "RequestHeaderFieldsTooLarge",
+                          f"malformed request: the trailers are over {MAX_HEAD_BYTES} bytes")
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -349,6 +358,8 @@ class HttpConnection(asyncio.BufferedProtocol):
 
     def on_message_complete(self) -> None:
         self._in_message = False
+        if self._head_bytes:  # trailers were counted
+            self._head_bytes = 0
         request = self._parsing
         self._parsing = None
         if request is None:

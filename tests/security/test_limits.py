@@ -121,3 +121,22 @@ async def test_requests_per_connection_are_bounded(make_router, upstream, certs)
                 await r.read()
                 closes.append(r.headers.get("Connection", "").lower() == "close")
     assert closes == [False, False, True, False, False, True]
+
+
+async def test_trailers_count_against_the_head_limit(make_router, upstream, raw):
+    """A chunked body's trailer section is a second head: without a limit of its own, each
+    connection could make the gateway hold 100 headers of 8 KiB (800 KiB) past the 64 KiB
+    a head may have."""
+    router = await make_router()
+    trailers = b"".join(b"X-Trailer-%d: %s\r\n" % (i, b"t" * 8000) for i in range(20))
+    received, closed = await raw(router).exchange(
+        b"POST /api/v1/endpoint/ep/score HTTP/1.1\r\nHost: localhost\r\nAuthorization: " + KEY
+        + b"\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n" + trailers + b"\r\n")
+    status, body = status_and_body(received)
+    assert status == 431 and body["code"] == "RequestHeaderFieldsTooLarge" and closed
+    # Small trailers are still accepted (and not forwarded: the gateway frames the body).
+    status, _ = status_and_body(await raw(router).response(
+        b"POST /api/v1/endpoint/ep/score HTTP/1.1\r\nHost: localhost\r\nAuthorization: " + KEY
+        + b"\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nX-Checksum: 1\r\n\r\n"))
+    assert status == 200
+    assert upstream.seen[-1].header("X-Checksum") is None
