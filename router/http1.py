@@ -115,7 +115,8 @@ class HttpConnection(asyncio.BufferedProtocol):
     __slots__ = ("_owner", "_limits", "loop", "transport", "_reads", "_tls", "remote", "scheme", "_parser",
                  "_url", "_headers", "_index", "_forward", "_head_bytes", "_parsing", "_active", "_queue", "_task",
                  "_heads", "_served", "_deadline", "_timer", "_stopped", "_body_paused", "_queue_paused",
-                 "_write_paused", "_drain_waiter", "_delegate", "_idle_waiter", "_lingering", "_in_message")
+                 "_write_paused", "_drain_waiter", "_delegate", "_idle_waiter", "_lingering", "_in_message",
+                 "_held")
 
     def __init__(self, owner) -> None:
         self._owner = owner
@@ -153,6 +154,7 @@ class HttpConnection(asyncio.BufferedProtocol):
         self._delegate = None  # the aiohttp protocol this connection was handed to
         self._idle_waiter: asyncio.Future | None = None
         self._lingering = False
+        self._held = False  # the next request waits until the caller reads its answers
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -258,6 +260,10 @@ class HttpConnection(asyncio.BufferedProtocol):
         drain = self._drain_waiter
         if drain is not None and not drain.done():
             drain.set_result(None)
+        if self._held:
+            self._held = False
+            self._resume_reading()
+            self._next()
         if self._delegate is not None:
             self._delegate.resume_writing()
 
@@ -423,6 +429,18 @@ class HttpConnection(asyncio.BufferedProtocol):
                 self.loop.call_later(LINGER_S, self.close)
             self._wake_idle()
             return
+        if self._write_paused:
+            # The caller does not read its answers: answer (and read) nothing more until it
+            # does (resume_writing), or pipelined answers would pile up here without bound.
+            self._held = True
+            self.pause_reading()
+            self._set_deadline(self._owner.keepalive_timeout_s)
+            self._wake_idle()
+            return
+        self._next()
+
+    def _next(self) -> None:
+        """After an answer: the next request waiting, or the keep-alive wait."""
         if self._queue:
             item = self._queue.popleft()
             if not self._queue:
@@ -579,6 +597,10 @@ class HttpConnection(asyncio.BufferedProtocol):
             self._stopped = True
             self._owner.refused("header_timeout")
             self._send_refusal(Refusal(408, "ClientRequestTimeout", "the request headers did not arrive in time"))
+        elif self._held:
+            self._stopped = True
+            self._owner.refused("answers_unread")
+            self.abort()  # its answers stay unread: closing would wait for them for ever
         else:
             self._stopped = True
             self.close()  # idle (or a later head too slow) past the keep-alive timeout
@@ -596,7 +618,8 @@ class HttpConnection(asyncio.BufferedProtocol):
             self._resume_reading()
 
     def _resume_reading(self) -> None:
-        if self._body_paused or self._queue_paused or self.transport is None or self.transport.is_closing():
+        if self._body_paused or self._queue_paused or self._held or self.transport is None \
+                or self.transport.is_closing():
             return
         if not self._stopped or self._lingering or self._delegate is not None:
             self.resume_reading()
