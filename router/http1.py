@@ -20,7 +20,8 @@ Content-Length and Transfer-Encoding, duplicate or signed lengths, obfuscated tr
 codings, bad chunks, bare LF, obsolete folding, NUL/CR/LF in values, non-token
 methods), for a Transfer-Encoding other than `chunked` or in an HTTP/1.0 request, and
 for protocol upgrades; 414 a request target over `max_line_size`; 431 a header over
-`max_field_size`, more than `max_headers`, or a head over `MAX_HEAD_BYTES`; 417 an
+`max_field_size`, more than `max_headers`, or a head (or a chunked body's trailers,
+which are dropped) over `MAX_HEAD_BYTES`; 417 an
 `Expect` other than `100-continue`; 408 when the first request's head is not in within
 `header_timeout_s` (slowloris). A caller that goes away cancels its handler's task, so
 the upstream call stops and the replica slot is freed at once.
@@ -114,7 +115,8 @@ class HttpConnection(asyncio.BufferedProtocol):
     __slots__ = ("_owner", "_limits", "loop", "transport", "_reads", "_tls", "remote", "scheme", "_parser",
                  "_url", "_headers", "_index", "_forward", "_head_bytes", "_parsing", "_active", "_queue", "_task",
                  "_heads", "_served", "_deadline", "_timer", "_stopped", "_body_paused", "_queue_paused",
-                 "_write_paused", "_drain_waiter", "_delegate", "_idle_waiter", "_lingering", "_in_message")
+                 "_write_paused", "_drain_waiter", "_delegate", "_idle_waiter", "_lingering", "_in_message",
+                 "_held")
 
     def __init__(self, owner) -> None:
         self._owner = owner
@@ -152,6 +154,7 @@ class HttpConnection(asyncio.BufferedProtocol):
         self._delegate = None  # the aiohttp protocol this connection was handed to
         self._idle_waiter: asyncio.Future | None = None
         self._lingering = False
+        self._held = False  # the next request waits until the caller reads its answers
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -257,6 +260,10 @@ class HttpConnection(asyncio.BufferedProtocol):
         drain = self._drain_waiter
         if drain is not None and not drain.done():
             drain.set_result(None)
+        if self._held:
+            self._held = False
+            self._resume_reading()
+            self._next()
         if self._delegate is not None:
             self._delegate.resume_writing()
 
@@ -264,10 +271,6 @@ class HttpConnection(asyncio.BufferedProtocol):
 
     def on_message_begin(self) -> None:
         self._in_message = True
-        if self._headers:  # the trailers of a chunked body before: not this request's headers
-            self._headers = []
-            self._index = {}
-            self._forward = []
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -276,6 +279,9 @@ class HttpConnection(asyncio.BufferedProtocol):
                                              f"{self._limits.max_line_size} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._url:  # after the head (its request line came first): a trailer of a chunked body
+            self._on_trailer(name, value)
+            return
         limits = self._limits
         if len(name) > limits.max_field_size or len(value) > limits.max_field_size:
             raise Refusal(431, "RequestHeaderFieldsTooLarge",
@@ -294,6 +300,15 @@ class HttpConnection(asyncio.BufferedProtocol):
                 self._forward.append(b"%s: %s\r\n" % (name, value))
         elif lower == b"connection":
             self._forward = None
+
+    def _on_trailer(self, name: bytes, value: bytes) -> None:
+        """Trailers are read and dropped (never forwarded: the gateway frames the body it
+        sends), but count against the head's limit, or a trailer section would be a head
+        without one. _head_bytes counts them until on_message_complete."""
+        self._head_bytes += len(name) + len(value)
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise Refusal(431, "RequestHeaderFieldsTooLarge",
+                          f"malformed request: the trailers are over {MAX_HEAD_BYTES} bytes")
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -349,6 +364,8 @@ class HttpConnection(asyncio.BufferedProtocol):
 
     def on_message_complete(self) -> None:
         self._in_message = False
+        if self._head_bytes:  # trailers were counted
+            self._head_bytes = 0
         request = self._parsing
         self._parsing = None
         if request is None:
@@ -412,6 +429,18 @@ class HttpConnection(asyncio.BufferedProtocol):
                 self.loop.call_later(LINGER_S, self.close)
             self._wake_idle()
             return
+        if self._write_paused:
+            # The caller does not read its answers: answer (and read) nothing more until it
+            # does (resume_writing), or pipelined answers would pile up here without bound.
+            self._held = True
+            self.pause_reading()
+            self._set_deadline(self._owner.keepalive_timeout_s)
+            self._wake_idle()
+            return
+        self._next()
+
+    def _next(self) -> None:
+        """After an answer: the next request waiting, or the keep-alive wait."""
         if self._queue:
             item = self._queue.popleft()
             if not self._queue:
@@ -568,6 +597,10 @@ class HttpConnection(asyncio.BufferedProtocol):
             self._stopped = True
             self._owner.refused("header_timeout")
             self._send_refusal(Refusal(408, "ClientRequestTimeout", "the request headers did not arrive in time"))
+        elif self._held:
+            self._stopped = True
+            self._owner.refused("answers_unread")
+            self.abort()  # its answers stay unread: closing would wait for them for ever
         else:
             self._stopped = True
             self.close()  # idle (or a later head too slow) past the keep-alive timeout
@@ -585,7 +618,8 @@ class HttpConnection(asyncio.BufferedProtocol):
             self._resume_reading()
 
     def _resume_reading(self) -> None:
-        if self._body_paused or self._queue_paused or self.transport is None or self.transport.is_closing():
+        if self._body_paused or self._queue_paused or self._held or self.transport is None \
+                or self.transport.is_closing():
             return
         if not self._stopped or self._lingering or self._delegate is not None:
             self.resume_reading()

@@ -5,7 +5,9 @@ being served while 500 slow connections are open), connections, requests per con
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 import ssl
 import time
 
@@ -13,6 +15,7 @@ import aiohttp
 
 from router.listener import ConnectionLimits
 from router.pipeline import BodySettings
+from tests.fakes.recording_upstream import Script
 from tests.functional.router_harness import AUTH, post
 from tls import client_context
 
@@ -121,3 +124,50 @@ async def test_requests_per_connection_are_bounded(make_router, upstream, certs)
                 await r.read()
                 closes.append(r.headers.get("Connection", "").lower() == "close")
     assert closes == [False, False, True, False, False, True]
+
+
+async def test_trailers_count_against_the_head_limit(make_router, upstream, raw):
+    """A chunked body's trailer section is a second head: without a limit of its own, each
+    connection could make the gateway hold 100 headers of 8 KiB (800 KiB) past the 64 KiB
+    a head may have."""
+    router = await make_router()
+    trailers = b"".join(b"X-Trailer-%d: %s\r\n" % (i, b"t" * 8000) for i in range(20))
+    received, closed = await raw(router).exchange(
+        b"POST /api/v1/endpoint/ep/score HTTP/1.1\r\nHost: localhost\r\nAuthorization: " + KEY
+        + b"\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n" + trailers + b"\r\n")
+    status, body = status_and_body(received)
+    assert status == 431 and body["code"] == "RequestHeaderFieldsTooLarge" and closed
+    # Small trailers are still accepted (and not forwarded: the gateway frames the body).
+    status, _ = status_and_body(await raw(router).response(
+        b"POST /api/v1/endpoint/ep/score HTTP/1.1\r\nHost: localhost\r\nAuthorization: " + KEY
+        + b"\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nX-Checksum: 1\r\n\r\n"))
+    assert status == 200
+    assert upstream.seen[-1].header("X-Checksum") is None
+
+
+async def test_a_caller_that_reads_no_answers_gets_no_more(make_router, upstream, raw):
+    """Pipelined requests from a caller that never reads: the gateway stops answering (and
+    forwarding) once its answers back up, and drops the connection after the keep-alive
+    timeout, instead of holding every answer in memory for as long as the caller likes."""
+    upstream.respond = Script(body=b"x" * 256 * 1024)
+    router = await make_router(keepalive_timeout_s=1.0)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", router.port))
+    reader, writer = await asyncio.open_connection(sock=sock, ssl=raw(router)._context, server_hostname="localhost")
+    request = (b"POST /api/v1/endpoint/ep/score HTTP/1.1\r\nHost: localhost\r\nAuthorization: " + KEY
+               + b"\r\nContent-Length: 2\r\n\r\n{}")
+    writer.write(request * 200)  # 50 MiB of answers, none of them read
+    value = router.recorder.registry.get_sample_value
+    async with asyncio.timeout(10):
+        while value("scoregate_connection_refusals_total", {"reason": "answers_unread"}) is None:
+            await asyncio.sleep(0.05)
+    assert len(upstream.seen) < 50
+    received = b""
+    with contextlib.suppress(ConnectionError, ssl.SSLError):
+        async with asyncio.timeout(10):
+            while chunk := await reader.read(1 << 20):
+                received += chunk
+    writer.close()
+    assert 0 < received.count(b"HTTP/1.1 200") < 50
