@@ -116,7 +116,7 @@ class HttpConnection(asyncio.BufferedProtocol):
                  "_url", "_headers", "_index", "_forward", "_head_bytes", "_parsing", "_active", "_queue", "_task",
                  "_heads", "_served", "_deadline", "_timer", "_stopped", "_body_paused", "_queue_paused",
                  "_write_paused", "_drain_waiter", "_delegate", "_idle_waiter", "_lingering", "_in_message",
-                 "_held")
+                 "_held", "_unread")
 
     def __init__(self, owner) -> None:
         self._owner = owner
@@ -155,6 +155,7 @@ class HttpConnection(asyncio.BufferedProtocol):
         self._idle_waiter: asyncio.Future | None = None
         self._lingering = False
         self._held = False  # the next request waits until the caller reads its answers
+        self._unread = 0  # while held: bytes of answers not sent yet, at the last look
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -433,6 +434,7 @@ class HttpConnection(asyncio.BufferedProtocol):
             # The caller does not read its answers: answer (and read) nothing more until it
             # does (resume_writing), or pipelined answers would pile up here without bound.
             self._held = True
+            self._unread = self.transport.get_write_buffer_size()
             self.pause_reading()
             self._set_deadline(self._owner.keepalive_timeout_s)
             self._wake_idle()
@@ -598,9 +600,14 @@ class HttpConnection(asyncio.BufferedProtocol):
             self._owner.refused("header_timeout")
             self._send_refusal(Refusal(408, "ClientRequestTimeout", "the request headers did not arrive in time"))
         elif self._held:
+            unread = self.transport.get_write_buffer_size()
+            if unread < self._unread:  # read, slowly: another while (nginx's send_timeout)
+                self._unread = unread
+                self._set_deadline(self._owner.keepalive_timeout_s)
+                return
             self._stopped = True
             self._owner.refused("answers_unread")
-            self.abort()  # its answers stay unread: closing would wait for them for ever
+            self.abort()  # nothing read for that long: closing would wait for it for ever
         else:
             self._stopped = True
             self.close()  # idle (or a later head too slow) past the keep-alive timeout

@@ -171,3 +171,42 @@ async def test_a_caller_that_reads_no_answers_gets_no_more(make_router, upstream
                 received += chunk
     writer.close()
     assert 0 < received.count(b"HTTP/1.1 200") < 50
+
+
+async def test_a_caller_that_reads_slowly_gets_its_whole_answer(make_router, upstream, raw):
+    """The other side of the rule above: a caller that does read, only slowly, is not cut
+    off at the keep-alive timeout while its answer is still going out (nginx's
+    send_timeout: no progress for that long, not the whole answer within it)."""
+    upstream.respond = Script(body=b"x" * 256 * 1024)
+    router = await make_router(keepalive_timeout_s=2.0)
+    # A small kernel send buffer for the connections it accepts (inherited from the
+    # listening socket), as on a real network: on loopback the kernel would take the whole
+    # answer at once and nothing would wait in the gateway.
+    for listening in router._listener._server.sockets:
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    context = raw(router)._context
+
+    def read_slowly() -> int:
+        """A blocking client with a small receive buffer: what it has not read stays with
+        the gateway. 16 KiB every 0.1 s: ~5 s for the answer here, past the keep-alive
+        timeout, sent in steps of ~32 KiB about twice a second."""
+        with socket.create_connection(("127.0.0.1", router.port), timeout=10) as plain:
+            plain.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            with context.wrap_socket(plain, server_hostname="localhost") as tls:
+                tls.sendall(b"POST /api/v1/endpoint/ep/score HTTP/1.1\r\nHost: localhost\r\nAuthorization: "
+                            + KEY + b"\r\nContent-Length: 2\r\n\r\n{}")
+                received = b""
+                while len(received.partition(b"\r\n\r\n")[2]) < 256 * 1024:
+                    chunk = tls.recv(16384)
+                    if not chunk:
+                        break  # cut off
+                    received += chunk
+                    time.sleep(0.1)
+                return len(received.partition(b"\r\n\r\n")[2])
+
+    assert await asyncio.to_thread(read_slowly) == 256 * 1024
+    assert value_of(router, "answers_unread") is None
+
+
+def value_of(router, reason: str):
+    return router.recorder.registry.get_sample_value("scoregate_connection_refusals_total", {"reason": reason})
