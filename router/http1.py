@@ -317,6 +317,12 @@ class HttpConnection(asyncio.BufferedProtocol):
             raise Refusal(400, "BadRequest", "protocol upgrades are not supported")
         index = self._index
         version = parser.get_http_version()
+        if version != "1.1":
+            if version != "1.0":  # llhttp reads "HTTP/2.0" or "HTTP/0.9" as it would 1.1
+                raise Refusal(505, "HttpVersionNotSupported",
+                              f"HTTP/{version} is not supported here: send HTTP/1.1 (or 1.0)")
+        elif b"host" not in index:
+            raise Refusal(400, "BadRequest", "malformed request: an HTTP/1.1 request needs a Host header")
         chunked = False
         te = index.get(b"transfer-encoding")
         if te is not None:

@@ -35,6 +35,8 @@ ATTACKS = {
     "space before the colon": HEAD + b"Content-Length : 2\r\n\r\n{}",
     "negative content-length": HEAD + b"Content-Length: -1\r\n\r\n",
     "signed content-length": HEAD + b"Content-Length: +2\r\n\r\n{}",
+    "HTTP/1.1 without Host": b"POST /api/v1/endpoint/ep/score HTTP/1.1\r\nAuthorization: " + KEY
+                             + b"\r\nContent-Length: 2\r\n\r\n{}",
     "transfer-encoding in HTTP/1.0": b"POST /api/v1/endpoint/ep/score HTTP/1.0\r\nHost: localhost\r\nAuthorization: "
                                      + KEY + b"\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
 }
@@ -51,6 +53,19 @@ async def test_refused_with_400_and_closed(make_router, upstream, raw, payload):
     assert error["code"] == "BadRequest" and error["request_id"]
     assert not any("smuggled" in s.path_qs for s in upstream.seen)
     assert upstream.seen == [] or all(s.path_qs == "/score" for s in upstream.seen)
+
+
+@pytest.mark.parametrize("version", [b"2.0", b"0.9"])  # (llhttp itself refuses 1.2, 9.9)
+async def test_versions_other_than_1_1_and_1_0_are_refused(make_router, upstream, raw, version):
+    """llhttp parses any HTTP/x.y line as it would HTTP/1.1; the gateway speaks 1.1 and 1.0."""
+    router = await make_router()
+    received, closed = await raw(router).exchange(
+        b"POST /api/v1/endpoint/ep/score HTTP/" + version + b"\r\nHost: localhost\r\nAuthorization: " + KEY
+        + b"\r\nContent-Length: 2\r\n\r\n{}")
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 505") and closed, received[:200]
+    assert json.loads(body)["code"] == "HttpVersionNotSupported"
+    assert upstream.seen == []
 
 
 async def test_what_reaches_the_model_is_reframed(make_router, upstream, raw):
