@@ -118,8 +118,14 @@ class RouterApp:
         holder.subscribe(self._on_table_change)
         self.recorder.routing_version.set(holder.current.version)
 
-    def _on_table_change(self, _old: RoutingTable, new: RoutingTable) -> None:
+    def _on_table_change(self, old: RoutingTable, new: RoutingTable) -> None:
         self.recorder.routing_version.set(new.version)
+        for name, endpoint in old.endpoints.items():  # deleted endpoints and deployments
+            if name not in new.endpoints:
+                self.recorder.forget(name)
+            else:
+                for gone in endpoint.deployments.keys() - new.endpoints[name].deployments.keys():
+                    self.recorder.forget(name, gone)
         self.ejector.forget({r.replica_id for e in new.endpoints.values()
                              for d in e.deployments.values() for r in d.replicas})
 

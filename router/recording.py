@@ -98,10 +98,26 @@ class Recorder:
             histograms[2].observe(ctx.own_ns / 1e9)
 
     def forget(self, endpoint: str, deployment: str | None = None) -> None:
-        """Drop cached children of a removed endpoint (or deployment)."""
+        """Drop the series of a removed endpoint (or deployment), and their cached children:
+        a deleted endpoint is not exported forever, and endpoints that come and go under
+        new names do not grow /metrics without bound."""
+        def gone(values) -> bool:
+            return values[0] == endpoint and (deployment is None or values[1] == deployment)
+
         for cache in (self._counters, self._histograms):
-            for key in [k for k in cache if k[0] == endpoint and (deployment is None or k[1] == deployment)]:
+            for key in [k for k in cache if gone(k)]:
                 del cache[key]
+        for metric, names in self._per_deployment():
+            for values in {v for family in metric.collect() for s in family.samples
+                           if gone(v := tuple(s.labels[n] for n in names))}:
+                metric.remove(*values)
+
+    def _per_deployment(self):
+        """(metric, its label names) of every series labelled endpoint, deployment, …"""
+        pair = ("endpoint", "deployment")
+        return ((self.requests, (*pair, "status", "code")), (self.latency, pair), (self.upstream_latency, pair),
+                (self.overhead, pair), (self.queue_wait, pair), (self.retries, pair), (self.resends, pair),
+                (self.ejections, pair), (self.mirror, (*pair, "outcome")))
 
 
 class DeploymentCollector:

@@ -3,6 +3,9 @@
     scoregate_replica_restarts_total{endpoint,deployment}      replicas started to replace exited ones
     scoregate_rollouts_total{endpoint,deployment,outcome}      finished rollouts: succeeded | failed
     scoregate_rollout_failed{endpoint,deployment}              1 while the latest rollout has failed
+
+A deleted deployment's series go with it (forget), as the autoscaler's do: a failed
+rollout of a deployment that no longer exists must not keep an alert firing.
 """
 
 from __future__ import annotations
@@ -25,3 +28,12 @@ class ControlPlaneMetrics:
     def rollout_finished(self, key: tuple[str, str], succeeded: bool) -> None:
         self.rollouts.labels(key[0], key[1], "succeeded" if succeeded else "failed").inc()
         self.rollout_failed.labels(*key).set(0 if succeeded else 1)
+
+    def forget(self, key: tuple[str, str]) -> None:
+        """Drop the series of a deleted deployment."""
+        for metric, labels in ((self.replica_restarts, key), (self.rollout_failed, key),
+                               (self.rollouts, (*key, "succeeded")), (self.rollouts, (*key, "failed"))):
+            try:
+                metric.remove(*labels)
+            except KeyError:
+                pass

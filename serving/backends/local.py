@@ -254,7 +254,7 @@ class LocalProcessBackend:
         tail = await asyncio.to_thread(self._tail, replica.log_path)
         if given_up is not None:
             stage, reason = given_up
-        elif code == EXIT_INIT_FAILED:
+        elif code == EXIT_INIT_FAILED and replica.state == STARTING:  # after ready: the script's own exit
             error = init_error(tail)
             stage, reason = INIT, f"init() raised {error}" if error else "init() failed (see the deployment logs)"
         elif code == EXIT_PORT_IN_USE:

@@ -267,6 +267,8 @@ class RolloutManager:
     def _forget_others(self, live: set[Key]) -> None:
         for key in [k for k in self._rollouts if k not in live]:
             del self._rollouts[key]
+            if self._metrics is not None:
+                self._metrics.forget(key)
         for known in (self._versions, self._good):
             for key in [k for k in known if k not in live]:
                 del known[key]

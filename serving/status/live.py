@@ -29,6 +29,7 @@ GAUGES = {
     "scoregate_deployment_utilization_ratio": "utilization",
     "scoregate_deployment_ready_replicas": "ready_replicas",
 }
+REPLICAS = "scoregate_deployment_ready_replicas"
 
 
 def is_error(status: str) -> bool:
@@ -78,8 +79,10 @@ def read_families(families: Iterable) -> dict[Key, DeploymentSample]:
             elif s.name == LATENCY_BUCKET:
                 le = float(s.labels["le"])
                 d.buckets[le] = d.buckets.get(le, 0.0) + s.value
-            else:
-                setattr(d, GAUGES[s.name], s.value)
+            elif s.name == REPLICAS:
+                d.ready_replicas = max(d.ready_replicas, s.value)  # every worker has the same table
+            else:  # `serve --workers`: each worker's own requests and share, so they add up
+                setattr(d, GAUGES[s.name], getattr(d, GAUGES[s.name]) + s.value)
     return out
 
 

@@ -174,3 +174,30 @@ def test_a_record_from_a_newer_release_is_read_without_its_unknown_members():
     data["stages"][0]["retries"] = 2
     again = Rollout.from_dict(data)
     assert again == saved and again.stage == "environment" and again.state == IN_PROGRESS
+
+
+async def test_a_deleted_deployment_takes_its_failed_rollout_series_with_it():
+    """scoregate_rollout_failed stays 1 only while the deployment exists: deleting a
+    deployment whose rollout failed stops ScoregateRolloutFailed from firing for it."""
+    from prometheus_client import CollectorRegistry
+
+    from serving.controller.preparing import StageFailed
+    from serving.metrics import ControlPlaneMetrics
+
+    class Failing:
+        async def prepare(self, deployment, rollout, clock) -> Artifacts:
+            raise StageFailed("model_download", "no such file")
+
+    registry = CollectorRegistry()
+    changed = asyncio.Event()
+    manager = RolloutManager(Failing(), clock=lambda: NOW, on_change=changed.set,
+                             metrics=ControlPlaneMetrics(registry))
+    labels = {"endpoint": "ep", "deployment": "blue"}
+    manager.step([DeploymentRecord(V1, None, None)], [], lambda d: d.instance_count)
+    await prepared(changed)
+    assert registry.get_sample_value("scoregate_rollout_failed", labels) == 1
+    assert registry.get_sample_value("scoregate_rollouts_total", {**labels, "outcome": "failed"}) == 1
+
+    manager.step([], [], lambda d: d.instance_count)  # the deployment was deleted
+    assert registry.get_sample_value("scoregate_rollout_failed", labels) is None
+    assert registry.get_sample_value("scoregate_rollouts_total", {**labels, "outcome": "failed"}) is None

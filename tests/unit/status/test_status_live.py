@@ -143,3 +143,38 @@ def test_unknown_deployment_has_quiet_figures():
     figures = live.figures(("nope", "nope"))
     assert figures["requests_per_s"] == 0 and figures["p99_ms"] is None
     assert read_families([]) == {}
+
+
+
+class Levels:
+    """What router.recording.DeploymentCollector reports for KEY in one worker."""
+
+    def __init__(self, in_flight: int, queued: int, slots: int = 4, replicas: int = 2) -> None:
+        self.values = {"in_flight_requests": in_flight, "queued_requests": queued,
+                       "utilization_ratio": (in_flight + queued) / slots, "ready_replicas": replicas}
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        for name, value in self.values.items():
+            gauge = GaugeMetricFamily(f"scoregate_deployment_{name}", "level", labels=("endpoint", "deployment"))
+            gauge.add_metric(KEY, value)
+            yield gauge
+
+
+def test_with_several_workers_the_levels_are_the_sum_of_theirs():
+    """`serve --workers N` labels each worker's series with `worker`: each holds its own
+    requests in flight and queued, and its own share of the utilization, so the status
+    page's levels are their sums (as the rates already are), not the last worker's."""
+    from serving.workers.metrics import merge_worker_metrics
+
+    texts = {}
+    for worker, (in_flight, queued) in enumerate([(1, 0), (2, 1)]):
+        recorder = Recorder()
+        answer(recorder, 4, 0.01)
+        recorder.registry.register(Levels(in_flight, queued))
+        texts[worker] = generate_latest(recorder.registry)
+    blue = read_families(merge_worker_metrics(texts))[KEY]
+    assert (blue.requests, blue.in_flight, blue.queued) == (8, 3, 1)
+    assert blue.utilization == 1.0
+    assert blue.ready_replicas == 2  # the same routing table in every worker
