@@ -60,7 +60,7 @@ code_configuration: {{code: {ECHO_MODEL}, scoring_script: score.py}}
     (DEPLOYMENT + "scale_settings: {type: target_utilization, polling_interval: 0.05}\n",
      "scale_settings.polling_interval", "at least 0.1 seconds"),
     (DEPLOYMENT + "model: {path: ./nowhere}\n", "model.path", "does not exist"),
-    ("name: blue\nendpoint_name: ep\ncode_configuration: {code: /nonexistent, scoring_script: s.py}\n",
+    ("name: blue\nendpoint_name: ep\ncode_configuration: {code: ./no-such-folder, scoring_script: s.py}\n",
      "code_configuration.code", "does not exist"),
     (f"name: blue\nendpoint_name: ep\ncode_configuration: {{code: {ECHO_MODEL}, scoring_script: nope.py}}\n",
      "code_configuration.scoring_script", "not a file"),
