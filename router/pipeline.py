@@ -134,8 +134,10 @@ class ScoringPipeline:
             replica = self._admission.try_acquire(key, deployment, exclude=tried)
             if replica is None:  # no free slot now (or no replica): queue, or be refused
                 queued_ns = time.perf_counter_ns()
-                replica = await self._admission.acquire(key, deployment, exclude=tried)
-                ctx.queued_ns += time.perf_counter_ns() - queued_ns
+                try:
+                    replica = await self._admission.acquire(key, deployment, exclude=tried)
+                finally:  # a wait that ends in a 429 was queue time too, not the gateway's
+                    ctx.queued_ns += time.perf_counter_ns() - queued_ns
             ctx.replica = replica.replica_id
             try:
                 await self._forwarder.forward(request, ctx, deployment, replica, upstream_path, body, deadline)

@@ -40,6 +40,25 @@ async def test_server_timing_splits_queue_model_and_gateway(make_router, upstrea
     assert status == 401 and "gateway;dur=" in headers["Server-Timing"]
 
 
+async def test_a_queue_wait_that_ends_in_a_429_is_queue_time(make_router, upstream, client, tmp_path):
+    """The wait was booked as the gateway's own time (Server-Timing, the access log, the
+    gateway-overhead histogram) when it ended in QueueWaitTimeout."""
+    upstream.respond = Script(delay_s=0.6)
+    path = tmp_path / "access.log"
+    router = await make_router(table(deployment("blue", [upstream.port], max_concurrent_requests_per_instance=1,
+                                                max_queue_wait_ms=200)), access_log=str(path))
+    first = asyncio.ensure_future(post(client, router))
+    await asyncio.sleep(0.1)  # the first holds the only slot (its model takes 0.6 s)
+    status, headers, body = await post(client, router)
+    assert status == 429 and json.loads(body)["code"] == "QueueWaitTimeout"
+    timing = dict(re.findall(r"(\w+);dur=([\d.]+)", headers["Server-Timing"]))
+    assert float(timing["queue"]) >= 150 and float(timing["gateway"]) < float(timing["queue"]), timing
+    assert (await first)[0] == 200
+    await router.access_log.close()
+    refused = [json.loads(line) for line in path.read_text().splitlines() if '"status":429' in line][0]
+    assert refused["queue_ms"] >= 150 and refused["gateway_ms"] < refused["queue_ms"], refused
+
+
 async def test_trace_context_goes_to_the_model_and_back(make_router, upstream, client):
     router = await make_router()
     incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
