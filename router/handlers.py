@@ -15,6 +15,7 @@ router.recording.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 from collections.abc import Coroutine
@@ -50,17 +51,22 @@ def error_response(status: int, code: str, message: str, request_id: str,
 
 
 def send_error(request: Request, status: int, code: str, message: str, request_id: str,
-               headers: dict[str, str] | None = None) -> None:
-    """The JSON refusal `{code, message, request_id}`, answered on the scoring port."""
+               headers: dict[str, str] | None = None) -> int:
+    """The JSON refusal `{code, message, request_id}`, answered on the scoring port; the
+    body's size (the access log's bytes_out)."""
     body = orjson.dumps({"code": code, "message": message, "request_id": request_id})
     lines = f"Content-Type: application/json\r\nx-request-id: {request_id}\r\n"
     if headers:
         lines += "".join(f"{name}: {value}\r\n" for name, value in headers.items())
     request.respond(status, lines.encode("utf-8", "surrogateescape"), body)
+    return len(body)
 
 
 async def aiohttp_not_found(request: web.Request) -> web.Response:
     return error_response(404, "NotFound", NOT_FOUND_MESSAGE, request_id_from(request.headers.get("x-request-id")))
+
+
+CLIENT_CLOSED = 499  # logged (never sent) for a request whose caller left before the answer
 
 
 class ScoringHandlers:
@@ -134,7 +140,15 @@ class ScoringHandlers:
         return None
 
     def _refuse(self, request: Request, status, code, message, headers=None) -> None:
-        send_error(request, status, code, message, request_id_from(request.index.get(b"x-request-id")), headers)
+        """Answered before any endpoint is looked up (a wrong method or path): counted and
+        logged as every other answer (endpoint and deployment "-")."""
+        ctx = RequestContext(request_id_from(request.index.get(b"x-request-id")), request.remote,
+                             request.method, request.path)
+        ctx.status, ctx.error_code = status, code
+        ctx.bytes_out = send_error(request, status, code, message, ctx.request_id, headers)
+        ctx.finish()
+        self._recorder.record(ctx)
+        self._access_log.record(ctx)
 
     async def _run(self, request: Request, upstream_path: str | None, endpoint: str,
                    check_path: bool = False) -> None:
@@ -161,13 +175,17 @@ class ScoringHandlers:
                 headers.setdefault("azureml-model-deployment", ctx.deployment)
             headers["Server-Timing"] = ctx.server_timing()
             headers["traceparent"] = ctx.traceparent
-            send_error(request, exc.status, exc.code, exc.message, ctx.request_id, headers)
+            ctx.bytes_out = send_error(request, exc.status, exc.code, exc.message, ctx.request_id, headers)
+        except asyncio.CancelledError:
+            if not ctx.status:  # the caller went away before its answer (nginx's 499)
+                ctx.status, ctx.error_code = CLIENT_CLOSED, "ClientClosedRequest"
+            raise
         except Exception:
             log.exception("request %s failed inside the gateway", ctx.request_id)
             ctx.status, ctx.error_code = 500, "InternalError"
             if not request.responded:
-                send_error(request, 500, "InternalError", "the gateway failed to handle the request",
-                           ctx.request_id)
+                ctx.bytes_out = send_error(request, 500, "InternalError", "the gateway failed to handle the request",
+                                           ctx.request_id)
             else:
                 request.abort()
         finally:

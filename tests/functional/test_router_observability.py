@@ -12,7 +12,7 @@ import pytest
 
 from router import RouterApp, RouterSettings, RoutingTableHolder
 from tests.fakes.recording_upstream import RecordingUpstream, Script
-from tests.functional.router_harness import AUTH, assert_idle, deployment, post, table
+from tests.functional.router_harness import AUTH, assert_idle, deployment, post, table, url
 from tls import client_context, ensure_dev_certificates, server_context
 
 
@@ -57,6 +57,45 @@ async def test_a_queue_wait_that_ends_in_a_429_is_queue_time(make_router, upstre
     await router.access_log.close()
     refused = [json.loads(line) for line in path.read_text().splitlines() if '"status":429' in line][0]
     assert refused["queue_ms"] >= 150 and refused["gateway_ms"] < refused["queue_ms"], refused
+
+
+async def test_answers_made_before_any_endpoint_are_counted_and_logged(make_router, upstream, client, tmp_path):
+    """A wrong method or path was answered (405, 404) but counted nowhere: not in
+    scoregate_requests_total, not in the access log. And the size of every error body the
+    gateway writes itself is its bytes_out, not 0."""
+    path = tmp_path / "access.log"
+    router = await make_router(access_log=str(path))
+    async with client.get(url(router)) as r:
+        assert r.status == 405
+    async with client.post(url(router).replace("/api/v1/endpoint/", "/api/v1/nowhere/"), data=b"{}") as r:
+        assert r.status == 404
+    status, _, _ = await post(client, router, headers={"Authorization": "Bearer wrong"})
+    assert status == 401
+    await router.access_log.close()
+    lines = {line["status"]: line for line in map(json.loads, path.read_text().splitlines())}
+    assert {s: (lines[s]["code"], lines[s]["endpoint"]) for s in lines} == {
+        405: ("MethodNotAllowed", None), 404: ("NotFound", None), 401: ("Unauthorized", "ep")}
+    assert all(line["bytes_out"] > 50 for line in lines.values()), lines  # the JSON error bodies
+    value = router.recorder.registry.get_sample_value
+    assert value("scoregate_requests_total", {"endpoint": "-", "deployment": "-", "status": "405",
+                                              "code": "MethodNotAllowed"}) == 1
+
+
+async def test_a_caller_that_leaves_before_its_answer_is_logged_as_499(make_router, upstream, client, tmp_path):
+    upstream.respond = Script(delay_s=1.0)
+    path = tmp_path / "access.log"
+    router = await make_router(access_log=str(path))
+    with pytest.raises(asyncio.TimeoutError):
+        async with client.post(url(router), data=b"{}", headers=AUTH, timeout=aiohttp.ClientTimeout(total=0.2)):
+            pass
+    value = router.recorder.registry.get_sample_value
+    labels = {"endpoint": "ep", "deployment": "blue", "status": "499", "code": "ClientClosedRequest"}
+    async with asyncio.timeout(10):  # the gateway notices the closed connection
+        while value("scoregate_requests_total", labels) != 1:
+            await asyncio.sleep(0.02)
+    await router.access_log.close()
+    [line] = [json.loads(line) for line in path.read_text().splitlines()]
+    assert (line["status"], line["code"]) == (499, "ClientClosedRequest")
 
 
 async def test_trace_context_goes_to_the_model_and_back(make_router, upstream, client):
