@@ -81,9 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = verbs.add_parser("serve", parents=[common], help="run the gateway (router + controller)")
     serve.add_argument("paths", nargs="*", help="YAML files or folders to apply at start")
     serve.add_argument("--host", default=None, help="default 127.0.0.1")
-    serve.add_argument("--port", type=int, default=None, help="HTTPS port (default 8443)")
+    serve.add_argument("--port", type=_port, default=None, help="HTTPS port (default 8443)")
     serve.add_argument("--admin-host", default=None, help="default 127.0.0.1")
-    serve.add_argument("--admin-port", type=int, default=None, help="default 8081")
+    serve.add_argument("--admin-port", type=_port, default=None, help="default 8081")
     serve.add_argument("--config", help="YAML settings file (same names as these flags, with _)")
     serve.add_argument("--tls-cert", help="PEM certificate chain (default: a development certificate)")
     serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-client-ca", help="require client certificates from this CA bundle (mTLS)")
     serve.add_argument("--tls-reload-interval", type=float, dest="tls_reload_interval_s", default=None,
                        help="seconds between checks of the certificate files (0: off; default 10)")
-    serve.add_argument("--http-redirect-port", type=int, help="also listen here for HTTP, redirecting to HTTPS")
+    serve.add_argument("--http-redirect-port", type=_port, help="also listen here for HTTP, redirecting to HTTPS")
     serve.add_argument("--replica-mtls", action="store_true", default=None,
                        help="talk to replicas over mutual TLS with certificates from an internal CA")
     serve.add_argument("--domain", help="also serve endpoints at https://ENDPOINT.DOMAIN/score")
@@ -213,6 +213,17 @@ _SERVE_SETTINGS = ("host", "port", "admin_host", "admin_port", "tls_cert", "tls_
                    "tls_key_password_file", "tls_key_password_env", "tls_sni_certs", "tls_client_ca",
                    "tls_reload_interval_s", "http_redirect_port", "replica_mtls", "domain",
                    "rollout_timeout_s", "data_roots", "access_log", "access_log_sample_rate", "otel_exporter", "workers")
+
+
+def _port(text: str) -> int:
+    """A TCP port: 0 (any free port) to 65535; anything else is refused, not wrapped around."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r} (0 to 65535)")
+    return port
 
 
 def _duration(text: str) -> float:
