@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=None, metavar="N",
                        help="router processes on the scoring port, one per core (default 1: the "
                             "router runs in the main process)")
-    serve.add_argument("--log-level", default="INFO")
+    serve.add_argument("--log-level", type=_log_level, default="INFO",
+                       help="DEBUG, INFO, WARNING, ERROR or CRITICAL (default INFO)")
 
     apply = verbs.add_parser("apply", parents=[common], help="create or update resources from YAML")
     apply.add_argument("-f", "--file", action="append", required=True, help="YAML file or folder")
@@ -224,6 +225,13 @@ def _port(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"not a port number: {text!r} (0 to 65535)")
     return port
+
+
+def _log_level(text: str) -> str:
+    level = str(text).upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise argparse.ArgumentTypeError(f"not a log level: {text!r} (DEBUG, INFO, WARNING, ERROR or CRITICAL)")
+    return level
 
 
 def _duration(text: str) -> float:

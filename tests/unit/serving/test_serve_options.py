@@ -30,3 +30,10 @@ def test_a_port_out_of_range_is_refused_not_wrapped_around(capsys, flag, value):
     """--port 99999 used to serve on 34463 (99999 - 65536) without a word."""
     err = refused(capsys, flag, value)
     assert f"argument {flag}: not a port number: '{value}' (0 to 65535)" in err
+
+
+def test_an_unknown_log_level_is_refused_with_the_levels_named(capsys):
+    """--log-level bogus ended in a ValueError traceback from logging, exit code 1."""
+    err = refused(capsys, "--log-level", "bogus")
+    assert "argument --log-level: not a log level: 'bogus' (DEBUG, INFO, WARNING, ERROR or CRITICAL)" in err
+    assert "Traceback" not in err
