@@ -110,12 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="folder batch job inputs may come from (repeatable)")
     serve.add_argument("--rollout-timeout", type=_duration, dest="rollout_timeout_s", default=None,
                        help="time budget of a rollout, e.g. 20m, 90s (default 20m)")
-    serve.add_argument("--drain-timeout", type=float, default=30.0,
+    serve.add_argument("--drain-timeout", type=float, dest="drain_timeout_s", default=None,
                        help="seconds in-flight requests get to finish at shutdown")
     serve.add_argument("--workers", type=int, default=None, metavar="N",
                        help="router processes on the scoring port, one per core (default 1: the "
                             "router runs in the main process)")
-    serve.add_argument("--log-level", type=_log_level, default="INFO",
+    serve.add_argument("--log-level", type=_log_level, default=None,
                        help="DEBUG, INFO, WARNING, ERROR or CRITICAL (default INFO)")
 
     apply = verbs.add_parser("apply", parents=[common], help="create or update resources from YAML")
@@ -208,12 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
 # -- commands ----------------------------------------------------------------------------
 
 _SERVE_DEFAULTS = {"host": "127.0.0.1", "port": 8443, "admin_host": "127.0.0.1", "admin_port": 8081,
-                   "tls_reload_interval_s": 10.0}
+                   "tls_reload_interval_s": 10.0, "drain_timeout_s": 30.0, "log_level": "INFO"}
 
 _SERVE_SETTINGS = ("host", "port", "admin_host", "admin_port", "tls_cert", "tls_key",
                    "tls_key_password_file", "tls_key_password_env", "tls_sni_certs", "tls_client_ca",
                    "tls_reload_interval_s", "http_redirect_port", "replica_mtls", "domain",
-                   "rollout_timeout_s", "data_roots", "access_log", "access_log_sample_rate", "otel_exporter", "workers")
+                   "rollout_timeout_s", "data_roots", "access_log", "access_log_sample_rate", "otel_exporter", "workers",
+                   "drain_timeout_s", "log_level")
 
 
 def _port(text: str) -> int:
@@ -305,14 +306,14 @@ def _serve(args) -> int:
     from .embedded import ServeOptions, run_serve
     from .settings_file import load_serve_settings
 
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = dict(_SERVE_DEFAULTS)
     if args.config:
         settings.update(load_serve_settings(args.config, _SERVE_SETTINGS))
     for name in _SERVE_SETTINGS:  # flags given on the command line win over the file
         if getattr(args, name, None) is not None:
             settings[name] = getattr(args, name)
+    logging.basicConfig(level=settings.pop("log_level"), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.get("access_log") == "off":
         settings["access_log"] = None
     if bool(settings.get("tls_cert")) != bool(settings.get("tls_key")):
@@ -320,8 +321,7 @@ def _serve(args) -> int:
     workers = settings.get("workers", 1)
     if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= 64:
         raise CliError(f"--workers must be a whole number from 1 to 64, not {workers!r}", 2)
-    return run_serve(ServeOptions(state_dir=resolve_state_dir(args.state_dir), paths=args.paths,
-                                  drain_timeout_s=args.drain_timeout, **settings))
+    return run_serve(ServeOptions(state_dir=resolve_state_dir(args.state_dir), paths=args.paths, **settings))
 
 
 def _apply(args, client: AdminClient):

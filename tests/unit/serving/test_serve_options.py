@@ -37,3 +37,59 @@ def test_an_unknown_log_level_is_refused_with_the_levels_named(capsys):
     err = refused(capsys, "--log-level", "bogus")
     assert "argument --log-level: not a log level: 'bogus' (DEBUG, INFO, WARNING, ERROR or CRITICAL)" in err
     assert "Traceback" not in err
+
+
+@pytest.fixture
+def served(monkeypatch):
+    """The options `serve` would run the gateway with."""
+    seen = []
+    monkeypatch.setattr(embedded, "run_serve", lambda options: seen.append(options) or 0)
+    return seen
+
+
+def settings_file(tmp_path, text: str) -> str:
+    path = tmp_path / "serve.yml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_the_settings_file_takes_the_flags_names_and_resolves_its_paths(tmp_path, served):
+    """`rollout_timeout`, `data_root`, `drain_timeout`... (the flags' names, as -h says) were
+    refused as unknown settings; data_root and access_log were not resolved against the file."""
+    config = settings_file(tmp_path, "rollout_timeout: 90s\ntls_reload_interval: 0\ndrain_timeout: 5\n"
+                                     "data_root: [inputs]\naccess_log: logs/access.log\nlog_level: warning\n"
+                                     "replica_mtls: false\nport: 9443\n")
+    assert main(["serve", "--state-dir", str(tmp_path / "state"), "--config", config]) == 0
+    options = served[0]
+    assert options.rollout_timeout_s == 90 and options.tls_reload_interval_s == 0 and options.drain_timeout_s == 5
+    assert options.data_roots == [str(tmp_path / "inputs")]
+    assert options.access_log == str(tmp_path / "logs" / "access.log")
+    assert options.replica_mtls is False and options.port == 9443
+
+
+def test_flags_win_over_the_settings_file(tmp_path, served):
+    config = settings_file(tmp_path, "drain_timeout: 5\nrollout_timeout: 90s\nport: 9443\n")
+    assert main(["serve", "--state-dir", str(tmp_path / "state"), "--config", config,
+                 "--drain-timeout", "7", "--rollout-timeout", "2m", "--port", "9444"]) == 0
+    assert (served[0].drain_timeout_s, served[0].rollout_timeout_s, served[0].port) == (7, 120, 9444)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("replica_mtls: 'no'\n", "replica_mtls: must be true or false, not 'no'"),
+    ("port: abc\n", "port: must be a port number from 0 to 65535, not 'abc'"),
+    ("admin_port: 99999\n", "admin_port: must be a port number from 0 to 65535, not 99999"),
+    ("tls_reload_interval_s: x\n", "tls_reload_interval_s: must be a number of at least 0, not 'x'"),
+    ("tls:\n  reload_interval: x\n", "tls.reload_interval: must be a number of at least 0, not 'x'"),
+    ("rollout_timeout_s: 5x\n", "rollout_timeout_s: not a duration: '5x'"),
+    ("rollout_timeout: 0\n", "rollout_timeout: must be more than 0, not 0"),
+    ("data_root: {a: 1}\n", "data_root: must be a text or a list of texts"),
+    ("access_log_sample_rate: 2\n", "access_log_sample_rate: must be a number from 0 to 1, not 2"),
+    ("log_level: loud\n", "log_level: must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, not 'LOUD'"),
+    ("drain_timeout: -1\n", "drain_timeout: must be a number of at least 0, not -1"),
+])
+def test_a_setting_of_the_wrong_type_is_refused_naming_the_file_and_the_key(tmp_path, capsys, text, message):
+    """A string where a number belongs ended in a TypeError traceback (at start, or at the
+    first rollout); `replica_mtls: 'no'` turned mTLS on; `data_root: /x` became four roots."""
+    config = settings_file(tmp_path, text)
+    assert main(["serve", "--state-dir", str(tmp_path / "state"), "--config", config]) == 2
+    assert f"error: {config}: {message}" in capsys.readouterr().err
