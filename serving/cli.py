@@ -486,7 +486,12 @@ def _dev_cert(args):
     from tls import write_dev_certificates
 
     names = args.hostname or ["localhost", "127.0.0.1", "::1"]
-    paths = write_dev_certificates(Path(args.out), names)
+    try:
+        paths = write_dev_certificates(Path(args.out), names)
+    except ValueError as exc:  # a --hostname that is neither a DNS name nor an IP address
+        raise CliError(f"--hostname: {exc}", 2) from None
+    except OSError as exc:
+        raise CliError(f"--out {args.out}: cannot write the certificates: {exc.strerror}", 2) from None
     return {"ca_cert": str(paths.ca_cert), "ca_key": str(paths.ca_key),
             "cert": str(paths.cert), "key": str(paths.key), "hostnames": names}
 

@@ -131,7 +131,10 @@ class EmbeddedGateway:
                 hostnames.append(opts.host)
             if opts.domain:
                 hostnames += [opts.domain, f"*.{opts.domain}"]
-            paths = ensure_dev_certificates(self.state.tls_dir, hostnames)
+            try:
+                paths = ensure_dev_certificates(self.state.tls_dir, hostnames)
+            except ValueError as exc:  # --host or --domain is not a name a certificate can hold
+                raise StartupError(f"cannot make the development certificate: {exc}") from None
             cert, key, ca = paths.cert, paths.key, str(paths.ca_cert)
         try:
             sources = [CertificateSource(
