@@ -104,6 +104,9 @@ class EmbeddedGateway:
             asyncio.get_running_loop().create_task(asyncio.to_thread(self.server_tls.reload))
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
+        for root in self.options.data_roots:  # a typo would only show when a job is refused
+            if not Path(root).is_dir():
+                raise StartupError(f"--data-root {root}: {'not a folder' if Path(root).exists() else 'no such folder'}")
         self.state.create()
         lock = self.state.acquire()  # StateDirBusy: another gateway serves this dir
         try:

@@ -3,10 +3,14 @@ before anything starts."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from serving import embedded
 from serving.cli import main
+from tests.support.gateway import REPO, _env
 
 
 @pytest.fixture(autouse=True)
@@ -93,3 +97,18 @@ def test_a_setting_of_the_wrong_type_is_refused_naming_the_file_and_the_key(tmp_
     config = settings_file(tmp_path, text)
     assert main(["serve", "--state-dir", str(tmp_path / "state"), "--config", config]) == 2
     assert f"error: {config}: {message}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["missing", "file"])
+def test_a_data_root_that_is_not_a_folder_stops_the_start(tmp_path, kind):
+    """A mistyped --data-root was taken without a word; every job from it was then refused
+    as 'outside every data root'."""
+    root = tmp_path / "inputs"
+    if kind == "file":
+        root.write_text("")
+    done = subprocess.run([sys.executable, "-m", "serving.cli", "serve", "--state-dir", str(tmp_path / "state"),
+                           "--port", "0", "--admin-port", "0", "--data-root", str(root)],
+                          capture_output=True, text=True, cwd=str(REPO), env=_env(), timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert f"--data-root {root}: {'no such folder' if kind == 'missing' else 'not a folder'}" in done.stderr
+    assert not (tmp_path / "state").exists()
