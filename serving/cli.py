@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar="SPEC", help="another certificate chosen by SNI: "
                        "cert=F,key=F[,name=N][,password_file=F][,password_env=V][,server_names=a;*.b]")
     serve.add_argument("--tls-client-ca", help="require client certificates from this CA bundle (mTLS)")
-    serve.add_argument("--tls-reload-interval", type=float, dest="tls_reload_interval_s", default=None,
+    serve.add_argument("--tls-reload-interval", type=_seconds, dest="tls_reload_interval_s", default=None,
                        help="seconds between checks of the certificate files (0: off; default 10)")
     serve.add_argument("--http-redirect-port", type=_port, help="also listen here for HTTP, redirecting to HTTPS")
     serve.add_argument("--replica-mtls", action="store_true", default=None,
@@ -101,16 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--domain", help="also serve endpoints at https://ENDPOINT.DOMAIN/score")
     serve.add_argument("--access-log", default=None, metavar="PATH",
                        help="JSON access log: a file, '-' for stdout, 'off' (default STATE_DIR/logs/access.log)")
-    serve.add_argument("--access-log-sample-rate", type=float, default=None,
+    serve.add_argument("--access-log-sample-rate", type=_share, default=None,
                        help="share of successful requests logged (errors always are; default 1.0)")
     serve.add_argument("--otel-exporter", choices=("console", "otlp"), default=None,
                        help="export OpenTelemetry spans (needs the opentelemetry-sdk package; "
                             "otlp also opentelemetry-exporter-otlp)")
     serve.add_argument("--data-root", action="append", dest="data_roots", default=None, metavar="DIR",
                        help="folder batch job inputs may come from (repeatable)")
-    serve.add_argument("--rollout-timeout", type=_duration, dest="rollout_timeout_s", default=None,
+    serve.add_argument("--rollout-timeout", type=_budget, dest="rollout_timeout_s", default=None,
                        help="time budget of a rollout, e.g. 20m, 90s (default 20m)")
-    serve.add_argument("--drain-timeout", type=float, dest="drain_timeout_s", default=None,
+    serve.add_argument("--drain-timeout", type=_seconds, dest="drain_timeout_s", default=None,
                        help="seconds in-flight requests get to finish at shutdown")
     serve.add_argument("--workers", type=int, default=None, metavar="N",
                        help="router processes on the scoring port, one per core (default 1: the "
@@ -233,6 +233,34 @@ def _log_level(text: str) -> str:
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise argparse.ArgumentTypeError(f"not a log level: {text!r} (DEBUG, INFO, WARNING, ERROR or CRITICAL)")
     return level
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r} (0 or more)")
+    return seconds
+
+
+def _share(text: str) -> float:
+    try:
+        share = float(text)
+    except ValueError:
+        share = -1.0
+    if not 0 <= share <= 1:
+        raise argparse.ArgumentTypeError(f"not a share: {text!r} (from 0 to 1)")
+    return share
+
+
+def _budget(text: str) -> float:
+    """A duration of more than nothing: a budget of 0s fails every rollout at once."""
+    seconds = _duration(text)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0: {text!r}")
+    return seconds
 
 
 def _duration(text: str) -> float:

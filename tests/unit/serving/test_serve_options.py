@@ -112,3 +112,15 @@ def test_a_data_root_that_is_not_a_folder_stops_the_start(tmp_path, kind):
     assert done.returncode == 2, done.stderr
     assert f"--data-root {root}: {'no such folder' if kind == 'missing' else 'not a folder'}" in done.stderr
     assert not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--rollout-timeout", "0", "must be more than 0: '0'"),
+    ("--drain-timeout", "-3", "not a number of seconds: '-3' (0 or more)"),
+    ("--tls-reload-interval", "-1", "not a number of seconds: '-1' (0 or more)"),
+    ("--access-log-sample-rate", "5", "not a share: '5' (from 0 to 1)"),
+])
+def test_a_flag_out_of_its_range_is_refused_as_in_the_settings_file(capsys, flag, value, message):
+    """--rollout-timeout 0 failed every rollout at once ("budget of 0s exhausted"), and
+    --drain-timeout -3 or --access-log-sample-rate 5 were taken as given."""
+    assert f"argument {flag}: {message}" in refused(capsys, flag, value)
