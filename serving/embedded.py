@@ -81,7 +81,9 @@ class StartupError(Exception):
 
 
 def _local_name(host: str) -> str:
-    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    """The host part of a URL to this gateway: an IPv6 address in brackets (https://[::1]:8443)."""
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"[{host}]" if ":" in host else host
 
 
 class EmbeddedGateway:
