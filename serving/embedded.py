@@ -109,6 +109,8 @@ class EmbeddedGateway:
         for root in self.options.data_roots:  # a typo would only show when a job is refused
             if not Path(root).is_dir():
                 raise StartupError(f"--data-root {root}: {'not a folder' if Path(root).exists() else 'no such folder'}")
+        if self.state.root.exists() and not self.state.root.is_dir():
+            raise StartupError(f"--state-dir {self.state.root}: not a folder")
         self.state.create()
         lock = self.state.acquire()  # StateDirBusy: another gateway serves this dir
         try:

@@ -124,3 +124,13 @@ def test_a_flag_out_of_its_range_is_refused_as_in_the_settings_file(capsys, flag
     """--rollout-timeout 0 failed every rollout at once ("budget of 0s exhausted"), and
     --drain-timeout -3 or --access-log-sample-rate 5 were taken as given."""
     assert f"argument {flag}: {message}" in refused(capsys, flag, value)
+
+
+def test_a_state_dir_that_is_a_file_is_named(tmp_path):
+    """It ended in 'cannot start: [Errno 17] File exists' (exit 1), which does not say what to fix."""
+    (tmp_path / "state").write_text("")
+    done = subprocess.run([sys.executable, "-m", "serving.cli", "serve", "--state-dir", str(tmp_path / "state"),
+                           "--port", "0", "--admin-port", "0"],
+                          capture_output=True, text=True, cwd=str(REPO), env=_env(), timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert f"--state-dir {tmp_path / 'state'}: not a folder" in done.stderr
