@@ -81,9 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = verbs.add_parser("serve", parents=[common], help="run the gateway (router + controller)")
     serve.add_argument("paths", nargs="*", help="YAML files or folders to apply at start")
     serve.add_argument("--host", default=None, help="default 127.0.0.1")
-    serve.add_argument("--port", type=int, default=None, help="HTTPS port (default 8443)")
+    serve.add_argument("--port", type=_port, default=None, help="HTTPS port (default 8443)")
     serve.add_argument("--admin-host", default=None, help="default 127.0.0.1")
-    serve.add_argument("--admin-port", type=int, default=None, help="default 8081")
+    serve.add_argument("--admin-port", type=_port, default=None, help="default 8081")
     serve.add_argument("--config", help="YAML settings file (same names as these flags, with _)")
     serve.add_argument("--tls-cert", help="PEM certificate chain (default: a development certificate)")
     serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
@@ -93,29 +93,30 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar="SPEC", help="another certificate chosen by SNI: "
                        "cert=F,key=F[,name=N][,password_file=F][,password_env=V][,server_names=a;*.b]")
     serve.add_argument("--tls-client-ca", help="require client certificates from this CA bundle (mTLS)")
-    serve.add_argument("--tls-reload-interval", type=float, dest="tls_reload_interval_s", default=None,
+    serve.add_argument("--tls-reload-interval", type=_seconds, dest="tls_reload_interval_s", default=None,
                        help="seconds between checks of the certificate files (0: off; default 10)")
-    serve.add_argument("--http-redirect-port", type=int, help="also listen here for HTTP, redirecting to HTTPS")
+    serve.add_argument("--http-redirect-port", type=_port, help="also listen here for HTTP, redirecting to HTTPS")
     serve.add_argument("--replica-mtls", action="store_true", default=None,
                        help="talk to replicas over mutual TLS with certificates from an internal CA")
     serve.add_argument("--domain", help="also serve endpoints at https://ENDPOINT.DOMAIN/score")
     serve.add_argument("--access-log", default=None, metavar="PATH",
                        help="JSON access log: a file, '-' for stdout, 'off' (default STATE_DIR/logs/access.log)")
-    serve.add_argument("--access-log-sample-rate", type=float, default=None,
+    serve.add_argument("--access-log-sample-rate", type=_share, default=None,
                        help="share of successful requests logged (errors always are; default 1.0)")
     serve.add_argument("--otel-exporter", choices=("console", "otlp"), default=None,
                        help="export OpenTelemetry spans (needs the opentelemetry-sdk package; "
                             "otlp also opentelemetry-exporter-otlp)")
     serve.add_argument("--data-root", action="append", dest="data_roots", default=None, metavar="DIR",
                        help="folder batch job inputs may come from (repeatable)")
-    serve.add_argument("--rollout-timeout", type=_duration, dest="rollout_timeout_s", default=None,
+    serve.add_argument("--rollout-timeout", type=_budget, dest="rollout_timeout_s", default=None,
                        help="time budget of a rollout, e.g. 20m, 90s (default 20m)")
-    serve.add_argument("--drain-timeout", type=float, default=30.0,
+    serve.add_argument("--drain-timeout", type=_seconds, dest="drain_timeout_s", default=None,
                        help="seconds in-flight requests get to finish at shutdown")
     serve.add_argument("--workers", type=int, default=None, metavar="N",
                        help="router processes on the scoring port, one per core (default 1: the "
                             "router runs in the main process)")
-    serve.add_argument("--log-level", default="INFO")
+    serve.add_argument("--log-level", type=_log_level, default=None,
+                       help="DEBUG, INFO, WARNING, ERROR or CRITICAL (default INFO)")
 
     apply = verbs.add_parser("apply", parents=[common], help="create or update resources from YAML")
     apply.add_argument("-f", "--file", action="append", required=True, help="YAML file or folder")
@@ -207,12 +208,59 @@ def build_parser() -> argparse.ArgumentParser:
 # -- commands ----------------------------------------------------------------------------
 
 _SERVE_DEFAULTS = {"host": "127.0.0.1", "port": 8443, "admin_host": "127.0.0.1", "admin_port": 8081,
-                   "tls_reload_interval_s": 10.0}
+                   "tls_reload_interval_s": 10.0, "drain_timeout_s": 30.0, "log_level": "INFO"}
 
 _SERVE_SETTINGS = ("host", "port", "admin_host", "admin_port", "tls_cert", "tls_key",
                    "tls_key_password_file", "tls_key_password_env", "tls_sni_certs", "tls_client_ca",
                    "tls_reload_interval_s", "http_redirect_port", "replica_mtls", "domain",
-                   "rollout_timeout_s", "data_roots", "access_log", "access_log_sample_rate", "otel_exporter", "workers")
+                   "rollout_timeout_s", "data_roots", "access_log", "access_log_sample_rate", "otel_exporter", "workers",
+                   "drain_timeout_s", "log_level")
+
+
+def _port(text: str) -> int:
+    """A TCP port: 0 (any free port) to 65535; anything else is refused, not wrapped around."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r} (0 to 65535)")
+    return port
+
+
+def _log_level(text: str) -> str:
+    level = str(text).upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise argparse.ArgumentTypeError(f"not a log level: {text!r} (DEBUG, INFO, WARNING, ERROR or CRITICAL)")
+    return level
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r} (0 or more)")
+    return seconds
+
+
+def _share(text: str) -> float:
+    try:
+        share = float(text)
+    except ValueError:
+        share = -1.0
+    if not 0 <= share <= 1:
+        raise argparse.ArgumentTypeError(f"not a share: {text!r} (from 0 to 1)")
+    return share
+
+
+def _budget(text: str) -> float:
+    """A duration of more than nothing: a budget of 0s fails every rollout at once."""
+    seconds = _duration(text)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0: {text!r}")
+    return seconds
 
 
 def _duration(text: str) -> float:
@@ -286,14 +334,14 @@ def _serve(args) -> int:
     from .embedded import ServeOptions, run_serve
     from .settings_file import load_serve_settings
 
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = dict(_SERVE_DEFAULTS)
     if args.config:
         settings.update(load_serve_settings(args.config, _SERVE_SETTINGS))
     for name in _SERVE_SETTINGS:  # flags given on the command line win over the file
         if getattr(args, name, None) is not None:
             settings[name] = getattr(args, name)
+    logging.basicConfig(level=settings.pop("log_level"), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.get("access_log") == "off":
         settings["access_log"] = None
     if bool(settings.get("tls_cert")) != bool(settings.get("tls_key")):
@@ -301,8 +349,7 @@ def _serve(args) -> int:
     workers = settings.get("workers", 1)
     if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= 64:
         raise CliError(f"--workers must be a whole number from 1 to 64, not {workers!r}", 2)
-    return run_serve(ServeOptions(state_dir=resolve_state_dir(args.state_dir), paths=args.paths,
-                                  drain_timeout_s=args.drain_timeout, **settings))
+    return run_serve(ServeOptions(state_dir=resolve_state_dir(args.state_dir), paths=args.paths, **settings))
 
 
 def _apply(args, client: AdminClient):
@@ -467,7 +514,12 @@ def _dev_cert(args):
     from tls import write_dev_certificates
 
     names = args.hostname or ["localhost", "127.0.0.1", "::1"]
-    paths = write_dev_certificates(Path(args.out), names)
+    try:
+        paths = write_dev_certificates(Path(args.out), names)
+    except ValueError as exc:  # a --hostname that is neither a DNS name nor an IP address
+        raise CliError(f"--hostname: {exc}", 2) from None
+    except OSError as exc:
+        raise CliError(f"--out {args.out}: cannot write the certificates: {exc.strerror}", 2) from None
     return {"ca_cert": str(paths.ca_cert), "ca_key": str(paths.ca_key),
             "cert": str(paths.cert), "key": str(paths.key), "hostnames": names}
 

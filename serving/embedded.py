@@ -81,7 +81,9 @@ class StartupError(Exception):
 
 
 def _local_name(host: str) -> str:
-    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    """The host part of a URL to this gateway: an IPv6 address in brackets (https://[::1]:8443)."""
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"[{host}]" if ":" in host else host
 
 
 class EmbeddedGateway:
@@ -104,6 +106,11 @@ class EmbeddedGateway:
             asyncio.get_running_loop().create_task(asyncio.to_thread(self.server_tls.reload))
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
+        for root in self.options.data_roots:  # a typo would only show when a job is refused
+            if not Path(root).is_dir():
+                raise StartupError(f"--data-root {root}: {'not a folder' if Path(root).exists() else 'no such folder'}")
+        if self.state.root.exists() and not self.state.root.is_dir():
+            raise StartupError(f"--state-dir {self.state.root}: not a folder")
         self.state.create()
         lock = self.state.acquire()  # StateDirBusy: another gateway serves this dir
         try:
@@ -131,7 +138,10 @@ class EmbeddedGateway:
                 hostnames.append(opts.host)
             if opts.domain:
                 hostnames += [opts.domain, f"*.{opts.domain}"]
-            paths = ensure_dev_certificates(self.state.tls_dir, hostnames)
+            try:
+                paths = ensure_dev_certificates(self.state.tls_dir, hostnames)
+            except ValueError as exc:  # --host or --domain is not a name a certificate can hold
+                raise StartupError(f"cannot make the development certificate: {exc}") from None
             cert, key, ca = paths.cert, paths.key, str(paths.ca_cert)
         try:
             sources = [CertificateSource(

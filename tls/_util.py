@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import re
 import secrets
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
@@ -112,6 +113,10 @@ def _dns_name(host: str) -> str:
             host = host.encode("idna").decode("ascii")
         except UnicodeError as exc:
             raise ValueError(f"invalid hostname {host!r}: {exc}") from None
+    labels = host.rstrip(".").split(".")
+    if not all(re.fullmatch(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?", label) for label in labels[1:]) \
+            or not re.fullmatch(r"\*|[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?", labels[0]):
+        raise ValueError(f"invalid hostname {host!r}: not a DNS name nor an IP address")
     return host.lower()
 
 

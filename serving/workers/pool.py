@@ -122,10 +122,22 @@ class WorkerPool:
         """Bind the scoring port (SO_REUSEPORT) so port 0 resolves to one port for all."""
         router = self.settings.router
         family = socket.AF_INET6 if ":" in router.host else socket.AF_INET
+        address = (router.host, router.port)
         sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((router.host, router.port))
+        try:
+            if router.port:
+                # Without SO_REUSEPORT first: the kernel would let this bind join another
+                # gateway's --workers on the port and split the connections with it.
+                with socket.socket(family, socket.SOCK_STREAM) as probe:
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    probe.bind(address)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(address)
+        except OSError as exc:
+            sock.close()
+            raise OSError(exc.errno, f"error while attempting to bind on address {address!r}: "
+                                     f"{(exc.strerror or str(exc)).lower()}") from None
         self._port_socket, self._port = sock, sock.getsockname()[1]
         self.settings = replace(self.settings, router=replace(router, port=self._port))
         return self._port

@@ -359,3 +359,19 @@ def test_workers_reach_replicas_over_mtls(make_gateway, tmp_path):
     assert answer["predictions"] == ["setosa", "versicolor", "virginica"], answer
     text = metrics(gw)
     assert sum(v for labels, v in series(text, "scoregate_requests_total").items() if 'status="200"' in labels) == 1
+
+
+def test_a_second_gateway_on_the_port_of_one_with_workers_refuses_to_start(make_gateway, tmp_path):
+    """The workers' SO_REUSEPORT let a second `serve --workers` (another state dir, other
+    keys) bind the same port: both started, and the kernel split the clients between them."""
+    first = make_gateway([], ["--workers", "2"])
+    port = int(first.scoring_url.rsplit(":", 1)[1])
+    for workers in ("2", "1"):
+        done = subprocess.run([sys.executable, "-m", "serving.cli", "serve", "--state-dir", str(tmp_path / "other"),
+                               "--port", str(port), "--admin-port", "0", "--workers", workers],
+                              capture_output=True, text=True, cwd=str(REPO), timeout=60)
+        assert done.returncode == 1, done.stderr
+        assert f"cannot start: [Errno 98] error while attempting to bind on address ('127.0.0.1', {port}): " \
+               "address already in use" in done.stderr
+    assert first.process.poll() is None
+    assert first.stop() == 0
