@@ -1,7 +1,8 @@
 """The state dir: how `serve` and every other CLI verb find each other.
 
     DIR/gateway.json   admin URL, admin token, scoring URL, CA path, pid (mode 0600)
-    DIR/store.db       desired state (serving.store.sqlite)
+    DIR/store.db       desired state (serving.store.sqlite; mode 0600: it holds the keys)
+    DIR/batch.db       batch endpoints and jobs (serving.batch.db; mode 0600, keys too)
     DIR/tls/           development CA and server certificate (tls.devcert)
     DIR/logs/          replica output, one file per replica
     DIR/serve.lock     held (flock) by the one gateway serving the dir; holds its pid
@@ -18,6 +19,14 @@ from pathlib import Path
 import orjson
 
 ENV_VAR = "SCOREGATE_STATE_DIR"
+
+
+def private_file(path: str | Path) -> None:
+    """Make `path` (created if missing) readable and writable by its owner only. For the
+    databases that hold endpoint keys: SQLite gives its journal files the same mode."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    os.chmod(path, 0o600)  # one made by an earlier release with the umask's mode
+
 DEFAULT = ".scoregate"
 
 

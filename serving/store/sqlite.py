@@ -16,6 +16,7 @@ from pathlib import Path
 import orjson
 
 from ..resources import Deployment, Endpoint, InstanceType, with_instance_type
+from ..statedir import private_file
 from . import DeploymentRecord, EndpointRecord, StoreError, check_no_traffic
 
 _SCHEMA = """
@@ -58,6 +59,8 @@ def new_key() -> str:
 class SqliteStore:
     def __init__(self, path: str | Path) -> None:
         self._lock = threading.Lock()
+        if str(path) != ":memory:":
+            private_file(path)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
