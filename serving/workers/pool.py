@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 import shutil
 import socket
 import tempfile
@@ -76,6 +77,24 @@ class _EjectedView:
         return set().union(*(w.ejected for w in self._pool._workers))
 
 
+RUNTIME_PREFIX = "scoregate-run-"  # TMPDIR/scoregate-run-PID-XXXX: the batch socket of a pool
+
+
+def _remove_stale_runtime_dirs() -> None:
+    """Runtime dirs of pools whose process is gone (kill -9 leaves them): this user's only,
+    and only when no process has that pid now (a reused pid keeps its dir)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{RUNTIME_PREFIX}*-*"):
+        pid = folder.name[len(RUNTIME_PREFIX):].partition("-")[0]
+        try:
+            if not pid.isdigit() or folder.stat().st_uid != os.getuid():
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except OSError:  # gone meanwhile, or a process of another user: leave it
+            continue
+
+
 class WorkerPool:
     def __init__(self, count: int, settings: WorkerSettings, holder: RoutingTableHolder, *,
                  registry: CollectorRegistry | None = None, batch_routes: list[web.RouteDef] | None = None) -> None:
@@ -88,8 +107,10 @@ class WorkerPool:
         self._batch_routes = list(batch_routes or [])
         self._batch_runner: web.AppRunner | None = None
         if self._batch_routes:
-            # A private, short path (a Unix socket path is limited to 107 bytes).
-            self._runtime_dir = Path(tempfile.mkdtemp(prefix="scoregate-"))
+            # A private, short path (a Unix socket path is limited to 107 bytes), named with
+            # this pid so that the next pool can remove it if this process is killed.
+            _remove_stale_runtime_dirs()
+            self._runtime_dir = Path(tempfile.mkdtemp(prefix=f"{RUNTIME_PREFIX}{os.getpid()}-"))
             settings = replace(settings, batch_socket=str(self._runtime_dir / "batch.sock"))
         self.settings = settings
         self.holder = holder
