@@ -65,9 +65,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `scoregate batch-runner --backend kubernetes`."""
     parser.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
     parser.add_argument("--context", default=None, help="kubeconfig context")
-    parser.add_argument("--namespace", action="append", dest="namespaces", default=None,
-                        help="namespace whose BatchEndpoints/BatchDeployments to act on (repeatable; default: default)")
-    parser.add_argument("--all-namespaces", action="store_true", help="act on every namespace")
+    namespaces = parser.add_mutually_exclusive_group()  # both given: which one meant?
+    namespaces.add_argument("--namespace", action="append", dest="namespaces", default=None,
+                            help="namespace whose BatchEndpoints/BatchDeployments to act on (repeatable; default: default)")
+    namespaces.add_argument("--all-namespaces", action="store_true", help="act on every namespace")
     parser.add_argument("--state-dir", required=True,
                         help="folder for batch.db, job outputs, fetched code and models (a PersistentVolume)")
     parser.add_argument("--data-root", action="append", dest="data_roots", default=None, metavar="DIR",

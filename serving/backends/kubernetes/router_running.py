@@ -68,9 +68,10 @@ class KubernetesRouterSettings:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
     parser.add_argument("--context", default=None, help="kubeconfig context")
-    parser.add_argument("--namespace", action="append", dest="namespaces", default=None,
-                        help="namespace to route for (repeatable; default: default)")
-    parser.add_argument("--all-namespaces", action="store_true", help="route for every namespace")
+    namespaces = parser.add_mutually_exclusive_group()  # both given: which one meant?
+    namespaces.add_argument("--namespace", action="append", dest="namespaces", default=None,
+                            help="namespace to route for (repeatable; default: default)")
+    namespaces.add_argument("--all-namespaces", action="store_true", help="route for every namespace")
     parser.add_argument("--host", default="0.0.0.0", help="scoring listener address")
     parser.add_argument("--port", type=int, default=8443, help="scoring listener port (HTTPS)")
     parser.add_argument("--admin-host", default="0.0.0.0")

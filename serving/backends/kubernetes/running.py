@@ -82,9 +82,10 @@ class KubernetesPreparer:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
     parser.add_argument("--context", default=None, help="kubeconfig context")
-    parser.add_argument("--namespace", action="append", dest="namespaces", default=None,
-                        help="namespace to watch (repeatable; default: default)")
-    parser.add_argument("--all-namespaces", action="store_true", help="watch every namespace")
+    namespaces = parser.add_mutually_exclusive_group()  # both given: which one meant?
+    namespaces.add_argument("--namespace", action="append", dest="namespaces", default=None,
+                            help="namespace to watch (repeatable; default: default)")
+    namespaces.add_argument("--all-namespaces", action="store_true", help="watch every namespace")
     parser.add_argument("--image", default=WorkloadSettings().image, help="image of the model server and downloader")
     parser.add_argument("--no-leader-election", action="store_true", help="run without the Lease (one replica only)")
     parser.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "scoregate-system"))
