@@ -91,12 +91,17 @@ class EmbeddedGateway:
         self.options = options
         self.state = StateDir(options.state_dir)
         self._stop = asyncio.Event()
+        self._hurry = asyncio.Event()  # a second SIGINT/SIGTERM: do not wait for the drain
         self.admin_token = secrets.token_urlsafe(32)
         self.server_tls: ServerTLS | None = None
         self._tls_sources: list[CertificateSource] = []
         self._pool: WorkerPool | None = None
 
     def request_stop(self) -> None:
+        """The first signal drains (up to --drain-timeout); a second one stops now, as an
+        operator pressing Ctrl-C twice expects."""
+        if self._stop.is_set():
+            self._hurry.set()
         self._stop.set()
 
     def request_tls_reload(self) -> None:
@@ -261,7 +266,7 @@ class EmbeddedGateway:
             log.info("shutting down: draining in-flight requests (up to %gs)", opts.drain_timeout_s)
         finally:
             await status.close()
-            await router.drain(opts.drain_timeout_s)
+            await self._drain(router, opts.drain_timeout_s)
             await batch.close()
             await autoscaling.close()
             await controller.close()
@@ -275,6 +280,22 @@ class EmbeddedGateway:
             await admin_runner.cleanup()
             self.state.remove_gateway(os.getpid())
             log.info("stopped")
+
+
+    async def _drain(self, router, timeout_s: float) -> None:
+        """router.drain(timeout_s), cut short by a second signal: then what is still being
+        answered is cancelled (--workers: the workers are stopped within seconds)."""
+        draining = asyncio.ensure_future(router.drain(timeout_s))
+        hurried = asyncio.ensure_future(self._hurry.wait())
+        try:
+            await asyncio.wait([draining, hurried], return_when=asyncio.FIRST_COMPLETED)
+            if not draining.done():
+                log.warning("second signal: not waiting for the requests in flight")
+                draining.cancel()
+                await asyncio.gather(draining, return_exceptions=True)
+                await router.drain(0)
+        finally:
+            hurried.cancel()
 
 
 def run_serve(options: ServeOptions) -> int:

@@ -5,8 +5,11 @@ And the autoscaler: scale up under load, then a conservative scale-down."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 
+import aiohttp
+import pytest
 
 from tests.support.gateway import wait_for
 from tests.support.load import SteadyLoad
@@ -149,3 +152,33 @@ async def test_shutdown_finishes_requests_in_flight(make_gateway, tmp_path):
         results = await asyncio.gather(*in_flight)
     assert [status for status, _ in results] == [200] * 4
     assert await stopping == 0
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_second_signal_stops_without_waiting_for_the_drain(make_gateway, tmp_path, workers):
+    """The first SIGINT drains (here up to 60 s, for a request the model answers in 60 s);
+    a second one stops the gateway now, as Ctrl-C twice does elsewhere (with --workers
+    within the few seconds the main process gives its workers before it kills them)."""
+    write_endpoint(tmp_path, "slow", traffic={"main": 100})
+    write_deployment(tmp_path, "slow", "main", env={"SLEEP_S": "60"},
+                     request_settings={"request_timeout_ms": 90000, "max_concurrent_requests_per_instance": 8})
+    gw = make_gateway([str(tmp_path)], ["--drain-timeout", "60", "--workers", str(workers)])
+    await asyncio.to_thread(gw.wait_ready, "slow", ["main"])
+    key = gw.keys("slow")[0]
+    from tests.support.clients import scoring_session
+    async with scoring_session(gw.info.ca_cert) as session:
+        async def one():
+            async with session.post(f"{gw.scoring_url}/api/v1/endpoint/slow/score", json={},
+                                    headers={"Authorization": f"Bearer {key}"}) as r:
+                return r.status
+        in_flight = asyncio.create_task(one())
+        await wait_async(lambda: gw.metric("scoregate_deployment_in_flight_requests", endpoint="slow") == 1,
+                         20, "the request at the model")
+        gw.process.send_signal(signal.SIGINT)
+        await wait_async(lambda: "draining in-flight requests" in gw.log(), 20, "the drain begun")
+        assert gw.process.poll() is None  # draining: it waits for the request
+        # the second signal: well before the 60 s the drain would wait
+        assert await asyncio.to_thread(gw.stop, signal.SIGINT, 30) == 0
+        with pytest.raises(aiohttp.ClientError):  # cut, not answered
+            await in_flight
+    assert "second signal: not waiting for the requests in flight" in gw.log()
