@@ -116,7 +116,7 @@ def load_serve_settings(path: str, allowed: tuple[str, ...]) -> dict:
         if key == "sni":
             if not isinstance(value, list):
                 raise CliError(f"{file}: tls.sni: must be a list", 2)
-            out["tls_sni_certs"] = [_sni_spec(entry, file) for entry in value]
+            out["tls_sni_certs"] = [_sni_spec(entry, file, i) for i, entry in enumerate(value)]
         elif key in _TLS_KEYS:
             out[_TLS_KEYS[key]], where[_TLS_KEYS[key]] = value, f"tls.{key}"
         else:
@@ -143,11 +143,16 @@ def load_serve_settings(path: str, allowed: tuple[str, ...]) -> dict:
     return out
 
 
-def _sni_spec(entry, file: Path) -> str:
+_SNI_KEYS = ("name", "cert", "key", "password_file", "password_env", "server_names")
+
+
+def _sni_spec(entry, file: Path, index: int) -> str:
     if not isinstance(entry, dict) or "cert" not in entry or "key" not in entry:
         raise CliError(f"{file}: tls.sni: each entry needs cert and key", 2)
     parts = []
     for key, value in entry.items():
+        if key not in _SNI_KEYS:
+            raise CliError(f"{file}: tls.sni[{index}].{key}: unknown setting (expected {', '.join(_SNI_KEYS)})", 2)
         if key in ("cert", "key", "password_file"):
             value = str((file.parent / str(value)).resolve())
         if key == "server_names":

@@ -90,6 +90,8 @@ def test_flags_win_over_the_settings_file(tmp_path, served):
     ("access_log_sample_rate: 2\n", "access_log_sample_rate: must be a number from 0 to 1, not 2"),
     ("log_level: loud\n", "log_level: must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, not 'LOUD'"),
     ("drain_timeout: -1\n", "drain_timeout: must be a number of at least 0, not -1"),
+    ("tls:\n  sni:\n    - {cert: a.pem, key: a-key.pem, colour: red}\n",
+     "tls.sni[0].colour: unknown setting (expected name, cert, key"),
 ])
 def test_a_setting_of_the_wrong_type_is_refused_naming_the_file_and_the_key(tmp_path, capsys, text, message):
     """A string where a number belongs ended in a TypeError traceback (at start, or at the
