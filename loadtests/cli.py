@@ -175,6 +175,10 @@ def run_command(args: argparse.Namespace, spec: RunSpec | None = None) -> int:
     """Run, write results.json, summary.md and plots, print the summary."""
     try:
         spec = spec or spec_from_args(args)
+        if spec.target.method == "POST" and spec.target.body is None and not args.quiet:
+            # a scoring script answers an empty body with an error: say why every answer may be one
+            print("loadtests: note: no --body or --body-file: every POST is sent without a body",
+                  file=sys.stderr)
         result = run(spec, None if args.quiet else sys.stderr)
     except GatewayError as exc:
         print(f"loadtests: error: {exc}", file=sys.stderr)

@@ -255,6 +255,14 @@ async def test_cli_writes_results_summary_and_plots(serve, tmp_path, capsys):
     captured = capsys.readouterr()
     assert "| latency (ms) |" in captured.out
     assert "[direct]" in captured.err and "sent" in captured.err
+    assert "without a body" not in captured.err  # a GET
+
+    # a POST without --body: said once, as a scoring script answers it with an error
+    code = await asyncio.to_thread(run_cli, [
+        "run", "--url", base + "/", "--method", "POST", "--rate", "20", "--duration", "0.2", "--no-plots",
+        "--output", str(tmp_path / "post")])
+    assert code == 0
+    assert capsys.readouterr().err.count("every POST is sent without a body") == 1
 
     # `run` may be omitted; closed loop; --quiet: no progress
     out2 = tmp_path / "closed"
