@@ -217,15 +217,23 @@ _SERVE_SETTINGS = ("host", "port", "admin_host", "admin_port", "tls_cert", "tls_
                    "drain_timeout_s", "log_level")
 
 
-def _port(text: str) -> int:
-    """A TCP port: 0 (any free port) to 65535; anything else is refused, not wrapped around."""
-    try:
-        port = int(text)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r} (0 to 65535)")
-    return port
+def _within(convert, low, high, what: str, bounds: str):
+    """An argparse type: `convert(text)` from `low` to `high`, anything else refused (a port
+    is not wrapped around, a share not clamped)."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:  # NaN fails both comparisons
+            raise argparse.ArgumentTypeError(f"not {what}: {text!r} ({bounds})")
+        return value
+    return parse
+
+
+_port = _within(int, 0, 65535, "a port number", "0 to 65535")  # 0: any free port
+_seconds = _within(float, 0.0, sys.float_info.max, "a number of seconds", "0 or more")
+_share = _within(float, 0.0, 1.0, "a share", "from 0 to 1")
 
 
 def _log_level(text: str) -> str:
@@ -233,26 +241,6 @@ def _log_level(text: str) -> str:
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise argparse.ArgumentTypeError(f"not a log level: {text!r} (DEBUG, INFO, WARNING, ERROR or CRITICAL)")
     return level
-
-
-def _seconds(text: str) -> float:
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = -1.0
-    if not 0 <= seconds < float("inf"):
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r} (0 or more)")
-    return seconds
-
-
-def _share(text: str) -> float:
-    try:
-        share = float(text)
-    except ValueError:
-        share = -1.0
-    if not 0 <= share <= 1:
-        raise argparse.ArgumentTypeError(f"not a share: {text!r} (from 0 to 1)")
-    return share
 
 
 def _budget(text: str) -> float:

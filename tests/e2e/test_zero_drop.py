@@ -11,6 +11,7 @@ import time
 import aiohttp
 import pytest
 
+from tests.support.clients import scoring_session
 from tests.support.gateway import wait_for
 from tests.support.load import SteadyLoad
 from tests.support.manifests import write_deployment, write_endpoint
@@ -133,24 +134,27 @@ async def test_autoscaler_scales_up_under_load_and_down_conservatively(gateway, 
     await wait_async(lambda: len(live_replicas(gateway, "auto", "main")) == 1, 20, "replicas stopped")
 
 
+async def score_slow(session, gw, key: str) -> int:
+    """One request to endpoint `slow`: the answer's status."""
+    async with session.post(f"{gw.scoring_url}/api/v1/endpoint/slow/score", json={},
+                            headers={"Authorization": f"Bearer {key}"}) as r:
+        await r.read()
+        return r.status
+
+
 async def test_shutdown_finishes_requests_in_flight(make_gateway, tmp_path):
     write_endpoint(tmp_path, "slow", traffic={"main": 100})
     write_deployment(tmp_path, "slow", "main", env={"SLEEP_S": "1.5"}, instance_count=2)
     gw = make_gateway([str(tmp_path)])
     await asyncio.to_thread(gw.wait_ready, "slow", ["main"])
     key = gw.keys("slow")[0]
-    from tests.support.clients import scoring_session
     async with scoring_session(gw.info.ca_cert) as session:
-        async def one():
-            async with session.post(f"{gw.scoring_url}/api/v1/endpoint/slow/score", json={},
-                                    headers={"Authorization": f"Bearer {key}"}) as r:
-                return r.status, await r.json()
-        in_flight = [asyncio.create_task(one()) for _ in range(4)]
+        in_flight = [asyncio.create_task(score_slow(session, gw, key)) for _ in range(4)]
         await wait_async(lambda: gw.metric("scoregate_deployment_in_flight_requests", endpoint="slow") == 4,
                          20, "all four requests at the model")
         stopping = asyncio.create_task(asyncio.to_thread(gw.stop))
         results = await asyncio.gather(*in_flight)
-    assert [status for status, _ in results] == [200] * 4
+    assert results == [200] * 4
     assert await stopping == 0
 
 
@@ -165,13 +169,8 @@ async def test_a_second_signal_stops_without_waiting_for_the_drain(make_gateway,
     gw = make_gateway([str(tmp_path)], ["--drain-timeout", "60", "--workers", str(workers)])
     await asyncio.to_thread(gw.wait_ready, "slow", ["main"])
     key = gw.keys("slow")[0]
-    from tests.support.clients import scoring_session
     async with scoring_session(gw.info.ca_cert) as session:
-        async def one():
-            async with session.post(f"{gw.scoring_url}/api/v1/endpoint/slow/score", json={},
-                                    headers={"Authorization": f"Bearer {key}"}) as r:
-                return r.status
-        in_flight = asyncio.create_task(one())
+        in_flight = asyncio.create_task(score_slow(session, gw, key))
         await wait_async(lambda: gw.metric("scoregate_deployment_in_flight_requests", endpoint="slow") == 1,
                          20, "the request at the model")
         gw.process.send_signal(signal.SIGINT)
