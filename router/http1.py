@@ -371,8 +371,7 @@ class HttpConnection(asyncio.BufferedProtocol):
 
     def on_message_complete(self) -> None:
         self._in_message = False
-        if self._head_bytes:  # trailers were counted
-            self._head_bytes = 0
+        self._head_bytes = 0  # the trailers', if any were counted
         request = self._parsing
         self._parsing = None
         if request is None:

@@ -237,9 +237,11 @@ _share = _within(float, 0.0, 1.0, "a share", "from 0 to 1")
 
 
 def _log_level(text: str) -> str:
+    from .settings_file import LOG_LEVELS
+
     level = str(text).upper()
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-        raise argparse.ArgumentTypeError(f"not a log level: {text!r} (DEBUG, INFO, WARNING, ERROR or CRITICAL)")
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"not a log level: {text!r} ({', '.join(LOG_LEVELS[:-1])} or {LOG_LEVELS[-1]})")
     return level
 
 
@@ -252,17 +254,13 @@ def _budget(text: str) -> float:
 
 
 def _duration(text: str) -> float:
-    """"20m", "90s", "1h", "1h30m" or plain seconds → seconds."""
-    import re
+    """"20m", "90s", "1h", "1h30m" or plain seconds → seconds (settings_file.parse_duration)."""
+    from .settings_file import parse_duration
 
-    text = str(text).strip()
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        return float(text)
-    parts = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?", text)
-    if not text or parts is None:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 20m, 90s, 1h30m)")
-    hours, minutes, seconds = parts.groups()
-    return int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(seconds or 0)
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _kubernetes_running(module: str = "running"):

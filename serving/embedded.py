@@ -281,7 +281,6 @@ class EmbeddedGateway:
             self.state.remove_gateway(os.getpid())
             log.info("stopped")
 
-
     async def _drain(self, router, timeout_s: float) -> None:
         """router.drain(timeout_s), cut short by a second signal: then what is still being
         answered is cancelled (--workers: the workers are stopped within seconds)."""

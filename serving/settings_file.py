@@ -19,6 +19,7 @@ win over the file.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
@@ -69,14 +70,24 @@ def _texts(value):
     return [_text(v) for v in values]
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def parse_duration(text: str) -> float:
+    """"20m", "90s", "1h", "1h30m" or plain seconds → seconds; ValueError otherwise."""
+    text = str(text).strip()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?", text)
+    if not text or parts is None:
+        raise ValueError(f"not a duration: {text!r} (e.g. 20m, 90s, 1h30m)")
+    hours, minutes, seconds = parts.groups()
+    return int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(seconds or 0)
+
+
 def _duration(value):
     if isinstance(value, str):
-        from .cli import _duration as parse
-
-        try:
-            value = parse(value)
-        except Exception as exc:  # argparse.ArgumentTypeError
-            raise ValueError(str(exc)) from None
+        value = parse_duration(value)
     if _number(0)(value) <= 0:
         raise ValueError(f"must be more than 0, not {value!r}")
     return float(value)
@@ -95,7 +106,7 @@ _CHECKS = {"host": _text, "admin_host": _text, "port": _port, "admin_port": _por
            "tls_client_ca": _text, "tls_reload_interval_s": _number(0), "tls_sni_certs": _texts,
            "replica_mtls": _flag, "domain": _text, "rollout_timeout_s": _duration, "data_roots": _texts,
            "access_log": _text, "access_log_sample_rate": _number(0, 1), "otel_exporter": _choice("console", "otlp"),
-           "drain_timeout_s": _number(0), "log_level": lambda value: _choice("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")(str(value).upper()),
+           "drain_timeout_s": _number(0), "log_level": lambda value: _choice(*LOG_LEVELS)(str(value).upper()),
            "workers": lambda value: value}  # checked with --workers
 
 

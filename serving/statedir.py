@@ -19,6 +19,7 @@ from pathlib import Path
 import orjson
 
 ENV_VAR = "SCOREGATE_STATE_DIR"
+DEFAULT = ".scoregate"
 
 
 def private_file(path: str | Path) -> None:
@@ -26,8 +27,6 @@ def private_file(path: str | Path) -> None:
     databases that hold endpoint keys: SQLite gives its journal files the same mode."""
     os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
     os.chmod(path, 0o600)  # one made by an earlier release with the umask's mode
-
-DEFAULT = ".scoregate"
 
 
 def resolve_state_dir(arg: str | None) -> Path:
