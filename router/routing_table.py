@@ -109,20 +109,18 @@ class RoutingTableHolder:
     connections to replicas that left); they must not block.
     """
 
-    __slots__ = ("_current", "_listeners")
+    __slots__ = ("current", "_listeners")
 
     def __init__(self, initial: RoutingTable | None = None) -> None:
-        self._current = initial or RoutingTable()
+        # Read `current` freely; only swap() sets it. A plain attribute, not a property:
+        # the data path reads it twice per request, and a property costs a Python call.
+        self.current = initial or RoutingTable()
         self._listeners: list = []
 
-    @property
-    def current(self) -> RoutingTable:
-        return self._current
-
     def swap(self, table: RoutingTable) -> None:
-        if table.version <= self._current.version and table is not self._current:
-            table = RoutingTable(version=self._current.version + 1, endpoints=table.endpoints)
-        old, self._current = self._current, table
+        if table.version <= self.current.version and table is not self.current:
+            table = RoutingTable(version=self.current.version + 1, endpoints=table.endpoints)
+        old, self.current = self.current, table
         for listener in tuple(self._listeners):
             listener(old, table)
 

@@ -44,7 +44,7 @@ class BadResponse(Exception):
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("key", "transport", "closed", "uses", "idle_since", "_parser", "_loop",
-                 "_active", "_head_only", "_status", "_reason", "_headers", "_lines", "_length_value", "_head_bytes",
+                 "_active", "_head_only", "_status", "_reason", "_headers", "downstream_lines", "_length_value", "_head_bytes",
                  "_length", "_chunked", "_close_delimited", "_head_done", "_complete",
                  "_keep_alive", "_received", "_body", "_buffered", "_error", "_waiter",
                  "_reading_paused", "_write_paused", "_drain_waiter")
@@ -68,7 +68,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._status = 0
         self._reason = b""
         self._headers: list[tuple[bytes, bytes]] = []
-        self._lines: list[bytes] | None = []
+        # The answer's headers a caller may see, as "Name: value\r\n" lines picked while
+        # parsing (router.upstream.headers' rule), for the forwarder to use up; None when a
+        # `Connection` header names more to drop (then apply downstream_header_lines()).
+        self.downstream_lines: list[bytes] | None = []
         self._length_value: bytes | None = None
         self._head_bytes = 0
         self._length: int | None = None
@@ -85,15 +88,13 @@ class UpstreamConnection(asyncio.Protocol):
 
     # --- what the forwarder calls -------------------------------------------------
 
-    @property
     def usable(self) -> bool:
         """Still open and quiet: safe to start a new exchange on."""
         return not self.closed and self.transport is not None and not self.transport.is_closing()
 
-    @property
     def reusable(self) -> bool:
         """The last answer is complete and the replica keeps the connection open."""
-        return self._complete and self._keep_alive and self._error is None and self.usable
+        return self._complete and self._keep_alive and self._error is None and self.usable()
 
     @property
     def received(self) -> int:
@@ -127,13 +128,6 @@ class UpstreamConnection(asyncio.Protocol):
         if self.closed and not self._complete:
             raise self._error or ConnectionClosed(self._received, False)
 
-    @property
-    def downstream_lines(self) -> list[bytes] | None:
-        """The answer's headers a caller may see, as "Name: value\r\n" lines picked while
-        parsing (router.upstream.headers' rule), for the forwarder to use up; None when a
-        `Connection` header names more to drop (then apply downstream_header_lines())."""
-        return self._lines
-
     async def head(self) -> tuple[int, bytes, list[tuple[bytes, bytes]], int | None]:
         """(status, reason, raw headers, Content-Length or None) of the final answer."""
         while not self._head_done:
@@ -164,7 +158,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def finish(self) -> bool:
         """End the exchange; True when the connection may go back to the pool."""
-        if self.reusable:
+        if self.reusable():
             self._active = False
             self._body.clear()
             return True
@@ -267,9 +261,9 @@ class UpstreamConnection(asyncio.Protocol):
             elif lower == b"transfer-encoding":
                 self._chunked = True
             elif lower == b"connection":
-                self._lines = None
-        elif self._lines is not None:
-            self._lines.append(b"%s: %s\r\n" % (name, value))
+                self.downstream_lines = None
+        elif self.downstream_lines is not None:
+            self.downstream_lines.append(b"%s: %s\r\n" % (name, value))
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
@@ -302,7 +296,7 @@ class UpstreamConnection(asyncio.Protocol):
             # The end of an interim answer: the final one follows on the same stream.
             self._reason = b""
             self._headers = []
-            self._lines = []
+            self.downstream_lines = []
             self._length_value = None
             self._chunked = False
             self._head_bytes = 0

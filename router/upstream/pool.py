@@ -92,7 +92,7 @@ class UpstreamPool:
         stack = self._idle.get(replica.pool_key)
         while stack:
             conn = stack.pop()
-            if conn.usable:
+            if conn.usable():
                 return conn
             conn.abort()
         return None
@@ -153,7 +153,7 @@ class UpstreamPool:
             for key in list(self._idle):
                 keep = []
                 for conn in self._idle[key]:
-                    if conn.usable and conn.idle_since >= oldest_allowed:
+                    if conn.usable() and conn.idle_since >= oldest_allowed:
                         keep.append(conn)
                     else:
                         conn.abort()
