@@ -21,7 +21,7 @@ import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 from .balancing import InFlightCounter, ReplicaPicker
 from .balancing.ejection import OutlierEjector
@@ -105,12 +105,14 @@ class Admission:
 
     def _account(self, state: _DeploymentState) -> None:
         now = self._clock()
-        state.level_integral += state.level() * (now - state.last_change)
+        state.level_integral += (state.busy + len(state.waiters)) * (now - state.last_change)  # level()
         state.last_change = now
 
-    def candidates(self, deployment: DeploymentRoute, exclude: Iterable[str] = ()) -> list[Replica]:
+    def candidates(self, deployment: DeploymentRoute, exclude: Iterable[str] = ()) -> Sequence[Replica]:
         """Routable replicas: not ejected (unless all are: then all), not excluded."""
         replicas = deployment.replicas
+        if not exclude and not self._ejector.ejected_ids:
+            return replicas  # the usual case: nothing to leave out
         if exclude:
             excluded = set(exclude)
             replicas = [r for r in replicas if r.replica_id not in excluded]
@@ -119,7 +121,7 @@ class Admission:
         return healthy or list(replicas)
 
     def _take(self, state: _DeploymentState, deployment: DeploymentRoute,
-              candidates: list[Replica]) -> Replica | None:
+              candidates: Sequence[Replica]) -> Replica | None:
         """A slot on the least busy candidate that has one (counted at once), or None."""
         self._account(state)
         replica = self._in_flight.take_free(
@@ -129,9 +131,9 @@ class Admission:
         return replica
 
     def try_acquire(self, key: Key, deployment: DeploymentRoute, exclude: Iterable[str] = (),
-                    candidates: list[Replica] | None = None) -> Replica | None:
+                    candidates: Sequence[Replica] | None = None) -> Replica | None:
         """A free slot now, or None; never queues (used for mirrored copies too)."""
-        state = self._state(key)
+        state = self._states.get(key) or self._state(key)
         if state.waiters:
             return None
         if self._in_flight.shared and self._waiting_elsewhere(state, deployment, None):
@@ -163,7 +165,7 @@ class Admission:
             self._in_flight.set_waiting(state.queue_id, state.since.get(head, 0) if head is not None else 0)
 
     def release(self, key: Key, replica_id: str) -> None:
-        state = self._state(key)
+        state = self._states.get(key) or self._state(key)
         self._account(state)
         self._in_flight.release(replica_id)
         state.busy -= 1

@@ -40,16 +40,18 @@ class OutlierEjector:
         self.max_ejection_s = max_ejection_s
         self._clock = clock
         self._health: dict[str, _Health] = {}
+        # The replicas ejected now (read-only outside): router.admission skips the
+        # per-replica check while it is empty, the usual case.
+        self.ejected_ids: set[str] = set()
         self.probe: Probe | None = None
         self.on_readmitted: Callable[[str], None] = lambda _rid: None
         self.on_ejected: Callable[[str, str], None] = lambda _rid, _why: None
 
     def is_ejected(self, replica_id: str) -> bool:
-        health = self._health.get(replica_id)
-        return health is not None and health.ejected_until > 0
+        return replica_id in self.ejected_ids
 
     def ejected(self) -> list[str]:
-        return [rid for rid, h in self._health.items() if h.ejected_until > 0]
+        return list(self.ejected_ids)
 
     def on_success(self, replica_id: str) -> None:
         health = self._health.get(replica_id)
@@ -72,6 +74,7 @@ class OutlierEjector:
         backoff = min(self.max_ejection_s, self.base_ejection_s * (2 ** health.ejections))
         health.ejections += 1
         health.ejected_until = self._clock() + backoff
+        self.ejected_ids.add(replica_id)
         log.warning("replica %s ejected for %.1fs after %d consecutive failures (%s)",
                     replica_id, backoff, health.failures, why)
         self.on_ejected(replica_id, why)
@@ -92,6 +95,7 @@ class OutlierEjector:
         if healthy:
             health.ejected_until = 0.0
             health.failures = 0
+            self.ejected_ids.discard(replica_id)
             log.info("replica %s re-admitted after a successful probe", replica_id)
             self.on_readmitted(replica_id)
         else:
@@ -101,6 +105,7 @@ class OutlierEjector:
         """Drop state of replicas that left the routing table."""
         for replica_id in [rid for rid in self._health if rid not in keep]:
             health = self._health.pop(replica_id)
+            self.ejected_ids.discard(replica_id)
             if health.probe_task is not None:
                 health.probe_task.cancel()
 

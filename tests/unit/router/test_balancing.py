@@ -37,3 +37,45 @@ def test_ties_are_broken_at_random_and_spread_evenly():
         seen[chosen.replica_id] += 1
         counts.release(chosen.replica_id)  # every replica idle again: a three-way tie each time
     assert all(60 < n < 140 for n in seen.values()), seen
+
+
+def test_admission_leaves_out_ejected_replicas_until_readmitted_or_forgotten():
+    """The candidates skip their per-replica check while nothing is ejected: the set of
+    ejected replicas must follow every ejection, re-admission and removal."""
+    import asyncio
+
+    from router.admission import Admission
+    from router.balancing.ejection import OutlierEjector
+    from router.routing_table import DeploymentRoute, RoutingTableHolder
+
+    async def scenario() -> None:
+        ejector = OutlierEjector(consecutive_failures=1, base_ejection_s=0.01)
+        healthy = {"r0": False}
+        readmitted = asyncio.Event()
+
+        async def probe(replica_id: str) -> bool:
+            if healthy[replica_id]:
+                readmitted.set()
+            return healthy[replica_id]
+
+        ejector.probe = probe
+        admission = Admission(RoutingTableHolder(), InFlightCounter(), LeastOutstandingPicker(random.Random(7)),
+                              ejector)
+        deployment = DeploymentRoute("blue", replicas=tuple(REPLICAS))
+        names = lambda: [r.replica_id for r in admission.candidates(deployment)]  # noqa: E731
+        assert names() == ["r0", "r1", "r2"]
+        assert ejector.on_failure("r0", "reset") and ejector.on_failure("r1", "reset")
+        assert names() == ["r2"] and ejector.is_ejected("r0")
+        assert names() == ["r2"]  # a failed probe ejects again
+        await asyncio.sleep(0.05)
+        assert names() == ["r2"]
+        healthy["r0"] = True
+        await asyncio.wait_for(readmitted.wait(), 5)
+        await asyncio.sleep(0)
+        assert names() == ["r0", "r2"] and not ejector.is_ejected("r0")
+        ejector.forget({"r0", "r2"})  # r1 left the routing table while ejected
+        assert not ejector.is_ejected("r1") and ejector.ejected() == []
+        assert [r.replica_id for r in admission.candidates(deployment, exclude=["r2"])] == ["r0", "r1"]
+        await ejector.close()
+
+    asyncio.run(scenario())
