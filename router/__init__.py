@@ -4,6 +4,7 @@ What the control plane (serving/) may import is re-exported here and nothing els
 """
 
 from .app import RouterApp, RouterSettings
+from .auth_throttle import AuthThrottle, AuthThrottled
 from .pipeline import BodySettings
 from .routing_table import (
     DeploymentRoute,
@@ -15,6 +16,8 @@ from .routing_table import (
 )
 
 __all__ = [
+    "AuthThrottle",
+    "AuthThrottled",
     "BodySettings",
     "DeploymentRoute",
     "EndpointRoute",

@@ -82,11 +82,14 @@ class RouterApp:
     def __init__(self, settings: RouterSettings, holder: RoutingTableHolder, *,
                  token_verifier=None, rng: random.Random | None = None,
                  extra_routes: list[web.RouteDef] | None = None,
-                 in_flight: InFlightCounter | None = None) -> None:
+                 in_flight: InFlightCounter | None = None, auth_throttle: AuthThrottle | None = None) -> None:
         self.settings = settings
         # Routes the control plane serves on the scoring port (e.g. batch job submission),
         # matched before the catch-all 404.
         self._extra_routes = list(extra_routes or [])
+        # Failed logins per client; give the batch job routes among extra_routes the same
+        # one, so that guesses on either path count together.
+        self.auth_throttle = auth_throttle if auth_throttle is not None else AuthThrottle()
         self.holder = holder
         self.recorder = Recorder()
         # Shared with other processes under `--workers` (router/balancing/shared.py).
@@ -107,7 +110,7 @@ class RouterApp:
                                     on_resend=lambda e, d: self.recorder.resends.labels(e, d).inc())
         pipeline = ScoringPipeline(
             holder, KeyAuthenticator(token_verifier), RateLimiter(), DeploymentPicker(rng),
-            self.admission, self.ejector, AuthThrottle(), self._mirror, self._forwarder,
+            self.admission, self.ejector, self.auth_throttle, self._mirror, self._forwarder,
             self.recorder, settings.body, settings.retry,
         )
         self.access_log = AccessLog(settings.access_log, sample_rate=settings.access_log_sample_rate)

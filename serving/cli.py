@@ -384,7 +384,10 @@ def _endpoint(args, client: AdminClient):
 
 def _credentials(client: AdminClient, base: str):
     """As `az ml online-endpoint get-credentials`: the keys of a key endpoint, an access
-    token (valid an hour) for an aml_token one — its keys would not open it."""
+    token (valid an hour) for an aml_token one — its keys would not open it. An endpoint
+    with auth_mode none checks nothing: its stored keys would mislead (a caller would send
+    one and believe it mattered), so the verb says the endpoint takes no credentials and
+    fails with exit code 2, as `get-token` does on a key endpoint."""
     try:
         shown = client.get(base)
     except GatewayNotRunning:
@@ -393,6 +396,9 @@ def _credentials(client: AdminClient, base: str):
         shown = None  # a batch endpoint (keys only): the keys route answers for both kinds
     if shown is not None and shown.get("auth_mode") == "aml_token":
         return client.post(f"{base}/token", {"lifetime_s": 3600})
+    if shown is not None and shown.get("auth_mode") == "none":
+        raise CliError(f"endpoint '{shown.get('name')}' uses auth_mode none: it takes no credentials; score it"
+                       " without an Authorization header (set auth_mode: key or aml_token to require one)", 2)
     return client.get(f"{base}/keys")
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from router import RouterApp, RouterSettings, RoutingTableHolder
+from router import AuthThrottle, RouterApp, RouterSettings, RoutingTableHolder
 from tls import CertificateSource, ServerTLS, TLSConfigError, TLSMetrics, ensure_dev_certificates, new_ticket_keys
 from tls.redirect import redirect_app
 
@@ -196,10 +196,15 @@ class EmbeddedGateway:
             if replica_tls is not None:
                 replica_tls.on_client_renewed = router.reload_replica_client
         else:
+            # One failed-auth throttle for scoring and the batch job routes: guesses on
+            # either path count together. (With --workers, each worker throttles its own
+            # scoring callers and this process the batch ones: batch_proxy.py passes the
+            # caller's address on.)
+            auth_throttle = AuthThrottle()
             router = RouterApp(replace(
                 settings, ssl_context=server_tls.context,
                 upstream_ssl_context=replica_tls.client_context if replica_tls else None), holder,
-                token_verifier=tokens.verify, extra_routes=batch.routes())
+                token_verifier=tokens.verify, extra_routes=batch.routes(auth_throttle), auth_throttle=auth_throttle)
             registry = router.recorder.registry
             server_tls.attach_metrics(TLSMetrics(registry))
         controller_ref: list[Controller] = []

@@ -11,12 +11,15 @@ or e.g. camelCase) — only field names, never a key the user chose (a deploymen
 from __future__ import annotations
 
 import re
-from typing import Callable, Iterator, NamedTuple
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 from .resources import Deployment, Endpoint, ProbeSettings
 
 AUTH_MODES = ("key", "aml_token", "none")
 SCALE_TYPES = ("default", "target_utilization")
+# The fields of scale_settings that only type target_utilization has (Azure ML's schema:
+# DefaultScaleSettings is `type` alone).
+AUTOSCALE_FIELDS = ("min_instances", "max_instances", "target_utilization_percentage", "polling_interval")
 MAX_MIRROR_PERCENT = 50
 FULL_TRAFFIC = 100  # percent: one deployment's weight is at most this; live weights add up to it
 MAX_INSTANCE_COUNT = 64  # replicas an online deployment may ask for (YAML, CRs, `deployment scale`)
@@ -120,6 +123,23 @@ def _scale_problems(deployment: Deployment, case: Case) -> Iterator[Problem]:
         yield Problem(_path(case, "scale_settings", "target_utilization_percentage"), "must be from 1 to 100")
     if scale.polling_interval < 0.1:
         yield Problem(_path(case, "scale_settings", "polling_interval"), "must be at least 0.1 seconds")
+
+
+def default_scale_problems(given: Iterable[str], scale_type: str, case: Case = _as_is) -> Iterator[Problem]:
+    """Fields given in a `scale_settings` of type default (the type when none is given)
+    that belong to target_utilization: the autoscaler would never read them, so the
+    replicas would silently stay at instance_count. Only YAML asks this: a custom resource
+    written by the cluster store carries every field of ScaleSettings whatever its type."""
+    if scale_type != "default":
+        return
+    present = set(given)
+    for name in AUTOSCALE_FIELDS:
+        if case(name) in present:
+            yield Problem(_path(case, "scale_settings", name),
+                          f"belongs to scale settings of type: target_utilization (the autoscaler's);"
+                          f" default scale settings have only 'type' — set type: target_utilization"
+                          f" to autoscale, or remove {case(name)} and size the deployment with"
+                          f" {case('instance_count')}")
 
 
 def _probe_problems(probe: ProbeSettings, field_name: str, case: Case) -> Iterator[Problem]:

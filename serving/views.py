@@ -10,7 +10,7 @@ import time
 from dataclasses import asdict
 
 from .backends import EXITED, READY, STARTING, ReplicaView
-from .resources import Deployment
+from .resources import Deployment, ScaleSettings
 from .store import EndpointRecord
 
 
@@ -44,6 +44,12 @@ def deployment_state(rollout) -> str:
     return rollout.state
 
 
+def scale_settings_view(scale: ScaleSettings) -> dict:
+    """As Azure ML shows them: default scale settings are `type` alone (the autoscaler's
+    fields are refused there, so a shown deployment applies again as it is)."""
+    return asdict(scale) if scale.type != "default" else {"type": scale.type}
+
+
 def deployment_view(deployment: Deployment, replicas: list[ReplicaView], rollout=None) -> dict:
     mine = [r for r in replicas
             if r.endpoint == deployment.endpoint_name and r.deployment == deployment.name]
@@ -62,7 +68,7 @@ def deployment_view(deployment: Deployment, replicas: list[ReplicaView], rollout
         "environment": deployment.environment,
         "environment_variables": deployment.environment_variables,
         "request_settings": asdict(deployment.request_settings),
-        "scale_settings": asdict(deployment.scale_settings),
+        "scale_settings": scale_settings_view(deployment.scale_settings),
         "liveness_probe": asdict(deployment.liveness_probe),
         "readiness_probe": asdict(deployment.readiness_probe),
         "replicas": [

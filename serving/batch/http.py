@@ -5,7 +5,11 @@
     GET  /api/v1/batch/{endpoint}/jobs/{id}            show
     POST /api/v1/batch/{endpoint}/jobs/{id}/cancel     cancel → the job (409 if finished)
     GET  /api/v1/batch/{endpoint}/jobs/{id}/output     the output file (409 until finished)
-Every refusal is JSON {code, message, request_id}, as on the online path.
+Every refusal is JSON {code, message, request_id}, as on the online path. Failed
+authentication is throttled per client with the scoring path's AuthThrottle
+(router/auth_throttle.py): the gateway gives both the same one, so guesses on either
+path count together, and a throttled client gets the same 429 `AuthThrottled` with
+`Retry-After` here as there.
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ import asyncio
 import hmac
 import logging
 import re
+import socket
 
 from aiohttp import web
 
+from router import AuthThrottle, AuthThrottled
 from router.auth import bearer_credential
 from router.context import request_id_from
 from router.handlers import error_response
@@ -31,12 +37,26 @@ _KNOWN = [(re.compile(r"^/api/v1/batch/[^/]+/jobs/?\Z"), "GET, POST"),
           (re.compile(r"^/api/v1/batch/[^/]+/jobs/[^/]+/cancel/?\Z"), "POST"),
           (re.compile(r"^/api/v1/batch/[^/]+/jobs/[^/]+/output/?\Z"), "GET")]
 _CHUNK = 64 * 1024
+# The caller's address, as a worker's BatchProxy (serving/workers/batch_proxy.py) saw it:
+# believed only on the private Unix socket the proxies use, never from a TCP caller.
+CLIENT_ADDRESS_HEADER = "x-scoregate-client-address"
 log = logging.getLogger("scoregate.batch")
 
 
+def client_address(request: web.Request) -> str | None:
+    """Whom the failed-auth throttle counts: the TCP peer, or behind `--workers` the
+    peer the worker passing the request on saw."""
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None and sock.family == socket.AF_UNIX:
+        return request.headers.get(CLIENT_ADDRESS_HEADER) or None
+    return request.remote
+
+
 class JobRoutes:
-    def __init__(self, service) -> None:
+    def __init__(self, service, auth_throttle: AuthThrottle | None = None) -> None:
         self._service = service
+        self._auth_throttle = auth_throttle if auth_throttle is not None else AuthThrottle()
 
     def routes(self) -> list[web.RouteDef]:
         p = "/api/v1/batch/{endpoint}/jobs"
@@ -54,6 +74,8 @@ class JobRoutes:
                 response = await handler(request, await self._authorized(request))
             except RequestError as exc:
                 return error_response(exc.status, exc.code, exc.message, request_id)
+            except AuthThrottled as exc:
+                return error_response(exc.status, exc.code, exc.message, request_id, exc.headers)
             except Exception:
                 log.exception("batch request %s failed inside the gateway", request_id)
                 return error_response(500, "InternalError", "the gateway failed to handle the request", request_id)
@@ -76,15 +98,19 @@ class JobRoutes:
         record = await asyncio.to_thread(self._service.store.get_endpoint, name)
         if record is None:
             raise RequestError(404, "EndpointNotFound", f"no batch endpoint '{name}'")
+        client = client_address(request)
+        self._auth_throttle.check(client)  # as router/pipeline.py: before the credential is looked at
         if record.endpoint.auth_mode == "none":
             return record
         credential = bearer_credential(request.headers.get("Authorization"))
         if credential is None:
+            self._auth_throttle.failed(client)
             raise RequestError(401, "Unauthorized", "missing credential: send 'Authorization: Bearer <key>'")
         matched = False
         for key in record.keys:  # every key, no early exit: the timing tells nothing
             matched |= hmac.compare_digest(credential, key.encode())
         if not matched:
+            self._auth_throttle.failed(client)
             raise RequestError(401, "Unauthorized", "the key is not valid for this endpoint")
         return record
 

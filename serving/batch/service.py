@@ -165,11 +165,12 @@ class BatchService:
         return output_path(self._options, job)
 
     # -- HTTP -----------------------------------------------------------------------------------
-    def routes(self) -> list[web.RouteDef]:
-        """Job routes for the HTTPS scoring port (pass as RouterApp extra_routes)."""
+    def routes(self, auth_throttle=None) -> list[web.RouteDef]:
+        """Job routes for the HTTPS scoring port (pass as RouterApp extra_routes, with the
+        router's `auth_throttle`, so failed logins on both paths count together)."""
         from .http import JobRoutes
 
-        return JobRoutes(self).routes()
+        return JobRoutes(self, auth_throttle).routes()
 
     def admin_routes(self) -> list[web.RouteDef]:
         """Batch endpoint routes for the admin port, behind its admin-token middleware."""

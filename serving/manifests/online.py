@@ -15,7 +15,8 @@ import re
 import shlex
 from pathlib import Path
 
-from ..online_rules import MAX_INSTANCE_COUNT, MAX_PORT, MIN_PORT, ROUTES, deployment_problems, endpoint_problems
+from ..online_rules import (MAX_INSTANCE_COUNT, MAX_PORT, MIN_PORT, ROUTES, default_scale_problems,
+                            deployment_problems, endpoint_problems)
 from ..resources import (DEFAULT_INSTANCE_TYPE, Deployment, Endpoint, ProbeSettings, RequestSettings,
                          ScaleSettings)
 from .documents import Document
@@ -81,6 +82,7 @@ def parse_deployment(doc: Document) -> Deployment:
     instance_count = r.integer(body.get("instance_count", 1), "instance_count", 0, MAX_INSTANCE_COUNT)
     request_settings = r.settings(RequestSettings, body.get("request_settings"), "request_settings")
     scale = r.settings(ScaleSettings, body.get("scale_settings"), "scale_settings", numbers=("polling_interval",))
+    r.check(default_scale_problems(r.mapping(body.get("scale_settings"), "scale_settings"), scale.type))
     probes = [r.settings(ProbeSettings, body.get(field_name), field_name, numbers=_PROBE_NUMBERS)
               for field_name in ("liveness_probe", "readiness_probe")]
     rollout_timeout_s = None

@@ -5,7 +5,9 @@ Batch jobs live in the main process (one store, one job runner), but with
 `/api/v1/batch/...` by forwarding the request, as it came (method, path and query,
 headers but the hop-by-hop ones, body streamed), to the main process's batch routes on
 a Unix socket only the gateway's user can open, and streams the answer back. The main
-process authenticates it exactly as when it serves the scoring port itself.
+process authenticates it exactly as when it serves the scoring port itself; the caller's
+address goes with it (CLIENT_ADDRESS_HEADER, a caller's own copy dropped), so the
+failed-auth throttle there counts each caller, not the worker.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from router.context import request_id_from
 from router.handlers import error_response
 from router.upstream.headers import HOP_BY_HOP
 
+from ..batch.http import CLIENT_ADDRESS_HEADER
+
 log = logging.getLogger("scoregate.workers")
 
 _CHUNK = 64 * 1024
-_NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length"}
+_NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length", CLIENT_ADDRESS_HEADER}
 _NOT_RETURNED = HOP_BY_HOP | {"content-length", "date", "server"}
 
 
@@ -49,6 +53,8 @@ class BatchProxy:
     async def forward(self, request: web.Request) -> web.StreamResponse:
         assert self._session is not None
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _NOT_FORWARDED]
+        if request.remote:
+            headers.append((CLIENT_ADDRESS_HEADER, request.remote))
         body = request.content.iter_chunked(_CHUNK) if request.can_read_body else None
         response: web.StreamResponse | None = None
         try:

@@ -5,8 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
+from loadtests.scenarios.deployments import deployment_body
 from serving.manifests import ManifestError, parse_all, read_documents
+from serving.views import deployment_view
 from tests.support.manifests import ECHO_MODEL, write_deployment, write_endpoint
 
 REPO = Path(__file__).resolve().parents[3]
@@ -82,6 +85,51 @@ def test_the_scoring_script_must_lie_in_the_code_folder(tmp_path, script):
                            f"code_configuration: {{code: {ECHO_MODEL}, scoring_script: {script}}}\n")
     with pytest.raises(ManifestError, match="code_configuration.scoring_script: must be a path inside the code"):
         parse_all(read_documents([path]), {"ep"}, set())
+
+
+@pytest.mark.parametrize("settings, field", [
+    ("{type: default, min_instances: 3}", "min_instances"),
+    ("{type: default, max_instances: 4}", "max_instances"),
+    ("{type: default, target_utilization_percentage: 50}", "target_utilization_percentage"),
+    ("{type: default, polling_interval: 5}", "polling_interval"),
+    ("{min_instances: 3}", "min_instances"),  # no type is type default
+])
+def test_default_scale_settings_take_only_the_type(tmp_path, settings, field):
+    """Azure ML's default scale settings have only `type`: an autoscaling field there is
+    refused, not silently ignored (the replicas would stay at instance_count)."""
+    path = write(tmp_path, DEPLOYMENT + f"scale_settings: {settings}\n")
+    with pytest.raises(ManifestError) as caught:
+        parse_all(read_documents([path]), {"ep"}, set())
+    message = str(caught.value)
+    assert message.startswith(f"{path}: scale_settings.{field}: "), message
+    assert "type: target_utilization" in message and "only 'type'" in message, message
+
+
+@pytest.mark.parametrize("settings, kind", [
+    ("{type: default}", "default"),
+    ("{}", "default"),
+    ("{type: target_utilization, min_instances: 1, max_instances: 4, polling_interval: 2}", "target_utilization"),
+])
+def test_scale_settings_that_azure_ml_takes_parse(tmp_path, settings, kind):
+    path = write(tmp_path, DEPLOYMENT + f"scale_settings: {settings}\n")
+    [deployment] = parse_all(read_documents([path]), {"ep"}, set()).deployments
+    assert deployment.scale_settings.type == kind
+
+
+@pytest.mark.parametrize("settings", ["{type: default}",
+                                      "{type: target_utilization, min_instances: 1, max_instances: 4}"])
+def test_a_shown_deployment_applies_again(tmp_path, settings):
+    """`deployment show` is a complete body to apply again (loadtests' rollout scenarios
+    do): default scale settings are shown as Azure ML shows them, `type` alone."""
+    path = write(tmp_path, DEPLOYMENT + f"scale_settings: {settings}\n")
+    [deployment] = parse_all(read_documents([path]), {"ep"}, set()).deployments
+    view = deployment_view(deployment, [])
+    if deployment.scale_settings.type == "default":
+        assert view["scale_settings"] == {"type": "default"}
+    again = tmp_path / "again.yml"
+    again.write_text(yaml.safe_dump(deployment_body(view, {})))
+    [shown] = parse_all(read_documents([again]), {"ep"}, set()).deployments
+    assert shown.scale_settings == deployment.scale_settings
 
 
 def test_references_are_checked_across_the_applied_set(tmp_path):
