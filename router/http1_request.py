@@ -45,11 +45,13 @@ class RequestBody:
         self.received += len(data)
         if self._buffered > BODY_HIGH_WATER:
             self._conn.pause_reading_for_body()
-        self._wake()
+        if self._waiter is not None:  # usually nobody waits yet: the body came with the head
+            self._wake()
 
     def feed_eof(self) -> None:
         self.done = True
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
 
     def fail(self, error: BaseException) -> None:
         if not self.done and self._error is None:

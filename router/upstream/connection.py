@@ -185,8 +185,10 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _wake(self) -> None:
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is not None:
+            self._waiter = None  # resolved once: the callbacks after it skip the call
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _fail(self, error: BaseException) -> None:
         if self._error is None and not self._complete:
@@ -289,7 +291,8 @@ class UpstreamConnection(asyncio.Protocol):
         if self._buffered > PAUSE_READING_BYTES and not self._reading_paused:
             self._reading_paused = True
             self.transport.pause_reading()
-        self._wake()
+        if self._waiter is not None:  # usually the head's waiter was woken already
+            self._wake()
 
     def on_message_complete(self) -> None:
         if not self._head_done:
@@ -303,7 +306,8 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if not self._complete:
             self._finish_message()
-            self._wake()
+            if self._waiter is not None:
+                self._wake()
 
     def _finish_message(self) -> None:
         self._complete = True
