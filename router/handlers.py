@@ -36,6 +36,7 @@ from .tracing import child_traceparent, end_server_span, start_server_span
 log = logging.getLogger("scoregate.router")
 
 ENDPOINT_PREFIX = "/api/v1/endpoint/"
+_SUBPATH_SPLITS = ENDPOINT_PREFIX.count("/") + 1  # "", api, v1, endpoint, NAME, then the sub-path
 NOT_FOUND_MESSAGE = "no such route; scoring is POST /api/v1/endpoint/{endpoint}/score"
 
 
@@ -100,11 +101,13 @@ class ScoringHandlers:
                     return self._run(request, None, endpoint)
                 if tail == "swagger.json" and request.method in ("GET", "HEAD"):
                     return self._run(request, "/swagger.json", endpoint)
-                # Forward the raw (still percent-encoded) remainder of the path unchanged.
-                raw = request.path
-                prefix_end = raw.find("/", len(ENDPOINT_PREFIX))
-                return self._run(request, raw[prefix_end:] if prefix_end > 0 else "/", endpoint,
-                                       check_path=True)
+                # Forward the raw (still percent-encoded) remainder of the path unchanged: what
+                # follows the endpoint's segment. The segments are counted, not the characters,
+                # since the caller may have encoded letters before it (an encoded '/' is never
+                # decoded by routing_path, so both paths have the same segments).
+                rest = request.path.split("/", _SUBPATH_SPLITS)
+                return self._run(request, "/" + rest[-1] if len(rest) > _SUBPATH_SPLITS else "/", endpoint,
+                                 check_path=True)
         endpoint = self._endpoint_from_host(request.header(b"host"))
         if endpoint is not None:
             if request.path == "/score":

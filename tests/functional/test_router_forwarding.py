@@ -142,6 +142,28 @@ async def test_query_string_and_encoded_sub_paths_pass_unchanged(router, upstrea
     assert upstream.seen[0].method == "GET" and upstream.seen[0].body == b""
 
 
+async def test_a_percent_encoded_prefix_or_name_still_sends_only_the_sub_path(router, upstream, certs):
+    """The route is matched on the decoded path; the model gets the raw remainder after the
+    endpoint's segment, wherever the caller encoded letters before it."""
+    for target in (b"/api/v1/endpoin%74/ep/health?x=%20", b"/api/v1/endpoint/%65p/health?x=%20",
+                   b"/%61pi/v1/endpoint/ep/health?x=%20"):
+        reader, writer = await open_raw_tls(router.port, certs.ca_cert)
+        writer.write(b"GET " + target + b" HTTP/1.1\r\nHost: localhost\r\nAuthorization: "
+                     + AUTH["Authorization"].encode() + b"\r\n\r\n")
+        async with asyncio.timeout(5):
+            head = await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+        assert head.startswith(b"HTTP/1.1 200 "), (target, head)
+        assert upstream.seen[-1].raw_path == "/health?x=%20", target
+    reader, writer = await open_raw_tls(router.port, certs.ca_cert)
+    writer.write(b"GET /api/v1/endpoin%74/ep HTTP/1.1\r\nHost: localhost\r\nAuthorization: "
+                 + AUTH["Authorization"].encode() + b"\r\n\r\n")
+    async with asyncio.timeout(5):
+        head = await reader.readuntil(b"\r\n\r\n")
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 404 ")  # no sub-path: as /api/v1/endpoint/ep
+
+
 async def test_non_2xx_from_the_model_is_424_with_its_status_reason_and_body(router, upstream, client):
     upstream.respond = Script(status=503, reason="Model Busy", body=b'{"detail": "busy"}')
     async with client.post(url(router), data=b"{}", headers=AUTH) as r:
