@@ -25,7 +25,7 @@ from .balancing.ejection import OutlierEjector
 from .context import RequestContext
 from .errors import EndpointNotFound, NoReadyReplica, PayloadTooLarge, RequestTimeout, UpstreamConnectionError
 from .auth_throttle import AuthThrottle
-from .errors import DeploymentNotFound, Unauthorized
+from .errors import BadRequest, DeploymentNotFound, Unauthorized
 from .http1_request import Request
 from .mirroring import Mirror
 from .paths import NAME_RULE
@@ -103,6 +103,8 @@ class ScoringPipeline:
 
         pin = request.index.get(_PIN_KEY)
         if pin is not None:
+            if sum(1 for name, _ in request.raw_headers if name.lower() == _PIN_KEY) > 1:
+                raise BadRequest(f"more than one '{PIN_HEADER}' header: a request pins at most one deployment")
             pin = pin.decode("latin-1")  # a name is ASCII: anything else fails the rule
             if not NAME_RULE.match(pin):
                 raise DeploymentNotFound(f"'{PIN_HEADER}' must name a deployment (2-32 letters, digits or '-')")

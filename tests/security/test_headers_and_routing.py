@@ -72,3 +72,21 @@ async def test_endpoint_and_deployment_names_are_checked_before_lookup(make_rout
     status, _, body = await post(client, router, headers={"azureml-model-deployment": "../blue"})
     assert status == 404 and json.loads(body)["code"] == "DeploymentNotFound"
     assert upstream.seen == []
+
+
+async def test_two_deployment_pins_are_refused_not_resolved_by_order(make_router, upstream, raw):
+    """Two `azureml-model-deployment` headers name two deployments (or one twice): which one
+    a proxy in front would keep is not known, so neither is guessed — 400, nothing sent."""
+    router = await make_router()
+    for pins in ((b"blue", b"green"), (b"blue", b"blue")):
+        received, _ = await raw(router).exchange(
+            b"POST /api/v1/endpoint/ep/score HTTP/1.1\r\nHost: localhost\r\nAuthorization: "
+            + AUTH["Authorization"].encode() + b"\r\n"
+            + b"".join(b"azureml-model-deployment: %s\r\n" % pin for pin in pins)
+            + b"Content-Length: 2\r\nConnection: close\r\n\r\n{}")
+        head, _, body = received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 "), received
+        error = json.loads(body)
+        assert error["code"] == "BadRequest" and "azureml-model-deployment" in error["message"]
+        assert error["request_id"]
+    assert upstream.seen == []
