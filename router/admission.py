@@ -222,7 +222,8 @@ class Admission:
     async def acquire(self, key: Key, deployment: DeploymentRoute, exclude: Iterable[str] = ()) -> Replica:
         candidates = self.candidates(deployment, exclude)
         if not candidates:
-            raise NoReadyReplica(f"deployment '{deployment.name}' has no ready replica")
+            raise NoReadyReplica(f"deployment '{deployment.name}' has no ready replica"
+                                 + (f": {deployment.unavailable_reason}" if deployment.unavailable_reason else ""))
         replica = self.try_acquire(key, deployment, candidates=candidates)
         if replica is not None:
             return replica

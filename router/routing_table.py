@@ -60,6 +60,9 @@ class DeploymentRoute:
     name: str
     replicas: tuple[Replica, ...] = ()
     request_settings: RequestSettings = RequestSettings()
+    # Why it has no replica and will not get one by itself (its only version failed to
+    # roll out): said in the 503 of a request pinned to it. None: none known.
+    unavailable_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

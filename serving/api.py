@@ -161,8 +161,7 @@ class AdminApi:
                 rollout = self._controller.rollouts.rollout(key)
                 if weight > 0 and key not in renewed and rollout is not None and rollout.state == "Failed" \
                         and rollout.kind == "create":
-                    return (f"traffic.{name}: deployment '{name}' failed to roll out in stage "
-                            f"{rollout.failed_stage} ({rollout.reason}); apply a fixed version first")
+                    return f"traffic.{name}: deployment '{name}' {rollout.failure()}; apply a fixed version first"
         return None
 
     async def list_endpoints(self, _request: web.Request) -> web.Response:

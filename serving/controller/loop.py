@@ -46,6 +46,7 @@ class Controller:
         self._records: list[EndpointRecord] = []
         self._deployments: list[Deployment] = []
         self._available: set[tuple[str, str]] = set()
+        self._failed: dict[tuple[str, str], str] = {}  # deployments whose only version failed: why
         # Objects being deleted (their replicas still stopping): (endpoint, deployment or
         # None for the whole endpoint) -> since. Shown as provisioning_state Deleting.
         self.deleting: dict[tuple[str, str | None], float] = {}
@@ -110,7 +111,7 @@ class Controller:
         if self._autoscaling is not None:
             self._autoscaling.update(self._deployments)
         step = self.rollouts.step(records, self._backend.observe(), self.wanted)
-        self._available = step.available
+        self._available, self._failed = step.available, step.failed
         await self._save_rollouts()
         actions = plan(step.run, self._backend.observe(), self._clock(), step.hold)
         for action in actions:
@@ -151,4 +152,5 @@ class Controller:
         task.add_done_callback(lambda _t, rid=action.replica_id: self._stopping.pop(rid, None))
 
     def _publish(self) -> None:
-        self._publisher.publish(self._records, self._deployments, self._backend.observe(), self._available)
+        self._publisher.publish(self._records, self._deployments, self._backend.observe(), self._available,
+                                self._failed)

@@ -8,6 +8,8 @@ or exited is never offered to a request.
 
 from __future__ import annotations
 
+from typing import Mapping
+
 from router import (
     DeploymentRoute,
     EndpointRoute,
@@ -24,9 +26,11 @@ from ..store import EndpointRecord
 
 def build_routing_table(version: int, records: list[EndpointRecord], deployments: list[Deployment],
                         replicas: list[ReplicaView],
-                        traffic: dict[str, tuple[dict[str, int], str | None]] | None = None) -> RoutingTable:
+                        traffic: dict[str, tuple[dict[str, int], str | None]] | None = None,
+                        failed: Mapping[tuple[str, str], str] | None = None) -> RoutingTable:
     """`traffic`: per endpoint, the weights in effect and why none are (if so); by
-    default the endpoint's desired traffic."""
+    default the endpoint's desired traffic. `failed`: per (endpoint, deployment) whose
+    only version failed to roll out, why (said to a request pinned to it)."""
     ready: dict[tuple[str, str], list[Replica]] = {}
     for view in replicas:
         if view.state == READY:
@@ -45,6 +49,7 @@ def build_routing_table(version: int, records: list[EndpointRecord], deployments
                 max_concurrent_requests_per_instance=settings.max_concurrent_requests_per_instance,
                 max_queue_wait_ms=settings.max_queue_wait_ms,
             ),
+            unavailable_reason=(failed or {}).get((deployment.endpoint_name, deployment.name)),
         )
         by_endpoint.setdefault(deployment.endpoint_name, {})[deployment.name] = route
     endpoints = {}
@@ -101,11 +106,12 @@ class RoutingPublisher:
         return out
 
     def publish(self, records: list[EndpointRecord], deployments: list[Deployment],
-                replicas: list[ReplicaView], available: set[tuple[str, str]] | None = None) -> bool:
+                replicas: list[ReplicaView], available: set[tuple[str, str]] | None = None,
+                failed: Mapping[tuple[str, str], str] | None = None) -> bool:
         """Swap in a new table if it differs from the current one; True if swapped."""
         current = self._holder.current
         table = build_routing_table(current.version + 1, records, deployments, replicas,
-                                    self.traffic_in_effect(records, available))
+                                    self.traffic_in_effect(records, available), failed)
         if current.version > 0 and table.endpoints == current.endpoints:
             return False
         self._holder.swap(table)

@@ -15,6 +15,11 @@ STAGES = ("environment", "model_download", "code_download", "init", "readiness")
 IN_PROGRESS, SUCCEEDED, FAILED = "InProgress", "Succeeded", "Failed"
 
 
+def failure_text(stage: str | None, reason: str) -> str:
+    """How a failed rollout ended, for messages: "failed to roll out in stage S (reason)"."""
+    return f"failed to roll out in stage {stage} ({reason})"
+
+
 def format_duration(seconds: float) -> str:
     """1200 → "20m0s", 75.5 → "1m15s", 3 → "3s" (the way the reasons show budgets)."""
     seconds = int(round(seconds))
@@ -78,6 +83,9 @@ class Rollout:
             self.enter(stage, now)
         self._close(now, FAILED)
         self.state, self.failed_stage, self.reason, self.finished_at = FAILED, stage, reason, now
+
+    def failure(self) -> str:
+        return failure_text(self.failed_stage, self.reason)
 
     def over_budget(self, now: float) -> bool:
         return self.state == IN_PROGRESS and now - self.started_at > self.budget_s

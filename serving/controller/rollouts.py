@@ -36,7 +36,7 @@ from ..backends import EXITED, READINESS, READY, STARTING, Artifacts, ReplicaVie
 from ..resources import Deployment
 from ..store import DeploymentRecord
 from .preparing import Preparer, StageFailed
-from .rollout import IN_PROGRESS, SUCCEEDED, Rollout, format_duration
+from .rollout import FAILED, IN_PROGRESS, SUCCEEDED, Rollout, format_duration
 
 log = logging.getLogger("scoregate.rollout")
 
@@ -49,6 +49,8 @@ class Plan:
     run: list[Deployment] = field(default_factory=list)  # what the planner should run
     hold: set[Key] = field(default_factory=set)  # leave these deployments' replicas alone
     available: set[Key] = field(default_factory=set)  # deployments with a serving version
+    # Deployments whose only version failed to roll out: why (for the routing table).
+    failed: dict[Key, str] = field(default_factory=dict)
 
 
 class RolloutManager:
@@ -135,6 +137,8 @@ class RolloutManager:
                 plan.run.append(replace(desired, instance_count=0))
             if rollout.state == SUCCEEDED or good is not None:
                 plan.available.add(key)
+            elif rollout.state == FAILED:
+                plan.failed[key] = f"it {rollout.failure()}; apply a fixed version"
         self._forget_others(live)
         return plan
 

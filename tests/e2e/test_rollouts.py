@@ -195,6 +195,12 @@ def test_traffic_to_a_failed_deployment_is_refused(gateway, tmp_path):
     write_deployment(tmp_path, "refuse", "bad", env={"INIT_FAIL": "1"})
     apply(gateway, tmp_path)
     assert settled(gateway, "refuse", "bad")["provisioning_state"] == "Failed"
+    # A request pinned to it is told why it has no replica (not only that none is ready).
+    status, error = wait_for(lambda: (lambda s, e: (s, e) if "failed to roll out" in e.get("message", "") else None)(
+        *scoring_answer(gateway, "refuse", {"azureml-model-deployment": "bad"})), 10, "the reason in the 503")
+    assert status == 503 and error["code"] == "NoReadyReplica"
+    assert "deployment 'bad' has no ready replica: it failed to roll out in stage init " \
+        "(init() raised ValueError: bad model); apply a fixed version" == error["message"]
     (tmp_path / "refuse-bad-deployment.yml").unlink()
     (tmp_path / "refuse-good-deployment.yml").unlink()
     write_endpoint(tmp_path, "refuse", traffic={"good": 50, "bad": 50})
@@ -217,6 +223,22 @@ def scoring_status(gateway, endpoint: str, credential: str) -> int:
             return r.status
     except urllib.error.HTTPError as exc:
         return exc.code
+
+
+def scoring_answer(gateway, endpoint: str, headers: dict) -> tuple[int, dict]:
+    """(status, JSON body) of one scoring call with the endpoint's key and `headers`."""
+    import ssl
+    import urllib.request
+
+    key = gateway.cli_json("endpoint", "get-credentials", "-n", endpoint)["primaryKey"]
+    request = urllib.request.Request(f"{gateway.scoring_url}/api/v1/endpoint/{endpoint}/score", data=b"{}",
+                                     headers={"Authorization": f"Bearer {key}", **headers})
+    try:
+        with urllib.request.urlopen(request, context=ssl.create_default_context(cafile=gateway.info.ca_cert),
+                                    timeout=10) as r:
+            return r.status, json.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
 
 
 def write_request(folder):

@@ -261,3 +261,31 @@ async def test_an_invalid_edit_keeps_the_last_valid_version_routed(apiserver, ku
         assert status == 200, body
     finally:
         await router.close()
+
+
+async def test_a_request_pinned_to_a_failed_deployment_is_told_why(apiserver, kubeconfig, tmp_path, replicas, client):
+    """A 503 for a deployment whose only version failed says so (from its status), not only
+    that no replica is ready — retrying will not help until a fixed version is applied."""
+    first, _ = replicas
+    put_endpoint(apiserver, "iris", {"blue": 100})
+    put_deployment(apiserver, "iris", "blue", limit=4)
+    put_deployment(apiserver, "iris", "green", limit=4, rolled_out=False)
+    put_replica(apiserver, "iris", "blue", "iris-blue-pod-1", first.port)
+    router = KubernetesRouter(router_settings(kubeconfig, "router-a", tmp_path, coordination=False))
+    await router.start()
+    try:
+        status, body, _ = await score(client, router.port, **{"azureml-model-deployment": "green"})
+        assert status == 503 and "failed to roll out" not in json.loads(body)["message"]  # still rolling out
+        apiserver.update(("scoregate.io", "v1", "onlinedeployments"), NS, "iris-green", lambda o: o.__setitem__(
+            "status", {"provisioningState": "Failed", "rollout": {
+                "spec_hash": "abc", "kind": "create", "budget_s": 1200.0, "started_at": 1.0, "state": "Failed",
+                "failed_stage": "init", "reason": "init() raised ValueError: bad model"}}))
+        await eventually(lambda: router.router.holder.current.endpoints["iris"].deployments["green"]
+                         .unavailable_reason is not None, what="the failure in the routing table")
+        status, body, headers = await score(client, router.port, **{"azureml-model-deployment": "green"})
+        error = json.loads(body)
+        assert status == 503 and error["code"] == "NoReadyReplica"
+        assert "failed to roll out in stage init (init() raised ValueError: bad model)" in error["message"]
+        assert (await score(client, router.port))[0] == 200  # the endpoint's traffic is unaffected
+    finally:
+        await router.close()

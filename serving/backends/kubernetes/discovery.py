@@ -24,9 +24,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from dataclasses import dataclass
-from typing import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping
 
+from ...controller.rollout import FAILED, failure_text
 from ...resources import Deployment, Endpoint
 from ...store import EndpointRecord
 from ...tokens import TokenIssuer
@@ -50,6 +51,8 @@ class ClusterView:
     deployments: tuple[Deployment, ...] = ()
     available: frozenset[Key] = frozenset()  # deployments with a version that served
     replicas: tuple[ReplicaView, ...] = ()  # READY only
+    # Deployments whose only version failed to roll out (their status says so): why.
+    failed: Mapping[Key, str] = field(default_factory=dict)
 
 
 def _age(obj: dict) -> tuple[float, str, str]:
@@ -60,6 +63,16 @@ def _age(obj: dict) -> tuple[float, str, str]:
 def rolled_out(obj: dict) -> bool:
     status = obj.get("status") or {}
     return bool(status.get("lastGood")) or status.get("provisioningState") == "Succeeded"
+
+
+def rollout_failure(obj: dict) -> str | None:
+    """Why a deployment that never rolled out failed, from its status; None otherwise."""
+    status = obj.get("status") or {}
+    saved = status.get("rollout")
+    if rolled_out(obj) or not isinstance(saved, dict) or saved.get("state") != FAILED:
+        return None
+    return f"it {failure_text(saved.get('failed_stage'), saved.get('reason') or 'no reason recorded')}; " \
+           "apply a fixed version"
 
 
 def _paths(deployment: Deployment) -> tuple[str, str]:
@@ -161,6 +174,7 @@ class ClusterDiscovery:
                 records.append(EndpointRecord(endpoint, keys[0], keys[1], created, created))
         deployments: dict[Key, tuple[Deployment, str]] = {}
         available = set()
+        failed: dict[Key, str] = {}
         accepted_deployments: dict[tuple[str, str], Version[Deployment]] = {}
         services: set[tuple[str, str]] = set()
         for obj in sorted(self._deployments.values(), key=_age):
@@ -184,6 +198,8 @@ class ClusterDiscovery:
             accepted_deployments[key_of(obj)] = version
             if rolled_out(obj):
                 available.add(key)
+            elif (why := rollout_failure(obj)) is not None:
+                failed[key] = why
         self._deployment_versions.remember(accepted_deployments)
         by_service = {(ns, names.service_name(*key)): d for key, (d, ns) in deployments.items()}
         replicas: dict[str, ReplicaView] = {}
@@ -194,7 +210,7 @@ class ClusterDiscovery:
                 for view in slice_replicas(endpoint_slice, deployment):
                     replicas.setdefault(view.replica_id, view)  # a pod may be in two slices for a moment
         self.view = ClusterView(tuple(records), tuple(d for d, _ in deployments.values()), frozenset(available),
-                                tuple(sorted(replicas.values(), key=lambda v: v.replica_id)))
+                                tuple(sorted(replicas.values(), key=lambda v: v.replica_id)), failed)
         self._tokens = self._signing_issuer()
         self.on_change()
 

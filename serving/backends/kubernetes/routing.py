@@ -81,7 +81,8 @@ class RouterTables:
         current = self.holder.current
         records, deployments = list(self.view.records), list(self.view.deployments)
         traffic = self._publisher.traffic_in_effect(records, set(self.view.available))
-        table = build_routing_table(current.version + 1, records, deployments, list(self.view.replicas), traffic)
+        table = build_routing_table(current.version + 1, records, deployments, list(self.view.replicas), traffic,
+                                    self.view.failed)
         endpoints = {name: replace(endpoint, deployments={
             n: shared_route(d, deployment_key(name, n), self.doc, self.identity, self.routers_seen)
             for n, d in endpoint.deployments.items()}) for name, endpoint in table.endpoints.items()}
