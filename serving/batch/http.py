@@ -27,7 +27,7 @@ from router.auth import bearer_credential
 from router.context import request_id_from
 from router.handlers import error_response
 
-from .jobs import TERMINAL, JobRecord
+from .jobs import OUTPUT_NOT_WRITTEN, TERMINAL, JobRecord
 from .requests import RequestError, parse_job_request
 from .store import BatchEndpointRecord
 
@@ -175,6 +175,9 @@ class JobRoutes:
     async def output(self, request: web.Request, record: BatchEndpointRecord) -> web.StreamResponse:
         job = await self._job(request, record)
         if not job.finalized or job.status not in TERMINAL:
+            if job.status in TERMINAL and OUTPUT_NOT_WRITTEN in (job.error or ""):
+                raise RequestError(409, "OutputNotReady", f"job '{job.id}' is {job.status}, but its output could"
+                                   " not be written (see the job's error)")
             raise RequestError(409, "OutputNotReady", f"job '{job.id}' is {job.status}; its output is written"
                                " when it finishes")
         settings = job.spec["deployment"]["settings"]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import failpoints
-from .jobs import CANCELED, COMPLETED, FAILED, JobRecord, JobStore, MiniBatch
+from .jobs import CANCELED, COMPLETED, FAILED, OUTPUT_NOT_WRITTEN, JobRecord, JobStore, MiniBatch
 from .output import write_output
 from .resources import BatchDeployment
 from .settings import LOGS_FOLDER
@@ -42,12 +42,41 @@ def output_path(options: RunOptions, job: JobRecord) -> Path:
 
 
 async def finalize(jobs: JobStore, options: RunOptions, job: JobRecord, status: str, error: str | None) -> None:
-    """Write the output file (append_row), then mark the job finished; safe to repeat."""
+    """Write the output file (append_row), then mark the job finished; safe to repeat.
+
+    A canceled job whose output cannot be written (disk full, a path taken) stays
+    Canceled — that is what its caller asked for and it happened — with the failure in its
+    error and its scored results kept in the database; it is left unfinalized, so the next
+    start tries the output again (and drops the note once it is written)."""
+    error = _without_output_note(error)
     if job.spec["deployment"]["settings"]["output_action"] == "append_row":
-        await asyncio.to_thread(write_output, jobs, job.id, output_path(options, job))
+        path = output_path(options, job)
+        try:
+            await asyncio.to_thread(write_output, jobs, job.id, path)
+        except OSError as exc:
+            if status != CANCELED:
+                raise
+            await _output_not_written(jobs, job, error, path, exc)
+            return
     failpoints.hit("finish_before_mark")
     await asyncio.to_thread(jobs.finish, job.id, status, error)
     log.info("batch job %s %s%s", job.id, status.lower(), f": {error}" if error else "")
+
+
+def _without_output_note(error: str | None) -> str | None:
+    if error and f"; {OUTPUT_NOT_WRITTEN}" in error:
+        return error.split(f"; {OUTPUT_NOT_WRITTEN}", 1)[0]
+    return error
+
+
+async def _output_not_written(jobs: JobStore, job: JobRecord, error: str | None, path: Path,
+                              exc: OSError) -> None:
+    scored = (await asyncio.to_thread(jobs.counts, job.id)).succeeded_items
+    why = exc.strerror or type(exc).__name__  # not str(exc): it names server paths, and key holders read this
+    note = (f"{error or 'canceled'}; {OUTPUT_NOT_WRITTEN} ({why}): its {scored} scored item(s) are kept"
+            " and the output is written again at the next start of the gateway")
+    log.error("batch job %s canceled, but its partial output %s could not be written: %s", job.id, path, exc)
+    await asyncio.to_thread(jobs.note_output_failure, job.id, note)
 
 
 def remove_outputs(options: RunOptions, job_id: str) -> None:

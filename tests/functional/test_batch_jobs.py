@@ -236,3 +236,32 @@ def test_the_iris_batch_example(tmp_path):
         assert len(api.rows(table["id"])) == 15 and table["mini_batches"]["total"] == 4
     finally:
         process.kill()
+
+
+def test_cancel_whose_partial_output_cannot_be_written(batch):
+    """The cancel is what the caller asked for and it happened: 200 with the job, Canceled,
+    and the output failure recorded on it (not a 500, not a job left half-finished)."""
+    api, _, data, process = batch({"mini_batch_size": 2}, env={"DELAY": "0.2"})
+    write_files(data / "slow", 40)
+    job = api.submit({"input": {"type": "uri_folder", "path": "slow"}})
+    api.wait(job["id"], until=lambda j: j["mini_batches"]["succeeded"] >= 1)
+    blocker = process.state.root / "batch" / "jobs" / job["id"] / "predictions.csv"
+    blocker.mkdir(parents=True)  # the output's place is taken by a folder: renaming over it fails
+    (blocker / "keep").write_text("")
+    status, canceled = api.cancel(job["id"])
+    assert status == 200, canceled
+    assert canceled["id"] == job["id"] and canceled["status"] == "Canceled"
+    message = canceled["error"]["message"]
+    assert message.startswith("canceled by the user") and "partial output could not be written" in message
+    assert "Is a directory" in message and str(process.state.root) not in message  # why, but no server path
+    scored = canceled["items"]["succeeded"]
+    assert 0 < scored < 40 and f"{scored} scored item(s)" in message  # kept, and said so
+    assert canceled["output"]["ready"] is False and canceled["finished_at"] is not None
+    status, raw = api.output(job["id"])
+    body = json.loads(raw)
+    assert status == 409 and body["code"] == "OutputNotReady" and "could not be written" in body["message"]
+    assert api.show(job["id"]) == canceled  # what the cancel answered is what the job is
+    status, again = api.cancel(job["id"])
+    assert status == 409 and again["code"] == "JobFinished"
+    assert not list(blocker.parent.glob(".*.tmp"))  # no half-written temporary file left behind
+    assert descendants(process.process.pid) == set()
