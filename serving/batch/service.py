@@ -18,7 +18,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import failpoints
+from . import failpoints, joblog
 from .db import Database
 from .inputs import DataRoots, collect
 from .jobs import JobRecord, JobStore
@@ -131,6 +131,9 @@ class BatchService:
         job = await asyncio.to_thread(self.jobs.create, job_id, endpoint_name, deployment.name, spec,
                                       collected.refs, collected.payloads, settings.mini_batch_size)
         failpoints.hit("after_accept")
+        await asyncio.to_thread(joblog.append, joblog.job_log_path(self._options.jobs_dir, job_id),
+                                f"accepted: {job.items} item(s) of a {request.input_type} input in"
+                                f" {job.mini_batches} mini-batch(es), deployment '{deployment.name}'")
         self.scheduler.wake()
         return job
 

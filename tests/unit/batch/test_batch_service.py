@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 
 import pytest
 
@@ -103,7 +104,7 @@ async def test_a_canceled_job_whose_output_cannot_be_written_is_written_at_the_n
     await batch.scheduler.close()  # no job runs: the one submitted stays Queued until it is canceled
     job = await batch.submit("scorer", JobRequest("inline", data=[1, 2, 3]))
     jobs_dir = state / "batch" / "jobs"
-    jobs_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(jobs_dir / job.id)  # (its log, "accepted", went there)
     (jobs_dir / job.id).write_text("")  # the job's folder is taken by a file
     assert await batch.cancel_job(job.id)  # no exception: the cancel stands
     canceled = batch.jobs.get(job.id)
