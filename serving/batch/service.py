@@ -162,6 +162,11 @@ class BatchService:
         return job_view(job, self.jobs.counts(job.id), self.jobs.failed_minibatches(job.id),
                         self.scoring_url if scoring_url is None else scoring_url)
 
+    def job_logs(self, job: JobRecord, *, workers: bool) -> str:
+        """The job's log (serving.batch.joblog); with workers, the scoring script's output too
+        (worker logs: tracebacks name server paths, so only the admin port asks for them)."""
+        return joblog.read(self._options.jobs_dir, job.id, workers=workers)
+
     def output_file(self, job: JobRecord) -> Path:
         from .runner import output_path
 

@@ -265,3 +265,39 @@ def test_cancel_whose_partial_output_cannot_be_written(batch):
     assert status == 409 and again["code"] == "JobFinished"
     assert not list(blocker.parent.glob(".*.tmp"))  # no half-written temporary file left behind
     assert descendants(process.process.pid) == set()
+
+
+def test_job_logs_show_failed_items_and_the_scoring_script_output(batch, capsys):
+    api, _, data, process = batch({"mini_batch_size": 2, "retry_settings": {"max_retries": 1, "timeout": 10}})
+    write_files(data / "bad", 6, lambda i: "FAIL-3" if i == 3 else f"ok-{i}")
+    job = api.wait(api.submit({"input": {"type": "uri_folder", "path": "bad"}})["id"])
+    assert job["status"] == "Completed" and job["items"]["failed"] == 2
+    # the scoring port, with the endpoint's key: the runner's log, no server paths
+    status, headers, raw = process.request("GET", f"{api.base}/{job['id']}/logs", None, api.headers)
+    text = raw.decode()
+    assert status == 200 and headers["Content-Type"].startswith("text/plain"), (status, text)
+    assert "accepted: 6 item(s) of a uri_folder input in 3 mini-batch(es)" in text and "started: 3 of 3" in text
+    assert ("mini-batch 1 (2 item(s): f00002.txt, f00003.txt) failed, attempt 1 of 2:"
+            " ValueError: cannot score FAIL-3; retrying") in text
+    assert "attempt 2 of 2: ValueError: cannot score FAIL-3; its items count as failed" in text
+    assert "Completed: 4 item(s) scored, 2 failed, 0 not scored" in text
+    assert str(process.state.root) not in text and "scoring 2 items" not in text
+    for url, code in ((f"{api.base}/batchjob-unknown/logs", "JobNotFound"),
+                      ("/api/v1/batch/nope/jobs/x/logs", "EndpointNotFound")):
+        got, _, raw = process.request("GET", url, None, api.headers)
+        assert got == 404 and json.loads(raw)["code"] == code and json.loads(raw)["request_id"]
+    assert process.request("GET", f"{api.base}/{job['id']}/logs", None, {})[0] == 401
+    assert process.request("POST", f"{api.base}/{job['id']}/logs", b"", api.headers)[0] == 405
+
+    # `scoregate job logs`, over the admin port: the workers' logs (print, tracebacks) too
+    from serving.cli import main
+
+    state = str(process.state.root)
+    assert main(["job", "logs", "--name", "scorer", "--job-id", job["id"], "--state-dir", state]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(text) and "=== worker-0.log (the scoring script's output) ===" in out
+    assert "scoring 2 items" in out and "Traceback" in out and "ValueError: cannot score FAIL-3" in out
+    assert main(["job", "logs", "--name", "scorer", "--job-id", "batchjob-unknown", "--state-dir", state]) == 1
+    assert capsys.readouterr().err == "error: no job 'batchjob-unknown' on batch endpoint 'scorer'\n"
+    assert main(["job", "logs", "--name", "nope", "--job-id", job["id"], "--state-dir", state]) == 1
+    assert "no batch endpoint 'nope'" in capsys.readouterr().err
