@@ -49,13 +49,15 @@ def register(subparsers, common_parent: argparse.ArgumentParser) -> None:
 
     job = subparsers.add_parser("job", help="batch jobs: list, show, cancel, download, logs")
     jobs = job.add_subparsers(dest="action", required=True, metavar="ACTION")
-    listing = jobs.add_parser("list", parents=common)
+    listing = jobs.add_parser("list", parents=common, help="an endpoint's jobs, newest first")
     listing.add_argument("-n", "--name", required=True, help="batch endpoint")
     listing.set_defaults(batch_command="job list")
-    helps = {"logs": "the job's log (what the runner did, failed items with their errors)"
+    helps = {"show": "one job: status, counts, errors", "cancel": "cancel a queued or running job",
+             "download": "save the job's output file",
+             "logs": "the job's log (what the runner did, failed items with their errors)"
                      " and its workers' logs (the scoring script's output)"}
-    for action in ("show", "cancel", "download", "logs"):
-        p = jobs.add_parser(action, parents=common, help=helps.get(action))
+    for action, text in helps.items():
+        p = jobs.add_parser(action, parents=common, help=text)
         p.add_argument("-n", "--name", required=True, help="batch endpoint")
         p.add_argument("-j", "--job-id", required=True)
         if action == "download":
