@@ -8,6 +8,7 @@
     GET    /api/v1/batch/endpoints/{e}/deployments          list
     GET    /api/v1/batch/endpoints/{e}/deployments/{d}      show
     DELETE /api/v1/batch/endpoints/{e}/deployments/{d}      delete
+    GET    /api/v1/batch/endpoints/{e}/jobs/{j}/logs        the job's log and its workers' logs, text
 Errors are JSON {code, message}, like the rest of the admin API.
 """
 
@@ -43,6 +44,7 @@ class AdminRoutes:
             web.get(p + "/{e}/deployments", self.list_deployments),
             web.get(p + "/{e}/deployments/{d}", self.show_deployment),
             web.delete(p + "/{e}/deployments/{d}", self.delete_deployment),
+            web.get(p + "/{e}/jobs/{j}/logs", self.job_logs),
         ]
 
     async def list_endpoints(self, _request: web.Request) -> web.Response:
@@ -103,3 +105,13 @@ class AdminRoutes:
         if not deleted:
             return _error(404, "NotFound", f"no deployment '{name}' on batch endpoint '{endpoint}'")
         return web.json_response({"deleted": name, "endpoint_name": endpoint})
+
+    async def job_logs(self, request: web.Request) -> web.Response:
+        endpoint, job_id = request.match_info["e"], request.match_info["j"]
+        if await asyncio.to_thread(self._service.store.get_endpoint, endpoint) is None:
+            return _missing(endpoint)
+        job = await asyncio.to_thread(self._service.jobs.get, job_id, endpoint)
+        if job is None:
+            return _error(404, "JobNotFound", f"no job '{job_id}' on batch endpoint '{endpoint}'")
+        text = await asyncio.to_thread(self._service.job_logs, job, workers=True)
+        return web.Response(text=text, content_type="text/plain")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import urllib.parse
 from pathlib import Path
 
 from ..client import AdminClient, CliError
@@ -46,13 +47,17 @@ def register(subparsers, common_parent: argparse.ArgumentParser) -> None:
     invoke.add_argument("--wait-timeout", type=float, default=3600.0)
     invoke.set_defaults(batch_command="batch invoke")
 
-    job = subparsers.add_parser("job", help="batch jobs: list, show, cancel, download")
+    job = subparsers.add_parser("job", help="batch jobs: list, show, cancel, download, logs")
     jobs = job.add_subparsers(dest="action", required=True, metavar="ACTION")
-    listing = jobs.add_parser("list", parents=common)
+    listing = jobs.add_parser("list", parents=common, help="an endpoint's jobs, newest first")
     listing.add_argument("-n", "--name", required=True, help="batch endpoint")
     listing.set_defaults(batch_command="job list")
-    for action in ("show", "cancel", "download"):
-        p = jobs.add_parser(action, parents=common)
+    helps = {"show": "one job: status, counts, errors", "cancel": "cancel a queued or running job",
+             "download": "save the job's output file",
+             "logs": "the job's log (what the runner did, failed items with their errors)"
+                     " and its workers' logs (the scoring script's output)"}
+    for action, text in helps.items():
+        p = jobs.add_parser(action, parents=common, help=text)
         p.add_argument("-n", "--name", required=True, help="batch endpoint")
         p.add_argument("-j", "--job-id", required=True)
         if action == "download":
@@ -79,6 +84,10 @@ def dispatch(args: argparse.Namespace, client: AdminClient):
             return batch.cancel(args.name, args.job_id)
         case "job download":
             return batch.download(args.name, args.job_id, Path(args.download_path))
+        case "job logs":
+            quote = urllib.parse.quote
+            return client.get_text(f"/batch/endpoints/{quote(args.name, safe='')}/jobs/"
+                                   f"{quote(args.job_id, safe='')}/logs")
     raise CliError(f"unknown batch command {getattr(args, 'batch_command', None)!r}", 2)
 
 

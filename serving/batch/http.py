@@ -5,6 +5,7 @@
     GET  /api/v1/batch/{endpoint}/jobs/{id}            show
     POST /api/v1/batch/{endpoint}/jobs/{id}/cancel     cancel → the job (409 if finished)
     GET  /api/v1/batch/{endpoint}/jobs/{id}/output     the output file (409 until finished)
+    GET  /api/v1/batch/{endpoint}/jobs/{id}/logs       the job's log, text (serving.batch.joblog)
 Every refusal is JSON {code, message, request_id}, as on the online path. Failed
 authentication is throttled per client with the scoring path's AuthThrottle
 (router/auth_throttle.py): the gateway gives both the same one, so guesses on either
@@ -27,7 +28,7 @@ from router.auth import bearer_credential
 from router.context import request_id_from
 from router.handlers import error_response
 
-from .jobs import TERMINAL, JobRecord
+from .jobs import OUTPUT_NOT_WRITTEN, TERMINAL, JobRecord
 from .requests import RequestError, parse_job_request
 from .store import BatchEndpointRecord
 
@@ -35,7 +36,8 @@ _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}\Z")
 _KNOWN = [(re.compile(r"^/api/v1/batch/[^/]+/jobs/?\Z"), "GET, POST"),
           (re.compile(r"^/api/v1/batch/[^/]+/jobs/[^/]+/?\Z"), "GET"),
           (re.compile(r"^/api/v1/batch/[^/]+/jobs/[^/]+/cancel/?\Z"), "POST"),
-          (re.compile(r"^/api/v1/batch/[^/]+/jobs/[^/]+/output/?\Z"), "GET")]
+          (re.compile(r"^/api/v1/batch/[^/]+/jobs/[^/]+/output/?\Z"), "GET"),
+          (re.compile(r"^/api/v1/batch/[^/]+/jobs/[^/]+/logs/?\Z"), "GET")]
 _CHUNK = 64 * 1024
 # The caller's address, as a worker's BatchProxy (serving/workers/batch_proxy.py) saw it:
 # believed only on the private Unix socket the proxies use, never from a TCP caller.
@@ -61,7 +63,8 @@ class JobRoutes:
     def routes(self) -> list[web.RouteDef]:
         p = "/api/v1/batch/{endpoint}/jobs"
         routes = [(web.post, p, self.submit), (web.get, p, self.list_jobs), (web.get, p + "/{job}", self.show),
-                  (web.post, p + "/{job}/cancel", self.cancel), (web.get, p + "/{job}/output", self.output)]
+                  (web.post, p + "/{job}/cancel", self.cancel), (web.get, p + "/{job}/output", self.output),
+                  (web.get, p + "/{job}/logs", self.logs)]
         # with or without a trailing slash, as _KNOWN: GET .../jobs/ is the list, not a 405
         return [route(path + slash, self._wrap(handler))
                 for route, path, handler in routes for slash in ("", "/")] + \
@@ -172,9 +175,19 @@ class JobRoutes:
             raise RequestError(409, "JobFinished", f"job '{job.id}' has already finished ({status})")
         return await self._view(request, await self._job(request, record))
 
+    async def logs(self, request: web.Request, record: BatchEndpointRecord) -> web.Response:
+        """The runner's log of the job; not the workers' (the scoring script's output and
+        tracebacks name server paths: `scoregate job logs` shows them, over the admin port)."""
+        job = await self._job(request, record)
+        text = await asyncio.to_thread(self._service.job_logs, job, workers=False)
+        return web.Response(text=text, content_type="text/plain")
+
     async def output(self, request: web.Request, record: BatchEndpointRecord) -> web.StreamResponse:
         job = await self._job(request, record)
         if not job.finalized or job.status not in TERMINAL:
+            if job.status in TERMINAL and OUTPUT_NOT_WRITTEN in (job.error or ""):
+                raise RequestError(409, "OutputNotReady", f"job '{job.id}' is {job.status}, but its output could"
+                                   " not be written (see the job's error)")
             raise RequestError(409, "OutputNotReady", f"job '{job.id}' is {job.status}; its output is written"
                                " when it finishes")
         settings = job.spec["deployment"]["settings"]

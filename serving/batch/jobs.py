@@ -18,6 +18,9 @@ from .db import Database
 
 QUEUED, RUNNING, COMPLETED, FAILED, CANCELED = "Queued", "Running", "Completed", "Failed", "Canceled"
 TERMINAL = (COMPLETED, FAILED, CANCELED)
+# In a job's error when its status is decided but its output file could not be written
+# (serving.batch.runner.finalize); dropped again once a later try writes it.
+OUTPUT_NOT_WRITTEN = "the partial output could not be written"
 _COLUMNS = ("id, endpoint_name, deployment_name, spec, status, finalized, error, items, mini_batches,"
             " created_at, started_at, finished_at")
 
@@ -196,8 +199,15 @@ class JobStore:
 
     def finish(self, job_id: str, status: str, error: str | None) -> None:
         with self._db.transaction() as db:
-            db.execute("UPDATE jobs SET status=?, error=?, finalized=1, finished_at=? WHERE id=?",
-                       (status, error, time.time(), job_id))
+            db.execute("UPDATE jobs SET status=?, error=?, finalized=1, finished_at=coalesce(finished_at, ?)"
+                       " WHERE id=?", (status, error, time.time(), job_id))
+
+    def note_output_failure(self, job_id: str, error: str) -> None:
+        """The job's outcome stands (it ended now) but its output is not written: say so in
+        its error and leave it unfinalized, so that the next start tries the output again."""
+        with self._db.transaction() as db:
+            db.execute("UPDATE jobs SET error=?, finished_at=coalesce(finished_at, ?) WHERE id=? AND finalized=0",
+                       (error, time.time(), job_id))
 
     def delete_for_endpoint(self, endpoint_name: str) -> list[str]:
         with self._db.transaction() as db:

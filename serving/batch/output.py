@@ -39,17 +39,21 @@ def write_output(jobs: JobStore, job_id: str, path: Path) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     rows = 0
-    with open(tmp, "wb") as handle:
-        sink = _Lines(handle)
-        writer = csv.writer(sink, lineterminator="\n")
-        for ref, value in jobs.output_rows(job_id):
-            writer.writerow((ref, value))
-            rows += 1
-        sink.flush()
-        handle.flush()
-        os.fsync(handle.fileno())
-    failpoints.hit("output_before_rename")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            sink = _Lines(handle)
+            writer = csv.writer(sink, lineterminator="\n")
+            for ref, value in jobs.output_rows(job_id):
+                writer.writerow((ref, value))
+                rows += 1
+            sink.flush()
+            handle.flush()
+            os.fsync(handle.fileno())
+        failpoints.hit("output_before_rename")
+        os.replace(tmp, path)
+    except OSError:  # disk full, a path taken: leave no half-written temporary file behind
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
     return rows
 

@@ -18,8 +18,8 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import failpoints
-from .jobs import CANCELED, COMPLETED, FAILED, JobRecord, JobStore, MiniBatch
+from . import failpoints, joblog
+from .jobs import CANCELED, COMPLETED, FAILED, OUTPUT_NOT_WRITTEN, RUNNING, JobRecord, JobStore, MiniBatch
 from .output import write_output
 from .resources import BatchDeployment
 from .settings import LOGS_FOLDER
@@ -42,12 +42,51 @@ def output_path(options: RunOptions, job: JobRecord) -> Path:
 
 
 async def finalize(jobs: JobStore, options: RunOptions, job: JobRecord, status: str, error: str | None) -> None:
-    """Write the output file (append_row), then mark the job finished; safe to repeat."""
+    """Write the output file (append_row), then mark the job finished; safe to repeat.
+
+    A canceled job whose output cannot be written (disk full, a path taken) stays
+    Canceled — that is what its caller asked for and it happened — with the failure in its
+    error and its scored results kept in the database; it is left unfinalized, so the next
+    start tries the output again (and drops the note once it is written)."""
+    error = _without_output_note(error)
     if job.spec["deployment"]["settings"]["output_action"] == "append_row":
-        await asyncio.to_thread(write_output, jobs, job.id, output_path(options, job))
+        path = output_path(options, job)
+        try:
+            await asyncio.to_thread(write_output, jobs, job.id, path)
+        except OSError as exc:
+            if status != CANCELED:
+                raise
+            await _output_not_written(jobs, options, job, error, path, exc)
+            return
     failpoints.hit("finish_before_mark")
     await asyncio.to_thread(jobs.finish, job.id, status, error)
     log.info("batch job %s %s%s", job.id, status.lower(), f": {error}" if error else "")
+    await _log_outcome(jobs, options, job, status, error)
+
+
+async def _log_outcome(jobs: JobStore, options: RunOptions, job: JobRecord, status: str, error: str | None) -> None:
+    counts = await asyncio.to_thread(jobs.counts, job.id)
+    await asyncio.to_thread(
+        joblog.append, joblog.job_log_path(options.jobs_dir, job.id),
+        f"{status}: {counts.succeeded_items} item(s) scored, {counts.failed_items} failed,"
+        f" {counts.pending_items} not scored" + (f"; {error}" if error else ""), final=True)
+
+
+def _without_output_note(error: str | None) -> str | None:
+    if error and f"; {OUTPUT_NOT_WRITTEN}" in error:
+        return error.split(f"; {OUTPUT_NOT_WRITTEN}", 1)[0]
+    return error
+
+
+async def _output_not_written(jobs: JobStore, options: RunOptions, job: JobRecord, error: str | None,
+                              path: Path, exc: OSError) -> None:
+    scored = (await asyncio.to_thread(jobs.counts, job.id)).succeeded_items
+    why = exc.strerror or type(exc).__name__  # not str(exc): it names server paths, and key holders read this
+    note = (f"{error or 'canceled'}; {OUTPUT_NOT_WRITTEN} ({why}): its {scored} scored item(s) are kept"
+            " and the output is written again at the next start of the gateway")
+    log.error("batch job %s canceled, but its partial output %s could not be written: %s", job.id, path, exc)
+    await asyncio.to_thread(jobs.note_output_failure, job.id, note)
+    await _log_outcome(jobs, options, job, CANCELED, note)
 
 
 def remove_outputs(options: RunOptions, job_id: str) -> None:
@@ -67,6 +106,8 @@ class JobRun:
         self._halt = self._cancel = self._closing = False
         self._fatal: str | None = None
         self._failed_items = 0
+        self._done = 0  # mini-batches succeeded or failed for good, for the progress lines
+        self._log_path = joblog.job_log_path(options.jobs_dir, job.id)
         self.task: asyncio.Task | None = None
 
     def start(self) -> asyncio.Task:
@@ -101,10 +142,14 @@ class JobRun:
             return
         counts = await asyncio.to_thread(jobs.counts, job.id)
         self._failed_items = counts.failed_items
+        self._done = counts.succeeded + counts.failed
         if not self._over_threshold():
             self._pending = deque(await asyncio.to_thread(jobs.pending_minibatches, job.id))
             slots = min(self.settings.parallelism, self._options.max_workers, len(self._pending))
             log.info("batch job %s: %d mini-batch(es) to score on %d worker(s)", job.id, len(self._pending), slots)
+            how = "resumed after a restart" if job.status == RUNNING else "started"
+            await self._log(f"{how}: {len(self._pending)} of {job.mini_batches} mini-batch(es) to score"
+                            f" ({job.items} item(s) in all) on {slots} worker(s)")
             await asyncio.gather(*(self._slot(n) for n in range(slots)))
         if self._cancel:
             await finalize(jobs, self._options, job, CANCELED, "canceled by the user")
@@ -118,8 +163,19 @@ class JobRun:
         elif self._pending:
             log.info("batch job %s stopped with %d mini-batch(es) left; it resumes at the next start",
                      job.id, len(self._pending))
+            await self._log(f"stopped with {len(self._pending)} mini-batch(es) left (the gateway is stopping);"
+                            " the job resumes at the next start", final=True)
         else:
             await finalize(jobs, self._options, job, COMPLETED, None)
+
+    async def _log(self, message: str, final: bool = False) -> None:
+        await asyncio.to_thread(joblog.append, self._log_path, message, final=final)
+
+    async def _progress(self) -> None:
+        self._done += 1
+        step = max(1, self.job.mini_batches // 10)
+        if self._done % step == 0 or self._done == self.job.mini_batches:
+            await self._log(f"progress: {self._done} of {self.job.mini_batches} mini-batch(es) done")
 
     def _over_threshold(self) -> bool:
         threshold = self.settings.error_threshold
@@ -141,6 +197,7 @@ class JobRun:
                     self._pending.appendleft(mini_batch)
                     if not self._halt:
                         self._fatal = str(exc)
+                        await self._log(f"worker {number}: {exc}")
                         await self._halt_all()
                     break
                 except WorkerError as exc:
@@ -155,6 +212,7 @@ class JobRun:
                 output = results if self.settings.output_action == "append_row" else None
                 await asyncio.to_thread(self._jobs.commit_minibatch, self.job.id, mini_batch, output)
                 failpoints.hit("after_commit")
+                await self._progress()
         except Exception:  # a bug here must not leave the job hanging: fail it, loudly
             log.exception("batch job %s: slot %d failed", self.job.id, number)
             self._fatal = self._fatal or "internal error in the batch runner (see the gateway log)"
@@ -174,11 +232,21 @@ class JobRun:
             self._workers.discard(worker)
             await worker.kill()
             raise
+        await self._log(f"worker {number} started: init() done")
         return worker
 
     async def _failure(self, mini_batch: MiniBatch, error: str) -> None:
         final = mini_batch.failures + 1 > self.settings.retry_settings.max_retries
         await asyncio.to_thread(self._jobs.record_failure, self.job.id, mini_batch, error, final)
+        items = await asyncio.to_thread(self._jobs.items, self.job.id, mini_batch.start,
+                                        min(mini_batch.stop, mini_batch.start + 5))
+        count = mini_batch.stop - mini_batch.start
+        inputs = ", ".join(ref for ref, _ in items) + (", ..." if count > len(items) else "")
+        await self._log(f"mini-batch {mini_batch.idx} ({count} item(s): {inputs}) failed, attempt"
+                        f" {mini_batch.failures + 1} of {self.settings.retry_settings.max_retries + 1}: {error[:2000]}"
+                        + ("; its items count as failed" if final else "; retrying"))
+        if final:
+            await self._progress()
         if not final:
             log.info("batch job %s: mini-batch %d failed (%s); retrying", self.job.id, mini_batch.idx, error)
             self._pending.appendleft(MiniBatch(mini_batch.idx, mini_batch.start, mini_batch.stop,

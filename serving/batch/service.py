@@ -18,7 +18,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import failpoints
+from . import failpoints, joblog
 from .db import Database
 from .inputs import DataRoots, collect
 from .jobs import JobRecord, JobStore
@@ -131,6 +131,9 @@ class BatchService:
         job = await asyncio.to_thread(self.jobs.create, job_id, endpoint_name, deployment.name, spec,
                                       collected.refs, collected.payloads, settings.mini_batch_size)
         failpoints.hit("after_accept")
+        await asyncio.to_thread(joblog.append, joblog.job_log_path(self._options.jobs_dir, job_id),
+                                f"accepted: {job.items} item(s) of a {request.input_type} input in"
+                                f" {job.mini_batches} mini-batch(es), deployment '{deployment.name}'")
         self.scheduler.wake()
         return job
 
@@ -158,6 +161,11 @@ class BatchService:
     def view(self, job: JobRecord, scoring_url: str | None = None) -> dict:
         return job_view(job, self.jobs.counts(job.id), self.jobs.failed_minibatches(job.id),
                         self.scoring_url if scoring_url is None else scoring_url)
+
+    def job_logs(self, job: JobRecord, *, workers: bool) -> str:
+        """The job's log (serving.batch.joblog); with workers, the scoring script's output too
+        (worker logs: tracebacks name server paths, so only the admin port asks for them)."""
+        return joblog.read(self._options.jobs_dir, job.id, workers=workers)
 
     def output_file(self, job: JobRecord) -> Path:
         from .runner import output_path

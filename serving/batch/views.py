@@ -54,7 +54,7 @@ def deployment_view(deployment: BatchDeployment) -> dict:
 def job_view(job: JobRecord, counts: Counts, failed: list[dict], scoring_url: str) -> dict:
     settings = job.spec["deployment"]["settings"]
     url = f"{jobs_url(scoring_url, job.endpoint_name)}/{job.id}"
-    end = job.finished_at if job.finalized else None
+    end = job.finished_at  # set when the job ended (finish, or a cancel whose output could not be written)
     error = None
     if job.error or counts.failed_items:
         error = {"message": job.error or f"{counts.failed_items} item(s) failed (within error_threshold"

@@ -236,3 +236,68 @@ def test_the_iris_batch_example(tmp_path):
         assert len(api.rows(table["id"])) == 15 and table["mini_batches"]["total"] == 4
     finally:
         process.kill()
+
+
+def test_cancel_whose_partial_output_cannot_be_written(batch):
+    """The cancel is what the caller asked for and it happened: 200 with the job, Canceled,
+    and the output failure recorded on it (not a 500, not a job left half-finished)."""
+    api, _, data, process = batch({"mini_batch_size": 2}, env={"DELAY": "0.2"})
+    write_files(data / "slow", 40)
+    job = api.submit({"input": {"type": "uri_folder", "path": "slow"}})
+    api.wait(job["id"], until=lambda j: j["mini_batches"]["succeeded"] >= 1)
+    blocker = process.state.root / "batch" / "jobs" / job["id"] / "predictions.csv"
+    blocker.mkdir(parents=True)  # the output's place is taken by a folder: renaming over it fails
+    (blocker / "keep").write_text("")
+    status, canceled = api.cancel(job["id"])
+    assert status == 200, canceled
+    assert canceled["id"] == job["id"] and canceled["status"] == "Canceled"
+    message = canceled["error"]["message"]
+    assert message.startswith("canceled by the user") and "partial output could not be written" in message
+    assert "Is a directory" in message and str(process.state.root) not in message  # why, but no server path
+    scored = canceled["items"]["succeeded"]
+    assert 0 < scored < 40 and f"{scored} scored item(s)" in message  # kept, and said so
+    assert canceled["output"]["ready"] is False and canceled["finished_at"] is not None
+    status, raw = api.output(job["id"])
+    body = json.loads(raw)
+    assert status == 409 and body["code"] == "OutputNotReady" and "could not be written" in body["message"]
+    assert api.show(job["id"]) == canceled  # what the cancel answered is what the job is
+    status, again = api.cancel(job["id"])
+    assert status == 409 and again["code"] == "JobFinished"
+    assert not list(blocker.parent.glob(".*.tmp"))  # no half-written temporary file left behind
+    assert descendants(process.process.pid) == set()
+
+
+def test_job_logs_show_failed_items_and_the_scoring_script_output(batch, capsys):
+    api, _, data, process = batch({"mini_batch_size": 2, "retry_settings": {"max_retries": 1, "timeout": 10}})
+    write_files(data / "bad", 6, lambda i: "FAIL-3" if i == 3 else f"ok-{i}")
+    job = api.wait(api.submit({"input": {"type": "uri_folder", "path": "bad"}})["id"])
+    assert job["status"] == "Completed" and job["items"]["failed"] == 2
+    # the scoring port, with the endpoint's key: the runner's log, no server paths
+    status, headers, raw = process.request("GET", f"{api.base}/{job['id']}/logs", None, api.headers)
+    text = raw.decode()
+    assert status == 200 and headers["Content-Type"].startswith("text/plain"), (status, text)
+    assert "accepted: 6 item(s) of a uri_folder input in 3 mini-batch(es)" in text and "started: 3 of 3" in text
+    assert ("mini-batch 1 (2 item(s): f00002.txt, f00003.txt) failed, attempt 1 of 2:"
+            " ValueError: cannot score FAIL-3; retrying") in text
+    assert "attempt 2 of 2: ValueError: cannot score FAIL-3; its items count as failed" in text
+    assert "Completed: 4 item(s) scored, 2 failed, 0 not scored" in text
+    assert str(process.state.root) not in text and "scoring 2 items" not in text
+    for url, code in ((f"{api.base}/batchjob-unknown/logs", "JobNotFound"),
+                      ("/api/v1/batch/nope/jobs/x/logs", "EndpointNotFound")):
+        got, _, raw = process.request("GET", url, None, api.headers)
+        assert got == 404 and json.loads(raw)["code"] == code and json.loads(raw)["request_id"]
+    assert process.request("GET", f"{api.base}/{job['id']}/logs", None, {})[0] == 401
+    assert process.request("POST", f"{api.base}/{job['id']}/logs", b"", api.headers)[0] == 405
+
+    # `scoregate job logs`, over the admin port: the workers' logs (print, tracebacks) too
+    from serving.cli import main
+
+    state = str(process.state.root)
+    assert main(["job", "logs", "--name", "scorer", "--job-id", job["id"], "--state-dir", state]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(text) and "=== worker-0.log (the scoring script's output) ===" in out
+    assert "scoring 2 items" in out and "Traceback" in out and "ValueError: cannot score FAIL-3" in out
+    assert main(["job", "logs", "--name", "scorer", "--job-id", "batchjob-unknown", "--state-dir", state]) == 1
+    assert capsys.readouterr().err == "error: no job 'batchjob-unknown' on batch endpoint 'scorer'\n"
+    assert main(["job", "logs", "--name", "nope", "--job-id", job["id"], "--state-dir", state]) == 1
+    assert "no batch endpoint 'nope'" in capsys.readouterr().err

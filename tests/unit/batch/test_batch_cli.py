@@ -24,6 +24,7 @@ def test_verbs_and_their_arguments(tmp_path):
     assert (args.batch_command, args.name, args.job_id) == ("job download", "ep", "j1")
     assert args.download_path == str(tmp_path)
     assert parse("job", "list", "-n", "ep").batch_command == "job list"
+    assert (parse("job", "logs", "-n", "ep", "-j", "j1").batch_command, args.job_id) == ("job logs", "j1")
     assert parse("job", "cancel", "-n", "ep", "-j", "x", "--state-dir", "s").state_dir == "s"
     assert parse("batch", "list").batch_command == "batch list"
     with pytest.raises(SystemExit):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 
 import pytest
 
@@ -92,3 +93,36 @@ async def test_close_leaves_a_running_job_to_resume(tmp_path, service):
         assert view["output"]["ready"] and view["url"] == f"https://x/api/v1/batch/scorer/jobs/{job.id}"
     finally:
         await again.close()  # (the fixture's close() of the first service is a no-op now)
+
+
+async def test_a_canceled_job_whose_output_cannot_be_written_is_written_at_the_next_start(tmp_path):
+    root = write_batch_endpoint(tmp_path / "eps")
+    state = tmp_path / "state"
+    batch = BatchService(state, [], max_running_jobs=1)
+    batch.apply(*parse_batch_all(read_documents([root]), set(), set()))
+    await batch.start()
+    await batch.scheduler.close()  # no job runs: the one submitted stays Queued until it is canceled
+    job = await batch.submit("scorer", JobRequest("inline", data=[1, 2, 3]))
+    jobs_dir = state / "batch" / "jobs"
+    shutil.rmtree(jobs_dir / job.id)  # (its log, "accepted", went there)
+    (jobs_dir / job.id).write_text("")  # the job's folder is taken by a file
+    assert await batch.cancel_job(job.id)  # no exception: the cancel stands
+    canceled = batch.jobs.get(job.id)
+    assert canceled.status == "Canceled" and not canceled.finalized and canceled.finished_at is not None
+    assert canceled.error.startswith("canceled by the user; the partial output could not be written (File exists)")
+    view = batch.view(canceled, "https://x")
+    assert view["status"] == "Canceled" and view["output"]["ready"] is False and view["finished_at"]
+    assert view["error"]["message"] == canceled.error
+    assert not await batch.cancel_job(job.id)  # it is over: a second cancel is refused (409)
+    await batch.close()
+
+    (jobs_dir / job.id).unlink()  # the operator frees the place; the next start writes the output
+    again = BatchService(state, [])
+    await again.start()
+    try:
+        done = again.jobs.get(job.id)
+        assert (done.status, done.finalized, done.error) == ("Canceled", True, "canceled by the user")
+        assert done.finished_at == canceled.finished_at  # when it ended, not when the output was written
+        assert (jobs_dir / job.id / "predictions.csv").read_text() == ""
+    finally:
+        await again.close()
