@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from serving.backends.kubernetes import names
+from serving.backends.kubernetes.foreign import why_foreign
 from serving.backends.kubernetes.api import DEPLOYMENTS, ONLINE_DEPLOYMENTS, ONLINE_ENDPOINTS, SERVICES
 from serving.backends.kubernetes.translation import deployment_from_custom_resource, instance_type_from_custom_resource
 from serving.resources import with_instance_type
@@ -80,7 +81,11 @@ async def refused_with_foreign(apiserver, kube_api, controller, kind: str):
                                                                                      "iris-blue")))
     assert status["stage"] == "validation"
     assert f"{kind} {NS}/{name}" in status["reason"] and "not managed by scoregate" in status["reason"]
-    assert status["reason"].startswith("OnlineDeployment team-a/iris-blue: ")
+    assert status["reason"] == (
+        f"OnlineDeployment team-a/iris-blue: spec.deploymentName: its {kind} would be named {name}, and {kind}"
+        f" team-a/{name} exists and is not managed by scoregate (it has no label app.kubernetes.io/managed-by="
+        f"scoregate); scoregate does not take over objects it did not create: delete or rename that {kind}, or"
+        " rename this deployment")
     await after_passes(running.registry, 3)
     return running, foreign, plural, name
 
@@ -121,3 +126,29 @@ async def test_deleting_the_online_deployment_leaves_the_foreign_object_in_place
     assert writes_to(apiserver, plural, name) == []
     if kind == "Deployment":  # its pods keep running
         assert [p["metadata"]["labels"] for p in cluster.pods()] == [USER_LABELS]
+
+
+OWNER = {"apiVersion": "scoregate.io/v1", "kind": "OnlineDeployment", "name": "iris-blue", "uid": "uid-1",
+         "controller": True, "blockOwnerDeletion": True}
+
+
+def labelled(labels: dict, owners: list[dict] | None = None) -> dict:
+    return {"metadata": {"name": "iris-blue", "namespace": NS, "labels": labels, "ownerReferences": owners or []}}
+
+
+def test_what_counts_as_scoregates_own_object():
+    own = {**names.deployment_labels("iris", "blue")}
+    assert why_foreign(labelled(own, [OWNER]), "iris", "blue", OWNER) is None
+    assert why_foreign(labelled(own), "iris", "blue", None) is None  # owner unknown: the labels decide
+    assert why_foreign(labelled(USER_LABELS), "iris", "blue", None) == (
+        "it has no label app.kubernetes.io/managed-by=scoregate")
+    assert why_foreign(labelled(names.deployment_labels("iris-ab", "cd"), [OWNER]), "iris", "blue", OWNER) == (
+        "its labels name deployment cd of endpoint iris-ab")
+    # orphaned from its OnlineDeployment (deleted with --cascade=orphan): the controller removes it
+    assert why_foreign(labelled(own), "iris", "blue", OWNER) is None
+    # owned by another OnlineDeployment (also an earlier one of the name)
+    other = {**OWNER, "name": "iris-green", "uid": "uid-2"}
+    assert why_foreign(labelled(own, [other]), "iris", "blue", OWNER) == (
+        "it belongs to OnlineDeployment team-a/iris-green")
+    assert why_foreign(labelled(own, [{**OWNER, "uid": "uid-0"}]), "iris", "blue", OWNER) == (
+        "it belongs to OnlineDeployment team-a/iris-blue (an earlier object of that name)")
