@@ -1,4 +1,5 @@
-"""Least privilege of the controller: run_controller with its own token, through a rollout,
+"""Least privilege of the controller: run_controller with its own token, through a Service of
+its deployment's name that it did not create (refused until deleted), a rollout,
 scale-up and -down, a failed update rolled back, an invalid edit and a deletion, asks the
 API for nothing deploy/rbac/controller.yaml + the team RoleBinding would refuse; what they
 grant and it never used is listed below, each with why it stays."""
@@ -10,13 +11,14 @@ import asyncio
 from prometheus_client import CollectorRegistry
 
 from serving.backends.kubernetes import names
-from serving.backends.kubernetes.api import ONLINE_DEPLOYMENTS, ONLINE_ENDPOINTS
+from serving.backends.kubernetes.api import ONLINE_DEPLOYMENTS, ONLINE_ENDPOINTS, SERVICES
 from serving.backends.kubernetes.running import KubernetesControllerSettings, run_controller
 from tests.kubernetes import cluster as fates
 from tests.kubernetes.conftest import eventually
 from tests.kubernetes.rbac import (CLUSTER, Grant, apiserver, kubeconfig_with_token, refused,  # noqa: F401
                                    shipped_rbac, unused)
 from tests.kubernetes.router_cluster import SYSTEM
+from tests.kubernetes.test_foreign_objects import foreign_service
 from tests.kubernetes.test_controller import NS, kubectl_apply, sample, status_of
 
 CONTROLLER_TOKEN = "controller-token"
@@ -44,6 +46,9 @@ def json_patched_status_fields(apiserver) -> set[str]:
 
 
 async def test_the_controller_asks_for_what_its_rbac_grants(apiserver, kubeconfig, kube_api, cluster, tmp_path):
+    # a Service of the name iris-blue would get, not scoregate's: read (get), refused, read
+    # again until it is deleted
+    await kube_api.create(SERVICES, NS, foreign_service())
     await kubectl_apply(kube_api, sample("instancetypes.yaml") + sample("iris-endpoint.yaml"))
     settings = KubernetesControllerSettings(
         kubeconfig=kubeconfig_with_token(kubeconfig, CONTROLLER_TOKEN, tmp_path / "controller-kubeconfig"),
@@ -51,6 +56,9 @@ async def test_the_controller_asks_for_what_its_rbac_grants(apiserver, kubeconfi
     stop = asyncio.Event()
     task = asyncio.get_running_loop().create_task(run_controller(settings, stop, registry=CollectorRegistry()))
     try:
+        await eventually(lambda: "not managed by scoregate" in state(apiserver).get("reason", ""), timeout_s=15,
+                         what="iris-blue refused")
+        await kube_api.delete(SERVICES, NS, "iris-blue")
         # the first rollout: Deployment, Service, keys Secret, statuses; the aml_token signing key Secret
         await eventually(lambda: state(apiserver).get("provisioningState") == "Succeeded"
                          and apiserver.objects_of("secrets", NS, names.MANAGED_KEYS_SELECTOR)

@@ -14,6 +14,8 @@ Targets live in memory and one writer (writing.py) turns them into `spec.replica
 (absolute values, re-read and retried on 409 Conflict, bounded back-off on other API
 errors), so a replayed write never doubles a change. A restarted backend adopts what it finds (target =
 spec.replicas), so a controller restart converges without creating or deleting anything.
+A Service or Deployment of the name that scoregate did not create is never adopted
+(foreign.py): not written, not deleted; `foreign` remembers it for the store.
 close() leaves the cluster as it is. Only this package imports kubernetes_asyncio.
 """
 
@@ -27,9 +29,11 @@ from dataclasses import replace
 from typing import Callable, Iterable
 
 from ...resources import Deployment
+from ...store import StoreError
 from .. import EXITED, ReplicaView
 from . import names
 from .api import DEPLOYMENTS, PODS, SERVICES, KubeApi
+from .foreign import ForeignObjects
 from .podstatus import INIT, MODEL_DOWNLOAD, RUNNING, assess_pod, parse_time
 from .replicas import PLACEHOLDER_MARK, ObservationMemory, Version, pod_uid, replica_views, version_key_of_pod
 from .watching import DELETED, ObjectCache
@@ -50,7 +54,8 @@ class KubernetesBackend:
     def __init__(self, api: KubeApi, *, namespaces: Iterable[str] | None = ("default",),
                  placement: PlacementResolver | None = None, settings: WorkloadSettings = WorkloadSettings(),
                  on_change: Callable[[], None] = lambda: None, clock: Callable[[], float] = time.time,
-                 sync_timeout_s: float = 60.0, watch_timeout_s: int = 300) -> None:
+                 sync_timeout_s: float = 60.0, watch_timeout_s: int = 300,
+                 foreign: ForeignObjects | None = None) -> None:
         self._api = api
         self._namespaces = tuple(namespaces) if namespaces is not None else None
         self._placement = placement or StaticPlacement((self._namespaces or ("default",))[0])
@@ -67,7 +72,9 @@ class KubernetesBackend:
         self._hidden: set[str] = set()  # uids of forgotten pods
         self._memory = ObservationMemory()
         self._writer = VersionWriter(api, self._versions, deployments=self._deployments, pods=self._pods,
-                                     services=self._services, on_change=lambda: self.on_change())
+                                     services=self._services, on_change=lambda: self.on_change(),
+                                     foreign=foreign, owner=self._owner_of)
+        self.foreign = self._writer.foreign
         self._tasks: set[asyncio.Task] = set()
         self._logs: dict[tuple[str, str], deque[str]] = defaultdict(lambda: deque(maxlen=500))
         self._logged: set[str] = set()
@@ -81,6 +88,7 @@ class KubernetesBackend:
 
     async def close(self) -> None:
         await self._writer.close()
+        await self.foreign.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -91,7 +99,17 @@ class KubernetesBackend:
     async def start_replica(self, deployment: Deployment, spec_hash: str, restarts: int = 0,
                             artifacts=None) -> str:
         """Target + 1. `artifacts` are ignored: the pod's init container fetches model and code."""
-        placement = self._placement.placement(deployment)
+        try:
+            placement = self._placement.placement(deployment)
+        except StoreError:
+            # Refused since this reconcile pass read it: its first replica's write found a
+            # name taken by an object scoregate did not create (foreign.py). Start nothing
+            # more; the next pass stops what was started.
+            started = next((v for v in self._versions.values() if (v.endpoint, v.deployment, v.spec_hash)
+                            == (deployment.endpoint_name, deployment.name, spec_hash)), None)
+            if started is None:
+                raise
+            return f"{started.namespace}/{started.name}{PLACEHOLDER_MARK}{max(0, started.target - 1)}"
         if deployment.resolved_instance_type is not None:
             # The content this version was hashed with: a rollback to the last good version
             # renders its old resources and nodeSelector, not the edited InstanceType's.
@@ -177,6 +195,14 @@ class KubernetesBackend:
                               created_at=self._clock())
             self._versions[version.key] = version
         return version
+
+    def _owner_of(self, endpoint: str, deployment: str) -> dict | None:
+        """The ownerReference of a deployment's objects, from its placement (None: unknown,
+        e.g. its OnlineDeployment is gone)."""
+        try:
+            return self._placement.placement(Deployment(name=deployment, endpoint_name=endpoint)).owner
+        except Exception:
+            return None
 
     def _adopt(self, obj: dict) -> Version | None:
         meta = obj.get("metadata") or {}

@@ -128,6 +128,10 @@ async def _run_elected(api: KubeApi, settings: KubernetesControllerSettings, sto
     store = KubernetesStore(api, namespaces=settings.namespaces)
     backend = KubernetesBackend(api, namespaces=settings.namespaces, placement=store,
                                 settings=WorkloadSettings(image=settings.image))
+    # a Service or Deployment name held by an object scoregate did not create: the store
+    # refuses its OnlineDeployment until the name is free again (foreign.py)
+    store.foreign = backend.foreign
+    backend.foreign.on_change = store.refresh
     rollouts = RolloutManager(KubernetesPreparer(store), on_change=lambda: controller.notify())
     utilization, autoscaling = None, None
     if settings.autoscaling:

@@ -14,6 +14,9 @@ it unchanged while the problem is reported; a valid edit or the object's deletio
 new object under its name: another uid) ends that. The versions accepted (`last_valid`)
 are recorded in each object's status (last_valid.py), so a controller that starts while
 an object is invalid serves the same version.
+An OnlineDeployment whose Service or Deployment name is taken by an object scoregate did
+not create (found by the backend's writer, `foreign`: foreign.py) is refused the same
+way, naming that object, until the name is free again.
 Endpoint keys live in a Secret per endpoint (keys.py); an endpoint without its Secret yet
 is not listed, so the router never sees an endpoint with empty keys. Writes (the management API) block on the
 event loop and must come from a worker thread, as the Store protocol says.
@@ -29,8 +32,9 @@ from typing import Callable, Iterable
 from ...resources import Deployment, Endpoint, with_instance_type
 from ...store import DeploymentRecord, EndpointRecord, StoreError, check_no_traffic
 from . import names
-from .api import (INSTANCE_TYPES, ONLINE_DEPLOYMENTS, ONLINE_ENDPOINTS, SECRETS, KubeApi, replace_status_fields,
-                  status_of)
+from .api import (DEPLOYMENTS, INSTANCE_TYPES, ONLINE_DEPLOYMENTS, ONLINE_ENDPOINTS, SECRETS, SERVICES, KubeApi,
+                  replace_status_fields, status_of)
+from .foreign import ForeignObjects
 from .keys import SecretKeeper, signing_namespace
 from .last_valid import LastValid, Version, key_of
 from .podstatus import parse_time
@@ -98,6 +102,12 @@ class KubernetesStore:
         self._deployment_versions: LastValid[Deployment] = LastValid("deployment", Deployment.from_dict)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
+        # names taken by objects scoregate did not create (the backend's; set by running.py)
+        self.foreign: ForeignObjects | None = None
+
+    def refresh(self) -> None:
+        """Rebuild the snapshot (ForeignObjects found a name taken, or free again)."""
+        self._rebuild()
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -191,11 +201,16 @@ class KubernetesStore:
                 problems[oid] = str(object_name_taken(obj, object_name[1], taken_names[object_name]))
                 continue
             taken_names[object_name] = obj
+            if (taken := self._taken_by_foreign(obj, deployment)) is not None:
+                problems[oid] = taken
+                continue
             deployments.append(deployment)
             placements[key] = Placement(obj["metadata"]["namespace"], deployment.resolved_instance_type,
                                         owner_reference(obj))
             sources[key] = obj
             accepted_deployments[key_of(obj)] = found.version
+        if self.foreign is not None:
+            self.foreign.retain({(o.get("metadata") or {}).get("uid") for o in self._deployments.values()})
         self._endpoint_versions.remember(accepted_endpoints)
         self._deployment_versions.remember(accepted_deployments)
         last_valid = {("OnlineEndpoint", *k): v for k, v in accepted_endpoints.items()}
@@ -203,6 +218,23 @@ class KubernetesStore:
         self._snapshot = StoreSnapshot(tuple(records), tuple(deployments), placements, instance_types, sources,
                                        {name: obj for name, (_, obj) in endpoints.items()}, problems, last_valid)
         self.on_change()
+
+    def _taken_by_foreign(self, obj: dict, deployment: Deployment) -> str | None:
+        """Why `deployment` is refused when its Service or its version's Deployment has a
+        name an object scoregate did not create holds (None: it is not)."""
+        if self.foreign is None:
+            return None
+        namespace = obj["metadata"]["namespace"]
+        service = names.service_name(deployment.endpoint_name, deployment.name)
+        version = names.version_name(deployment.endpoint_name, deployment.name, deployment.replica_spec_hash())
+        for kind, name in ((SERVICES, service), (DEPLOYMENTS, version)):
+            if (error := self.foreign.reason(kind, namespace, name)) is not None:
+                field_path = "spec.deploymentName" if (obj.get("spec") or {}).get("deploymentName") else "metadata.name"
+                return str(CustomResourceError(
+                    "OnlineDeployment", namespace, obj["metadata"]["name"], field_path,
+                    f"its {kind.kind} would be named {name}, and {error}; scoregate does not take over objects"
+                    f" it did not create: delete or rename that {kind.kind}, or rename this deployment"))
+        return None
 
     @staticmethod
     def _owned(obj: dict, deployment: Deployment, endpoints: dict) -> bool:

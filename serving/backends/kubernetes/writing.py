@@ -8,6 +8,9 @@ retiring its Service never race. A version is written as an absolute replica cou
   with the resourceVersion read (409 Conflict → re-read and write again, bounded);
 - target 0 and no pods left → delete the Deployment (uid precondition), and the Service
   with the last version of its deployment.
+A Service or Deployment of the name that scoregate did not create (foreign.py) is never
+written or deleted: the write stops with ForeignObjectError, recorded in ForeignObjects
+(the store then refuses the OnlineDeployment) and in `Version.error`.
 Exited pods the planner forgot are deleted after the write. Any other error backs off
 (bounded, jittered) and the version is written again later; `Version.error` says why.
 """
@@ -24,6 +27,7 @@ from typing import Callable
 from ...resources import Deployment
 from . import names
 from .api import DEPLOYMENTS, PODS, SERVICES, Backoff, KubeApi, status_of
+from .foreign import ForeignObjectError, ForeignObjects, owner_of, why_foreign
 from .replicas import Version, version_key_of_pod
 from .watching import ObjectCache
 from .workloads import StaticPlacement, render_service
@@ -34,8 +38,14 @@ MAX_CONFLICT_RETRIES = 5
 
 class VersionWriter:
     def __init__(self, api: KubeApi, versions: dict[tuple[str, str], Version], *, deployments: ObjectCache,
-                 pods: ObjectCache, services: ObjectCache, on_change: Callable[[], None]) -> None:
+                 pods: ObjectCache, services: ObjectCache, on_change: Callable[[], None],
+                 foreign: ForeignObjects | None = None,
+                 owner: Callable[[str, str], dict | None] = lambda _endpoint, _deployment: None) -> None:
+        """`owner(endpoint, deployment)`: the ownerReference its objects carry, when known
+        (a version adopted after a restart has no rendered manifest to say)."""
         self._api, self._versions = api, versions
+        self.foreign = foreign if foreign is not None else ForeignObjects(api)
+        self._owner = owner
         self._deployments, self._pods, self._services = deployments, pods, services
         self.on_change = on_change
         self._locks: dict[tuple[str, str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -78,6 +88,13 @@ class VersionWriter:
                 await self._sync_version(version)
             except asyncio.CancelledError:
                 raise
+            except ForeignObjectError as exc:
+                self.foreign.found(exc)
+                version.error = str(exc)
+                delay = self._backoffs.setdefault(key, Backoff()).next_delay()
+                asyncio.get_running_loop().call_later(delay, self.mark_dirty, key)
+                self.on_change()
+                return False
             except Exception as exc:
                 status = status_of(exc)
                 version.error = f"HTTP {status}: {getattr(exc, 'reason', '')}" if status else str(exc)
@@ -90,8 +107,22 @@ class VersionWriter:
         self._backoffs.pop(key, None)
         return True
 
+    def owner(self, version: Version, manifest: dict | None = None) -> dict | None:
+        return owner_of(manifest or version.manifest) or self._owner(version.endpoint, version.deployment)
+
+    def _check_own(self, version: Version, kind, obj: dict | None, manifest: dict | None = None) -> dict | None:
+        """`obj` if it is this version's own (or None); ForeignObjectError if not."""
+        if obj is None:
+            return None
+        owner = self.owner(version, manifest)
+        why = why_foreign(obj, version.endpoint, version.deployment, owner)
+        if why is not None:
+            raise ForeignObjectError(kind, version.namespace, obj["metadata"]["name"], why, version.endpoint,
+                                     version.deployment, owner)
+        return obj
+
     async def _sync_version(self, version: Version) -> None:
-        current = self._deployments.get(version.namespace, version.name)
+        current = self._check_own(version, DEPLOYMENTS, self._deployments.get(version.namespace, version.name))
         for _attempt in range(MAX_CONFLICT_RETRIES):
             try:
                 await self._write(version, current)
@@ -113,6 +144,7 @@ class VersionWriter:
             if status_of(exc) == 404:
                 return None
             raise
+        self._check_own(version, DEPLOYMENTS, current)  # not into the cache when foreign
         self._deployments.put(current)
         return current
 
@@ -170,14 +202,20 @@ class VersionWriter:
                     if (v.namespace, v.endpoint, v.deployment) == (version.namespace, version.endpoint,
                                                                    version.deployment)]
         service = names.service_name(version.endpoint, version.deployment)
-        if not siblings and self._services.get(version.namespace, service) is not None:
+        current = self._services.get(version.namespace, service)
+        if not siblings and current is not None:
+            if why := why_foreign(current, version.endpoint, version.deployment,
+                                  self.owner(version, version.service)):
+                log.warning("not deleting Service %s/%s: it is not managed by scoregate (%s)",
+                            version.namespace, service, why)
+                return
             await self._delete(SERVICES, version.namespace, service)
             self._services.discard(version.namespace, service)
             log.info("deleted Service %s/%s", version.namespace, service)
 
     async def _ensure_service(self, version: Version) -> None:
         name = names.service_name(version.endpoint, version.deployment)
-        if self._services.get(version.namespace, name) is not None:
+        if self._check_own(version, SERVICES, self._services.get(version.namespace, name), version.service):
             return
         body = version.service or render_service(
             Deployment(name=version.deployment, endpoint_name=version.endpoint), StaticPlacement(version.namespace)
@@ -186,8 +224,11 @@ class VersionWriter:
             self._services.put(await self._api.create(SERVICES, version.namespace, body))
             log.info("created Service %s/%s", version.namespace, name)
         except Exception as exc:
-            if status_of(exc) != 409:  # already there: the watch brings it
+            if status_of(exc) != 409:
                 raise
+            # already there: scoregate's own (the watch brings it), or someone else's
+            self._services.put(self._check_own(version, SERVICES, await self._api.get(SERVICES, version.namespace,
+                                                                                       name), body))
 
     async def _delete(self, kind, namespace: str, name: str, uid: str | None = None) -> None:
         try:
