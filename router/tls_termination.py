@@ -7,11 +7,13 @@ adds its own steps around every read and write. Here a connection is one SSLObje
 two memory BIOs, driven by router.http1.HttpConnection:
 
     socket → the listener's shared ciphertext buffer → TlsSession.receive() → the
-    incoming BIO → SSLObject.read() into the listener's shared plaintext buffer →
+    incoming BIO → read() into the listener's shared plaintext buffer →
     HttpConnection.data_received() (parsed at once; httptools hands out copies)
 
-    answer bytes → TlsSession.write() → SSLObject.write() → the outgoing BIO → one
+    answer bytes → TlsSession.write() → write() → the outgoing BIO → one
     transport.write() of the records
+
+(read() and write() of the C object under the SSLObject: see TlsSession.__init__.)
 
 The handshake happens in receive() as the client's flights arrive; its deadline is the
 connection's head deadline (`header_timeout_s`): a client that has not finished the
