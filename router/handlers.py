@@ -157,6 +157,7 @@ class ScoringHandlers:
                    check_path: bool = False) -> None:
         ctx = RequestContext(request_id_from(request.index.get(b"x-request-id")), request.remote,
                              request.method, request.path)
+        request.request_id = ctx.request_id  # for a refusal the connection may answer instead
         if self._trusted_proxies:
             ctx.trust_forwarded = self._is_trusted(request.remote)
         span = None
@@ -180,8 +181,12 @@ class ScoringHandlers:
             headers["traceparent"] = ctx.traceparent
             ctx.bytes_out = send_error(request, exc.status, exc.code, exc.message, ctx.request_id, headers)
         except asyncio.CancelledError:
-            if not ctx.status:  # the caller went away before its answer (nginx's 499)
-                ctx.status, ctx.error_code = CLIENT_CLOSED, "ClientClosedRequest"
+            if not ctx.status:
+                refusal = request.refusal
+                if refusal is not None:  # its body was malformed: the connection answered the refusal
+                    ctx.status, ctx.error_code = refusal.status, refusal.code
+                else:  # the caller went away before its answer (nginx's 499)
+                    ctx.status, ctx.error_code = CLIENT_CLOSED, "ClientClosedRequest"
             raise
         except Exception:
             log.exception("request %s failed inside the gateway", ctx.request_id)

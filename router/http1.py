@@ -64,7 +64,8 @@ _DROP_ON_HANDOVER = frozenset((b"connection", b"keep-alive"))
 
 
 class Refusal(Exception):
-    """A request refused before any handler saw it."""
+    """A request refused before any handler saw it (or, for a body found malformed while
+    its handler ran, instead of that handler's answer)."""
 
     def __init__(self, status: int, code: str, message: str, reason: str | None = None) -> None:
         super().__init__(message)
@@ -72,6 +73,7 @@ class Refusal(Exception):
         self.code = code
         self.message = message
         self.reason = reason or f"http_{status}"  # the refusal's metric label
+        self.request_id: str | None = None  # the id its handler gave the request, if one ran
 
 
 _date_cache: list = [0, b""]
@@ -550,7 +552,10 @@ class HttpConnection(asyncio.BufferedProtocol):
             self._parsing = None
             parsing.body.fail(ConnectionResetError("the request was malformed"))
             if parsing is self._active and not parsing.responded:
-                # Its body turned out malformed before any answer: the refusal is the answer.
+                # Its body turned out malformed before any answer: the refusal is the answer,
+                # under the request's id, and the handler records it as such (not as a 499).
+                parsing.refusal = refusal
+                refusal.request_id = parsing.request_id
                 if self._task is not None:
                     self._task.cancel()
                     self._task = None
@@ -567,7 +572,7 @@ class HttpConnection(asyncio.BufferedProtocol):
         self._queue.append(item)
 
     def _send_refusal(self, refusal: Refusal) -> None:
-        request_id = request_id_from(None)
+        request_id = refusal.request_id or request_id_from(None)
         body = json_error_body(refusal.code, refusal.message, request_id)
         self.write(b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nx-request-id: %s\r\n"
                    b"Content-Length: %d\r\n%bConnection: close\r\n\r\n%b"

@@ -122,7 +122,8 @@ class Request:
 
     __slots__ = ("conn", "method", "target", "path", "query", "version", "raw_headers", "index",
                  "content_length", "chunked", "has_body", "keep_alive", "head_only", "body", "responded",
-                 "_chunked_out", "_streaming", "handed_over", "remote", "scheme", "forward_lines")
+                 "_chunked_out", "_streaming", "handed_over", "remote", "scheme", "forward_lines", "request_id",
+                 "refusal")
 
     def __init__(self, conn: HttpConnection, method: str, target: bytes, version: str,
                  raw_headers: list[tuple[bytes, bytes]], index: dict[bytes, bytes],
@@ -156,6 +157,10 @@ class Request:
         # The headers a model may see, as "Name: value\r\n" lines (router.http1 picks them
         # while parsing); None: router.upstream.headers picks them from raw_headers.
         self.forward_lines: list[bytes] | None = None
+        self.request_id: str | None = None  # the handler's id for it, once named
+        # Set by the connection when the body turned out malformed while the handler ran:
+        # the connection answers it (router.http1.Refusal), the handler only records it.
+        self.refusal = None
 
     def header(self, name: bytes) -> str | None:
         """The first value of header `name` (lower case), or None."""

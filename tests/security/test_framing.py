@@ -3,6 +3,7 @@ closed; the model never sees a second, smuggled request."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -88,3 +89,29 @@ async def test_the_gateway_stays_healthy_after_the_attacks(make_router, upstream
     assert received.startswith(b"HTTP/1.1 200")
     value = router.recorder.registry.get_sample_value
     assert value("scoregate_connection_refusals_total", {"reason": "http_400"}) >= len(ATTACKS) - 1
+
+
+async def test_a_body_malformed_after_its_handler_started_is_answered_and_logged_400(make_router, upstream, raw,
+                                                                                      tmp_path):
+    """The caller gets the 400, and the access log and the request metric say 400 too —
+    not 499, as if the caller had left."""
+    path = tmp_path / "access.log"
+    router = await make_router(access_log=str(path))
+    reader, writer = await raw(router).open()
+    writer.write(HEAD + b"Transfer-Encoding: chunked\r\n\r\n1\r\n{\r\n")
+    await asyncio.sleep(0.3)  # the handler runs: the body streams to the model as it comes
+    writer.write(b"zz\r\n}\r\n0\r\n\r\n")
+    async with asyncio.timeout(5):
+        received = await reader.read()
+    writer.close()
+    assert received.startswith(b"HTTP/1.1 400 "), received[:200]
+    error = json.loads(received.partition(b"\r\n\r\n")[2])
+    await router.access_log.close()
+    [line] = [json.loads(text) for text in path.read_text().splitlines()]
+    assert (line["status"], line["code"]) == (400, "BadRequest")
+    assert line["request_id"] == error["request_id"]  # one id for the answer and its log line
+    value = router.recorder.registry.get_sample_value
+    assert value("scoregate_requests_total", {"endpoint": "ep", "deployment": "blue", "status": "400",
+                                              "code": "BadRequest"}) == 1
+    assert value("scoregate_requests_total", {"endpoint": "ep", "deployment": "blue", "status": "499",
+                                              "code": "ClientClosedRequest"}) is None
