@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from router import RouterApp, RouterSettings, RoutingTableHolder
-from router.auth_throttle import AuthThrottle
+from router.auth_throttle import AuthThrottle, AuthThrottled
 from serving.batch.http import CLIENT_ADDRESS_HEADER
 from serving.batch.manifests import parse_batch_all
 from serving.batch.service import BatchService
@@ -169,3 +169,20 @@ def _app(routes) -> web.Application:
     app = web.Application()
     app.add_routes(routes)
     return app
+
+
+def test_an_ipv6_caller_cannot_rotate_addresses_within_its_64_to_keep_guessing():
+    """A host given an IPv6 /64 has 2**64 addresses: failures count per /64, as one
+    client. IPv4 addresses (and IPv4-mapped IPv6 ones) still count one by one."""
+    throttle = AuthThrottle(max_failures=3)
+    for n in range(3):
+        throttle.failed(f"2001:db8:1:2::{n + 1:x}")
+    for blocked in ("2001:db8:1:2::99", "2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:0db8:0001:0002::1"):
+        with pytest.raises(AuthThrottled):
+            throttle.check(blocked)
+    throttle.check("2001:db8:1:3::1")  # the next /64: another client
+    for n in range(3):
+        throttle.failed(f"::ffff:192.0.2.{n + 1}")
+        throttle.failed(f"198.51.100.{n + 1}")
+    for other in ("::ffff:192.0.2.9", "192.0.2.9", "198.51.100.9", "not-an-address", None):
+        throttle.check(other)
