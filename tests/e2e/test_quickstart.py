@@ -10,17 +10,23 @@ import subprocess
 
 import pytest
 
-from tests.support.gateway import REPO, alive, wait_for
+from tests.support.gateway import REPO, GatewayProcess, alive, wait_for
 from tests.support.manifests import write_deployment, write_endpoint
 
 IRIS = REPO / "examples" / "iris"
 
 
-@pytest.fixture
-def iris_gateway(make_gateway):
-    gateway = make_gateway([str(IRIS)])
-    gateway.wait_ready("iris", ["blue", "green"])
-    return gateway
+@pytest.fixture(scope="module")
+def iris_gateway(tmp_path_factory):
+    """One iris gateway for the module's tests that only use it (none stops it; the one that
+    applies an endpoint deletes it again and checks that only iris is left); every process
+    it started is ended at teardown."""
+    gateway = GatewayProcess(tmp_path_factory.mktemp("quickstart") / "state", [str(IRIS)]).start()
+    try:
+        gateway.wait_ready("iris", ["blue", "green"])
+        yield gateway
+    finally:
+        gateway.kill_everything()
 
 
 def test_endpoint_list_and_credentials_are_json(iris_gateway):

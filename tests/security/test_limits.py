@@ -188,8 +188,9 @@ async def test_a_caller_that_reads_slowly_gets_its_whole_answer(make_router, ups
 
     def read_slowly() -> int:
         """A blocking client with a small receive buffer: what it has not read stays with
-        the gateway. 16 KiB every 0.1 s: ~5 s for the answer here, past the keep-alive
-        timeout, sent in steps of ~32 KiB about twice a second."""
+        the gateway. At most 16 KiB every 0.025 s (with these buffers a read returns a few
+        KiB, and the loopback's small TCP windows pace it too): ~4.5 s for the answer here,
+        well past the keep-alive timeout (2 s), sent in small steps as the caller reads."""
         with socket.create_connection(("127.0.0.1", router.port), timeout=10) as plain:
             plain.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             with context.wrap_socket(plain, server_hostname="localhost") as tls:
@@ -201,7 +202,7 @@ async def test_a_caller_that_reads_slowly_gets_its_whole_answer(make_router, ups
                     if not chunk:
                         break  # cut off
                     received += chunk
-                    time.sleep(0.1)
+                    time.sleep(0.025)
                 return len(received.partition(b"\r\n\r\n")[2])
 
     assert await asyncio.to_thread(read_slowly) == 256 * 1024
