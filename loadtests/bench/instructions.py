@@ -35,7 +35,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .gateway import RunningGateway, start_gateway
-from .procs import BenchError
+from .procs import BenchError, end_leftovers
 
 CONNECTIONS = 8
 IDLE_SETTLE_S = 1.0  # after the warm-up the gateway is busy for about a second more (not idle)
@@ -104,6 +104,8 @@ def count_instructions(requests: int, *, replica: str = "fastserver", gateway_cp
                 say(f"{n} requests: {total:,} instructions in {batches[-1]['seconds']:.1f} s")
         finally:
             gw.stop()
+            if left := end_leftovers(scratch):
+                say(f"ended {len(left)} process(es) the gateway left behind: {left}")
     first, second = batches
     extra = second["requests"] - first["requests"]
     raw = (second["instructions"] - first["instructions"]) / extra

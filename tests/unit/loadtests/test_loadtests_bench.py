@@ -275,3 +275,27 @@ def test_noise_meter_counts_own_cpu_as_own_and_others_as_foreign():
     with NoiseMeter() as meter:
         time.sleep(0.6)  # the window measured, within the orphan's 1.2 s of busy work
     assert meter.foreign_cores is not None and meter.foreign_cores >= 0.4
+
+
+def test_processes_left_behind_under_a_work_dir_are_ended(tmp_path):
+    """What a stopped gateway left running (found by its work dir in the command line) is
+    ended, even when it ignores SIGTERM; other processes are not touched."""
+    import subprocess
+    import sys
+
+    from loadtests.bench.procs import end_leftovers
+
+    marker = str(tmp_path / "scoregate-work-1")
+    stubborn = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, "
+                                 "signal.SIG_IGN); print('up', flush=True); time.sleep(60)", marker],
+                                stdout=subprocess.PIPE)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(tmp_path / "elsewhere")])
+    try:
+        assert stubborn.stdout.readline() == b"up\n"
+        assert end_leftovers(marker, timeout=2.0) == [stubborn.pid]
+        assert stubborn.wait(5) == -9  # SIGTERM ignored: killed at the deadline
+        assert other.poll() is None
+    finally:
+        for proc in (stubborn, other):
+            proc.kill()
+            proc.wait(5)
