@@ -1,7 +1,7 @@
 """The access log: one JSON line per request, written off the hot path.
 
-record() runs in the request's handler and only appends a tuple to a bounded deque;
-a background task turns batches into JSON lines and writes them from a worker thread.
+record() runs in the request's handler and appends its JSON line to a bounded buffer;
+a background task hands the buffer, whole, to a worker thread that writes it.
 If the writer falls behind or the sink fails, lines are dropped and counted — a log
 problem never slows or fails a request. No credential, no body, no query string is
 ever written (the query may carry secrets); the path is kept. Sampling keeps every
@@ -17,7 +17,6 @@ import random
 import select
 import sys
 import time
-from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -27,8 +26,6 @@ from .context import RequestContext
 
 log = logging.getLogger("scoregate.router.accesslog")
 
-LINES_PER_SLICE = 64  # lines made per turn of the event loop (see _flush)
-
 
 class AccessLog:
     def __init__(self, target: str | Path | None, *, sample_rate: float = 1.0, max_pending: int = 10000,
@@ -37,14 +34,16 @@ class AccessLog:
         """target: a file path, "-" for stdout, or None (off)."""
         self._target = None if target is None else (str(target) if str(target) == "-" else Path(target))
         self.sample_rate = sample_rate
-        self._pending: deque[RequestContext] = deque()
         self._max_pending = max_pending
         self._flush_interval_s = flush_interval_s
         self._max_file_bytes = max_file_bytes
         self._rng = rng or random.Random()
         self._task: asyncio.Task | None = None
-        self._built: list[bytes] = []  # lines made, not written yet
-        self._built_lines = 0
+        self._writing: asyncio.Future | None = None  # the batch the writer thread has
+        # Lines made, not written yet: one buffer, appended to as requests end.
+        self._buffer = bytearray()
+        self._lines = 0
+        self._wall_ns = time.time_ns() - time.perf_counter_ns()  # wall clock of a monotonic stamp
         self.dropped = 0
         self.written = 0
 
@@ -53,18 +52,26 @@ class AccessLog:
         return self._target is not None
 
     def record(self, ctx: RequestContext) -> None:
-        """Queue the request's line; `ctx` carries everything (its method and path too) and
-        is not changed after this, so the line is made from it later, off the request's path."""
+        """Make the request's line now, into the buffer the writer takes whole. At once rather
+        than later in batches: the context is freed as the request ends instead of being
+        held (and walked by the garbage collector) until the flush, and no request waits
+        behind a batch of lines (docs/performance.md, ninth round)."""
         if self._target is None:
             return
         if ctx.status < 400 and self.sample_rate < 1.0 and self._rng.random() >= self.sample_rate:
             return
-        if len(self._pending) >= self._max_pending:
+        if self._lines >= self._max_pending:
             self.dropped += 1
             return
         if not ctx.ended_ns:
             ctx.finish()
-        self._pending.append(ctx)
+        try:
+            self._buffer += _line(ctx, self._wall_ns)
+        except (TypeError, ValueError) as exc:  # a value JSON cannot carry: the line, not the request, fails
+            self.dropped += 1
+            log.warning("access log line of request %s dropped: %s", ctx.request_id, exc)
+            return
+        self._lines += 1
 
     async def start(self) -> None:
         if self._target is not None:
@@ -78,39 +85,36 @@ class AccessLog:
             except asyncio.CancelledError:
                 pass
             self._task = None
-        if self._pending or self._built:
+        if self._writing is not None:  # a batch the cancelled flush handed over: it goes first
+            await asyncio.gather(self._writing, return_exceptions=True)
+        if self._lines:
             await self._flush()
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._flush_interval_s)
-            if self._pending:
+            if self._lines:
                 await self._flush()
 
     async def _flush(self) -> None:
-        # Lines are made LINES_PER_SLICE at a time with a turn of the event loop in
-        # between, so requests never wait for a whole batch (~2 us a line: a 0.2 s batch
-        # at 1,000 req/s held the loop ~0.4 ms, at 15,000 req/s ~6 ms). What is built
-        # stays in self._built until written, so a cancellation in between loses nothing.
-        wall_ns = time.time_ns() - time.perf_counter_ns()  # wall clock of a monotonic stamp
-        left = len(self._pending)
-        while left:
-            count = min(left, LINES_PER_SLICE)
-            chunk = [self._pending.popleft() for _ in range(count)]
-            self._built.append(b"".join([_line(ctx, wall_ns) for ctx in chunk]))
-            self._built_lines += count
-            left -= count
-            if left:
-                await asyncio.sleep(0)
-        data, lines = b"".join(self._built), self._built_lines
-        self._built.clear()
-        self._built_lines = 0
-        try:
-            await asyncio.to_thread(self._write, data)
+        """Hand the buffer to the writer thread and wait for it. Cancelled meanwhile (the
+        gateway stops), the write still ends and is counted: close() waits for it."""
+        data, lines = self._buffer, self._lines
+        self._buffer, self._lines = bytearray(), 0
+        self._wall_ns = time.time_ns() - time.perf_counter_ns()  # follows clock adjustments
+        writing = self._writing = asyncio.ensure_future(asyncio.to_thread(self._write, data))
+        writing.add_done_callback(lambda done: self._count(done, lines))
+        await asyncio.gather(asyncio.shield(writing), return_exceptions=True)
+
+    def _count(self, done: asyncio.Future, lines: int) -> None:
+        if self._writing is done:
+            self._writing = None
+        error = done.exception() if not done.cancelled() else asyncio.CancelledError()
+        if error is None:
             self.written += lines
-        except OSError as exc:
+        else:
             self.dropped += lines
-            log.warning("access log write failed (%s); %d lines dropped", exc, lines)
+            log.warning("access log write failed (%s); %d lines dropped", error, lines)
 
     def _write(self, data: bytes) -> None:
         if self._target == "-":
@@ -171,3 +175,4 @@ def _line(ctx: RequestContext, wall_ns: int) -> bytes:
         "queue_ms": (queued_ns + 500) // 1000 / 1000, "upstream_ms": (upstream_ns + 500) // 1000 / 1000,
         "gateway_ms": (own_ns + 500) // 1000 / 1000,
     }, option=orjson.OPT_APPEND_NEWLINE)
+
