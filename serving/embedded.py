@@ -275,7 +275,7 @@ class EmbeddedGateway:
             await batch.close()
             await autoscaling.close()
             await controller.close()
-            await backend.close()
+            await backend.close(hurried=self._hurry.is_set())
             await router.close()
             await server_tls.close()
             if replica_tls is not None:
@@ -295,6 +295,8 @@ class EmbeddedGateway:
             await asyncio.wait([draining, hurried], return_when=asyncio.FIRST_COMPLETED)
             if not draining.done():
                 log.warning("second signal: not waiting for the requests in flight")
+                if self._pool is not None:
+                    self._pool.hurry()
                 draining.cancel()
                 await asyncio.gather(draining, return_exceptions=True)
                 await router.drain(0)

@@ -37,6 +37,7 @@ log = logging.getLogger("scoregate.backend.local")
 EXIT_INIT_FAILED = 3  # serving.modelserver's exit code when import or init() raised
 EXIT_PORT_IN_USE = 4  # serving.modelserver could not bind its port
 LOG_TAIL_LINES = 30
+HURRIED_GRACE_S = 0.5  # after a second stop signal: SIGTERM, then SIGKILL this soon
 _EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Warning)\w*)(: .*)?$")
 
 
@@ -183,7 +184,9 @@ class LocalProcessBackend:
                     out.append(f"[{file.stem}] {line.rstrip()}")
         return "\n".join(out)
 
-    async def close(self) -> None:
+    async def close(self, *, hurried: bool = False) -> None:
+        if hurried:  # nobody waits for what the replicas are still computing
+            self._stop_grace_s = min(self._stop_grace_s, HURRIED_GRACE_S)
         for replica in self._replicas.values():
             if replica.state != EXITED:
                 replica.state = STOPPING

@@ -46,6 +46,8 @@ log = logging.getLogger("scoregate.workers")
 SPAWN = multiprocessing.get_context("spawn")
 MAX_REPLICAS = 4096  # slots in the shared counts: replicas (also draining ones) at once
 START_TIMEOUT_S = 60.0
+EXIT_MARGIN_S = 5.0  # a worker told to stop: this long past the drain timeout to exit, then killed
+HURRIED_MARGIN_S = 1.0  # the same after a second stop signal
 RESTART_FIRST_S, RESTART_MAX_S, STABLE_AFTER_S = 0.5, 30.0, 60.0
 SCRAPE_INTERVAL_S = 1.0
 
@@ -125,6 +127,7 @@ class WorkerPool:
         self._port_socket: socket.socket | None = None
         self._port = 0
         self._stopping = False
+        self._hurried = False  # hurry(): a second stop signal
         self._tasks: set[asyncio.Task] = set()
         self._integrals: dict[tuple[str, str], float] = {}
         self._window_start: dict[tuple[str, str], float] = {}
@@ -272,7 +275,8 @@ class WorkerPool:
 
     async def drain(self, timeout_s: float = 30.0) -> None:
         """Ask every worker to stop accepting and finish its requests; kill what outlives
-        the timeout (plus a margin for the process to exit)."""
+        the timeout (plus a margin for the process to exit: EXIT_MARGIN_S, or
+        HURRIED_MARGIN_S once hurry() was called)."""
         self._stopping = True
         for worker in self._workers:
             if worker.channel is not None and not worker.channel.closed:
@@ -280,7 +284,7 @@ class WorkerPool:
                     worker.channel.send({"op": "stop"})
                 except ChannelClosed:
                     pass
-        deadline = time.monotonic() + timeout_s + 5.0
+        deadline = time.monotonic() + timeout_s + (HURRIED_MARGIN_S if self._hurried else EXIT_MARGIN_S)
         for worker in self._workers:
             process = worker.process
             if process is None:
@@ -290,6 +294,11 @@ class WorkerPool:
                 log.warning("worker %d did not stop in time; killing it", worker.index)
                 process.kill()
                 await asyncio.to_thread(process.join, 5.0)
+
+    def hurry(self) -> None:
+        """A second stop signal: what the workers still answer is abandoned, so a worker
+        gets only a moment to exit once told to stop."""
+        self._hurried = True
 
     async def close(self) -> None:
         if not self._stopping:

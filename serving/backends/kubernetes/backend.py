@@ -86,7 +86,7 @@ class KubernetesBackend:
         self._writer.start()
         self.on_change()
 
-    async def close(self) -> None:
+    async def close(self, *, hurried: bool = False) -> None:  # the cluster keeps running either way
         await self._writer.close()
         await self.foreign.close()
         for task in list(self._tasks):
