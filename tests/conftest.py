@@ -74,14 +74,15 @@ async def upstream():
 
 @pytest.fixture
 async def make_router(certs, upstream):
-    """make_router(initial_table=None, **RouterSettings fields); each router is checked on
-    teardown: nothing in flight, nobody queued."""
+    """make_router(initial_table=None, app=None, **RouterSettings fields), `app`: RouterApp
+    keywords (e.g. extra_routes); each router is checked on teardown: nothing in flight,
+    nobody queued."""
     routers = []
 
-    async def make(initial=None, **settings) -> RouterApp:
+    async def make(initial=None, app: dict | None = None, **settings) -> RouterApp:
         initial = initial or table(deployment("blue", [upstream.port], max_concurrent_requests_per_instance=64))
         router = RouterApp(RouterSettings(port=0, ssl_context=server_context(certs.cert, certs.key), **settings),
-                           RoutingTableHolder(initial))
+                           RoutingTableHolder(initial), **(app or {}))
         await router.start()
         routers.append(router)
         return router

@@ -12,16 +12,16 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from router import RouterApp, RouterSettings, RoutingTableHolder
+from router import RouterApp
 from router.auth_throttle import AuthThrottle, AuthThrottled
 from serving.batch.http import CLIENT_ADDRESS_HEADER
 from serving.batch.manifests import parse_batch_all
 from serving.batch.service import BatchService
 from serving.manifests import read_documents
 from serving.workers.batch_proxy import BatchProxy
-from tests.functional.router_harness import AUTH, KEY, assert_idle, deployment, post, table
+from tests.functional.router_harness import AUTH, KEY, post
 from tests.unit.batch.batch_support import write_batch_endpoint
-from tls import client_context, server_context
+from tls import client_context
 
 
 async def test_failed_auth_is_throttled_per_client(make_router, upstream, certs):
@@ -63,27 +63,6 @@ async def batch(tmp_path):
     await service.close()
 
 
-@pytest.fixture
-async def routers(certs, upstream):
-    """routers(batch routes, **RouterApp keywords) → a started RouterApp with them on its port."""
-    made: list[RouterApp] = []
-
-    async def make(extra_routes, **kwargs) -> RouterApp:
-        router = RouterApp(RouterSettings(port=0, ssl_context=server_context(certs.cert, certs.key)),
-                           RoutingTableHolder(table(deployment("blue", [upstream.port],
-                                                               max_concurrent_requests_per_instance=64))),
-                           extra_routes=extra_routes, **kwargs)
-        await router.start()
-        made.append(router)
-        return router
-
-    yield make
-    for router in made:
-        await router.drain(2)
-        assert_idle(router)
-        await router.close()
-
-
 def _session(certs, address: str) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_context(certs.ca_cert),
                                                                 local_addr=(address, 0)))
@@ -96,8 +75,8 @@ async def _jobs(session: aiohttp.ClientSession, router: RouterApp, key: str, hea
         return r.status, r.headers, await r.read()
 
 
-async def test_failed_auth_on_the_batch_routes_is_throttled_per_client(routers, batch, certs):
-    router = await routers(batch.routes())
+async def test_failed_auth_on_the_batch_routes_is_throttled_per_client(make_router, batch, certs):
+    router = await make_router(app={"extra_routes": batch.routes()})
     key = batch.keys("scorer")[0]
     async with _session(certs, "127.0.0.2") as bad, _session(certs, "127.0.0.3") as good:
         statuses = [(await _jobs(bad, router, f"guess-{i}"))[0] for i in range(25)]
@@ -110,10 +89,10 @@ async def test_failed_auth_on_the_batch_routes_is_throttled_per_client(routers, 
         assert (await _jobs(good, router, key))[0] == 200  # another client is not affected
 
 
-async def test_batch_and_scoring_failures_count_together_until_the_block_ends(routers, batch, certs, upstream):
+async def test_batch_and_scoring_failures_count_together_until_the_block_ends(make_router, batch, certs, upstream):
     now = [1000.0]
     throttle = AuthThrottle(clock=lambda: now[0])
-    router = await routers(batch.routes(auth_throttle=throttle), auth_throttle=throttle)
+    router = await make_router(app={"extra_routes": batch.routes(auth_throttle=throttle), "auth_throttle": throttle})
     key = batch.keys("scorer")[0]
     async with _session(certs, "127.0.0.2") as bad:
         for i in range(10):
@@ -131,7 +110,7 @@ async def test_batch_and_scoring_failures_count_together_until_the_block_ends(ro
     assert len(upstream.seen) == 1
 
 
-async def test_behind_workers_the_batch_throttle_counts_each_caller_not_the_worker(certs, batch, routers):
+async def test_behind_workers_the_batch_throttle_counts_each_caller_not_the_worker(certs, batch, make_router):
     """With --workers, a worker passes batch requests to the main process over a Unix
     socket (serving/workers/batch_proxy.py): the caller's address must go with them, or
     one client's guesses would lock every caller out of the batch routes."""
@@ -142,7 +121,7 @@ async def test_behind_workers_the_batch_throttle_counts_each_caller_not_the_work
     try:
         await web.UnixSite(main, f"{folder}/batch.sock").start()
         await proxy.start()
-        worker = await routers(proxy.routes())
+        worker = await make_router(app={"extra_routes": proxy.routes()})
         key = batch.keys("scorer")[0]
         async with _session(certs, "127.0.0.2") as bad, _session(certs, "127.0.0.3") as good:
             forged = {CLIENT_ADDRESS_HEADER: "127.0.0.9"}  # a caller's own copy is not believed
@@ -157,8 +136,8 @@ async def test_behind_workers_the_batch_throttle_counts_each_caller_not_the_work
         shutil.rmtree(folder, ignore_errors=True)
 
 
-async def test_a_tcp_caller_cannot_name_its_own_address(certs, batch, routers):
-    router = await routers(batch.routes())
+async def test_a_tcp_caller_cannot_name_its_own_address(certs, batch, make_router):
+    router = await make_router(app={"extra_routes": batch.routes()})
     async with _session(certs, "127.0.0.2") as bad:
         for i in range(25):  # a new address each time: were it believed, never throttled
             status, _, _ = await _jobs(bad, router, "guess", {CLIENT_ADDRESS_HEADER: f"10.0.0.{i}"})
