@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 
-import aiohttp
 import pytest
 
 from tests.functional.router_harness import AUTH, post
-from tls import client_context
 
 
 

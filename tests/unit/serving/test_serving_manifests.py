@@ -187,8 +187,8 @@ def test_editing_the_code_or_model_in_place_makes_a_new_version(tmp_path):
     model.mkdir()
     (code / "score.py").write_text("def init():\n    raise RuntimeError('broken')\n")
     (model / "weights.json").write_text('{"w": 1}')
-    path = write(tmp_path, f"name: blue\nendpoint_name: ep\nmodel: {{path: ./model}}\n"
-                           f"code_configuration: {{code: ./code, scoring_script: score.py}}\n")
+    path = write(tmp_path, "name: blue\nendpoint_name: ep\nmodel: {path: ./model}\n"
+                           "code_configuration: {code: ./code, scoring_script: score.py}\n")
 
     def version() -> str:
         return parse_all(read_documents([path]), {"ep"}, set()).deployments[0].replica_spec_hash()
