@@ -37,7 +37,7 @@ class Scheduler:
             if job.status in TERMINAL:
                 try:
                     await finalize(self._jobs, self._options, job, job.status, job.error)
-                except OSError as exc:  # the next start tries again; the others need not wait
+                except OSError as exc:  # (finalize notes an output it cannot write; this is the rest)
                     log.error("batch job %s: cannot write its output: %s", job.id, exc)
             elif job.status == RUNNING:
                 log.info("batch job %s was running when the gateway stopped; resuming it", job.id)
