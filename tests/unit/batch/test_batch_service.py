@@ -230,3 +230,35 @@ async def test_a_job_failed_by_init_whose_output_cannot_be_written_stays_failed_
         assert (tmp_path / "init.log").read_text() == "init\n"
     finally:
         await again.close()
+
+
+async def test_a_job_whose_runner_keeps_failing_is_tried_a_bounded_number_of_times(tmp_path, monkeypatch):
+    """E.g. batch.db cannot be written when the job ends: a few tries, then the next start."""
+    import sqlite3
+
+    from serving.batch import scheduler as scheduler_module
+
+    monkeypatch.setattr(scheduler_module, "RETRY_AFTER_ERROR_S", 0.05)
+    root = write_batch_endpoint(tmp_path / "eps", script=COUNTING_SCRIPT, env={"INIT_LOG": str(tmp_path / "init")})
+    batch = BatchService(tmp_path / "state", [])
+    batch.apply(*parse_batch_all(read_documents([root]), set(), set()))
+    tries = []
+
+    def finish(job_id, status, error):
+        tries.append(status)
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(batch.jobs, "finish", finish)
+    await batch.start()
+    try:
+        job = await batch.submit("scorer", JobRequest("inline", data=[1, 2]))
+        for _ in range(100):
+            if len(tries) >= scheduler_module.RUNNER_ATTEMPTS:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # ten retry periods more: no further try
+        assert tries == ["Completed"] * scheduler_module.RUNNER_ATTEMPTS
+        assert batch.scheduler.running() == set() and batch.jobs.get(job.id).status == "Running"
+        assert "left as it is until the next start" in batch.job_logs(batch.jobs.get(job.id), workers=False)
+    finally:
+        await batch.close()
