@@ -262,3 +262,50 @@ async def test_a_job_whose_runner_keeps_failing_is_tried_a_bounded_number_of_tim
         assert "left as it is until the next start" in batch.job_logs(batch.jobs.get(job.id), workers=False)
     finally:
         await batch.close()
+
+
+# A scoring script that prints far more than a worker log may hold, from print(), from a
+# C-level write to fd 2 and from a child process, then scores.
+CHATTY_SCRIPT = r'''
+import os, subprocess, sys
+
+def init():
+    print("init: hello")
+
+def run(mini_batch):
+    line = "x" * 99
+    for i in range(int(os.environ["LINES"])):
+        print(i, line)
+    os.write(2, b"fd 2: direct\n")
+    subprocess.run([sys.executable, "-c", "print('child: hello')"], check=True)
+    print("run: last line")
+    return [str(item) for item in mini_batch]
+'''
+
+
+async def test_a_worker_log_is_capped_and_the_job_still_completes(tmp_path, monkeypatch):
+    from serving.batch import joblog, workerlog
+
+    limit = 1 << 20
+    monkeypatch.setattr(workerlog, "LIMIT_BYTES", limit)
+    root = write_batch_endpoint(tmp_path / "eps", script=CHATTY_SCRIPT, env={"LINES": "40000"})  # ~4.2 MB a run
+    batch = BatchService(tmp_path / "state", [])
+    batch.apply(*parse_batch_all(read_documents([root]), set(), set()))
+    await batch.start()
+    try:
+        job = await batch.submit("scorer", JobRequest("inline", data=[1, 2, 3], settings={"mini_batch_size": 1}))
+        for _ in range(600):
+            done = batch.jobs.get(job.id)
+            if done.status in TERMINAL:
+                break
+            await asyncio.sleep(0.05)
+        assert (done.status, done.finalized, done.error) == ("Completed", True, None)
+        folder = tmp_path / "state" / "batch" / "jobs" / job.id / "logs"
+        on_disk = sum(p.stat().st_size for p in folder.glob("worker-0.log*"))
+        assert on_disk <= limit + 200, sorted((p.name, p.stat().st_size) for p in folder.iterdir())
+        text = joblog.read(tmp_path / "state" / "batch" / "jobs", job.id, workers=True)
+        tail = text[text.index("=== worker-0.log"):]
+        assert tail.rstrip().endswith("run: last line")  # the newest output is what `job logs` shows
+        assert "fd 2: direct" in tail and "child: hello" in tail
+    finally:
+        await batch.close()
