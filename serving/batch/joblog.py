@@ -10,7 +10,8 @@ input references) and no server paths: key holders read it on the scoring port.
 
 Writing never fails the job: a log that cannot be written (disk full, the job's folder
 taken) is skipped. The scoring script's own output (print, logging, tracebacks) is not
-here but in the worker logs next to it (logs/worker-N.log, written by the workers).
+here but in the worker logs next to it (logs/worker-N.log and, once rotated,
+worker-N.log.1: serving.batch.workerlog, capped at 10 MiB together).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def append(path: Path, message: str, *, final: bool = False) -> None:
 def read(jobs_dir: Path, job_id: str, *, workers: bool) -> str:
     """The job's log; with workers, then the tail (WORKER_TAIL_BYTES) of each worker log."""
     folder = Path(jobs_dir) / job_id / LOGS_FOLDER
-    parts = [_read_tail(folder / LOG_NAME, LIMIT_BYTES)]
+    parts = [_read_tail([folder / LOG_NAME], LIMIT_BYTES)]
     if workers:
         try:
             names = sorted((int(m[1]), m[0]) for m in map(_WORKER_LOG.match, (p.name for p in folder.iterdir())) if m)
@@ -71,19 +72,25 @@ def read(jobs_dir: Path, job_id: str, *, workers: bool) -> str:
             names = []
         for _, name in names:
             parts.append(f"\n=== {name} (the scoring script's output) ===\n")
-            parts.append(_read_tail(folder / name, WORKER_TAIL_BYTES))
+            parts.append(_read_tail([folder / f"{name}.1", folder / name], WORKER_TAIL_BYTES))
     return "".join(parts)
 
 
-def _read_tail(path: Path, limit: int) -> str:
-    """The last `limit` bytes of the file, from the first whole line in them."""
-    try:
-        with open(path, "rb") as handle:
-            size = handle.seek(0, 2)
-            handle.seek(max(0, size - limit))
-            data = handle.read(limit)
-    except OSError:
-        return ""
+def _read_tail(paths: list[Path], limit: int) -> str:
+    """The last `limit` bytes of the files taken one after the other (a worker log after
+    the part it was rotated from, serving.batch.workerlog), from the first whole line in them."""
+    data, size = b"", 0
+    for path in reversed(paths):
+        try:
+            with open(path, "rb") as handle:
+                end = handle.seek(0, 2)
+                want = limit - len(data)
+                if want > 0:
+                    handle.seek(max(0, end - want))
+                    data = handle.read(want) + data
+                size += end
+        except OSError:
+            continue
     head = ""
     if size > len(data):
         cut = data.find(b"\n")

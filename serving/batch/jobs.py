@@ -20,7 +20,7 @@ QUEUED, RUNNING, COMPLETED, FAILED, CANCELED = "Queued", "Running", "Completed",
 TERMINAL = (COMPLETED, FAILED, CANCELED)
 # In a job's error when its status is decided but its output file could not be written
 # (serving.batch.runner.finalize); dropped again once a later try writes it.
-OUTPUT_NOT_WRITTEN = "the partial output could not be written"
+OUTPUT_NOT_WRITTEN = "output could not be written"
 _COLUMNS = ("id, endpoint_name, deployment_name, spec, status, finalized, error, items, mini_batches,"
             " created_at, started_at, finished_at")
 
@@ -202,12 +202,14 @@ class JobStore:
             db.execute("UPDATE jobs SET status=?, error=?, finalized=1, finished_at=coalesce(finished_at, ?)"
                        " WHERE id=?", (status, error, time.time(), job_id))
 
-    def note_output_failure(self, job_id: str, error: str) -> None:
-        """The job's outcome stands (it ended now) but its output is not written: say so in
-        its error and leave it unfinalized, so that the next start tries the output again."""
+    def note_output_failure(self, job_id: str, status: str, error: str) -> None:
+        """The job's outcome stands (`status`: it ended now) but its output is not written: say
+        so in its error and leave it unfinalized, so that the next start tries the output
+        again. Not Running any more, it is never scheduled (nor its workers started) again."""
+        assert status in TERMINAL
         with self._db.transaction() as db:
-            db.execute("UPDATE jobs SET error=?, finished_at=coalesce(finished_at, ?) WHERE id=? AND finalized=0",
-                       (error, time.time(), job_id))
+            db.execute("UPDATE jobs SET status=?, error=?, finished_at=coalesce(finished_at, ?)"
+                       " WHERE id=? AND finalized=0", (status, error, time.time(), job_id))
 
     def delete_for_endpoint(self, endpoint_name: str) -> list[str]:
         with self._db.transaction() as db:

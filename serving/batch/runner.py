@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import shutil
 import sys
 from collections import deque
@@ -44,19 +45,18 @@ def output_path(options: RunOptions, job: JobRecord) -> Path:
 async def finalize(jobs: JobStore, options: RunOptions, job: JobRecord, status: str, error: str | None) -> None:
     """Write the output file (append_row), then mark the job finished; safe to repeat.
 
-    A canceled job whose output cannot be written (disk full, a path taken) stays
-    Canceled — that is what its caller asked for and it happened — with the failure in its
-    error and its scored results kept in the database; it is left unfinalized, so the next
-    start tries the output again (and drops the note once it is written)."""
+    A job whose output cannot be written (disk full, a path taken) still ends as what
+    happened — Completed, Failed or Canceled — with the failure in its error and its
+    scored results kept in the database. It is left unfinalized but no longer Running, so
+    the scheduler neither retries it nor starts its workers again: the output is tried
+    once more at the next start only (which drops the note once it is written)."""
     error = _without_output_note(error)
     if job.spec["deployment"]["settings"]["output_action"] == "append_row":
         path = output_path(options, job)
         try:
             await asyncio.to_thread(write_output, jobs, job.id, path)
         except OSError as exc:
-            if status != CANCELED:
-                raise
-            await _output_not_written(jobs, options, job, error, path, exc)
+            await _output_not_written(jobs, options, job, status, error, path, exc)
             return
     failpoints.hit("finish_before_mark")
     await asyncio.to_thread(jobs.finish, job.id, status, error)
@@ -73,20 +73,28 @@ async def _log_outcome(jobs: JobStore, options: RunOptions, job: JobRecord, stat
 
 
 def _without_output_note(error: str | None) -> str | None:
-    if error and f"; {OUTPUT_NOT_WRITTEN}" in error:
-        return error.split(f"; {OUTPUT_NOT_WRITTEN}", 1)[0]
-    return error
+    matches = list(_OUTPUT_NOTE.finditer(error or ""))  # the last: the error before it is the script's text
+    return (error[:matches[-1].start()] or None) if matches else error
 
 
-async def _output_not_written(jobs: JobStore, options: RunOptions, job: JobRecord, error: str | None,
-                              path: Path, exc: OSError) -> None:
+# The note _output_not_written adds (with or without an error before it; "partial" for a
+# canceled job, and in notes written before every status had one).
+_OUTPUT_NOTE = re.compile(r"(?:^|; )the (?:partial )?" + re.escape(OUTPUT_NOT_WRITTEN) + r" \(")
+
+
+async def _output_not_written(jobs: JobStore, options: RunOptions, job: JobRecord, status: str,
+                              error: str | None, path: Path, exc: OSError) -> None:
     scored = (await asyncio.to_thread(jobs.counts, job.id)).succeeded_items
     why = exc.strerror or type(exc).__name__  # not str(exc): it names server paths, and key holders read this
-    note = (f"{error or 'canceled'}; {OUTPUT_NOT_WRITTEN} ({why}): its {scored} scored item(s) are kept"
+    what = "the partial output" if status == CANCELED else "the output"
+    note = (f"{what} could not be written ({why}): its {scored} scored item(s) are kept"
             " and the output is written again at the next start of the gateway")
-    log.error("batch job %s canceled, but its partial output %s could not be written: %s", job.id, path, exc)
-    await asyncio.to_thread(jobs.note_output_failure, job.id, note)
-    await _log_outcome(jobs, options, job, CANCELED, note)
+    error = error or ("canceled" if status == CANCELED else None)
+    note = f"{error}; {note}" if error else note
+    log.error("batch job %s %s, but its output %s could not be written (tried again at the next start): %s",
+              job.id, status.lower(), path, exc)
+    await asyncio.to_thread(jobs.note_output_failure, job.id, status, note)
+    await _log_outcome(jobs, options, job, status, note)
 
 
 def remove_outputs(options: RunOptions, job_id: str) -> None:

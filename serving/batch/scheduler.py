@@ -8,14 +8,17 @@ through here so a job cannot be started and cancelled at the same moment.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 
+from . import joblog
 from .jobs import CANCELED, QUEUED, RUNNING, TERMINAL, JobRecord, JobStore
 from .runner import JobRun, RunOptions, finalize
 
 log = logging.getLogger("scoregate.batch")
-RETRY_AFTER_ERROR_S = 10.0  # a job whose runner failed (e.g. disk full) waits this long
+RETRY_AFTER_ERROR_S = 10.0  # a job whose runner failed (e.g. batch.db cannot be written) waits this long
+RUNNER_ATTEMPTS = 5  # runner failures in a row after which a job is left alone until the next start
 
 
 class Scheduler:
@@ -25,7 +28,8 @@ class Scheduler:
         self._max_running = max(1, max_running)
         self._drain_timeout_s = drain_timeout_s
         self._runs: dict[str, JobRun] = {}
-        self._cooling: dict[str, float] = {}  # job id → monotonic time it may run again
+        self._cooling: dict[str, float] = {}  # job id → monotonic time it may run again (inf: next start)
+        self._failures: dict[str, int] = {}  # job id → runner failures in a row
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._task: asyncio.Task | None = None
@@ -37,7 +41,7 @@ class Scheduler:
             if job.status in TERMINAL:
                 try:
                     await finalize(self._jobs, self._options, job, job.status, job.error)
-                except OSError as exc:  # the next start tries again; the others need not wait
+                except OSError as exc:  # (finalize notes an output it cannot write; this is the rest)
                     log.error("batch job %s: cannot write its output: %s", job.id, exc)
             elif job.status == RUNNING:
                 log.info("batch job %s was running when the gateway stopped; resuming it", job.id)
@@ -58,7 +62,8 @@ class Scheduler:
                 try:
                     while not self._closed and len(self._runs) < self._max_running:
                         now = time.monotonic()
-                        cooling = {j for j, until in self._cooling.items() if until > now}
+                        self._cooling = {j: until for j, until in self._cooling.items() if until > now}
+                        cooling = set(self._cooling)
                         job = await asyncio.to_thread(self._next, set(self._runs) | cooling)
                         if job is None:
                             break
@@ -79,11 +84,24 @@ class Scheduler:
 
         def done(finished: asyncio.Task) -> None:
             self._runs.pop(job.id, None)
-            if not finished.cancelled() and finished.exception() is not None:
-                log.error("batch job %s: runner failed; trying again in %gs", job.id, RETRY_AFTER_ERROR_S,
-                          exc_info=finished.exception())
-                self._cooling[job.id] = time.monotonic() + RETRY_AFTER_ERROR_S
-                asyncio.get_running_loop().call_later(RETRY_AFTER_ERROR_S, self.wake)
+            if finished.cancelled() or finished.exception() is None:
+                self._failures.pop(job.id, None)
+            else:
+                failures = self._failures[job.id] = self._failures.get(job.id, 0) + 1
+                if failures >= RUNNER_ATTEMPTS:  # bounded: no retry loop for ever
+                    log.error("batch job %s: runner failed %d times in a row; the job is left as it is until"
+                              " the next start of the gateway", job.id, failures, exc_info=finished.exception())
+                    self._cooling[job.id] = float("inf")
+                    self._failures.pop(job.id, None)
+                    asyncio.get_running_loop().run_in_executor(None, functools.partial(
+                        joblog.append, joblog.job_log_path(self._options.jobs_dir, job.id),
+                        f"the batch runner failed {failures} times in a row (see the gateway log); the job"
+                        " is left as it is until the next start of the gateway", final=True))
+                else:
+                    log.error("batch job %s: runner failed (%d of %d); trying again in %gs", job.id, failures,
+                              RUNNER_ATTEMPTS, RETRY_AFTER_ERROR_S, exc_info=finished.exception())
+                    self._cooling[job.id] = time.monotonic() + RETRY_AFTER_ERROR_S
+                    asyncio.get_running_loop().call_later(RETRY_AFTER_ERROR_S, self.wake)
             self.wake()
 
         task.add_done_callback(done)

@@ -3,8 +3,9 @@
 Imports the scoring script, calls `init()` once, then answers mini-batches until its
 stdin closes: `run(mini_batch)` gets a list of file paths or of rows and returns one
 result per item. Protocol: one JSON line per message, requests on stdin, answers on a
-private copy of the original stdout — fd 1 itself is pointed at the log (stderr), so a
-`print()` in user code can never corrupt the protocol.
+private copy of the original stdout — fd 1 itself is pointed at the log (stderr, a pipe
+the gateway writes to logs/worker-N.log: serving.batch.workerlog), so a `print()` in
+user code can never corrupt the protocol.
 
     → {"id": 7, "kind": "files" | "rows", "items": [...]}
     ← {"ready": true} | {"ready": false, "error": "..."}          once, after init()

@@ -17,6 +17,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import workerlog
+
 _PR_SET_PDEATHSIG = 1
 _PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
 _LINE_LIMIT = 512 * 1024 * 1024  # one answer line holds a whole mini-batch's results
@@ -66,6 +68,7 @@ class Worker:
         self.log_path = log_path
         self._python = python
         self._process: asyncio.subprocess.Process | None = None
+        self._log: workerlog.WorkerLog | None = None  # its stdout/stderr, capped (serving.batch.workerlog)
 
     @property
     def pid(self) -> int | None:
@@ -83,17 +86,19 @@ class Worker:
         if spec.model_path:
             env["AZUREML_MODEL_DIR"] = spec.model_path
             command += ["--model-dir", spec.model_path]
-        log = await asyncio.to_thread(_open_log, self.log_path)
+        self._log = workerlog.WorkerLog(self.log_path, workerlog.LIMIT_BYTES)
+        log_fd = await self._log.open()
         try:
             self._process = await asyncio.create_subprocess_exec(
-                *command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
+                *command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log_fd,
                 cwd=spec.code, env=env, start_new_session=True, preexec_fn=_die_with_parent,
                 limit=_LINE_LIMIT)
         except OSError as exc:
+            os.close(log_fd)
+            await self._log.close(0)
             raise WorkerInitFailed(f"cannot start a worker process in the code folder {spec.code}:"
                                    f" {exc.strerror or exc}") from None
-        finally:
-            log.close()
+        os.close(log_fd)  # the worker has it: the pipe ends when the worker (and what it started) ends
         try:
             async with asyncio.timeout(timeout_s):
                 message = await self._read()
@@ -148,7 +153,7 @@ class Worker:
         return WorkerLost(f"the worker process {how} (see the worker log)")
 
     async def kill(self) -> int | None:
-        """SIGKILL the worker and its process group; its exit code."""
+        """SIGKILL the worker and its process group; its exit code (once its log is written)."""
         process = self._process
         if process is None:
             return None
@@ -157,12 +162,19 @@ class Worker:
                 os.killpg(process.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-        return await process.wait()
+        code = await process.wait()
+        await self._close_log()
+        return code
+
+    async def _close_log(self) -> None:
+        if self._log is not None:
+            await self._log.close()
 
     async def close(self, grace_s: float = 2.0) -> None:
         """Let the worker exit on its own (stdin closed), then kill it."""
         process = self._process
         if process is None or process.returncode is not None:
+            await self._close_log()
             return
         if process.stdin is not None and not process.stdin.is_closing():
             process.stdin.close()
@@ -170,8 +182,4 @@ class Worker:
             await asyncio.wait_for(process.wait(), grace_s)
         except TimeoutError:
             await self.kill()
-
-
-def _open_log(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return open(path, "ab")
+        await self._close_log()

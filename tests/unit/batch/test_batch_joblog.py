@@ -43,3 +43,17 @@ def test_worker_logs_follow_in_slot_order_their_tails_only(tmp_path):
     assert shown[1].startswith("[... the first ") and shown[2].startswith("line ")  # whole lines only
     omitted = int(shown[1].split()[3])
     assert omitted + len(shown[2]) + 1 == len(lines) and len(shown[2]) <= joblog.WORKER_TAIL_BYTES
+
+
+def test_a_rotated_worker_log_is_read_across_its_two_parts(tmp_path):
+    folder = joblog.job_log_path(tmp_path, "j").parent
+    folder.mkdir(parents=True)
+    older = "".join(f"old {i}\n" for i in range(100_000))  # 688,890 bytes
+    (folder / "worker-0.log.1").write_text(older)
+    (folder / "worker-0.log").write_text("new 0\nnew 1\n")
+    text = joblog.read(tmp_path, "j", workers=True)
+    assert text.count("=== worker-0.log") == 1 and text.endswith("old 99999\nnew 0\nnew 1\n")
+    shown = text.split("===\n", 1)[1]
+    assert shown.startswith("[... the first ") and len(shown) < joblog.WORKER_TAIL_BYTES + 100
+    (folder / "worker-0.log.1").unlink()
+    assert joblog.read(tmp_path, "j", workers=True).endswith("===\nnew 0\nnew 1\n")

@@ -126,3 +126,186 @@ async def test_a_canceled_job_whose_output_cannot_be_written_is_written_at_the_n
         assert (jobs_dir / job.id / "predictions.csv").read_text() == ""
     finally:
         await again.close()
+
+
+# A scoring script that notes every init() in $INIT_LOG (one line each): how often workers were started.
+COUNTING_SCRIPT = r'''
+import os
+
+def init():
+    with open(os.environ["INIT_LOG"], "a") as log:
+        log.write("init\n")
+    if os.environ.get("INIT_FAIL"):
+        raise RuntimeError("init refuses: INIT_FAIL is set")
+
+def run(mini_batch):
+    return [str(item) for item in mini_batch]
+'''
+
+
+async def _ended_with_output_blocked(tmp_path, monkeypatch, env: dict) -> tuple[BatchService, object, object]:
+    """A job whose output place is taken by a folder, run until it ends (or 5 s pass)."""
+    from serving.batch import scheduler as scheduler_module
+
+    monkeypatch.setattr(scheduler_module, "RETRY_AFTER_ERROR_S", 0.1)  # a retry loop would show at once
+    root = write_batch_endpoint(tmp_path / "eps", env={"INIT_LOG": str(tmp_path / "init.log"), **env},
+                                script=COUNTING_SCRIPT)
+    state = tmp_path / "state"
+    batch = BatchService(state, [])
+    batch.apply(*parse_batch_all(read_documents([root]), set(), set()))
+    await batch.start()
+    await batch.scheduler.close()  # hold the job until its output's place is taken
+    job = await batch.submit("scorer", JobRequest("inline", data=[1, 2, 3]))
+    blocker = state / "batch" / "jobs" / job.id / "predictions.csv"
+    blocker.mkdir(parents=True)  # renaming the output over a folder fails: "Is a directory"
+    (blocker / "keep").write_text("")
+    from serving.batch.scheduler import Scheduler
+
+    batch.scheduler = Scheduler(batch.jobs, batch._options)
+    await batch.scheduler.start()
+    for _ in range(100):
+        current = batch.jobs.get(job.id)
+        if current.status != "Running" and current.status != "Queued":
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(1.0)  # ten retry periods: nothing more may happen to the job
+    return batch, job, blocker
+
+
+async def test_a_completed_job_whose_output_cannot_be_written_is_completed_and_written_at_the_next_start(
+        tmp_path, monkeypatch):
+    batch, job, blocker = await _ended_with_output_blocked(tmp_path, monkeypatch, {})
+    try:
+        done = batch.jobs.get(job.id)
+        assert done.status == "Completed" and not done.finalized and done.finished_at is not None
+        assert done.error.startswith("the output could not be written (Is a directory): its 3 scored item(s)"
+                                     " are kept"), done.error
+        assert str(tmp_path) not in done.error
+        assert batch.jobs.counts(job.id).succeeded_items == 3  # the results are kept
+        view = batch.view(done, "https://x")
+        assert view["status"] == "Completed" and view["output"]["ready"] is False
+        assert view["error"]["message"] == done.error
+        assert batch.scheduler.running() == set()
+        assert (tmp_path / "init.log").read_text() == "init\n"  # one worker, started once
+        log = batch.job_logs(done, workers=False)
+        assert log.count("Completed: 3 item(s) scored") == 1 and "output could not be written" in log
+        assert not await batch.cancel_job(job.id)  # it is over
+    finally:
+        await batch.close()
+
+    shutil.rmtree(blocker)  # the place is freed; the next start writes the output
+    again = BatchService(tmp_path / "state", [])
+    await again.start()
+    try:
+        written = again.jobs.get(job.id)
+        assert (written.status, written.finalized, written.error) == ("Completed", True, None)
+        assert written.finished_at == done.finished_at
+        assert blocker.read_text() == "0,1\n1,2\n2,3\n"
+        assert (tmp_path / "init.log").read_text() == "init\n"  # no worker for a job whose scoring is over
+    finally:
+        await again.close()
+
+
+async def test_a_job_failed_by_init_whose_output_cannot_be_written_stays_failed_with_its_reason(
+        tmp_path, monkeypatch):
+    batch, job, blocker = await _ended_with_output_blocked(tmp_path, monkeypatch, {"INIT_FAIL": "1"})
+    try:
+        failed = batch.jobs.get(job.id)
+        assert failed.status == "Failed" and not failed.finalized and failed.finished_at is not None
+        assert failed.error.startswith("init() failed: RuntimeError: init refuses: INIT_FAIL is set;"
+                                       " the output could not be written (Is a directory)"), failed.error
+        assert (tmp_path / "init.log").read_text() == "init\n"  # init() was not run again
+        assert batch.job_logs(failed, workers=False).count("Failed: 0 item(s) scored") == 1
+    finally:
+        await batch.close()
+
+    shutil.rmtree(blocker)
+    again = BatchService(tmp_path / "state", [])
+    await again.start()
+    try:
+        written = again.jobs.get(job.id)
+        assert (written.status, written.finalized) == ("Failed", True)
+        assert written.error == "init() failed: RuntimeError: init refuses: INIT_FAIL is set"
+        assert blocker.read_text() == ""
+        assert (tmp_path / "init.log").read_text() == "init\n"
+    finally:
+        await again.close()
+
+
+async def test_a_job_whose_runner_keeps_failing_is_tried_a_bounded_number_of_times(tmp_path, monkeypatch):
+    """E.g. batch.db cannot be written when the job ends: a few tries, then the next start."""
+    import sqlite3
+
+    from serving.batch import scheduler as scheduler_module
+
+    monkeypatch.setattr(scheduler_module, "RETRY_AFTER_ERROR_S", 0.05)
+    root = write_batch_endpoint(tmp_path / "eps", script=COUNTING_SCRIPT, env={"INIT_LOG": str(tmp_path / "init")})
+    batch = BatchService(tmp_path / "state", [])
+    batch.apply(*parse_batch_all(read_documents([root]), set(), set()))
+    tries = []
+
+    def finish(job_id, status, error):
+        tries.append(status)
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(batch.jobs, "finish", finish)
+    await batch.start()
+    try:
+        job = await batch.submit("scorer", JobRequest("inline", data=[1, 2]))
+        for _ in range(100):
+            if len(tries) >= scheduler_module.RUNNER_ATTEMPTS:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # ten retry periods more: no further try
+        assert tries == ["Completed"] * scheduler_module.RUNNER_ATTEMPTS
+        assert batch.scheduler.running() == set() and batch.jobs.get(job.id).status == "Running"
+        assert "left as it is until the next start" in batch.job_logs(batch.jobs.get(job.id), workers=False)
+    finally:
+        await batch.close()
+
+
+# A scoring script that prints far more than a worker log may hold, from print(), from a
+# C-level write to fd 2 and from a child process, then scores.
+CHATTY_SCRIPT = r'''
+import os, subprocess, sys
+
+def init():
+    print("init: hello")
+
+def run(mini_batch):
+    line = "x" * 99
+    for i in range(int(os.environ["LINES"])):
+        print(i, line)
+    os.write(2, b"fd 2: direct\n")
+    subprocess.run([sys.executable, "-c", "print('child: hello')"], check=True)
+    print("run: last line")
+    return [str(item) for item in mini_batch]
+'''
+
+
+async def test_a_worker_log_is_capped_and_the_job_still_completes(tmp_path, monkeypatch):
+    from serving.batch import joblog, workerlog
+
+    limit = 1 << 20
+    monkeypatch.setattr(workerlog, "LIMIT_BYTES", limit)
+    root = write_batch_endpoint(tmp_path / "eps", script=CHATTY_SCRIPT, env={"LINES": "40000"})  # ~4.2 MB a run
+    batch = BatchService(tmp_path / "state", [])
+    batch.apply(*parse_batch_all(read_documents([root]), set(), set()))
+    await batch.start()
+    try:
+        job = await batch.submit("scorer", JobRequest("inline", data=[1, 2, 3], settings={"mini_batch_size": 1}))
+        for _ in range(600):
+            done = batch.jobs.get(job.id)
+            if done.status in TERMINAL:
+                break
+            await asyncio.sleep(0.05)
+        assert (done.status, done.finalized, done.error) == ("Completed", True, None)
+        folder = tmp_path / "state" / "batch" / "jobs" / job.id / "logs"
+        on_disk = sum(p.stat().st_size for p in folder.glob("worker-0.log*"))
+        assert on_disk <= limit + 200, sorted((p.name, p.stat().st_size) for p in folder.iterdir())
+        text = joblog.read(tmp_path / "state" / "batch" / "jobs", job.id, workers=True)
+        tail = text[text.index("=== worker-0.log"):]
+        assert tail.rstrip().endswith("run: last line")  # the newest output is what `job logs` shows
+        assert "fd 2: direct" in tail and "child: hello" in tail
+    finally:
+        await batch.close()
