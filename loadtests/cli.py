@@ -23,7 +23,7 @@ from .runner import RunSpec, WorkerError, run
 from .targets import ResolvedTarget, merge_headers, resolve
 
 DEFAULT_OUTPUT_ROOT = "loadtest-results"
-COMMANDS = ("run", "compare", "scenario", "bench", "instructions")
+COMMANDS = ("run", "compare", "scenario", "bench", "instructions", "ab")
 
 
 def _positive(kind):
@@ -118,9 +118,11 @@ def build_parser(prog: str = "python -m loadtests") -> argparse.ArgumentParser:
 
     add_scenario_parser(sub)
     add_bench_parser(sub)
+    from .bench.ab import add_ab_parser
     from .bench.instructions import add_instructions_parser
 
     add_instructions_parser(sub)
+    add_ab_parser(sub)
     return parser
 
 
@@ -231,6 +233,6 @@ def run_cli(argv: list[str] | None = None, prog: str = "python -m loadtests") ->
     args = build_parser(prog).parse_args(argv)
     if args.command == "compare":
         return compare_command(args)
-    if args.command in ("scenario", "bench", "instructions"):
+    if args.command in ("scenario", "bench", "instructions", "ab"):
         return args.handler(args)
     return run_command(args)
