@@ -20,6 +20,11 @@ def failure_text(stage: str | None, reason: str) -> str:
     return f"failed to roll out in stage {stage} ({reason})"
 
 
+def unavailable_text(stage: str | None, reason: str) -> str:
+    """Why a deployment whose only version failed has no replica (a pinned request's 503)."""
+    return f"it {failure_text(stage, reason)}; apply a fixed version"
+
+
 def format_duration(seconds: float) -> str:
     """1200 → "20m0s", 75.5 → "1m15s", 3 → "3s" (the way the reasons show budgets)."""
     seconds = int(round(seconds))

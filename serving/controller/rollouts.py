@@ -36,7 +36,7 @@ from ..backends import EXITED, READINESS, READY, STARTING, Artifacts, ReplicaVie
 from ..resources import Deployment
 from ..store import DeploymentRecord
 from .preparing import Preparer, StageFailed
-from .rollout import FAILED, IN_PROGRESS, SUCCEEDED, Rollout, format_duration
+from .rollout import FAILED, IN_PROGRESS, SUCCEEDED, Rollout, format_duration, unavailable_text
 
 log = logging.getLogger("scoregate.rollout")
 
@@ -138,7 +138,7 @@ class RolloutManager:
             if rollout.state == SUCCEEDED or good is not None:
                 plan.available.add(key)
             elif rollout.state == FAILED:
-                plan.failed[key] = f"it {rollout.failure()}; apply a fixed version"
+                plan.failed[key] = unavailable_text(rollout.failed_stage, rollout.reason)
         self._forget_others(live)
         return plan
 

@@ -27,7 +27,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
 
-from ...controller.rollout import FAILED, failure_text
+from ...controller.rollout import FAILED, unavailable_text
 from ...resources import Deployment, Endpoint
 from ...store import EndpointRecord
 from ...tokens import TokenIssuer
@@ -71,8 +71,7 @@ def rollout_failure(obj: dict) -> str | None:
     saved = status.get("rollout")
     if rolled_out(obj) or not isinstance(saved, dict) or saved.get("state") != FAILED:
         return None
-    return f"it {failure_text(saved.get('failed_stage'), saved.get('reason') or 'no reason recorded')}; " \
-           "apply a fixed version"
+    return unavailable_text(saved.get("failed_stage"), saved.get("reason") or "no reason recorded")
 
 
 def _paths(deployment: Deployment) -> tuple[str, str]:
