@@ -185,12 +185,12 @@ class LocalProcessBackend:
         return "\n".join(out)
 
     async def close(self, *, hurried: bool = False) -> None:
-        if hurried:  # nobody waits for what the replicas are still computing
-            self._stop_grace_s = min(self._stop_grace_s, HURRIED_GRACE_S)
+        # hurried: nobody waits for what the replicas are still computing
+        grace_s = min(self._stop_grace_s, HURRIED_GRACE_S) if hurried else self._stop_grace_s
         for replica in self._replicas.values():
             if replica.state != EXITED:
                 replica.state = STOPPING
-        await asyncio.gather(*(self._terminate(r) for r in list(self._replicas.values())),
+        await asyncio.gather(*(self._terminate(r, grace_s) for r in list(self._replicas.values())),
                              return_exceptions=True)
         self._replicas.clear()
         if self._session is not None:
@@ -329,14 +329,14 @@ class LocalProcessBackend:
             return ()
         return tuple(lines[-LOG_TAIL_LINES:])
 
-    async def _terminate(self, replica: _Replica) -> None:
+    async def _terminate(self, replica: _Replica, grace_s: float | None = None) -> None:
         process = replica.process
         if process is None or process.returncode is not None:
             return
         try:
             process.terminate()
             try:
-                await asyncio.wait_for(process.wait(), self._stop_grace_s)
+                await asyncio.wait_for(process.wait(), self._stop_grace_s if grace_s is None else grace_s)
             except asyncio.TimeoutError:
                 process.kill()
                 await process.wait()
