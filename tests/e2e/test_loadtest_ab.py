@@ -59,3 +59,16 @@ def test_the_verdict_needs_the_whole_spread_on_one_side():
     assert clear["ratio_a_over_b"]["q1"] > 1 and report(clear).endswith("B costs less")
     mixed = figures_of(a, b, [bursts([66, 58, 65, 57]), bursts([60, 62, 61, 60])], seconds=3, connections=32)
     assert report(mixed).endswith("no difference beyond the spread")
+
+
+def test_handshake_bursts_are_compared_per_handshake():
+    def bursts(cpus):
+        return [{"cpu_us_per_handshake": c, "handshakes_per_s": 700.0} for c in cpus]
+
+    a, b = Side(REPO), Side(REPO)
+    figures = figures_of(a, b, [bursts([480, 470, 490]), bursts([500, 505, 498])], seconds=3, connections=32,
+                         unit="handshake")
+    assert figures["unit"] == "handshake" and "connections" not in figures
+    assert figures["cpu_us_per_handshake"]["a"]["median"] == 480 and figures["ratio_a_over_b"]["q3"] < 1
+    text = report(figures)
+    assert "CPU per handshake, median" in text and "s_time bursts" in text and text.endswith("A costs less")
