@@ -99,8 +99,24 @@ _OUTPUT_NOTE = re.compile(r"(?:^|; )the (?:partial )?" + re.escape(OUTPUT_NOT_WR
 
 async def _output_not_written(jobs: JobStore, options: RunOptions, job: JobRecord, status: str,
                               error: str | None, path: Path, exc: OSError) -> bool:
-    scored = (await asyncio.to_thread(jobs.counts, job.id)).succeeded_items
     why = exc.strerror or type(exc).__name__  # not str(exc): it names server paths, and key holders read this
+    if not await _note_not_written(jobs, options, job, status, error, why):
+        return False
+    log.error("batch job %s %s, but its output %s could not be written (tried again at the next start): %s",
+              job.id, status.lower(), path, exc)
+    return True
+
+
+async def note_not_finalized(jobs: JobStore, options: RunOptions, job: JobRecord, exc: Exception) -> None:
+    """finalize of an ended job failed unexpectedly (batch.db, a corrupt spec, a bug): its
+    outcome stands, its error says it has no output and why, and the next start tries again."""
+    why = f"internal error: {type(exc).__name__}, see the gateway log"
+    await _note_not_written(jobs, options, job, job.status, _without_output_note(job.error), why)
+
+
+async def _note_not_written(jobs: JobStore, options: RunOptions, job: JobRecord, status: str,
+                            error: str | None, why: str) -> bool:
+    scored = (await asyncio.to_thread(jobs.counts, job.id)).succeeded_items
     what = "the partial output" if status == CANCELED else "the output"
     note = (f"{what} could not be written ({why}): its {scored} scored item(s) are kept"
             " and the output is written again at the next start of the gateway")
@@ -108,8 +124,6 @@ async def _output_not_written(jobs: JobStore, options: RunOptions, job: JobRecor
     note = f"{error}; {note}" if error else note
     if not await asyncio.to_thread(jobs.note_output_failure, job.id, status, note):
         return False
-    log.error("batch job %s %s, but its output %s could not be written (tried again at the next start): %s",
-              job.id, status.lower(), path, exc)
     await _log_outcome(jobs, options, job, status, note)
     return True
 

@@ -14,7 +14,7 @@ import time
 
 from . import joblog
 from .jobs import CANCELED, QUEUED, RUNNING, TERMINAL, JobRecord, JobStore
-from .runner import JobRun, RunOptions, finalize
+from .runner import JobRun, RunOptions, finalize, note_not_finalized
 
 log = logging.getLogger("scoregate.batch")
 RETRY_AFTER_ERROR_S = 10.0  # a job whose runner failed (e.g. batch.db cannot be written) waits this long
@@ -39,14 +39,28 @@ class Scheduler:
         """Finish what a crash interrupted, then start the loop (which resumes jobs)."""
         for job in await asyncio.to_thread(self._jobs.unfinished):
             if job.status in TERMINAL:
-                try:
-                    await finalize(self._jobs, self._options, job, job.status, job.error)
-                except OSError as exc:  # (finalize notes an output it cannot write; this is the rest)
-                    log.error("batch job %s: cannot write its output: %s", job.id, exc)
+                await self._finalize_left_over(job)
             elif job.status == RUNNING:
                 log.info("batch job %s was running when the gateway stopped; resuming it", job.id)
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="batch-scheduler")
         self.wake()
+
+    async def _finalize_left_over(self, job: JobRecord) -> None:
+        """Write the output of a job that ended before the last stop. Whatever goes wrong
+        with one job (batch.db, a corrupt spec, a bug) must not stop the gateway's start nor
+        the other jobs: the job keeps its outcome, its error says why it has no output, and
+        the next start tries again."""
+        try:
+            await finalize(self._jobs, self._options, job, job.status, job.error)
+            return
+        except Exception as exc:
+            log.exception("batch job %s: cannot finish it at start; it keeps its status (%s) and is tried"
+                          " again at the next start", job.id, job.status)
+            failure = exc
+        try:
+            await note_not_finalized(self._jobs, self._options, job, failure)
+        except Exception:  # batch.db itself is failing: the log above is all there is
+            log.exception("batch job %s: cannot note in the job why it has no output", job.id)
 
     def wake(self) -> None:
         self._wake.set()
