@@ -221,6 +221,27 @@ class JobStore:
                               f" WHERE id=? AND finalized=0 AND {_MAY_END_AS}",
                               (status, error, time.time(), job_id, status, QUEUED, RUNNING)).rowcount > 0
 
+    # -- retention ------------------------------------------------------------------------
+    def expired(self, ended_before: float, limit: int) -> list[str]:
+        """Jobs ended (output written) before `ended_before`, oldest first: what retention
+        may remove. Never a Queued or Running job, nor one whose output is still due."""
+        with self._db.reading() as db:
+            rows = db.execute("SELECT id FROM jobs WHERE finalized=1 AND status IN (?, ?, ?)"
+                              " AND coalesce(finished_at, created_at) < ? ORDER BY coalesce(finished_at, created_at),"
+                              " seq LIMIT ?", (*TERMINAL, ended_before, limit)).fetchall()
+        return [row[0] for row in rows]
+
+    def delete_ended(self, job_id: str) -> bool:
+        """Remove an ended job's rows, in one transaction; False (nothing removed) unless it
+        is ended and finalized — checked here, not only by the caller's earlier read."""
+        with self._db.transaction() as db:
+            if not db.execute("DELETE FROM jobs WHERE id=? AND finalized=1 AND status IN (?, ?, ?)",
+                              (job_id, *TERMINAL)).rowcount:
+                return False
+            for table in ("results", "minibatches", "items"):
+                db.execute(f"DELETE FROM {table} WHERE job_id=?", (job_id,))
+        return True
+
     def delete_for_endpoint(self, endpoint_name: str) -> list[str]:
         with self._db.transaction() as db:
             ids = [r[0] for r in db.execute("SELECT id FROM jobs WHERE endpoint_name=?", (endpoint_name,))]

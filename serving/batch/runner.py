@@ -132,6 +132,20 @@ def remove_outputs(options: RunOptions, job_id: str) -> None:
     shutil.rmtree(options.jobs_dir / job_id, ignore_errors=True)
 
 
+def remove_job_folder(jobs_dir: Path, job_id: str) -> None:
+    """Remove the job's own folder (retention) and nothing outside it: an id that is not one
+    plain name is refused, and a folder that is a link loses the link, not what it points
+    to. Raises OSError if the folder cannot be removed (the caller keeps the job's row)."""
+    folder = jobs_dir / job_id
+    plain = job_id not in ("", ".", "..") and "/" not in job_id and "\\" not in job_id
+    if not plain or folder.parent.resolve() != jobs_dir.resolve():
+        raise ValueError(f"job id {job_id!r} does not name a folder in the jobs folder")
+    if folder.is_symlink() or folder.is_file():
+        folder.unlink()
+    elif folder.is_dir():
+        shutil.rmtree(folder)  # does not follow links inside the folder
+
+
 class JobRun:
     def __init__(self, job: JobRecord, jobs: JobStore, options: RunOptions) -> None:
         self.job, self._jobs, self._options = job, jobs, options
