@@ -21,6 +21,11 @@ TERMINAL = (COMPLETED, FAILED, CANCELED)
 # In a job's error when its status is decided but its output file could not be written
 # (serving.batch.runner.finalize); dropped again once a later try writes it.
 OUTPUT_NOT_WRITTEN = "output could not be written"
+# The one condition under which a job may end as a status (the first parameter): it is
+# still Queued or Running, or it already ended as that very status (its output not yet
+# written). A job's end is decided by whichever UPDATE lands first: a cancel accepted
+# (request_cancel) stays Canceled even if the runner was just finishing it.
+_MAY_END_AS = "status IN (?, ?, ?)"
 _COLUMNS = ("id, endpoint_name, deployment_name, spec, status, finalized, error, items, mini_batches,"
             " created_at, started_at, finished_at")
 
@@ -197,19 +202,45 @@ class JobStore:
                               " WHERE id=? AND status IN (?, ?) AND finalized=0",
                               (CANCELED, job_id, QUEUED, RUNNING)).rowcount > 0
 
-    def finish(self, job_id: str, status: str, error: str | None) -> None:
+    def finish(self, job_id: str, status: str, error: str | None) -> bool:
+        """Mark the job finished as `status`; False (nothing changed) if it is finalized or
+        already ended otherwise: a cancel accepted first is never turned into Completed."""
         with self._db.transaction() as db:
-            db.execute("UPDATE jobs SET status=?, error=?, finalized=1, finished_at=coalesce(finished_at, ?)"
-                       " WHERE id=?", (status, error, time.time(), job_id))
+            return db.execute("UPDATE jobs SET status=?, error=?, finalized=1, finished_at=coalesce(finished_at, ?)"
+                              f" WHERE id=? AND finalized=0 AND {_MAY_END_AS}",
+                              (status, error, time.time(), job_id, status, QUEUED, RUNNING)).rowcount > 0
 
-    def note_output_failure(self, job_id: str, status: str, error: str) -> None:
+    def note_output_failure(self, job_id: str, status: str, error: str) -> bool:
         """The job's outcome stands (`status`: it ended now) but its output is not written: say
         so in its error and leave it unfinalized, so that the next start tries the output
-        again. Not Running any more, it is never scheduled (nor its workers started) again."""
+        again. Not Running any more, it is never scheduled (nor its workers started) again.
+        False (nothing changed) if the job ended otherwise first, as finish."""
         assert status in TERMINAL
         with self._db.transaction() as db:
-            db.execute("UPDATE jobs SET status=?, error=?, finished_at=coalesce(finished_at, ?)"
-                       " WHERE id=? AND finalized=0", (status, error, time.time(), job_id))
+            return db.execute("UPDATE jobs SET status=?, error=?, finished_at=coalesce(finished_at, ?)"
+                              f" WHERE id=? AND finalized=0 AND {_MAY_END_AS}",
+                              (status, error, time.time(), job_id, status, QUEUED, RUNNING)).rowcount > 0
+
+    # -- retention ------------------------------------------------------------------------
+    def expired(self, ended_before: float, limit: int) -> list[str]:
+        """Jobs ended (output written) before `ended_before`, oldest first: what retention
+        may remove. Never a Queued or Running job, nor one whose output is still due."""
+        with self._db.reading() as db:
+            rows = db.execute("SELECT id FROM jobs WHERE finalized=1 AND status IN (?, ?, ?)"
+                              " AND coalesce(finished_at, created_at) < ? ORDER BY coalesce(finished_at, created_at),"
+                              " seq LIMIT ?", (*TERMINAL, ended_before, limit)).fetchall()
+        return [row[0] for row in rows]
+
+    def delete_ended(self, job_id: str) -> bool:
+        """Remove an ended job's rows, in one transaction; False (nothing removed) unless it
+        is ended and finalized — checked here, not only by the caller's earlier read."""
+        with self._db.transaction() as db:
+            if not db.execute("DELETE FROM jobs WHERE id=? AND finalized=1 AND status IN (?, ?, ?)",
+                              (job_id, *TERMINAL)).rowcount:
+                return False
+            for table in ("results", "minibatches", "items"):
+                db.execute(f"DELETE FROM {table} WHERE job_id=?", (job_id,))
+        return True
 
     def delete_for_endpoint(self, endpoint_name: str) -> list[str]:
         with self._db.transaction() as db:

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import failpoints, joblog
-from .jobs import CANCELED, COMPLETED, FAILED, OUTPUT_NOT_WRITTEN, RUNNING, JobRecord, JobStore, MiniBatch
+from .jobs import (CANCELED, COMPLETED, FAILED, OUTPUT_NOT_WRITTEN, RUNNING, TERMINAL, JobRecord, JobStore,
+                   MiniBatch)
 from .output import write_output
 from .resources import BatchDeployment
 from .settings import LOGS_FOLDER
@@ -49,19 +50,33 @@ async def finalize(jobs: JobStore, options: RunOptions, job: JobRecord, status: 
     happened — Completed, Failed or Canceled — with the failure in its error and its
     scored results kept in the database. It is left unfinalized but no longer Running, so
     the scheduler neither retries it nor starts its workers again: the output is tried
-    once more at the next start only (which drops the note once it is written)."""
-    error = _without_output_note(error)
+    once more at the next start only (which drops the note once it is written).
+
+    A job may have ended otherwise while this ran: a cancel the API accepted lands first
+    and the store keeps it (JobStore.finish). The job then ends as that, so that what the
+    cancel answered is what the job is."""
+    if await _finalize_as(jobs, options, job, status, _without_output_note(error)):
+        return
+    current = await asyncio.to_thread(jobs.get, job.id)
+    if current is not None and not current.finalized and current.status in TERMINAL and current.status != status:
+        log.info("batch job %s ended %s before it could end %s", job.id, current.status.lower(), status.lower())
+        await _finalize_as(jobs, options, current, current.status, _without_output_note(current.error))
+
+
+async def _finalize_as(jobs: JobStore, options: RunOptions, job: JobRecord, status: str, error: str | None) -> bool:
+    """finalize, once; False if the store refused `status` (the job ended otherwise first)."""
     if job.spec["deployment"]["settings"]["output_action"] == "append_row":
         path = output_path(options, job)
         try:
             await asyncio.to_thread(write_output, jobs, job.id, path)
         except OSError as exc:
-            await _output_not_written(jobs, options, job, status, error, path, exc)
-            return
+            return await _output_not_written(jobs, options, job, status, error, path, exc)
     failpoints.hit("finish_before_mark")
-    await asyncio.to_thread(jobs.finish, job.id, status, error)
+    if not await asyncio.to_thread(jobs.finish, job.id, status, error):
+        return False
     log.info("batch job %s %s%s", job.id, status.lower(), f": {error}" if error else "")
     await _log_outcome(jobs, options, job, status, error)
+    return True
 
 
 async def _log_outcome(jobs: JobStore, options: RunOptions, job: JobRecord, status: str, error: str | None) -> None:
@@ -83,22 +98,52 @@ _OUTPUT_NOTE = re.compile(r"(?:^|; )the (?:partial )?" + re.escape(OUTPUT_NOT_WR
 
 
 async def _output_not_written(jobs: JobStore, options: RunOptions, job: JobRecord, status: str,
-                              error: str | None, path: Path, exc: OSError) -> None:
-    scored = (await asyncio.to_thread(jobs.counts, job.id)).succeeded_items
+                              error: str | None, path: Path, exc: OSError) -> bool:
     why = exc.strerror or type(exc).__name__  # not str(exc): it names server paths, and key holders read this
+    if not await _note_not_written(jobs, options, job, status, error, why):
+        return False
+    log.error("batch job %s %s, but its output %s could not be written (tried again at the next start): %s",
+              job.id, status.lower(), path, exc)
+    return True
+
+
+async def note_not_finalized(jobs: JobStore, options: RunOptions, job: JobRecord, exc: Exception) -> None:
+    """finalize of an ended job failed unexpectedly (batch.db, a corrupt spec, a bug): its
+    outcome stands, its error says it has no output and why, and the next start tries again."""
+    why = f"internal error: {type(exc).__name__}, see the gateway log"
+    await _note_not_written(jobs, options, job, job.status, _without_output_note(job.error), why)
+
+
+async def _note_not_written(jobs: JobStore, options: RunOptions, job: JobRecord, status: str,
+                            error: str | None, why: str) -> bool:
+    scored = (await asyncio.to_thread(jobs.counts, job.id)).succeeded_items
     what = "the partial output" if status == CANCELED else "the output"
     note = (f"{what} could not be written ({why}): its {scored} scored item(s) are kept"
             " and the output is written again at the next start of the gateway")
     error = error or ("canceled" if status == CANCELED else None)
     note = f"{error}; {note}" if error else note
-    log.error("batch job %s %s, but its output %s could not be written (tried again at the next start): %s",
-              job.id, status.lower(), path, exc)
-    await asyncio.to_thread(jobs.note_output_failure, job.id, status, note)
+    if not await asyncio.to_thread(jobs.note_output_failure, job.id, status, note):
+        return False
     await _log_outcome(jobs, options, job, status, note)
+    return True
 
 
 def remove_outputs(options: RunOptions, job_id: str) -> None:
     shutil.rmtree(options.jobs_dir / job_id, ignore_errors=True)
+
+
+def remove_job_folder(jobs_dir: Path, job_id: str) -> None:
+    """Remove the job's own folder (retention) and nothing outside it: an id that is not one
+    plain name is refused, and a folder that is a link loses the link, not what it points
+    to. Raises OSError if the folder cannot be removed (the caller keeps the job's row)."""
+    folder = jobs_dir / job_id
+    plain = job_id not in ("", ".", "..") and "/" not in job_id and "\\" not in job_id
+    if not plain or folder.parent.resolve() != jobs_dir.resolve():
+        raise ValueError(f"job id {job_id!r} does not name a folder in the jobs folder")
+    if folder.is_symlink() or folder.is_file():
+        folder.unlink()
+    elif folder.is_dir():
+        shutil.rmtree(folder)  # does not follow links inside the folder
 
 
 class JobRun:

@@ -11,20 +11,33 @@ import asyncio
 import functools
 import logging
 import time
+from typing import Callable
 
 from . import joblog
 from .jobs import CANCELED, QUEUED, RUNNING, TERMINAL, JobRecord, JobStore
-from .runner import JobRun, RunOptions, finalize
+from .runner import JobRun, RunOptions, finalize, note_not_finalized, remove_job_folder
 
 log = logging.getLogger("scoregate.batch")
 RETRY_AFTER_ERROR_S = 10.0  # a job whose runner failed (e.g. batch.db cannot be written) waits this long
 RUNNER_ATTEMPTS = 5  # runner failures in a row after which a job is left alone until the next start
+# Retention (docs/batch.md): an ended job's folder and rows go this long after it ended.
+# Azure ML keeps job history for long; a local gateway's disk is smaller: a month lets a
+# user come back for an output, and bounds what piles up. 0 keeps every job.
+JOB_RETENTION_DAYS = 30.0
+RETENTION_SWEEP_INTERVAL_S = 3600.0  # a sweep at start, then this often
+RETENTION_SWEEP_LIMIT = 100  # jobs removed per sweep at most: a sweep never holds batch.db for long
 
 
 class Scheduler:
     def __init__(self, jobs: JobStore, options: RunOptions, max_running: int = 2,
-                 drain_timeout_s: float = 5.0) -> None:
+                 drain_timeout_s: float = 5.0, *, retention_s: float = JOB_RETENTION_DAYS * 86400,
+                 clock: Callable[[], float] = time.time, sweep_limit: int = RETENTION_SWEEP_LIMIT) -> None:
+        """retention_s: how long after it ended a job is kept (0: for ever); clock: the wall
+        clock jobs' times are on (time.time; tests pass their own)."""
         self._jobs, self._options = jobs, options
+        self._retention_s, self._clock, self._sweep_limit = retention_s, clock, max(1, sweep_limit)
+        self._unremovable: set[str] = set()  # jobs whose folder could not be removed, until the next start
+        self._sweeper: asyncio.Task | None = None
         self._max_running = max(1, max_running)
         self._drain_timeout_s = drain_timeout_s
         self._runs: dict[str, JobRun] = {}
@@ -39,14 +52,66 @@ class Scheduler:
         """Finish what a crash interrupted, then start the loop (which resumes jobs)."""
         for job in await asyncio.to_thread(self._jobs.unfinished):
             if job.status in TERMINAL:
-                try:
-                    await finalize(self._jobs, self._options, job, job.status, job.error)
-                except OSError as exc:  # (finalize notes an output it cannot write; this is the rest)
-                    log.error("batch job %s: cannot write its output: %s", job.id, exc)
+                await self._finalize_left_over(job)
             elif job.status == RUNNING:
                 log.info("batch job %s was running when the gateway stopped; resuming it", job.id)
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="batch-scheduler")
         self.wake()
+        removed = await self._sweep_logged()
+        if self._retention_s > 0:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop(removed), name="batch-retention")
+
+    async def _sweep_loop(self, removed: int) -> None:
+        while not self._closed:
+            # soon again if the last sweep was full (a backlog), but one bounded sweep at a time
+            await asyncio.sleep(1.0 if removed >= self._sweep_limit else RETENTION_SWEEP_INTERVAL_S)
+            removed = await self._sweep_logged()
+
+    async def _sweep_logged(self) -> int:
+        try:
+            return await self.sweep()
+        except Exception:  # retention must never stop the start nor the scheduler
+            log.exception("batch retention: the sweep failed; tried again at the next one")
+            return 0
+
+    async def sweep(self) -> int:
+        """Remove up to sweep_limit jobs that ended more than retention_s ago, oldest first:
+        each one's folder (outputs, logs), then its rows. The number of jobs removed."""
+        if self._retention_s <= 0:
+            return 0
+        before = self._clock() - self._retention_s
+        ids = await asyncio.to_thread(self._jobs.expired, before, self._sweep_limit + len(self._unremovable))
+        ids = [i for i in ids if i not in self._unremovable and i not in self._runs][:self._sweep_limit]
+        removed = 0
+        for job_id in ids:
+            try:
+                await asyncio.to_thread(remove_job_folder, self._options.jobs_dir, job_id)
+            except (OSError, ValueError) as exc:  # kept, row and all, and skipped until the next start
+                log.error("batch job %s: cannot remove its folder (retention); the job is kept: %s", job_id, exc)
+                self._unremovable.add(job_id)
+                continue
+            removed += await asyncio.to_thread(self._jobs.delete_ended, job_id)
+        if removed:
+            log.info("batch retention: removed %d job(s) that ended more than %g day(s) ago", removed,
+                     self._retention_s / 86400)
+        return removed
+
+    async def _finalize_left_over(self, job: JobRecord) -> None:
+        """Write the output of a job that ended before the last stop. Whatever goes wrong
+        with one job (batch.db, a corrupt spec, a bug) must not stop the gateway's start nor
+        the other jobs: the job keeps its outcome, its error says why it has no output, and
+        the next start tries again."""
+        try:
+            await finalize(self._jobs, self._options, job, job.status, job.error)
+            return
+        except Exception as exc:
+            log.exception("batch job %s: cannot finish it at start; it keeps its status (%s) and is tried"
+                          " again at the next start", job.id, job.status)
+            failure = exc
+        try:
+            await note_not_finalized(self._jobs, self._options, job, failure)
+        except Exception:  # batch.db itself is failing: the log above is all there is
+            log.exception("batch job %s: cannot note in the job why it has no output", job.id)
 
     def wake(self) -> None:
         self._wake.set()
@@ -124,6 +189,9 @@ class Scheduler:
         """Stop the loop and every run; unfinished jobs stay Running and resume at start()."""
         self._closed = True
         self._wake.set()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)

@@ -25,7 +25,7 @@ from .jobs import JobRecord, JobStore
 from .requests import JobRequest, RequestError
 from .resources import BatchDeployment, BatchEndpoint
 from .runner import RunOptions, remove_outputs
-from .scheduler import Scheduler
+from .scheduler import JOB_RETENTION_DAYS, Scheduler
 from .settings import SettingsError, apply_settings
 from .store import BatchStore, BatchStoreError
 from .views import deployment_view, endpoint_view, job_view
@@ -37,11 +37,15 @@ class BatchService:
     def __init__(self, state_dir: Path, data_roots: list[Path], *, scoring_url: str = "",
                  max_running_jobs: int = 2, max_request_bytes: int = 16 * 1024 * 1024,
                  max_items: int = 1_000_000, max_workers_per_job: int = 32, init_timeout_s: float = 300.0,
-                 drain_timeout_s: float = 5.0, python: str = sys.executable) -> None:
+                 drain_timeout_s: float = 5.0, python: str = sys.executable,
+                 job_retention_days: float = JOB_RETENTION_DAYS) -> None:
         """state_dir holds batch.db and batch/jobs/ (outputs, worker logs); data_roots bound
         every path input. max_running_jobs run at once (the rest queue), each on at most
         max_workers_per_job worker processes; a submission body is at most max_request_bytes
-        and a job at most max_items items."""
+        and a job at most max_items items. A job that ended job_retention_days ago is removed,
+        its folder and its rows (0: jobs are kept for ever)."""
+        if not job_retention_days >= 0:
+            raise ValueError(f"job_retention_days must be 0 or more, got {job_retention_days!r}")
         self.state_dir = Path(state_dir)
         self.scoring_url = scoring_url  # set by the gateway once its port is known
         self.data_roots = DataRoots(list(data_roots))
@@ -53,7 +57,8 @@ class BatchService:
         self.jobs = JobStore(self._db)
         self._options = RunOptions(jobs_dir=self.state_dir / "batch" / "jobs", python=python,
                                    init_timeout_s=init_timeout_s, max_workers=max_workers_per_job)
-        self.scheduler = Scheduler(self.jobs, self._options, max_running_jobs, drain_timeout_s)
+        self.scheduler = Scheduler(self.jobs, self._options, max_running_jobs, drain_timeout_s,
+                                   retention_s=job_retention_days * 86400)
 
     async def start(self) -> None:
         self._options.jobs_dir.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,7 @@ from ..admin_errors import install as install_request_ids
 from ..manifests import ManifestError, read_documents
 from ..statedir import GatewayInfo, StateDir
 from .manifests import is_batch, parse_batch_all
+from .scheduler import JOB_RETENTION_DAYS
 from .service import BatchService
 
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -59,7 +60,8 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     context = server_context(str(paths.cert), str(paths.key))
     service = BatchService(state.root, [Path(r) for r in args.data_root], max_running_jobs=args.max_running_jobs,
                            drain_timeout_s=args.drain_timeout, init_timeout_s=args.init_timeout,
-                           max_request_bytes=args.max_request_bytes, max_items=args.max_items)
+                           max_request_bytes=args.max_request_bytes, max_items=args.max_items,
+                           job_retention_days=args.job_retention_days)
     if args.file:
         documents = [d for d in read_documents(args.file) if is_batch(d)]
         endpoints, deployments = parse_batch_all(documents, service.endpoint_names(), service.deployment_keys())
@@ -103,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init-timeout", type=float, default=300.0)
     parser.add_argument("--max-request-bytes", type=int, default=16 * 1024 * 1024)
     parser.add_argument("--max-items", type=int, default=1_000_000)
+    parser.add_argument("--job-retention-days", type=float, default=JOB_RETENTION_DAYS,
+                        help="remove an ended job (its output, logs and record) this many days after it ended;"
+                        f" 0 keeps every job (default {JOB_RETENTION_DAYS:g})")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
