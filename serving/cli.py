@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "otlp also opentelemetry-exporter-otlp)")
     serve.add_argument("--data-root", action="append", dest="data_roots", default=None, metavar="DIR",
                        help="folder batch job inputs may come from (repeatable)")
+    serve.add_argument("--job-retention-days", type=_retention_days, dest="job_retention_days", default=None,
+                       metavar="DAYS", help="remove an ended batch job (its output, logs and record) this many "
+                       "days after it ended; 0 keeps every job (default 30)")
     serve.add_argument("--rollout-timeout", type=_budget, dest="rollout_timeout_s", default=None,
                        help="time budget of a rollout, e.g. 20m, 90s (default 20m)")
     serve.add_argument("--drain-timeout", type=_seconds, dest="drain_timeout_s", default=None,
@@ -213,7 +216,7 @@ _SERVE_DEFAULTS = {"host": "127.0.0.1", "port": 8443, "admin_host": "127.0.0.1",
 _SERVE_SETTINGS = ("host", "port", "admin_host", "admin_port", "tls_cert", "tls_key",
                    "tls_key_password_file", "tls_key_password_env", "tls_sni_certs", "tls_client_ca",
                    "tls_reload_interval_s", "http_redirect_port", "replica_mtls", "domain",
-                   "rollout_timeout_s", "data_roots", "access_log", "access_log_sample_rate", "otel_exporter", "workers",
+                   "rollout_timeout_s", "data_roots", "job_retention_days", "access_log", "access_log_sample_rate", "otel_exporter", "workers",
                    "drain_timeout_s", "log_level")
 
 
@@ -234,6 +237,7 @@ def _within(convert, low, high, what: str, bounds: str):
 _port = _within(int, 0, 65535, "a port number", "0 to 65535")  # 0: any free port
 _seconds = _within(float, 0.0, sys.float_info.max, "a number of seconds", "0 or more")
 _share = _within(float, 0.0, 1.0, "a share", "from 0 to 1")
+_retention_days = _within(float, 0.0, 36500.0, "a number of days", "0 (keep every job) to 36500")
 
 
 def _log_level(text: str) -> str:

@@ -32,6 +32,7 @@ from .controller.preparing import Preparer
 from .controller.publisher import RoutingPublisher
 from .controller.rollouts import RolloutManager
 from .applying import parse_documents, write
+from .batch.scheduler import JOB_RETENTION_DAYS
 from .batch.service import BatchService, BatchStoreError
 from .gc_freeze import freeze_once_serving
 from .manifests import ManifestError, read_documents
@@ -68,6 +69,7 @@ class ServeOptions:
     domain: str | None = None
     rollout_timeout_s: float = 20 * 60.0
     data_roots: list[str] = field(default_factory=list)
+    job_retention_days: float = JOB_RETENTION_DAYS  # ended batch jobs are removed this long after (0: never)
     access_log: str | None = "default"  # "default": STATE_DIR/logs/access.log; "-": stdout; None: off
     access_log_sample_rate: float = 1.0
     otel_exporter: str | None = None  # console | otlp
@@ -121,7 +123,8 @@ class EmbeddedGateway:
         try:
             self.server_tls, ca_cert = await asyncio.to_thread(self._load_tls)
             store = SqliteStore(self.state.store_path)
-            batch = BatchService(self.state.root, [Path(p).resolve() for p in self.options.data_roots])
+            batch = BatchService(self.state.root, [Path(p).resolve() for p in self.options.data_roots],
+                                 job_retention_days=self.options.job_retention_days)
             try:
                 if self.options.paths:
                     await asyncio.to_thread(self._initial_apply, store, batch, self.options.paths)

@@ -105,6 +105,7 @@ _CHECKS = {"host": _text, "admin_host": _text, "port": _port, "admin_port": _por
            "tls_cert": _text, "tls_key": _text, "tls_key_password_file": _text, "tls_key_password_env": _text,
            "tls_client_ca": _text, "tls_reload_interval_s": _number(0), "tls_sni_certs": _texts,
            "replica_mtls": _flag, "domain": _text, "rollout_timeout_s": _duration, "data_roots": _texts,
+           "job_retention_days": _number(0),
            "access_log": _text, "access_log_sample_rate": _number(0, 1), "otel_exporter": _choice("console", "otlp"),
            "drain_timeout_s": _number(0), "log_level": lambda value: _choice(*LOG_LEVELS)(str(value).upper()),
            "workers": lambda value: value}  # checked with --workers

@@ -210,3 +210,17 @@ def test_the_batch_runner_manifest_is_a_single_owner_of_its_volume_and_restricte
     assert all(root in mounts for root in settings.data_roots) and settings.data_roots
     assert Path(settings.tls_cert).parent.as_posix() in mounts and settings.leader_election
     assert settings.port == int(next(p["containerPort"] for p in container["ports"] if p["name"] == "https"))
+
+
+def test_the_batch_runner_takes_a_job_retention_and_refuses_a_negative_one():
+    """Retention was fixed at 30 days on a cluster: `batch-runner` had no flag for it."""
+    import argparse
+
+    from serving.backends.kubernetes.batch_running import add_arguments, settings_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert settings_from_args(parser.parse_args(["--state-dir", "/s"])).job_retention_days == 30
+    assert settings_from_args(parser.parse_args(["--state-dir", "/s", "--job-retention-days", "0"])).job_retention_days == 0
+    with pytest.raises(ValueError, match="--job-retention-days must be 0 or more"):
+        settings_from_args(parser.parse_args(["--state-dir", "/s", "--job-retention-days", "-1"]))

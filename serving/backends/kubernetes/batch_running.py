@@ -23,6 +23,7 @@ from typing import Callable
 
 from aiohttp import web
 
+from ...batch.scheduler import JOB_RETENTION_DAYS
 from ...batch.service import BatchService
 from .api import KubeApi, load_api_client
 from .batch_sync import BatchResources
@@ -43,6 +44,7 @@ class BatchRunnerSettings:
     tls_cert: str | None = None  # PEM files (a mounted kubernetes.io/tls Secret); None: a development certificate
     tls_key: str | None = None
     max_running_jobs: int = 2
+    job_retention_days: float = JOB_RETENTION_DAYS  # ended jobs are removed this long after (0: never)
     drain_timeout_s: float = 5.0
     leader_election: bool = True
     lease_namespace: str = "scoregate-system"
@@ -82,6 +84,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hostname", action="append", dest="hostnames", default=None,
                         help="name the development certificate covers (repeatable; default localhost, 127.0.0.1)")
     parser.add_argument("--max-running-jobs", type=int, default=2, help="jobs running at once; the rest wait")
+    parser.add_argument("--job-retention-days", type=float, default=JOB_RETENTION_DAYS, metavar="DAYS",
+                        help="remove an ended job (its output, logs and record) this many days after it ended; "
+                             f"0 keeps every job (default {JOB_RETENTION_DAYS:g})")
     parser.add_argument("--drain-timeout", type=float, default=5.0,
                         help="seconds mini-batches in flight get to commit at shutdown")
     parser.add_argument("--no-leader-election", action="store_true",
@@ -97,12 +102,15 @@ def settings_from_args(args: argparse.Namespace) -> BatchRunnerSettings:
         raise ValueError("--tls-cert and --tls-key go together")
     if args.max_running_jobs < 1:
         raise ValueError("--max-running-jobs must be at least 1")
+    if not args.job_retention_days >= 0:
+        raise ValueError("--job-retention-days must be 0 or more")
     namespaces = None if args.all_namespaces else tuple(args.namespaces or ("default",))
     extra = {"hostnames": tuple(args.hostnames)} if args.hostnames else {}
     return BatchRunnerSettings(
         state_dir=args.state_dir, data_roots=tuple(args.data_roots or ()), kubeconfig=args.kubeconfig,
         context=args.context, namespaces=namespaces, host=args.host, port=args.port, tls_cert=args.tls_cert,
-        tls_key=args.tls_key, max_running_jobs=args.max_running_jobs, drain_timeout_s=args.drain_timeout,
+        tls_key=args.tls_key, max_running_jobs=args.max_running_jobs, job_retention_days=args.job_retention_days,
+        drain_timeout_s=args.drain_timeout,
         leader_election=not args.no_leader_election, lease_namespace=args.lease_namespace, identity=args.identity,
         **extra)
 
@@ -136,6 +144,7 @@ async def _serve(api: KubeApi, settings: BatchRunnerSettings, stop: asyncio.Even
     state.mkdir(parents=True, exist_ok=True)
     context, ca_cert = await asyncio.to_thread(_tls, settings, state)
     service = BatchService(state, [Path(r) for r in settings.data_roots], max_running_jobs=settings.max_running_jobs,
+                           job_retention_days=settings.job_retention_days,
                            drain_timeout_s=settings.drain_timeout_s)
     resources = BatchResources(api, service, namespaces=settings.namespaces, artifacts_dir=state / "artifacts")
     app = web.Application()

@@ -78,6 +78,18 @@ def test_flags_win_over_the_settings_file(tmp_path, served):
     assert (served[0].drain_timeout_s, served[0].rollout_timeout_s, served[0].port) == (7, 120, 9444)
 
 
+def test_batch_job_retention_comes_from_the_flag_or_the_settings_file(tmp_path, served):
+    """Retention (docs/batch.md) was a BatchService parameter only: `serve` always kept 30 days."""
+    assert main(["serve", "--state-dir", str(tmp_path / "state")]) == 0
+    assert served[-1].job_retention_days == 30
+    config = settings_file(tmp_path, "job_retention_days: 7\n")
+    assert main(["serve", "--state-dir", str(tmp_path / "state"), "--config", config]) == 0
+    assert served[-1].job_retention_days == 7
+    assert main(["serve", "--state-dir", str(tmp_path / "state"), "--config", config,
+                 "--job-retention-days", "0"]) == 0
+    assert served[-1].job_retention_days == 0
+
+
 @pytest.mark.parametrize("text, message", [
     ("replica_mtls: 'no'\n", "replica_mtls: must be true or false, not 'no'"),
     ("port: abc\n", "port: must be a port number from 0 to 65535, not 'abc'"),
@@ -90,6 +102,7 @@ def test_flags_win_over_the_settings_file(tmp_path, served):
     ("access_log_sample_rate: 2\n", "access_log_sample_rate: must be a number from 0 to 1, not 2"),
     ("log_level: loud\n", "log_level: must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, not 'LOUD'"),
     ("drain_timeout: -1\n", "drain_timeout: must be a number of at least 0, not -1"),
+    ("job_retention_days: -2\n", "job_retention_days: must be a number of at least 0, not -2"),
     ("tls:\n  sni:\n    - {cert: a.pem, key: a-key.pem, colour: red}\n",
      "tls.sni[0].colour: unknown setting (expected name, cert, key"),
 ])
@@ -121,6 +134,7 @@ def test_a_data_root_that_is_not_a_folder_stops_the_start(tmp_path, kind):
     ("--drain-timeout", "-3", "not a number of seconds: '-3' (0 or more)"),
     ("--tls-reload-interval", "-1", "not a number of seconds: '-1' (0 or more)"),
     ("--access-log-sample-rate", "5", "not a share: '5' (from 0 to 1)"),
+    ("--job-retention-days", "-1", "not a number of days: '-1' (0 (keep every job) to 36500)"),
 ])
 def test_a_flag_out_of_its_range_is_refused_as_in_the_settings_file(capsys, flag, value, message):
     """--rollout-timeout 0 failed every rollout at once ("budget of 0s exhausted"), and
