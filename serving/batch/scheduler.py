@@ -14,7 +14,7 @@ import time
 from typing import Callable
 
 from . import joblog
-from .jobs import CANCELED, QUEUED, RUNNING, TERMINAL, JobRecord, JobStore
+from .jobs import CANCELED, FAILED, QUEUED, RUNNING, TERMINAL, JobRecord, JobStore
 from .runner import JobRun, RunOptions, finalize, note_not_finalized, remove_job_folder
 
 log = logging.getLogger("scoregate.batch")
@@ -132,7 +132,10 @@ class Scheduler:
                         job = await asyncio.to_thread(self._next, set(self._runs) | cooling)
                         if job is None:
                             break
-                        self._launch(job)
+                        try:
+                            self._launch(job)
+                        except Exception as exc:  # its record cannot be run: it must not block the queue
+                            await self._fail_unrunnable(job, exc)
                 except Exception:  # keep scheduling; the error is the store's, and logged
                     log.exception("batch scheduler: cannot pick the next job")
                     asyncio.get_running_loop().call_later(RETRY_AFTER_ERROR_S, self.wake)
@@ -141,6 +144,20 @@ class Scheduler:
         waiting = [j for j in self._jobs.unfinished() if j.status in (RUNNING, QUEUED) and j.id not in exclude]
         waiting.sort(key=lambda j: j.status != RUNNING)  # stable: resumed first, then oldest
         return waiting[0] if waiting else None
+
+    async def _fail_unrunnable(self, job: JobRecord, exc: Exception) -> None:
+        """A job whose record cannot be made into a run (a damaged spec in batch.db, a record
+        of an older version): it would be picked first again at every pass and hold up every
+        job queued behind it, so it ends Failed, saying why; the gateway log has the details."""
+        log.error("batch job %s cannot be run; it is marked Failed", job.id, exc_info=exc)
+        self._cooling[job.id] = float("inf")  # never picked again by this process, whatever follows
+        why = f"the job cannot be run: its record is damaged ({type(exc).__name__}; see the gateway log)"
+        try:
+            if await asyncio.to_thread(self._jobs.finish, job.id, FAILED, why):
+                await asyncio.to_thread(joblog.append, joblog.job_log_path(self._options.jobs_dir, job.id),
+                                        f"job failed: {why}", final=True)
+        except Exception:  # batch.db itself is failing: the job stays as it is until the next start
+            log.exception("batch job %s: cannot mark it Failed", job.id)
 
     def _launch(self, job: JobRecord) -> None:
         run = JobRun(job, self._jobs, self._options)

@@ -309,3 +309,25 @@ async def test_a_worker_log_is_capped_and_the_job_still_completes(tmp_path, monk
         assert "fd 2: direct" in tail and "child: hello" in tail
     finally:
         await batch.close()
+
+
+async def test_a_queued_job_that_cannot_be_run_fails_and_does_not_hold_up_the_queue(tmp_path):
+    """A job whose record could not be made into a run (a damaged spec) raised in the
+    scheduler's pass; it was picked first again every 10 s, and no job behind it ever ran."""
+    root = write_batch_endpoint(tmp_path / "eps")
+    batch = BatchService(tmp_path / "state", [], max_running_jobs=1)
+    batch.apply(*parse_batch_all(read_documents([root]), set(), set()))
+    batch.jobs.create("batchjob-damaged", "scorer", "main", {"input": {}}, ["r0"], ["0"], 1)  # no deployment
+    await batch.start()
+    try:
+        job = await batch.submit("scorer", JobRequest("inline", data=[1, 2]))
+        for _ in range(300):
+            if batch.jobs.get(job.id).status in TERMINAL:
+                break
+            await asyncio.sleep(0.05)
+        assert batch.jobs.get(job.id).status == "Completed"
+        damaged = batch.jobs.get("batchjob-damaged")
+        assert damaged.status == "Failed" and "the job cannot be run: its record is damaged" in damaged.error
+        assert "the job cannot be run" in batch.job_logs(damaged, workers=False)
+    finally:
+        await batch.close()
