@@ -28,7 +28,7 @@ from router.auth import bearer_credential
 from router.context import request_id_from
 from router.handlers import error_response
 
-from .jobs import OUTPUT_NOT_WRITTEN, TERMINAL, JobRecord
+from .jobs import OUTPUT_NOT_WRITTEN, TERMINAL, JobRecord, job_settings
 from .requests import RequestError, parse_job_request
 from .store import BatchEndpointRecord
 
@@ -190,7 +190,9 @@ class JobRoutes:
                                    " not be written (see the job's error)")
             raise RequestError(409, "OutputNotReady", f"job '{job.id}' is {job.status}; its output is written"
                                " when it finishes")
-        settings = job.spec["deployment"]["settings"]
+        settings = job_settings(job)
+        if settings is None:
+            raise RequestError(404, "OutputNotFound", f"job '{job.id}' has no output: its record is damaged")
         if settings["output_action"] == "summary_only":
             view = await asyncio.to_thread(self._service.view, job, self._base(request))
             return web.json_response({"output_action": "summary_only", "status": job.status,

@@ -67,8 +67,26 @@ class Counts:
 
 
 def _job(row) -> JobRecord:
-    return JobRecord(row[0], row[1], row[2], orjson.loads(row[3]), row[4], bool(row[5]), row[6], row[7],
+    return JobRecord(row[0], row[1], row[2], _spec(row[3]), row[4], bool(row[5]), row[6], row[7],
                      row[8], row[9], row[10], row[11])
+
+
+def _spec(text) -> dict:
+    """A job's spec as stored; {} for one that is not a JSON object (a damaged row): every
+    listing reads every row, so one such row must not break them all. The job itself cannot
+    run (the scheduler fails it) and shows without settings."""
+    try:
+        spec = orjson.loads(text)
+    except (orjson.JSONDecodeError, TypeError):
+        return {}
+    return spec if isinstance(spec, dict) else {}
+
+
+def job_settings(job: JobRecord) -> dict | None:
+    """The job's effective deployment settings; None when its record is damaged."""
+    deployment = job.spec.get("deployment")
+    settings = deployment.get("settings") if isinstance(deployment, dict) else None
+    return settings if isinstance(settings, dict) else None
 
 
 class JobStore:

@@ -7,7 +7,7 @@ it is served to key holders on the scoring port.
 
 from __future__ import annotations
 
-from .jobs import TERMINAL, Counts, JobRecord
+from .jobs import TERMINAL, Counts, JobRecord, job_settings
 from .resources import BatchDeployment
 from .store import BatchEndpointRecord
 
@@ -52,15 +52,16 @@ def deployment_view(deployment: BatchDeployment) -> dict:
 
 
 def job_view(job: JobRecord, counts: Counts, failed: list[dict], scoring_url: str) -> dict:
-    settings = job.spec["deployment"]["settings"]
+    settings = job_settings(job) or {}  # {}: a damaged record (docs/batch.md), shown as far as it goes
     url = f"{jobs_url(scoring_url, job.endpoint_name)}/{job.id}"
     end = job.finished_at  # set when the job ended (finish, or a cancel whose output could not be written)
     error = None
     if job.error or counts.failed_items:
         error = {"message": job.error or f"{counts.failed_items} item(s) failed (within error_threshold"
-                 f" {settings['error_threshold']})", "failed_items": counts.failed_items,
+                 f" {settings.get('error_threshold')})", "failed_items": counts.failed_items,
                  "failed_mini_batches": failed}
-    description = {k: v for k, v in job.spec["input"].items() if k != "kind"}
+    given = job.spec.get("input")
+    description = {k: v for k, v in given.items() if k != "kind"} if isinstance(given, dict) else {}
     return {
         "name": job.id,
         "id": job.id,
@@ -79,7 +80,7 @@ def job_view(job: JobRecord, counts: Counts, failed: list[dict], scoring_url: st
         "items": {"total": job.items, "succeeded": counts.succeeded_items, "failed": counts.failed_items,
                   "pending": counts.pending_items},
         "error": error,
-        "output": {"action": settings["output_action"], "file_name": settings["output_file_name"],
+        "output": {"action": settings.get("output_action"), "file_name": settings.get("output_file_name"),
                    "url": f"{url}/output", "ready": job.finalized and job.status in TERMINAL},
         "url": url,
     }

@@ -301,3 +301,30 @@ def test_job_logs_show_failed_items_and_the_scoring_script_output(batch, capsys)
     assert capsys.readouterr().err == "error: no job 'batchjob-unknown' on batch endpoint 'scorer'\n"
     assert main(["job", "logs", "--name", "nope", "--job-id", job["id"], "--state-dir", state]) == 1
     assert "no batch endpoint 'nope'" in capsys.readouterr().err
+
+
+def test_a_damaged_job_record_fails_that_job_alone(batch):
+    """A row of batch.db whose spec is not JSON made every listing a 500 and, queued, held
+    up every job behind it; its output route was a 500 too."""
+    import sqlite3
+
+    api, _, _, process = batch()
+    db = sqlite3.connect(process.state.root / "batch.db")
+    try:
+        with db:
+            columns = [row[1] for row in db.execute("PRAGMA table_info(jobs)")]
+            values = {"id": "batchjob-damaged", "endpoint_name": "scorer", "deployment_name": "main",
+                      "spec": "{not json", "status": "Queued", "finalized": 0, "items": 1, "mini_batches": 1,
+                      "created_at": time.time()}
+            names = [c for c in columns if c in values]
+            db.execute(f"INSERT INTO jobs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                       [values[n] for n in names])
+    finally:
+        db.close()
+    good = api.wait(api.submit({"input": {"type": "inline", "data": [[1], [2]]}})["id"])
+    assert good["status"] == "Completed", good
+    damaged = api.show("batchjob-damaged")
+    assert damaged["status"] == "Failed" and "its record is damaged" in damaged["error"]["message"]
+    assert {job["id"] for job in api.list()} >= {good["id"], "batchjob-damaged"}
+    status, raw = api.output("batchjob-damaged")
+    assert status == 404 and json.loads(raw)["code"] == "OutputNotFound"

@@ -318,6 +318,9 @@ async def test_a_queued_job_that_cannot_be_run_fails_and_does_not_hold_up_the_qu
     batch = BatchService(tmp_path / "state", [], max_running_jobs=1)
     batch.apply(*parse_batch_all(read_documents([root]), set(), set()))
     batch.jobs.create("batchjob-damaged", "scorer", "main", {"input": {}}, ["r0"], ["0"], 1)  # no deployment
+    batch.jobs.create("batchjob-garbled", "scorer", "main", {}, ["r0"], ["0"], 1)
+    with batch.jobs._db.transaction() as db:  # noqa: SLF001 - a row no version of scoregate writes
+        db.execute("UPDATE jobs SET spec='{not json' WHERE id='batchjob-garbled'")
     await batch.start()
     try:
         job = await batch.submit("scorer", JobRequest("inline", data=[1, 2]))
@@ -329,5 +332,9 @@ async def test_a_queued_job_that_cannot_be_run_fails_and_does_not_hold_up_the_qu
         damaged = batch.jobs.get("batchjob-damaged")
         assert damaged.status == "Failed" and "the job cannot be run: its record is damaged" in damaged.error
         assert "the job cannot be run" in batch.job_logs(damaged, workers=False)
+        assert batch.jobs.get("batchjob-garbled").status == "Failed"
+        # the listing and the views still work, the damaged ones shown as far as they go
+        views = {view["name"]: view for view in (batch.view(j, "https://gw:1") for j in batch.jobs.list("scorer"))}
+        assert views[job.id]["output"]["ready"] and views["batchjob-garbled"]["settings"] == {}
     finally:
         await batch.close()
