@@ -129,7 +129,11 @@ async def _note_not_written(jobs: JobStore, options: RunOptions, job: JobRecord,
 
 
 def remove_outputs(options: RunOptions, job_id: str) -> None:
-    shutil.rmtree(options.jobs_dir / job_id, ignore_errors=True)
+    """A deleted endpoint's job folder, with the same checks as retention; best effort."""
+    try:
+        remove_job_folder(options.jobs_dir, job_id)
+    except (OSError, ValueError) as exc:
+        log.warning("batch job %s: cannot remove its folder: %s", job_id, exc)
 
 
 def remove_job_folder(jobs_dir: Path, job_id: str) -> None:

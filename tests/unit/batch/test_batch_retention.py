@@ -155,3 +155,17 @@ async def test_the_service_removes_old_jobs_after_its_retention_and_refuses_a_ne
         assert service.jobs.get("six-days") is not None and (jobs_dir / "six-days").exists()
     finally:
         await service.close()
+
+
+def test_removing_a_deleted_endpoints_job_folders_stays_inside_the_jobs_folder(tmp_path):
+    """remove_outputs (an endpoint deleted) removed `jobs_dir / job_id` whatever the id."""
+    from serving.batch.runner import remove_outputs
+
+    jobs_dir = tmp_path / "state" / "jobs"
+    (jobs_dir / "batchjob-1" / "logs").mkdir(parents=True)
+    (tmp_path / "state" / "batch.db").write_text("keep me")
+    options = RunOptions(jobs_dir=jobs_dir)
+    remove_outputs(options, "..")  # a damaged id: refused, logged
+    assert (tmp_path / "state" / "batch.db").read_text() == "keep me" and jobs_dir.is_dir()
+    remove_outputs(options, "batchjob-1")
+    assert not (jobs_dir / "batchjob-1").exists()
