@@ -1,6 +1,7 @@
 """The management API on the admin port, used by the CLI (bearer admin token).
 
-    POST   /api/v1/apply                                   documents → stored desired state
+    POST   /api/v1/apply                                   documents → stored desired state; a deployment
+                                                           whose rollout failed gets a new attempt
     GET    /api/v1/endpoints                               list
     GET    /api/v1/endpoints/{e}                           show
     DELETE /api/v1/endpoints/{e}                           delete, waits for its replicas to stop

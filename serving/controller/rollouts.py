@@ -20,6 +20,9 @@ For each deployment, every reconcile pass:
   it over from the saved record, which carries the version rolled out: the same verdict
   then applies to the replicas the previous controller started. Until it has prepared a
   version whose replicas already run, it leaves them as they are.
+- a failed version is tried again only when the user asks (an apply, or on a cluster the
+  retry annotation, changes the record's `attempt`): a new rollout of it from the first
+  stage. Any other rollout takes the new attempt on unchanged; the loop never retries.
 Until a version is prepared, the last good one keeps serving: a failed rollout changes
 nothing for traffic.
 """
