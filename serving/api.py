@@ -1,6 +1,7 @@
 """The management API on the admin port, used by the CLI (bearer admin token).
 
-    POST   /api/v1/apply                                   documents → stored desired state
+    POST   /api/v1/apply                                   documents → stored desired state; a deployment
+                                                           whose rollout failed gets a new attempt
     GET    /api/v1/endpoints                               list
     GET    /api/v1/endpoints/{e}                           show
     DELETE /api/v1/endpoints/{e}                           delete, waits for its replicas to stop
@@ -144,12 +145,36 @@ class AdminApi:
         refused = self._traffic_to_failed(applied.online)
         if refused:
             return _error(400, "ValidationError", refused)
+        retry = self._failed(applied.online)
         try:
-            await asyncio.to_thread(write, applied, self._store, self._batch)
+            await asyncio.to_thread(write, applied, self._store, self._batch, retry)
         except BatchStoreError as exc:
             return _error(400, "ValidationError", str(exc))
         self._controller.notify()
-        return web.json_response({"applied": applied.summary()})
+        return web.json_response({"applied": await self._with_attempts(applied.summary(), retry)})
+
+    def _failed(self, applied) -> set[tuple[str, str]]:
+        """The applied deployments whose rollout has failed: this apply is a new attempt
+        of each (as every PUT of Azure ML's is a new provisioning attempt), also of an
+        unchanged version — the cause may have been outside the YAML. The others' apply,
+        unchanged, stays a no-op."""
+        keys = {(d.endpoint_name, d.name) for d in applied.deployments}
+        return {key for key in keys if (rollout := self._controller.rollouts.rollout(key)) is not None
+                and rollout.state == "Failed"}
+
+    async def _with_attempts(self, summary: list[dict], retry: set[tuple[str, str]]) -> list[dict]:
+        """Tell the user which deployments get a new attempt, and its number (the `attempt`
+        its rollout will show, which `apply --wait` waits for)."""
+        if not retry:
+            return summary
+        records = await asyncio.to_thread(self._store.list_deployment_records)
+        attempts = {(r.deployment.endpoint_name, r.deployment.name): r.attempt for r in records}
+        for entry in summary:
+            key = (entry.get("endpoint_name"), entry["name"])
+            if entry["kind"] == "deployment" and key in retry:
+                entry.update(new_attempt=True, attempt=attempts.get(key, ""),
+                             message="its last rollout failed: a new attempt starts")
+        return summary
 
     def _traffic_to_failed(self, applied) -> str | None:
         """Traffic may not go to a deployment whose only version failed to roll out

@@ -60,9 +60,13 @@ def parse_documents(documents: list[Document], store: Store, batch=None) -> Appl
     return applied
 
 
-def write(applied: Applied, store: Store, batch=None) -> None:
-    """Blocking: store what parse_documents validated."""
+def write(applied: Applied, store: Store, batch=None, retry: set[tuple[str, str]] = frozenset()) -> None:
+    """Blocking: store what parse_documents validated; `retry`: the applied deployments
+    whose failed rollout gets a new attempt (Store.apply)."""
     online = applied.online
-    store.apply(online.endpoints, online.deployments, online.instance_types)
+    if retry:
+        store.apply(online.endpoints, online.deployments, online.instance_types, retry=retry)
+    else:  # the cluster's store has no attempt counter (docs/kubernetes.md)
+        store.apply(online.endpoints, online.deployments, online.instance_types)
     if batch is not None and (applied.batch_endpoints or applied.batch_deployments):
         batch.apply(applied.batch_endpoints, applied.batch_deployments)

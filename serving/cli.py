@@ -355,8 +355,10 @@ def _apply(args, client: AdminClient):
         return applied
     from .rollout_wait import failures, wait_for_rollouts
 
-    outcomes = wait_for_rollouts(client, [(a["endpoint_name"], a["name"]) for a in applied.get("applied", [])
-                                          if a.get("kind") == "deployment"], args.wait_timeout)
+    deployments = [a for a in applied.get("applied", []) if a.get("kind") == "deployment"]
+    outcomes = wait_for_rollouts(client, [(a["endpoint_name"], a["name"]) for a in deployments], args.wait_timeout,
+                                 {(a["endpoint_name"], a["name"]): a["attempt"] for a in deployments
+                                  if a.get("new_attempt")})
     result = {**applied, "deployments": outcomes}
     problems = failures(outcomes)
     if problems:

@@ -5,8 +5,10 @@ user coming from `az ml online-deployment create` expects to learn there whether
 deployment came up. A deployment has settled when the rollout of its current version
 (the `version` of `deployment show`, which the rollout record names) has finished:
 Failed (its stage and reason reported), or Succeeded with as many replicas ready as the
-controller wants. A re-applied, unchanged deployment has settled at once; one whose
-rollout record predates versioned records is judged by its provisioning state alone.
+controller wants. A re-applied, unchanged deployment has settled at once, unless its
+rollout had failed: the apply then started a new attempt (`attempts`), and the failed
+rollout of the attempt before does not count. One whose rollout record predates
+versioned records is judged by its provisioning state alone.
 """
 
 from __future__ import annotations
@@ -18,15 +20,18 @@ from .client import AdminClient, CliError
 _FINISHED = ("Succeeded", "Failed")
 
 
-def wait_for_rollouts(client: AdminClient, deployments: list[tuple[str, str]], timeout_s: float) -> list[dict]:
-    """One outcome per (endpoint, deployment), in order; never waits past timeout_s."""
+def wait_for_rollouts(client: AdminClient, deployments: list[tuple[str, str]], timeout_s: float,
+                      attempts: dict[tuple[str, str], str] | None = None) -> list[dict]:
+    """One outcome per (endpoint, deployment), in order; never waits past timeout_s.
+    `attempts`: the attempt whose rollout counts, for deployments the apply tried again."""
+    attempts = attempts or {}
     deadline = time.monotonic() + timeout_s
     outcomes: dict[tuple[str, str], dict] = {}
     delay = 0.2
     while True:
         for key in deployments:
             if key not in outcomes or not outcomes[key]["settled"]:
-                outcomes[key] = _outcome(client, *key)
+                outcomes[key] = _outcome(client, *key, attempts.get(key))
         if all(o["settled"] for o in outcomes.values()) or time.monotonic() >= deadline:
             break
         time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
@@ -55,7 +60,7 @@ def failures(outcomes: list[dict]) -> str:
     return "; ".join(lines)
 
 
-def _outcome(client: AdminClient, endpoint: str, name: str) -> dict:
+def _outcome(client: AdminClient, endpoint: str, name: str, attempt: str | None = None) -> dict:
     base = {"name": name, "endpoint_name": endpoint}
     try:
         view = client.get(f"/endpoints/{endpoint}/deployments/{name}")
@@ -63,7 +68,8 @@ def _outcome(client: AdminClient, endpoint: str, name: str) -> dict:
         return {**base, "provisioning_state": "Unknown", "reason": str(exc), "settled": True}
     rollout = view.get("rollout") or {}
     state = view["provisioning_state"]
-    this_version = rollout.get("version", view["version"]) == view["version"]
+    this_version = rollout.get("version", view["version"]) == view["version"] \
+        and (attempt is None or rollout.get("attempt", "") == attempt)
     wanted = view.get("desired_replicas", view["instance_count"])
     settled = this_version and state in _FINISHED and (state == "Failed" or view["ready_replicas"] >= wanted)
     outcome = {**base, "provisioning_state": state if this_version else "Updating", "version": view["version"],

@@ -16,7 +16,7 @@ import logging
 import time
 from typing import Callable
 
-from ..backends import Backend
+from ..backends import EXITED, Backend
 from ..resources import Deployment
 from ..store import DeploymentRecord, EndpointRecord, Store
 from .autoscaling import Autoscaling
@@ -113,6 +113,7 @@ class Controller:
         step = self.rollouts.step(records, self._backend.observe(), self.wanted)
         self._available, self._failed = step.available, step.failed
         await self._save_rollouts()
+        self._forget_exited(step.fresh)
         actions = plan(step.run, self._backend.observe(), self._clock(), step.hold)
         for action in actions:
             if isinstance(action, ForgetReplica):
@@ -142,6 +143,12 @@ class Controller:
             except Exception as exc:
                 log.warning("saving the rollout of %s/%s failed; trying again next pass: %s", key[0], key[1], exc)
                 self.rollouts.keep_unsaved(key, rollout, last_good)
+
+    def _forget_exited(self, keys: set[tuple[str, str]]) -> None:
+        """A new attempt of a failed version starts with no exited replicas of the last one."""
+        for replica in self._backend.observe():
+            if (replica.endpoint, replica.deployment) in keys and replica.state == EXITED:
+                self._backend.forget(replica.replica_id)
 
     def _stop_in_background(self, action: StopReplica) -> None:
         if action.replica_id in self._stopping:

@@ -62,6 +62,9 @@ class Rollout:
     # did not start the rollout (a new leader) can then make it the last good version when
     # its replicas turn out to be ready. None in records written before it was kept.
     version: dict | None = None
+    # The provisioning attempt (DeploymentRecord.attempt) this rollout answers: when the
+    # user asks for another while it is Failed, the same version is rolled out again.
+    attempt: str = ""
 
     @property
     def stage(self) -> str | None:
@@ -126,6 +129,7 @@ class Rollout:
                        for s in self.stages],
             **({"failed_stage": self.failed_stage, "reason": self.reason} if self.state == FAILED else {}),
             **({"rolled_back": True} if self.rolled_back else {}),
+            **({"attempt": self.attempt} if self.attempt else {}),
         }
 
 

@@ -20,6 +20,9 @@ For each deployment, every reconcile pass:
   it over from the saved record, which carries the version rolled out: the same verdict
   then applies to the replicas the previous controller started. Until it has prepared a
   version whose replicas already run, it leaves them as they are.
+- a failed version is tried again only when the user asks (an apply, or on a cluster the
+  retry annotation, changes the record's `attempt`): a new rollout of it from the first
+  stage. Any other rollout takes the new attempt on unchanged; the loop never retries.
 Until a version is prepared, the last good one keeps serving: a failed rollout changes
 nothing for traffic.
 """
@@ -51,6 +54,20 @@ class Plan:
     available: set[Key] = field(default_factory=set)  # deployments with a serving version
     # Deployments whose only version failed to roll out: why (for the routing table).
     failed: dict[Key, str] = field(default_factory=dict)
+    # Deployments starting a new attempt of a failed version: forget their exited replicas.
+    fresh: set[Key] = field(default_factory=set)
+
+
+def _retry_asked(rollout: Rollout, attempt: str) -> bool:
+    """Whether the user asked for a new attempt of this rollout's version: only a Failed
+    rollout is tried again. Any other takes the attempt on and goes on as it was, so that
+    an unchanged apply never restarts healthy replicas nor a rollout in progress."""
+    if rollout.attempt == attempt:
+        return False
+    if rollout.state == FAILED:
+        return True
+    rollout.attempt = attempt
+    return False
 
 
 class RolloutManager:
@@ -107,7 +124,7 @@ class RolloutManager:
             self._take_over(key, record, spec_hash)
             self._conclude_superseded(key, spec_hash, by_key.get(key, []), wanted, now)
             good = self._good.get(key) or record.last_good
-            rollout = self._current(key, record, good, spec_hash, now)
+            rollout = self._current(key, record, good, spec_hash, now, plan)
             self._versions[key] = desired
             good_hash = good.replica_spec_hash() if good else None
             if rollout.state == IN_PROGRESS:
@@ -175,21 +192,33 @@ class RolloutManager:
         self._succeed_if_ready(key, rollout, version, mine, wanted(version), now)
 
     def _current(self, key: Key, record: DeploymentRecord, good: Deployment | None, spec_hash: str,
-                 now: float) -> Rollout:
+                 now: float, plan: Plan) -> Rollout:
         rollout = self._rollouts.get(key)
         if rollout is None and record.rollout:
             saved = Rollout.from_dict(record.rollout)
             if saved.spec_hash == spec_hash and saved.state != IN_PROGRESS:
                 rollout = saved  # finished before a restart: keep its verdict
-        if rollout is None or rollout.spec_hash != spec_hash:
+        retry = rollout is not None and rollout.spec_hash == spec_hash and _retry_asked(rollout, record.attempt)
+        if rollout is None or rollout.spec_hash != spec_hash or retry:
             budget = record.deployment.rollout_timeout_s or self._default_budget_s
             kind = "update" if good is not None else "create"
-            rollout = Rollout(spec_hash, kind, budget, now, version=record.deployment.to_dict())
-            log.info("rollout of %s/%s version %s started (%s, budget %s)", key[0], key[1], spec_hash,
-                     kind, format_duration(budget))
+            rollout = Rollout(spec_hash, kind, budget, now, version=record.deployment.to_dict(),
+                              attempt=record.attempt)
+            log.info("rollout of %s/%s version %s started (%s%s, budget %s)", key[0], key[1], spec_hash, kind,
+                     f", attempt {record.attempt} asked for by an apply" if retry else "", format_duration(budget))
+            if retry:
+                self._start_afresh(key, spec_hash, plan)
             self._record(key, rollout)
         self._rollouts[key] = rollout
         return rollout
+
+    def _start_afresh(self, key: Key, spec_hash: str, plan: Plan) -> None:
+        """A new attempt of a failed version runs every stage again: its preparation is
+        redone (what failed may be outside the YAML: a download, a dependency) and the
+        replicas that exited in the failed attempt are forgotten, so that neither their
+        exits nor their restart back-off count against it."""
+        self._artifacts.pop((key, spec_hash), None)
+        plan.fresh.add(key)
 
     def _ensure_prepared(self, key: Key, deployment: Deployment, spec_hash: str, rollout: Rollout | None) -> None:
         job = (key, spec_hash)

@@ -8,7 +8,7 @@ async callers run them with asyncio.to_thread.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Iterable, Protocol
 
 from ..resources import Deployment, Endpoint, InstanceType
 
@@ -18,6 +18,10 @@ class DeploymentRecord:
     deployment: Deployment  # desired, as last applied
     last_good: Deployment | None  # the spec of the last successful rollout
     rollout: dict | None  # the latest rollout record
+    # The provisioning attempt the user last asked for ("" if never): an apply of a
+    # deployment whose rollout failed changes it, and the rollout manager then tries that
+    # version again (a failed version is otherwise never retried, not even by a restart).
+    attempt: str = ""
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,7 @@ def check_no_traffic(endpoint: Endpoint, name: str) -> None:
 
 class Store(Protocol):
     def apply(self, endpoints: list[Endpoint], deployments: list[Deployment],
-              instance_types: list[InstanceType] = ()) -> None: ...
+              instance_types: list[InstanceType] = (), retry: Iterable[tuple[str, str]] = ()) -> None: ...
     def list_deployment_records(self) -> list[DeploymentRecord]: ...
     def save_rollout(self, endpoint_name: str, name: str, rollout: dict,
                      last_good: Deployment | None = None) -> None: ...

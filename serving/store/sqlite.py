@@ -12,6 +12,7 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Iterable
 
 import orjson
 
@@ -49,6 +50,7 @@ CREATE TABLE IF NOT EXISTS meta (
 _ADDED_COLUMNS = (
     ("deployments", "last_good_spec", "TEXT"),  # the spec of the last rollout that succeeded
     ("deployments", "rollout", "TEXT"),         # the latest rollout record (JSON)
+    ("deployments", "attempt", "INTEGER NOT NULL DEFAULT 0"),  # retries the user asked for
 )
 
 
@@ -77,7 +79,9 @@ class SqliteStore:
 
     # -- writes ---------------------------------------------------------------------
     def apply(self, endpoints: list[Endpoint], deployments: list[Deployment],
-              instance_types: list[InstanceType] = ()) -> None:
+              instance_types: list[InstanceType] = (), retry: Iterable[tuple[str, str]] = ()) -> None:
+        """`retry`: deployments (endpoint, name) whose failed rollout the user asks to try
+        again; their attempt counter goes up in the same transaction as their spec."""
         now = time.time()
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -102,6 +106,9 @@ class SqliteStore:
                         " VALUES (?,?,?,?,?) ON CONFLICT(endpoint_name, name)"
                         " DO UPDATE SET spec=excluded.spec, updated_at=excluded.updated_at",
                         (deployment.endpoint_name, deployment.name, spec, now, now))
+                for endpoint_name, name in retry:
+                    self._db.execute("UPDATE deployments SET attempt=attempt+1 WHERE endpoint_name=? AND name=?",
+                                     (endpoint_name, name))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -184,12 +191,14 @@ class SqliteStore:
     def list_deployment_records(self) -> list[DeploymentRecord]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT spec, last_good_spec, rollout FROM deployments ORDER BY endpoint_name, name").fetchall()
+                "SELECT spec, last_good_spec, rollout, attempt FROM deployments ORDER BY endpoint_name, name"
+            ).fetchall()
         types = self.list_instance_types()  # desired versions hash what their type is now
         return [DeploymentRecord(
             with_instance_type(Deployment.from_dict(orjson.loads(spec)), types),
             Deployment.from_dict(orjson.loads(good)) if good else None,
-            orjson.loads(rollout) if rollout else None) for spec, good, rollout in rows]
+            orjson.loads(rollout) if rollout else None,
+            str(attempt) if attempt else "") for spec, good, rollout, attempt in rows]
 
     def save_rollout(self, endpoint_name: str, name: str, rollout: dict,
                      last_good: Deployment | None = None) -> None:

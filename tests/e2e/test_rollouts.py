@@ -489,3 +489,80 @@ def test_invoke_shows_the_models_own_error_body(gateway, tmp_path):
     call = gateway.cli("endpoint", "invoke", "-n", "modelerr", "-r", str(write_request(tmp_path)))
     assert call.returncode == 1
     assert call.stderr.strip() == 'error: scoring failed with HTTP 424: {"error": "no route"}'
+
+
+@pytest.fixture
+def flaky_model_server():
+    """A model file served over HTTP that answers 503 until `state["up"]`: the cause of a
+    failed rollout that lies outside the YAML (a model store that was down)."""
+    state = {"up": False}
+
+    async def model(_request):
+        return web.Response(body=b'{"weights": [1]}') if state["up"] else web.Response(status=503)
+
+    loop = asyncio.new_event_loop()
+    app = web.Application()
+    app.router.add_route("GET", "/{tail:.*}", model)
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", 0).start())
+    import threading
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield runner.addresses[0][1], state
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+
+
+def test_an_unchanged_apply_tries_a_failed_deployment_again(make_gateway, tmp_path, flaky_model_server):
+    """As `az ml online-deployment update -f same.yml` on a Failed deployment: the same YAML
+    applied again after the cause was removed is a new attempt, and it serves. Neither the
+    controller nor a restart of the gateway tries it again by itself."""
+    port, server = flaky_model_server
+    gw = make_gateway()
+    folder = tmp_path / "yaml"
+    folder.mkdir()
+    path = one_deployment(folder, "retry")
+    edit(path, model={"path": f"http://127.0.0.1:{port}/m/model.json"})
+    first = apply(gw, folder)
+    assert not [a for a in first["applied"] if a.get("new_attempt")]
+    failed = settled(gw, "retry", "main")
+    assert (failed["provisioning_state"], failed["rollout"]["failed_stage"]) == ("Failed", "model_download")
+
+    server["up"] = True  # fixed outside the YAML
+    time.sleep(3)  # three reconcile passes
+    assert gw.deployment("retry", "main")["rollout"] == failed["rollout"]
+    gw.stop()
+    gw = make_gateway()  # the same state dir: the verdict is kept, not retried
+    time.sleep(2)
+    shown = gw.deployment("retry", "main")
+    assert shown["provisioning_state"] == "Failed" and shown["rollout"]["started_at"] == failed["rollout"]["started_at"]
+
+    done = gw.cli("apply", "-f", str(folder), "--wait", "--wait-timeout", "30")
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    [retried] = [a for a in answer["applied"] if a["kind"] == "deployment"]
+    assert retried["new_attempt"] is True and retried["message"] == "its last rollout failed: a new attempt starts"
+    [outcome] = answer["deployments"]
+    assert (outcome["provisioning_state"], outcome["ready_replicas"]) == ("Succeeded", 1)
+    shown = gw.deployment("retry", "main")
+    assert shown["version"] == failed["version"]  # the same version, tried again
+    assert shown["rollout"]["attempt"] == retried["attempt"]
+    assert [s["name"] for s in shown["rollout"]["stages"]] == ["environment", "model_download", "code_download",
+                                                               "init", "readiness"]
+    request = write_request(tmp_path)
+    assert gw.cli_json("endpoint", "invoke", "-n", "retry", "-r", str(request))["label"] == "main"
+
+
+def test_an_unchanged_apply_of_a_healthy_deployment_changes_nothing(gateway, tmp_path):
+    one_deployment(tmp_path, "steady")
+    apply(gateway, tmp_path)
+    before = settled(gateway, "steady", "main")
+    assert before["provisioning_state"] == "Succeeded"
+    answer = apply(gateway, tmp_path)
+    assert not [a for a in answer["applied"] if a.get("new_attempt")]
+    time.sleep(2)  # two reconcile passes
+    after = gateway.deployment("steady", "main")
+    assert after["provisioning_state"] == "Succeeded"
+    assert [r["pid"] for r in after["replicas"]] == [r["pid"] for r in before["replicas"]]
+    assert after["rollout"]["started_at"] == before["rollout"]["started_at"]

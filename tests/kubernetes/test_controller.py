@@ -177,6 +177,29 @@ async def test_a_failing_rollout_shows_its_stage_and_reason(apiserver, kube_api,
     assert status["rollout"]["state"] == "Failed" and status["rollout"]["failed_stage"] == "environment"
 
 
+async def test_a_retry_annotation_rolls_a_failed_version_out_again(apiserver, kube_api, cluster, controller):
+    """An unchanged `kubectl apply` is a no-op at the API server: a new value of the
+    scoregate.io/retry annotation is how a user asks for a new attempt of a failed version
+    once its cause is gone. The controller alone never makes one."""
+    cluster.fate = fates.image_pull_failure()
+    await kubectl_apply(kube_api, sample("instancetypes.yaml") + sample("iris-endpoint.yaml"))
+    running = controller()
+    failed = await eventually(lambda: (s := status_of(apiserver, "onlinedeployments", "iris-blue"))
+                              .get("rollout", {}).get("state") == "Failed" and s, timeout_s=10)
+    cluster.fate = fates.running_ready  # the image was pushed meanwhile
+    await after_passes(running.registry, 3)
+    assert status_of(apiserver, "onlinedeployments", "iris-blue")["rollout"] == failed["rollout"]
+
+    await kube_api.patch(ONLINE_DEPLOYMENTS, NS, "iris-blue",
+                         {"metadata": {"annotations": {"scoregate.io/retry": "1"}}})
+    status = await eventually(lambda: (s := status_of(apiserver, "onlinedeployments", "iris-blue"))
+                              .get("provisioningState") == "Succeeded" and s, timeout_s=15)
+    assert status["rollout"]["attempt"] == "1" and status["rollout"]["spec_hash"] == failed["rollout"]["spec_hash"]
+    assert status["readyReplicas"] == 2
+    await after_passes(running.registry, 3)  # the annotation, unchanged, asks for nothing more
+    assert status_of(apiserver, "onlinedeployments", "iris-blue")["rollout"] == status["rollout"]
+
+
 async def test_invalid_resources_are_reported_not_served(apiserver, kube_api, cluster, controller):
     endpoint, deployment = sample("iris-endpoint.yaml")
     endpoint["spec"]["traffic"] = {"blue": 60}  # the schema allows it, the controller does not

@@ -32,6 +32,9 @@ COMPONENT_KEYS = "endpoint-keys"
 ANNOTATION_DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 ANNOTATION_STOP_REQUESTED = "scoregate.io/stop-requested"
 ANNOTATION_INSTANCE_TYPE = "scoregate.io/instance-type"
+# On an OnlineDeployment, set by its user: a new value asks for a new attempt of its version
+# if that version's rollout failed (`kubectl apply` of an unchanged object changes nothing).
+ANNOTATION_RETRY = "scoregate.io/retry"
 STOP_DELETION_COST = "-1000"
 
 _NOT_DNS = re.compile(r"[^a-z0-9-]+")

@@ -292,13 +292,16 @@ class KubernetesStore:
         return [d for d in self._snapshot.deployments if endpoint_name in (None, d.endpoint_name)]
 
     def list_deployment_records(self) -> list[DeploymentRecord]:
-        """Deployments with the rollout state kept in their status (`rollout`, `lastGood`)."""
+        """Deployments with the rollout state kept in their status (`rollout`, `lastGood`) and
+        the attempt asked for in their `scoregate.io/retry` annotation (docs/kubernetes.md)."""
         records = []
         for deployment in self._snapshot.deployments:
-            status = self._snapshot.sources[(deployment.endpoint_name, deployment.name)].get("status") or {}
+            source = self._snapshot.sources[(deployment.endpoint_name, deployment.name)]
+            status = source.get("status") or {}
             good = status.get("lastGood")
+            annotations = (source.get("metadata") or {}).get("annotations") or {}
             records.append(DeploymentRecord(deployment, Deployment.from_dict(good) if good else None,
-                                            status.get("rollout")))
+                                            status.get("rollout"), str(annotations.get(names.ANNOTATION_RETRY, ""))))
         return records
 
     def get_deployment(self, endpoint_name: str, name: str) -> Deployment | None:
