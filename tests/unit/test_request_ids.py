@@ -1,4 +1,4 @@
-"""Request ids the gateway makes: UUID-shaped, unique, distinct between processes."""
+"""Request ids the gateway makes: random version 4 UUIDs, unique, distinct between processes."""
 
 import multiprocessing
 import uuid
@@ -16,6 +16,15 @@ def test_made_ids_are_unique_version_4_uuids():
     for value in made[:50] + made[-50:]:
         parsed = uuid.UUID(value)
         assert str(parsed) == value and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+def test_made_ids_say_nothing_about_how_many_requests_came_between():
+    """The ids were a process prefix and a counter: two of a caller's answers told it how
+    many requests the gateway had served in between (e.g. ...600000000008, then ...009)."""
+    made = [request_id_from(None) for _ in range(1000)]
+    assert len({value[:8] for value in made}) > 990  # no shared prefix: every part is drawn
+    tails = [int(value[-12:], 16) for value in made]
+    assert sum(1 for a, b in zip(tails, tails[1:]) if 0 < b - a < 1000) < 5  # no counting tail
 
 
 def test_a_forked_process_draws_its_own_random_part():
