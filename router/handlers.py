@@ -139,7 +139,7 @@ class ScoringHandlers:
         if name.endswith(self._host_suffix):
             label = name[: -len(self._host_suffix)]
             if label and "." not in label:
-                return label
+                return self._pipeline.endpoint_of_host_label(label)
         return None
 
     def _refuse(self, request: Request, status, code, message, headers=None) -> None:

@@ -83,6 +83,10 @@ class ScoringPipeline:
         self._body = body
         self._retry = retry
 
+    def endpoint_of_host_label(self, label: str) -> str:
+        """The endpoint a host route's first label (lowercase, as the handler has it) names."""
+        return self._holder.current.host_names.get(label, label)
+
     async def handle(self, request: Request, ctx: RequestContext, endpoint_name: str,
                      upstream_path: str | None) -> None:
         """Answer one request; `upstream_path` None means the replica's scoring path.

@@ -97,10 +97,15 @@ class EndpointRoute:
 class RoutingTable:
     version: int = 0
     endpoints: Mapping[str, EndpointRoute] = field(default_factory=lambda: _EMPTY)
+    # Host routes (`https://NAME.DOMAIN/score`) compare names as DNS does, without case:
+    # an endpoint's name by its lowercase form, for those that have capitals.
+    host_names: Mapping[str, str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.endpoints, MappingProxyType):
             object.__setattr__(self, "endpoints", MappingProxyType(dict(self.endpoints)))
+        object.__setattr__(self, "host_names", {name.lower(): name for name in self.endpoints
+                                                if name != name.lower()})
 
     __reduce__ = _reduce_with_plain_dicts
 

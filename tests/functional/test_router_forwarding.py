@@ -231,3 +231,25 @@ async def test_metrics_count_requests_by_endpoint_deployment_and_status(router, 
     assert value("scoregate_requests_total", {"endpoint": "ep", "deployment": "-", "status": "401",
                                               "code": "Unauthorized"}) == 1
     assert value("scoregate_request_duration_seconds_count", {"endpoint": "ep", "deployment": "blue"}) == 3
+
+
+async def test_host_routes_find_an_endpoint_whatever_the_case_of_its_name(upstream, certs, client):
+    """`https://NAME.DOMAIN/score`: the host is lowercased (DNS has no case), so an endpoint
+    named with capitals was never found by its host name — 404 "no endpoint named 'myep'"."""
+    deployment = DeploymentRoute("blue", (Replica("blue-1", "127.0.0.1", upstream.port),), RequestSettings())
+    named = EndpointRoute("MyEp", keys=(KEY,), traffic=(("blue", 100),), deployments={"blue": deployment})
+    holder = RoutingTableHolder(RoutingTable(version=1, endpoints={"MyEp": named}))
+    app = RouterApp(RouterSettings(port=0, ssl_context=server_context(certs.cert, certs.key),
+                                   domain="scoring.example.test"), holder)
+    await app.start()
+    try:
+        for host in ("myep.scoring.example.test", "MyEp.Scoring.Example.Test", "MYEP.scoring.example.test:443"):
+            async with client.post(f"https://127.0.0.1:{app.port}/score", data=b"{}",
+                                   headers={**AUTH, "Host": host}) as r:
+                assert r.status == 200, (host, await r.text())
+        async with client.post(f"https://127.0.0.1:{app.port}/score", data=b"{}",
+                               headers={**AUTH, "Host": "other.scoring.example.test"}) as r:
+            assert r.status == 404 and (await r.json())["code"] == "EndpointNotFound"
+    finally:
+        await app.drain(1)
+        await app.close()
