@@ -55,7 +55,8 @@ class TlsSession:
         """Take ciphertext (may be empty: go on after a pause) and call deliver(view) with
         each piece of plaintext, a view of `plain` valid only during the call. False when
         the peer closed the session (close_notify). ssl.SSLError: a failed handshake or a
-        broken record; the connection is then of no further use."""
+        broken record, after the alert that says so was sent; the connection is then of no
+        further use."""
         if data:
             self._incoming.write(data)
         sslobj = self._ssl
@@ -65,6 +66,9 @@ class TlsSession:
             except ssl.SSLWantReadError:
                 self._flush()
                 return True
+            except ssl.SSLError:
+                self._flush()  # the alert OpenSSL wrote (protocol_version, handshake_failure...)
+                raise
             self.established = True
             self._flush()
         incoming = self._incoming
@@ -75,6 +79,9 @@ class TlsSession:
                 count = io.read(size, plain)
             except ssl.SSLWantReadError:
                 break  # a record only partly in
+            except ssl.SSLError:
+                self._flush()  # the alert OpenSSL wrote about the broken record
+                raise
             if count == 0:
                 self._flush()  # what OpenSSL answers to the close, if anything
                 return False

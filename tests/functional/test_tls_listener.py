@@ -303,3 +303,26 @@ async def test_one_session_ticket_per_connection_and_it_resumes(files: Files, tm
         again = await asyncio.to_thread(_s_client, port, ca, session, True)
         assert "hello" in again and "Reused, TLSv1.3" in again
         assert again.count("New Session Ticket arrived") == 1, again  # so the next one resumes too
+
+
+def _handshake_error(port: int, context: ssl.SSLContext) -> ssl.SSLError | None:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        try:
+            with context.wrap_socket(raw, server_hostname="api.test"):
+                return None
+        except ssl.SSLError as exc:
+            return exc
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")
+async def test_a_refused_handshake_tells_the_client_why(files: Files) -> None:
+    """The scoring port closed a refused handshake without the alert OpenSSL had written:
+    a client offering only TLS 1.1 read "unexpected eof" instead of "protocol version"."""
+    server = ServerTLS([files.source], metrics=TLSMetrics(CollectorRegistry()))
+    old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    old.check_hostname, old.verify_mode = False, ssl.CERT_NONE
+    old.set_ciphers("DEFAULT@SECLEVEL=0")
+    old.minimum_version = old.maximum_version = ssl.TLSVersion.TLSv1_1
+    async with serving("scoring-port", server.context) as port:
+        error = await asyncio.to_thread(_handshake_error, port, old)
+    assert error is not None and error.reason == "TLSV1_ALERT_PROTOCOL_VERSION", error
