@@ -37,8 +37,9 @@ def parse_documents(documents: list[Document], store: Store, batch=None) -> Appl
 
     batch_docs = [d for d in documents if is_batch(d)]
     online_docs = [d for d in documents if not is_batch(d)]
-    online_names = {r.endpoint.name for r in store.list_endpoints()}
-    online = parse_all(online_docs, online_names,
+    current = {r.endpoint.name: r.endpoint for r in store.list_endpoints()}  # splits left out are kept
+    online_names = set(current)
+    online = parse_all(online_docs, current,
                        {(d.endpoint_name, d.name) for d in store.list_deployments()},
                        {t.name for t in store.list_instance_types()})
     applied = Applied(online)

@@ -9,11 +9,12 @@ Batch resources are recognised and handed to serving.batch.manifests when presen
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterable, Mapping
 
 from ..resources import DEFAULT_INSTANCE_TYPE, Deployment, Endpoint, InstanceType
 from .documents import Document, ManifestError, read_documents
 from .instance_types import is_instance_type, parse_instance_type
-from .online import parse_deployment, parse_endpoint
+from .online import kept_fields, parse_deployment, parse_endpoint
 
 __all__ = ["AppliedSet", "Document", "ManifestError", "kind_of", "parse", "parse_all", "read_documents"]
 
@@ -31,13 +32,16 @@ def kind_of(doc: Document) -> str:
     raise ManifestError(doc.source, None, "cannot tell the resource kind: set $schema or name")
 
 
-def parse(doc: Document):
+def parse(doc: Document, current: Mapping[str, Endpoint] | None = None):
+    """`current`: the stored endpoints by name, whose splits a document may keep."""
     kind = kind_of(doc)
     if kind == "instance_type":
         return parse_instance_type(doc)
     if kind == "batch":
         raise ManifestError(doc.source, "$schema", "batch endpoints and deployments are not supported here")
-    return parse_endpoint(doc) if kind == "endpoint" else parse_deployment(doc)
+    if kind == "deployment":
+        return parse_deployment(doc)
+    return parse_endpoint(doc, (current or {}).get(doc.body.get("name")))
 
 
 @dataclass
@@ -50,19 +54,23 @@ class AppliedSet:
         return iter((self.endpoints, self.deployments))
 
 
-def parse_all(documents: list[Document], existing_endpoints: set[str],
+def parse_all(documents: list[Document], existing_endpoints: Iterable[str] | Mapping[str, Endpoint],
               existing_deployments: set[tuple[str, str]],
               existing_instance_types: set[str] = frozenset()) -> AppliedSet:
     """Parse a set of documents applied together and check they refer to each other.
 
     A deployment needs its endpoint and its instance type (existing or in the same
-    set); traffic may only name deployments of that endpoint (existing or in the set).
+    set); traffic may only name deployments of that endpoint (existing or in the set),
+    also traffic an endpoint keeps: given as a mapping, `existing_endpoints` are the
+    stored endpoints, whose splits a document that leaves them out keeps.
     """
+    current = existing_endpoints if isinstance(existing_endpoints, Mapping) else {}
+    existing_endpoints = set(existing_endpoints)
     applied = AppliedSet()
     sources: dict[int, Document] = {}
     seen: dict[tuple, str] = {}
     for doc in documents:
-        resource = parse(doc)
+        resource = parse(doc, current)
         if isinstance(resource, Deployment):
             key = ("deployment", resource.endpoint_name, resource.name)
             applied.deployments.append(resource)
@@ -89,9 +97,11 @@ def parse_all(documents: list[Document], existing_endpoints: set[str],
                                 f"no instance type '{deployment.instance_type}' (known: {', '.join(sorted(types))})")
     for endpoint in applied.endpoints:
         doc = sources[id(endpoint)]
+        kept = kept_fields(doc, current.get(endpoint.name))
         for field_name, table in (("traffic", endpoint.traffic), ("mirror_traffic", endpoint.mirror_traffic)):
             for target in table:
                 if (endpoint.name, target) not in deployment_keys:
+                    how = f" ({field_name} is left out: the endpoint's current one is kept)" if field_name in kept else ""
                     raise ManifestError(doc.source, f"{field_name}.{target}",
-                                        f"endpoint '{endpoint.name}' has no deployment '{target}'")
+                                        f"endpoint '{endpoint.name}' has no deployment '{target}'{how}")
     return applied

@@ -26,6 +26,9 @@ INFERENCE_SERVERS = ("scoregate", "azmlinfsrv")
 
 # Public: `endpoint update` sends an endpoint back as a document of exactly these fields.
 ENDPOINT_FIELDS = ("name", "auth_mode", "traffic", "mirror_traffic", "rate_limit", "description", "tags")
+# What an endpoint document that leaves them out keeps from the stored endpoint: applying
+# `name` + `auth_mode` again must not take the traffic away from every deployment.
+KEPT_FIELDS = ("traffic", "mirror_traffic")
 _DEPLOYMENT_FIELDS = {"name", "endpoint_name", "model", "code_configuration", "environment",
                       "environment_variables", "instance_type", "instance_count",
                       "request_settings", "scale_settings", "liveness_probe", "readiness_probe",
@@ -35,13 +38,14 @@ _ENVIRONMENT_FIELDS = {"name", "version", "image", "conda_file", "build", "descr
 _PROBE_NUMBERS = ("initial_delay", "period", "timeout")
 
 
-def parse_endpoint(doc: Document) -> Endpoint:
+def parse_endpoint(doc: Document, current: Endpoint | None = None) -> Endpoint:
+    """`current`: the endpoint as stored, whose splits a document that leaves `traffic`
+    or `mirror_traffic` out keeps (KEPT_FIELDS)."""
     r, body = FieldReader(doc), doc.body
     r.check_fields(body, set(ENDPOINT_FIELDS))
     name = r.name(body.get("name"), "name")
     auth_mode = body.get("auth_mode", "key")
-    traffic = r.weights(body.get("traffic"), "traffic")
-    mirror = r.weights(body.get("mirror_traffic"), "mirror_traffic")
+    traffic, mirror = (_split(r, body, field_name, current) for field_name in KEPT_FIELDS)
     rate_limit = None
     if body.get("rate_limit") is not None:
         limit = r.mapping(body["rate_limit"], "rate_limit")
@@ -54,6 +58,19 @@ def parse_endpoint(doc: Document) -> Endpoint:
                         tags=r.strings(body.get("tags"), "tags"))
     r.check(endpoint_problems(endpoint))
     return endpoint
+
+
+def kept_fields(doc: Document, current: Endpoint | None) -> list[str]:
+    """The splits an endpoint document takes from the stored endpoint (it leaves them out)."""
+    return [] if current is None else [f for f in KEPT_FIELDS if f not in doc.body]
+
+
+def _split(r: FieldReader, body: dict, field_name: str, current: Endpoint | None) -> dict[str, int]:
+    """A split as written (`traffic: {}` clears it), or left out: the current one, as
+    `az ml online-endpoint update -f` keeps it; a new endpoint starts with none."""
+    if field_name in body or current is None:
+        return r.weights(body.get(field_name), field_name)
+    return dict(getattr(current, field_name))
 
 
 def parse_deployment(doc: Document) -> Deployment:

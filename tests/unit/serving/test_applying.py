@@ -1,0 +1,76 @@
+"""Applying YAML against what the store holds: what a document leaves out, what it names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from serving.applying import parse_documents, write
+from serving.manifests import ManifestError, read_documents
+from serving.resources import Deployment, Endpoint
+from serving.store.sqlite import SqliteStore
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = SqliteStore(tmp_path / "store.db")
+    store.apply([Endpoint(name="ep1", traffic={"d1": 100}, mirror_traffic={"d2": 10})],
+                [Deployment(name=name, endpoint_name="ep1") for name in ("d1", "d2")])
+    yield store
+    store.close()
+
+
+def apply(store, folder: Path, text: str, name: str = "ep.yml"):
+    path = folder / name
+    path.write_text(text)
+    applied = parse_documents(read_documents([path]), store)
+    write(applied, store)
+    return applied
+
+
+def test_an_endpoint_yaml_without_traffic_keeps_the_split(store, tmp_path):
+    """Re-applying `name` + `auth_mode` used to wipe traffic and mirror_traffic: every
+    unpinned request then got 404 NoDeploymentWithTraffic. Left out keeps, as az ml's
+    `online-endpoint update -f` does."""
+    apply(store, tmp_path, "name: ep1\nauth_mode: key\ndescription: again\n")
+    endpoint = store.get_endpoint("ep1").endpoint
+    assert endpoint.traffic == {"d1": 100} and endpoint.mirror_traffic == {"d2": 10}
+    assert endpoint.description == "again"
+
+
+def test_one_split_left_out_keeps_only_that_one(store, tmp_path):
+    apply(store, tmp_path, "name: ep1\ntraffic: {d1: 0}\n")
+    endpoint = store.get_endpoint("ep1").endpoint
+    assert endpoint.traffic == {"d1": 0} and endpoint.mirror_traffic == {"d2": 10}
+    apply(store, tmp_path, "name: ep1\nmirror_traffic: {}\n")
+    endpoint = store.get_endpoint("ep1").endpoint
+    assert endpoint.traffic == {"d1": 0} and endpoint.mirror_traffic == {}
+
+
+def test_an_empty_split_written_out_clears_it(store, tmp_path):
+    apply(store, tmp_path, "name: ep1\ntraffic: {}\nmirror_traffic: {}\n")
+    endpoint = store.get_endpoint("ep1").endpoint
+    assert endpoint.traffic == {} and endpoint.mirror_traffic == {}
+
+
+def test_a_new_endpoint_without_traffic_starts_with_none(store, tmp_path):
+    apply(store, tmp_path, "name: ep2\n")
+    endpoint = store.get_endpoint("ep2").endpoint
+    assert endpoint.traffic == {} and endpoint.mirror_traffic == {}
+
+
+def test_the_kept_split_is_checked_with_what_the_document_gives(store, tmp_path):
+    """The kept mirror and a new live split are one endpoint: d2 cannot get both."""
+    with pytest.raises(ManifestError, match="mirror_traffic.d2: a deployment cannot get both live and mirrored"):
+        apply(store, tmp_path, "name: ep1\ntraffic: {d2: 100}\n")
+    assert store.get_endpoint("ep1").endpoint.traffic == {"d1": 100}
+
+
+def test_a_kept_split_naming_a_missing_deployment_is_refused(tmp_path):
+    """Kept traffic is checked as written traffic is: to deployments that exist."""
+    store = SqliteStore(tmp_path / "store.db")
+    store.apply([Endpoint(name="ep1", traffic={"gone": 100})], [])
+    with pytest.raises(ManifestError, match=r"traffic.gone: endpoint 'ep1' has no deployment 'gone'.*kept"):
+        apply(store, tmp_path, "name: ep1\n")
+    store.close()
