@@ -170,6 +170,27 @@ def test_environment_variables_keep_numbers_as_their_text(tmp_path):
     assert deployment.environment_variables == {"WORKERS": "4", "RATIO": "0.5", "NAME": "x"}
 
 
+def test_environment_variables_keep_the_text_as_written(tmp_path):
+    """PyYAML's YAML 1.1 resolution read ZIP: 01234 as octal ('668'), VERSION: 1.10 as
+    '1.1', 0x1F as '31', 1_000 as '1000' and 1:30 as sexagesimal '90'."""
+    path = write(tmp_path, DEPLOYMENT + "environment_variables:\n  ZIP: 01234\n  VERSION: 1.10\n"
+                           "  MASK: 0x1F\n  BIG: 1_000\n  TIME: 1:30\n  DAY: 2024-01-31\n  INF: .inf\n"
+                           "  QUOTED: '007'\n")
+    deployment = parse_all(read_documents([path]), {"ep"}, set()).deployments[0]
+    assert deployment.environment_variables == {
+        "ZIP": "01234", "VERSION": "1.10", "MASK": "0x1F", "BIG": "1_000", "TIME": "1:30",
+        "DAY": "2024-01-31", "INF": ".inf", "QUOTED": "007"}
+
+
+def test_only_environment_variables_keep_their_text(tmp_path):
+    """Other fields are typed as before: instance_count: 0x2 is still the number 2."""
+    path = write(tmp_path, DEPLOYMENT + "instance_count: 0x2\nrequest_settings: {request_timeout_ms: 1_000}\n"
+                           "environment_variables: {VERSION: 1.10}\n")
+    deployment = parse_all(read_documents([path]), {"ep"}, set()).deployments[0]
+    assert deployment.instance_count == 2 and deployment.request_settings.request_timeout_ms == 1000
+    assert deployment.environment_variables == {"VERSION": "1.10"}
+
+
 def test_azure_ml_fields_in_a_settings_block_are_ignored(tmp_path):
     """As everywhere else in the YAML: an Azure ML field scoregate does not use passes."""
     path = write(tmp_path, DEPLOYMENT + "request_settings: {request_timeout_ms: 900, properties: {}}\n")
