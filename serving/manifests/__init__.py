@@ -14,7 +14,7 @@ from typing import Iterable, Mapping
 from ..resources import DEFAULT_INSTANCE_TYPE, Deployment, Endpoint, InstanceType
 from .documents import Document, ManifestError, read_documents
 from .instance_types import is_instance_type, parse_instance_type
-from .online import kept_fields, parse_deployment, parse_endpoint
+from .online import DEPLOYMENT_ONLY, kept_fields, parse_deployment, parse_endpoint
 
 __all__ = ["AppliedSet", "Document", "ManifestError", "kind_of", "parse", "parse_all", "read_documents"]
 
@@ -27,6 +27,8 @@ def kind_of(doc: Document) -> str:
         return "batch"
     if "onlinedeployment" in schema or "endpoint_name" in doc.body:
         return "deployment"
+    if "onlineendpoint" not in schema and DEPLOYMENT_ONLY & doc.body.keys():
+        return "deployment"  # without endpoint_name: parse_deployment says it is required
     if "onlineendpoint" in schema or "name" in doc.body:
         return "endpoint"
     raise ManifestError(doc.source, None, "cannot tell the resource kind: set $schema or name")

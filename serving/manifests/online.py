@@ -19,7 +19,7 @@ from ..online_rules import (MAX_INSTANCE_COUNT, MAX_PORT, MIN_PORT, ROUTES, defa
                             deployment_problems, endpoint_problems)
 from ..resources import (DEFAULT_INSTANCE_TYPE, Deployment, Endpoint, ProbeSettings, RequestSettings,
                          ScaleSettings)
-from .documents import Document
+from .documents import Document, ManifestError
 from .fields import FieldReader
 
 INFERENCE_SERVERS = ("scoregate", "azmlinfsrv")
@@ -33,6 +33,9 @@ _DEPLOYMENT_FIELDS = {"name", "endpoint_name", "model", "code_configuration", "e
                       "environment_variables", "instance_type", "instance_count",
                       "request_settings", "scale_settings", "liveness_probe", "readiness_probe",
                       "rollout_timeout_s", "description", "tags"}
+# Fields only a deployment has: a document with one is a deployment, even one that
+# forgot endpoint_name (which is then what it is told, not "model: unknown field").
+DEPLOYMENT_ONLY = frozenset(_DEPLOYMENT_FIELDS - set(ENDPOINT_FIELDS))
 _ENVIRONMENT_FIELDS = {"name", "version", "image", "conda_file", "build", "description", "tags",
                        "os_type", "inference_config", "command", "inference_server"}
 _PROBE_NUMBERS = ("initial_delay", "period", "timeout")
@@ -77,7 +80,9 @@ def parse_deployment(doc: Document) -> Deployment:
     r, body = FieldReader(doc), doc.body
     r.check_fields(body, _DEPLOYMENT_FIELDS)
     name = r.name(body.get("name"), "name")
-    endpoint_name = r.name(body.get("endpoint_name"), "endpoint_name")
+    if body.get("endpoint_name") is None:
+        raise ManifestError(doc.source, None, "endpoint_name is required: a deployment names its endpoint")
+    endpoint_name = r.name(body["endpoint_name"], "endpoint_name")
     model_path, model_sha256 = _model(r, body.get("model"))
     environment = _environment(r, body.get("environment"))
 

@@ -146,6 +146,25 @@ def test_references_are_checked_across_the_applied_set(tmp_path):
     assert parse_all(read_documents([lone]), {"other"}, set()).deployments[0].endpoint_name == "other"
 
 
+@pytest.mark.parametrize("text", [
+    f"name: blue\nmodel: {{path: {ECHO_MODEL}}}\ncode_configuration: {{code: {ECHO_MODEL}, scoring_script: score.py}}\n",
+    "name: blue\ninstance_count: 2\n",
+    "$schema: https://azuremlschemas.azureedge.net/latest/managedOnlineDeployment.schema.json\nname: blue\n",
+])
+def test_a_deployment_without_endpoint_name_is_told_so(tmp_path, text):
+    """It was taken for an endpoint: "model: unknown field (expected one of: auth_mode, ...)"."""
+    path = write(tmp_path, text)
+    with pytest.raises(ManifestError) as caught:
+        parse_all(read_documents([path]), {"ep"}, set())
+    assert str(caught.value) == f"{path}: endpoint_name is required: a deployment names its endpoint"
+
+
+def test_an_endpoint_with_an_unknown_field_is_still_an_endpoint(tmp_path):
+    path = write(tmp_path, "name: ep\nmodle: {}\n")
+    with pytest.raises(ManifestError, match="modle: unknown field .*auth_mode"):
+        parse_all(read_documents([path]), set(), set())
+
+
 def test_an_empty_folder_and_a_missing_path_are_errors(tmp_path):
     with pytest.raises(ManifestError, match="no .yml"):
         read_documents([tmp_path])
