@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .manifests import AppliedSet, Document, ManifestError, parse_all
+from .manifests import AppliedSet, Document, ManifestError, key_of, parse_all
 from .store import Store
 
 
@@ -20,15 +20,25 @@ class Applied:
     batch_deployments: list = field(default_factory=list)
 
     def summary(self) -> list[dict]:
+        """One entry per resource; an online one whose YAML had Azure ML fields scoregate
+        accepts and does not use names them (`ignored_fields`, `warning`)."""
         return [
-            *({"kind": "instance_type", "name": t.name} for t in self.online.instance_types),
-            *({"kind": "endpoint", "name": e.name} for e in self.online.endpoints),
-            *({"kind": "deployment", "name": d.name, "endpoint_name": d.endpoint_name}
+            *({"kind": "instance_type", "name": t.name, **self._ignored(t)} for t in self.online.instance_types),
+            *({"kind": "endpoint", "name": e.name, **self._ignored(e)} for e in self.online.endpoints),
+            *({"kind": "deployment", "name": d.name, "endpoint_name": d.endpoint_name, **self._ignored(d)}
               for d in self.online.deployments),
             *({"kind": "batch_endpoint", "name": e.name} for e in self.batch_endpoints),
             *({"kind": "batch_deployment", "name": d.name, "endpoint_name": d.endpoint_name}
               for d in self.batch_deployments),
         ]
+
+
+    def _ignored(self, resource) -> dict:
+        fields = self.online.ignored_fields.get(key_of(resource))
+        if not fields:
+            return {}
+        return {"ignored_fields": fields,
+                "warning": f"accepted and ignored (Azure ML fields with no meaning here): {', '.join(fields)}"}
 
 
 def parse_documents(documents: list[Document], store: Store, batch=None) -> Applied:

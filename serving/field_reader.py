@@ -37,11 +37,17 @@ class BaseFieldReader:
         for problem in problems:
             self.fail(prefix + problem.field, problem.message)
 
+    def ignoring(self, field: str) -> None:
+        """A field `ignored` let pass: a subclass may tell the user (YAML does)."""
+
     def check_fields(self, body: dict, allowed: set[str], prefix: str = "", ignored=None) -> None:
         skip = self.ignored if ignored is None else ignored
         for key in body:
-            if key not in allowed and key not in skip:
+            if key in allowed:
+                continue
+            if key not in skip:
                 self.fail(prefix + str(key), f"unknown field (expected one of: {', '.join(sorted(allowed))})")
+            self.ignoring(prefix + str(key))
 
     def name(self, value: Any, field: str) -> str:
         """An endpoint or deployment name, by the rule the router matches URLs with."""

@@ -16,7 +16,7 @@ from .documents import Document, ManifestError, read_documents
 from .instance_types import is_instance_type, parse_instance_type
 from .online import DEPLOYMENT_ONLY, kept_fields, parse_deployment, parse_endpoint
 
-__all__ = ["AppliedSet", "Document", "ManifestError", "kind_of", "parse", "parse_all", "read_documents"]
+__all__ = ["AppliedSet", "Document", "ManifestError", "key_of", "kind_of", "parse", "parse_all", "read_documents"]
 
 
 def kind_of(doc: Document) -> str:
@@ -34,16 +34,17 @@ def kind_of(doc: Document) -> str:
     raise ManifestError(doc.source, None, "cannot tell the resource kind: set $schema or name")
 
 
-def parse(doc: Document, current: Mapping[str, Endpoint] | None = None):
-    """`current`: the stored endpoints by name, whose splits a document may keep."""
+def parse(doc: Document, current: Mapping[str, Endpoint] | None = None, ignored: list[str] | None = None):
+    """`current`: the stored endpoints by name, whose splits a document may keep;
+    `ignored` gets the Azure ML fields the document has and scoregate does not use."""
     kind = kind_of(doc)
     if kind == "instance_type":
         return parse_instance_type(doc)
     if kind == "batch":
         raise ManifestError(doc.source, "$schema", "batch endpoints and deployments are not supported here")
     if kind == "deployment":
-        return parse_deployment(doc)
-    return parse_endpoint(doc, (current or {}).get(doc.body.get("name")))
+        return parse_deployment(doc, ignored)
+    return parse_endpoint(doc, (current or {}).get(doc.body.get("name")), ignored)
 
 
 @dataclass
@@ -51,9 +52,20 @@ class AppliedSet:
     endpoints: list[Endpoint] = field(default_factory=list)
     deployments: list[Deployment] = field(default_factory=list)
     instance_types: list[InstanceType] = field(default_factory=list)
+    # Per resource key (see key_of), the Azure ML fields accepted and ignored, if any.
+    ignored_fields: dict[tuple, list[str]] = field(default_factory=dict)
 
     def __iter__(self):  # endpoints, deployments = parse_all(...) keeps working
         return iter((self.endpoints, self.deployments))
+
+
+def key_of(resource) -> tuple:
+    """What names a resource in one apply: (kind, name), a deployment with its endpoint."""
+    if isinstance(resource, Deployment):
+        return ("deployment", resource.endpoint_name, resource.name)
+    if isinstance(resource, InstanceType):
+        return ("instance type", resource.name)
+    return ("endpoint", resource.name)
 
 
 def parse_all(documents: list[Document], existing_endpoints: Iterable[str] | Mapping[str, Endpoint],
@@ -72,19 +84,20 @@ def parse_all(documents: list[Document], existing_endpoints: Iterable[str] | Map
     sources: dict[int, Document] = {}
     seen: dict[tuple, str] = {}
     for doc in documents:
-        resource = parse(doc, current)
+        ignored: list[str] = []
+        resource = parse(doc, current, ignored)
         if isinstance(resource, Deployment):
-            key = ("deployment", resource.endpoint_name, resource.name)
             applied.deployments.append(resource)
         elif isinstance(resource, InstanceType):
-            key = ("instance type", resource.name)
             applied.instance_types.append(resource)
         else:
-            key = ("endpoint", resource.name)
             applied.endpoints.append(resource)
+        key = key_of(resource)
         if key in seen:
             raise ManifestError(doc.source, "name", f"{key[0]} '{resource.name}' is also defined in {seen[key]}")
         seen[key] = doc.source
+        if ignored:
+            applied.ignored_fields[key] = sorted(ignored)
         sources[id(resource)] = doc
     endpoint_names = existing_endpoints | {e.name for e in applied.endpoints}
     deployment_keys = existing_deployments | {(d.endpoint_name, d.name) for d in applied.deployments}

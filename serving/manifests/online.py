@@ -1,8 +1,8 @@
 """Azure ML v2 online endpoints and deployments → Endpoint / Deployment.
 
 Relative paths (`model.path`, `code_configuration.code`) resolve against the YAML
-file's folder. Fields Azure ML has but scoregate does not use are accepted and ignored;
-unknown fields are refused, so a typo never passes silently. This module reads fields
+file's folder. Fields Azure ML has but scoregate does not use are accepted and ignored
+(apply's result names them); unknown fields are refused, so a typo never passes silently. This module reads fields
 and checks their types; the rules shared with Kubernetes custom resources (weights,
 mirroring, settings, probes, ...) are serving/online_rules.py's.
 """
@@ -41,10 +41,11 @@ _ENVIRONMENT_FIELDS = {"name", "version", "image", "conda_file", "build", "descr
 _PROBE_NUMBERS = ("initial_delay", "period", "timeout")
 
 
-def parse_endpoint(doc: Document, current: Endpoint | None = None) -> Endpoint:
+def parse_endpoint(doc: Document, current: Endpoint | None = None, ignored: list[str] | None = None) -> Endpoint:
     """`current`: the endpoint as stored, whose splits a document that leaves `traffic`
-    or `mirror_traffic` out keeps (KEPT_FIELDS)."""
-    r, body = FieldReader(doc), doc.body
+    or `mirror_traffic` out keeps (KEPT_FIELDS); `ignored` gets the Azure ML fields
+    accepted and not used."""
+    r, body = FieldReader(doc, ignored), doc.body
     r.check_fields(body, set(ENDPOINT_FIELDS))
     name = r.name(body.get("name"), "name")
     auth_mode = body.get("auth_mode", "key")
@@ -76,8 +77,9 @@ def _split(r: FieldReader, body: dict, field_name: str, current: Endpoint | None
     return dict(getattr(current, field_name))
 
 
-def parse_deployment(doc: Document) -> Deployment:
-    r, body = FieldReader(doc), doc.body
+def parse_deployment(doc: Document, ignored: list[str] | None = None) -> Deployment:
+    """`ignored` gets the Azure ML fields accepted and not used."""
+    r, body = FieldReader(doc, ignored), doc.body
     r.check_fields(body, _DEPLOYMENT_FIELDS)
     name = r.name(body.get("name"), "name")
     if body.get("endpoint_name") is None:

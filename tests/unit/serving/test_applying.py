@@ -74,3 +74,24 @@ def test_a_kept_split_naming_a_missing_deployment_is_refused(tmp_path):
     with pytest.raises(ManifestError, match=r"traffic.gone: endpoint 'ep1' has no deployment 'gone'.*kept"):
         apply(store, tmp_path, "name: ep1\n")
     store.close()
+
+
+def test_azure_ml_fields_with_no_meaning_here_are_named_in_the_summary(store, tmp_path):
+    """Accepted so Azure ML YAML applies, but no longer without a word."""
+    applied = apply(store, tmp_path, "$schema: https://azuremlschemas.azureedge.net/latest/"
+                    "managedOnlineEndpoint.schema.json\nname: ep3\nkind: Managed\nidentity: {type: system_assigned}\n"
+                    "---\nname: ep4\n")
+    first, second = applied.summary()
+    assert first["ignored_fields"] == ["identity", "kind"]  # $schema is read: it tells the kind
+    assert "accepted and ignored" in first["warning"] and "identity, kind" in first["warning"]
+    assert "ignored_fields" not in second and "warning" not in second
+
+
+def test_ignored_fields_in_a_deployment_name_their_block(store, tmp_path):
+    from tests.support.manifests import ECHO_MODEL
+
+    applied = apply(store, tmp_path, f"name: d3\nendpoint_name: ep1\napp_insights_enabled: true\n"
+                    f"code_configuration: {{code: {ECHO_MODEL}, scoring_script: score.py}}\n"
+                    "request_settings: {request_timeout_ms: 900, properties: {}}\n")
+    [entry] = applied.summary()
+    assert entry["ignored_fields"] == ["app_insights_enabled", "request_settings.properties"]
