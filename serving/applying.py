@@ -1,8 +1,9 @@
 """Applying a set of YAML documents: online resources to the Store, batch ones to the
 BatchService, in one validated step shared by `serve PATHS` and `POST /api/v1/apply`.
 
-Endpoint names are unique across online and batch endpoints (a scoring URL names one
-endpoint). Nothing is written unless every document is valid.
+Endpoint names are unique across online and batch endpoints, regardless of case (a
+scoring URL names one endpoint, and a host name is case-insensitive). Nothing is
+written unless every document is valid.
 """
 
 from __future__ import annotations
@@ -64,11 +65,17 @@ def parse_documents(documents: list[Document], store: Store, batch=None) -> Appl
         batch_names = batch.endpoint_names()
     online_new = {e.name for e in online.endpoints}
     batch_new = {e.name for e in applied.batch_endpoints}
-    for name in sorted((online_new & (batch_names | batch_new)) | (batch_new & online_names)):
+    for name in sorted(_same_name(online_new, batch_names | batch_new) | _same_name(batch_new, online_names)):
         source = next((d.source for d in documents if d.body.get("name") == name), "apply")
         raise ManifestError(source, "name", f"endpoint name '{name}' is used by both an online and a batch "
-                            "endpoint; endpoint names are unique across both")
+                            "endpoint; endpoint names are unique across both, regardless of case")
     return applied
+
+
+def _same_name(names: set[str], others: set[str]) -> set[str]:
+    """The names that are also among `others`, compared regardless of case."""
+    lowered = {other.lower() for other in others}
+    return {name for name in names if name.lower() in lowered}
 
 
 def write(applied: Applied, store: Store, batch=None, retry: set[tuple[str, str]] = frozenset()) -> None:

@@ -50,9 +50,11 @@ class BaseFieldReader:
             self.ignoring(prefix + str(key))
 
     def name(self, value: Any, field: str) -> str:
-        """An endpoint or deployment name, by the rule the router matches URLs with."""
-        if not isinstance(value, str) or not NAME_RULE.match(value):
-            self.fail(field, f"must be 2-32 letters, digits or '-', starting with a letter; got {value!r}")
+        """An endpoint or deployment name, by the rule the router matches URLs with, and
+        not ending with '-' (as Azure ML's): an endpoint name is a DNS label of its host."""
+        if not isinstance(value, str) or not NAME_RULE.match(value) or value.endswith("-"):
+            self.fail(field, f"must be 2-32 letters, digits or '-', starting with a letter and not ending"
+                             f" with '-'; got {value!r}")
         return value
 
     def default_deployment(self, value: Any, field: str) -> str | None:

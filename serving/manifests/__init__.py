@@ -59,6 +59,21 @@ class AppliedSet:
         return iter((self.endpoints, self.deployments))
 
 
+def _check_case(endpoints: list[Endpoint], existing: set[str], sources: dict[int, Document]) -> None:
+    """Endpoint names are unique regardless of case: https://NAME.DOMAIN/score is, so of
+    MyEndpoint and myendpoint a host-based request could only reach one. An endpoint
+    stored under its exact name is updated (also one of a pair made before this rule)."""
+    taken = {name.lower(): (name, None) for name in existing}
+    for endpoint in endpoints:
+        source = sources[id(endpoint)].source
+        other, where = taken.get(endpoint.name.lower(), (endpoint.name, None))
+        if other != endpoint.name and endpoint.name not in existing:
+            owner = f"endpoint '{other}' in {where}" if where else f"the existing endpoint '{other}'"
+            raise ManifestError(source, "name", f"endpoint '{endpoint.name}' differs only in case from {owner};"
+                                " endpoint names are unique regardless of case (a host name is)")
+        taken.setdefault(endpoint.name.lower(), (endpoint.name, source))
+
+
 def key_of(resource) -> tuple:
     """What names a resource in one apply: (kind, name), a deployment with its endpoint."""
     if isinstance(resource, Deployment):
@@ -99,6 +114,7 @@ def parse_all(documents: list[Document], existing_endpoints: Iterable[str] | Map
         if ignored:
             applied.ignored_fields[key] = sorted(ignored)
         sources[id(resource)] = doc
+    _check_case(applied.endpoints, existing_endpoints, sources)
     endpoint_names = existing_endpoints | {e.name for e in applied.endpoints}
     deployment_keys = existing_deployments | {(d.endpoint_name, d.name) for d in applied.deployments}
     types = set(existing_instance_types) | {t.name for t in applied.instance_types} | {DEFAULT_INSTANCE_TYPE}

@@ -95,3 +95,42 @@ def test_ignored_fields_in_a_deployment_name_their_block(store, tmp_path):
                     "request_settings: {request_timeout_ms: 900, properties: {}}\n")
     [entry] = applied.summary()
     assert entry["ignored_fields"] == ["app_insights_enabled", "request_settings.properties"]
+
+
+def test_an_endpoint_name_differing_only_in_case_is_refused(store, tmp_path):
+    """https://NAME.DOMAIN/score is case-insensitive: MyEndpoint and myendpoint were two
+    endpoints, and a host-based request could only ever reach one of them."""
+    apply(store, tmp_path, "name: MyEndpoint\n")
+    with pytest.raises(ManifestError, match=r"ep.yml: name: endpoint 'myendpoint' differs only in case from "
+                                            r"the existing endpoint 'MyEndpoint'"):
+        apply(store, tmp_path, "name: myendpoint\n")
+    apply(store, tmp_path, "name: MyEndpoint\ndescription: the same endpoint again\n")
+    assert [r.endpoint.name for r in store.list_endpoints()] == ["MyEndpoint", "ep1"]
+
+
+def test_two_documents_whose_names_differ_only_in_case_are_refused(store, tmp_path):
+    with pytest.raises(ManifestError, match=r"name: endpoint 'myendpoint' differs only in case from "
+                                            r"endpoint 'MyEndpoint' in .*ep.yml"):
+        apply(store, tmp_path, "name: MyEndpoint\n---\nname: myendpoint\n")
+    assert store.get_endpoint("MyEndpoint") is None
+
+
+def test_online_and_batch_names_differing_only_in_case_are_refused(store, tmp_path):
+    class Batch:
+        def endpoint_names(self):
+            return {"Nightly"}
+
+    path = tmp_path / "ep.yml"
+    path.write_text("name: nightly\n")
+    with pytest.raises(ManifestError, match="'nightly' is used by both an online and a batch endpoint"):
+        parse_documents(read_documents([path]), store, Batch())
+
+
+@pytest.mark.parametrize("text, field", [
+    ("name: ep-\n", "name"),
+    ("name: ep1\ntraffic: {d1-: 100}\n", "traffic.d1-"),
+])
+def test_a_name_ending_with_a_hyphen_is_refused(store, tmp_path, text, field):
+    """Not a DNS label (the endpoint is a host name), nor an Azure ML name."""
+    with pytest.raises(ManifestError, match=rf"ep.yml: {field}: must be .*not ending with '-'"):
+        apply(store, tmp_path, text)
