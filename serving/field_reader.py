@@ -37,16 +37,24 @@ class BaseFieldReader:
         for problem in problems:
             self.fail(prefix + problem.field, problem.message)
 
+    def ignoring(self, field: str) -> None:
+        """A field `ignored` let pass: a subclass may tell the user (YAML does)."""
+
     def check_fields(self, body: dict, allowed: set[str], prefix: str = "", ignored=None) -> None:
         skip = self.ignored if ignored is None else ignored
         for key in body:
-            if key not in allowed and key not in skip:
+            if key in allowed:
+                continue
+            if key not in skip:
                 self.fail(prefix + str(key), f"unknown field (expected one of: {', '.join(sorted(allowed))})")
+            self.ignoring(prefix + str(key))
 
     def name(self, value: Any, field: str) -> str:
-        """An endpoint or deployment name, by the rule the router matches URLs with."""
-        if not isinstance(value, str) or not NAME_RULE.match(value):
-            self.fail(field, f"must be 2-32 letters, digits or '-', starting with a letter; got {value!r}")
+        """An endpoint or deployment name, by the rule the router matches URLs with, and
+        not ending with '-' (as Azure ML's): an endpoint name is a DNS label of its host."""
+        if not isinstance(value, str) or not NAME_RULE.match(value) or value.endswith("-"):
+            self.fail(field, f"must be 2-32 letters, digits or '-', starting with a letter and not ending"
+                             f" with '-'; got {value!r}")
         return value
 
     def default_deployment(self, value: Any, field: str) -> str | None:

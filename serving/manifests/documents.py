@@ -47,9 +47,38 @@ def read_documents(paths: Iterable[str | Path]) -> list[Document]:
     return documents
 
 
+# Fields whose values are a process's environment: text, kept as written.
+TEXT_VALUED = ("environment_variables",)
+_STR = "tag:yaml.org,2002:str"
+# What a plain scalar read as text instead: numbers and dates. true/false and null stay
+# themselves, so the readers still refuse them ("quote it"), as custom resources do.
+_AS_TEXT = {f"tag:yaml.org,2002:{kind}" for kind in ("int", "float", "timestamp")}
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that keeps the text of `environment_variables` values: YAML 1.1 would
+    turn ZIP: 01234 into 668 (octal), 1.10 into 1.1, 0x1F into 31, 1:30 into 90. Every
+    other field is typed as safe_load types it."""
+
+    def construct_document(self, node):
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if key.value in TEXT_VALUED and isinstance(value, yaml.MappingNode):
+                    _keep_text(value)
+        return super().construct_document(node)
+
+
+def _keep_text(mapping: yaml.MappingNode) -> None:
+    """Plain scalars of the mapping that would resolve to a number or a date are read as
+    the string they spell (the scalar node holds its text as written)."""
+    for _, value in mapping.value:
+        if isinstance(value, yaml.ScalarNode) and value.style is None and value.tag in _AS_TEXT:
+            value.tag = _STR
+
+
 def _read_file(file: Path) -> list[Document]:
     try:
-        loaded = list(yaml.safe_load_all(file.read_text(encoding="utf-8")))
+        loaded = list(yaml.load_all(file.read_text(encoding="utf-8"), Loader=_Loader))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else None

@@ -13,7 +13,8 @@ from typing import Any, NoReturn
 from ..field_reader import BaseFieldReader
 from .documents import Document, ManifestError
 
-# Fields Azure ML YAML may carry that scoregate accepts and does not use.
+# Fields Azure ML YAML may carry that scoregate accepts and does not use (apply names
+# them in its result, except $schema, which tells the kind).
 AML_IGNORED = {"$schema", "properties", "identity", "public_network_access", "kind",
                "app_insights_enabled", "egress_public_network_access", "data_collector",
                "compute", "location", "id", "type", "with_credential"}
@@ -24,8 +25,14 @@ class FieldReader(BaseFieldReader):
 
     ignored = AML_IGNORED
 
-    def __init__(self, doc: Document) -> None:
+    def __init__(self, doc: Document, ignored_seen: list[str] | None = None) -> None:
         self.doc = doc
+        self.ignored_seen = [] if ignored_seen is None else ignored_seen
+
+    def ignoring(self, field: str) -> None:
+        """Kept for apply's result: an Azure YAML applies, but not without a word."""
+        if field != "$schema":
+            self.ignored_seen.append(field)
 
     def fail(self, field: str | None, message: str) -> NoReturn:
         raise ManifestError(self.doc.source, field, message)

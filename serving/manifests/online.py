@@ -1,8 +1,8 @@
 """Azure ML v2 online endpoints and deployments → Endpoint / Deployment.
 
 Relative paths (`model.path`, `code_configuration.code`) resolve against the YAML
-file's folder. Fields Azure ML has but scoregate does not use are accepted and ignored;
-unknown fields are refused, so a typo never passes silently. This module reads fields
+file's folder. Fields Azure ML has but scoregate does not use are accepted and ignored
+(apply's result names them); unknown fields are refused, so a typo never passes silently. This module reads fields
 and checks their types; the rules shared with Kubernetes custom resources (weights,
 mirroring, settings, probes, ...) are serving/online_rules.py's.
 """
@@ -19,29 +19,37 @@ from ..online_rules import (MAX_INSTANCE_COUNT, MAX_PORT, MIN_PORT, ROUTES, defa
                             deployment_problems, endpoint_problems)
 from ..resources import (DEFAULT_INSTANCE_TYPE, Deployment, Endpoint, ProbeSettings, RequestSettings,
                          ScaleSettings)
-from .documents import Document
+from .documents import Document, ManifestError
 from .fields import FieldReader
 
 INFERENCE_SERVERS = ("scoregate", "azmlinfsrv")
 
 # Public: `endpoint update` sends an endpoint back as a document of exactly these fields.
 ENDPOINT_FIELDS = ("name", "auth_mode", "traffic", "mirror_traffic", "rate_limit", "description", "tags")
+# What an endpoint document that leaves them out keeps from the stored endpoint: applying
+# `name` + `auth_mode` again must not take the traffic away from every deployment.
+KEPT_FIELDS = ("traffic", "mirror_traffic")
 _DEPLOYMENT_FIELDS = {"name", "endpoint_name", "model", "code_configuration", "environment",
                       "environment_variables", "instance_type", "instance_count",
                       "request_settings", "scale_settings", "liveness_probe", "readiness_probe",
                       "rollout_timeout_s", "description", "tags"}
+# Fields only a deployment has: a document with one is a deployment, even one that
+# forgot endpoint_name (which is then what it is told, not "model: unknown field").
+DEPLOYMENT_ONLY = frozenset(_DEPLOYMENT_FIELDS - set(ENDPOINT_FIELDS))
 _ENVIRONMENT_FIELDS = {"name", "version", "image", "conda_file", "build", "description", "tags",
                        "os_type", "inference_config", "command", "inference_server"}
 _PROBE_NUMBERS = ("initial_delay", "period", "timeout")
 
 
-def parse_endpoint(doc: Document) -> Endpoint:
-    r, body = FieldReader(doc), doc.body
+def parse_endpoint(doc: Document, current: Endpoint | None = None, ignored: list[str] | None = None) -> Endpoint:
+    """`current`: the endpoint as stored, whose splits a document that leaves `traffic`
+    or `mirror_traffic` out keeps (KEPT_FIELDS); `ignored` gets the Azure ML fields
+    accepted and not used."""
+    r, body = FieldReader(doc, ignored), doc.body
     r.check_fields(body, set(ENDPOINT_FIELDS))
     name = r.name(body.get("name"), "name")
     auth_mode = body.get("auth_mode", "key")
-    traffic = r.weights(body.get("traffic"), "traffic")
-    mirror = r.weights(body.get("mirror_traffic"), "mirror_traffic")
+    traffic, mirror = (_split(r, body, field_name, current) for field_name in KEPT_FIELDS)
     rate_limit = None
     if body.get("rate_limit") is not None:
         limit = r.mapping(body["rate_limit"], "rate_limit")
@@ -56,11 +64,27 @@ def parse_endpoint(doc: Document) -> Endpoint:
     return endpoint
 
 
-def parse_deployment(doc: Document) -> Deployment:
-    r, body = FieldReader(doc), doc.body
+def kept_fields(doc: Document, current: Endpoint | None) -> list[str]:
+    """The splits an endpoint document takes from the stored endpoint (it leaves them out)."""
+    return [] if current is None else [f for f in KEPT_FIELDS if f not in doc.body]
+
+
+def _split(r: FieldReader, body: dict, field_name: str, current: Endpoint | None) -> dict[str, int]:
+    """A split as written (`traffic: {}` clears it), or left out: the current one, as
+    `az ml online-endpoint update -f` keeps it; a new endpoint starts with none."""
+    if field_name in body or current is None:
+        return r.weights(body.get(field_name), field_name)
+    return dict(getattr(current, field_name))
+
+
+def parse_deployment(doc: Document, ignored: list[str] | None = None) -> Deployment:
+    """`ignored` gets the Azure ML fields accepted and not used."""
+    r, body = FieldReader(doc, ignored), doc.body
     r.check_fields(body, _DEPLOYMENT_FIELDS)
     name = r.name(body.get("name"), "name")
-    endpoint_name = r.name(body.get("endpoint_name"), "endpoint_name")
+    if body.get("endpoint_name") is None:
+        raise ManifestError(doc.source, None, "endpoint_name is required: a deployment names its endpoint")
+    endpoint_name = r.name(body["endpoint_name"], "endpoint_name")
     model_path, model_sha256 = _model(r, body.get("model"))
     environment = _environment(r, body.get("environment"))
 

@@ -210,6 +210,26 @@ def test_traffic_to_a_failed_deployment_is_refused(gateway, tmp_path):
         in done.stderr
 
 
+def test_an_endpoint_yaml_without_traffic_keeps_the_split(gateway, tmp_path):
+    """QA's repro: a split set with `endpoint update`, then `name` + `auth_mode` applied
+    again; the split was wiped and every unpinned request got 404 NoDeploymentWithTraffic."""
+    write_endpoint(tmp_path, "keeps")
+    for name in ("d1", "d2"):
+        write_deployment(tmp_path, "keeps", name)
+    apply(gateway, tmp_path)
+    for name in ("d1", "d2"):
+        assert settled(gateway, "keeps", name)["provisioning_state"] == "Succeeded"
+    gateway.cli_json("endpoint", "update", "-n", "keeps", "--traffic", "d1=100", "--mirror-traffic", "d2=10")
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "ep.yml").write_text("name: keeps\nauth_mode: key\n")
+    apply(gateway, bare)
+    shown = gateway.cli_json("endpoint", "show", "-n", "keeps")
+    assert shown["traffic"] == {"d1": 100} and shown["mirror_traffic"] == {"d2": 10}
+    answer = gateway.cli_json("endpoint", "invoke", "-n", "keeps", "-r", str(write_request(tmp_path)))
+    assert answer["label"] == "d1"
+
+
 def scoring_status(gateway, endpoint: str, credential: str) -> int:
     """The HTTP status of one scoring call with `Authorization: Bearer credential`."""
     import ssl

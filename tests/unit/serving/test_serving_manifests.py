@@ -146,6 +146,25 @@ def test_references_are_checked_across_the_applied_set(tmp_path):
     assert parse_all(read_documents([lone]), {"other"}, set()).deployments[0].endpoint_name == "other"
 
 
+@pytest.mark.parametrize("text", [
+    f"name: blue\nmodel: {{path: {ECHO_MODEL}}}\ncode_configuration: {{code: {ECHO_MODEL}, scoring_script: score.py}}\n",
+    "name: blue\ninstance_count: 2\n",
+    "$schema: https://azuremlschemas.azureedge.net/latest/managedOnlineDeployment.schema.json\nname: blue\n",
+])
+def test_a_deployment_without_endpoint_name_is_told_so(tmp_path, text):
+    """It was taken for an endpoint: "model: unknown field (expected one of: auth_mode, ...)"."""
+    path = write(tmp_path, text)
+    with pytest.raises(ManifestError) as caught:
+        parse_all(read_documents([path]), {"ep"}, set())
+    assert str(caught.value) == f"{path}: endpoint_name is required: a deployment names its endpoint"
+
+
+def test_an_endpoint_with_an_unknown_field_is_still_an_endpoint(tmp_path):
+    path = write(tmp_path, "name: ep\nmodle: {}\n")
+    with pytest.raises(ManifestError, match="modle: unknown field .*auth_mode"):
+        parse_all(read_documents([path]), set(), set())
+
+
 def test_an_empty_folder_and_a_missing_path_are_errors(tmp_path):
     with pytest.raises(ManifestError, match="no .yml"):
         read_documents([tmp_path])
@@ -168,6 +187,27 @@ def test_environment_variables_keep_numbers_as_their_text(tmp_path):
     path = write(tmp_path, DEPLOYMENT + "environment_variables: {WORKERS: 4, RATIO: 0.5, NAME: x}\n")
     deployment = parse_all(read_documents([path]), {"ep"}, set()).deployments[0]
     assert deployment.environment_variables == {"WORKERS": "4", "RATIO": "0.5", "NAME": "x"}
+
+
+def test_environment_variables_keep_the_text_as_written(tmp_path):
+    """PyYAML's YAML 1.1 resolution read ZIP: 01234 as octal ('668'), VERSION: 1.10 as
+    '1.1', 0x1F as '31', 1_000 as '1000' and 1:30 as sexagesimal '90'."""
+    path = write(tmp_path, DEPLOYMENT + "environment_variables:\n  ZIP: 01234\n  VERSION: 1.10\n"
+                           "  MASK: 0x1F\n  BIG: 1_000\n  TIME: 1:30\n  DAY: 2024-01-31\n  INF: .inf\n"
+                           "  QUOTED: '007'\n")
+    deployment = parse_all(read_documents([path]), {"ep"}, set()).deployments[0]
+    assert deployment.environment_variables == {
+        "ZIP": "01234", "VERSION": "1.10", "MASK": "0x1F", "BIG": "1_000", "TIME": "1:30",
+        "DAY": "2024-01-31", "INF": ".inf", "QUOTED": "007"}
+
+
+def test_only_environment_variables_keep_their_text(tmp_path):
+    """Other fields are typed as before: instance_count: 0x2 is still the number 2."""
+    path = write(tmp_path, DEPLOYMENT + "instance_count: 0x2\nrequest_settings: {request_timeout_ms: 1_000}\n"
+                           "environment_variables: {VERSION: 1.10}\n")
+    deployment = parse_all(read_documents([path]), {"ep"}, set()).deployments[0]
+    assert deployment.instance_count == 2 and deployment.request_settings.request_timeout_ms == 1000
+    assert deployment.environment_variables == {"VERSION": "1.10"}
 
 
 def test_azure_ml_fields_in_a_settings_block_are_ignored(tmp_path):
