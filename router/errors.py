@@ -24,7 +24,12 @@ class BadRequest(ScoringError):
 
 
 class Unauthorized(ScoringError):
+    """401 names the scheme to use (RFC 9110 requires the header on every 401)."""
+
     status, code = 401, "Unauthorized"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer", **(headers or {})})
 
 
 class EndpointNotFound(ScoringError):

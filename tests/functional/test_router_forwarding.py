@@ -253,3 +253,11 @@ async def test_host_routes_find_an_endpoint_whatever_the_case_of_its_name(upstre
     finally:
         await app.drain(1)
         await app.close()
+
+
+async def test_a_401_names_the_bearer_scheme(router, client):
+    """RFC 9110: a 401 carries WWW-Authenticate; ours had only the JSON body."""
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        async with client.post(url(router), data=b"{}", headers=headers) as r:
+            assert r.status == 401 and r.headers["WWW-Authenticate"] == "Bearer"
+            assert (await r.json())["code"] == "Unauthorized"
