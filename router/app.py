@@ -174,7 +174,8 @@ class RouterApp:
             keepalive_timeout_s=self.settings.keepalive_timeout_s, backlog=self.settings.backlog,
             extra_routes=self._extra_routes, not_found=aiohttp_not_found,
             client_max_size=self.settings.body.max_body_bytes, reuse_port=self.settings.reuse_port,
-            on_refusal=lambda reason: self.recorder.connection_refusals.labels(reason).inc())
+            on_refusal=lambda reason: self.recorder.connection_refusals.labels(reason).inc(),
+            on_refusal_answered=self._handlers.record_refusal)
         await listener.start()
         self._listener = listener
         log.info("router listening on %s://%s:%d", "https" if self.settings.ssl_context else "http",

@@ -153,6 +153,16 @@ class ScoringHandlers:
         self._recorder.record(ctx)
         self._access_log.record(ctx)
 
+    def record_refusal(self, refusal, request_id: str, remote: str | None, bytes_out: int) -> None:
+        """An answer router.http1 made before any handler saw the request (400 for what
+        llhttp refuses, 408, 414, 431...): counted and logged with method and path "-",
+        its request id the one the caller got."""
+        ctx = RequestContext(request_id, remote, "-", "-")
+        ctx.status, ctx.error_code, ctx.bytes_out = refusal.status, refusal.code, bytes_out
+        ctx.finish()
+        self._recorder.record(ctx)
+        self._access_log.record(ctx)
+
     async def _run(self, request: Request, upstream_path: str | None, endpoint: str,
                    check_path: bool = False) -> None:
         ctx = RequestContext(request_id_from(request.index.get(b"x-request-id")), request.remote,

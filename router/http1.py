@@ -574,10 +574,13 @@ class HttpConnection(asyncio.BufferedProtocol):
     def _send_refusal(self, refusal: Refusal) -> None:
         request_id = refusal.request_id or request_id_from(None)
         body = json_error_body(refusal.code, refusal.message, request_id)
-        self.write(b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nx-request-id: %s\r\n"
-                   b"Content-Length: %d\r\n%bConnection: close\r\n\r\n%b"
-                   % (refusal.status, _REASONS.get(refusal.status, b""), request_id.encode(), len(body),
-                      _date_line(), body))
+        answer = (b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nx-request-id: %s\r\n"
+                  b"Content-Length: %d\r\n%bConnection: close\r\n\r\n%b"
+                  % (refusal.status, _REASONS.get(refusal.status, b""), request_id.encode(), len(body),
+                     _date_line(), body))
+        self.write(answer)
+        if refusal.request_id is None:  # else the handler that had the request records it
+            self._owner.refusal_answered(refusal, request_id, self.remote, len(answer))
         self._deadline = None
         self.close()
 

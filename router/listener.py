@@ -87,7 +87,8 @@ class Listener:
     def __init__(self, handler, *, host: str, port: int, ssl_context: ssl.SSLContext | None,
                  limits: ConnectionLimits, keepalive_timeout_s: float, backlog: int = 1024,
                  extra_routes: list[web.RouteDef] | None = None, not_found=None,
-                 client_max_size: int = 1024 ** 2, on_refusal=None, reuse_port: bool = False) -> None:
+                 client_max_size: int = 1024 ** 2, on_refusal=None, on_refusal_answered=None,
+                 reuse_port: bool = False) -> None:
         self.handler = handler
         self.limits = limits
         self.keepalive_timeout_s = keepalive_timeout_s
@@ -99,6 +100,8 @@ class Listener:
         self._host, self._port, self._backlog = host, port, backlog
         self._reuse_port = reuse_port  # `serve --workers`: several processes on one port
         self._on_refusal = on_refusal or (lambda reason: None)
+        # (refusal, request id, remote, bytes sent): an answer made before any handler ran
+        self._on_refusal_answered = on_refusal_answered or (lambda *answer: None)
         self._server: asyncio.AbstractServer | None = None
         # aiohttp serves the extra routes; the path prefixes that go there.
         self._extra_routes = list(extra_routes or [])
@@ -115,6 +118,11 @@ class Listener:
 
     def refused(self, reason: str) -> None:
         self._on_refusal(reason)
+
+    def refusal_answered(self, refusal, request_id: str, remote: str | None, bytes_out: int) -> None:
+        """A refusal the connection answered itself, no handler having seen the request (a
+        malformed or slow head): recorded and logged like every other answer."""
+        self._on_refusal_answered(refusal, request_id, remote, bytes_out)
 
     def hands_over(self, raw_path: str) -> bool:
         """True when an aiohttp route serves this path."""

@@ -115,3 +115,30 @@ async def test_a_body_malformed_after_its_handler_started_is_answered_and_logged
                                               "code": "BadRequest"}) == 1
     assert value("scoregate_requests_total", {"endpoint": "ep", "deployment": "blue", "status": "499",
                                               "code": "ClientClosedRequest"}) is None
+
+
+async def test_refusals_before_any_handler_are_logged_and_counted_with_their_request_id(make_router, upstream, raw,
+                                                                                        tmp_path):
+    """A 400/431/505 made by the connection itself (no handler saw the request) reached the
+    caller with a request id that no access-log line and no scoregate_requests_total count
+    had: an operator could not find what a caller reported."""
+    path = tmp_path / "access.log"
+    router = await make_router(access_log=str(path))
+    payloads = {400: ATTACKS["duplicate content-length"],
+                431: HEAD + b"X-Big: " + b"a" * 9000 + b"\r\nContent-Length: 2\r\n\r\n{}",
+                505: HEAD.replace(b"HTTP/1.1", b"HTTP/2.0") + b"Content-Length: 2\r\n\r\n{}"}
+    ids = {}
+    for status, payload in payloads.items():
+        received, _ = await raw(router).exchange(payload)
+        assert received.startswith(b"HTTP/1.1 %d" % status), received[:100]
+        ids[status] = json.loads(received.partition(b"\r\n\r\n")[2])["request_id"]
+    await router.access_log.close()
+    lines = {line["request_id"]: line for line in map(json.loads, path.read_text().splitlines())}
+    assert set(lines) == set(ids.values())  # one line each, nothing else
+    for status, request_id in ids.items():
+        line = lines[request_id]
+        assert (line["status"], line["endpoint"], line["method"], line["path"]) == (status, None, "-", "-")
+        assert line["client"] == "127.0.0.1" and line["bytes_out"] > 0
+    value = router.recorder.registry.get_sample_value
+    assert value("scoregate_requests_total", {"endpoint": "-", "deployment": "-", "status": "431",
+                                              "code": "RequestHeaderFieldsTooLarge"}) == 1
