@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from .client import AdminClient, CliError, GatewayNotRunning, score_request
+from .client import AdminClient, CliError, GatewayNotRunning, api_path, score_request
 from .statedir import resolve_state_dir
 
 
@@ -366,8 +366,26 @@ def _apply(args, client: AdminClient):
     return result
 
 
+# Flags whose value is an endpoint or deployment name, online or batch.
+_NAME_FLAGS = {"name": "--name", "endpoint_name": "--endpoint-name", "deployment_name": "--deployment-name"}
+
+
+def _check_names(args) -> None:
+    """Refuse a name no endpoint or deployment can have before any request: an error of
+    the command line (exit 2), not a call that finds nothing — or something else. The rule
+    is router.paths.NAME_RULE, the one manifests are read with (serving.field_reader)."""
+    given = {flag: getattr(args, attr) for attr, flag in _NAME_FLAGS.items() if getattr(args, attr, None) is not None}
+    if not given:
+        return
+    from router.paths import NAME_RULE  # imported here: it pulls in the router (aiohttp)
+
+    for flag, value in given.items():
+        if not NAME_RULE.match(value):
+            raise CliError(f"{flag} must be 2-32 letters, digits or '-', starting with a letter; got {value!r}", 2)
+
+
 def _endpoint(args, client: AdminClient):
-    base = f"/endpoints/{args.name}" if hasattr(args, "name") else "/endpoints"
+    base = api_path("endpoints", args.name) if hasattr(args, "name") else "/endpoints"
     match args.action:
         case "list":
             return client.get("/endpoints")
@@ -436,7 +454,7 @@ def _update_endpoint(args, client: AdminClient):
     if args.mirror_traffic is not None:
         body["mirror_traffic"] = {k: v for k, v in _weights(args.mirror_traffic, "--mirror-traffic").items() if v}
     client.post("/apply", {"documents": [{"source": "endpoint update", "base_dir": ".", "body": body}]})
-    return client.get(f"/endpoints/{args.name}")
+    return client.get(api_path("endpoints", args.name))
 
 
 def _cluster_token(args) -> dict:
@@ -461,7 +479,7 @@ def _cluster_token(args) -> dict:
 def _online_endpoint(client: AdminClient, name: str) -> dict:
     """The endpoint's view, for verbs that only online endpoints have (`endpoint show` also
     shows batch ones: names are unique across both kinds)."""
-    endpoint = client.get(f"/endpoints/{name}")
+    endpoint = client.get(api_path("endpoints", name))
     if endpoint.get("kind") == "batch":
         raise CliError(f"'{name}' is a batch endpoint; this is for online endpoints "
                        f"(submit a job with `scoregate batch invoke --name {name} --input ...`)", 1)
@@ -476,9 +494,9 @@ def _invoke(args, client: AdminClient):
     endpoint = _online_endpoint(client, args.name)
     headers = {"Content-Type": "application/json"}
     if endpoint["auth_mode"] == "key":
-        headers["Authorization"] = f"Bearer {client.get(f'/endpoints/{args.name}/keys')['primaryKey']}"
+        headers["Authorization"] = f"Bearer {client.get(api_path('endpoints', args.name, 'keys'))['primaryKey']}"
     elif endpoint["auth_mode"] == "aml_token":
-        headers["Authorization"] = f"Bearer {client.post(f'/endpoints/{args.name}/token', {})['accessToken']}"
+        headers["Authorization"] = f"Bearer {client.post(api_path('endpoints', args.name, 'token'), {})['accessToken']}"
     if args.deployment_name:
         headers["azureml-model-deployment"] = args.deployment_name
     status, text = score_request(client.info, endpoint["scoring_uri"], body, headers)
@@ -493,18 +511,18 @@ def _invoke(args, client: AdminClient):
 
 
 def _deployment(args, client: AdminClient):
-    base = f"/endpoints/{args.endpoint_name}/deployments"
+    base = api_path("endpoints", args.endpoint_name, "deployments")
     match args.action:
         case "list":
             return client.get(base)
         case "show":
-            return client.get(f"{base}/{args.name}")
+            return client.get(base + api_path(args.name))
         case "delete":
-            return client.delete(f"{base}/{args.name}")
+            return client.delete(base + api_path(args.name))
         case "logs" | "get-logs":
-            return client.get_text(f"{base}/{args.name}/logs?lines={args.lines}")
+            return client.get_text(base + api_path(args.name, "logs") + f"?lines={args.lines}")
         case "scale":
-            return client.post(f"{base}/{args.name}/scale", {"instance_count": args.instance_count})
+            return client.post(base + api_path(args.name, "scale"), {"instance_count": args.instance_count})
     raise CliError(f"unknown action {args.action}", 2)
 
 
@@ -537,6 +555,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     output = getattr(args, "output", "json")
     try:
+        _check_names(args)
         if args.verb == "serve":
             return _serve(args)
         if args.verb == "tls":
