@@ -554,6 +554,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_loadtest(argv[1:])
     args = build_parser().parse_args(argv)
     output = getattr(args, "output", "json")
+    if args.verb == "endpoint" and args.action == "invoke":
+        output = "json"  # the model's answer as it is: a table would keep only its flat fields
     try:
         _check_names(args)
         if args.verb == "serve":
