@@ -14,7 +14,7 @@
     DELETE /api/v1/endpoints/{e}/deployments/{d}           delete
     POST   /api/v1/endpoints/{e}/deployments/{d}/scale     {"instance_count": N}; 409 when it would leave
                                                            the deployment's traffic no instance
-    GET    /api/v1/endpoints/{e}/deployments/{d}/logs      ?lines=N → text
+    GET    /api/v1/endpoints/{e}/deployments/{d}/logs      ?lines=N (0 to 10000) → text
 Errors are JSON `{"code", "message"}`. Writes go to the Store and then wake the
 controller, which does the rest.
 """
@@ -411,8 +411,11 @@ class AdminApi:
         endpoint, name = request.match_info["e"], request.match_info["d"]
         await self._deployment_or_404(endpoint, name)
         try:
-            lines = max(1, min(10_000, int(request.query.get("lines", "100"))))
+            lines = min(10_000, int(request.query.get("lines", "100")))
         except ValueError:
-            return _error(400, "ValidationError", "lines must be an integer")
-        text = await asyncio.to_thread(self._backend.logs, endpoint, name, lines)
+            lines = -1
+        if lines < 0:
+            return _error(400, "ValidationError", "lines must be a whole number from 0 to 10000")
+        # 0 lines are none (a backend's tail of 0 may be the whole log).
+        text = await asyncio.to_thread(self._backend.logs, endpoint, name, lines) if lines else ""
         return web.Response(text=text + ("\n" if text else ""), content_type="text/plain")

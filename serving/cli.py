@@ -20,10 +20,10 @@ from .statedir import resolve_state_dir
 
 
 def _print(data, output: str) -> None:
-    if output == "table":
+    if isinstance(data, str):  # text (logs) as it is, whatever the format; none is no line at all
+        sys.stdout.write(data if not data or data.endswith("\n") else data + "\n")
+    elif output == "table":
         _print_table(data)
-    elif isinstance(data, str):
-        sys.stdout.write(data if data.endswith("\n") else data + "\n")
     else:
         sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
 
@@ -180,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-n", "--name", required=True)
         p.add_argument("-e", "--endpoint-name", required=True)
         if action == "logs":
-            p.add_argument("-l", "--lines", type=int, default=100)
+            p.add_argument("-l", "--lines", type=_line_count, default=100,
+                           help="how many of the last lines (0 to 10000; default 100)")
         if action == "delete":
             p.add_argument("-y", "--yes", action="store_true")
         if action == "scale":
@@ -238,6 +239,7 @@ _port = _within(int, 0, 65535, "a port number", "0 to 65535")  # 0: any free por
 _seconds = _within(float, 0.0, sys.float_info.max, "a number of seconds", "0 or more")
 _share = _within(float, 0.0, 1.0, "a share", "from 0 to 1")
 _retention_days = _within(float, 0.0, 36500.0, "a number of days", "0 (keep every job) to 36500")
+_line_count = _within(int, 0, 10_000, "a number of lines", "0 to 10000")
 
 
 def _log_level(text: str) -> str:
