@@ -433,8 +433,10 @@ def _weights(text: str, option: str) -> dict[str, int]:
     weights: dict[str, int] = {}
     for pair in text.replace(",", " ").split():
         name, sep, value = pair.partition("=")
+        if sep and name in weights:  # a split names each deployment once: which of the two was meant?
+            raise CliError(f"{option}: deployment '{name}' is given twice ({name}={weights[name]} and {pair})", 2)
         try:
-            if not sep or not name or name in weights:
+            if not sep or not name:
                 raise ValueError
             weights[name] = int(value)
         except ValueError:
