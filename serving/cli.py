@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("-y", "--yes", action="store_true", help="accepted for az compatibility")
     token = endpoint.add_parser("get-token", parents=[common], help="an access token (aml_token endpoints)")
     token.add_argument("-n", "--name", required=True)
-    token.add_argument("--lifetime", type=_duration, default=3600.0,
+    token.add_argument("--lifetime", type=_lifetime, default=3600.0,
                        help="how long the token is valid (default 1h; at most 24h)")
     token.add_argument("--backend", choices=("embedded", "kubernetes"), default="embedded",
                        help="kubernetes: mint it from the cluster's signing key Secret with your kubeconfig")
@@ -267,6 +267,17 @@ def _duration(text: str) -> float:
         return parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _lifetime(text: str) -> float:
+    """A token's lifetime in the flag's own syntax: the server's check (lifetime_s from 1 to
+    86400) stays, but speaks of a JSON field the user never wrote."""
+    from .tokens import MAX_LIFETIME_S
+
+    seconds = _duration(text)
+    if not 1 <= seconds <= MAX_LIFETIME_S:
+        raise argparse.ArgumentTypeError(f"must be from 1s to {MAX_LIFETIME_S // 3600}h, got {text!r}")
+    return seconds
 
 
 def _kubernetes_running(module: str = "running"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from serving.cli import _weights
+from serving.cli import _weights, main
 from serving.client import CliError
 
 
@@ -22,3 +22,21 @@ def test_a_malformed_pair_is_still_shown_as_given():
         _weights("d1", "--traffic")
     assert _weights("blue=90, green=10", "--traffic") == {"blue": 90, "green": 10}
 
+
+@pytest.mark.parametrize("given", ["25h", "0s", "0", "86401", "24h1s"])
+def test_a_token_lifetime_out_of_bounds_is_refused_in_the_flags_syntax(given, tmp_path, capsys):
+    """Refused by the parser: no gateway is asked (none runs in tmp_path)."""
+    with pytest.raises(SystemExit) as refused:
+        main(["endpoint", "get-token", "-n", "ep1", "--lifetime", given, "--state-dir", str(tmp_path)])
+    assert refused.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --lifetime: must be from 1s to 24h, got '{given}'" in err
+    assert "lifetime_s" not in err
+
+
+def test_a_token_lifetime_in_bounds_is_taken():
+    from serving.cli import build_parser
+
+    for given, seconds in (("24h", 86400.0), ("1s", 1.0), ("10m", 600.0), ("90", 90.0)):
+        args = build_parser().parse_args(["endpoint", "get-token", "-n", "ep1", "--lifetime", given])
+        assert args.lifetime == seconds
