@@ -12,8 +12,9 @@
     GET    /api/v1/endpoints/{e}/deployments               list
     GET    /api/v1/endpoints/{e}/deployments/{d}           show
     DELETE /api/v1/endpoints/{e}/deployments/{d}           delete
-    POST   /api/v1/endpoints/{e}/deployments/{d}/scale     {"instance_count": N}
-    GET    /api/v1/endpoints/{e}/deployments/{d}/logs      ?lines=N → text
+    POST   /api/v1/endpoints/{e}/deployments/{d}/scale     {"instance_count": N}; 409 when it would leave
+                                                           the deployment's traffic no instance
+    GET    /api/v1/endpoints/{e}/deployments/{d}/logs      ?lines=N (0 to 10000) → text
 Errors are JSON `{"code", "message"}`. Writes go to the Store and then wake the
 controller, which does the rest.
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
+from dataclasses import replace
 
 from aiohttp import web
 
@@ -40,6 +42,36 @@ DELETE_WAIT_S = 30.0
 
 def _error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"code": code, "message": message}, status=status)
+
+
+def replica_floor(deployment) -> int:
+    """The replicas a deployment is asked to keep: instance_count, or for an autoscaled one
+    instance_count held within min_instances..max_instances (as the autoscaler holds an
+    explicit count). 0 means none: a request routed to it is refused with 503, and that
+    refusal is no load the autoscaler could scale up on."""
+    scale = deployment.scale_settings
+    if scale.type != "target_utilization":
+        return deployment.instance_count
+    return max(scale.min_instances, min(max(scale.min_instances, scale.max_instances), deployment.instance_count))
+
+
+def _traffic_naming(endpoint, name: str) -> str | None:
+    """"traffic.d1=100" (or mirror_traffic.…) when the endpoint sends `name` any, else None."""
+    if endpoint is None:
+        return None
+    for field_name, weights in (("traffic", endpoint.traffic), ("mirror_traffic", endpoint.mirror_traffic)):
+        if weights.get(name, 0) > 0:
+            return f"{field_name}.{name}={weights[name]}"
+    return None
+
+
+def _why_none(deployment) -> str:
+    scale = deployment.scale_settings
+    if scale.type != "target_utilization":
+        return "instance_count 0"
+    if scale.max_instances == 0:
+        return "scale_settings.max_instances 0"
+    return f"instance_count {deployment.instance_count} and scale_settings.min_instances 0"
 
 
 class AdminApi:
@@ -142,7 +174,7 @@ class AdminApi:
             applied = await asyncio.to_thread(parse_documents, documents, self._store, self._batch)
         except ManifestError as exc:
             return _error(400, "ValidationError", str(exc))
-        refused = self._traffic_to_failed(applied.online)
+        refused = self._traffic_to_failed(applied.online) or await self._traffic_to_nothing(applied.online)
         if refused:
             return _error(400, "ValidationError", refused)
         retry = self._failed(applied.online)
@@ -187,6 +219,32 @@ class AdminApi:
                 if weight > 0 and key not in renewed and rollout is not None and rollout.state == "Failed" \
                         and rollout.kind == "create":
                     return f"traffic.{name}: deployment '{name}' {rollout.failure()}; apply a fixed version first"
+        return None
+
+    async def _traffic_to_nothing(self, applied) -> str | None:
+        """Traffic, live or mirrored, may not go to a deployment with no replicas to serve
+        it (replica_floor 0): every request would get 503 NoReadyReplica, yet the deployment
+        shows Succeeded. Checked for the endpoints applied (their new split) and for the
+        deployments applied (the traffic their stored endpoint gives them)."""
+        endpoints = {e.name: e for e in applied.endpoints}
+        deployments = {(d.endpoint_name, d.name): d for d in applied.deployments}
+        for endpoint in applied.endpoints:
+            for name in {**endpoint.traffic, **endpoint.mirror_traffic}:
+                if (endpoint.name, name) in deployments:
+                    continue  # its applied version counts
+                stored = await asyncio.to_thread(self._store.get_deployment, endpoint.name, name)
+                if stored is not None:
+                    deployments[(endpoint.name, name)] = stored
+        for (endpoint_name, name), deployment in deployments.items():
+            if replica_floor(deployment) > 0:
+                continue
+            if endpoint_name not in endpoints:
+                record = await asyncio.to_thread(self._store.get_endpoint, endpoint_name)
+                endpoints[endpoint_name] = record.endpoint if record is not None else None
+            carried = _traffic_naming(endpoints[endpoint_name], name)
+            if carried:
+                return (f"{carried}: deployment '{name}' has no instances to serve it ({_why_none(deployment)});"
+                        " give it instances or move its traffic first")
         return None
 
     async def list_endpoints(self, _request: web.Request) -> web.Response:
@@ -333,11 +391,18 @@ class AdminApi:
 
     async def scale_deployment(self, request: web.Request) -> web.Response:
         endpoint, name = request.match_info["e"], request.match_info["d"]
-        await self._deployment_or_404(endpoint, name)
+        current = await self._deployment_or_404(endpoint, name)
         body = await self._json_body(request)
         count = body.get("instance_count")
         if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_INSTANCE_COUNT:
             return _error(400, "ValidationError", f"instance_count must be an integer from 0 to {MAX_INSTANCE_COUNT}")
+        if replica_floor(replace(current, instance_count=count)) == 0:
+            record = await asyncio.to_thread(self._store.get_endpoint, endpoint)
+            carried = _traffic_naming(record.endpoint if record is not None else None, name)
+            if carried:
+                return _error(409, "Conflict", f"deployment '{name}' carries {carried} of endpoint '{endpoint}':"
+                              " scaling it to 0 instances would leave that traffic no replica; move the traffic"
+                              f" first (scoregate endpoint update -n {endpoint} --traffic ...)")
         deployment = await asyncio.to_thread(self._store.set_instance_count, endpoint, name, count)
         self._controller.notify()
         return web.json_response(self._view(deployment, self._backend.observe()))
@@ -346,8 +411,11 @@ class AdminApi:
         endpoint, name = request.match_info["e"], request.match_info["d"]
         await self._deployment_or_404(endpoint, name)
         try:
-            lines = max(1, min(10_000, int(request.query.get("lines", "100"))))
+            lines = min(10_000, int(request.query.get("lines", "100")))
         except ValueError:
-            return _error(400, "ValidationError", "lines must be an integer")
-        text = await asyncio.to_thread(self._backend.logs, endpoint, name, lines)
+            lines = -1
+        if lines < 0:
+            return _error(400, "ValidationError", "lines must be a whole number from 0 to 10000")
+        # 0 lines are none (a backend's tail of 0 may be the whole log).
+        text = await asyncio.to_thread(self._backend.logs, endpoint, name, lines) if lines else ""
         return web.Response(text=text + ("\n" if text else ""), content_type="text/plain")

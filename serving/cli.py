@@ -15,15 +15,15 @@ import sys
 import time
 from pathlib import Path
 
-from .client import AdminClient, CliError, GatewayNotRunning, score_request
+from .client import AdminClient, CliError, GatewayNotRunning, api_path, score_request
 from .statedir import resolve_state_dir
 
 
 def _print(data, output: str) -> None:
-    if output == "table":
+    if isinstance(data, str):  # text (logs) as it is, whatever the format; none is no line at all
+        sys.stdout.write(data if not data or data.endswith("\n") else data + "\n")
+    elif output == "table":
         _print_table(data)
-    elif isinstance(data, str):
-        sys.stdout.write(data if data.endswith("\n") else data + "\n")
     else:
         sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
 
@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("-y", "--yes", action="store_true", help="accepted for az compatibility")
     token = endpoint.add_parser("get-token", parents=[common], help="an access token (aml_token endpoints)")
     token.add_argument("-n", "--name", required=True)
-    token.add_argument("--lifetime", type=_duration, default=3600.0,
+    token.add_argument("--lifetime", type=_lifetime, default=3600.0,
                        help="how long the token is valid (default 1h; at most 24h)")
     token.add_argument("--backend", choices=("embedded", "kubernetes"), default="embedded",
                        help="kubernetes: mint it from the cluster's signing key Secret with your kubeconfig")
@@ -180,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-n", "--name", required=True)
         p.add_argument("-e", "--endpoint-name", required=True)
         if action == "logs":
-            p.add_argument("-l", "--lines", type=int, default=100)
+            p.add_argument("-l", "--lines", type=_line_count, default=100,
+                           help="how many of the last lines (0 to 10000; default 100)")
         if action == "delete":
             p.add_argument("-y", "--yes", action="store_true")
         if action == "scale":
@@ -238,6 +239,7 @@ _port = _within(int, 0, 65535, "a port number", "0 to 65535")  # 0: any free por
 _seconds = _within(float, 0.0, sys.float_info.max, "a number of seconds", "0 or more")
 _share = _within(float, 0.0, 1.0, "a share", "from 0 to 1")
 _retention_days = _within(float, 0.0, 36500.0, "a number of days", "0 (keep every job) to 36500")
+_line_count = _within(int, 0, 10_000, "a number of lines", "0 to 10000")
 
 
 def _log_level(text: str) -> str:
@@ -265,6 +267,17 @@ def _duration(text: str) -> float:
         return parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _lifetime(text: str) -> float:
+    """A token's lifetime in the flag's own syntax: the server's check (lifetime_s from 1 to
+    86400) stays, but speaks of a JSON field the user never wrote."""
+    from .tokens import MAX_LIFETIME_S
+
+    seconds = _duration(text)
+    if not 1 <= seconds <= MAX_LIFETIME_S:
+        raise argparse.ArgumentTypeError(f"must be from 1s to {MAX_LIFETIME_S // 3600}h, got {text!r}")
+    return seconds
 
 
 def _kubernetes_running(module: str = "running"):
@@ -366,8 +379,26 @@ def _apply(args, client: AdminClient):
     return result
 
 
+# Flags whose value is an endpoint or deployment name, online or batch.
+_NAME_FLAGS = {"name": "--name", "endpoint_name": "--endpoint-name", "deployment_name": "--deployment-name"}
+
+
+def _check_names(args) -> None:
+    """Refuse a name no endpoint or deployment can have before any request: an error of
+    the command line (exit 2), not a call that finds nothing — or something else. The rule
+    is router.paths.NAME_RULE, the one manifests are read with (serving.field_reader)."""
+    given = {flag: getattr(args, attr) for attr, flag in _NAME_FLAGS.items() if getattr(args, attr, None) is not None}
+    if not given:
+        return
+    from router.paths import NAME_RULE  # imported here: it pulls in the router (aiohttp)
+
+    for flag, value in given.items():
+        if not NAME_RULE.match(value):
+            raise CliError(f"{flag} must be 2-32 letters, digits or '-', starting with a letter; got {value!r}", 2)
+
+
 def _endpoint(args, client: AdminClient):
-    base = f"/endpoints/{args.name}" if hasattr(args, "name") else "/endpoints"
+    base = api_path("endpoints", args.name) if hasattr(args, "name") else "/endpoints"
     match args.action:
         case "list":
             return client.get("/endpoints")
@@ -413,8 +444,10 @@ def _weights(text: str, option: str) -> dict[str, int]:
     weights: dict[str, int] = {}
     for pair in text.replace(",", " ").split():
         name, sep, value = pair.partition("=")
+        if sep and name in weights:  # a split names each deployment once: which of the two was meant?
+            raise CliError(f"{option}: deployment '{name}' is given twice ({name}={weights[name]} and {pair})", 2)
         try:
-            if not sep or not name or name in weights:
+            if not sep or not name:
                 raise ValueError
             weights[name] = int(value)
         except ValueError:
@@ -436,7 +469,7 @@ def _update_endpoint(args, client: AdminClient):
     if args.mirror_traffic is not None:
         body["mirror_traffic"] = {k: v for k, v in _weights(args.mirror_traffic, "--mirror-traffic").items() if v}
     client.post("/apply", {"documents": [{"source": "endpoint update", "base_dir": ".", "body": body}]})
-    return client.get(f"/endpoints/{args.name}")
+    return client.get(api_path("endpoints", args.name))
 
 
 def _cluster_token(args) -> dict:
@@ -461,7 +494,7 @@ def _cluster_token(args) -> dict:
 def _online_endpoint(client: AdminClient, name: str) -> dict:
     """The endpoint's view, for verbs that only online endpoints have (`endpoint show` also
     shows batch ones: names are unique across both kinds)."""
-    endpoint = client.get(f"/endpoints/{name}")
+    endpoint = client.get(api_path("endpoints", name))
     if endpoint.get("kind") == "batch":
         raise CliError(f"'{name}' is a batch endpoint; this is for online endpoints "
                        f"(submit a job with `scoregate batch invoke --name {name} --input ...`)", 1)
@@ -476,9 +509,9 @@ def _invoke(args, client: AdminClient):
     endpoint = _online_endpoint(client, args.name)
     headers = {"Content-Type": "application/json"}
     if endpoint["auth_mode"] == "key":
-        headers["Authorization"] = f"Bearer {client.get(f'/endpoints/{args.name}/keys')['primaryKey']}"
+        headers["Authorization"] = f"Bearer {client.get(api_path('endpoints', args.name, 'keys'))['primaryKey']}"
     elif endpoint["auth_mode"] == "aml_token":
-        headers["Authorization"] = f"Bearer {client.post(f'/endpoints/{args.name}/token', {})['accessToken']}"
+        headers["Authorization"] = f"Bearer {client.post(api_path('endpoints', args.name, 'token'), {})['accessToken']}"
     if args.deployment_name:
         headers["azureml-model-deployment"] = args.deployment_name
     status, text = score_request(client.info, endpoint["scoring_uri"], body, headers)
@@ -493,18 +526,18 @@ def _invoke(args, client: AdminClient):
 
 
 def _deployment(args, client: AdminClient):
-    base = f"/endpoints/{args.endpoint_name}/deployments"
+    base = api_path("endpoints", args.endpoint_name, "deployments")
     match args.action:
         case "list":
             return client.get(base)
         case "show":
-            return client.get(f"{base}/{args.name}")
+            return client.get(base + api_path(args.name))
         case "delete":
-            return client.delete(f"{base}/{args.name}")
+            return client.delete(base + api_path(args.name))
         case "logs" | "get-logs":
-            return client.get_text(f"{base}/{args.name}/logs?lines={args.lines}")
+            return client.get_text(base + api_path(args.name, "logs") + f"?lines={args.lines}")
         case "scale":
-            return client.post(f"{base}/{args.name}/scale", {"instance_count": args.instance_count})
+            return client.post(base + api_path(args.name, "scale"), {"instance_count": args.instance_count})
     raise CliError(f"unknown action {args.action}", 2)
 
 
@@ -536,7 +569,10 @@ def main(argv: list[str] | None = None) -> int:
         return run_loadtest(argv[1:])
     args = build_parser().parse_args(argv)
     output = getattr(args, "output", "json")
+    if args.verb == "endpoint" and args.action == "invoke":
+        output = "json"  # the model's answer as it is: a table would keep only its flat fields
     try:
+        _check_names(args)
         if args.verb == "serve":
             return _serve(args)
         if args.verb == "tls":

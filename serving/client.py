@@ -9,12 +9,19 @@ from __future__ import annotations
 import json
 import ssl
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 from .statedir import GatewayInfo, StateDir
 
 TIMEOUT_S = 60.0
+
+
+def api_path(*segments: str) -> str:
+    """An admin API path from its segments, each percent-encoded whole: a name holding '/',
+    '?' or '#' stays one segment (an unknown name, a 404) and cannot reach another resource."""
+    return "".join("/" + urllib.parse.quote(str(segment), safe="") for segment in segments)
 
 
 class CliError(Exception):

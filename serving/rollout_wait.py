@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 
-from .client import AdminClient, CliError
+from .client import AdminClient, CliError, api_path
 
 _FINISHED = ("Succeeded", "Failed")
 
@@ -63,7 +63,7 @@ def failures(outcomes: list[dict]) -> str:
 def _outcome(client: AdminClient, endpoint: str, name: str, attempt: str | None = None) -> dict:
     base = {"name": name, "endpoint_name": endpoint}
     try:
-        view = client.get(f"/endpoints/{endpoint}/deployments/{name}")
+        view = client.get(api_path("endpoints", endpoint, "deployments", name))
     except CliError as exc:  # deleted meanwhile, or the gateway went away
         return {**base, "provisioning_state": "Unknown", "reason": str(exc), "settled": True}
     rollout = view.get("rollout") or {}

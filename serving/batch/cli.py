@@ -10,10 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
-import urllib.parse
 from pathlib import Path
 
-from ..client import AdminClient, CliError
+from ..client import AdminClient, CliError, api_path
 from .client import BatchClient
 
 VERBS = ("batch", "job")
@@ -72,7 +71,7 @@ def dispatch(args: argparse.Namespace, client: AdminClient):
         case "batch list":
             return client.get("/batch/endpoints")
         case "batch show":
-            return client.get(f"/batch/endpoints/{args.name}")
+            return client.get(api_path("batch", "endpoints", args.name))
         case "batch invoke":
             job = batch.submit(args.name, _job_body(args))
             return _wait(batch, args.name, job, args.wait_timeout) if args.wait else job
@@ -85,9 +84,7 @@ def dispatch(args: argparse.Namespace, client: AdminClient):
         case "job download":
             return batch.download(args.name, args.job_id, Path(args.download_path))
         case "job logs":
-            quote = urllib.parse.quote
-            return client.get_text(f"/batch/endpoints/{quote(args.name, safe='')}/jobs/"
-                                   f"{quote(args.job_id, safe='')}/logs")
+            return client.get_text(api_path("batch", "endpoints", args.name, "jobs", args.job_id, "logs"))
     raise CliError(f"unknown batch command {getattr(args, 'batch_command', None)!r}", 2)
 
 

@@ -11,11 +11,10 @@ import json
 import os
 import ssl
 import urllib.error
-import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from ..client import AdminClient, CliError
+from ..client import AdminClient, CliError, api_path
 
 TIMEOUT_S = 120.0
 
@@ -28,14 +27,14 @@ class BatchClient:
 
     def _key(self, endpoint: str) -> str | None:
         if endpoint not in self._keys:
-            quoted = urllib.parse.quote(endpoint, safe="")
-            view = self.admin.get(f"/batch/endpoints/{quoted}")
+            base = api_path("batch", "endpoints", endpoint)
+            view = self.admin.get(base)
             self._keys[endpoint] = None if view.get("auth_mode") == "none" else \
-                self.admin.get(f"/batch/endpoints/{quoted}/keys")["primaryKey"]
+                self.admin.get(f"{base}/keys")["primaryKey"]
         return self._keys[endpoint]
 
     def _open(self, method: str, endpoint: str, tail: str = "", body: dict | None = None):
-        url = f"{self.admin.info.scoring_url}/api/v1/batch/{urllib.parse.quote(endpoint, safe='')}/jobs{tail}"
+        url = f"{self.admin.info.scoring_url}/api/v1{api_path('batch', endpoint, 'jobs')}{tail}"
         headers = {"Content-Type": "application/json"}
         key = self._key(endpoint)
         if key is not None:
@@ -65,10 +64,10 @@ class BatchClient:
         return self._json("GET", endpoint)
 
     def show(self, endpoint: str, job_id: str) -> dict:
-        return self._json("GET", endpoint, f"/{urllib.parse.quote(job_id, safe='')}")
+        return self._json("GET", endpoint, api_path(job_id))
 
     def cancel(self, endpoint: str, job_id: str) -> dict:
-        return self._json("POST", endpoint, f"/{urllib.parse.quote(job_id, safe='')}/cancel")
+        return self._json("POST", endpoint, api_path(job_id, "cancel"))
 
     def download(self, endpoint: str, job_id: str, folder: Path) -> dict:
         """Save the job's output under folder/JOB_ID/ (temp file + rename: never half a file)."""
@@ -77,7 +76,7 @@ class BatchClient:
         target = Path(folder) / job_id / name
         tmp = target.with_name(f".{name}.part")
         size = 0
-        with self._open("GET", endpoint, f"/{urllib.parse.quote(job_id, safe='')}/output") as response:
+        with self._open("GET", endpoint, api_path(job_id, "output")) as response:
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)  # only once there is an output to save
                 with open(tmp, "wb") as handle:

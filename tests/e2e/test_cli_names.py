@@ -1,0 +1,74 @@
+"""A name given to the CLI names one resource, never another: names that break the name
+rule are refused before any request (exit 2), and the admin API takes a percent-encoded
+segment as one name (404 when unknown), never as a path to a different resource."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.gateway import GatewayProcess
+from tests.support.manifests import write_deployment, write_endpoint
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory):
+    """ep1 with d1 (all the traffic) and e5 (none)."""
+    folder = tmp_path_factory.mktemp("names")
+    write_endpoint(folder, "ep1", traffic={"d1": 100})
+    write_deployment(folder, "ep1", "d1")
+    write_deployment(folder, "ep1", "e5")
+    gw = GatewayProcess(folder / "state", [str(folder)]).start()
+    try:
+        gw.wait_ready("ep1", ["d1", "e5"])
+        yield gw
+    finally:
+        gw.kill_everything()
+
+
+BAD_NAMES = ["ep1/deployments/e5", "ep1/deployments/d1", "ep1?", "ep1#x", "bad name!", "é", "..", "e"]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_endpoint_verbs_refuse_a_name_outside_the_rule(gateway, name):
+    for verb in ("show", "delete", "get-credentials", "get-token", "regenerate-keys"):
+        done = gateway.cli("endpoint", verb, "-n", name)
+        assert done.returncode == 2, (verb, done.stdout, done.stderr)
+        assert done.stdout == "" and "Traceback" not in done.stderr, (verb, done.stderr)
+        assert "--name" in done.stderr and "letters, digits or '-'" in done.stderr, (verb, done.stderr)
+    assert gateway.deployment("ep1", "e5")["name"] == "e5"  # the refused delete touched nothing
+
+
+def test_deployment_and_batch_verbs_refuse_a_bad_name_in_any_flag(gateway):
+    for args in (["deployment", "delete", "-n", "e5/../d1", "-e", "ep1"],
+                 ["deployment", "show", "-n", "e5", "-e", "ep1/deployments/e5"],
+                 ["deployment", "list", "-e", "ep1?x"],
+                 ["endpoint", "invoke", "-n", "ep1", "-r", "nowhere.json", "-d", "d1?"],
+                 ["batch", "show", "-n", "a/b"],
+                 ["job", "list", "-n", "ep1%2F"]):
+        done = gateway.cli(*args)
+        assert done.returncode == 2 and done.stdout == "", (args, done.stderr)
+        assert "Traceback" not in done.stderr and "letters, digits or '-'" in done.stderr, (args, done.stderr)
+    assert gateway.deployment("ep1", "e5")["name"] == "e5"
+
+
+def test_an_encoded_slash_is_part_of_the_name_on_the_admin_api(gateway):
+    """The handler gets the decoded segment as one name: no such endpoint, a 404 — it does
+    not reach the deployment the unencoded path would name."""
+    for method in ("GET", "DELETE"):
+        status, body = gateway.admin(method, "/api/v1/endpoints/ep1%2Fdeployments%2Fe5")
+        assert status == 404 and "ep1/deployments/e5" in body["message"], (method, body)
+    status, body = gateway.admin("GET", "/api/v1/endpoints/ep1%3F/keys")
+    assert status == 404 and "primaryKey" not in body
+    status, body = gateway.admin("DELETE", "/api/v1/endpoints/ep1/deployments/e5%2F..%2Fd1")
+    assert status == 404, body
+    status, body = gateway.admin("GET", "/api/v1/batch/endpoints/a%2Fb")
+    assert status == 404, body
+    assert gateway.deployment("ep1", "e5")["name"] == "e5"
+    assert gateway.deployment("ep1", "d1")["name"] == "d1"
+
+
+def test_good_names_still_work(gateway):
+    assert gateway.cli_json("endpoint", "show", "-n", "ep1")["traffic"] == {"d1": 100}
+    assert gateway.cli_json("deployment", "show", "-n", "e5", "-e", "ep1")["name"] == "e5"
+    done = gateway.cli("endpoint", "show", "-n", "nope")
+    assert done.returncode == 1 and "no endpoint 'nope'" in done.stderr

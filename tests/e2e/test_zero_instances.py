@@ -1,0 +1,86 @@
+"""Traffic only goes to deployments that have instances: a deployment with 0 instances
+(instance_count 0, or autoscaled with min_instances 0 from 0) gets no live or mirrored
+traffic, by `endpoint update`, YAML apply or `deployment scale` — each refused with a
+message naming the traffic, and nothing changes."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.gateway import GatewayProcess
+from tests.support.manifests import write_deployment, write_endpoint
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory):
+    """ep1: d1 (1 instance, all the traffic), d2 (0 instances), auto (autoscaled, min 1)."""
+    folder = tmp_path_factory.mktemp("zero")
+    write_endpoint(folder, "ep1", traffic={"d1": 100})
+    write_deployment(folder, "ep1", "d1")
+    write_deployment(folder, "ep1", "d2", instance_count=0)
+    write_deployment(folder, "ep1", "auto", scale_settings={
+        "type": "target_utilization", "min_instances": 1, "max_instances": 2, "polling_interval": 1})
+    gw = GatewayProcess(folder / "state", [str(folder)]).start()
+    try:
+        gw.wait_ready("ep1", ["d1", "d2", "auto"])
+        gw.folder = folder
+        yield gw
+    finally:
+        gw.kill_everything()
+
+
+def _traffic(gateway) -> dict:
+    return gateway.cli_json("endpoint", "show", "-n", "ep1")["traffic"]
+
+
+def test_update_refuses_live_and_mirrored_traffic_to_a_deployment_with_no_instances(gateway):
+    for flag, value, field in (("--traffic", "d2=100", "traffic.d2=100"),
+                               ("--traffic", "d1=90 d2=10", "traffic.d2=10"),
+                               ("--mirror-traffic", "d2=10", "mirror_traffic.d2=10")):
+        done = gateway.cli("endpoint", "update", "-n", "ep1", flag, value)
+        assert done.returncode == 2, (value, done.stdout, done.stderr)
+        assert field in done.stderr and "'d2' has no instances" in done.stderr, done.stderr
+    assert _traffic(gateway) == {"d1": 100}
+
+
+def test_yaml_apply_is_checked_too(gateway, tmp_path):
+    """The endpoint's new split, and a deployment applied with 0 instances while its stored
+    endpoint sends it traffic."""
+    write_endpoint(tmp_path, "ep1", traffic={"d2": 100})
+    done = gateway.cli("apply", "-f", str(tmp_path / "ep1-endpoint.yml"))
+    assert done.returncode == 2 and "traffic.d2=100" in done.stderr, done.stderr
+    write_deployment(tmp_path, "ep1", "d1", instance_count=0)
+    done = gateway.cli("apply", "-f", str(tmp_path / "ep1-d1-deployment.yml"))
+    assert done.returncode == 2 and "traffic.d1=100" in done.stderr, done.stderr
+    assert gateway.deployment("ep1", "d1")["instance_count"] == 1 and _traffic(gateway) == {"d1": 100}
+    # Autoscaled from 0 with min_instances 0: nothing to serve, and a refused request is no
+    # load the autoscaler could scale up on.
+    write_deployment(tmp_path, "ep1", "d1", instance_count=0, scale_settings={
+        "type": "target_utilization", "min_instances": 0, "max_instances": 2})
+    done = gateway.cli("apply", "-f", str(tmp_path / "ep1-d1-deployment.yml"))
+    assert done.returncode == 2 and "min_instances 0" in done.stderr, done.stderr
+    # Instances and traffic in the same apply: accepted.
+    write_deployment(tmp_path, "ep1", "d1", instance_count=1)
+    write_deployment(tmp_path, "ep1", "d2", instance_count=1)
+    write_endpoint(tmp_path, "ep1", traffic={"d1": 100}, mirror={"d2": 10})
+    assert gateway.cli("apply", "-f", str(tmp_path)).returncode == 0
+    assert gateway.cli_json("endpoint", "show", "-n", "ep1")["mirror_traffic"] == {"d2": 10}
+    assert gateway.cli("endpoint", "update", "-n", "ep1", "--mirror-traffic", "").returncode == 0
+
+
+def test_scaling_a_deployment_with_traffic_to_zero_is_refused(gateway):
+    done = gateway.cli("deployment", "scale", "-n", "d1", "-e", "ep1", "--instance-count", "0")
+    assert done.returncode == 1 and done.stdout == "", done.stderr
+    assert "traffic.d1=100" in done.stderr and "0 instances" in done.stderr, done.stderr
+    assert gateway.deployment("ep1", "d1")["instance_count"] == 1
+
+
+def test_what_keeps_instances_may_scale_to_zero(gateway):
+    """A deployment without traffic may be scaled to 0, and so may an autoscaled one whose
+    min_instances keeps a replica; an autoscaled one with min 1 may get traffic at
+    instance_count 0."""
+    assert gateway.cli("deployment", "scale", "-n", "d2", "-e", "ep1", "--instance-count", "0").returncode == 0
+    assert gateway.cli("deployment", "scale", "-n", "auto", "-e", "ep1", "--instance-count", "0").returncode == 0
+    done = gateway.cli("endpoint", "update", "-n", "ep1", "--traffic", "d1=50 auto=50")
+    assert done.returncode == 0, done.stderr
+    assert _traffic(gateway) == {"d1": 50, "auto": 50}
