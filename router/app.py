@@ -31,7 +31,7 @@ from .listener import ConnectionLimits, Listener, ensure_open_files
 from .mirroring import Mirror
 from .pipeline import BodySettings, RetrySettings, ScoringPipeline
 from .ratelimit import RateLimiter
-from .recording import DeploymentCollector, Recorder
+from .recording import AccessLogCollector, DeploymentCollector, Recorder
 from .routing_table import RoutingTable, RoutingTableHolder
 from .tracing import otel_tracer
 from .traffic import DeploymentPicker
@@ -117,6 +117,7 @@ class RouterApp:
         self._handlers = ScoringHandlers(pipeline, self.recorder, self.access_log, settings.domain,
                                          otel_tracer(settings.tracer_provider), settings.trusted_proxies)
         self.recorder.registry.register(DeploymentCollector(holder, self.admission, self.ejector))
+        self.recorder.registry.register(AccessLogCollector(self.access_log))
         self._listener: Listener | None = None
         holder.subscribe(self._on_table_change)
         self.recorder.routing_version.set(holder.current.version)

@@ -11,7 +11,7 @@ path pays nothing for them.
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .context import RequestContext
 from .loop_metrics import LoopCounter, LoopHistogram
@@ -158,3 +158,18 @@ class DeploymentCollector:
                 ejected.add_metric(key, sum(1 for r in deployment.replicas if r.replica_id in ejected_ids))
                 utilization.add_metric(key, (busy + waiting) / slots if slots else float(busy + waiting))
         return [in_flight, queued, capacity, replicas, ejected, utilization]
+
+
+class AccessLogCollector:
+    """Access-log lines dropped (the writer fell behind, the file could not be written, a
+    value JSON cannot carry): read from the log's own count when Prometheus scrapes, so
+    the request path only adds to a plain integer."""
+
+    def __init__(self, access_log) -> None:
+        self._access_log = access_log
+
+    def collect(self):
+        dropped = CounterMetricFamily("scoregate_access_log_dropped_lines",
+                                      "Access-log lines dropped instead of written (requests are unaffected).")
+        dropped.add_metric((), self._access_log.dropped)
+        return [dropped]

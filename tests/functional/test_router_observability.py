@@ -152,6 +152,8 @@ async def test_a_failing_log_sink_never_fails_a_request(make_router, upstream, c
         while router.access_log.dropped + router.access_log.written < 3:
             await asyncio.sleep(0.02)
     assert router.access_log.dropped == 3 and router.access_log.written == 0
+    # counted where an operator can alert on it, not only in the gateway log
+    assert router.recorder.registry.get_sample_value("scoregate_access_log_dropped_lines_total") == 3
 
 
 async def test_opentelemetry_spans_for_the_stages(make_router, upstream, client):
