@@ -16,6 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from .errors import TLSConfigError
+from .tickets import session_cache_off
 from .pem import (
     Password,
     StrPath,
@@ -65,6 +66,8 @@ def new_server_context() -> ssl.SSLContext:
     # handshake's instructions for the second one); a client that resumes gets a fresh
     # ticket on that connection too, so one is what a client needs to resume each time.
     ctx.num_tickets = 1
+    # Resumption by tickets only: no server-side cache of sessions by id (tls.tickets).
+    session_cache_off(ctx)
     return ctx
 
 

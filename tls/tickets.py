@@ -17,6 +17,12 @@ context's own options for it, and must give back the keys just set. Anything une
 (another interpreter, a libssl without the call) leaves the context's own keys in place
 and returns False: resumption then works per process, as before.
 
+`session_cache_off` uses the same access for one more setting Python's `ssl` lacks:
+OpenSSL keeps a server-side cache of sessions by id (TLS 1.2 clients that do not use
+tickets resume from it) unless told not to. Off, as nginx's default (`ssl_session_cache
+none`): resumption is by tickets only, which every process of a port (and every router
+pod) can open, and no process keeps up to 20,480 sessions of its own in memory.
+
 The keys set are those of the listener's context; TLS ticket encryption keeps using that
 context after the SNI callback switches a connection to a certificate's own context
 (OpenSSL keeps the first context as the session context), so every certificate shares them.
@@ -34,6 +40,7 @@ log = logging.getLogger("scoregate.tls.tickets")
 
 TICKET_KEYS_BYTES = 80  # key name (16), HMAC secret (32), AES key (32)
 _SET_KEYS, _GET_KEYS = 59, 58  # SSL_CTRL_SET_TLSEXT_TICKET_KEYS, SSL_CTRL_GET_TLSEXT_TICKET_KEYS
+_SET_CACHE_MODE, _GET_CACHE_MODE, _CACHE_OFF = 44, 45, 0  # SSL_CTRL_{SET,GET}_SESS_CACHE_MODE, SSL_SESS_CACHE_OFF
 
 _openssl: tuple | None = None  # (SSL_CTX_ctrl, SSL_CTX_get_options), found once
 
@@ -59,6 +66,21 @@ def install_ticket_keys(context: ssl.SSLContext, keys: bytes) -> bool:
     except (OSError, AttributeError, TypeError, ValueError) as exc:
         log.warning("TLS session tickets stay per process (a client resuming on another worker or router pod "
                     "gets a full handshake): %s", exc)
+        return False
+    return True
+
+
+def session_cache_off(context: ssl.SSLContext) -> bool:
+    """Turn off OpenSSL's server-side session cache of `context` (see the module
+    docstring); False (and a debug line) when that cannot be done safely here."""
+    try:
+        ctrl, get_options = _functions()
+        pointer = _ssl_ctx(context, get_options)
+        ctrl(pointer, _SET_CACHE_MODE, _CACHE_OFF, None)
+        if ctrl(pointer, _GET_CACHE_MODE, 0, None) != _CACHE_OFF:
+            raise OSError("OpenSSL does not report the session cache off")
+    except (OSError, AttributeError, TypeError, ValueError) as exc:
+        log.debug("the TLS session cache stays on: %s", exc)
         return False
     return True
 

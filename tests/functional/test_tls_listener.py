@@ -326,3 +326,32 @@ async def test_a_refused_handshake_tells_the_client_why(files: Files) -> None:
     async with serving("scoring-port", server.context) as port:
         error = await asyncio.to_thread(_handshake_error, port, old)
     assert error is not None and error.reason == "TLSV1_ALERT_PROTOCOL_VERSION", error
+
+
+def _tls12_reused(port: int, ca: Path, tickets: bool) -> bool:
+    """Connect twice with TLS 1.2, the second time offering the first session."""
+    context = ssl.create_default_context(cafile=str(ca))
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    if not tickets:
+        context.options |= ssl.OP_NO_TICKET
+    session = None
+    for _ in range(2):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                context.wrap_socket(raw, server_hostname="api.test", session=session) as conn:
+            conn.sendall(b"GET / HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n")
+            while conn.recv(65536):
+                pass
+            reused, session = conn.session_reused, conn.session
+    return reused
+
+
+@pytest.mark.parametrize("kind", SERVERS)
+async def test_tls12_resumes_with_tickets_only(files: Files, tmp_path: Path, kind: str) -> None:
+    """docs/tls.md: no server-side session-ID cache. OpenSSL's was on: a TLS 1.2 client
+    without tickets resumed from a per-process cache (one per --workers process, up to
+    20,480 sessions each) that the ticket keys' sharing does not cover."""
+    ca = tmp_path / "ca.pem"
+    files.ca.cert_pem.write_to_path(str(ca))
+    async with serving(kind, ServerTLS([files.source]).context) as port:
+        assert await asyncio.to_thread(_tls12_reused, port, ca, True)
+        assert not await asyncio.to_thread(_tls12_reused, port, ca, False)
