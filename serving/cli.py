@@ -348,11 +348,20 @@ def _serve(args) -> int:
     if settings.get("access_log") == "off":
         settings["access_log"] = None
     if bool(settings.get("tls_cert")) != bool(settings.get("tls_key")):
-        raise CliError("--tls-cert and --tls-key go together", 2)
+        raise CliError(_unpaired_tls(args, settings), 2)
     workers = settings.get("workers", 1)
     if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= 64:
         raise CliError(f"--workers must be a whole number from 1 to 64, not {workers!r}", 2)
     return run_serve(ServeOptions(state_dir=resolve_state_dir(args.state_dir), paths=args.paths, **settings))
+
+
+def _unpaired_tls(args, settings: dict) -> str:
+    """A certificate without its key, or the reverse, said where it was given: in the
+    settings file by its keys (tls.cert, tls.key), on the command line by the flags."""
+    given, missing = ("cert", "key") if settings.get("tls_cert") else ("key", "cert")
+    if args.config and getattr(args, f"tls_{given}", None) is None:
+        return f"{args.config}: tls.{missing}: missing (tls.cert and tls.key go together)"
+    return "--tls-cert and --tls-key go together"
 
 
 def _apply(args, client: AdminClient):

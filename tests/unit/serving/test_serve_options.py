@@ -114,6 +114,15 @@ def test_a_setting_of_the_wrong_type_is_refused_naming_the_file_and_the_key(tmp_
     assert f"error: {config}: {message}" in capsys.readouterr().err
 
 
+def test_a_certificate_without_its_key_in_the_settings_file_names_the_file_and_the_key(tmp_path, capsys):
+    """It named the flags (--tls-cert and --tls-key go together), which the user never gave."""
+    config = settings_file(tmp_path, "tls:\n  cert: a.pem\n")
+    assert main(["serve", "--state-dir", str(tmp_path / "state"), "--config", config]) == 2
+    assert f"error: {config}: tls.key: missing (tls.cert and tls.key go together)" in capsys.readouterr().err
+    assert main(["serve", "--state-dir", str(tmp_path / "state"), "--tls-key", "k.pem"]) == 2
+    assert "--tls-cert and --tls-key go together" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("kind", ["missing", "file"])
 def test_a_data_root_that_is_not_a_folder_stops_the_start(tmp_path, kind):
     """A mistyped --data-root was taken without a word; every job from it was then refused
