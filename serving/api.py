@@ -126,7 +126,9 @@ class AdminApi:
             header = request.headers.get("Authorization", "")
             given = header[7:].encode() if header[:7].lower() == "bearer " else b""
             if not hmac.compare_digest(given, self._token):
-                return _error(401, "Unauthorized", "missing or wrong admin token")
+                unauthorized = _error(401, "Unauthorized", "missing or wrong admin token")
+                unauthorized.headers["WWW-Authenticate"] = "Bearer"  # RFC 9110: on every 401
+                return unauthorized
         # An HTTPException of a handler becomes a JSON error in serving.admin_errors.
         return await handler(request)
 

@@ -76,7 +76,8 @@ class JobRoutes:
             try:
                 response = await handler(request, await self._authorized(request))
             except RequestError as exc:
-                return error_response(exc.status, exc.code, exc.message, request_id)
+                return error_response(exc.status, exc.code, exc.message, request_id,
+                                      {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None)
             except AuthThrottled as exc:
                 return error_response(exc.status, exc.code, exc.message, request_id, exc.headers)
             except Exception:

@@ -37,7 +37,8 @@ def error(gw, method, path, expected_status, **kwargs):
 def test_errors_carry_the_request_id_of_their_answer(gateway):
     body, _ = error(gateway, "GET", "/api/v1/endpoints/nope", 404)
     assert "nope" in body["message"]
-    assert error(gateway, "GET", "/api/v1/endpoints", 401, token=False)[0]["code"] == "Unauthorized"
+    body, headers = error(gateway, "GET", "/api/v1/endpoints", 401, token=False)
+    assert body["code"] == "Unauthorized" and headers["WWW-Authenticate"] == "Bearer"  # RFC 9110
     assert error(gateway, "POST", "/api/v1/apply", 400, body="{not json")[0]["code"] == "BadRequest"
     assert error(gateway, "GET", "/no/such/route", 404)[0]["code"] == "NotFound"
     body, headers = error(gateway, "DELETE", "/healthz", 405)

@@ -155,6 +155,7 @@ def test_auth_routes_and_errors(batch, tmp_path):
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic abc"}):
         status, response_headers, raw = process.request("GET", f"{path}/{job['id']}", None, headers)
         assert status == 401 and json.loads(raw)["code"] == "Unauthorized" and json.loads(raw)["request_id"]
+        assert response_headers["WWW-Authenticate"] == "Bearer"
     secondary = process.admin("GET", "/batch/endpoints/scorer/keys")["secondaryKey"]
     assert process.request("GET", path, None, {"Authorization": f"Bearer {secondary}"})[0] == 200
     status, headers, raw = api.process.request("GET", f"{path}/{job['id']}/output", None, api.headers)
