@@ -44,7 +44,8 @@ def parse(doc: Document, current: Mapping[str, Endpoint] | None = None, ignored:
         raise ManifestError(doc.source, "$schema", "batch endpoints and deployments are not supported here")
     if kind == "deployment":
         return parse_deployment(doc, ignored)
-    return parse_endpoint(doc, (current or {}).get(doc.body.get("name")), ignored)
+    name = doc.body.get("name")  # any YAML value: parse_endpoint names a wrong one
+    return parse_endpoint(doc, (current or {}).get(name) if isinstance(name, str) else None, ignored)
 
 
 @dataclass
