@@ -1,6 +1,7 @@
 """Control-plane metrics, registered in the same registry as the router's (one /metrics).
 
     scoregate_replica_restarts_total{endpoint,deployment}      replicas started to replace exited ones
+                                                               (each is +1 to the replacement's `restarts`)
     scoregate_rollouts_total{endpoint,deployment,outcome}      finished rollouts: succeeded | failed
     scoregate_rollout_failed{endpoint,deployment}              1 while the latest rollout has failed
 

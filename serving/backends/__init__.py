@@ -40,6 +40,8 @@ class ReplicaView:
     port: int
     pid: int | None
     started_at: float
+    # Times this replica's slot was started again since its first start, whatever the
+    # run before lasted: a pod's restartCount, and what `restarts` shows everywhere.
     restarts: int = 0
     exit_code: int | None = None
     reason: str = ""
@@ -50,11 +52,20 @@ class ReplicaView:
     log_tail: tuple[str, ...] = ()  # for EXITED: the last lines it printed
     scoring_path: str = "/score"
     liveness_path: str = "/"
+    # Quick failures in a row before this start: drives the restart back-off and the
+    # rollout's crash limit, and starts again at 0 after a healthy run. None: the backend
+    # keeps no streak of its own (a cluster's pods), so `restarts` is used.
+    crash_streak: int | None = None
 
 
 class Backend(Protocol):
+    """`crash_streak` of start_replica: the streak the new replica carries on. A backend
+    whose replicas are new processes, not restarted pods, declares
+    `keeps_restart_counts = True` and is also given `restarts=`, the count its replica
+    carries on (a pod's restartCount does that on a cluster)."""
+
     async def start(self) -> None: ...
-    async def start_replica(self, deployment: Deployment, spec_hash: str, restarts: int = 0,
+    async def start_replica(self, deployment: Deployment, spec_hash: str, crash_streak: int = 0,
                             artifacts: Artifacts | None = None) -> str: ...
     async def stop_replica(self, replica_id: str) -> None: ...
     def forget(self, replica_id: str) -> None: ...

@@ -63,7 +63,8 @@ class _Replica:
     spec_hash: str
     port: int
     log_path: Path
-    restarts: int
+    restarts: int  # of its slot, carried over from the replica it replaced
+    crash_streak: int
     started_at: float
     state: str = STARTING
     phase: str | None = INIT
@@ -82,14 +83,18 @@ class _Replica:
             replica_id=self.replica_id, endpoint=self.deployment.endpoint_name,
             deployment=self.deployment.name, spec_hash=self.spec_hash, state=self.state,
             host=host, port=self.port, pid=self.process.pid if self.process else None,
-            started_at=self.started_at, restarts=self.restarts, exit_code=self.exit_code,
-            reason=self.reason, ended_at=self.ended_at, scheme=scheme,
+            started_at=self.started_at, restarts=self.restarts, crash_streak=self.crash_streak,
+            exit_code=self.exit_code, reason=self.reason, ended_at=self.ended_at, scheme=scheme,
             phase=self.phase if self.state == STARTING else None, failed_stage=self.failed_stage,
             log_tail=self.log_tail, scoring_path=plan.scoring_path if plan else "/score",
             liveness_path=plan.liveness_path if plan else "/")
 
 
 class LocalProcessBackend:
+    # A replacement is a new process with a new id, so its restarts are carried over by
+    # the controller (serving.backends.Backend).
+    keeps_restart_counts = True
+
     def __init__(
         self,
         state_dir: Path,
@@ -123,12 +128,12 @@ class LocalProcessBackend:
         self._session = aiohttp.ClientSession(connector=connector)
 
     # -- commands ---------------------------------------------------------------------
-    async def start_replica(self, deployment: Deployment, spec_hash: str, restarts: int = 0,
-                            artifacts: Artifacts | None = None) -> str:
+    async def start_replica(self, deployment: Deployment, spec_hash: str, crash_streak: int = 0,
+                            artifacts: Artifacts | None = None, *, restarts: int = 0) -> str:
         replica_id = f"{deployment.name}-{secrets.token_hex(3)}"
         log_dir = self._logs_dir / deployment.endpoint_name / deployment.name
         replica = _Replica(replica_id, deployment, spec_hash, _free_port(self._host),
-                           log_dir / f"{replica_id}.log", restarts, time.time())
+                           log_dir / f"{replica_id}.log", restarts, crash_streak, time.time())
         self._replicas[replica_id] = replica
         try:
             replica.process = await self._spawn(replica, artifacts or Artifacts())

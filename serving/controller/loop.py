@@ -123,11 +123,12 @@ class Controller:
             elif isinstance(action, StartReplica):
                 d = action.deployment
                 artifacts = self.rollouts.artifacts_for((d.endpoint_name, d.name), action.spec_hash)
-                replica_id = await self._backend.start_replica(d, action.spec_hash, action.restarts, artifacts)
+                replica_id = await self._backend.start_replica(d, action.spec_hash, action.crash_streak, artifacts,
+                                                               **self._carried_restarts(action))
                 if action.replaces_exited and self._metrics is not None:
                     self._metrics.replica_restarts.labels(d.endpoint_name, d.name).inc()
-                log.info("starting replica %s of %s/%s (restarts: %d)", replica_id,
-                         d.endpoint_name, d.name, action.restarts)
+                log.info("starting replica %s of %s/%s (restarts: %d, crash streak: %d)", replica_id,
+                         d.endpoint_name, d.name, action.restarts, action.crash_streak)
         self._publish()
         self._acted_on = {(d.endpoint_name, d.name): d.instance_count for d in self._deployments}
         self.passes += 1
@@ -143,6 +144,11 @@ class Controller:
             except Exception as exc:
                 log.warning("saving the rollout of %s/%s failed; trying again next pass: %s", key[0], key[1], exc)
                 self.rollouts.keep_unsaved(key, rollout, last_good)
+
+    def _carried_restarts(self, action: StartReplica) -> dict:
+        """The restarts a replacement carries on, for a backend that keeps them itself (new
+        processes); a cluster's pods count their own (restartCount)."""
+        return {"restarts": action.restarts} if getattr(self._backend, "keeps_restart_counts", False) else {}
 
     def _forget_exited(self, keys: set[tuple[str, str]]) -> None:
         """A new attempt of a failed version starts with no exited replicas of the last one."""

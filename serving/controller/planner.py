@@ -3,8 +3,9 @@
 A pure function, so every case is a table-driven test. serving.controller.loop applies
 the actions through a Backend. The rules, per deployment:
 - keep `instance_count` replicas of the current spec starting or ready;
-- replace an exited replica after a back-off that doubles with its restarts (0.5 s to
-  30 s), so a replica that crashes at start cannot spin the machine;
+- replace an exited replica after a back-off that doubles with its streak of quick
+  failures (0.5 s to 30 s), so a replica that crashes at start cannot spin the machine;
+  the replacement carries on its restart count (its slot's, as a pod's restartCount);
 - rolling update: new-spec replicas are started at most `max_surge` above the wanted
   count (25% of it, at least 1, as Kubernetes does), and an old-spec replica is stopped
   only when a new one is ready to take its place (max unavailable 0), so replicas are
@@ -27,6 +28,12 @@ RESTART_BACKOFF_MAX_S = 30.0
 HEALTHY_RUN_S = 10.0
 
 
+def crash_streak(replica: ReplicaView) -> int:
+    """The quick failures in a row behind the back-off and the crash limit; a backend that
+    keeps no streak (a cluster: its pods count restarts themselves) gives its restarts."""
+    return replica.restarts if replica.crash_streak is None else replica.crash_streak
+
+
 def _healthy_run(replica: ReplicaView, now: float) -> bool:
     was_ready = replica.failed_stage in ("running", "liveness")
     return was_ready and (replica.ended_at or now) - replica.started_at >= HEALTHY_RUN_S
@@ -36,7 +43,8 @@ def _healthy_run(replica: ReplicaView, now: float) -> bool:
 class StartReplica:
     deployment: Deployment
     spec_hash: str
-    restarts: int = 0  # consecutive quick failures before this start (drives the back-off)
+    crash_streak: int = 0  # consecutive quick failures before this start (drives the back-off)
+    restarts: int = 0  # of the slot: the replaced replica's + 1, never reset (what users see)
     replaces_exited: bool = False
 
 
@@ -118,16 +126,17 @@ def _plan_deployment(deployment: Deployment, replicas: list[ReplicaView], now: f
     exited = [r for r in replicas if r.state == EXITED]
 
     # Replace exited replicas once their back-off is over; the others wait.
-    restarts_due: list[int] = []
+    restarts_due: list[tuple[int, int]] = []  # (crash streak, restarts) of each replacement
     waiting = 0
     for replica in exited:
         stale_spec = replica.spec_hash != spec_hash
         healthy_run = _healthy_run(replica, now)
-        due = stale_spec or healthy_run or now - (replica.ended_at or now) >= restart_backoff_s(replica.restarts)
+        streak = crash_streak(replica)
+        due = stale_spec or healthy_run or now - (replica.ended_at or now) >= restart_backoff_s(streak)
         if due:
             actions.append(ForgetReplica(replica.replica_id))
             if not stale_spec:
-                restarts_due.append(0 if healthy_run else replica.restarts + 1)
+                restarts_due.append((0 if healthy_run else streak + 1, replica.restarts + 1))
         else:
             waiting += 1
     replacing = len(restarts_due)
@@ -144,8 +153,8 @@ def _plan_deployment(deployment: Deployment, replicas: list[ReplicaView], now: f
         missing = min(missing, want + max_surge(want) - (len(live) - len(stopping_stale)) - waiting)
     restarts_due.sort()
     for i in range(max(0, missing)):
-        restarts = restarts_due[i] if i < len(restarts_due) else 0
-        actions.append(StartReplica(deployment, spec_hash, restarts, replaces_exited=i < replacing))
+        streak, restarts = restarts_due[i] if i < len(restarts_due) else (0, 0)
+        actions.append(StartReplica(deployment, spec_hash, streak, restarts, replaces_exited=i < replacing))
 
     if len(current) > want:
         # Stop the surplus: replicas still starting first, then the newest.

@@ -38,6 +38,7 @@ from typing import Callable
 from ..backends import EXITED, READINESS, READY, STARTING, Artifacts, ReplicaView
 from ..resources import Deployment
 from ..store import DeploymentRecord
+from .planner import crash_streak
 from .preparing import Preparer, StageFailed
 from .rollout import FAILED, IN_PROGRESS, SUCCEEDED, Rollout, format_duration, unavailable_text
 
@@ -260,9 +261,10 @@ class RolloutManager:
             if stage in ("environment", "model_download", "code_download", "readiness") \
                     or (stage == "init" and "init()" in replica.reason):
                 return self._fail(key, rollout, stage, replica.reason, None, now)
-            if replica.restarts + 1 >= self._crash_limit:
+            streak = crash_streak(replica)
+            if streak + 1 >= self._crash_limit:
                 return self._fail(key, rollout, stage if stage in ("init", "readiness") else "readiness",
-                                  f"the replica exited {replica.restarts + 1} times; last: {replica.reason}",
+                                  f"the replica exited {streak + 1} times; last: {replica.reason}",
                                   None, now)
         self._succeed_if_ready(key, rollout, desired, mine, wanted, now)
 

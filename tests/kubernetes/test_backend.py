@@ -47,7 +47,7 @@ async def converge(backend: KubernetesBackend, desired: list[Deployment], until,
     async def step():
         for action in plan(desired, backend.observe(), asyncio.get_running_loop().time() + 1e6):
             if isinstance(action, StartReplica):
-                await backend.start_replica(action.deployment, action.spec_hash, action.restarts)
+                await backend.start_replica(action.deployment, action.spec_hash, action.crash_streak)
             elif isinstance(action, StopReplica):
                 await backend.stop_replica(action.replica_id)
             elif isinstance(action, ForgetReplica):

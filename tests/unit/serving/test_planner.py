@@ -17,16 +17,16 @@ HASH = BLUE.replica_spec_hash()
 
 
 def replica(rid, state=READY, spec_hash=HASH, deployment="blue", started_at=1.0, restarts=0, ended_at=None,
-            failed_stage=None):
+            failed_stage=None, crash_streak=None):
     return ReplicaView(rid, "ep", deployment, spec_hash, state, "127.0.0.1", 1, 1, started_at,
-                       restarts=restarts, ended_at=ended_at, failed_stage=failed_stage)
+                       restarts=restarts, ended_at=ended_at, failed_stage=failed_stage, crash_streak=crash_streak)
 
 
 def summary(actions):
     out = []
     for a in actions:
         if isinstance(a, StartReplica):
-            out.append(("start", a.deployment.name, a.restarts))
+            out.append(("start", a.deployment.name, a.crash_streak))
         elif isinstance(a, StopReplica):
             out.append(("stop", a.replica_id))
         else:
@@ -90,6 +90,36 @@ CASES = {
 @pytest.mark.parametrize("desired, observed, expected", CASES.values(), ids=CASES.keys())
 def test_plan(desired, observed, expected):
     assert summary(plan(desired, observed, NOW)) == sorted(expected)
+
+
+def starts(actions):
+    return [(a.crash_streak, a.restarts, a.replaces_exited) for a in actions if isinstance(a, StartReplica)]
+
+
+def test_a_replacement_carries_on_its_slots_restarts_even_after_a_healthy_run():
+    # Ran well for 100 s: no back-off and a new streak, but the slot was restarted a 6th time.
+    long_run = replica("b", EXITED, restarts=5, crash_streak=2, started_at=NOW - 100, ended_at=NOW - 1,
+                       failed_stage="running")
+    assert starts(plan([BLUE], [replica("a"), long_run], NOW)) == [(0, 6, True)]
+    quick = replace(long_run, started_at=NOW - 15, ended_at=NOW - 10)  # 5 s: quick, 2 s back-off over
+    assert starts(plan([BLUE], [replica("a"), quick], NOW)) == [(3, 6, True)]
+
+
+def test_the_back_off_follows_the_streak_not_the_restarts():
+    many_restarts = replica("b", EXITED, restarts=9, crash_streak=0, started_at=NOW - 2, ended_at=NOW - 1)
+    assert starts(plan([BLUE], [replica("a"), many_restarts], NOW)) == [(1, 10, True)]  # 0.5 s is over
+    assert starts(plan([BLUE], [replica("a"), replace(many_restarts, crash_streak=3)], NOW)) == []  # 8 s is not
+
+
+def test_without_a_streak_the_restarts_drive_the_back_off_as_on_a_cluster():
+    pod = replica("b", EXITED, restarts=3, started_at=NOW - 5, ended_at=NOW - 1)
+    assert starts(plan([BLUE], [replica("a"), pod], NOW)) == []
+    assert starts(plan([BLUE], [replica("a"), pod], NOW + 10)) == [(4, 4, True)]
+
+
+def test_new_replicas_and_those_of_a_new_version_start_at_0_restarts():
+    stale = replica("x", EXITED, spec_hash="old", restarts=4, crash_streak=4, ended_at=NOW)
+    assert starts(plan([BLUE], [stale, replica("a")], NOW)) == [(0, 0, False)]
 
 
 def test_restart_backoff_doubles_and_is_capped():
