@@ -20,6 +20,7 @@ from pathlib import Path
 from aiohttp import web
 
 from router import AuthThrottle, RouterApp, RouterSettings, RoutingTableHolder
+from router.aiohttp_hardening import app_runner
 from tls import CertificateSource, ServerTLS, TLSConfigError, TLSMetrics, ensure_dev_certificates, new_ticket_keys
 from tls.redirect import redirect_app
 
@@ -233,7 +234,7 @@ class EmbeddedGateway:
         install_request_ids(admin_app)
         admin_app.add_routes(router.admin_routes() + api.routes() + batch.admin_routes()
                              + status.api_routes() + status_page.routes())
-        admin_runner = web.AppRunner(admin_app, access_log=None, handle_signals=False)
+        admin_runner = app_runner(admin_app, access_log=None, handle_signals=False)
         redirect_runner: web.AppRunner | None = None
 
         await backend.start()
@@ -248,7 +249,7 @@ class EmbeddedGateway:
             if replica_tls is not None:
                 await replica_tls.start()
             if opts.http_redirect_port is not None:
-                redirect_runner = web.AppRunner(
+                redirect_runner = app_runner(
                     redirect_app(router.port, default_host=_local_name(opts.host)),
                     access_log=None, handle_signals=False)
                 await redirect_runner.setup()

@@ -1,0 +1,84 @@
+"""The ports aiohttp serves on a real gateway — admin, HTTP→HTTPS redirect, and the
+batch routes on the scoring port — answer like the scoring port: malformed requests
+get a JSON 400 naming the request and leave no traceback in the log, no answer names
+the server's versions, and every listener's address is told."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import ssl
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.support.gateway import GatewayProcess, wait_for
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory):
+    redirect_port = free_port()
+    gw = GatewayProcess(tmp_path_factory.mktemp("gw") / "state",
+                        extra_args=["--http-redirect-port", str(redirect_port), "--admin-host", "0.0.0.0"]).start()
+    gw.redirect_port = redirect_port
+    try:
+        yield gw
+    finally:
+        gw.kill_everything()
+
+
+def raw(port: int, data: bytes, *, tls_ca: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    """Send `data` as is; (status, headers with lowercase names, body) of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        if tls_ca:
+            conn = ssl.create_default_context(cafile=tls_ca).wrap_socket(conn, server_hostname="127.0.0.1")
+        conn.sendall(data)
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer.partition(b"\r\n\r\n")[2]) < _length(answer):
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict((n.strip().lower(), v.strip()) for n, _, v in (line.partition(":") for line in lines[1:]))
+    return int(lines[0].split()[1]), headers, body
+
+
+def _length(answer: bytes) -> int:
+    found = re.search(rb"(?i)\r\ncontent-length: *(\d+)", answer)
+    return int(found.group(1)) if found else 0
+
+
+def admin_port(gw) -> int:
+    return urlsplit(gw.info.admin_url).port
+
+
+MALFORMED = {
+    "no host": b"GET / HTTP/1.1\r\nAccept: */*\r\n\r\n",
+    "two lengths": b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+    "negative length": b"GET /healthz HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("port_name", ["redirect", "admin"])
+@pytest.mark.parametrize("request_name", sorted(MALFORMED))
+def test_a_malformed_request_is_a_json_400_without_a_traceback(gateway, port_name, request_name):
+    port = gateway.redirect_port if port_name == "redirect" else admin_port(gateway)
+    status, headers, body = raw(port, MALFORMED[request_name])
+    assert status == 400, body
+    assert headers["content-type"].startswith("application/json")
+    error = json.loads(body)
+    assert error["code"] == "BadRequest" and error["message"].startswith("malformed request: ")
+    assert error["request_id"] == headers["x-request-id"]
+    assert "\n" not in error["message"] and "b'" not in error["message"]  # aiohttp's quote of the bytes
+    assert headers.get("connection", "close") == "close"
+    log = gateway.log()
+    assert "Error handling request" not in log and "Traceback" not in log and "BadHttpMessage" not in log
