@@ -10,7 +10,9 @@ them — and answered a text/plain 400 without a request id. `app_runner(app)` i
   scoring port's refusals: a client's mistake is not the gateway's error), answered
   400 `{code, message, request_id}` with `x-request-id`, the connection closed;
 - a handler failure no middleware caught: a JSON 500 and the traceback at ERROR (a
-  defect of ours, with the id the caller sees).
+  defect of ours, with the id the caller sees);
+- no `Server` header: aiohttp's named Python's and aiohttp's versions (a gift to anyone
+  matching known vulnerabilities); the scoring port's own answers send none either.
 """
 
 from __future__ import annotations
@@ -30,7 +32,22 @@ _MAX_REASON = 120
 
 def app_runner(app: web.Application, **kwargs) -> web.AppRunner:
     """A runner for `app` (not started yet); `kwargs` as web.AppRunner takes them."""
+    app.on_response_prepare.append(_drop_server_header)
     return _AppRunner(app, **kwargs)
+
+
+async def _drop_server_header(request: web.Request, response: web.StreamResponse) -> None:
+    # aiohttp sets its default Server (its version and Python's) before this signal.
+    response.headers.popall("Server", None)
+
+
+class _ErrorResponse(web.Response):
+    """The answer to a request no route saw: the app's on_response_prepare does not run
+    for it, so it drops Server itself."""
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        self.headers.popall("Server", None)
 
 
 class _RequestHandler(web.RequestHandler):
@@ -53,9 +70,9 @@ class _RequestHandler(web.RequestHandler):
             log.warning("request %s (%s %s): %s", request_id, request.method, request.path, text)
         if request.writer.output_size > 0:
             raise ConnectionError("the answer had begun; the connection is closed")
-        response = web.Response(status=status, content_type="application/json",
-                                body=orjson.dumps({"code": code, "message": text, "request_id": request_id}),
-                                headers={REQUEST_ID_HEADER: request_id})
+        response = _ErrorResponse(status=status, content_type="application/json",
+                                  body=orjson.dumps({"code": code, "message": text, "request_id": request_id}),
+                                  headers={REQUEST_ID_HEADER: request_id})
         response.force_close()
         return response
 

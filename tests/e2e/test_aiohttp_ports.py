@@ -82,3 +82,20 @@ def test_a_malformed_request_is_a_json_400_without_a_traceback(gateway, port_nam
     assert headers.get("connection", "close") == "close"
     log = gateway.log()
     assert "Error handling request" not in log and "Traceback" not in log and "BadHttpMessage" not in log
+
+
+def test_no_answer_names_the_server_version(gateway):
+    answers = {
+        "admin": raw(admin_port(gateway), b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"),
+        "redirect": raw(gateway.redirect_port, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"),
+        "batch route": raw(urlsplit(gateway.scoring_url).port,
+                           b"GET /api/v1/batch/x/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+                           tls_ca=gateway.info.ca_cert),
+        "admin refusal": raw(admin_port(gateway), MALFORMED["two lengths"]),
+        "redirect refusal": raw(gateway.redirect_port, MALFORMED["no host"]),
+    }
+    assert answers["admin"][0] == 200 and answers["redirect"][0] == 308 and answers["batch route"][0] == 404
+    for name, (_, headers, _) in answers.items():
+        assert "server" not in headers, (name, headers)  # as on the scoring port's own answers
+    assert "server" not in raw(urlsplit(gateway.scoring_url).port, b"GET /nowhere HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                               b"Connection: close\r\n\r\n", tls_ca=gateway.info.ca_cert)[1]

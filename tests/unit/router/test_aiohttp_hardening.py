@@ -77,6 +77,15 @@ async def test_well_formed_requests_are_served_as_before(port):
     assert status_line == "HTTP/1.1 200 OK" and body == b"hi"
 
 
+async def test_no_answer_names_the_server_software(port):
+    for request_bytes in (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",  # a handler's answer
+                          b"GET /nowhere HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",  # aiohttp's 404
+                          b"GET /fail HTTP/1.1\r\nHost: a\r\n\r\n",  # a failed handler
+                          b"GET / HTTP/1.1\r\n\r\n"):  # a malformed request
+        _, headers, _ = await raw(port, request_bytes)
+        assert "server" not in headers, (request_bytes, headers)
+
+
 def test_the_reason_is_one_bounded_printable_line_without_the_quoted_bytes():
     assert short_reason("Duplicate Content-Length:\n\n  b'Content-Length: 2'\n       ^") == "Duplicate Content-Length"
     assert short_reason("bad\x1b[31m line\r\nsecond") == "bad[31m line"
