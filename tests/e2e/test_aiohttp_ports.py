@@ -99,3 +99,13 @@ def test_no_answer_names_the_server_version(gateway):
         assert "server" not in headers, (name, headers)  # as on the scoring port's own answers
     assert "server" not in raw(urlsplit(gateway.scoring_url).port, b"GET /nowhere HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                                b"Connection: close\r\n\r\n", tls_ca=gateway.info.ca_cert)[1]
+
+
+@pytest.mark.parametrize("target", ["/%0d%0aX", "/a%0Ab", "*", "/%00"])
+def test_the_redirect_port_answers_308_to_every_well_formed_request(gateway, target):
+    status, headers, _ = raw(gateway.redirect_port, b"OPTIONS %s HTTP/1.1\r\nHost: localhost\r\n\r\n"
+                             % target.encode())
+    assert status == 308, headers
+    location = headers["location"]
+    assert location.startswith("https://localhost:") and "\r" not in location and "\n" not in location
+    assert location.endswith(target if target.startswith("/") else "/")
