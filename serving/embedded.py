@@ -10,6 +10,7 @@ SIGHUP re-reads the TLS certificate files at once (they are also watched).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import secrets
@@ -87,6 +88,27 @@ def _local_name(host: str) -> str:
     """The host part of a URL to this gateway: an IPv6 address in brackets (https://[::1]:8443)."""
     host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     return f"[{host}]" if ":" in host else host
+
+
+def _listening_urls(scheme: str, addresses: list) -> str:
+    """The URLs of the sockets a listener really bound (`--admin-host 0.0.0.0` is told
+    as such, a host name as each address it resolved to)."""
+    return ", ".join(f"{scheme}://{f'[{a[0]}]' if ':' in a[0] else a[0]}:{a[1]}" for a in addresses)
+
+
+def _beyond_loopback(addresses: list) -> list[str]:
+    """The bound addresses other machines may reach (the wildcard ones included)."""
+    return [a[0] for a in addresses if not ipaddress.ip_address(a[0].split("%", 1)[0]).is_loopback]
+
+
+def _warn_if_admin_exposed(addresses: list) -> None:
+    """Once at start: the admin port is plain HTTP and its /metrics needs no token, which
+    is meant for loopback only."""
+    exposed = _beyond_loopback(addresses)
+    if exposed:
+        log.warning("the admin port listens beyond loopback (%s): it speaks plain HTTP and serves /metrics "
+                    "without a token; bind it to 127.0.0.1 or put it behind a TLS proxy that lets only your "
+                    "own callers in (docs/observability.md)", _listening_urls("http", addresses))
 
 
 class EmbeddedGateway:
@@ -267,8 +289,9 @@ class EmbeddedGateway:
                 admin_url=f"http://{_local_name(opts.admin_host)}:{admin_port}",
                 admin_token=self.admin_token, scoring_url=scoring_url, ca_cert=ca_cert,
                 pid=os.getpid()))
-            log.info("scoregate serving on %s (admin http://%s:%d, state %s)", scoring_url,
-                     _local_name(opts.admin_host), admin_port, self.state.root)
+            log.info("scoregate serving on %s (admin %s, state %s)", scoring_url,
+                     _listening_urls("http", admin_runner.addresses), self.state.root)
+            _warn_if_admin_exposed(admin_runner.addresses)
             if ready is not None:
                 ready.set()
             await self._stop.wait()

@@ -109,3 +109,11 @@ def test_the_redirect_port_answers_308_to_every_well_formed_request(gateway, tar
     location = headers["location"]
     assert location.startswith("https://localhost:") and "\r" not in location and "\n" not in location
     assert location.endswith(target if target.startswith("/") else "/")
+
+
+def test_the_admin_bind_address_is_told_and_an_exposed_one_warned_about(gateway):
+    port = admin_port(gateway)
+    log = wait_for(lambda: "serving on" in gateway.log() and gateway.log(), 10, "the serving line")
+    assert f"admin http://0.0.0.0:{port}" in log
+    warnings = [line for line in log.splitlines() if "WARNING" in line and "admin" in line]
+    assert len(warnings) == 1 and "0.0.0.0" in warnings[0] and "/metrics" in warnings[0], log
