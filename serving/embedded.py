@@ -258,6 +258,7 @@ class EmbeddedGateway:
                              + status.api_routes() + status_page.routes())
         admin_runner = app_runner(admin_app, access_log=None, handle_signals=False)
         redirect_runner: web.AppRunner | None = None
+        redirect_url: str | None = None
 
         await backend.start()
         try:
@@ -277,6 +278,7 @@ class EmbeddedGateway:
                 await redirect_runner.setup()
                 await web.TCPSite(redirect_runner, opts.host, opts.http_redirect_port,
                                   reuse_address=True).start()
+                redirect_url = f"http://{_local_name(opts.host)}:{redirect_runner.addresses[0][1]}"
             await controller.start()
             await autoscaling.start()
             await status.start()
@@ -288,9 +290,11 @@ class EmbeddedGateway:
             self.state.write_gateway(GatewayInfo(
                 admin_url=f"http://{_local_name(opts.admin_host)}:{admin_port}",
                 admin_token=self.admin_token, scoring_url=scoring_url, ca_cert=ca_cert,
-                pid=os.getpid()))
-            log.info("scoregate serving on %s (admin %s, state %s)", scoring_url,
-                     _listening_urls("http", admin_runner.addresses), self.state.root)
+                pid=os.getpid(), redirect_url=redirect_url))
+            told = [f"admin {_listening_urls('http', admin_runner.addresses)}"]
+            if redirect_runner is not None:
+                told.insert(0, f"HTTP redirect {_listening_urls('http', redirect_runner.addresses)}")
+            log.info("scoregate serving on %s (%s, state %s)", scoring_url, ", ".join(told), self.state.root)
             _warn_if_admin_exposed(admin_runner.addresses)
             if ready is not None:
                 ready.set()

@@ -117,3 +117,10 @@ def test_the_admin_bind_address_is_told_and_an_exposed_one_warned_about(gateway)
     assert f"admin http://0.0.0.0:{port}" in log
     warnings = [line for line in log.splitlines() if "WARNING" in line and "admin" in line]
     assert len(warnings) == 1 and "0.0.0.0" in warnings[0] and "/metrics" in warnings[0], log
+
+
+def test_the_redirect_listener_is_told(gateway):
+    port = gateway.redirect_port
+    assert f"http://127.0.0.1:{port}" in gateway.log()
+    assert json.loads(gateway.state.gateway_file.read_bytes())["redirect_url"] == f"http://127.0.0.1:{port}"
+    assert gateway.state.read_gateway().redirect_url == f"http://127.0.0.1:{port}"
