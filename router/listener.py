@@ -31,6 +31,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from .aiohttp_hardening import app_runner
 from .http1 import HttpConnection, ReadBuffer
 
 log = logging.getLogger("scoregate.router.listener")
@@ -148,8 +149,8 @@ class Listener:
                 routes.append(web.route("*", "/{tail:.*}", self._not_found))
             app.add_routes(routes)
             # A caller that disconnects cancels its request there too.
-            self._aiohttp = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True,
-                                          keepalive_timeout=self.keepalive_timeout_s)
+            self._aiohttp = app_runner(app, access_log=None, handle_signals=False, handler_cancellation=True,
+                                       keepalive_timeout=self.keepalive_timeout_s)
             await self._aiohttp.setup()
         self._server = await self.loop.create_server(
             self._protocol, self._host, self._port, backlog=self._backlog, reuse_address=True,

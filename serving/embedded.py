@@ -10,6 +10,7 @@ SIGHUP re-reads the TLS certificate files at once (they are also watched).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import secrets
@@ -20,6 +21,7 @@ from pathlib import Path
 from aiohttp import web
 
 from router import AuthThrottle, RouterApp, RouterSettings, RoutingTableHolder
+from router.aiohttp_hardening import app_runner
 from tls import CertificateSource, ServerTLS, TLSConfigError, TLSMetrics, ensure_dev_certificates, new_ticket_keys
 from tls.redirect import redirect_app
 
@@ -86,6 +88,27 @@ def _local_name(host: str) -> str:
     """The host part of a URL to this gateway: an IPv6 address in brackets (https://[::1]:8443)."""
     host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     return f"[{host}]" if ":" in host else host
+
+
+def _listening_urls(scheme: str, addresses: list) -> str:
+    """The URLs of the sockets a listener really bound (`--admin-host 0.0.0.0` is told
+    as such, a host name as each address it resolved to)."""
+    return ", ".join(f"{scheme}://{f'[{a[0]}]' if ':' in a[0] else a[0]}:{a[1]}" for a in addresses)
+
+
+def _beyond_loopback(addresses: list) -> list[str]:
+    """The bound addresses other machines may reach (the wildcard ones included)."""
+    return [a[0] for a in addresses if not ipaddress.ip_address(a[0].split("%", 1)[0]).is_loopback]
+
+
+def _warn_if_admin_exposed(addresses: list) -> None:
+    """Once at start: the admin port is plain HTTP and its /metrics needs no token, which
+    is meant for loopback only."""
+    exposed = _beyond_loopback(addresses)
+    if exposed:
+        log.warning("the admin port listens beyond loopback (%s): it speaks plain HTTP and serves /metrics "
+                    "without a token; bind it to 127.0.0.1 or put it behind a TLS proxy that lets only your "
+                    "own callers in (docs/observability.md)", _listening_urls("http", addresses))
 
 
 class EmbeddedGateway:
@@ -233,8 +256,9 @@ class EmbeddedGateway:
         install_request_ids(admin_app)
         admin_app.add_routes(router.admin_routes() + api.routes() + batch.admin_routes()
                              + status.api_routes() + status_page.routes())
-        admin_runner = web.AppRunner(admin_app, access_log=None, handle_signals=False)
+        admin_runner = app_runner(admin_app, access_log=None, handle_signals=False)
         redirect_runner: web.AppRunner | None = None
+        redirect_url: str | None = None
 
         await backend.start()
         try:
@@ -248,12 +272,13 @@ class EmbeddedGateway:
             if replica_tls is not None:
                 await replica_tls.start()
             if opts.http_redirect_port is not None:
-                redirect_runner = web.AppRunner(
+                redirect_runner = app_runner(
                     redirect_app(router.port, default_host=_local_name(opts.host)),
                     access_log=None, handle_signals=False)
                 await redirect_runner.setup()
                 await web.TCPSite(redirect_runner, opts.host, opts.http_redirect_port,
                                   reuse_address=True).start()
+                redirect_url = f"http://{_local_name(opts.host)}:{redirect_runner.addresses[0][1]}"
             await controller.start()
             await autoscaling.start()
             await status.start()
@@ -265,9 +290,12 @@ class EmbeddedGateway:
             self.state.write_gateway(GatewayInfo(
                 admin_url=f"http://{_local_name(opts.admin_host)}:{admin_port}",
                 admin_token=self.admin_token, scoring_url=scoring_url, ca_cert=ca_cert,
-                pid=os.getpid()))
-            log.info("scoregate serving on %s (admin http://%s:%d, state %s)", scoring_url,
-                     _local_name(opts.admin_host), admin_port, self.state.root)
+                pid=os.getpid(), redirect_url=redirect_url))
+            told = [f"admin {_listening_urls('http', admin_runner.addresses)}"]
+            if redirect_runner is not None:
+                told.insert(0, f"HTTP redirect {_listening_urls('http', redirect_runner.addresses)}")
+            log.info("scoregate serving on %s (%s, state %s)", scoring_url, ", ".join(told), self.state.root)
+            _warn_if_admin_exposed(admin_runner.addresses)
             if ready is not None:
                 ready.set()
             await self._stop.wait()

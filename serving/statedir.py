@@ -1,6 +1,7 @@
 """The state dir: how `serve` and every other CLI verb find each other.
 
-    DIR/gateway.json   admin URL, admin token, scoring URL, CA path, pid (mode 0600)
+    DIR/gateway.json   admin URL, admin token, scoring URL, CA path, pid, HTTP redirect
+                       URL when there is one (mode 0600)
     DIR/store.db       desired state (serving.store.sqlite; mode 0600: it holds the keys)
     DIR/batch.db       batch endpoints and jobs (serving.batch.db; mode 0600, keys too)
     DIR/tls/           development CA and server certificate (tls.devcert)
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
 import orjson
@@ -40,6 +41,8 @@ class GatewayInfo:
     scoring_url: str
     ca_cert: str
     pid: int
+    # Added later, so with a default: files written before it still read.
+    redirect_url: str | None = None  # the --http-redirect-port listener
 
 
 class StateDirBusy(Exception):
@@ -97,7 +100,8 @@ class StateDir:
             data = orjson.loads(self.gateway_file.read_bytes())
         except (OSError, orjson.JSONDecodeError):
             return None
-        return GatewayInfo(**{k: data[k] for k in GatewayInfo.__dataclass_fields__})
+        return GatewayInfo(**{f.name: data[f.name] for f in fields(GatewayInfo)
+                              if f.name in data or f.default is MISSING})
 
     def remove_gateway(self, pid: int) -> None:
         info = self.read_gateway()

@@ -1,7 +1,7 @@
 """An optional plain-HTTP listener whose only job is to send clients to HTTPS.
 
-Scoring never happens over plain HTTP: every request, whatever its method or path,
-gets `308 Permanent Redirect` to the same path and query on the HTTPS port. 308
+Scoring never happens over plain HTTP: every well-formed request, whatever its method
+or path, gets `308 Permanent Redirect` to the same path and query on the HTTPS port. 308
 (not 301/302) makes clients repeat a POST as a POST with its body, instead of
 turning it into a GET. Nothing is read from the request but its Host header, which
 is checked so the redirect cannot be pointed at a crafted location.
@@ -28,7 +28,8 @@ def redirect_app(https_port: int, *, default_host: str | None = None) -> web.App
         raise ValueError(f"https_port out of range: {https_port}")
     port = "" if https_port == 443 else f":{https_port}"
 
-    async def redirect(request: web.Request) -> web.Response:
+    @web.middleware
+    async def redirect(request: web.Request, handler) -> web.Response:
         host = _host_only(request.headers.get("Host", "")) or default_host
         if host is None or not (_HOSTNAME.match(host) or _IPV6.match(host)):
             response = web.json_response(
@@ -46,9 +47,9 @@ def redirect_app(https_port: int, *, default_host: str | None = None) -> web.App
         response.force_close()  # nothing more to say on plain HTTP
         return response
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", redirect)
-    return app
+    # A middleware, not a route: routes see the decoded path, and one with a CR or LF in
+    # it, or `*`, matched none (a 404); every well-formed request gets its 308.
+    return web.Application(middlewares=[redirect])
 
 
 def _host_only(header: str) -> str:

@@ -28,6 +28,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from router.aiohttp_hardening import app_runner
+
 from ..admin_errors import install as install_request_ids
 from ..manifests import ManifestError, read_documents
 from ..statedir import GatewayInfo, StateDir
@@ -72,8 +74,8 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     admin = web.Application(middlewares=[_admin_middleware(token)])
     install_request_ids(admin)
     admin.add_routes(service.admin_routes())
-    runners = [web.AppRunner(scoring, access_log=None, handle_signals=False),
-               web.AppRunner(admin, access_log=None, handle_signals=False)]
+    runners = [app_runner(scoring, access_log=None, handle_signals=False),
+               app_runner(admin, access_log=None, handle_signals=False)]
     await service.start()
     try:
         for runner in runners:

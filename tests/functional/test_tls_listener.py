@@ -282,6 +282,19 @@ async def test_redirect_listener(files: Files) -> None:
         redirect_app(0)
 
 
+@pytest.mark.parametrize("target", ["/%0d%0aX", "/a%0Ab", "*", "http://elsewhere.test/p?q=1"])
+async def test_the_redirect_answers_308_whatever_the_target(target: str) -> None:
+    """308 for every well-formed request, as documented: a decoded path with a CR or LF,
+    or `*`, matched no route of the redirect app and got aiohttp's text 404."""
+    async with running(redirect_app(8443), None) as port:
+        reply = await asyncio.to_thread(_plain_http, port, b"OPTIONS %s HTTP/1.1\r\nHost: gateway.test\r\n\r\n"
+                                        % target.encode())
+    assert reply.startswith(b"HTTP/1.1 308"), reply
+    location = reply.split(b"\r\nLocation: ", 1)[1].split(b"\r\n", 1)[0].decode()
+    assert location == "https://gateway.test:8443" + {"*": "/", "http://elsewhere.test/p?q=1": "/p?q=1"}.get(
+        target, target)
+
+
 def _s_client(port: int, ca: Path, session: Path, resume: bool) -> str:
     """One TLS 1.3 connection with openssl s_client (one request, then the server closes):
     its output, which has a line for each session ticket the client was sent."""
