@@ -34,6 +34,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
 from router.admission import UtilizationWindow, queue_id
+from router.aiohttp_hardening import app_runner
 from router.balancing.shared import SharedInFlightCounter, SlotIndex, create_shared_counts
 from router.routing_table import RoutingTable, RoutingTableHolder
 
@@ -172,7 +173,7 @@ class WorkerPool:
         if self._batch_routes:
             app = web.Application(client_max_size=self.settings.router.body.max_body_bytes)
             app.add_routes(self._batch_routes)
-            self._batch_runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            self._batch_runner = app_runner(app, access_log=None, handle_signals=False)
             await self._batch_runner.setup()
             await web.UnixSite(self._batch_runner, self.settings.batch_socket).start()
         self._memory = create_shared_counts(MAX_REPLICAS, rows=self.count)

@@ -23,6 +23,8 @@ from typing import Callable
 
 from aiohttp import web
 
+from router.aiohttp_hardening import app_runner
+
 from ...batch.scheduler import JOB_RETENTION_DAYS
 from ...batch.service import BatchService
 from .api import KubeApi, load_api_client
@@ -149,7 +151,7 @@ async def _serve(api: KubeApi, settings: BatchRunnerSettings, stop: asyncio.Even
     resources = BatchResources(api, service, namespaces=settings.namespaces, artifacts_dir=state / "artifacts")
     app = web.Application()
     app.add_routes(service.routes())
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = app_runner(app, access_log=None, handle_signals=False)
     await service.start()
     try:
         await resources.start()

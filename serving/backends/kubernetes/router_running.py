@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from router import RouterApp, RouterSettings, RoutingTableHolder
+from router.aiohttp_hardening import app_runner
 
 from .api import KubeApi, load_api_client
 from .certificates import SecretCertificate, development_tls, parse_secret_ref
@@ -209,7 +210,7 @@ class KubernetesRouter:
         await self.router.start()
         admin = web.Application()
         admin.add_routes(self.router.admin_routes() + [web.get("/coordination", self._coordination_status)])
-        self._admin = web.AppRunner(admin, access_log=None, handle_signals=False)
+        self._admin = app_runner(admin, access_log=None, handle_signals=False)
         await self._admin.setup()
         await web.TCPSite(self._admin, s.admin_host, s.admin_port, reuse_address=True).start()
         log.info("router %s serving %s on port %d (admin %d)", self.identity,
