@@ -117,6 +117,11 @@ def _scale_problems(deployment: Deployment, case: Case) -> Iterator[Problem]:
                       f"must be default or target_utilization, got {scale.type!r}")
     if scale.type != "target_utilization":
         return  # the other numbers only matter to the autoscaler
+    if scale.min_instances < 1:
+        # No scale to zero: a request that finds no ready replica is refused at once (503),
+        # so it is no load the autoscaler could see, and nothing would bring a replica back.
+        yield Problem(_path(case, "scale_settings", "min_instances"),
+                      f"must be at least 1, got {scale.min_instances} (scoregate does not scale to zero)")
     if scale.min_instances > scale.max_instances:
         yield Problem(_path(case, "scale_settings", "min_instances"), f"must not exceed {case('max_instances')}")
     if not 1 <= scale.target_utilization_percentage <= 100:

@@ -53,12 +53,12 @@ def test_yaml_apply_is_checked_too(gateway, tmp_path):
     done = gateway.cli("apply", "-f", str(tmp_path / "ep1-d1-deployment.yml"))
     assert done.returncode == 2 and "traffic.d1=100" in done.stderr, done.stderr
     assert gateway.deployment("ep1", "d1")["instance_count"] == 1 and _traffic(gateway) == {"d1": 100}
-    # Autoscaled from 0 with min_instances 0: nothing to serve, and a refused request is no
-    # load the autoscaler could scale up on.
+    # Autoscaled with min_instances 0: nothing would ever bring a replica back (a refused
+    # request is no load the autoscaler sees), so scale to zero is refused outright.
     write_deployment(tmp_path, "ep1", "d1", instance_count=0, scale_settings={
         "type": "target_utilization", "min_instances": 0, "max_instances": 2})
     done = gateway.cli("apply", "-f", str(tmp_path / "ep1-d1-deployment.yml"))
-    assert done.returncode == 2 and "min_instances 0" in done.stderr, done.stderr
+    assert done.returncode == 2 and "min_instances: must be at least 1" in done.stderr, done.stderr
     # Instances and traffic in the same apply: accepted.
     write_deployment(tmp_path, "ep1", "d1", instance_count=1)
     write_deployment(tmp_path, "ep1", "d2", instance_count=1)
