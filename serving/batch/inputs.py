@@ -10,6 +10,7 @@ the same list.
 from __future__ import annotations
 
 import csv
+import math
 import os
 import re
 import urllib.parse
@@ -148,12 +149,21 @@ def _walk(folder: Path, rel: str, roots: DataRoots, seen: set[Path], refs: list[
                 raise invalid(f"input.path: more than {max_items} files; split the job", "TooManyItems")
 
 
+# What a CSV cell must look like to be read as a number: plain ASCII decimals, as a
+# spreadsheet writes them. Python's int() and float() also take "1_000", other scripts'
+# digits, surrounding spaces, "nan" and "inf" — two different cells could then reach run()
+# as the same number, or a number JSON cannot carry; those stay the text in the file, as
+# do numbers with leading zeros ("007": an identifier, most likely).
+_INTEGER = re.compile(r"[+-]?(?:0|[1-9][0-9]*)")
+_DECIMAL = re.compile(r"[+-]?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
 def _number(text: str):
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
+    if _INTEGER.fullmatch(text):
+        return int(text)
+    if _DECIMAL.fullmatch(text):
+        value = float(text)
+        return value if math.isfinite(value) else text  # 1e999: kept as written
     return text
 
 
@@ -180,6 +190,11 @@ def _read_csv(handle, given: str) -> list[dict]:
     """Rows keyed by the header; a row with more or fewer values than the header is refused."""
     reader = csv.reader(handle)
     header = next((record for record in reader if record), [])
+    seen: set[str] = set()
+    for name in header:  # a repeated name would keep only its last column's values
+        if name in seen:
+            raise invalid(f"input.path: the header of {given} names column {name!r} twice")
+        seen.add(name)
     rows = []
     for record in reader:
         if not record:

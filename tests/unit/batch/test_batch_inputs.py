@@ -65,6 +65,28 @@ def test_file_and_tabular_inputs(roots):
     assert inline.refs == ["0", "1", "2"] and json.loads(inline.payloads[1]) == {"a": None}
 
 
+def test_csv_cells_become_numbers_only_when_written_as_plain_decimals(roots):
+    """int() and float() took "1_2", other scripts' digits and padded cells: rows with
+    different cells reached run() as the same numbers, and "inf" or "nan" became null."""
+    data_roots, root, _ = roots
+    (root / "ids.csv").write_text("id,code,x,pad,lead,big,special,sci\n"
+                                  "1_2,\u0663\u0664,\uff11\uff12, 5 ,007,1e999,nan,-1.5e3\n"
+                                  "12,34,12,5,7,0.5,inf,+2\n", encoding="utf-8")
+    table = collect(job("tabular", "ids.csv"), data_roots, 10)
+    first, second = (json.loads(p) for p in table.payloads)
+    assert first == {"id": "1_2", "code": "\u0663\u0664", "x": "\uff11\uff12", "pad": " 5 ", "lead": "007",
+                     "big": "1e999", "special": "nan", "sci": -1500.0}
+    assert second == {"id": 12, "code": 34, "x": 12, "pad": 5, "lead": 7, "big": 0.5, "special": "inf", "sci": 2}
+
+
+def test_a_csv_header_naming_a_column_twice_is_refused(roots):
+    """Rows were dicts keyed by the header: the first 'a' column's values were lost."""
+    data_roots, root, _ = roots
+    (root / "dup.csv").write_text("\ufeffa,a,\r\n1,2,3\r\n\r\n4,5,6\r\n", encoding="utf-8")
+    refused(lambda: collect(job("tabular", "dup.csv"), data_roots, 10), 422, "ValidationError",
+            "names column 'a' twice")
+
+
 def test_paths_leading_out_are_refused(roots, tmp_path):
     data_roots, root, outside = roots
     refused(lambda: collect(job(path="../outside"), data_roots, 10), 422, "InputOutsideDataRoots", "'..'")
