@@ -49,6 +49,12 @@ class StateDirBusy(Exception):
     """Another gateway serves this state dir."""
 
 
+class StateDirUnusable(Exception):
+    """A file or folder of the state dir the gateway cannot use as it is (a damaged
+    store.db...): said in one line at start, before any port is open, rather than as a
+    traceback or failing replicas once it serves. The message says what to do."""
+
+
 class StateDir:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
