@@ -60,7 +60,13 @@ def new_key() -> str:
 
 def open_checked(path: Path) -> "SqliteStore":
     """The gateway's store, or StateDirUnusable when the file cannot be trusted: a
-    damaged store served until a read hit the bad page, then ended in a traceback."""
+    damaged store served until a read hit the bad page, then ended in a traceback. An
+    empty file is refused too: SQLite would take it for a new store and the gateway
+    would serve without its endpoints, without a word (a fresh state dir has no store.db:
+    SQLite makes it)."""
+    if Path(path).is_file() and Path(path).stat().st_size == 0:
+        raise StateDirUnusable(f"{path} is empty: the endpoints and deployments it held are gone; restore it "
+                               f"from a backup, or delete it to start with an empty state")
     try:
         store = SqliteStore(path)
     except sqlite3.DatabaseError as exc:  # "file is not a database": the header itself

@@ -74,3 +74,21 @@ def test_a_damaged_store_is_refused_in_one_line_before_any_port(tmp_path):
     assert_refused(done, f"{path} is damaged (")
     assert "restore it from a backup, or move it away to start with an empty state" in done.stderr
 
+
+def test_an_empty_store_in_a_used_state_dir_is_refused(tmp_path):
+    """A 0-byte store.db started a gateway with no endpoints at all, without a word."""
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "store.db").write_bytes(b"")
+    done = serve_on(tmp_path / "state")
+    assert_refused(done, f"{tmp_path / 'state' / 'store.db'} is empty")
+    assert "delete it to start with an empty state" in done.stderr
+
+
+def test_a_fresh_state_dir_still_starts(tmp_path):
+    """No store.db at all: SQLite makes it (only an empty one left behind is refused)."""
+    gateway = GatewayProcess(tmp_path / "state").start()
+    try:
+        assert gateway.cli_json("endpoint", "list") == []
+        assert (tmp_path / "state" / "store.db").stat().st_size > 0
+    finally:
+        gateway.kill_everything()
