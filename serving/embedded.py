@@ -1,10 +1,10 @@
 """Composition root of `scoregate serve`: router + controller + admin API in one process.
 
-Start order: state dir → TLS → store (checked: a damaged one is refused) → (initial
-apply) → router → controller → admin port → gateway.json. Shutdown order
-(SIGINT/SIGTERM): stop accepting and finish in-flight requests (bounded) → stop the
-controller → stop every replica → close the upstream pool and the admin port → remove
-gateway.json. No replica outlives this.
+Start order: state dir (its folders checked) → TLS → store (checked: a damaged one is
+refused) → (initial apply) → router → controller → admin port → gateway.json. Shutdown
+order (SIGINT/SIGTERM): stop accepting and finish in-flight requests (bounded) → stop
+the controller → stop every replica → close the upstream pool and the admin port →
+remove gateway.json. No replica outlives this.
 SIGHUP re-reads the TLS certificate files at once (they are also watched).
 """
 
@@ -145,6 +145,7 @@ class EmbeddedGateway:
         self.state.create()
         lock = self.state.acquire()  # StateDirBusy: another gateway serves this dir
         try:
+            self.state.check_folders()
             self.server_tls, ca_cert = await asyncio.to_thread(self._load_tls)
             store = await asyncio.to_thread(open_checked, self.state.store_path)
             batch = BatchService(self.state.root, [Path(p).resolve() for p in self.options.data_roots],

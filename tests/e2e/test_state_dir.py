@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from serving.store.sqlite import SqliteStore
 from tests.support.gateway import REPO, GatewayProcess, _env
 
@@ -82,6 +84,15 @@ def test_an_empty_store_in_a_used_state_dir_is_refused(tmp_path):
     done = serve_on(tmp_path / "state")
     assert_refused(done, f"{tmp_path / 'state' / 'store.db'} is empty")
     assert "delete it to start with an empty state" in done.stderr
+
+
+@pytest.mark.parametrize("folder", ["logs", "tls", "batch", "models"])
+def test_a_state_dir_folder_that_is_a_file_is_refused(tmp_path, folder):
+    """STATE/logs as a plain file: the gateway served, every replica failed in stage
+    environment ('Not a directory') and restarted in a loop, the access log went nowhere."""
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / folder).write_text("")
+    assert_refused(serve_on(tmp_path / "state"), f"{tmp_path / 'state' / folder} is not a directory")
 
 
 def test_a_fresh_state_dir_still_starts(tmp_path):
