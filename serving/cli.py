@@ -201,7 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
                      add_help=False)
     verbs.add_parser("batch-runner", help="run the batch runner on a cluster: BatchEndpoint/BatchDeployment "
                      "resources → batch jobs (see `scoregate batch-runner -h`)", add_help=False)
-    top = verbs.add_parser("top", parents=[common], help="live view of endpoints, deployments and batch jobs")
+    # Not parents=[common]: its -o has a default of its own (the table), given after `top`.
+    top = verbs.add_parser("top", help="live view of endpoints, deployments and batch jobs")
+    top.add_argument("--state-dir", default=argparse.SUPPRESS,
+                     help="state dir of the gateway (default: $SCOREGATE_STATE_DIR or ./.scoregate)")
+    top.add_argument("-o", "--output", dest="top_output", choices=("table", "json"), default="table",
+                     help="table: a refreshing screen (default); json: the status snapshot, one JSON "
+                          "document per refresh, a line each (JSON lines), for scripts")
     top.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
     top.add_argument("--iterations", type=int, default=None, help="stop after this many refreshes")
     verbs.add_parser("loadtest", help="load-test an endpoint or URL (see `scoregate loadtest -h`)",
@@ -594,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb == "top":
             from .top import run_top
 
-            return run_top(client, args.interval, args.iterations)
+            return run_top(client, args.interval, args.iterations, output=args.top_output)
         if args.verb in ("batch", "job"):
             from .batch.cli import dispatch
 

@@ -1,9 +1,10 @@
 """Composition root of `scoregate serve`: router + controller + admin API in one process.
 
-Start order: state dir → TLS → store → (initial apply) → router → controller → admin
-port → gateway.json. Shutdown order (SIGINT/SIGTERM): stop accepting and finish
-in-flight requests (bounded) → stop the controller → stop every replica → close the
-upstream pool and the admin port → remove gateway.json. No replica outlives this.
+Start order: state dir (its folders checked) → TLS → store (checked: a damaged one is
+refused) → (initial apply) → router → controller → admin port → gateway.json. Shutdown
+order (SIGINT/SIGTERM): stop accepting and finish in-flight requests (bounded) → stop
+the controller → stop every replica → close the upstream pool and the admin port →
+remove gateway.json. No replica outlives this.
 SIGHUP re-reads the TLS certificate files at once (they are also watched).
 """
 
@@ -41,12 +42,12 @@ from .manifests import ManifestError, read_documents
 from .metrics import ControlPlaneMetrics
 from .tracing_setup import TracingUnavailable, setup_tracing
 from .replica_tls import ReplicaTLS
-from .statedir import GatewayInfo, StateDir, StateDirBusy
+from .statedir import GatewayInfo, StateDir, StateDirBusy, StateDirUnusable
 from .status import GatewayStatus, StatusPage
 from .tokens import TokenIssuer
 from .workers import WorkerPool, WorkerSettings
 from .workers.pool import WorkerStartError
-from .store.sqlite import SqliteStore
+from .store.sqlite import SqliteStore, open_checked
 
 log = logging.getLogger("scoregate")
 
@@ -144,8 +145,9 @@ class EmbeddedGateway:
         self.state.create()
         lock = self.state.acquire()  # StateDirBusy: another gateway serves this dir
         try:
+            self.state.check_folders()
             self.server_tls, ca_cert = await asyncio.to_thread(self._load_tls)
-            store = SqliteStore(self.state.store_path)
+            store = await asyncio.to_thread(open_checked, self.state.store_path)
             batch = BatchService(self.state.root, [Path(p).resolve() for p in self.options.data_roots],
                                  job_retention_days=self.options.job_retention_days)
             try:
@@ -351,7 +353,7 @@ def run_serve(options: ServeOptions) -> int:
         except (StartupError, TracingUnavailable) as exc:
             log.error("%s", exc)
             return 2
-        except (StateDirBusy, OSError) as exc:
+        except (StateDirBusy, StateDirUnusable, OSError) as exc:
             log.error("cannot start: %s", exc)
             return 1
         finally:

@@ -5,7 +5,9 @@
     DIR/store.db       desired state (serving.store.sqlite; mode 0600: it holds the keys)
     DIR/batch.db       batch endpoints and jobs (serving.batch.db; mode 0600, keys too)
     DIR/tls/           development CA and server certificate (tls.devcert)
-    DIR/logs/          replica output, one file per replica
+    DIR/logs/          replica output, one file per replica; access.log
+    DIR/models/        model artifacts prepared for rollouts (serving.controller.preparing)
+    DIR/batch/         batch job outputs and worker logs (serving.batch)
     DIR/serve.lock     held (flock) by the one gateway serving the dir; holds its pid
 Default `./.scoregate`, or `--state-dir` / `SCOREGATE_STATE_DIR`.
 """
@@ -21,6 +23,8 @@ import orjson
 
 ENV_VAR = "SCOREGATE_STATE_DIR"
 DEFAULT = ".scoregate"
+# Folders the gateway writes into, each made when first needed.
+FOLDERS = ("tls", "logs", "models", "batch")
 
 
 def private_file(path: str | Path) -> None:
@@ -47,6 +51,12 @@ class GatewayInfo:
 
 class StateDirBusy(Exception):
     """Another gateway serves this state dir."""
+
+
+class StateDirUnusable(Exception):
+    """A file or folder of the state dir the gateway cannot use as it is (a damaged
+    store.db...): said in one line at start, before any port is open, rather than as a
+    traceback or failing replicas once it serves. The message says what to do."""
 
 
 class StateDir:
@@ -87,6 +97,18 @@ class StateDir:
     def create(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)
+
+    def check_folders(self) -> None:
+        """StateDirUnusable if a folder the gateway writes into is a plain file or not
+        writable. Checked once at start: `logs` as a file let the gateway serve while every
+        replica failed in stage environment, in a restart loop, and the access log went
+        nowhere."""
+        for name in FOLDERS:
+            path = self.root / name
+            if os.path.lexists(path) and not path.is_dir():
+                raise StateDirUnusable(f"{path} is not a directory: move it away (the gateway makes the folder)")
+            if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
+                raise StateDirUnusable(f"{path} is not writable by this user: give it back (chmod u+rwx)")
 
     def write_gateway(self, info: GatewayInfo) -> None:
         tmp = self.gateway_file.with_suffix(".tmp")

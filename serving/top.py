@@ -4,11 +4,13 @@ For people on a server without a browser. Plain ANSI escapes (alternate screen, 
 colour only on a terminal and without NO_COLOR), no curses. It shows the gateway's own
 snapshot (`GET /api/v1/status`); a gateway without that route is read through the
 admin API and `/metrics` instead (serving.status.remote). Not on a terminal (a pipe, a
-test), each refresh is printed after the previous one, without escapes.
+test), each refresh is printed after the previous one, without escapes. With `-o json`
+each refresh is the snapshot itself, one JSON document a line (JSON lines), for scripts.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -131,11 +133,13 @@ def _jobs(snapshot: dict, paint) -> list[str]:
 
 
 def run_top(client: AdminClient, interval_s: float = 2.0, iterations: int | None = None, *,
-            out: TextIO | None = None) -> int:
+            out: TextIO | None = None, output: str = "table") -> int:
     """Refresh every interval_s until Ctrl-C (or `iterations` frames); returns the exit
-    code. CliError / GatewayNotRunning propagate to the CLI, which prints them."""
+    code. output "json": a snapshot a line, never a screen (a script reads it, also on a
+    terminal). CliError / GatewayNotRunning propagate to the CLI, which prints them."""
     out = out or sys.stdout
-    tty = out.isatty()
+    as_json = output == "json"
+    tty = out.isatty() and not as_json
     color = tty and "NO_COLOR" not in os.environ
     source, shown = _Source(client), 0
     if tty:
@@ -143,8 +147,11 @@ def run_top(client: AdminClient, interval_s: float = 2.0, iterations: int | None
     try:
         while iterations is None or shown < iterations:
             width = shutil.get_terminal_size((120, 40)).columns if tty else 160
-            frame = render_frame(source.fetch(), width=width, color=color)
-            out.write("\x1b[H\x1b[2J" + frame if tty else frame + "\n")
+            if as_json:
+                out.write(json.dumps(source.fetch()) + "\n")
+            else:
+                frame = render_frame(source.fetch(), width=width, color=color)
+                out.write("\x1b[H\x1b[2J" + frame if tty else frame + "\n")
             out.flush()
             shown += 1
             if iterations is None or shown < iterations:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 
 import pytest
 
@@ -70,3 +71,12 @@ def test_top_verb_of_the_cli(gateway):
     done = gateway.cli("top", "--iterations", "2", "--interval", "0.5")
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("scoregate top") == 2 and "topdemo/blue" in done.stdout and "\x1b" not in done.stdout
+
+
+def test_top_verb_with_o_json_prints_json_lines(gateway):
+    """`top -o json` was accepted and printed the table."""
+    done = gateway.cli("top", "--iterations", "2", "--interval", "0.2", "-o", "json")
+    assert done.returncode == 0, done.stderr
+    snapshots = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(snapshots) == 2
+    assert {d["key"] for d in snapshots[-1]["deployments"]} == {"topdemo/blue", "topdemo/green"}
