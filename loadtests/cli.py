@@ -19,23 +19,33 @@ from .admin import GatewayError
 from .generators.http import Target
 from .profiles import ProfileError, parse_profile
 from .results import RunResult, comparison_markdown
-from .runner import RunSpec, WorkerError, run
+from .runner import MAX_DURATION, MAX_PROCESSES, MAX_WARMUP, RunSpec, WorkerError, run
 from .targets import ResolvedTarget, merge_headers, resolve
 
 DEFAULT_OUTPUT_ROOT = "loadtest-results"
 COMMANDS = ("run", "compare", "scenario", "bench", "instructions", "ab")
 
 
-def _positive(kind):
+def _number(kind, low: float, high: float | None = None, low_open: bool = False):
+    """An argparse type checking the range, so a bad value is a usage error (exit 2)
+    like any other, not a failed run (exit 1) found later by RunSpec."""
     def convert(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
+        above = value > low if low_open else value >= low
+        if not (above and (high is None or value <= high)):  # NaN fails both
+            bound = f"> {low:g}" if low_open else f">= {low:g}"
+            if high is not None:
+                bound = f"between {low:g} and {high:g}"
+            raise argparse.ArgumentTypeError(f"must be {bound}: {text!r}")
         return value
     return convert
+
+
+def _positive(kind, high: float | None = None):
+    return _number(kind, 0, high, low_open=True)
 
 
 def _header(text: str) -> tuple[str, str]:
@@ -86,14 +96,16 @@ def add_run_arguments(p: argparse.ArgumentParser, require_url: bool = True) -> N
                       help="closed loop: --connections requests in flight, as fast as answered")
     p.add_argument("--connections", type=_positive(int),
                    help="connection pool size (open loop 256, closed loop 16)")
-    p.add_argument("--duration", type=_positive(float), required=True, help="seconds")
-    p.add_argument("--warmup", type=float, default=0.0, help="seconds of the same load first, "
-                   "not recorded: warm connection pools and caches (0)")
+    p.add_argument("--duration", type=_positive(float, MAX_DURATION), required=True,
+                   help=f"seconds (at most {MAX_DURATION:g})")
+    p.add_argument("--warmup", type=_number(float, 0, MAX_WARMUP), default=0.0,
+                   help="seconds of the same load first, not recorded: warm connection "
+                        f"pools and caches (0; at most {MAX_WARMUP:g})")
     p.add_argument("--max-in-flight", type=_positive(int), default=10_000,
                    help="open loop: starts beyond this many outstanding are dropped (10000)")
     p.add_argument("--behind-threshold-ms", type=_positive(float), default=25.0,
                    help="flag the generator as behind when p99 start lateness exceeds this")
-    p.add_argument("--processes", type=_positive(int), default=1,
+    p.add_argument("--processes", type=_positive(int, MAX_PROCESSES), default=1,
                    help="worker processes that split the load (1)")
     p.add_argument("--output", type=Path, help=f"directory for results (default "
                    f"{DEFAULT_OUTPUT_ROOT}/LABEL-TIMESTAMP)")

@@ -51,6 +51,11 @@ def test_closed_loop_and_profile():
     ["--url", "http://x/", "--profile", "zigzag:1@1s", "--duration", "1"],
     ["--url", "http://x/", "--rate", "10", "--duration", "1", "--header", "no-colon"],
     ["--rate", "10", "--duration", "1"],                                      # no url
+    ["--url", "http://x/", "--rate", "1", "--duration", "1", "--warmup", "-3"],
+    ["--url", "http://x/", "--rate", "1", "--duration", "1", "--warmup", "5000"],
+    ["--url", "http://x/", "--rate", "1", "--duration", "1", "--warmup", "nan"],
+    ["--url", "http://x/", "--rate", "1", "--duration", "100000"],
+    ["--url", "http://x/", "--rate", "1", "--duration", "1", "--processes", "300"],
 ])
 def test_bad_arguments_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as exc:
