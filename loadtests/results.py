@@ -203,10 +203,22 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ").strip()
 
 
+NO_SAMPLES = "-"  # an empty histogram reads 0: never print that as a measured 0.00 ms
+
+
+def _ms(hist: LatencyHistogram, value_ms: float, sign: str = "") -> str:
+    return f"{value_ms:{sign}.2f}" if hist.count else NO_SAMPLES
+
+
+def _percentile_cells(hist: LatencyHistogram) -> str:
+    """p50 | p90 | p99 | p99.9 | max in ms, or dashes when nothing was measured."""
+    return " | ".join([_ms(hist, hist.percentile_ms(p)) for p in PERCENTILES]
+                      + [_ms(hist, hist.max_us / 1000)])
+
+
 def latency_row(name: str, hist: LatencyHistogram) -> str:
-    pcts = " | ".join(f"{hist.percentile_ms(p):.2f}" for p in PERCENTILES)
-    return (f"| {_cell(name)} | {hist.count} | {hist.mean_us / 1000:.2f} | {pcts} | "
-            f"{hist.max_us / 1000:.2f} |")
+    return (f"| {_cell(name)} | {hist.count} | {_ms(hist, hist.mean_us / 1000)} | "
+            f"{_percentile_cells(hist)} |")
 
 
 def comparison_markdown(results: list[RunResult]) -> str:
@@ -216,19 +228,18 @@ def comparison_markdown(results: list[RunResult]) -> str:
              "p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | fell behind |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in results:
-        h = r.latency_ok
         tr = f"{r.target_rate:.1f}" if r.target_rate is not None else "-"
-        pcts = " | ".join(f"{h.percentile_ms(p):.2f}" for p in PERCENTILES)
         lines.append(f"| {_cell(r.label)} | {r.mode} | {tr} | {r.achieved_rate:.1f} | {r.ok} | "
-                     f"{r.failed} | {r.dropped_total} | {pcts} | {h.max_us / 1000:.2f} | "
+                     f"{r.failed} | {r.dropped_total} | {_percentile_cells(r.latency_ok)} | "
                      f"{'yes' if r.fell_behind else 'no'} |")
     if len(results) > 1:
         base = results[0]
         lines += ["", f"Added latency of successful requests over `{_cell(base.label)}`:", "",
                   "| run | Δp50 ms | Δp90 ms | Δp99 ms | Δp99.9 ms |", "|---|---:|---:|---:|---:|"]
         for r in results[1:]:
+            both = r.latency_ok if base.latency_ok.count else base.latency_ok
             deltas = " | ".join(
-                f"{r.latency_ok.percentile_ms(p) - base.latency_ok.percentile_ms(p):+.2f}"
+                _ms(both, r.latency_ok.percentile_ms(p) - base.latency_ok.percentile_ms(p), "+")
                 for p in PERCENTILES)
             lines.append(f"| {_cell(r.label)} | {deltas} |")
     return "\n".join(lines) + "\n"

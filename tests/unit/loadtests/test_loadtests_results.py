@@ -120,3 +120,14 @@ def test_comparison_has_deltas_against_the_first_run():
     text = comparison_markdown([direct, gateway])
     assert "| direct | open |" in text and "| gateway | open |" in text
     assert "| gateway | +2.00 | +2.00 | +2.00 | +2.00 |" in text
+
+
+def test_a_latency_row_without_samples_shows_dashes_not_zeros():
+    rec = fill(Recorder(0.0), n_ok=0, n_timeout=3)  # every request failed: no ok latency
+    result = RunResult.from_recorder(rec, "dead", CONFIG)
+    text = result.summary_markdown()
+    assert "| ok | 0 | - | - | - | - | - | - |" in text
+    assert "| all | 3 | 1000." in text  # the failed ones were measured
+    row = next(line for line in comparison_markdown([result]).splitlines()
+               if line.startswith("| dead |"))
+    assert "0.00" not in row and "| - | - | - | - | - |" in row
