@@ -26,6 +26,10 @@ DEFAULT_OUTPUT_ROOT = "loadtest-results"
 COMMANDS = ("run", "compare", "scenario", "bench", "instructions", "ab")
 
 
+class UsageError(ValueError):
+    """Options that parse but cannot make the run asked for (exit code 2, like argparse)."""
+
+
 def _number(kind, low: float, high: float | None = None, low_open: bool = False):
     """An argparse type checking the range, so a bad value is a usage error (exit 2)
     like any other, not a failed run (exit 1) found later by RunSpec."""
@@ -167,6 +171,10 @@ def spec_from_args(args: argparse.Namespace, url: str | None = None,
     profile = None
     if mode == "open":
         profile = args.profile or parse_profile(f"{args.rate:g}").spec
+        try:
+            parse_profile(profile).check_fits(args.duration)
+        except ProfileError as exc:
+            raise UsageError(str(exc)) from None
     return RunSpec(target=target, duration=args.duration, mode=mode, profile=profile,
                    connections=args.connections or 0, max_in_flight=args.max_in_flight,
                    processes=args.processes, label=args.label or label,
@@ -197,6 +205,9 @@ def run_command(args: argparse.Namespace, spec: RunSpec | None = None) -> int:
     except GatewayError as exc:
         print(f"loadtests: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except UsageError as exc:
+        print(f"loadtests: error: {exc}", file=sys.stderr)
+        return 2
     except (OSError, ValueError, WorkerError) as exc:
         print(f"loadtests: error: {exc}", file=sys.stderr)
         return 1

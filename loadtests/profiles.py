@@ -65,6 +65,18 @@ class Profile:
     peak: float
     constant: float | None = None
     integral: Callable[[float], float] | None = None
+    length: float = 0.0  # seconds until the whole shape has played (each step held, a burst ended)
+
+    def check_fits(self, duration: float) -> None:
+        """Refuse a run that would cut the profile short or send no request at all:
+        either silently measures something else than what was asked for."""
+        if duration < self.length - 1e-9:
+            raise ProfileError(
+                f"--duration {duration:g} s is shorter than the profile {self.spec} "
+                f"({self.length:g} s): the rest of it would never run; "
+                f"use --duration {self.length:g} or more")
+        if self.peak <= 0 or self.integral(duration) <= 1e-9:
+            raise ProfileError(f"the profile {self.spec} sends no request in {duration:g} s")
 
     def arrivals(self, duration: float, resolution: float = 0.001) -> Iterator[float]:
         """Scheduled start offsets (seconds from 0) of every request before `duration`."""
@@ -127,7 +139,7 @@ def step(rates: list[float], every: float) -> Profile:
         return sum(r * h for r, h in zip(rates, held)) + rates[last] * max(0.0, t - last * every)
 
     spec = "step:" + ",".join(f"{r:g}" for r in rates) + f"@{every:g}s"
-    return Profile(spec, rate, max(rates), integral=integral)
+    return Profile(spec, rate, max(rates), integral=integral, length=len(rates) * every)
 
 
 def ramp(start: float, end: float, over: float) -> Profile:
@@ -142,7 +154,7 @@ def ramp(start: float, end: float, over: float) -> Profile:
         return start * u + (end - start) * u * u / (2 * over) + end * max(0.0, t - over)
 
     return Profile(f"ramp:{start:g},{end:g}@{over:g}s", rate, max(start, end),
-                   integral=integral)
+                   integral=integral, length=over)
 
 
 def burst(base: float, peak: float, at: float, length: float,
@@ -168,7 +180,7 @@ def burst(base: float, peak: float, at: float, length: float,
         return base * max(t, 0.0) + (peak - base) * in_bursts(t)
 
     spec = f"burst:{base:g},{peak:g}@{at:g}s+{length:g}s" + (f"/{every:g}s" if every else "")
-    return Profile(spec, rate, max(base, peak), integral=integral)
+    return Profile(spec, rate, max(base, peak), integral=integral, length=at + length)
 
 
 def parse_profile(spec: str) -> Profile:

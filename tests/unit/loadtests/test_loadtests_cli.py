@@ -105,3 +105,28 @@ class _Key:
 ])
 def test_classify_error(exc, kind):
     assert classify_error(exc) == kind
+
+
+@pytest.mark.parametrize("profile,duration,says", [
+    # the 100 req/s step would start at 0.5 s and be held 0.1 s instead of 0.5 s
+    ("step:50,100@0.5s", "0.6", "shorter than the profile step:50,100@0.5s (1 s)"),
+    ("ramp:10,100@2s", "1", "shorter than the profile ramp:10,100@2s (2 s)"),
+    ("burst:10,100@1s+0.5s", "1", "shorter than the profile burst:10,100@1s+0.5s (1.5 s)"),
+    ("step:0,10@1s", "1", "shorter than the profile"),
+    ("step:0,0@0.5s", "1", "sends no request in 1 s"),
+    ("constant:0", "1", "sends no request in 1 s"),
+])
+def test_a_profile_the_duration_cannot_hold_is_refused(profile, duration, says, tmp_path, capsys):
+    code = run_cli(["run", "--url", "http://127.0.0.1:1/", "--profile", profile,
+                    "--duration", duration, "-q", "--no-plots", "--output", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and says in err, err
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_a_profile_that_fits_is_accepted():
+    for profile, duration in (("step:50,100,200@2s", "6"), ("ramp:10,100@2s", "2"),
+                              ("burst:10,100@1s+0.5s/2s", "1.5"), ("step:1,2,3@0.1s", "0.3")):
+        spec = spec_from_args(parse("--url", "http://x/", "--profile", profile,
+                                    "--duration", duration))
+        assert spec.profile == profile
