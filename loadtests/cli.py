@@ -111,6 +111,9 @@ def add_run_arguments(p: argparse.ArgumentParser, require_url: bool = True) -> N
                    help="flag the generator as behind when p99 start lateness exceeds this")
     p.add_argument("--processes", type=_positive(int, MAX_PROCESSES), default=1,
                    help="worker processes that split the load (1)")
+    p.add_argument("--max-failure-rate", type=_number(float, 0, 1), metavar="SHARE",
+                   help="exit 1 when more than this share (0..1) of the requests failed; "
+                        "without it, only when none succeeded")
     p.add_argument("--output", type=Path, help=f"directory for results (default "
                    f"{DEFAULT_OUTPUT_ROOT}/LABEL-TIMESTAMP)")
     p.add_argument("--label", default=None, help="name of this run in reports")
@@ -194,7 +197,12 @@ def _output_dir(args: argparse.Namespace, label: str) -> Path:
 
 
 def run_command(args: argparse.Namespace, spec: RunSpec | None = None) -> int:
-    """Run, write results.json, summary.md and plots, print the summary."""
+    """Run, write results.json, summary.md and plots, print the summary.
+
+    Exit codes: 0 done; 1 no request succeeded, more failed than
+    --max-failure-rate, or the run could not be made; 2 bad options (an
+    unknown endpoint included); 3 no gateway running (--endpoint / --replica).
+    """
     try:
         spec = spec or spec_from_args(args)
         if spec.target.method == "POST" and spec.target.body is None and not args.quiet:
@@ -228,7 +236,23 @@ def run_command(args: argparse.Namespace, spec: RunSpec | None = None) -> int:
         if result.fell_behind:
             print("warning: the generator fell behind its schedule: "
                   + "; ".join(result.behind_reasons()), file=sys.stderr)
+    failure = failure_verdict(result, getattr(args, "max_failure_rate", None))
+    if failure:
+        print(f"loadtests: error: {failure}", file=sys.stderr)
+        return 1
     return 0
+
+
+def failure_verdict(result: RunResult, max_failure_rate: float | None = None) -> str | None:
+    """Why the run must exit 1, or None: a script or CI job must not read a run whose
+    every request failed (a wrong URL, a dead gateway) as a passing load test."""
+    if result.ok == 0:
+        return f"no request succeeded ({result.failed} of {result.completed} failed)"
+    if max_failure_rate is not None and result.failed > max_failure_rate * result.completed:
+        return (f"{result.failed} of {result.completed} requests failed "
+                f"({100 * result.failed / result.completed:.1f} %), "
+                f"more than --max-failure-rate {max_failure_rate:g}")
+    return None
 
 
 def compare_command(args: argparse.Namespace) -> int:

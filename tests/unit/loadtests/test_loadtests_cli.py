@@ -130,3 +130,39 @@ def test_a_profile_that_fits_is_accepted():
         spec = spec_from_args(parse("--url", "http://x/", "--profile", profile,
                                     "--duration", duration))
         assert spec.profile == profile
+
+
+def test_a_run_where_no_request_succeeded_exits_1(tmp_path, capsys):
+    code = run_cli(["run", "--url", "http://127.0.0.1:1/", "--rate", "5", "--duration", "0.4",
+                    "-q", "--no-plots", "--output", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert code == 1, captured.err
+    assert "loadtests: error: no request succeeded (2 of 2 failed)" in captured.err
+    assert "| latency (ms) |" in captured.out and (tmp_path / "results.json").exists()
+
+
+@pytest.mark.parametrize("value", ["-0.1", "1.5", "x"])
+def test_max_failure_rate_is_a_share(value, capsys):
+    assert parse("--url", "http://x/", "--rate", "1", "--duration", "1",
+                 "--max-failure-rate", "0.25").max_failure_rate == 0.25
+    with pytest.raises(SystemExit) as exc:
+        parse("--url", "http://x/", "--rate", "1", "--duration", "1", "--max-failure-rate", value)
+    assert exc.value.code == 2 and "--max-failure-rate" in capsys.readouterr().err
+
+
+def test_failure_verdict():
+    from loadtests.cli import failure_verdict
+    from loadtests.results import RunResult
+
+    def result(ok, failed):
+        return RunResult("r", {"mode": "open"}, completed=ok + failed, ok=ok, failed=failed)
+
+    assert failure_verdict(result(10, 0)) is None
+    assert failure_verdict(result(1, 9)) is None  # without --max-failure-rate: one ok is enough
+    assert failure_verdict(result(0, 3)) == "no request succeeded (3 of 3 failed)"
+    assert failure_verdict(result(0, 0)) == "no request succeeded (0 of 0 failed)"
+    assert failure_verdict(result(9, 1), 0.1) is None  # at the limit: not more
+    assert failure_verdict(result(8, 2), 0.1) == (
+        "2 of 10 requests failed (20.0 %), more than --max-failure-rate 0.1")
+    assert failure_verdict(result(10, 0), 0) is None
+    assert failure_verdict(result(99, 1), 0) is not None
