@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections import Counter
 import sys
 import time
 from pathlib import Path
@@ -261,6 +262,9 @@ def compare_command(args: argparse.Namespace) -> int:
     except (OSError, ValueError, KeyError) as exc:
         print(f"loadtests: error: cannot read results: {exc}", file=sys.stderr)
         return 1
+    names = [(d.parent if d.is_file() else d).resolve().name for d in args.dirs]
+    for result, label in zip(results, distinct_labels([r.label for r in results], names)):
+        result.label = label
     args.output.mkdir(parents=True, exist_ok=True)
     text = comparison_markdown(results)
     (args.output / "summary.md").write_text(text)
@@ -270,6 +274,22 @@ def compare_command(args: argparse.Namespace) -> int:
         write_plots(results, args.output)
     print(text, end="")
     return 0
+
+
+def distinct_labels(labels: list[str], names: list[str]) -> list[str]:
+    """Labels that tell the runs apart in tables and legends: runs of one endpoint all
+    say 'gateway:iris', so a label shared by several gets its run directory's name
+    (and a number when even that is shared)."""
+    counts = Counter(labels)
+    out = [f"{label} ({name})" if counts[label] > 1 else label
+           for label, name in zip(labels, names)]
+    again = Counter(out)
+    seen: Counter[str] = Counter()
+    for i, label in enumerate(out):
+        if again[label] > 1:
+            seen[label] += 1
+            out[i] = f"{label} #{seen[label]}"
+    return out
 
 
 def run_cli(argv: list[str] | None = None, prog: str = "python -m loadtests") -> int:

@@ -166,3 +166,34 @@ def test_failure_verdict():
         "2 of 10 requests failed (20.0 %), more than --max-failure-rate 0.1")
     assert failure_verdict(result(10, 0), 0) is None
     assert failure_verdict(result(99, 1), 0) is not None
+
+
+def test_compare_tells_runs_with_the_same_label_apart(tmp_path, capsys):
+    from loadtests.recorder import Recorder
+    from loadtests.results import RunResult
+
+    config = {"mode": "open", "profile": "constant:10", "duration_s": 1.0}
+    for name, label in (("r1", "gateway:iris"), ("r4", "gateway:iris"), ("r2", "gateway:iris"),
+                        ("d", "direct")):
+        rec = Recorder(0.0)
+        rec.on_scheduled(0.0)
+        rec.on_start(0.0, 0.0)
+        rec.on_done(0.0, 0.002, 200, None)
+        RunResult.from_recorder(rec, label, config).write(tmp_path / name)
+    code = run_cli(["compare", *(str(tmp_path / n) for n in ("r1", "r4", "r2", "d")),
+                    "--output", str(tmp_path / "cmp"), "--no-plots"])
+    out = capsys.readouterr().out
+    assert code == 0
+    for row in ("| gateway:iris (r1) | open |", "| gateway:iris (r4) | open |",
+                "| gateway:iris (r2) | open |", "| direct | open |"):
+        assert row in out
+    assert "over `gateway:iris (r1)`" in out
+
+
+def test_distinct_labels():
+    from loadtests.cli import distinct_labels
+
+    assert distinct_labels(["a", "b"], ["x", "y"]) == ["a", "b"]
+    assert distinct_labels(["a", "a", "b"], ["x", "y", "z"]) == ["a (x)", "a (y)", "b"]
+    # the same directory name twice (a/run, b/run): numbered
+    assert distinct_labels(["a", "a"], ["run", "run"]) == ["a (run) #1", "a (run) #2"]
