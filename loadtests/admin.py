@@ -23,9 +23,24 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 class GatewayError(RuntimeError):
-    """The gateway is missing, unreachable, or refused an admin call."""
+    """The gateway is missing, unreachable, or refused an admin call.
+
+    `status` and `detail` are the HTTP status and the API's own message of a
+    refused call, so a caller can tell "no such endpoint" from a failure.
+    """
 
     exit_code = 1
+
+    def __init__(self, message: str, status: int | None = None, detail: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.detail = detail or message
+
+
+class UnknownTarget(GatewayError):
+    """The user named an endpoint or deployment the gateway doesn't have (exit code 2)."""
+
+    exit_code = 2
 
 
 class GatewayNotRunning(GatewayError):
@@ -92,7 +107,8 @@ class Gateway:
                 message = json.loads(payload).get("message") or payload
             except (ValueError, AttributeError):
                 message = payload
-            raise GatewayError(f"{method} {path}: {exc.code} {message}".strip()) from None
+            raise GatewayError(f"{method} {path}: {exc.code} {message}".strip(),
+                               exc.code, str(message).strip()) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise GatewayNotRunning(

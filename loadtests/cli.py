@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections import Counter
 import sys
 import time
 from pathlib import Path
@@ -19,23 +20,37 @@ from .admin import GatewayError
 from .generators.http import Target
 from .profiles import ProfileError, parse_profile
 from .results import RunResult, comparison_markdown
-from .runner import RunSpec, WorkerError, run
+from .runner import MAX_DURATION, MAX_PROCESSES, MAX_WARMUP, RunSpec, WorkerError, run
 from .targets import ResolvedTarget, merge_headers, resolve
 
 DEFAULT_OUTPUT_ROOT = "loadtest-results"
 COMMANDS = ("run", "compare", "scenario", "bench", "instructions", "ab")
 
 
-def _positive(kind):
+class UsageError(ValueError):
+    """Options that parse but cannot make the run asked for (exit code 2, like argparse)."""
+
+
+def _number(kind, low: float, high: float | None = None, low_open: bool = False):
+    """An argparse type checking the range, so a bad value is a usage error (exit 2)
+    like any other, not a failed run (exit 1) found later by RunSpec."""
     def convert(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
+        above = value > low if low_open else value >= low
+        if not (above and (high is None or value <= high)):  # NaN fails both
+            bound = f"> {low:g}" if low_open else f">= {low:g}"
+            if high is not None:
+                bound = f"between {low:g} and {high:g}"
+            raise argparse.ArgumentTypeError(f"must be {bound}: {text!r}")
         return value
     return convert
+
+
+def _positive(kind, high: float | None = None):
+    return _number(kind, 0, high, low_open=True)
 
 
 def _header(text: str) -> tuple[str, str]:
@@ -86,15 +101,20 @@ def add_run_arguments(p: argparse.ArgumentParser, require_url: bool = True) -> N
                       help="closed loop: --connections requests in flight, as fast as answered")
     p.add_argument("--connections", type=_positive(int),
                    help="connection pool size (open loop 256, closed loop 16)")
-    p.add_argument("--duration", type=_positive(float), required=True, help="seconds")
-    p.add_argument("--warmup", type=float, default=0.0, help="seconds of the same load first, "
-                   "not recorded: warm connection pools and caches (0)")
+    p.add_argument("--duration", type=_positive(float, MAX_DURATION), required=True,
+                   help=f"seconds (at most {MAX_DURATION:g})")
+    p.add_argument("--warmup", type=_number(float, 0, MAX_WARMUP), default=0.0,
+                   help="seconds of the same load first, not recorded: warm connection "
+                        f"pools and caches (0; at most {MAX_WARMUP:g})")
     p.add_argument("--max-in-flight", type=_positive(int), default=10_000,
                    help="open loop: starts beyond this many outstanding are dropped (10000)")
     p.add_argument("--behind-threshold-ms", type=_positive(float), default=25.0,
                    help="flag the generator as behind when p99 start lateness exceeds this")
-    p.add_argument("--processes", type=_positive(int), default=1,
+    p.add_argument("--processes", type=_positive(int, MAX_PROCESSES), default=1,
                    help="worker processes that split the load (1)")
+    p.add_argument("--max-failure-rate", type=_number(float, 0, 1), metavar="SHARE",
+                   help="exit 1 when more than this share (0..1) of the requests failed; "
+                        "without it, only when none succeeded")
     p.add_argument("--output", type=Path, help=f"directory for results (default "
                    f"{DEFAULT_OUTPUT_ROOT}/LABEL-TIMESTAMP)")
     p.add_argument("--label", default=None, help="name of this run in reports")
@@ -155,6 +175,10 @@ def spec_from_args(args: argparse.Namespace, url: str | None = None,
     profile = None
     if mode == "open":
         profile = args.profile or parse_profile(f"{args.rate:g}").spec
+        try:
+            parse_profile(profile).check_fits(args.duration)
+        except ProfileError as exc:
+            raise UsageError(str(exc)) from None
     return RunSpec(target=target, duration=args.duration, mode=mode, profile=profile,
                    connections=args.connections or 0, max_in_flight=args.max_in_flight,
                    processes=args.processes, label=args.label or label,
@@ -174,7 +198,12 @@ def _output_dir(args: argparse.Namespace, label: str) -> Path:
 
 
 def run_command(args: argparse.Namespace, spec: RunSpec | None = None) -> int:
-    """Run, write results.json, summary.md and plots, print the summary."""
+    """Run, write results.json, summary.md and plots, print the summary.
+
+    Exit codes: 0 done; 1 no request succeeded, more failed than
+    --max-failure-rate, or the run could not be made; 2 bad options (an
+    unknown endpoint included); 3 no gateway running (--endpoint / --replica).
+    """
     try:
         spec = spec or spec_from_args(args)
         if spec.target.method == "POST" and spec.target.body is None and not args.quiet:
@@ -185,6 +214,9 @@ def run_command(args: argparse.Namespace, spec: RunSpec | None = None) -> int:
     except GatewayError as exc:
         print(f"loadtests: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except UsageError as exc:
+        print(f"loadtests: error: {exc}", file=sys.stderr)
+        return 2
     except (OSError, ValueError, WorkerError) as exc:
         print(f"loadtests: error: {exc}", file=sys.stderr)
         return 1
@@ -205,7 +237,23 @@ def run_command(args: argparse.Namespace, spec: RunSpec | None = None) -> int:
         if result.fell_behind:
             print("warning: the generator fell behind its schedule: "
                   + "; ".join(result.behind_reasons()), file=sys.stderr)
+    failure = failure_verdict(result, getattr(args, "max_failure_rate", None))
+    if failure:
+        print(f"loadtests: error: {failure}", file=sys.stderr)
+        return 1
     return 0
+
+
+def failure_verdict(result: RunResult, max_failure_rate: float | None = None) -> str | None:
+    """Why the run must exit 1, or None: a script or CI job must not read a run whose
+    every request failed (a wrong URL, a dead gateway) as a passing load test."""
+    if result.ok == 0:
+        return f"no request succeeded ({result.failed} of {result.completed} failed)"
+    if max_failure_rate is not None and result.failed > max_failure_rate * result.completed:
+        return (f"{result.failed} of {result.completed} requests failed "
+                f"({100 * result.failed / result.completed:.1f} %), "
+                f"more than --max-failure-rate {max_failure_rate:g}")
+    return None
 
 
 def compare_command(args: argparse.Namespace) -> int:
@@ -214,6 +262,9 @@ def compare_command(args: argparse.Namespace) -> int:
     except (OSError, ValueError, KeyError) as exc:
         print(f"loadtests: error: cannot read results: {exc}", file=sys.stderr)
         return 1
+    names = [(d.parent if d.is_file() else d).resolve().name for d in args.dirs]
+    for result, label in zip(results, distinct_labels([r.label for r in results], names)):
+        result.label = label
     args.output.mkdir(parents=True, exist_ok=True)
     text = comparison_markdown(results)
     (args.output / "summary.md").write_text(text)
@@ -223,6 +274,22 @@ def compare_command(args: argparse.Namespace) -> int:
         write_plots(results, args.output)
     print(text, end="")
     return 0
+
+
+def distinct_labels(labels: list[str], names: list[str]) -> list[str]:
+    """Labels that tell the runs apart in tables and legends: runs of one endpoint all
+    say 'gateway:iris', so a label shared by several gets its run directory's name
+    (and a number when even that is shared)."""
+    counts = Counter(labels)
+    out = [f"{label} ({name})" if counts[label] > 1 else label
+           for label, name in zip(labels, names)]
+    again = Counter(out)
+    seen: Counter[str] = Counter()
+    for i, label in enumerate(out):
+        if again[label] > 1:
+            seen[label] += 1
+            out[i] = f"{label} #{seen[label]}"
+    return out
 
 
 def run_cli(argv: list[str] | None = None, prog: str = "python -m loadtests") -> int:

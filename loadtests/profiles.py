@@ -53,12 +53,30 @@ def _rate(text: str) -> float:
 
 @dataclass(frozen=True)
 class Profile:
-    """A named rate function; `spec` round-trips through parse_profile."""
+    """A named rate function; `spec` round-trips through parse_profile.
+
+    `integral(t)` is the exact number of requests the rate asks for in [0, t],
+    so a report can state the rate asked for rather than infer it from a
+    schedule that rounds to whole requests (0.0001 req/s for 1 s is 1 start).
+    """
 
     spec: str
     rate: Callable[[float], float]
     peak: float
     constant: float | None = None
+    integral: Callable[[float], float] | None = None
+    length: float = 0.0  # seconds until the whole shape has played (each step held, a burst ended)
+
+    def check_fits(self, duration: float) -> None:
+        """Refuse a run that would cut the profile short or send no request at all:
+        either silently measures something else than what was asked for."""
+        if duration < self.length - 1e-9:
+            raise ProfileError(
+                f"--duration {duration:g} s is shorter than the profile {self.spec} "
+                f"({self.length:g} s): the rest of it would never run; "
+                f"use --duration {self.length:g} or more")
+        if self.peak <= 0 or self.integral(duration) <= 1e-9:
+            raise ProfileError(f"the profile {self.spec} sends no request in {duration:g} s")
 
     def arrivals(self, duration: float, resolution: float = 0.001) -> Iterator[float]:
         """Scheduled start offsets (seconds from 0) of every request before `duration`."""
@@ -90,9 +108,22 @@ class Profile:
     def expected_count(self, duration: float) -> int:
         return sum(1 for _ in self.arrivals(duration))
 
+    def mean_rate(self, duration: float) -> float:
+        """The rate asked for, averaged over the first `duration` seconds."""
+        if duration <= 0:
+            return self.rate(0.0)
+        if self.constant is not None:
+            return self.constant
+        return self.integral(duration) / duration
+
+
+def _clamp(t: float, low: float, high: float) -> float:
+    return min(max(t, low), high)
+
 
 def constant(rate: float) -> Profile:
-    return Profile(f"constant:{rate:g}", lambda t: rate, rate, constant=rate)
+    return Profile(f"constant:{rate:g}", lambda t: rate, rate, constant=rate,
+                   integral=lambda t: rate * max(t, 0.0))
 
 
 def step(rates: list[float], every: float) -> Profile:
@@ -103,8 +134,12 @@ def step(rates: list[float], every: float) -> Profile:
     def rate(t: float) -> float:
         return rates[min(int(t / every), last)]
 
+    def integral(t: float) -> float:
+        held = [_clamp(t - i * every, 0.0, every) for i in range(last)]
+        return sum(r * h for r, h in zip(rates, held)) + rates[last] * max(0.0, t - last * every)
+
     spec = "step:" + ",".join(f"{r:g}" for r in rates) + f"@{every:g}s"
-    return Profile(spec, rate, max(rates))
+    return Profile(spec, rate, max(rates), integral=integral, length=len(rates) * every)
 
 
 def ramp(start: float, end: float, over: float) -> Profile:
@@ -114,7 +149,12 @@ def ramp(start: float, end: float, over: float) -> Profile:
     def rate(t: float) -> float:
         return end if t >= over else start + (end - start) * t / over
 
-    return Profile(f"ramp:{start:g},{end:g}@{over:g}s", rate, max(start, end))
+    def integral(t: float) -> float:
+        u = _clamp(t, 0.0, over)
+        return start * u + (end - start) * u * u / (2 * over) + end * max(0.0, t - over)
+
+    return Profile(f"ramp:{start:g},{end:g}@{over:g}s", rate, max(start, end),
+                   integral=integral, length=over)
 
 
 def burst(base: float, peak: float, at: float, length: float,
@@ -128,8 +168,19 @@ def burst(base: float, peak: float, at: float, length: float,
         phase = (t - at) % every if every else t - at
         return peak if phase < length else base
 
+    def in_bursts(t: float) -> float:
+        """Seconds of [0, t] spent at the peak."""
+        u = max(0.0, t - at)
+        if not every:
+            return min(u, length)
+        periods, phase = divmod(u, every)
+        return periods * length + min(phase, length)
+
+    def integral(t: float) -> float:
+        return base * max(t, 0.0) + (peak - base) * in_bursts(t)
+
     spec = f"burst:{base:g},{peak:g}@{at:g}s+{length:g}s" + (f"/{every:g}s" if every else "")
-    return Profile(spec, rate, max(base, peak))
+    return Profile(spec, rate, max(base, peak), integral=integral, length=at + length)
 
 
 def parse_profile(spec: str) -> Profile:

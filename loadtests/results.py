@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .histogram import PERCENTILES, LatencyHistogram
+from .profiles import ProfileError, parse_profile
 from .recorder import Recorder
 
 RESULTS_JSON = "results.json"
@@ -71,21 +72,34 @@ class RunResult:
 
     @property
     def target_rate(self) -> float | None:
-        """Scheduled starts per second (open loop only)."""
+        """The profile's rate averaged over the run (open loop only): what was asked
+        for, not scheduled starts / duration, which rounds to whole requests."""
         if self.mode != "open" or not self.duration:
             return None
-        return self.scheduled / self.duration
+        try:
+            return parse_profile(self.config.get("profile") or "").mean_rate(self.duration)
+        except ProfileError:  # a result written by something else: the schedule's figure
+            return self.scheduled / self.duration
+
+    @property
+    def window_s(self) -> float:
+        """The measured window: the whole --duration, or longer when answers came later.
+
+        elapsed_s alone ends at the last answer, which at a low rate (or against
+        a dead port) is long before the run's end and inflates throughput.
+        """
+        return max(self.duration, self.elapsed_s)
 
     @property
     def achieved_rate(self) -> float:
         """Starts actually sent per second of schedule (open) or of run (closed)."""
-        window = self.duration if self.mode == "open" else self.elapsed_s
+        window = self.duration if self.mode == "open" else self.window_s
         return self.sent / window if window else 0.0
 
     @property
     def throughput(self) -> float:
-        """Finished requests (any outcome) per second of the whole run."""
-        return self.completed / self.elapsed_s if self.elapsed_s else 0.0
+        """Finished requests (any outcome) per second of the measured window."""
+        return self.completed / self.window_s if self.window_s else 0.0
 
     def behind_reasons(self) -> list[str]:
         """Why the generator did not produce the load it was asked for, if it didn't."""
@@ -118,9 +132,9 @@ class RunResult:
             "requests": {"scheduled": self.scheduled, "sent": self.sent,
                          "completed": self.completed, "ok": self.ok, "failed": self.failed,
                          "dropped": self.dropped_total, "dropped_by_reason": self.dropped},
-            "rates": {"target": None if target_rate is None else round(target_rate, 3),
-                      "achieved": round(self.achieved_rate, 3),
-                      "throughput": round(self.throughput, 3)},
+            "rates": {"target": None if target_rate is None else _round(target_rate),
+                      "achieved": _round(self.achieved_rate),
+                      "throughput": _round(self.throughput), "window_s": round(self.window_s, 3)},
             "generator": {"fell_behind": self.fell_behind, "reasons": self.behind_reasons(),
                           "lateness_ms": self.lateness.summary()},
             "latency_ms": {"all": self.latency_all.summary(), "ok": self.latency_ok.summary()},
@@ -163,7 +177,7 @@ class RunResult:
         c = self.config
         if self.mode == "open":
             shape = (f"open loop, profile `{c.get('profile')}` "
-                     f"(target {self.target_rate or 0:.1f} req/s)")
+                     f"(target {_rate(self.target_rate or 0)} req/s)")
         else:
             shape = f"closed loop, {c.get('connections')} connections"
         lines = [
@@ -175,9 +189,9 @@ class RunResult:
             + (f" of {self.scheduled} scheduled" if self.mode == "open" else "")
             + f", {self.completed} completed, {self.ok} ok, {self.failed} failed"
             + (f", {self.dropped_total} dropped by the generator" if self.mode == "open" else ""),
-            f"- rates: achieved {self.achieved_rate:.1f} req/s"
-            + (f" of {self.target_rate:.1f} targeted" if self.target_rate is not None else "")
-            + f", throughput {self.throughput:.1f} req/s over {self.elapsed_s:.2f} s",
+            f"- rates: achieved {_rate(self.achieved_rate)} req/s"
+            + (f" of {_rate(self.target_rate)} targeted" if self.target_rate is not None else "")
+            + f", throughput {_rate(self.throughput)} req/s over {self.window_s:.2f} s",
         ]
         if self.mode == "open":
             lat = self.lateness
@@ -199,14 +213,36 @@ class RunResult:
         return "\n".join(lines) + "\n"
 
 
+def _rate(value: float) -> str:
+    """req/s to one decimal; below 1, two significant digits (0.5, 0.0001), not 0.0."""
+    return f"{value:.1f}" if value >= 0.95 or value == 0 else f"{value:.2g}"
+
+
+def _round(value: float) -> float:
+    """3 decimals for JSON, or 3 significant digits below 0.1 (a rate of 0.0001 stays)."""
+    return round(value, 3) if value >= 0.1 or value == 0 else float(f"{value:.3g}")
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ").strip()
 
 
+NO_SAMPLES = "-"  # an empty histogram reads 0: never print that as a measured 0.00 ms
+
+
+def _ms(hist: LatencyHistogram, value_ms: float, sign: str = "") -> str:
+    return f"{value_ms:{sign}.2f}" if hist.count else NO_SAMPLES
+
+
+def _percentile_cells(hist: LatencyHistogram) -> str:
+    """p50 | p90 | p99 | p99.9 | max in ms, or dashes when nothing was measured."""
+    return " | ".join([_ms(hist, hist.percentile_ms(p)) for p in PERCENTILES]
+                      + [_ms(hist, hist.max_us / 1000)])
+
+
 def latency_row(name: str, hist: LatencyHistogram) -> str:
-    pcts = " | ".join(f"{hist.percentile_ms(p):.2f}" for p in PERCENTILES)
-    return (f"| {_cell(name)} | {hist.count} | {hist.mean_us / 1000:.2f} | {pcts} | "
-            f"{hist.max_us / 1000:.2f} |")
+    return (f"| {_cell(name)} | {hist.count} | {_ms(hist, hist.mean_us / 1000)} | "
+            f"{_percentile_cells(hist)} |")
 
 
 def comparison_markdown(results: list[RunResult]) -> str:
@@ -216,19 +252,18 @@ def comparison_markdown(results: list[RunResult]) -> str:
              "p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | fell behind |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in results:
-        h = r.latency_ok
-        tr = f"{r.target_rate:.1f}" if r.target_rate is not None else "-"
-        pcts = " | ".join(f"{h.percentile_ms(p):.2f}" for p in PERCENTILES)
-        lines.append(f"| {_cell(r.label)} | {r.mode} | {tr} | {r.achieved_rate:.1f} | {r.ok} | "
-                     f"{r.failed} | {r.dropped_total} | {pcts} | {h.max_us / 1000:.2f} | "
+        tr = _rate(r.target_rate) if r.target_rate is not None else "-"
+        lines.append(f"| {_cell(r.label)} | {r.mode} | {tr} | {_rate(r.achieved_rate)} | {r.ok} | "
+                     f"{r.failed} | {r.dropped_total} | {_percentile_cells(r.latency_ok)} | "
                      f"{'yes' if r.fell_behind else 'no'} |")
     if len(results) > 1:
         base = results[0]
         lines += ["", f"Added latency of successful requests over `{_cell(base.label)}`:", "",
                   "| run | Δp50 ms | Δp90 ms | Δp99 ms | Δp99.9 ms |", "|---|---:|---:|---:|---:|"]
         for r in results[1:]:
+            both = r.latency_ok if base.latency_ok.count else base.latency_ok
             deltas = " | ".join(
-                f"{r.latency_ok.percentile_ms(p) - base.latency_ok.percentile_ms(p):+.2f}"
+                _ms(both, r.latency_ok.percentile_ms(p) - base.latency_ok.percentile_ms(p), "+")
                 for p in PERCENTILES)
             lines.append(f"| {_cell(r.label)} | {deltas} |")
     return "\n".join(lines) + "\n"

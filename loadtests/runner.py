@@ -28,6 +28,9 @@ from .results import RunResult
 
 STARTUP_TIMEOUT = 60.0  # spawning and importing aiohttp in a worker
 N_COUNTS = 5
+MAX_DURATION = 86_400.0  # RunSpec's bounds; the CLI checks the same ones (exit 2)
+MAX_WARMUP = 3_600.0
+MAX_PROCESSES = 256
 
 
 class WorkerError(RuntimeError):
@@ -54,14 +57,14 @@ class RunSpec:
             raise ValueError(f"mode must be 'open' or 'closed', not {self.mode!r}")
         if self.mode == "open":
             parse_profile(self.profile or "")  # fail early, in the parent
-        if not 0 < self.duration <= 86_400:
-            raise ValueError("duration must be between 0 and 86400 s")
-        if not 1 <= self.processes <= 256:
-            raise ValueError("processes must be between 1 and 256")
+        if not 0 < self.duration <= MAX_DURATION:
+            raise ValueError(f"duration must be between 0 and {MAX_DURATION:g} s")
+        if not 1 <= self.processes <= MAX_PROCESSES:
+            raise ValueError(f"processes must be between 1 and {MAX_PROCESSES}")
         if self.max_in_flight < 1:
             raise ValueError("max_in_flight must be >= 1")
-        if not 0 <= self.warmup <= 3_600:
-            raise ValueError("warmup must be between 0 and 3600 s")
+        if not 0 <= self.warmup <= MAX_WARMUP:
+            raise ValueError(f"warmup must be between 0 and {MAX_WARMUP:g} s")
 
     @property
     def total_connections(self) -> int:

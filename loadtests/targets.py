@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .admin import Gateway, GatewayError, ready_replicas
+from .admin import Gateway, GatewayError, UnknownTarget, ready_replicas
 
 JSON_TYPE = ("Content-Type", "application/json")
 
@@ -27,17 +27,32 @@ class ResolvedTarget:
     default_method: str = "GET"
 
 
+class BadReplica(UnknownTarget, ValueError):
+    """--replica that is not ENDPOINT/DEPLOYMENT: the user's mistake (exit code 2)."""
+
+
 def parse_replica(text: str) -> tuple[str, str]:
-    """'ENDPOINT/DEPLOYMENT' -> (endpoint, deployment); ValueError otherwise."""
+    """'ENDPOINT/DEPLOYMENT' -> (endpoint, deployment); BadReplica (a ValueError) otherwise."""
     endpoint, sep, deployment = text.strip().partition("/")
     if not sep or not endpoint or not deployment or "/" in deployment:
-        raise ValueError(f"--replica must be ENDPOINT/DEPLOYMENT, got {text!r}")
+        raise BadReplica(f"--replica must be ENDPOINT/DEPLOYMENT, got {text!r}")
     return endpoint, deployment
+
+
+def _lookup(call, *names: str) -> dict:
+    """An admin GET of what the user named; a 404 is their mistake, said in the
+    gateway's own words ("no endpoint 'x'"), as `scoregate endpoint show` says it."""
+    try:
+        return call(*names)
+    except GatewayError as exc:
+        if exc.status == 404:
+            raise UnknownTarget(exc.detail) from None
+        raise
 
 
 def endpoint_target(gateway: Gateway, name: str) -> ResolvedTarget:
     """The endpoint's scoring URI on the gateway, with its primary key when it has one."""
-    view = gateway.endpoint(name)
+    view = _lookup(gateway.endpoint, name)
     headers: list[tuple[str, str]] = [JSON_TYPE]
     if view.get("auth_mode", "key") == "key":
         headers.append(("Authorization", f"Bearer {gateway.keys(name)['primaryKey']}"))
@@ -56,7 +71,7 @@ def replica_url(view: dict) -> str:
 
 def replica_target(gateway: Gateway, endpoint: str, deployment: str) -> ResolvedTarget:
     """Straight to a replica, bypassing the gateway (no TLS, no key: as the router calls it)."""
-    url = replica_url(gateway.deployment(endpoint, deployment))
+    url = replica_url(_lookup(gateway.deployment, endpoint, deployment))
     return ResolvedTarget(url, (JSON_TYPE,), None, f"replica:{endpoint}/{deployment}", "POST")
 
 
@@ -68,10 +83,10 @@ def resolve(url: str | None = None, endpoint: str | None = None, replica: str | 
         raise ValueError("give exactly one of --url, --endpoint or --replica")
     if url:
         return ResolvedTarget(url)
-    gateway = Gateway.from_state_dir(state_dir)
     if endpoint:
-        return endpoint_target(gateway, endpoint)
-    return replica_target(gateway, *parse_replica(replica or ""))
+        return endpoint_target(Gateway.from_state_dir(state_dir), endpoint)
+    names = parse_replica(replica or "")  # before looking for the gateway: a usage error
+    return replica_target(Gateway.from_state_dir(state_dir), *names)
 
 
 def merge_headers(base: tuple[tuple[str, str], ...],

@@ -25,7 +25,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def make_app() -> web.Application:
-    """Routes: / fast, /slow 200 ms, /error 500, /hang 1 s, /stall, /block."""
+    """Routes: / fast, /slow 200 ms, /error 500, /hang 1 s, /stall, /block, /flaky."""
     state = {"stall_until": None, "first": None, "blocked": False}
 
     async def fast(request):
@@ -70,9 +70,14 @@ def make_app() -> web.Application:
             return web.Response(status=400)
         return web.Response(text="ok")
 
+    async def flaky(request):
+        # every other request fails: a 50 % failure share
+        state["flaky"] = not state.get("flaky")
+        return web.Response(status=500 if state["flaky"] else 200)
+
     app = web.Application()
     for path, handler in (("/", fast), ("/slow", slow), ("/error", error), ("/hang", hang),
-                          ("/stall", stall), ("/block", block)):
+                          ("/stall", stall), ("/block", block), ("/flaky", flaky)):
         app.router.add_get(path, handler)
     app.router.add_post("/echo", echo)
     return app
@@ -261,8 +266,10 @@ async def test_cli_writes_results_summary_and_plots(serve, tmp_path, capsys):
     code = await asyncio.to_thread(run_cli, [
         "run", "--url", base + "/", "--method", "POST", "--rate", "20", "--duration", "0.2", "--no-plots",
         "--output", str(tmp_path / "post")])
-    assert code == 0
-    assert capsys.readouterr().err.count("every POST is sent without a body") == 1
+    assert code == 1  # / takes GET only: every POST is answered 405, so the run failed
+    err = capsys.readouterr().err
+    assert err.count("every POST is sent without a body") == 1
+    assert "no request succeeded (4 of 4 failed)" in err
 
     # `run` may be omitted; closed loop; --quiet: no progress
     out2 = tmp_path / "closed"
@@ -278,6 +285,24 @@ async def test_cli_writes_results_summary_and_plots(serve, tmp_path, capsys):
     assert run_cli(["compare", str(out), str(out2), "--output", str(cmp_dir)]) == 0
     summary = _check_outputs_cmp(cmp_dir)
     assert "| direct |" in summary and "| closed |" in summary and "Δp99" in summary
+
+
+@pytest.mark.parametrize("path,extra,code", [
+    ("/error", [], 1),                                  # every request failed
+    ("/flaky", [], 0),                                  # some succeeded: no limit given
+    ("/flaky", ["--max-failure-rate", "0.4"], 1),       # 50 % > 40 %
+    ("/flaky", ["--max-failure-rate", "0.5"], 0),       # 50 % is not more than 50 %
+    ("/", ["--max-failure-rate", "0"], 0),
+])
+async def test_cli_exit_code_follows_the_failures(serve, tmp_path, capsys, path, extra, code):
+    base = await serve()
+    got = await asyncio.to_thread(run_cli, [
+        "run", "--url", base + path, "--rate", "20", "--duration", "0.5", "--no-plots", "-q",
+        "--output", str(tmp_path / "run"), *extra])
+    err = capsys.readouterr().err
+    assert got == code, err
+    assert ("loadtests: error:" in err) == (code == 1)
+    assert (tmp_path / "run" / "results.json").exists()  # written either way
 
 
 def _check_outputs_cmp(out):

@@ -92,8 +92,8 @@ def test_scoregate_loadtest_reaches_an_endpoint_by_name(gateway, tmp_path):
 def test_wrong_targets_are_refused(gateway, tmp_path, capsys):
     state = str(gateway.state.root)
     base = ["--rate", "1", "--duration", "0.1", "--quiet", "--output", str(tmp_path / "x")]
-    assert run_cli(["run", "--endpoint", "nope", "--state-dir", state, *base]) == 1
-    assert "no endpoint 'nope'" in capsys.readouterr().err
+    assert run_cli(["run", "--endpoint", "nope", "--state-dir", state, *base]) == 2  # a usage error
+    assert capsys.readouterr().err == "loadtests: error: no endpoint 'nope'\n"
     assert run_cli(["run", "--endpoint", "lt", "--state-dir", str(tmp_path), *base]) == 3
     assert "no running gateway" in capsys.readouterr().err
     assert run_cli(["scenario", "rollout", "--url", "http://127.0.0.1:9/", "--smoke",

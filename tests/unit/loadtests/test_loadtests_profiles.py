@@ -96,3 +96,20 @@ def test_duration_units():
 def test_bad_specs_are_refused(spec):
     with pytest.raises(ProfileError):
         parse_profile(spec)
+
+
+@pytest.mark.parametrize("spec,duration,mean", [
+    ("0.0001", 1.0, 0.0001),                     # the rate asked for, not 1 request / 1 s
+    ("0.5", 4.0, 0.5),
+    ("step:50,100,200@2s", 6.0, (100 + 200 + 400) / 6),
+    ("step:50,100,200@2s", 3.0, (100 + 100) / 3),
+    ("ramp:100,1000@10s", 10.0, 550.0),
+    ("ramp:100,1000@10s", 20.0, (5500 + 10000) / 20),
+    ("burst:100,1000@2s+0.5s", 4.0, (100 * 3.5 + 1000 * 0.5) / 4),
+    ("burst:100,1000@1s+0.2s/2s", 5.0, (100 * 4.6 + 1000 * 0.4) / 5),
+])
+def test_mean_rate_is_the_integral_of_the_profile(spec, duration, mean):
+    profile = parse_profile(spec)
+    assert profile.mean_rate(duration) == pytest.approx(mean)
+    if mean * duration >= 50:  # the schedule agrees with the integral
+        assert profile.expected_count(duration) == pytest.approx(mean * duration, abs=1)

@@ -120,3 +120,40 @@ def test_comparison_has_deltas_against_the_first_run():
     text = comparison_markdown([direct, gateway])
     assert "| direct | open |" in text and "| gateway | open |" in text
     assert "| gateway | +2.00 | +2.00 | +2.00 | +2.00 |" in text
+
+
+def test_a_latency_row_without_samples_shows_dashes_not_zeros():
+    rec = fill(Recorder(0.0), n_ok=0, n_timeout=3)  # every request failed: no ok latency
+    result = RunResult.from_recorder(rec, "dead", CONFIG)
+    text = result.summary_markdown()
+    assert "| ok | 0 | - | - | - | - | - | - |" in text
+    assert "| all | 3 | 1000." in text  # the failed ones were measured
+    row = next(line for line in comparison_markdown([result]).splitlines()
+               if line.startswith("| dead |"))
+    assert "0.00" not in row and "| - | - | - | - | - |" in row
+
+
+def _one_request_result(profile: str, duration: float, elapsed: float) -> RunResult:
+    """`completed` requests finished within `elapsed` s of a `duration` s run."""
+    rec = fill(Recorder(0.0), n_ok=2)
+    rec.elapsed = elapsed
+    return RunResult.from_recorder(rec, "low", dict(CONFIG, profile=profile, duration_s=duration))
+
+
+def test_throughput_is_over_the_run_not_up_to_the_last_completion():
+    # --rate 0.5 --duration 4: starts at 0 s and 2 s, the last answer at ~2 s
+    result = _one_request_result("constant:0.5", 4.0, 2.0)
+    assert result.throughput == pytest.approx(0.5)
+    assert result.target_rate == pytest.approx(0.5)
+    assert "throughput 0.5 req/s over 4.00 s" in result.summary_markdown()
+    # a drain past the end still counts: the window is the longer of the two
+    assert _one_request_result("constant:0.5", 4.0, 5.0).throughput == pytest.approx(0.4)
+
+
+def test_target_is_the_rate_asked_for():
+    result = _one_request_result("constant:0.0001", 1.0, 0.01)
+    assert result.target_rate == pytest.approx(0.0001)
+    assert result.throughput == pytest.approx(2.0)
+    text = result.summary_markdown()
+    assert "(target 0.0001 req/s)" in text and "of 0.0001 targeted" in text
+    assert result.to_dict()["rates"]["target"] == pytest.approx(0.0001)

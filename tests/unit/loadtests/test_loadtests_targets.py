@@ -111,3 +111,52 @@ def test_url_target_defaults_to_get_and_keeps_cafile():
                                       "--rate", "1", "--duration", "1"])
     spec = spec_from_args(args)
     assert spec.target.method == "GET" and spec.target.cafile == "c.pem"
+
+
+@pytest.fixture
+def admin_404(tmp_path):
+    """A state dir whose admin API answers every call 404 with the gateway's message."""
+    import http.server
+    import threading
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            parts = self.path.split("/")  # /api/v1/endpoints/E[/deployments/D]
+            message = (f"no deployment '{parts[6]}' on endpoint '{parts[4]}'"
+                       if len(parts) > 6 else f"no endpoint '{parts[4]}'")
+            body = json.dumps({"message": message}).encode()
+            self.send_response(404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    write_gateway_json(tmp_path, admin_url=f"http://127.0.0.1:{server.server_port}")
+    yield tmp_path
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("where,message", [
+    (["--endpoint", "nope"], "no endpoint 'nope'"),
+    (["--replica", "iris/nope"], "no deployment 'nope' on endpoint 'iris'"),
+])
+def test_an_unknown_endpoint_or_deployment_is_a_usage_error(admin_404, where, message, capsys):
+    code = run_cli(["run", *where, "--state-dir", str(admin_404), "--rate", "1",
+                    "--duration", "1", "-q", "--no-plots"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.strip() == f"loadtests: error: {message}"
+
+
+def test_a_malformed_replica_is_a_usage_error(tmp_path, capsys):
+    write_gateway_json(tmp_path)
+    code = run_cli(["run", "--replica", "iris", "--state-dir", str(tmp_path), "--rate", "1",
+                    "--duration", "1", "-q", "--no-plots"])
+    assert code == 2 and "ENDPOINT/DEPLOYMENT" in capsys.readouterr().err
