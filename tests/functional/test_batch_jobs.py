@@ -329,3 +329,29 @@ def test_a_damaged_job_record_fails_that_job_alone(batch):
     assert {job["id"] for job in api.list()} >= {good["id"], "batchjob-damaged"}
     status, raw = api.output("batchjob-damaged")
     assert status == 404 and json.loads(raw)["code"] == "OutputNotFound"
+
+
+def test_a_file_that_vanishes_is_named_without_the_server_data_root(batch, capsys):
+    """A file of a folder input removed before its mini-batch ran: the script's
+    FileNotFoundError named the absolute path under the data root, in the job view and in
+    the job log, which key holders read; the caller only ever sent `vanish`."""
+    api, _, data, process = batch({"mini_batch_size": 1, "retry_settings": {"max_retries": 0, "timeout": 10}},
+                                  env={"DELAY": "0.3"})
+    write_files(data / "vanish", 3)
+    job = api.submit({"input": {"type": "uri_folder", "path": "vanish"}})
+    (data / "vanish" / "f00002.txt").unlink()  # the worker is still starting; the first item sleeps 0.3 s
+    done = api.wait(job["id"])
+    [failed] = done["error"]["failed_mini_batches"]
+    assert failed["inputs"] == ["f00002.txt"]
+    assert "FileNotFoundError" in failed["error"] and "'vanish/f00002.txt'" in failed["error"], failed
+    status, _, raw = process.request("GET", f"{api.base}/{job['id']}/logs", None, api.headers)
+    text = raw.decode()
+    assert status == 200 and "'vanish/f00002.txt'" in text, text
+    assert str(data) not in json.dumps(done) and str(data) not in text
+    assert str(data.resolve()) not in json.dumps(done) and str(data.resolve()) not in text
+    from serving.cli import main
+
+    assert main(["job", "logs", "--name", "scorer", "--job-id", job["id"], "--state-dir",
+                 str(process.state.root)]) == 0
+    assert capsys.readouterr().out.startswith(text)  # the admin port's job log is the same, redacted one
+
