@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +18,13 @@ from .client import BatchClient
 
 VERBS = ("batch", "job")
 _TERMINAL = ("Completed", "Failed", "Canceled")
+DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT = 100, 1000  # as the job list route (serving.batch.http)
+
+
+def _list_limit(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MAX_LIST_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {MAX_LIST_LIMIT}, got {text!r}")
+    return int(text)
 
 
 def register(subparsers, common_parent: argparse.ArgumentParser) -> None:
@@ -50,6 +58,8 @@ def register(subparsers, common_parent: argparse.ArgumentParser) -> None:
     jobs = job.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = jobs.add_parser("list", parents=common, help="an endpoint's jobs, newest first")
     listing.add_argument("-n", "--name", required=True, help="batch endpoint")
+    listing.add_argument("--limit", type=_list_limit, default=DEFAULT_LIST_LIMIT, metavar="N",
+                         help=f"the newest N jobs, 1 to {MAX_LIST_LIMIT} (default {DEFAULT_LIST_LIMIT})")
     listing.set_defaults(batch_command="job list")
     helps = {"show": "one job: status, counts, errors", "cancel": "cancel a queued or running job",
              "download": "save the job's output file",
@@ -76,7 +86,7 @@ def dispatch(args: argparse.Namespace, client: AdminClient):
             job = batch.submit(args.name, _job_body(args))
             return _wait(batch, args.name, job, args.wait_timeout) if args.wait else job
         case "job list":
-            return batch.list_jobs(args.name)
+            return _jobs(batch, args.name, args.limit)
         case "job show":
             return batch.show(args.name, args.job_id)
         case "job cancel":
@@ -86,6 +96,15 @@ def dispatch(args: argparse.Namespace, client: AdminClient):
         case "job logs":
             return client.get_text(api_path("batch", "endpoints", args.name, "jobs", args.job_id, "logs"))
     raise CliError(f"unknown batch command {getattr(args, 'batch_command', None)!r}", 2)
+
+
+def _jobs(batch: BatchClient, endpoint: str, limit: int) -> list:
+    """The newest `limit` jobs; a full page says, on stderr, that there may be more."""
+    jobs = batch.list_jobs(endpoint, limit)
+    if len(jobs) >= limit:
+        sys.stderr.write(f"note: the newest {limit} jobs are shown; there may be more"
+                         f" (--limit N, up to {MAX_LIST_LIMIT})\n")
+    return jobs
 
 
 def _job_body(args: argparse.Namespace) -> dict:

@@ -355,3 +355,36 @@ def test_a_file_that_vanishes_is_named_without_the_server_data_root(batch, capsy
                  str(process.state.root)]) == 0
     assert capsys.readouterr().out.startswith(text)  # the admin port's job log is the same, redacted one
 
+
+def test_job_list_limit_is_checked(batch):
+    """?limit=0 and -1 answered one job, 5000 was silently 1000, and abc was a 400 although
+    the documented code for a bad value is 422 ValidationError."""
+    api, _, _, process = batch()
+    ids = [api.submit({"input": {"type": "inline", "data": [[i]]}})["id"] for i in range(3)]
+    for given in ("0", "-1", "1001", "5000", "abc", "", "1.5"):
+        status, _, raw = process.request("GET", f"{api.base}?limit={given}", None, api.headers)
+        body = json.loads(raw)
+        assert (status, body["code"]) == (422, "ValidationError"), (given, status, body)
+        assert "limit" in body["message"] and "1000" in body["message"] and body["request_id"]
+    for given, expected in (("1", ids[-1:]), ("2", ids[:0:-1]), ("1000", ids[::-1])):
+        status, _, raw = process.request("GET", f"{api.base}?limit={given}", None, api.headers)
+        assert status == 200 and [j["id"] for j in json.loads(raw)] == expected, (given, raw)
+
+
+def test_job_list_limit_says_when_the_list_may_be_cut(batch, capsys):
+    """`job list` showed the newest 100 jobs without saying so, and had no --limit."""
+    from serving.cli import main
+
+    api, _, _, process = batch()
+    state = ["--state-dir", str(process.state.root)]
+    ids = [api.submit({"input": {"type": "inline", "data": [[i]]}})["id"] for i in range(3)]
+    assert main(["job", "list", "--name", "scorer", "--limit", "2", *state]) == 0
+    out, err = capsys.readouterr()
+    assert [j["id"] for j in json.loads(out)] == ids[:0:-1]
+    assert err == "note: the newest 2 jobs are shown; there may be more (--limit N, up to 1000)\n"
+    assert main(["job", "list", "--name", "scorer", "--limit", "3", "-o", "table", *state]) == 0
+    out, err = capsys.readouterr()
+    assert out.split()[0] == "name" and len(out.splitlines()) == 5 and err.startswith("note: the newest 3")
+    assert main(["job", "list", "--name", "scorer", "--limit", "4", *state]) == 0
+    out, err = capsys.readouterr()
+    assert len(json.loads(out)) == 3 and err == ""  # all of them: nothing to note

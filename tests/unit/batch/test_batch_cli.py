@@ -68,3 +68,19 @@ def test_a_json_file_without_rows_is_refused_naming_the_file(tmp_path):
         _job_body(parse("batch", "invoke", "-n", "ep", "-i", path, "--input-type", "inline"))
     assert info.value.exit_code == 2
     assert str(info.value) == f'{path}: expected a JSON list of rows, or an object with a "data" list'
+
+
+def refused(capsys, *argv: str) -> str:
+    """argv is refused on the command line: exit 2, and the message (stderr) it gave."""
+    with pytest.raises(SystemExit) as info:
+        parse(*argv)
+    assert info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_job_list_takes_a_limit_from_1_to_1000(capsys):
+    assert parse("job", "list", "-n", "ep").limit == 100
+    assert parse("job", "list", "-n", "ep", "--limit", "1000").limit == 1000
+    for value in ("0", "-1", "1001", "abc", "2.5"):
+        error = refused(capsys, "job", "list", "-n", "ep", f"--limit={value}")
+        assert "argument --limit: " in error and "1 to 1000" in error, error
