@@ -2,13 +2,15 @@
 
 serving.cli calls register(verbs, common) while building its parser and, for these
 verbs, dispatch(args, client) → the JSON-able result it prints. Errors are CliError
-(exit 2 for bad input, 1 for a failed request), as for every other verb.
+(exit 2 for bad input, 1 for a failed request), as for every other verb; `batch invoke
+--wait` adds EXIT_STILL_RUNNING for a job it stopped waiting for.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -18,7 +20,29 @@ from .client import BatchClient
 
 VERBS = ("batch", "job")
 _TERMINAL = ("Completed", "Failed", "Canceled")
+# `invoke --wait` gave up waiting, the job goes on; serving.cli uses 0 ok, 1 failed, 2 bad
+# input, 3 no gateway: a script must tell "still running" from "failed".
+EXIT_STILL_RUNNING = 4
 DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT = 100, 1000  # as the job list route (serving.batch.http)
+
+
+def _seconds(text: str) -> float:
+    """A finite number: json.dumps writes nan and inf as NaN / Infinity, which is not JSON,
+    and the gateway's refusal then named no flag."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds, got {text!r}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text!r}")
+    return value
 
 
 def _list_limit(text: str) -> int:
@@ -50,8 +74,12 @@ def register(subparsers, common_parent: argparse.ArgumentParser) -> None:
     invoke.add_argument("--max-retries", type=int)
     invoke.add_argument("--timeout", type=float, help="seconds per mini-batch")
     invoke.add_argument("--output-file-name")
-    invoke.add_argument("--wait", action="store_true", help="wait until the job has finished")
-    invoke.add_argument("--wait-timeout", type=float, default=3600.0)
+    invoke.add_argument("--wait", action="store_true",
+                        help="wait until the job has finished, then print it: exit 0 if it completed, exit 1 if"
+                             f" it failed or was canceled, exit {EXIT_STILL_RUNNING} if it is still running after"
+                             " --wait-timeout (it goes on)")
+    invoke.add_argument("--wait-timeout", type=_positive_seconds, default=3600.0, metavar="SECONDS",
+                        help="how long --wait waits, more than 0 (default 3600)")
     invoke.set_defaults(batch_command="batch invoke")
 
     job = subparsers.add_parser("job", help="batch jobs: list, show, cancel, download, logs")
@@ -144,8 +172,9 @@ def _wait(batch: BatchClient, endpoint: str, job: dict, timeout_s: float) -> dic
     deadline = time.monotonic() + timeout_s
     delay = 0.1
     while job["status"] not in _TERMINAL:
-        if time.monotonic() > deadline:
-            raise CliError(f"job {job['id']} is still {job['status']} after {timeout_s:g} s")
+        if time.monotonic() > deadline:  # the job is still printed: the caller needs its id
+            raise CliError(f"job {job['id']} is still {job['status']} after {timeout_s:g} s (it goes on running)",
+                           EXIT_STILL_RUNNING, job)
         time.sleep(delay)
         delay = min(delay * 1.5, 2.0)
         job = batch.show(endpoint, job["id"])

@@ -388,3 +388,21 @@ def test_job_list_limit_says_when_the_list_may_be_cut(batch, capsys):
     assert main(["job", "list", "--name", "scorer", "--limit", "4", *state]) == 0
     out, err = capsys.readouterr()
     assert len(json.loads(out)) == 3 and err == ""  # all of them: nothing to note
+
+
+def test_invoke_wait_that_times_out_prints_the_job_and_exits_4(batch, capsys):
+    """It exited 1 with nothing on stdout, like a failed job: a script could neither tell
+    the two apart nor learn the id of the job still running."""
+    from serving.cli import main
+
+    api, _, data, process = batch({"mini_batch_size": 1}, env={"DELAY": "0.5"})
+    write_files(data / "slow", 20)
+    state = str(process.state.root)
+    code = main(["batch", "invoke", "--name", "scorer", "--input", "slow", "--wait", "--wait-timeout", "0.3",
+                 "--state-dir", state])
+    out, err = capsys.readouterr()
+    assert code == 4, (out, err)
+    job = json.loads(out)
+    assert job["status"] in ("Queued", "Running") and job["id"].startswith("batchjob-")
+    assert err == f"error: job {job['id']} is still {job['status']} after 0.3 s (it goes on running)\n"
+    assert api.cancel(job["id"])[1]["status"] == "Canceled"

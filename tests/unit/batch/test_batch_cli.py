@@ -84,3 +84,17 @@ def test_job_list_takes_a_limit_from_1_to_1000(capsys):
     for value in ("0", "-1", "1001", "abc", "2.5"):
         error = refused(capsys, "job", "list", "-n", "ep", f"--limit={value}")
         assert "argument --limit: " in error and "1 to 1000" in error, error
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "0.0"])
+def test_a_wait_timeout_that_is_not_positive_is_refused(capsys, value):
+    error = refused(capsys, "batch", "invoke", "-n", "ep", "-i", "x", "--wait", f"--wait-timeout={value}")
+    assert "argument --wait-timeout: " in error and "more than 0" in error, error
+    assert parse("batch", "invoke", "-n", "ep", "-i", "x", "--wait-timeout", "0.5").wait_timeout == 0.5
+
+
+def test_invoke_help_gives_the_exit_codes_of_wait(capsys):
+    with pytest.raises(SystemExit):
+        parse("batch", "invoke", "--help")
+    text = " ".join(capsys.readouterr().out.split())
+    assert "exit 4" in text and "exit 1" in text, text
