@@ -72,7 +72,7 @@ def register(subparsers, common_parent: argparse.ArgumentParser) -> None:
     invoke.add_argument("--max-concurrency-per-instance", type=int)
     invoke.add_argument("--error-threshold", type=int)
     invoke.add_argument("--max-retries", type=int)
-    invoke.add_argument("--timeout", type=float, help="seconds per mini-batch")
+    invoke.add_argument("--timeout", type=_seconds, help="seconds per mini-batch")
     invoke.add_argument("--output-file-name")
     invoke.add_argument("--wait", action="store_true",
                         help="wait until the job has finished, then print it: exit 0 if it completed, exit 1 if"

@@ -98,3 +98,12 @@ def test_invoke_help_gives_the_exit_codes_of_wait(capsys):
         parse("batch", "invoke", "--help")
     text = " ".join(capsys.readouterr().out.split())
     assert "exit 4" in text and "exit 1" in text, text
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "infinity"])
+def test_non_finite_seconds_are_refused_naming_the_flag(capsys, value):
+    """--timeout nan made the CLI send `NaN`, which is not JSON: the gateway answered "the
+    body is not valid JSON", naming nothing the user typed."""
+    for flag in ("--timeout", "--wait-timeout"):
+        error = refused(capsys, "batch", "invoke", "-n", "ep", "-i", "x", f"{flag}={value}")
+        assert f"argument {flag}: " in error and value in error, error
