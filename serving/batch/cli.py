@@ -56,8 +56,8 @@ def register(subparsers, common_parent: argparse.ArgumentParser) -> None:
     common = [common_parent]
     batch = subparsers.add_parser("batch", help="batch endpoints: invoke (submit a job), list, show")
     actions = batch.add_subparsers(dest="action", required=True, metavar="ACTION")
-    actions.add_parser("list", parents=common).set_defaults(batch_command="batch list")
-    show = actions.add_parser("show", parents=common)
+    actions.add_parser("list", parents=common, help="every batch endpoint").set_defaults(batch_command="batch list")
+    show = actions.add_parser("show", parents=common, help="one batch endpoint: its deployments, scoring URI")
     show.add_argument("-n", "--name", required=True)
     show.set_defaults(batch_command="batch show")
     invoke = actions.add_parser("invoke", parents=common, help="submit a batch job")

@@ -107,3 +107,11 @@ def test_non_finite_seconds_are_refused_naming_the_flag(capsys, value):
     for flag in ("--timeout", "--wait-timeout"):
         error = refused(capsys, "batch", "invoke", "-n", "ep", "-i", "x", f"{flag}={value}")
         assert f"argument {flag}: " in error and value in error, error
+
+
+def test_batch_help_names_every_action(capsys):
+    """`batch --help` listed only invoke, although list and show exist (and are documented)."""
+    with pytest.raises(SystemExit):
+        parse("batch", "--help")
+    actions = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("    ")]
+    assert actions == ["list", "show", "invoke"]
