@@ -107,14 +107,14 @@ def dispatch(args: argparse.Namespace, client: AdminClient):
     batch = BatchClient(client)
     match getattr(args, "batch_command", None):
         case "batch list":
-            return client.get("/batch/endpoints")
+            return _listing(args, client.get("/batch/endpoints"))
         case "batch show":
             return client.get(api_path("batch", "endpoints", args.name))
         case "batch invoke":
             job = batch.submit(args.name, _job_body(args))
             return _wait(batch, args.name, job, args.wait_timeout) if args.wait else job
         case "job list":
-            return _jobs(batch, args.name, args.limit)
+            return _listing(args, _jobs(batch, args.name, args.limit))
         case "job show":
             return batch.show(args.name, args.job_id)
         case "job cancel":
@@ -133,6 +133,11 @@ def _jobs(batch: BatchClient, endpoint: str, limit: int) -> list:
         sys.stderr.write(f"note: the newest {limit} jobs are shown; there may be more"
                          f" (--limit N, up to {MAX_LIST_LIMIT})\n")
     return jobs
+
+
+def _listing(args: argparse.Namespace, rows: list):
+    """An empty list as a table is no line at all (not `[]`); JSON stays a list, for scripts."""
+    return "" if not rows and getattr(args, "output", "json") == "table" else rows
 
 
 def _job_body(args: argparse.Namespace) -> dict:

@@ -406,3 +406,15 @@ def test_invoke_wait_that_times_out_prints_the_job_and_exits_4(batch, capsys):
     assert job["status"] in ("Queued", "Running") and job["id"].startswith("batchjob-")
     assert err == f"error: job {job['id']} is still {job['status']} after 0.3 s (it goes on running)\n"
     assert api.cancel(job["id"])[1]["status"] == "Canceled"
+
+
+def test_job_list_as_a_table_with_no_job_prints_nothing(batch, capsys):
+    """With no job, `job list -o table` printed `[]`."""
+    from serving.cli import main
+
+    _, _, _, process = batch()
+    state = ["--state-dir", str(process.state.root)]
+    assert main(["job", "list", "--name", "scorer", "-o", "table", *state]) == 0
+    assert capsys.readouterr() == ("", "")  # no job: no table, no line at all
+    assert main(["job", "list", "--name", "scorer", *state]) == 0
+    assert json.loads(capsys.readouterr().out) == []  # JSON stays a list, for scripts
