@@ -2,13 +2,16 @@
 
 serving.cli calls register(verbs, common) while building its parser and, for these
 verbs, dispatch(args, client) → the JSON-able result it prints. Errors are CliError
-(exit 2 for bad input, 1 for a failed request), as for every other verb.
+(exit 2 for bad input, 1 for a failed request), as for every other verb; `batch invoke
+--wait` adds EXIT_STILL_RUNNING for a job it stopped waiting for.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +20,35 @@ from .client import BatchClient
 
 VERBS = ("batch", "job")
 _TERMINAL = ("Completed", "Failed", "Canceled")
+# `invoke --wait` gave up waiting, the job goes on; serving.cli uses 0 ok, 1 failed, 2 bad
+# input, 3 no gateway: a script must tell "still running" from "failed".
+EXIT_STILL_RUNNING = 4
+DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT = 100, 1000  # as the job list route (serving.batch.http)
+
+
+def _seconds(text: str) -> float:
+    """A finite number: json.dumps writes nan and inf as NaN / Infinity, which is not JSON,
+    and the gateway's refusal then named no flag."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds, got {text!r}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text!r}")
+    return value
+
+
+def _list_limit(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MAX_LIST_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {MAX_LIST_LIMIT}, got {text!r}")
+    return int(text)
 
 
 def register(subparsers, common_parent: argparse.ArgumentParser) -> None:
@@ -24,8 +56,8 @@ def register(subparsers, common_parent: argparse.ArgumentParser) -> None:
     common = [common_parent]
     batch = subparsers.add_parser("batch", help="batch endpoints: invoke (submit a job), list, show")
     actions = batch.add_subparsers(dest="action", required=True, metavar="ACTION")
-    actions.add_parser("list", parents=common).set_defaults(batch_command="batch list")
-    show = actions.add_parser("show", parents=common)
+    actions.add_parser("list", parents=common, help="every batch endpoint").set_defaults(batch_command="batch list")
+    show = actions.add_parser("show", parents=common, help="one batch endpoint: its deployments, scoring URI")
     show.add_argument("-n", "--name", required=True)
     show.set_defaults(batch_command="batch show")
     invoke = actions.add_parser("invoke", parents=common, help="submit a batch job")
@@ -40,16 +72,22 @@ def register(subparsers, common_parent: argparse.ArgumentParser) -> None:
     invoke.add_argument("--max-concurrency-per-instance", type=int)
     invoke.add_argument("--error-threshold", type=int)
     invoke.add_argument("--max-retries", type=int)
-    invoke.add_argument("--timeout", type=float, help="seconds per mini-batch")
+    invoke.add_argument("--timeout", type=_seconds, help="seconds per mini-batch")
     invoke.add_argument("--output-file-name")
-    invoke.add_argument("--wait", action="store_true", help="wait until the job has finished")
-    invoke.add_argument("--wait-timeout", type=float, default=3600.0)
+    invoke.add_argument("--wait", action="store_true",
+                        help="wait until the job has finished, then print it: exit 0 if it completed, exit 1 if"
+                             f" it failed or was canceled, exit {EXIT_STILL_RUNNING} if it is still running after"
+                             " --wait-timeout (it goes on)")
+    invoke.add_argument("--wait-timeout", type=_positive_seconds, default=3600.0, metavar="SECONDS",
+                        help="how long --wait waits, more than 0 (default 3600)")
     invoke.set_defaults(batch_command="batch invoke")
 
     job = subparsers.add_parser("job", help="batch jobs: list, show, cancel, download, logs")
     jobs = job.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = jobs.add_parser("list", parents=common, help="an endpoint's jobs, newest first")
     listing.add_argument("-n", "--name", required=True, help="batch endpoint")
+    listing.add_argument("--limit", type=_list_limit, default=DEFAULT_LIST_LIMIT, metavar="N",
+                         help=f"the newest N jobs, 1 to {MAX_LIST_LIMIT} (default {DEFAULT_LIST_LIMIT})")
     listing.set_defaults(batch_command="job list")
     helps = {"show": "one job: status, counts, errors", "cancel": "cancel a queued or running job",
              "download": "save the job's output file",
@@ -69,14 +107,14 @@ def dispatch(args: argparse.Namespace, client: AdminClient):
     batch = BatchClient(client)
     match getattr(args, "batch_command", None):
         case "batch list":
-            return client.get("/batch/endpoints")
+            return _listing(args, client.get("/batch/endpoints"))
         case "batch show":
             return client.get(api_path("batch", "endpoints", args.name))
         case "batch invoke":
             job = batch.submit(args.name, _job_body(args))
             return _wait(batch, args.name, job, args.wait_timeout) if args.wait else job
         case "job list":
-            return batch.list_jobs(args.name)
+            return _listing(args, _jobs(batch, args.name, args.limit))
         case "job show":
             return batch.show(args.name, args.job_id)
         case "job cancel":
@@ -86,6 +124,20 @@ def dispatch(args: argparse.Namespace, client: AdminClient):
         case "job logs":
             return client.get_text(api_path("batch", "endpoints", args.name, "jobs", args.job_id, "logs"))
     raise CliError(f"unknown batch command {getattr(args, 'batch_command', None)!r}", 2)
+
+
+def _jobs(batch: BatchClient, endpoint: str, limit: int) -> list:
+    """The newest `limit` jobs; a full page says, on stderr, that there may be more."""
+    jobs = batch.list_jobs(endpoint, limit)
+    if len(jobs) >= limit:
+        sys.stderr.write(f"note: the newest {limit} jobs are shown; there may be more"
+                         f" (--limit N, up to {MAX_LIST_LIMIT})\n")
+    return jobs
+
+
+def _listing(args: argparse.Namespace, rows: list):
+    """An empty list as a table is no line at all (not `[]`); JSON stays a list, for scripts."""
+    return "" if not rows and getattr(args, "output", "json") == "table" else rows
 
 
 def _job_body(args: argparse.Namespace) -> dict:
@@ -125,8 +177,9 @@ def _wait(batch: BatchClient, endpoint: str, job: dict, timeout_s: float) -> dic
     deadline = time.monotonic() + timeout_s
     delay = 0.1
     while job["status"] not in _TERMINAL:
-        if time.monotonic() > deadline:
-            raise CliError(f"job {job['id']} is still {job['status']} after {timeout_s:g} s")
+        if time.monotonic() > deadline:  # the job is still printed: the caller needs its id
+            raise CliError(f"job {job['id']} is still {job['status']} after {timeout_s:g} s (it goes on running)",
+                           EXIT_STILL_RUNNING, job)
         time.sleep(delay)
         delay = min(delay * 1.5, 2.0)
         job = batch.show(endpoint, job["id"])

@@ -60,8 +60,8 @@ class BatchClient:
     def submit(self, endpoint: str, body: dict) -> dict:
         return self._json("POST", endpoint, "", body)
 
-    def list_jobs(self, endpoint: str) -> list:
-        return self._json("GET", endpoint)
+    def list_jobs(self, endpoint: str, limit: int = 100) -> list:
+        return self._json("GET", endpoint, f"?limit={limit}")
 
     def show(self, endpoint: str, job_id: str) -> dict:
         return self._json("GET", endpoint, api_path(job_id))

@@ -1,7 +1,7 @@
 """Job routes on the HTTPS scoring port, authenticated like online endpoints.
 
     POST /api/v1/batch/{endpoint}/jobs                 submit → 202 once committed
-    GET  /api/v1/batch/{endpoint}/jobs                 list (newest first, ?limit=N)
+    GET  /api/v1/batch/{endpoint}/jobs                 list (newest first, ?limit=N: 1..1000, 100)
     GET  /api/v1/batch/{endpoint}/jobs/{id}            show
     POST /api/v1/batch/{endpoint}/jobs/{id}/cancel     cancel → the job (409 if finished)
     GET  /api/v1/batch/{endpoint}/jobs/{id}/output     the output file (409 until finished)
@@ -29,7 +29,7 @@ from router.context import request_id_from
 from router.handlers import error_response
 
 from .jobs import OUTPUT_NOT_WRITTEN, TERMINAL, JobRecord, job_settings
-from .requests import RequestError, parse_job_request
+from .requests import RequestError, invalid, parse_job_request
 from .store import BatchEndpointRecord
 
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}\Z")
@@ -39,6 +39,7 @@ _KNOWN = [(re.compile(r"^/api/v1/batch/[^/]+/jobs/?\Z"), "GET, POST"),
           (re.compile(r"^/api/v1/batch/[^/]+/jobs/[^/]+/output/?\Z"), "GET"),
           (re.compile(r"^/api/v1/batch/[^/]+/jobs/[^/]+/logs/?\Z"), "GET")]
 _CHUNK = 64 * 1024
+DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT = 100, 1000  # jobs in one answer of the job list
 # The caller's address, as a worker's BatchProxy (serving/workers/batch_proxy.py) saw it:
 # believed only on the private Unix socket the proxies use, never from a TCP caller.
 CLIENT_ADDRESS_HEADER = "x-scoregate-client-address"
@@ -53,6 +54,15 @@ def client_address(request: web.Request) -> str | None:
     if sock is not None and sock.family == socket.AF_UNIX:
         return request.headers.get(CLIENT_ADDRESS_HEADER) or None
     return request.remote
+
+
+def _list_limit(given: str) -> int:
+    """?limit=N of the job list: a whole number from 1 to MAX_LIST_LIMIT, or a 422 saying so
+    (out-of-range values were quietly clamped, so a caller never learnt its list was cut)."""
+    limit = int(given) if re.fullmatch(r"[0-9]{1,4}", given) else 0
+    if not 1 <= limit <= MAX_LIST_LIMIT:
+        raise invalid(f"limit: must be a whole number from 1 to {MAX_LIST_LIMIT}, got {given!r}")
+    return limit
 
 
 class JobRoutes:
@@ -156,10 +166,7 @@ class JobRoutes:
         return bytes(body)
 
     async def list_jobs(self, request: web.Request, record: BatchEndpointRecord) -> web.Response:
-        try:
-            limit = max(1, min(1000, int(request.query.get("limit", "100"))))
-        except ValueError:
-            raise RequestError(400, "ValidationError", "limit must be an integer") from None
+        limit = _list_limit(request.query.get("limit", str(DEFAULT_LIST_LIMIT)))
         jobs = await asyncio.to_thread(self._service.jobs.list, record.endpoint.name, limit)
         base = self._base(request)
         views = await asyncio.to_thread(lambda: [self._service.view(j, base) for j in jobs])

@@ -11,7 +11,9 @@ where this left off.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import os
 import re
 import shutil
 import sys
@@ -36,6 +38,28 @@ class RunOptions:
     python: str = sys.executable
     init_timeout_s: float = 300.0
     max_workers: int = 32  # per job, whatever instance_count × max_concurrency_per_instance asks
+    data_roots: tuple[str, ...] = ()  # as the gateway was given them: redact_paths takes them out of errors
+
+
+def redact_paths(text: str, data_roots: tuple[str, ...]) -> str:
+    """`text` with every path under a data root made relative to it ('/data/in/a.json' →
+    'in/a.json', the root itself '.'): a scoring script's error names the absolute paths
+    run() was given, and the job view and the job log that carry it are read by key
+    holders, who must not learn the server's folders."""
+    return _root_pattern(data_roots).sub(lambda m: "" if m["under"] else ".", text) if data_roots else text
+
+
+@functools.lru_cache(maxsize=16)
+def _root_pattern(data_roots: tuple[str, ...]) -> re.Pattern:
+    """Each root as given, absolute and resolved (a script may see any spelling), longest
+    first so that a root inside another is taken as the nearer one; never a longer name
+    that merely starts like a root (/data2 for /data)."""
+    spellings = {os.path.normpath(os.path.abspath(r)) for r in data_roots}
+    spellings |= {str(Path(r).resolve()) for r in data_roots}
+    bare = sorted((s.rstrip("/") for s in spellings if s != "/"), key=len, reverse=True)
+    under = "|".join([re.escape(s + "/") for s in bare] + (["/"] if "/" in spellings else []))
+    itself = rf"|(?:{'|'.join(map(re.escape, bare))})(?![\w./-])" if bare else ""
+    return re.compile(rf"(?<![\w.-])(?:(?P<under>{under}){itself})")
 
 
 def output_path(options: RunOptions, job: JobRecord) -> Path:
@@ -253,8 +277,8 @@ class JobRun:
                     worker = None
                     self._pending.appendleft(mini_batch)
                     if not self._halt:
-                        self._fatal = str(exc)
-                        await self._log(f"worker {number}: {exc}")
+                        self._fatal = self._public(str(exc))
+                        await self._log(f"worker {number}: {self._fatal}")
                         await self._halt_all()
                     break
                 except WorkerError as exc:
@@ -292,7 +316,13 @@ class JobRun:
         await self._log(f"worker {number} started: init() done")
         return worker
 
-    async def _failure(self, mini_batch: MiniBatch, error: str) -> None:
+    def _public(self, error: str) -> str:
+        """A worker's error as key holders may read it (job view, job log): no data-root paths."""
+        return redact_paths(error, self._options.data_roots)
+
+    async def _failure(self, mini_batch: MiniBatch, full_error: str) -> None:
+        """Record a failed try; the gateway log keeps `full_error`, the job its public form."""
+        error = self._public(full_error)
         final = mini_batch.failures + 1 > self.settings.retry_settings.max_retries
         await asyncio.to_thread(self._jobs.record_failure, self.job.id, mini_batch, error, final)
         items = await asyncio.to_thread(self._jobs.items, self.job.id, mini_batch.start,
@@ -305,11 +335,11 @@ class JobRun:
         if final:
             await self._progress()
         if not final:
-            log.info("batch job %s: mini-batch %d failed (%s); retrying", self.job.id, mini_batch.idx, error)
+            log.info("batch job %s: mini-batch %d failed (%s); retrying", self.job.id, mini_batch.idx, full_error)
             self._pending.appendleft(MiniBatch(mini_batch.idx, mini_batch.start, mini_batch.stop,
                                                mini_batch.failures + 1))
             return
-        log.warning("batch job %s: mini-batch %d failed for good: %s", self.job.id, mini_batch.idx, error)
+        log.warning("batch job %s: mini-batch %d failed for good: %s", self.job.id, mini_batch.idx, full_error)
         self._failed_items += mini_batch.stop - mini_batch.start
         if self._over_threshold():
             await self._halt_all()

@@ -56,7 +56,8 @@ class BatchService:
         self.store = BatchStore(self._db)
         self.jobs = JobStore(self._db)
         self._options = RunOptions(jobs_dir=self.state_dir / "batch" / "jobs", python=python,
-                                   init_timeout_s=init_timeout_s, max_workers=max_workers_per_job)
+                                   init_timeout_s=init_timeout_s, max_workers=max_workers_per_job,
+                                   data_roots=tuple(str(r) for r in data_roots))
         self.scheduler = Scheduler(self.jobs, self._options, max_running_jobs, drain_timeout_s,
                                    retention_s=job_retention_days * 86400)
 

@@ -329,3 +329,92 @@ def test_a_damaged_job_record_fails_that_job_alone(batch):
     assert {job["id"] for job in api.list()} >= {good["id"], "batchjob-damaged"}
     status, raw = api.output("batchjob-damaged")
     assert status == 404 and json.loads(raw)["code"] == "OutputNotFound"
+
+
+def test_a_file_that_vanishes_is_named_without_the_server_data_root(batch, capsys):
+    """A file of a folder input removed before its mini-batch ran: the script's
+    FileNotFoundError named the absolute path under the data root, in the job view and in
+    the job log, which key holders read; the caller only ever sent `vanish`."""
+    api, _, data, process = batch({"mini_batch_size": 1, "retry_settings": {"max_retries": 0, "timeout": 10}},
+                                  env={"DELAY": "0.3"})
+    write_files(data / "vanish", 3)
+    job = api.submit({"input": {"type": "uri_folder", "path": "vanish"}})
+    (data / "vanish" / "f00002.txt").unlink()  # the worker is still starting; the first item sleeps 0.3 s
+    done = api.wait(job["id"])
+    [failed] = done["error"]["failed_mini_batches"]
+    assert failed["inputs"] == ["f00002.txt"]
+    assert "FileNotFoundError" in failed["error"] and "'vanish/f00002.txt'" in failed["error"], failed
+    status, _, raw = process.request("GET", f"{api.base}/{job['id']}/logs", None, api.headers)
+    text = raw.decode()
+    assert status == 200 and "'vanish/f00002.txt'" in text, text
+    assert str(data) not in json.dumps(done) and str(data) not in text
+    assert str(data.resolve()) not in json.dumps(done) and str(data.resolve()) not in text
+    from serving.cli import main
+
+    assert main(["job", "logs", "--name", "scorer", "--job-id", job["id"], "--state-dir",
+                 str(process.state.root)]) == 0
+    assert capsys.readouterr().out.startswith(text)  # the admin port's job log is the same, redacted one
+
+
+def test_job_list_limit_is_checked(batch):
+    """?limit=0 and -1 answered one job, 5000 was silently 1000, and abc was a 400 although
+    the documented code for a bad value is 422 ValidationError."""
+    api, _, _, process = batch()
+    ids = [api.submit({"input": {"type": "inline", "data": [[i]]}})["id"] for i in range(3)]
+    for given in ("0", "-1", "1001", "5000", "abc", "", "1.5"):
+        status, _, raw = process.request("GET", f"{api.base}?limit={given}", None, api.headers)
+        body = json.loads(raw)
+        assert (status, body["code"]) == (422, "ValidationError"), (given, status, body)
+        assert "limit" in body["message"] and "1000" in body["message"] and body["request_id"]
+    for given, expected in (("1", ids[-1:]), ("2", ids[:0:-1]), ("1000", ids[::-1])):
+        status, _, raw = process.request("GET", f"{api.base}?limit={given}", None, api.headers)
+        assert status == 200 and [j["id"] for j in json.loads(raw)] == expected, (given, raw)
+
+
+def test_job_list_limit_says_when_the_list_may_be_cut(batch, capsys):
+    """`job list` showed the newest 100 jobs without saying so, and had no --limit."""
+    from serving.cli import main
+
+    api, _, _, process = batch()
+    state = ["--state-dir", str(process.state.root)]
+    ids = [api.submit({"input": {"type": "inline", "data": [[i]]}})["id"] for i in range(3)]
+    assert main(["job", "list", "--name", "scorer", "--limit", "2", *state]) == 0
+    out, err = capsys.readouterr()
+    assert [j["id"] for j in json.loads(out)] == ids[:0:-1]
+    assert err == "note: the newest 2 jobs are shown; there may be more (--limit N, up to 1000)\n"
+    assert main(["job", "list", "--name", "scorer", "--limit", "3", "-o", "table", *state]) == 0
+    out, err = capsys.readouterr()
+    assert out.split()[0] == "name" and len(out.splitlines()) == 5 and err.startswith("note: the newest 3")
+    assert main(["job", "list", "--name", "scorer", "--limit", "4", *state]) == 0
+    out, err = capsys.readouterr()
+    assert len(json.loads(out)) == 3 and err == ""  # all of them: nothing to note
+
+
+def test_invoke_wait_that_times_out_prints_the_job_and_exits_4(batch, capsys):
+    """It exited 1 with nothing on stdout, like a failed job: a script could neither tell
+    the two apart nor learn the id of the job still running."""
+    from serving.cli import main
+
+    api, _, data, process = batch({"mini_batch_size": 1}, env={"DELAY": "0.5"})
+    write_files(data / "slow", 20)
+    state = str(process.state.root)
+    code = main(["batch", "invoke", "--name", "scorer", "--input", "slow", "--wait", "--wait-timeout", "0.3",
+                 "--state-dir", state])
+    out, err = capsys.readouterr()
+    assert code == 4, (out, err)
+    job = json.loads(out)
+    assert job["status"] in ("Queued", "Running") and job["id"].startswith("batchjob-")
+    assert err == f"error: job {job['id']} is still {job['status']} after 0.3 s (it goes on running)\n"
+    assert api.cancel(job["id"])[1]["status"] == "Canceled"
+
+
+def test_job_list_as_a_table_with_no_job_prints_nothing(batch, capsys):
+    """With no job, `job list -o table` printed `[]`."""
+    from serving.cli import main
+
+    _, _, _, process = batch()
+    state = ["--state-dir", str(process.state.root)]
+    assert main(["job", "list", "--name", "scorer", "-o", "table", *state]) == 0
+    assert capsys.readouterr() == ("", "")  # no job: no table, no line at all
+    assert main(["job", "list", "--name", "scorer", *state]) == 0
+    assert json.loads(capsys.readouterr().out) == []  # JSON stays a list, for scripts

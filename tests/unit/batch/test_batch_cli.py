@@ -68,3 +68,50 @@ def test_a_json_file_without_rows_is_refused_naming_the_file(tmp_path):
         _job_body(parse("batch", "invoke", "-n", "ep", "-i", path, "--input-type", "inline"))
     assert info.value.exit_code == 2
     assert str(info.value) == f'{path}: expected a JSON list of rows, or an object with a "data" list'
+
+
+def refused(capsys, *argv: str) -> str:
+    """argv is refused on the command line: exit 2, and the message (stderr) it gave."""
+    with pytest.raises(SystemExit) as info:
+        parse(*argv)
+    assert info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_job_list_takes_a_limit_from_1_to_1000(capsys):
+    assert parse("job", "list", "-n", "ep").limit == 100
+    assert parse("job", "list", "-n", "ep", "--limit", "1000").limit == 1000
+    for value in ("0", "-1", "1001", "abc", "2.5"):
+        error = refused(capsys, "job", "list", "-n", "ep", f"--limit={value}")
+        assert "argument --limit: " in error and "1 to 1000" in error, error
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "0.0"])
+def test_a_wait_timeout_that_is_not_positive_is_refused(capsys, value):
+    error = refused(capsys, "batch", "invoke", "-n", "ep", "-i", "x", "--wait", f"--wait-timeout={value}")
+    assert "argument --wait-timeout: " in error and "more than 0" in error, error
+    assert parse("batch", "invoke", "-n", "ep", "-i", "x", "--wait-timeout", "0.5").wait_timeout == 0.5
+
+
+def test_invoke_help_gives_the_exit_codes_of_wait(capsys):
+    with pytest.raises(SystemExit):
+        parse("batch", "invoke", "--help")
+    text = " ".join(capsys.readouterr().out.split())
+    assert "exit 4" in text and "exit 1" in text, text
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "infinity"])
+def test_non_finite_seconds_are_refused_naming_the_flag(capsys, value):
+    """--timeout nan made the CLI send `NaN`, which is not JSON: the gateway answered "the
+    body is not valid JSON", naming nothing the user typed."""
+    for flag in ("--timeout", "--wait-timeout"):
+        error = refused(capsys, "batch", "invoke", "-n", "ep", "-i", "x", f"{flag}={value}")
+        assert f"argument {flag}: " in error and value in error, error
+
+
+def test_batch_help_names_every_action(capsys):
+    """`batch --help` listed only invoke, although list and show exist (and are documented)."""
+    with pytest.raises(SystemExit):
+        parse("batch", "--help")
+    actions = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("    ")]
+    assert actions == ["list", "show", "invoke"]
