@@ -3,7 +3,8 @@
 `serve` runs the gateway in this process; every other verb finds the running gateway
 through the state dir (`--state-dir`, `SCOREGATE_STATE_DIR`, default ./.scoregate) and
 talks to its admin API. Errors are one line on stderr and a non-zero exit code:
-1 the request failed, 2 bad arguments or input, 3 no gateway is running.
+1 the request failed, 2 bad arguments or input, 3 no gateway is running, 4 `batch invoke
+--wait` stopped waiting for a job that goes on.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ def _print_table(data) -> None:
             _print_table(rows)
         return
     rows = data if isinstance(data, list) else [data]
-    if not rows or not isinstance(rows[0], dict):
+    if not rows:
+        return  # an empty list: no table (the JSON output says [])
+    if not isinstance(rows[0], dict):
         sys.stdout.write(f"{data}\n")
         return
     # What a person scans for; the rest stays in the JSON output.

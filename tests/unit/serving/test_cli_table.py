@@ -46,3 +46,11 @@ def test_a_result_of_lists_is_one_table_each_with_every_rows_columns(capsys):
     assert lines[5] == "" and lines[6] == "deployments:"
     assert lines[7].split() == ["name", "provisioning_state", "reason"]
     assert lines[9].split() == ["main", "Failed", "init()", "raised"]
+
+
+def test_an_empty_list_as_a_table_prints_nothing(capsys):
+    """`endpoint list -o table` with no endpoint printed `[]`, the JSON spelling."""
+    _print([], "table")
+    assert capsys.readouterr().out == ""
+    _print([], "json")
+    assert capsys.readouterr().out.strip() == "[]"
