@@ -19,7 +19,7 @@ from pathlib import Path
 from aiohttp import web
 
 from . import failpoints, joblog
-from .db import Database
+from .db import open_checked
 from .inputs import DataRoots, collect
 from .jobs import JobRecord, JobStore
 from .requests import JobRequest, RequestError
@@ -52,7 +52,7 @@ class BatchService:
         self.max_request_bytes = max_request_bytes
         self.max_items = max_items
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self._db = Database(self.state_dir / "batch.db")
+        self._db = open_checked(self.state_dir / "batch.db")  # StateDirUnusable: damaged or emptied
         self.store = BatchStore(self._db)
         self.jobs = JobStore(self._db)
         self._options = RunOptions(jobs_dir=self.state_dir / "batch" / "jobs", python=python,

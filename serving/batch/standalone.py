@@ -32,7 +32,7 @@ from router.aiohttp_hardening import app_runner
 
 from ..admin_errors import install as install_request_ids
 from ..manifests import ManifestError, read_documents
-from ..statedir import GatewayInfo, StateDir
+from ..statedir import GatewayInfo, StateDir, StateDirUnusable
 from .manifests import is_batch, parse_batch_all
 from .scheduler import JOB_RETENTION_DAYS
 from .service import BatchService
@@ -126,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     except ManifestError as exc:
         logging.getLogger("scoregate.batch").error("%s", exc)
         return 2
+    except StateDirUnusable as exc:
+        logging.getLogger("scoregate.batch").error("cannot start: %s", exc)
+        return 1
     return 0
 
 

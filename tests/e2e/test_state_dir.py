@@ -86,6 +86,32 @@ def test_an_empty_store_in_a_used_state_dir_is_refused(tmp_path):
     assert "delete it to start with an empty state" in done.stderr
 
 
+@pytest.mark.parametrize("damage", ["empty", "header", "page"])
+def test_a_damaged_or_emptied_batch_db_is_refused_in_one_line(tmp_path, damage):
+    """batch.db is opened as the store is: a damaged one ended the start in a traceback,
+    and an emptied one lost every batch job without a word."""
+    from serving.batch.db import Database
+
+    root = tmp_path / "state"
+    root.mkdir()
+    path = root / "batch.db"
+    if damage == "empty":
+        path.write_bytes(b"")
+    else:
+        db = Database(path)
+        with db.transaction() as conn:
+            conn.execute("CREATE TABLE filler (x TEXT)")
+            conn.executemany("INSERT INTO filler VALUES (?)", [("x" * 200,)] * 200)
+        with db.reading() as conn:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        db.close()
+        with open(path, "r+b") as handle:
+            handle.seek(0 if damage == "header" else 8192)
+            handle.write(b"\xde\xad" * 2048)
+    done = serve_on(root)
+    assert_refused(done, f"{path} is {'empty' if damage == 'empty' else 'damaged ('}")
+
+
 @pytest.mark.parametrize("folder", ["logs", "tls", "batch", "models"])
 def test_a_state_dir_folder_that_is_a_file_is_refused(tmp_path, folder):
     """STATE/logs as a plain file: the gateway served, every replica failed in stage
