@@ -10,10 +10,8 @@ import re
 import aiohttp
 import pytest
 
-from router import RouterApp, RouterSettings, RoutingTableHolder
-from tests.fakes.recording_upstream import RecordingUpstream, Script
-from tests.functional.router_harness import AUTH, assert_idle, deployment, post, table, url
-from tls import client_context, ensure_dev_certificates, server_context
+from tests.fakes.recording_upstream import Script
+from tests.functional.router_harness import AUTH, deployment, post, table, url
 
 
 

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from serving.backends import EXITED, READY, STARTING, STOPPING, ReplicaView
-from serving.controller.planner import (ForgetReplica, StartReplica, StopReplica, max_surge, plan, restart_backoff_s,
+from serving.controller.planner import (StartReplica, StopReplica, max_surge, plan, restart_backoff_s,
                                        wanted_count)
 from serving.resources import Deployment
 
