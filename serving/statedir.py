@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sqlite3
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
@@ -57,6 +58,40 @@ class StateDirUnusable(Exception):
     """A file or folder of the state dir the gateway cannot use as it is (a damaged
     store.db...): said in one line at start, before any port is open, rather than as a
     traceback or failing replicas once it serves. The message says what to do."""
+
+
+def open_sqlite_checked(path: Path, open_file, *, held: str, without: str):
+    """open_file(path) — a database object with check() and close() — or StateDirUnusable
+    when the file cannot be trusted. A damaged file served until a read hit the bad page,
+    then ended in a traceback (check(): quick_check, which reads every page once,
+    milliseconds at these sizes). An empty one SQLite takes for a new database: `held` would be gone
+    without a word (a state dir that never had the file has none: SQLite makes it).
+    `without` ends the advice: "to start with an empty state"."""
+    path = Path(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise StateDirUnusable(f"{path} is empty: {held} are gone; restore it from a backup, "
+                               f"or delete it to start {without}")
+    try:
+        opened = open_file(path)
+    except sqlite3.DatabaseError as exc:  # "file is not a database": the header itself
+        raise StateDirUnusable(_damaged(path, exc, without)) from None
+    try:
+        opened.check()
+    except sqlite3.DatabaseError as exc:
+        opened.close()
+        raise StateDirUnusable(_damaged(path, exc, without)) from None
+    return opened
+
+
+def quick_check(conn: sqlite3.Connection) -> None:
+    """sqlite3.DatabaseError naming the first problem PRAGMA quick_check finds, if any."""
+    problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
+    if problems != ["ok"]:
+        raise sqlite3.DatabaseError(problems[0])
+
+
+def _damaged(path: Path, exc: Exception, without: str) -> str:
+    return f"{path} is damaged ({exc}): restore it from a backup, or move it away to start {without}"
 
 
 class StateDir:

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from ..statedir import StateDirUnusable, private_file
+from ..statedir import open_sqlite_checked, private_file, quick_check
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -77,29 +77,8 @@ CREATE TABLE IF NOT EXISTS results (
 
 
 def open_checked(path: Path) -> "Database":
-    """batch.db, or StateDirUnusable when it cannot be trusted: a damaged file ended the
-    gateway's start in a traceback, and an empty one (SQLite takes it for a new database)
-    would lose every job without a word. A state dir that never had batch.db has no file."""
-    if path.is_file() and path.stat().st_size == 0:
-        raise StateDirUnusable(f"{path} is empty: the batch jobs it held are gone; restore it from a backup, "
-                               f"or delete it to start with no batch jobs")
-    try:
-        db = Database(path)
-    except sqlite3.DatabaseError as exc:  # "file is not a database": the header itself
-        raise StateDirUnusable(_damaged(path, exc)) from None
-    try:
-        with db.reading() as conn:
-            problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
-        if problems != ["ok"]:
-            raise sqlite3.DatabaseError(problems[0])
-    except sqlite3.DatabaseError as exc:
-        db.close()
-        raise StateDirUnusable(_damaged(path, exc)) from None
-    return db
-
-
-def _damaged(path: Path, exc: Exception) -> str:
-    return f"{path} is damaged ({exc}): restore it from a backup, or move it away to start with no batch jobs"
+    """batch.db, or StateDirUnusable when it is damaged or emptied (statedir.open_sqlite_checked)."""
+    return open_sqlite_checked(path, Database, held="the batch jobs it held", without="with no batch jobs")
 
 
 class Database:
@@ -114,6 +93,11 @@ class Database:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def check(self) -> None:
+        """sqlite3.DatabaseError if the file is damaged (statedir.quick_check)."""
+        with self._lock:
+            quick_check(self._db)
 
     def close(self) -> None:
         with self._lock:

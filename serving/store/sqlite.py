@@ -17,7 +17,7 @@ from typing import Iterable
 import orjson
 
 from ..resources import Deployment, Endpoint, InstanceType, with_instance_type
-from ..statedir import StateDirUnusable, private_file
+from ..statedir import open_sqlite_checked, private_file, quick_check
 from . import DeploymentRecord, EndpointRecord, StoreError, check_no_traffic
 
 _SCHEMA = """
@@ -59,29 +59,10 @@ def new_key() -> str:
 
 
 def open_checked(path: Path) -> "SqliteStore":
-    """The gateway's store, or StateDirUnusable when the file cannot be trusted: a
-    damaged store served until a read hit the bad page, then ended in a traceback. An
-    empty file is refused too: SQLite would take it for a new store and the gateway
-    would serve without its endpoints, without a word (a fresh state dir has no store.db:
-    SQLite makes it)."""
-    if Path(path).is_file() and Path(path).stat().st_size == 0:
-        raise StateDirUnusable(f"{path} is empty: the endpoints and deployments it held are gone; restore it "
-                               f"from a backup, or delete it to start with an empty state")
-    try:
-        store = SqliteStore(path)
-    except sqlite3.DatabaseError as exc:  # "file is not a database": the header itself
-        raise StateDirUnusable(_damaged(path, exc)) from None
-    try:
-        store.check()
-    except sqlite3.DatabaseError as exc:
-        store.close()
-        raise StateDirUnusable(_damaged(path, exc)) from None
-    return store
-
-
-def _damaged(path: Path, exc: sqlite3.DatabaseError) -> str:
-    return (f"{path} is damaged ({exc}): restore it from a backup, "
-            f"or move it away to start with an empty state")
+    """The gateway's store, or StateDirUnusable when it is damaged or emptied
+    (statedir.open_sqlite_checked)."""
+    return open_sqlite_checked(path, SqliteStore, held="the endpoints and deployments it held",
+                               without="with an empty state")
 
 
 class SqliteStore:
@@ -100,13 +81,9 @@ class SqliteStore:
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     def check(self) -> None:
-        """sqlite3.DatabaseError if the file is damaged. PRAGMA quick_check reads every page
-        once (milliseconds for a store this size): a damaged page is found at start, not by
-        whichever request or rollout first reads it."""
+        """sqlite3.DatabaseError if the file is damaged (statedir.quick_check)."""
         with self._lock:
-            problems = [row[0] for row in self._db.execute("PRAGMA quick_check")]
-        if problems != ["ok"]:
-            raise sqlite3.DatabaseError(problems[0])
+            quick_check(self._db)
 
     def close(self) -> None:
         with self._lock:

@@ -6,12 +6,12 @@ scoring script's own os._exit(3)) stopped while running, not in init."""
 from __future__ import annotations
 
 import asyncio
-import time
 import urllib.request
 
 from serving.backends import EXITED, READY
 from serving.backends.local import LocalProcessBackend
 from serving.resources import Deployment
+from tests.support.waiting import until
 
 SCORE = '''
 import os
@@ -24,15 +24,6 @@ def run(raw_data):
         os._exit(3)
     return {"ok": True}
 '''
-
-
-async def until(condition, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.05)
-    return value
 
 
 async def test_a_ready_replica_that_exits_with_3_stopped_running_not_in_init(tmp_path):

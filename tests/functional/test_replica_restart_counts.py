@@ -34,17 +34,9 @@ from serving.status.snapshot import build_snapshot
 from serving.store.sqlite import SqliteStore
 from serving.views import deployment_view
 from tests.support.manifests import write_deployment, write_endpoint
+from tests.support.waiting import until
 
 KEY = ("counts", "blue")
-
-
-async def until(condition, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.05)
-    return value
 
 
 @pytest.fixture
