@@ -299,3 +299,16 @@ def test_processes_left_behind_under_a_work_dir_are_ended(tmp_path):
         for proc in (stubborn, other):
             proc.kill()
             proc.wait(5)
+
+
+def test_the_throughput_ratio_goal_is_judged_unrounded(tmp_path):
+    """16,550 against nginx's 66,584 req/s is 0.2486×: the goal read the ratios table's
+    two decimals (0.25) and said it held."""
+    session = Session(BenchOptions(runs=1, rates=[]), tmp_path)
+    for name in ("direct", "scoregate", "nginx"):
+        session.targets[name] = None
+    session.wrk = {"scoregate": [{"throughput": 16550.0, "cpu_us_per_request": 60.3}],
+                   "nginx": [{"throughput": 66584.0, "cpu_us_per_request": 15.0}]}
+    data = build(session, {"pinning": "pinned", "rates": [], "started_at": 0.0}, "bench")
+    goal = next(g for g in data["goals"] if g["goal"] == "max throughput ≥ 0.25 × nginx's")
+    assert goal == {"goal": "max throughput ≥ 0.25 × nginx's", "measured": "0.249×", "holds": False}
