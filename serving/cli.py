@@ -3,8 +3,8 @@
 `serve` runs the gateway in this process; every other verb finds the running gateway
 through the state dir (`--state-dir`, `SCOREGATE_STATE_DIR`, default ./.scoregate) and
 talks to its admin API. Errors are one line on stderr and a non-zero exit code:
-1 the request failed, 2 bad arguments or input, 3 no gateway is running, 4 `batch invoke
---wait` stopped waiting for a job that goes on.
+1 the request failed, 2 bad arguments or input, 3 no gateway is running, 4 a `--wait`
+(`apply`, `batch invoke`) stopped waiting for work that goes on.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from .client import AdminClient, CliError, GatewayNotRunning, api_path, score_request
+from .client import EXIT_STILL_RUNNING, AdminClient, CliError, GatewayNotRunning, api_path, score_request
 from .statedir import resolve_state_dir
 
 
@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     apply = verbs.add_parser("apply", parents=[common], help="create or update resources from YAML")
     apply.add_argument("-f", "--file", action="append", required=True, help="YAML file or folder")
     apply.add_argument("--wait", action="store_true",
-                       help="wait until every deployment applied has rolled out or failed (exit 1 if one failed)")
+                       help="wait until every deployment applied has rolled out or failed (exit 1 if one failed,"
+                            " 4 if the wait timed out while rollouts go on)")
     apply.add_argument("--wait-timeout", type=float, default=1800.0,
                        help="seconds to wait with --wait (default 1800: above the 20 min rollout budget)")
 
@@ -393,7 +394,9 @@ def _apply(args, client: AdminClient):
     result = {**applied, "deployments": outcomes}
     problems = failures(outcomes)
     if problems:
-        raise CliError(problems, 1, result)
+        # Only waits cut short: the rollouts go on (4, as `batch invoke --wait`), not a failure (1).
+        unsettled = [o for o in outcomes if o.get("timed_out") or o["provisioning_state"] != "Succeeded"]
+        raise CliError(problems, EXIT_STILL_RUNNING if all(o.get("timed_out") for o in unsettled) else 1, result)
     return result
 
 

@@ -24,6 +24,12 @@ def api_path(*segments: str) -> str:
     return "".join("/" + urllib.parse.quote(str(segment), safe="") for segment in segments)
 
 
+# The CLI's exit codes: 0 ok, 1 failed, 2 bad input, 3 no gateway running, and this: a
+# --wait (apply, batch invoke) stopped waiting for work that goes on, which a script must
+# tell from a failure.
+EXIT_STILL_RUNNING = 4
+
+
 class CliError(Exception):
     """A failed verb: `message` goes to stderr; `result`, when given, is still printed
     (e.g. `apply --wait` shows every deployment's outcome, then fails)."""

@@ -15,14 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-from ..client import AdminClient, CliError, api_path
+from ..client import EXIT_STILL_RUNNING, AdminClient, CliError, api_path
 from .client import BatchClient
 
 VERBS = ("batch", "job")
 _TERMINAL = ("Completed", "Failed", "Canceled")
-# `invoke --wait` gave up waiting, the job goes on; serving.cli uses 0 ok, 1 failed, 2 bad
-# input, 3 no gateway: a script must tell "still running" from "failed".
-EXIT_STILL_RUNNING = 4
 DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT = 100, 1000  # as the job list route (serving.batch.http)
 
 

@@ -455,12 +455,13 @@ def test_apply_wait_reports_each_deployment_and_fails_with_them(gateway, tmp_pat
     assert code == 1 and "waiter/good: Failed at init" in stderr
     assert outcomes["good"]["rolled_back"] is True and outcomes["bad"]["provisioning_state"] == "Succeeded"
 
-    # Bounded: a rollout that takes longer than --wait-timeout fails the command, naming it.
+    # Bounded: a rollout that takes longer than --wait-timeout ends the command, naming it,
+    # with exit 4 (the rollout goes on), not 1 (a failure), as `batch invoke --wait`.
     write_deployment(tmp_path, "waiter", "good", env={"INIT_SLEEP_S": "30"})
     bad.unlink()
     started = time.monotonic()
     code, shown, stderr = apply_wait("--wait-timeout", "1")
-    assert code == 1 and "waiter/good: not settled after 1 s" in stderr
+    assert code == 4 and "waiter/good: not settled after 1 s" in stderr
     assert time.monotonic() - started < 15
     assert [o["name"] for o in shown["deployments"]] == ["good"] and shown["deployments"][0]["timed_out"] is True
 
