@@ -317,8 +317,11 @@ class JobRun:
         return worker
 
     def _public(self, error: str) -> str:
-        """A worker's error as key holders may read it (job view, job log): no data-root paths."""
-        return redact_paths(error, self._options.data_roots)
+        """A worker's error as key holders may read it (job view, job log): no data-root
+        paths, nor the deployment's code folder or model (a traceback names score.py by
+        its absolute path; a worker that cannot start names its folder)."""
+        own = tuple(str(p) for p in (self._spec.code, self._spec.model_path) if p)
+        return redact_paths(error, (*self._options.data_roots, *own))
 
     async def _failure(self, mini_batch: MiniBatch, full_error: str) -> None:
         """Record a failed try; the gateway log keeps `full_error`, the job its public form."""

@@ -338,3 +338,37 @@ async def test_a_queued_job_that_cannot_be_run_fails_and_does_not_hold_up_the_qu
         assert views[job.id]["output"]["ready"] and views["batchjob-garbled"]["settings"] == {}
     finally:
         await batch.close()
+
+
+LABELS_SCRIPT = r'''
+import os
+
+def init():
+    pass
+
+def run(mini_batch):
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "labels.txt")) as labels:
+        return [labels.read() for _ in mini_batch]
+'''
+
+
+async def test_a_job_error_names_the_code_folders_files_without_the_server_path(tmp_path):
+    """A scoring script's error names files of its code folder by their absolute path
+    (FileNotFoundError: '/srv/…/code/labels.txt'): key holders read it in the job."""
+    root = write_batch_endpoint(tmp_path / "eps", script=LABELS_SCRIPT, settings={"error_threshold": 0})
+    batch = BatchService(tmp_path / "state", [])
+    batch.apply(*parse_batch_all(read_documents([root]), set(), set()))
+    await batch.start()
+    try:
+        job = await batch.submit("scorer", JobRequest("inline", data=[1, 2]))
+        for _ in range(200):
+            if batch.jobs.get(job.id).status in TERMINAL:
+                break
+            await asyncio.sleep(0.05)
+        ended = batch.jobs.get(job.id)
+        errors = [f["error"] for f in batch.view(ended, "https://gw:1")["error"]["failed_mini_batches"]]
+        assert errors and all("'labels.txt'" in e for e in errors), errors
+        shown = " ".join(errors) + batch.job_logs(ended, workers=False)
+        assert str(tmp_path) not in shown
+    finally:
+        await batch.close()
