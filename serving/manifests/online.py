@@ -48,7 +48,9 @@ def parse_endpoint(doc: Document, current: Endpoint | None = None, ignored: list
     r, body = FieldReader(doc, ignored), doc.body
     r.check_fields(body, set(ENDPOINT_FIELDS))
     name = r.name(body.get("name"), "name")
-    auth_mode = body.get("auth_mode", "key")
+    # Left out, the stored mode stays: a re-apply never changes how callers authenticate
+    # unless it says so (an aml_token endpoint went back to keys). A new endpoint: key.
+    auth_mode = body.get("auth_mode", current.auth_mode if current is not None else "key")
     traffic, mirror = (_split(r, body, field_name, current) for field_name in KEPT_FIELDS)
     rate_limit = None
     if body.get("rate_limit") is not None:

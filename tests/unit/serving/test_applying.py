@@ -39,6 +39,18 @@ def test_an_endpoint_yaml_without_traffic_keeps_the_split(store, tmp_path):
     assert endpoint.description == "again"
 
 
+def test_an_endpoint_yaml_without_auth_mode_keeps_the_mode(store, tmp_path):
+    """An aml_token endpoint re-applied without auth_mode went back to keys: tokens stopped
+    working and keys started to, without a word."""
+    apply(store, tmp_path, "name: ep1\nauth_mode: aml_token\n")
+    apply(store, tmp_path, "name: ep1\ndescription: again\n")
+    assert store.get_endpoint("ep1").endpoint.auth_mode == "aml_token"
+    apply(store, tmp_path, "name: ep1\nauth_mode: key\n")  # written out, it changes
+    assert store.get_endpoint("ep1").endpoint.auth_mode == "key"
+    apply(store, tmp_path, "name: ep2\n")
+    assert store.get_endpoint("ep2").endpoint.auth_mode == "key"  # a new endpoint's default
+
+
 def test_one_split_left_out_keeps_only_that_one(store, tmp_path):
     apply(store, tmp_path, "name: ep1\ntraffic: {d1: 0}\n")
     endpoint = store.get_endpoint("ep1").endpoint
