@@ -297,6 +297,17 @@ class AdminApi:
             self._controller.deleting.pop((name, None), None)
         return web.json_response({"deleted": name})
 
+    async def _delete_batch_deployment(self, endpoint: str, name: str) -> web.Response:
+        """Jobs already accepted keep running (they carry a snapshot of the deployment); the
+        endpoint's default deployment cannot go (409), as on the batch admin route."""
+        try:
+            deleted = await asyncio.to_thread(self._batch.delete_deployment, endpoint, name)
+        except BatchStoreError as exc:
+            return _error(409, "Conflict", str(exc))
+        if not deleted:
+            return _error(404, "NotFound", f"no deployment '{name}' on batch endpoint '{endpoint}'")
+        return web.json_response({"deleted": name, "endpoint_name": endpoint})
+
     async def _wait_gone(self, match) -> None:
         deadline = time.monotonic() + DELETE_WAIT_S
         while time.monotonic() < deadline and any(match(r) for r in self._backend.observe()):
@@ -378,6 +389,8 @@ class AdminApi:
 
     async def delete_deployment(self, request: web.Request) -> web.Response:
         endpoint, name = request.match_info["e"], request.match_info["d"]
+        if await self._batch_keys(endpoint) is not None:  # a batch endpoint's, as list and show
+            return await self._delete_batch_deployment(endpoint, name)
         await self._deployment_or_404(endpoint, name)
         self._controller.deleting[(endpoint, name)] = time.time()
         try:

@@ -100,6 +100,11 @@ def test_batch_cli_verbs(gateway, data_root, tmp_path):
     assert deployment["kind"] == "batch" and deployment["settings"]["mini_batch_size"] == 10
     missing = gateway.cli("deployment", "show", "--name", "nope", "--endpoint-name", "iris-batch")
     assert missing.returncode == 1 and "no deployment 'nope' on batch endpoint 'iris-batch'" in missing.stderr
+    # delete reaches batch deployments too (it said "is a batch endpoint", as for online-only verbs)
+    missing = gateway.cli("deployment", "delete", "--name", "nope", "--endpoint-name", "iris-batch", "-y")
+    assert missing.returncode == 1 and "no deployment 'nope' on batch endpoint 'iris-batch'" in missing.stderr
+    default = gateway.cli("deployment", "delete", "--name", "classifier", "--endpoint-name", "iris-batch", "-y")
+    assert default.returncode == 1 and "default" in default.stderr, default.stderr  # 409: still the default
     for verb in (("deployment", "scale", "--name", "classifier", "--endpoint-name", "iris-batch",
                   "--instance-count", "2"),
                  ("endpoint", "invoke", "--name", "iris-batch", "--request-file", str(IRIS / "sample-request.json")),
