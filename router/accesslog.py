@@ -175,4 +175,3 @@ def _line(ctx: RequestContext, wall_ns: int) -> bytes:
         "queue_ms": (queued_ns + 500) // 1000 / 1000, "upstream_ms": (upstream_ns + 500) // 1000 / 1000,
         "gateway_ms": (own_ns + 500) // 1000 / 1000,
     }, option=orjson.OPT_APPEND_NEWLINE)
-

@@ -149,9 +149,7 @@ class ScoringHandlers:
                              request.method, request.path)
         ctx.status, ctx.error_code = status, code
         ctx.bytes_out = send_error(request, status, code, message, ctx.request_id, headers)
-        ctx.finish()
-        self._recorder.record(ctx)
-        self._access_log.record(ctx)
+        self._answered(ctx)
 
     def record_refusal(self, refusal, request_id: str, remote: str | None, bytes_out: int) -> None:
         """An answer router.http1 made before any handler saw the request (400 for what
@@ -159,6 +157,10 @@ class ScoringHandlers:
         its request id the one the caller got."""
         ctx = RequestContext(request_id, remote, "-", "-")
         ctx.status, ctx.error_code, ctx.bytes_out = refusal.status, refusal.code, bytes_out
+        self._answered(ctx)
+
+    def _answered(self, ctx: RequestContext) -> None:
+        """An answer made without the pipeline: counted and logged as every other."""
         ctx.finish()
         self._recorder.record(ctx)
         self._access_log.record(ctx)

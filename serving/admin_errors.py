@@ -16,11 +16,11 @@ import logging
 import orjson
 from aiohttp import web
 
+from router.aiohttp_hardening import REQUEST_ID_HEADER
 from router.context import request_id_from
 
 log = logging.getLogger("scoregate.admin")
 
-REQUEST_ID_HEADER = "x-request-id"
 # A typed key where aiohttp has them (3.11+; a str key warns there), a str before.
 _KEY = web.RequestKey("scoregate.request_id", str) if hasattr(web, "RequestKey") else "scoregate.request_id"
 

@@ -30,7 +30,9 @@ from aiohttp import web
 
 from .backends import Backend
 from .controller.loop import Controller
+from .controller.rollout import FAILED
 from .applying import parse_documents, write
+from .batch.admin import deployment_deleted, deployment_shown
 from .batch.store import BatchStoreError
 from .manifests import Document, ManifestError
 from .online_rules import MAX_INSTANCE_COUNT
@@ -66,11 +68,10 @@ def _traffic_naming(endpoint, name: str) -> str | None:
 
 
 def _why_none(deployment) -> str:
-    scale = deployment.scale_settings
-    if scale.type != "target_utilization":
+    """instance_count 0; autoscaled, only a record stored before min_instances had to be at
+    least 1 (serving.online_rules) can have no replica."""
+    if deployment.scale_settings.type != "target_utilization":
         return "instance_count 0"
-    if scale.max_instances == 0:
-        return "scale_settings.max_instances 0"
     return f"instance_count {deployment.instance_count} and scale_settings.min_instances 0"
 
 
@@ -194,7 +195,7 @@ class AdminApi:
         unchanged, stays a no-op."""
         keys = {(d.endpoint_name, d.name) for d in applied.deployments}
         return {key for key in keys if (rollout := self._controller.rollouts.rollout(key)) is not None
-                and rollout.state == "Failed"}
+                and rollout.state == FAILED}
 
     async def _with_attempts(self, summary: list[dict], retry: set[tuple[str, str]]) -> list[dict]:
         """Tell the user which deployments get a new attempt, and its number (the `attempt`
@@ -297,17 +298,6 @@ class AdminApi:
             self._controller.deleting.pop((name, None), None)
         return web.json_response({"deleted": name})
 
-    async def _delete_batch_deployment(self, endpoint: str, name: str) -> web.Response:
-        """Jobs already accepted keep running (they carry a snapshot of the deployment); the
-        endpoint's default deployment cannot go (409), as on the batch admin route."""
-        try:
-            deleted = await asyncio.to_thread(self._batch.delete_deployment, endpoint, name)
-        except BatchStoreError as exc:
-            return _error(409, "Conflict", str(exc))
-        if not deleted:
-            return _error(404, "NotFound", f"no deployment '{name}' on batch endpoint '{endpoint}'")
-        return web.json_response({"deleted": name, "endpoint_name": endpoint})
-
     async def _wait_gone(self, match) -> None:
         deadline = time.monotonic() + DELETE_WAIT_S
         while time.monotonic() < deadline and any(match(r) for r in self._backend.observe()):
@@ -375,11 +365,7 @@ class AdminApi:
 
     async def show_deployment(self, request: web.Request) -> web.Response:
         if await self._batch_keys(request.match_info["e"]) is not None:
-            view = await asyncio.to_thread(self._batch.show_deployment, request.match_info["e"], request.match_info["d"])
-            if view is None:
-                return _error(404, "NotFound", f"no deployment '{request.match_info['d']}' on batch endpoint"
-                              f" '{request.match_info['e']}'")
-            return web.json_response(view)
+            return await deployment_shown(self._batch, request.match_info["e"], request.match_info["d"])
         if await asyncio.to_thread(self._store.get_deployment, request.match_info["e"], request.match_info["d"]) is None:
             deleting = self._deleting_view(request.match_info["e"], request.match_info["d"])
             if deleting is not None:
@@ -390,7 +376,7 @@ class AdminApi:
     async def delete_deployment(self, request: web.Request) -> web.Response:
         endpoint, name = request.match_info["e"], request.match_info["d"]
         if await self._batch_keys(endpoint) is not None:  # a batch endpoint's, as list and show
-            return await self._delete_batch_deployment(endpoint, name)
+            return await deployment_deleted(self._batch, endpoint, name)
         await self._deployment_or_404(endpoint, name)
         self._controller.deleting[(endpoint, name)] = time.time()
         try:

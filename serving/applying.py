@@ -33,7 +33,6 @@ class Applied:
               for d in self.batch_deployments),
         ]
 
-
     def _ignored(self, resource) -> dict:
         fields = self.online.ignored_fields.get(key_of(resource))
         if not fields:
@@ -82,9 +81,6 @@ def write(applied: Applied, store: Store, batch=None, retry: set[tuple[str, str]
     """Blocking: store what parse_documents validated; `retry`: the applied deployments
     whose failed rollout gets a new attempt (Store.apply)."""
     online = applied.online
-    if retry:
-        store.apply(online.endpoints, online.deployments, online.instance_types, retry=retry)
-    else:  # the cluster's store has no attempt counter (docs/kubernetes.md)
-        store.apply(online.endpoints, online.deployments, online.instance_types)
+    store.apply(online.endpoints, online.deployments, online.instance_types, retry=retry)
     if batch is not None and (applied.batch_endpoints or applied.batch_deployments):
         batch.apply(applied.batch_endpoints, applied.batch_deployments)

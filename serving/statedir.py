@@ -64,9 +64,9 @@ def open_sqlite_checked(path: Path, open_file, *, held: str, without: str):
     """open_file(path) — a database object with check() and close() — or StateDirUnusable
     when the file cannot be trusted. A damaged file served until a read hit the bad page,
     then ended in a traceback (check(): quick_check, which reads every page once,
-    milliseconds at these sizes). An empty one SQLite takes for a new database: `held` would be gone
-    without a word (a state dir that never had the file has none: SQLite makes it).
-    `without` ends the advice: "to start with an empty state"."""
+    milliseconds at these sizes). An empty one SQLite takes for a new database: `held`
+    would be gone without a word (a state dir that never had the file has none: SQLite
+    makes it). `without` ends the advice: "to start with an empty state"."""
     path = Path(path)
     if path.is_file() and path.stat().st_size == 0:
         raise StateDirUnusable(f"{path} is empty: {held} are gone; restore it from a backup, "

@@ -91,10 +91,6 @@ class _Replica:
 
 
 class LocalProcessBackend:
-    # A replacement is a new process with a new id, so its restarts are carried over by
-    # the controller (serving.backends.Backend).
-    keeps_restart_counts = True
-
     def __init__(
         self,
         state_dir: Path,

@@ -29,6 +29,27 @@ def _missing(name: str) -> web.Response:
     return _error(404, "NotFound", f"no batch endpoint '{name}'")
 
 
+async def deployment_shown(service, endpoint: str, name: str) -> web.Response:
+    """A batch deployment's view, or 404: this admin route's answer and the management
+    API's (`scoregate deployment show` names online and batch deployments alike)."""
+    view = await asyncio.to_thread(service.show_deployment, endpoint, name)
+    if view is None:
+        return _error(404, "NotFound", f"no deployment '{name}' on batch endpoint '{endpoint}'")
+    return web.json_response(view)
+
+
+async def deployment_deleted(service, endpoint: str, name: str) -> web.Response:
+    """Delete a batch deployment (jobs already accepted keep running: they carry a snapshot
+    of it); 409 for the endpoint's default one, 404 for none: answered for both APIs."""
+    try:
+        deleted = await asyncio.to_thread(service.delete_deployment, endpoint, name)
+    except BatchStoreError as exc:
+        return _error(409, "Conflict", str(exc))
+    if not deleted:
+        return _error(404, "NotFound", f"no deployment '{name}' on batch endpoint '{endpoint}'")
+    return web.json_response({"deleted": name, "endpoint_name": endpoint})
+
+
 class AdminRoutes:
     def __init__(self, service) -> None:
         self._service = service
@@ -90,21 +111,10 @@ class AdminRoutes:
         return web.json_response(views) if views is not None else _missing(name)
 
     async def show_deployment(self, request: web.Request) -> web.Response:
-        endpoint, name = request.match_info["e"], request.match_info["d"]
-        view = await asyncio.to_thread(self._service.show_deployment, endpoint, name)
-        if view is None:
-            return _error(404, "NotFound", f"no deployment '{name}' on batch endpoint '{endpoint}'")
-        return web.json_response(view)
+        return await deployment_shown(self._service, request.match_info["e"], request.match_info["d"])
 
     async def delete_deployment(self, request: web.Request) -> web.Response:
-        endpoint, name = request.match_info["e"], request.match_info["d"]
-        try:
-            deleted = await asyncio.to_thread(self._service.delete_deployment, endpoint, name)
-        except BatchStoreError as exc:
-            return _error(409, "Conflict", str(exc))
-        if not deleted:
-            return _error(404, "NotFound", f"no deployment '{name}' on batch endpoint '{endpoint}'")
-        return web.json_response({"deleted": name, "endpoint_name": endpoint})
+        return await deployment_deleted(self._service, request.match_info["e"], request.match_info["d"])
 
     async def job_logs(self, request: web.Request) -> web.Response:
         endpoint, job_id = request.match_info["e"], request.match_info["j"]

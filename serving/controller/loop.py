@@ -124,7 +124,7 @@ class Controller:
                 d = action.deployment
                 artifacts = self.rollouts.artifacts_for((d.endpoint_name, d.name), action.spec_hash)
                 replica_id = await self._backend.start_replica(d, action.spec_hash, action.crash_streak, artifacts,
-                                                               **self._carried_restarts(action))
+                                                               restarts=action.restarts)
                 if action.replaces_exited and self._metrics is not None:
                     self._metrics.replica_restarts.labels(d.endpoint_name, d.name).inc()
                 log.info("starting replica %s of %s/%s (restarts: %d, crash streak: %d)", replica_id,
@@ -144,11 +144,6 @@ class Controller:
             except Exception as exc:
                 log.warning("saving the rollout of %s/%s failed; trying again next pass: %s", key[0], key[1], exc)
                 self.rollouts.keep_unsaved(key, rollout, last_good)
-
-    def _carried_restarts(self, action: StartReplica) -> dict:
-        """The restarts a replacement carries on, for a backend that keeps them itself (new
-        processes); a cluster's pods count their own (restartCount)."""
-        return {"restarts": action.restarts} if getattr(self._backend, "keeps_restart_counts", False) else {}
 
     def _forget_exited(self, keys: set[tuple[str, str]]) -> None:
         """A new attempt of a failed version starts with no exited replicas of the last one."""

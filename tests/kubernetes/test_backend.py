@@ -171,7 +171,7 @@ async def test_a_forgotten_failed_replica_is_replaced_by_a_fresh_pod(backend, cl
     cluster.fate = fates.running_ready
     b.forget(failed.replica_id)
     assert failed.replica_id not in {v.replica_id for v in b.observe()}
-    await b.start_replica(d, d.replica_spec_hash(), restarts=failed.restarts + 1)
+    await b.start_replica(d, d.replica_spec_hash(), crash_streak=failed.restarts + 1)
     [ready] = await eventually(lambda: [v for v in b.observe() if v.state == READY])
     assert ready.replica_id != failed.replica_id
     await eventually(lambda: len(cluster.pods()) == 1)

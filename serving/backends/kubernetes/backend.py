@@ -96,9 +96,10 @@ class KubernetesBackend:
             await cache.close()
 
     # -- commands -------------------------------------------------------------------------
-    async def start_replica(self, deployment: Deployment, spec_hash: str, restarts: int = 0,
-                            artifacts=None) -> str:
-        """Target + 1. `artifacts` are ignored: the pod's init container fetches model and code."""
+    async def start_replica(self, deployment: Deployment, spec_hash: str, crash_streak: int = 0,
+                            artifacts=None, *, restarts: int = 0) -> str:
+        """Target + 1. `artifacts` are ignored: the pod's init container fetches model and code;
+        so is `restarts`: a pod counts its own (restartCount)."""
         try:
             placement = self._placement.placement(deployment)
         except StoreError:
@@ -120,7 +121,7 @@ class KubernetesBackend:
         version.manifest = render_deployment(deployment, spec_hash, 0, placement, self._settings)
         version.service = render_service(deployment, placement)
         version.instance_type = placement.instance_type.name
-        version.restarts = max(version.restarts, restarts)
+        version.restarts = max(version.restarts, crash_streak)
         version.target += 1
         self.on_change()
         await self._writer.sync(version.key)

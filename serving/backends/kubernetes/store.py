@@ -326,7 +326,9 @@ class KubernetesStore:
             raise StoreError(f"the Kubernetes API refused the change: {getattr(exc, 'body', None) or exc}") from exc
 
     def apply(self, endpoints: list[Endpoint], deployments: list[Deployment],
-              instance_types: Iterable[InstanceTypeSpec] = ()) -> None:
+              instance_types: Iterable[InstanceTypeSpec] = (), retry: Iterable[tuple[str, str]] = ()) -> None:
+        """`retry` is not written here: on a cluster the user asks for a new attempt with the
+        OnlineDeployment's scoregate.io/retry annotation (docs/kubernetes.md)."""
         self._call(self.apply_async, endpoints, deployments, list(instance_types))
 
     def list_instance_types(self) -> list[InstanceTypeSpec]:
