@@ -65,9 +65,12 @@ def open_sqlite_checked(path: Path, open_file, *, held: str, without: str):
     when the file cannot be trusted. A damaged file served until a read hit the bad page,
     then ended in a traceback (check(): quick_check, which reads every page once,
     milliseconds at these sizes). An empty one SQLite takes for a new database: `held`
-    would be gone without a word (a state dir that never had the file has none: SQLite
-    makes it). `without` ends the advice: "to start with an empty state"."""
+    would be gone without a word. A state dir that never had the file gets a new one,
+    made whole before it has its name (_create_sqlite). `without` ends the advice: "to
+    start with an empty state"."""
     path = Path(path)
+    if not path.exists():
+        _create_sqlite(path, open_file)
     if path.is_file() and path.stat().st_size == 0:
         raise StateDirUnusable(f"{path} is empty: {held} are gone; restore it from a backup, "
                                f"or delete it to start {without}")
@@ -81,6 +84,28 @@ def open_sqlite_checked(path: Path, open_file, *, held: str, without: str):
         opened.close()
         raise StateDirUnusable(_damaged(path, exc, without)) from None
     return opened
+
+
+def _create_sqlite(path: Path, open_file) -> None:
+    """Make a new database under a temporary name and rename it into place once its
+    schema is written: a gateway killed during its first start leaves no empty `path`
+    (which the next start would refuse as emptied), only the temporary file, made again
+    from nothing next time. The rename is atomic, so `path` is either absent or whole."""
+    making = path.with_name(f".{path.name}.new")
+    for leftover in (making, making.with_name(making.name + "-wal"), making.with_name(making.name + "-shm")):
+        leftover.unlink(missing_ok=True)
+    open_file(making).close()  # closing the last connection checkpoints and removes the WAL
+    descriptor = os.open(making, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    os.replace(making, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def quick_check(conn: sqlite3.Connection) -> None:
