@@ -88,6 +88,10 @@ class AdminApi:
         self._tokens = tokens  # serving.tokens.TokenIssuer
         self._batch = batch  # serving.batch.service.BatchService
         self._load = load  # (endpoint, deployment) -> (in flight, queued)
+        # Changes to the desired state, one at a time: each one checks what is stored and
+        # then writes, and two whose checks each read the other's old state would both pass
+        # (a scale to 0 and traffic to that deployment, applied at once).
+        self._changing = asyncio.Lock()
 
     def _view(self, deployment, replicas) -> dict:
         rollout = self._controller.rollouts.rollout((deployment.endpoint_name, deployment.name))
@@ -173,18 +177,19 @@ class AdminApi:
             documents = [Document(str(d["source"]), str(d["base_dir"]), d["body"]) for d in raw_docs]
         except (KeyError, TypeError):
             return _error(400, "ValidationError", "each document needs source, base_dir and body")
-        try:
-            applied = await asyncio.to_thread(parse_documents, documents, self._store, self._batch)
-        except ManifestError as exc:
-            return _error(400, "ValidationError", str(exc))
-        refused = self._traffic_to_failed(applied.online) or await self._traffic_to_nothing(applied.online)
-        if refused:
-            return _error(400, "ValidationError", refused)
-        retry = self._failed(applied.online)
-        try:
-            await asyncio.to_thread(write, applied, self._store, self._batch, retry)
-        except BatchStoreError as exc:
-            return _error(400, "ValidationError", str(exc))
+        async with self._changing:
+            try:
+                applied = await asyncio.to_thread(parse_documents, documents, self._store, self._batch)
+            except ManifestError as exc:
+                return _error(400, "ValidationError", str(exc))
+            refused = self._traffic_to_failed(applied.online) or await self._traffic_to_nothing(applied.online)
+            if refused:
+                return _error(400, "ValidationError", refused)
+            retry = self._failed(applied.online)
+            try:
+                await asyncio.to_thread(write, applied, self._store, self._batch, retry)
+            except BatchStoreError as exc:
+                return _error(400, "ValidationError", str(exc))
         self._controller.notify()
         return web.json_response({"applied": await self._with_attempts(applied.summary(), retry)})
 
@@ -290,7 +295,9 @@ class AdminApi:
             return web.json_response({"deleted": name})
         self._controller.deleting[(name, None)] = time.time()
         try:
-            if not await asyncio.to_thread(self._store.delete_endpoint, name):
+            async with self._changing:
+                deleted = await asyncio.to_thread(self._store.delete_endpoint, name)
+            if not deleted:
                 return _error(404, "NotFound", f"no endpoint '{name}'")
             self._controller.notify()
             await self._wait_gone(lambda r: r.endpoint == name)
@@ -381,7 +388,8 @@ class AdminApi:
         self._controller.deleting[(endpoint, name)] = time.time()
         try:
             try:
-                await asyncio.to_thread(self._store.delete_deployment, endpoint, name)
+                async with self._changing:
+                    await asyncio.to_thread(self._store.delete_deployment, endpoint, name)
             except StoreError as exc:
                 return _error(409, "Conflict", str(exc))
             self._controller.notify()
@@ -392,9 +400,14 @@ class AdminApi:
 
     async def scale_deployment(self, request: web.Request) -> web.Response:
         endpoint, name = request.match_info["e"], request.match_info["d"]
-        current = await self._deployment_or_404(endpoint, name)
+        await self._deployment_or_404(endpoint, name)
         body = await self._json_body(request)
         count = body.get("instance_count")
+        async with self._changing:  # read again under the lock: what the check and the write see
+            return await self._scale(endpoint, name, count)
+
+    async def _scale(self, endpoint: str, name: str, count) -> web.Response:
+        current = await self._deployment_or_404(endpoint, name)
         if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_INSTANCE_COUNT:
             return _error(400, "ValidationError", f"instance_count must be an integer from 0 to {MAX_INSTANCE_COUNT}")
         if replica_floor(replace(current, instance_count=count)) == 0:

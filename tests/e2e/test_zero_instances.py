@@ -5,6 +5,8 @@ message naming the traffic, and nothing changes."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from tests.support.gateway import GatewayProcess
@@ -84,3 +86,41 @@ def test_what_keeps_instances_may_scale_to_zero(gateway):
     done = gateway.cli("endpoint", "update", "-n", "ep1", "--traffic", "d1=50 auto=50")
     assert done.returncode == 0, done.stderr
     assert _traffic(gateway) == {"d1": 50, "auto": 50}
+
+
+def _endpoint_document(traffic: dict) -> dict:
+    return {"documents": [{"source": "race", "base_dir": ".", "body": {
+        "name": "ep1", "auth_mode": "key", "traffic": traffic}}]}
+
+
+def test_a_scale_to_zero_and_traffic_to_that_deployment_at_once_never_both_succeed(gateway):
+    """Each change checks what is stored, then writes: two changes that would each pass
+    their check alone must not interleave (d2 scaled to 0 while traffic to it is applied
+    — both checks read the other's old state, and d2 would be left with traffic and no
+    instance). The admin API makes changes one at a time."""
+    rounds, both = 25, []
+    for _ in range(rounds):
+        assert gateway.admin("POST", "/api/v1/apply", _endpoint_document({"d1": 100}))[0] == 200
+        assert gateway.admin("POST", "/api/v1/endpoints/ep1/deployments/d2/scale", {"instance_count": 1})[0] == 200
+        start = threading.Barrier(2)
+        answers = {}
+
+        def scale():
+            start.wait()
+            answers["scale"] = gateway.admin("POST", "/api/v1/endpoints/ep1/deployments/d2/scale",
+                                             {"instance_count": 0})[0]
+
+        def apply():
+            start.wait()
+            answers["apply"] = gateway.admin("POST", "/api/v1/apply", _endpoint_document({"d1": 90, "d2": 10}))[0]
+
+        threads = [threading.Thread(target=scale), threading.Thread(target=apply)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert sorted(answers.values()) in ([200, 400], [200, 409]), answers  # exactly one refused
+        count, traffic = gateway.deployment("ep1", "d2")["instance_count"], _traffic(gateway)
+        assert not (count == 0 and traffic.get("d2")), (answers, count, traffic)
+        both.append(answers["scale"] == answers["apply"])
+    assert not any(both)
