@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="scoregate", description="Inference router and serving gateway.")
     parser.add_argument("--state-dir", default=None)
-    parser.add_argument("-o", "--output", choices=("json", "table"), default="json")
+    parser.add_argument("-o", "--output", choices=("json", "table"), default=None)  # None: json (top: table)
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     serve = verbs.add_parser("serve", parents=[common], help="run the gateway (router + controller)")
@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     top = verbs.add_parser("top", help="live view of endpoints, deployments and batch jobs")
     top.add_argument("--state-dir", default=argparse.SUPPRESS,
                      help="state dir of the gateway (default: $SCOREGATE_STATE_DIR or ./.scoregate)")
-    top.add_argument("-o", "--output", dest="top_output", choices=("table", "json"), default="table",
+    top.add_argument("-o", "--output", dest="top_output", choices=("table", "json"), default=None,
                      help="table: a refreshing screen (default); json: the status snapshot, one JSON "
                           "document per refresh, a line each (JSON lines), for scripts")
     top.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
@@ -589,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_loadtest(argv[1:])
     args = build_parser().parse_args(argv)
-    output = getattr(args, "output", "json")
+    output = getattr(args, "output", None) or "json"
     if args.verb == "endpoint" and args.action == "invoke":
         output = "json"  # the model's answer as it is: a table would keep only its flat fields
     try:
@@ -606,7 +606,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb == "top":
             from .top import run_top
 
-            return run_top(client, args.interval, args.iterations, output=args.top_output)
+            # `-o` after `top`, else before it (`scoregate -o json top`), else the table
+            return run_top(client, args.interval, args.iterations, output=args.top_output or args.output or "table")
         if args.verb in ("batch", "job"):
             from .batch.cli import dispatch
 

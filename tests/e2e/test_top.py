@@ -80,3 +80,11 @@ def test_top_verb_with_o_json_prints_json_lines(gateway):
     snapshots = [json.loads(line) for line in done.stdout.splitlines()]
     assert len(snapshots) == 2
     assert {d["key"] for d in snapshots[-1]["deployments"]} == {"topdemo/blue", "topdemo/green"}
+
+
+def test_o_json_before_the_verb_counts_too(gateway):
+    """`scoregate -o json top`: the global flag, as every other verb takes it, used to be
+    dropped and the table printed."""
+    done = gateway.cli("-o", "json", "top", "--iterations", "1", "--interval", "0.2")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["deployments"]
