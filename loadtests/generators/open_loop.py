@@ -104,6 +104,11 @@ async def _run_schedule(session, target: Target, cfg: OpenLoopConfig, rec: Recor
         for t in tasks:
             t.cancel()
         raise
+    # The schedule's last start may come well before the end (a low rate): the run still
+    # lasts the duration asked for, its requests answered meanwhile.
+    left = end - time.perf_counter()
+    if left > 0:
+        await asyncio.sleep(left)
     await drain(tasks, drain_grace)
     # starts that were launched but never got to run before the drain ended
     rec.on_drop("out_of_time", rec.scheduled - rec.sent - sum(rec.dropped.values()))

@@ -124,6 +124,17 @@ async def test_open_loop_keeps_its_schedule(serve):
     assert [s["scheduled"] for s in r.series][:2] == [200, 200]
 
 
+async def test_a_low_rate_run_lasts_its_duration(serve):
+    """At 1 request/s for 2.5 s the last start is at 2 s: the run used to end right after
+    its answer, so a user asking for 2.5 s of load got ~2 s, and a series shorter than
+    asked for. It ends when the duration does (then drains)."""
+    base = await serve()
+    r = await run_async(open_spec(base + "/", 1, 2.5))
+    assert r.sent == r.ok == 3
+    assert r.elapsed_s >= 2.5
+    assert r.achieved_rate == pytest.approx(3 / 2.5)
+
+
 async def test_rate_profile_is_followed(serve):
     base = await serve()
     spec = RunSpec(Target(base + "/"), duration=2.0, profile="step:100,300@1s")
