@@ -519,3 +519,20 @@ async def test_an_update_the_api_server_refuses_is_rolled_back_at_once(apiserver
     assert [d["metadata"]["uid"] for d in apiserver.objects_of("deployments", NS)] == [old["metadata"]["uid"]]
     assert {p["metadata"]["uid"] for p in cluster.pods()} == old_pods
     assert the(apiserver, "deployments")["spec"]["replicas"] == 2
+
+
+async def test_an_instance_type_edit_kubernetes_would_refuse_keeps_its_deployments_serving(apiserver, kube_api,
+                                                                                            cluster, controller):
+    """requests above limits: every Deployment of such a pod template is refused by the API
+    server (422). The InstanceType is refused instead, its deployments say why, and their
+    running version stays as it is (no new version tried)."""
+    running = await serving_sample(apiserver, kube_api, controller)
+    [old] = apiserver.objects_of("deployments", NS)
+    await kube_api.patch(INSTANCE_TYPES, None, "cpu-small", {"spec": {"resources": {"requests": {"cpu": "2"}}}})
+    await eventually(lambda: status_of(apiserver, "onlinedeployments", "iris-blue").get("reason") == (
+        "OnlineDeployment team-a/iris-blue: spec.instanceType: the InstanceType cpu-small is not valid:"
+        " InstanceType cpu-small: spec.resources.requests.cpu: 2 is more than its limit (1): Kubernetes refuses"
+        " such a pod"), timeout_s=10)
+    await after_passes(running.registry, 3)
+    assert [d["metadata"]["uid"] for d in apiserver.objects_of("deployments", NS)] == [old["metadata"]["uid"]]
+    assert the(apiserver, "deployments")["spec"]["replicas"] == 2
