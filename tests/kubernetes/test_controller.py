@@ -12,7 +12,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from serving.backends.kubernetes import names
-from serving.backends.kubernetes.api import INSTANCE_TYPES, ONLINE_DEPLOYMENTS, ONLINE_ENDPOINTS
+from serving.backends.kubernetes.api import INSTANCE_TYPES, ONLINE_DEPLOYMENTS, ONLINE_ENDPOINTS, SERVICES
 from serving.backends.kubernetes.running import KubernetesControllerSettings, run_controller
 from tests.kubernetes import cluster as fates
 from tests.kubernetes.conftest import eventually
@@ -536,3 +536,19 @@ async def test_an_instance_type_edit_kubernetes_would_refuse_keeps_its_deploymen
     await after_passes(running.registry, 3)
     assert [d["metadata"]["uid"] for d in apiserver.objects_of("deployments", NS)] == [old["metadata"]["uid"]]
     assert the(apiserver, "deployments")["spec"]["replicas"] == 2
+
+
+async def test_a_service_deleted_after_a_restart_comes_back_owned_by_its_deployment(apiserver, kube_api, cluster,
+                                                                                    controller):
+    """A restarted controller adopts the running version (no manifest of its own rendered);
+    the Service it makes again must still be owned by the OnlineDeployment, or deleting that
+    object later (with no controller running) leaves the Service behind."""
+    first = await serving_sample(apiserver, kube_api, controller)
+    first.stop.set()
+    await asyncio.wait_for(first.task, 10)
+    controller()
+    await kube_api.delete(SERVICES, NS, "iris-blue")
+    service = await eventually(lambda: next(iter(apiserver.objects_of("services", NS)), None), timeout_s=10)
+    cr = the(apiserver, "onlinedeployments")
+    assert [(r["kind"], r["uid"]) for r in service["metadata"].get("ownerReferences") or []] == [
+        ("OnlineDeployment", cr["metadata"]["uid"])]

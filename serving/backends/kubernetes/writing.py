@@ -27,6 +27,7 @@ import asyncio
 import copy
 import logging
 from collections import defaultdict
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Callable
 
@@ -246,9 +247,12 @@ class VersionWriter:
         name = names.service_name(version.endpoint, version.deployment)
         if self._check_own(version, SERVICES, self._services.get(version.namespace, name), version.service):
             return
+        # A version adopted after a restart has no Service rendered: made here, it is still
+        # owned by the OnlineDeployment (else deleting that would leave the Service behind).
         body = version.service or render_service(
-            Deployment(name=version.deployment, endpoint_name=version.endpoint), StaticPlacement(version.namespace)
-            .placement(Deployment(name=version.deployment, endpoint_name=version.endpoint)))
+            Deployment(name=version.deployment, endpoint_name=version.endpoint),
+            replace(StaticPlacement(version.namespace).placement(
+                Deployment(name=version.deployment, endpoint_name=version.endpoint)), owner=self.owner(version)))
         try:
             self._services.put(await _refusable(SERVICES, version.namespace, name,
                                                 self._api.create(SERVICES, version.namespace, body)))
