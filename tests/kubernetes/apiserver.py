@@ -133,6 +133,8 @@ class Fault:
     subresource: str | None = None
     hits: int = 0
     when: Callable[[Any], bool] | None = None  # only requests whose body this accepts
+    reason: str | None = None  # the Status reason and message answered (e.g. an admission refusal)
+    message: str | None = None
 
 
 def _prune(value: Any, schema: dict) -> None:
@@ -202,10 +204,14 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
         return fields
 
     def fail_next(self, method: str, plural: str, status: int, times: int = 1,
-                  subresource: str | None = None, when: Callable[[Any], bool] | None = None) -> Fault:
+                  subresource: str | None = None, when: Callable[[Any], bool] | None = None,
+                  reason: str | None = None, message: str | None = None) -> Fault:
         """The next `times` matching requests fail with `status` (e.g. 409, 500); `when`
-        narrows them to requests whose body it accepts (one write among several alike)."""
-        fault = Fault(method.upper(), plural, status, times, subresource, when=when)
+        narrows them to requests whose body it accepts (one write among several alike);
+        `reason` and `message` are the Status a real refusal carries (e.g. 422 Invalid, an
+        admission webhook's denial)."""
+        fault = Fault(method.upper(), plural, status, times, subresource, when=when, reason=reason,
+                      message=message)
         self.faults.append(fault)
         return fault
 
@@ -422,8 +428,8 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
         info = self.kinds[res]
         fault = self._take_fault(request, res)
         if fault is not None:
-            raise status_error(fault.status, {409: "Conflict", 410: "Gone", 429: "TooManyRequests"}.get(
-                fault.status, "InternalError"), f"injected failure {fault.status}")
+            raise status_error(fault.status, fault.reason or {409: "Conflict", 410: "Gone", 429: "TooManyRequests"}.get(
+                fault.status, "InternalError"), fault.message or f"injected failure {fault.status}")
         namespace = request.namespace or ""
         method, name, params = request.method.value, request.name, request.params
         if name is None:

@@ -12,7 +12,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from serving.backends.kubernetes import names
-from serving.backends.kubernetes.api import INSTANCE_TYPES, ONLINE_DEPLOYMENTS, ONLINE_ENDPOINTS
+from serving.backends.kubernetes.api import INSTANCE_TYPES, ONLINE_DEPLOYMENTS, ONLINE_ENDPOINTS, SERVICES
 from serving.backends.kubernetes.running import KubernetesControllerSettings, run_controller
 from tests.kubernetes import cluster as fates
 from tests.kubernetes.conftest import eventually
@@ -478,3 +478,77 @@ async def test_names_taken_by_an_older_object_are_refused_naming_the_object_and_
                " team-a (the older keeps it)")
     await eventually(lambda: [(o.get("status") or {}).get("reason")
                               for o in apiserver.objects_of("onlineendpoints", "team-b")] == [refused], timeout_s=10)
+
+
+async def test_a_deployment_the_api_server_refuses_fails_the_rollout_with_its_message(apiserver, kube_api, cluster,
+                                                                                        controller):
+    """A Deployment an admission check refuses (422 Invalid, a policy webhook's denial) can
+    never be created by writing it again: the rollout fails at once with the API server's
+    words, not after its 20-minute budget with "HTTP 422: Unprocessable Entity"."""
+    refusal = ('admission webhook "policy.example.com" denied the request: images must come from'
+               ' registry.example.com')
+    fault = apiserver.fail_next("POST", "deployments", 422, times=10_000, reason="Invalid", message=refusal)
+    await kubectl_apply(kube_api, sample("instancetypes.yaml") + sample("iris-endpoint.yaml"))
+    controller()
+    status = await eventually(lambda: (s := status_of(apiserver, "onlinedeployments", "iris-blue"))
+                              .get("provisioningState") == "Failed" and s.get("rollout", {}).get("state") == "Failed"
+                              and s, timeout_s=10, what="the rollout failed",
+                              context=lambda: str(status_of(apiserver, "onlinedeployments", "iris-blue")))
+    assert status["provisioningState"] == "Failed"
+    assert status["stage"] == "environment"
+    assert status["reason"] == (f"environment: the Kubernetes API refused Deployment team-a/iris-blue-"
+                                f"{status['specHash'][:8]} (HTTP 422): {refusal}")
+    assert status["rollout"]["failed_stage"] == "environment"
+    assert fault.hits >= 1 and not apiserver.objects_of("deployments", NS)
+
+
+async def test_an_update_the_api_server_refuses_is_rolled_back_at_once(apiserver, kube_api, cluster, controller):
+    await serving_sample(apiserver, kube_api, controller)
+    [old] = apiserver.objects_of("deployments", NS)
+    old_pods = {p["metadata"]["uid"] for p in cluster.pods()}
+    refusal = ('Deployment.apps "iris-blue" is invalid: spec.template.spec.containers[0].env[3].name:'
+               ' Invalid value: "": a valid environment variable name must consist of printable ASCII characters')
+    apiserver.fail_next("POST", "deployments", 422, times=10_000, reason="Invalid", message=refusal)
+    await kube_api.patch(ONLINE_DEPLOYMENTS, NS, "iris-blue", {"spec": {"environmentVariables": {"LOG_LEVEL": "x"}}})
+    status = await eventually(lambda: (s := status_of(apiserver, "onlinedeployments", "iris-blue"))
+                              .get("reason", "").endswith("rolled back to the previous version") and s, timeout_s=10,
+                              what="the update rolled back",
+                              context=lambda: str(status_of(apiserver, "onlinedeployments", "iris-blue")))
+    assert status["provisioningState"] == "Failed" and status["stage"] == "environment"
+    assert refusal in status["reason"]
+    assert [d["metadata"]["uid"] for d in apiserver.objects_of("deployments", NS)] == [old["metadata"]["uid"]]
+    assert {p["metadata"]["uid"] for p in cluster.pods()} == old_pods
+    assert the(apiserver, "deployments")["spec"]["replicas"] == 2
+
+
+async def test_an_instance_type_edit_kubernetes_would_refuse_keeps_its_deployments_serving(apiserver, kube_api,
+                                                                                            cluster, controller):
+    """requests above limits: every Deployment of such a pod template is refused by the API
+    server (422). The InstanceType is refused instead, its deployments say why, and their
+    running version stays as it is (no new version tried)."""
+    running = await serving_sample(apiserver, kube_api, controller)
+    [old] = apiserver.objects_of("deployments", NS)
+    await kube_api.patch(INSTANCE_TYPES, None, "cpu-small", {"spec": {"resources": {"requests": {"cpu": "2"}}}})
+    await eventually(lambda: status_of(apiserver, "onlinedeployments", "iris-blue").get("reason") == (
+        "OnlineDeployment team-a/iris-blue: spec.instanceType: the InstanceType cpu-small is not valid:"
+        " InstanceType cpu-small: spec.resources.requests.cpu: 2 is more than its limit (1): Kubernetes refuses"
+        " such a pod"), timeout_s=10)
+    await after_passes(running.registry, 3)
+    assert [d["metadata"]["uid"] for d in apiserver.objects_of("deployments", NS)] == [old["metadata"]["uid"]]
+    assert the(apiserver, "deployments")["spec"]["replicas"] == 2
+
+
+async def test_a_service_deleted_after_a_restart_comes_back_owned_by_its_deployment(apiserver, kube_api, cluster,
+                                                                                    controller):
+    """A restarted controller adopts the running version (no manifest of its own rendered);
+    the Service it makes again must still be owned by the OnlineDeployment, or deleting that
+    object later (with no controller running) leaves the Service behind."""
+    first = await serving_sample(apiserver, kube_api, controller)
+    first.stop.set()
+    await asyncio.wait_for(first.task, 10)
+    controller()
+    await kube_api.delete(SERVICES, NS, "iris-blue")
+    service = await eventually(lambda: next(iter(apiserver.objects_of("services", NS)), None), timeout_s=10)
+    cr = the(apiserver, "onlinedeployments")
+    assert [(r["kind"], r["uid"]) for r in service["metadata"].get("ownerReferences") or []] == [
+        ("OnlineDeployment", cr["metadata"]["uid"])]

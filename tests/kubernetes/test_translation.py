@@ -140,3 +140,34 @@ def test_batch_deployment_environment_variable_names_are_checked(name):
         batch_deployment_from_custom_resource(obj)
     del obj["spec"]["environmentVariables"][name]
     assert batch_deployment_from_custom_resource(obj).deployment.environment_variables == {"GOOD_NAME": "1"}
+
+
+@pytest.mark.parametrize("resources, message", [
+    ({"requests": {"cpu": "2"}, "limits": {"cpu": "1500m"}},
+     "spec.resources.requests.cpu: 2 is more than its limit (1500m)"),
+    ({"requests": {"memory": "2Gi"}, "limits": {"memory": "2G"}},
+     "spec.resources.requests.memory: 2Gi is more than its limit (2G)"),
+    ({"requests": {"nvidia.com/gpu": "1"}}, "spec.resources.requests.nvidia.com/gpu: nvidia.com/gpu cannot be"
+                                            " overcommitted: set spec.resources.limits.nvidia.com/gpu too"),
+    ({"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "2"}},
+     "the request (1) must equal the limit (2)"),
+])
+def test_instance_type_resources_a_pod_could_not_have_are_refused(resources, message):
+    """The API server refuses a Deployment whose container requests more than its limit (or
+    a GPU below its limit): the InstanceType is refused instead, naming the field, so its
+    deployments keep their last valid version rather than rolling out one that cannot exist."""
+    obj = {"kind": "InstanceType", "metadata": {"name": "big"}, "spec": {"resources": resources}}
+    with pytest.raises(CustomResourceError) as caught:
+        instance_type_from_custom_resource(obj)
+    assert str(caught.value).startswith("InstanceType big: ") and message in str(caught.value)
+
+
+@pytest.mark.parametrize("resources", [
+    {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "1Gi"}},
+    {"requests": {"cpu": "0.5", "memory": "1073741824"}, "limits": {"cpu": "500m", "memory": "1Gi"}},
+    {"requests": {"cpu": "4"}, "limits": {"nvidia.com/gpu": "1"}},
+    {"requests": {"nvidia.com/gpu": "1", "memory": "1e3"}, "limits": {"nvidia.com/gpu": "1", "memory": "1k"}},
+])
+def test_instance_type_resources_kubernetes_accepts_are_accepted(resources):
+    obj = {"kind": "InstanceType", "metadata": {"name": "ok"}, "spec": {"resources": resources}}
+    assert instance_type_from_custom_resource(obj).requests == resources["requests"]

@@ -65,6 +65,17 @@ def status_of(exc: BaseException) -> int | None:
     return None
 
 
+def api_message(exc: BaseException) -> str:
+    """What the API server said, from the Status in an error's body (e.g. `Deployment.apps
+    "x" is invalid: spec.template...`, an admission webhook's denial); else the HTTP reason."""
+    body = getattr(exc, "body", None)
+    try:
+        message = (json.loads(body) or {}).get("message") if body else None
+    except (ValueError, TypeError, AttributeError):
+        message = None
+    return str(message or getattr(exc, "reason", None) or exc)
+
+
 def is_retryable(exc: BaseException) -> bool:
     return status_of(exc) in RETRYABLE_STATUSES
 

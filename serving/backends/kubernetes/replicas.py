@@ -51,6 +51,7 @@ class Version:
     restarts: int = 0  # carried over replacements so the planner's back-off keeps growing
     created_at: float = 0.0
     error: str = ""  # the last API error while writing this version out
+    refused: str = ""  # the API server refused its objects (writing.py): its missing replicas failed
     draining: set[str] = field(default_factory=set)  # pods to mark before the next scale-down
     forgotten: set[str] = field(default_factory=set)  # exited pods to delete after the next write
 
@@ -164,6 +165,9 @@ def _placeholder(version: Version, index: int, memory: ObservationMemory, now: f
     state, reason, ended_at = STARTING, f"{SCHEDULING}: waiting for the pod to be created", None
     if replica_failure:
         state, reason = EXITED, f"{SCHEDULING}: the pod cannot be created: {replica_failure}"
+        ended_at = memory.failed_since.setdefault(slot, now)
+    elif version.refused:  # writing it again cannot help: a stage that cannot succeed
+        state, reason = EXITED, f"{ENVIRONMENT}: {version.refused}"
         ended_at = memory.failed_since.setdefault(slot, now)
     elif version.error:
         reason = f"{SCHEDULING}: waiting for the Kubernetes API: {version.error}"

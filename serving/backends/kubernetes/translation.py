@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import fields
+from decimal import Decimal
 from typing import Any, NoReturn
 
 from ...field_reader import BaseFieldReader
@@ -26,6 +27,13 @@ API_VERSION = f"{names.GROUP}/{names.VERSION}"
 DEFAULT_INSTANCE_TYPE_NAME = "defaultinstancetype"
 
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei|e[0-9]+)?\Z")
+_SUFFIXES = {"": Decimal(1), "m": Decimal("0.001"), "k": Decimal(10) ** 3, "M": Decimal(10) ** 6,
+             "G": Decimal(10) ** 9, "T": Decimal(10) ** 12, "P": Decimal(10) ** 15, "E": Decimal(10) ** 18,
+             "Ki": Decimal(2) ** 10, "Mi": Decimal(2) ** 20, "Gi": Decimal(2) ** 30, "Ti": Decimal(2) ** 40,
+             "Pi": Decimal(2) ** 50, "Ei": Decimal(2) ** 60}
+# Resources a node may overcommit: a request below the limit is fine. Any other (GPUs and
+# other extended resources, hugepages) must be requested exactly at its limit.
+_OVERCOMMITTABLE = {"cpu", "memory", "ephemeral-storage"}
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?\Z")
 _URI_SCHEMES = ("http://", "https://", "file://")
 
@@ -233,6 +241,32 @@ def deployment_to_custom_resource(deployment: Deployment, namespace: str) -> dic
 
 # -- InstanceType ---------------------------------------------------------------------------
 
+def quantity_value(quantity: str) -> Decimal:
+    """The number a Kubernetes quantity (one `_QUANTITY` accepts) stands for: 500m → 0.5, 1Gi → 2**30."""
+    match = re.match(r"^([0-9]+(?:\.[0-9]+)?)(.*)\Z", quantity)
+    number, suffix = Decimal(match.group(1)), match.group(2)
+    if suffix.startswith("e"):
+        return number * Decimal(10) ** int(suffix[1:])
+    return number * _SUFFIXES[suffix]
+
+
+def _check_requests_within_limits(f: ResourceFields, requests: dict[str, str], limits: dict[str, str]) -> None:
+    """The rules the API server applies to a container's resources: it refuses a Deployment
+    whose pod template breaks them (422), so the InstanceType is refused here, naming the field."""
+    for resource, request in requests.items():
+        limit = limits.get(resource)
+        where = f"spec.resources.requests.{resource}"
+        if resource in _OVERCOMMITTABLE:
+            if limit is not None and quantity_value(request) > quantity_value(limit):
+                f.fail(where, f"{request} is more than its limit ({limit}): Kubernetes refuses such a pod")
+        elif limit is None:
+            f.fail(where, f"{resource} cannot be overcommitted: set spec.resources.limits.{resource} too"
+                          " (to the same value)")
+        elif quantity_value(request) != quantity_value(limit):
+            f.fail(where, f"{resource} cannot be overcommitted: the request ({request}) must equal the limit"
+                          f" ({limit})")
+
+
 def instance_type_from_custom_resource(obj: dict) -> InstanceTypeSpec:
     f = ResourceFields(INSTANCE_TYPE, obj)
     spec = f.mapping(obj.get("spec"), "spec")
@@ -245,6 +279,7 @@ def instance_type_from_custom_resource(obj: dict) -> InstanceTypeSpec:
         for resource, quantity in quantities[part].items():
             if not _QUANTITY.match(quantity):
                 f.fail(f"spec.resources.{part}.{resource}", f"is not a Kubernetes quantity: {quantity!r}")
+    _check_requests_within_limits(f, quantities["requests"], quantities["limits"])
     return InstanceTypeSpec(name=f.metadata_name,
                             node_selector=f.string_map(spec.get("nodeSelector"), "spec.nodeSelector"),
                             requests=quantities["requests"], limits=quantities["limits"])

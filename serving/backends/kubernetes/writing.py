@@ -12,7 +12,13 @@ A Service or Deployment of the name that scoregate did not create (foreign.py) i
 written or deleted: the write stops with ForeignObjectError, recorded in ForeignObjects
 (the store then refuses the OnlineDeployment) and in `Version.error`.
 Exited pods the planner forgot are deleted after the write. Any other error backs off
-(bounded, jittered) and the version is written again later; `Version.error` says why.
+(bounded, jittered) and the version is written again later; `Version.error` says why, in
+the API server's words. A create or replace the API server refuses (400, 403, 422: its
+validation, an admission webhook or policy, a quota on objects, RBAC) cannot succeed by
+being sent again: `Version.refused` says so, and the version's missing replicas are then
+failed ones (replicas.py), so its rollout fails at once with that message instead of
+waiting out its budget. The write is still tried again (backed off), so a policy or
+permission fixed later lets it through.
 """
 
 from __future__ import annotations
@@ -21,12 +27,13 @@ import asyncio
 import copy
 import logging
 from collections import defaultdict
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Callable
 
 from ...resources import Deployment
 from . import names
-from .api import DEPLOYMENTS, PODS, SERVICES, Backoff, KubeApi, status_of
+from .api import DEPLOYMENTS, PODS, SERVICES, Backoff, KubeApi, Kind, api_message, status_of
 from .foreign import ForeignObjectError, ForeignObjects, owner_of, why_foreign
 from .replicas import Version, version_key_of_pod
 from .watching import ObjectCache
@@ -34,6 +41,26 @@ from .workloads import StaticPlacement, render_service
 
 log = logging.getLogger("scoregate.backend.kubernetes")
 MAX_CONFLICT_RETRIES = 5
+# Answers that sending the same object again cannot change.
+REFUSED_STATUSES = {400, 403, 422}
+
+
+class RefusedWrite(Exception):
+    """The API server refused to create or replace one of a version's objects."""
+
+    def __init__(self, kind: Kind, namespace: str, name: str, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(f"the Kubernetes API refused {kind.kind} {namespace}/{name} (HTTP {status}): {message}")
+
+
+async def _refusable(kind: Kind, namespace: str, name: str, call):
+    """Await `call` (a create or replace); a refusal becomes RefusedWrite, naming the object."""
+    try:
+        return await call
+    except Exception as exc:
+        if (status := status_of(exc)) in REFUSED_STATUSES:
+            raise RefusedWrite(kind, namespace, name, status, api_message(exc)) from exc
+        raise
 
 
 class VersionWriter:
@@ -97,13 +124,15 @@ class VersionWriter:
                 return False
             except Exception as exc:
                 status = status_of(exc)
-                version.error = f"HTTP {status}: {getattr(exc, 'reason', '')}" if status else str(exc)
+                refused = isinstance(exc, RefusedWrite)
+                version.refused = str(exc) if refused else ""
+                version.error = str(exc) if refused or not status else f"HTTP {status}: {api_message(exc)}"
                 delay = self._backoffs.setdefault(key, Backoff()).next_delay()
                 log.warning("writing %s/%s failed (%s); retrying in %.1f s", *key, version.error, delay)
                 asyncio.get_running_loop().call_later(delay, self.mark_dirty, key)
                 self.on_change()
                 return False
-        version.error = ""
+        version.error = version.refused = ""
         self._backoffs.pop(key, None)
         return True
 
@@ -158,7 +187,7 @@ class VersionWriter:
             await self._ensure_service(version)
             body = copy.deepcopy(version.manifest)
             body["spec"]["replicas"] = version.target
-            self._deployments.put(await self._api.create(DEPLOYMENTS, ns, body))
+            self._deployments.put(await _refusable(DEPLOYMENTS, ns, name, self._api.create(DEPLOYMENTS, ns, body)))
             log.info("created Deployment %s/%s with %d replicas", ns, name, version.target)
             return
         replicas = (current.get("spec") or {}).get("replicas")
@@ -167,7 +196,8 @@ class VersionWriter:
                 await self._mark_draining(version)
             body = copy.deepcopy(current)
             body["spec"]["replicas"] = version.target
-            self._deployments.put(await self._api.replace(DEPLOYMENTS, ns, name, body))
+            self._deployments.put(await _refusable(DEPLOYMENTS, ns, name,
+                                                   self._api.replace(DEPLOYMENTS, ns, name, body)))
             log.info("scaled Deployment %s/%s from %s to %d replicas", ns, name, replicas, version.target)
         elif version.target == 0 and not self._has_pods(version):
             await self._delete(DEPLOYMENTS, ns, name, uid=current["metadata"].get("uid"))
@@ -217,11 +247,15 @@ class VersionWriter:
         name = names.service_name(version.endpoint, version.deployment)
         if self._check_own(version, SERVICES, self._services.get(version.namespace, name), version.service):
             return
+        # A version adopted after a restart has no Service rendered: made here, it is still
+        # owned by the OnlineDeployment (else deleting that would leave the Service behind).
         body = version.service or render_service(
-            Deployment(name=version.deployment, endpoint_name=version.endpoint), StaticPlacement(version.namespace)
-            .placement(Deployment(name=version.deployment, endpoint_name=version.endpoint)))
+            Deployment(name=version.deployment, endpoint_name=version.endpoint),
+            replace(StaticPlacement(version.namespace).placement(
+                Deployment(name=version.deployment, endpoint_name=version.endpoint)), owner=self.owner(version)))
         try:
-            self._services.put(await self._api.create(SERVICES, version.namespace, body))
+            self._services.put(await _refusable(SERVICES, version.namespace, name,
+                                                self._api.create(SERVICES, version.namespace, body)))
             log.info("created Service %s/%s", version.namespace, name)
         except Exception as exc:
             if status_of(exc) != 409:
