@@ -7,7 +7,8 @@ deployment (from its `request_settings`):
 - a request that finds every slot busy waits in the deployment's FIFO queue for at most
   `max_queue_wait_ms`; the queue holds at most `queue_depth_factor` × replicas × slots
   requests. Full queue or wait over → 429, and the request never reaches a model;
-- no routable replica → 503.
+- no routable replica → 503, also for the requests already queued when the last replica
+  (or the deployment) leaves the routing table: they are answered at once.
 A freed slot is handed straight to the oldest waiter (no barging by new arrivals). The
 bookkeeping is synchronous: nothing awaits while the counts are half updated.
 
@@ -176,7 +177,9 @@ class Admission:
         """Hand free slots to the oldest waiters, in order."""
         endpoint = self._holder.current.endpoints.get(key[0])
         deployment = endpoint.deployments.get(key[1]) if endpoint else None
-        if deployment is None:
+        if deployment is None or not deployment.replicas:
+            # Nothing left to wait for: its last replica left, or the deployment did.
+            self._refuse_waiters(key, state, deployment)
             return
         shared = self._in_flight.shared
         while state.waiters:
@@ -195,6 +198,21 @@ class Admission:
             waiter.set_result(replica)
         if shared:
             self._publish_oldest(state)
+
+    def _refuse_waiters(self, key: Key, state: _DeploymentState, deployment: DeploymentRoute | None) -> None:
+        """Answer every waiter 503 NoReadyReplica at once (not 429 when its wait is over)."""
+        if deployment is None:
+            message = f"deployment '{key[1]}' is being removed"
+        else:
+            message = f"deployment '{deployment.name}' has no ready replica" + (
+                f": {deployment.unavailable_reason}" if deployment.unavailable_reason else "")
+        self._account(state)
+        while state.waiters:
+            waiter = state.waiters.popleft()
+            state.since.pop(waiter, None)
+            if not waiter.done():
+                waiter.set_exception(NoReadyReplica(message))
+        self._publish_oldest(state)
 
     def _on_table_change(self, _old: RoutingTable, _new: RoutingTable) -> None:
         for key, state in self._states.items():

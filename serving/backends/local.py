@@ -10,14 +10,19 @@ kept in its view for the rollout's failure reason and `deployment logs`.
 No replica may outlive the gateway: children get PR_SET_PDEATHSIG (SIGTERM when the
 gateway dies, even by SIGKILL) and their own session (a Ctrl-C in the terminal reaches
 the gateway, which stops them in order), and close() stops every one of them.
+A replica is its whole process group (its session's): what a wrapper it runs started
+(`command: ["bash", "start.sh"]` and the server the script runs) is signalled with it,
+and whatever is left of the group when the replica's process ends is killed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import secrets
+import signal
 import socket
 import sys
 import time
@@ -54,6 +59,21 @@ def init_error(tail: tuple[str, ...]) -> str | None:
         if match:
             return line.strip()
     return None
+
+
+def _signal_group(process: asyncio.subprocess.Process, sig: int) -> None:
+    """Signal the replica's process group (its pid: it leads its own session), so that
+    the processes it started get the signal too; its process alone if that fails."""
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        pass  # nothing of it is left
+    except PermissionError:
+        if process.returncode is None:
+            try:
+                process.send_signal(sig)
+            except ProcessLookupError:
+                pass
 
 
 @dataclass
@@ -248,11 +268,13 @@ class LocalProcessBackend:
                     given_up = await self._probe_loop(replica, exited, deployment.liveness_probe,
                                                       replica.plan.liveness_path, "liveness")
             if given_up is not None and not exited.done():
-                process.kill()
+                _signal_group(process, signal.SIGKILL)
             code = await exited
         finally:
             if not exited.done():
                 exited.cancel()
+        # A wrapper that ended (crashed, or killed above) leaves no server of its own behind.
+        _signal_group(process, signal.SIGKILL)
         if replica.state == STOPPING:
             return
         tail = await asyncio.to_thread(self._tail, replica.log_path)
@@ -334,15 +356,13 @@ class LocalProcessBackend:
         process = replica.process
         if process is None or process.returncode is not None:
             return
+        _signal_group(process, signal.SIGTERM)
         try:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), self._stop_grace_s if grace_s is None else grace_s)
-            except asyncio.TimeoutError:
-                process.kill()
-                await process.wait()
-        except ProcessLookupError:
+            await asyncio.wait_for(process.wait(), self._stop_grace_s if grace_s is None else grace_s)
+        except asyncio.TimeoutError:
             pass
+        _signal_group(process, signal.SIGKILL)  # after the grace, or what it left running
+        await process.wait()
         for task in list(replica.tasks):
             if task is not asyncio.current_task():
                 task.cancel()

@@ -10,6 +10,8 @@ For each deployment, every reconcile pass:
 - it fails fast when a stage cannot succeed — init() raised, a probe gave up, a
   replica exited `crash_limit` times, the budget ran out — and the deployment then runs
   its last good version again (an automatic rollback), or nothing if it never had one.
+  The rolled-back version runs at the replica count desired now (instance_count, or the
+  autoscaler's): a count is no part of a version, so a scale still takes effect.
 - a new version desired while a rollout is in progress first gets that rollout's verdict
   from the replicas as they are: if they are all ready (they may have become so after the
   last pass; on a cluster the status already says Succeeded and routers serve them), that
@@ -143,7 +145,9 @@ class RolloutManager:
                 plan.run.append(replace(desired, instance_count=wanted(desired)))
             elif good is not None and good_hash != spec_hash:
                 if (key, good_hash) in self._artifacts:
-                    plan.run.append(replace(good, instance_count=wanted(good)))
+                    # The last good version, at the count asked for now: a count is no part
+                    # of a version, and a scale after a failed update must not be ignored.
+                    plan.run.append(replace(good, instance_count=wanted(desired)))
                 else:
                     plan.hold.add(key)  # keep what runs until the last good version is prepared
             elif rollout.state == IN_PROGRESS and any(r.spec_hash == spec_hash and r.state in (STARTING, READY)
