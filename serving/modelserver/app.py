@@ -38,10 +38,21 @@ def _request_id(request: web.Request) -> str | None:
     return request.headers.get(REQUEST_ID_HEADER)
 
 
-def _run_and_encode(script: ScoringScript, raw_data: str, request_id: str | None) -> web.Response:
+def _request_headers(request: web.Request) -> dict[str, str]:
+    """The headers as azureml-inference-server-http gives them to run(): a plain dict,
+    names in Title-Case (``X-Request-Id``), repeated ones joined with ", "."""
+    headers: dict[str, str] = {}
+    for name, value in request.headers.items():
+        key = name.title()
+        headers[key] = f"{headers[key]}, {value}" if key in headers else value
+    return headers
+
+
+def _run_and_encode(script: ScoringScript, raw_data: str, request_id: str | None,
+                    headers: dict[str, str] | None) -> web.Response:
     """Runs in a scoring thread: call run(), then encode its result."""
     try:
-        result = script.run(raw_data)
+        result = script.run(raw_data) if headers is None else script.run(raw_data, request_headers=headers)
     except (Exception, SystemExit) as exc:
         log.error("run() raised (request id %s)", request_id, exc_info=True)
         return error_response(500, "ScoringScriptError", exception_message(exc), request_id)
@@ -70,8 +81,10 @@ async def score(request: web.Request) -> web.Response:
         )
     loop = asyncio.get_running_loop()
     app = request.app
+    script = app[_SCRIPT_KEY]
+    headers = _request_headers(request) if script.takes_headers else None
     return await loop.run_in_executor(
-        app[_EXECUTOR_KEY], _run_and_encode, app[_SCRIPT_KEY], raw_data, request_id
+        app[_EXECUTOR_KEY], _run_and_encode, script, raw_data, request_id, headers
     )
 
 

@@ -1,0 +1,78 @@
+"""Scoring scripts written for azureml-inference-server-http, served by scoregate's model server.
+
+A real model-server child process over real sockets (127.0.0.1, OS-chosen ports); one
+server for the module, started with WORKER_COUNT=1 so that requests queue behind run().
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.functional.test_modelserver import READY_PREFIX, ROOT, START_TIMEOUT, Server, server_command
+
+MODELS = ROOT / "tests" / "fakes" / "models"
+
+
+@pytest.fixture(scope="module")
+def signals(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("signals")
+
+
+@pytest.fixture(scope="module")
+def contract(tmp_path_factory, signals: Path):
+    env = {**os.environ, "SIGNAL_DIR": str(signals), "WORKER_COUNT": "1"}
+    server = Server(server_command(MODELS / "azureml_contract"), tmp_path_factory.mktemp("contract") / "stderr.log",
+                    env=env)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def http():
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        yield session
+
+
+async def test_run_gets_request_headers_as_azureml_passes_them(contract, http):
+    """run(raw_data, request_headers) was called as run(raw_data): every request a 500 TypeError."""
+    headers = {"x-custom-thing": "a", "Content-Type": "application/json", "x-request-id": "h1"}
+    async with http.post(contract.url + "/score", data="headers", headers=headers) as response:
+        assert response.status == 200, await response.text()
+        got = await response.json()
+    assert got["X-Custom-Thing"] == "a"
+    assert got["Content-Type"] == "application/json"
+    assert got["X-Request-Id"] == "h1"
+
+
+def start_failure(code: Path, script: str) -> tuple[int, str, str]:
+    done = subprocess.run(server_command(code, script), cwd=ROOT, capture_output=True, timeout=START_TIMEOUT)
+    return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+
+@pytest.mark.parametrize("definition, reason", [
+    ("def run():\n    return 1", "takes no argument for the request body"),
+    ("def run(*, data):\n    return data", "takes no argument for the request body"),
+    ("def run(data, model_version):\n    return data", "requires model_version"),
+])
+def test_a_run_the_server_cannot_call_fails_at_load_with_the_reason(tmp_path: Path, definition: str, reason: str):
+    """Before, such a script loaded, reported ready, and answered every request with a 500 TypeError."""
+    (tmp_path / "score.py").write_text(textwrap.dedent("def init():\n    pass\n\n") + definition + "\n")
+    code, out, err = start_failure(tmp_path, "score.py")
+    assert code == 3
+    assert READY_PREFIX not in out
+    assert f"ScriptLoadError: run() in score.py {reason}" in err
+
+
+def test_rawhttp_is_refused_at_load_with_the_way_out():
+    """@rawhttp run(request) got the body as a str: every request a 500 AttributeError."""
+    code, out, err = start_failure(MODELS / "rawhttp", "score.py")
+    assert code == 3
+    assert READY_PREFIX not in out
+    assert "decorated with @rawhttp" in err and "inference_server: azmlinfsrv" in err
