@@ -30,6 +30,7 @@ HEALTHY = "Healthy"
 _SCRIPT_KEY = web.AppKey("script", ScoringScript)
 _EXECUTOR_KEY = web.AppKey("executor", Executor)
 _SWAGGER_KEY = web.AppKey("swagger", bytes)
+_SLOTS_KEY = web.AppKey("slots", asyncio.Semaphore)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -83,9 +84,18 @@ async def score(request: web.Request) -> web.Response:
     app = request.app
     script = app[_SCRIPT_KEY]
     headers = _request_headers(request) if script.takes_headers else None
-    return await loop.run_in_executor(
-        app[_EXECUTOR_KEY], _run_and_encode, script, raw_data, request_id, headers
-    )
+    # Requests wait for a scoring thread here, not in the executor's queue, so that one
+    # whose client left meanwhile (the gateway's request_timeout_ms, a client that gave
+    # up) is dropped instead of running later and delaying every request behind it.
+    async with app[_SLOTS_KEY]:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            log.warning("request %s: the client went away while it waited for a scoring thread; "
+                        "run() not called", request_id)
+            return error_response(503, "ClientGone", "the client went away before run() started", request_id)
+        return await loop.run_in_executor(
+            app[_EXECUTOR_KEY], _run_and_encode, script, raw_data, request_id, headers
+        )
 
 
 @web.middleware
@@ -109,11 +119,13 @@ async def _echo_request_id(request: web.Request, response: web.StreamResponse) -
         response.headers[REQUEST_ID_HEADER] = request_id
 
 
-def make_app(script: ScoringScript, executor: Executor, swagger_document: bytes) -> web.Application:
-    """Build the application; the caller owns the executor's lifetime."""
+def make_app(script: ScoringScript, executor: Executor, swagger_document: bytes,
+             threads: int = 1) -> web.Application:
+    """Build the application; the caller owns the executor (of ``threads`` threads)."""
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_errors])
     app[_SCRIPT_KEY] = script
     app[_EXECUTOR_KEY] = executor
+    app[_SLOTS_KEY] = asyncio.Semaphore(threads)
     app[_SWAGGER_KEY] = swagger_document
     app.on_response_prepare.append(_echo_request_id)
     app.router.add_get("/", health)

@@ -124,7 +124,7 @@ async def serve(args: argparse.Namespace, script: ScoringScript, parent_pid: int
             stop.set()
 
     lifecycle.install_stop_signals(loop, request_stop)
-    app = make_app(script, executor, load_swagger(args.code, script.name))
+    app = make_app(script, executor, load_swagger(args.code, script.name), args.workers_threads)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS)
     await runner.setup()
     try:

@@ -6,6 +6,7 @@ server for the module, started with WORKER_COUNT=1 so that requests queue behind
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import textwrap
@@ -76,3 +77,31 @@ def test_rawhttp_is_refused_at_load_with_the_way_out():
     assert code == 3
     assert READY_PREFIX not in out
     assert "decorated with @rawhttp" in err and "inference_server: azmlinfsrv" in err
+
+
+async def test_a_request_whose_client_left_while_it_waited_is_not_run(contract, http, signals: Path):
+    """With every scoring thread busy, a request waited in the executor's queue and ran later
+    even if its client had gone (the gateway's 504 after request_timeout_ms): each abandoned
+    request cost a full run() and delayed every request behind it."""
+    holder = asyncio.create_task(http.post(contract.url + "/score", data="hold:release-a"))
+    await contract.wait_for_stderr("holding release-a")  # the only scoring thread is busy
+
+    body = b"mark:gone"
+    reader, writer = await asyncio.open_connection("127.0.0.1", contract.port)
+    writer.write(b"POST /score HTTP/1.1\r\nHost: replica\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    await writer.drain()
+    # Once the server answered a probe sent after it, it has read that request and queued it.
+    async with http.get(contract.url + "/") as probe:
+        assert probe.status == 200
+    writer.write_eof()  # the client gives up; the server closes its side once it sees that
+    assert await asyncio.wait_for(reader.read(), 10) == b""
+    writer.close()
+
+    (signals / "release-a").touch()
+    response = await holder
+    assert response.status == 200 and await response.json() == {"held": "release-a"}
+    response.release()
+    async with http.post(contract.url + "/score", data="mark:after") as after:
+        assert after.status == 200
+    assert (signals / "ran").read_text().split() == ["after"]
+    await contract.wait_for_stderr("the client went away while it waited for a scoring thread")
