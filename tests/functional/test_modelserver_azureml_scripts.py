@@ -105,3 +105,22 @@ async def test_a_request_whose_client_left_while_it_waited_is_not_run(contract, 
         assert after.status == 200
     assert (signals / "ran").read_text().split() == ["after"]
     await contract.wait_for_stderr("the client went away while it waited for a scoring thread")
+
+
+async def test_an_exception_that_cannot_be_printed_is_still_a_json_500(contract, http):
+    """str() of the exception raising made aiohttp answer text/plain 'Server got itself in trouble'."""
+    async with http.post(contract.url + "/score", data="unprintable", headers={"x-request-id": "u1"}) as response:
+        assert response.status == 500
+        body = await response.json()
+    assert body["code"] == "ScoringScriptError" and body["request_id"] == "u1"
+    assert body["message"].startswith("Unprintable")
+
+
+async def test_the_same_response_object_returned_twice_is_an_error_not_a_hang(contract, http):
+    """The second request never got an answer: the client waited until its own timeout."""
+    async with http.post(contract.url + "/score", data="same-response") as first:
+        assert first.status == 200 and await first.text() == "shared"
+    async with http.post(contract.url + "/score", data="same-response", headers={"x-request-id": "s2"}) as second:
+        assert second.status == 500
+        body = await second.json()
+    assert body["request_id"] == "s2" and "already sent" in body["message"]
