@@ -30,6 +30,7 @@ HEALTHY = "Healthy"
 _SCRIPT_KEY = web.AppKey("script", ScoringScript)
 _EXECUTOR_KEY = web.AppKey("executor", Executor)
 _SWAGGER_KEY = web.AppKey("swagger", bytes)
+_SLOTS_KEY = web.AppKey("slots", asyncio.Semaphore)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -38,10 +39,21 @@ def _request_id(request: web.Request) -> str | None:
     return request.headers.get(REQUEST_ID_HEADER)
 
 
-def _run_and_encode(script: ScoringScript, raw_data: str, request_id: str | None) -> web.Response:
+def _request_headers(request: web.Request) -> dict[str, str]:
+    """The headers as azureml-inference-server-http gives them to run(): a plain dict,
+    names in Title-Case (``X-Request-Id``), repeated ones joined with ", "."""
+    headers: dict[str, str] = {}
+    for name, value in request.headers.items():
+        key = name.title()
+        headers[key] = f"{headers[key]}, {value}" if key in headers else value
+    return headers
+
+
+def _run_and_encode(script: ScoringScript, raw_data: str, request_id: str | None,
+                    headers: dict[str, str] | None) -> web.Response:
     """Runs in a scoring thread: call run(), then encode its result."""
     try:
-        result = script.run(raw_data)
+        result = script.run(raw_data) if headers is None else script.run(raw_data, request_headers=headers)
     except (Exception, SystemExit) as exc:
         log.error("run() raised (request id %s)", request_id, exc_info=True)
         return error_response(500, "ScoringScriptError", exception_message(exc), request_id)
@@ -70,9 +82,20 @@ async def score(request: web.Request) -> web.Response:
         )
     loop = asyncio.get_running_loop()
     app = request.app
-    return await loop.run_in_executor(
-        app[_EXECUTOR_KEY], _run_and_encode, app[_SCRIPT_KEY], raw_data, request_id
-    )
+    script = app[_SCRIPT_KEY]
+    headers = _request_headers(request) if script.takes_headers else None
+    # Requests wait for a scoring thread here, not in the executor's queue, so that one
+    # whose client left meanwhile (the gateway's request_timeout_ms, a client that gave
+    # up) is dropped instead of running later and delaying every request behind it.
+    async with app[_SLOTS_KEY]:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            log.warning("request %s: the client went away while it waited for a scoring thread; "
+                        "run() not called", request_id)
+            return error_response(503, "ClientGone", "the client went away before run() started", request_id)
+        return await loop.run_in_executor(
+            app[_EXECUTOR_KEY], _run_and_encode, script, raw_data, request_id, headers
+        )
 
 
 @web.middleware
@@ -96,11 +119,13 @@ async def _echo_request_id(request: web.Request, response: web.StreamResponse) -
         response.headers[REQUEST_ID_HEADER] = request_id
 
 
-def make_app(script: ScoringScript, executor: Executor, swagger_document: bytes) -> web.Application:
-    """Build the application; the caller owns the executor's lifetime."""
+def make_app(script: ScoringScript, executor: Executor, swagger_document: bytes,
+             threads: int = 1) -> web.Application:
+    """Build the application; the caller owns the executor (of ``threads`` threads)."""
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_errors])
     app[_SCRIPT_KEY] = script
     app[_EXECUTOR_KEY] = executor
+    app[_SLOTS_KEY] = asyncio.Semaphore(threads)
     app[_SWAGGER_KEY] = swagger_document
     app.on_response_prepare.append(_echo_request_id)
     app.router.add_get("/", health)

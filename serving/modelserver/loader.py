@@ -7,6 +7,7 @@ from "the server failed" (the controller reports the first as an init failure).
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import os
 import sys
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ class ScoringScript:
     path: Path
     module: ModuleType
     run: Callable[[Any], Any]
+    # run(raw_data, request_headers): Azure ML's server passes the request's headers too.
+    takes_headers: bool = False
 
     @property
     def name(self) -> str:
@@ -68,3 +71,45 @@ def call_init(script: ScoringScript) -> None:
     if not callable(init):
         raise ScriptLoadError(f"init in {script.path.name} is not callable")
     init()
+
+
+# Where Azure ML's @rawhttp decorator records that it was used (it returns run() unchanged).
+_RAWHTTP_MODULES = ("azureml_inference_server_http.api.aml_request", "azureml.contrib.services.aml_request")
+_AZMLINFSRV_HINT = "or serve it with Azure ML's own server (environment: inference_server: azmlinfsrv)"
+
+
+def _rawhttp_requested() -> bool:
+    return any(getattr(sys.modules.get(name), "_rawHttpRequested", False) is True for name in _RAWHTTP_MODULES)
+
+
+def check_run_signature(script: ScoringScript) -> ScoringScript:
+    """Refuse at load, not on every request, a run() this server cannot call.
+
+    The server calls ``run(raw_data)`` with the body as a str, adding
+    ``request_headers=`` (a dict, Title-Case names) when run() has that parameter,
+    as azureml-inference-server-http does.
+    """
+    name = script.path.name
+    if _rawhttp_requested():
+        raise ScriptLoadError(
+            f"run() in {name} is decorated with @rawhttp: scoregate's model server passes run() the request "
+            f"body as a str, not a request object; take the body as a str, {_AZMLINFSRV_HINT}")
+    try:
+        parameters = list(inspect.signature(script.run).parameters.values())
+    except (TypeError, ValueError):  # no signature to read (a builtin, a C extension): call it as is
+        return script
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    takes_headers = any(p.name == "request_headers" and p.kind in (*positional[1:], inspect.Parameter.KEYWORD_ONLY)
+                        for p in parameters)
+    others = [p for p in parameters if not (takes_headers and p.name == "request_headers")]
+    if not others or others[0].kind not in (*positional, inspect.Parameter.VAR_POSITIONAL):
+        raise ScriptLoadError(
+            f"run() in {name} takes no argument for the request body: define it as run(raw_data) "
+            "or run(raw_data, request_headers)")
+    missing = [p.name for p in others[1:]
+               if p.default is inspect.Parameter.empty and p.kind in (*positional, inspect.Parameter.KEYWORD_ONLY)]
+    if missing:
+        raise ScriptLoadError(
+            f"run() in {name} requires {', '.join(missing)}, which the model server cannot pass: it calls "
+            f"run(raw_data) or run(raw_data, request_headers); give them defaults, {_AZMLINFSRV_HINT}")
+    return ScoringScript(path=script.path, module=script.module, run=script.run, takes_headers=takes_headers)

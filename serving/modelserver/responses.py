@@ -25,7 +25,10 @@ def error_response(status: int, code: str, message: str, request_id: str | None)
 
 def exception_message(exc: BaseException) -> str:
     """``ValueError: bad input`` — the type tells users where to look."""
-    text = str(exc)
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - a user's __str__ may raise; the type still says something
+        text = "(its message could not be read: str() of it raised)"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
@@ -40,6 +43,13 @@ def _default(obj: Any) -> Any:
 def encode_result(result: Any, request_id: str | None) -> web.Response:
     """bytes as is, a ready ``web.Response`` untouched, anything else as JSON."""
     if isinstance(result, web.Response):
+        if result.prepared:  # sending it again would leave the client waiting forever
+            return error_response(
+                500,
+                "ScoringScriptError",
+                "run() returned an aiohttp Response that was already sent; return a new one for each request",
+                request_id,
+            )
         return result
     if isinstance(result, (bytes, bytearray, memoryview)):
         return web.Response(body=bytes(result), content_type=OCTET_STREAM)

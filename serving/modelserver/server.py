@@ -25,7 +25,14 @@ from aiohttp import web
 
 from serving.modelserver import lifecycle
 from serving.modelserver.app import make_app
-from serving.modelserver.loader import ScoringScript, call_init, load_script, prepare_environment
+from serving.modelserver.loader import (
+    ScoringScript,
+    ScriptLoadError,
+    call_init,
+    check_run_signature,
+    load_script,
+    prepare_environment,
+)
 from serving.modelserver.swagger import load_swagger
 
 log = logging.getLogger("scoregate.modelserver")
@@ -117,7 +124,7 @@ async def serve(args: argparse.Namespace, script: ScoringScript, parent_pid: int
             stop.set()
 
     lifecycle.install_stop_signals(loop, request_stop)
-    app = make_app(script, executor, load_swagger(args.code, script.name))
+    app = make_app(script, executor, load_swagger(args.code, script.name), args.workers_threads)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS)
     await runner.setup()
     try:
@@ -178,8 +185,12 @@ def _load(args: argparse.Namespace) -> ScoringScript | None:
     prepare_environment(code_dir, model_dir)
     started = time.monotonic()
     try:
-        script = load_script(code_dir, args.scoring_script)
+        script = check_run_signature(load_script(code_dir, args.scoring_script))
         call_init(script)
+    except ScriptLoadError as exc:  # the contract, not user code, failed: its traceback is ours and says nothing
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        log.error("scoring script %s failed to initialize", args.scoring_script)
+        return None
     except (Exception, SystemExit):
         traceback.print_exc(file=sys.stderr)
         log.error("scoring script %s failed to initialize", args.scoring_script)

@@ -87,10 +87,10 @@ def pid_alive(pid: int) -> bool:
 class Server:
     """A running model server child process and its base URL."""
 
-    def __init__(self, command: list[str], stderr_path: Path):
+    def __init__(self, command: list[str], stderr_path: Path, env: dict[str, str] | None = None):
         self.stderr_path = stderr_path
         self.stderr_file = stderr_path.open("wb")
-        self.proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=self.stderr_file)
+        self.proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=self.stderr_file, env=env)
         try:
             self.port = read_port(self.proc.stdout, time.monotonic() + START_TIMEOUT)
         except BaseException:
