@@ -91,9 +91,41 @@ class AdminClient:
         return json.loads(self._call("DELETE", path))
 
 
+def gateway_tls(info: GatewayInfo) -> ssl.SSLContext:
+    """How the CLI trusts its own gateway's HTTPS port (the scoring URL of gateway.json).
+
+    With the development certificate: its CA. With the user's own certificate: exactly
+    that certificate, the first of the chain file the gateway was given, and not the
+    name in it. The CLI calls 127.0.0.1, which a certificate for `scoring.example.com`
+    does not name, and may not know the CA that signed it. The certificate itself
+    identifies the gateway well enough: any other one is refused. It is read at each
+    call, so a rotated file is trusted once the gateway has loaded it. A gateway.json
+    written before `server_cert` existed gets the system's CAs, as before."""
+    if info.ca_cert or not info.server_cert:
+        return ssl.create_default_context(cafile=info.ca_cert or None)
+    try:
+        leaf = first_certificate_pem(Path(info.server_cert).read_text(encoding="ascii", errors="replace"))
+    except OSError as exc:
+        raise CliError(f"cannot read the gateway's certificate {info.server_cert}: {exc.strerror}") from None
+    if leaf is None:
+        raise CliError(f"{info.server_cert} holds no PEM certificate: the gateway's certificate cannot be checked")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False  # the exact certificate is checked instead of a name
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # a trusted certificate that is not a CA's
+    context.load_verify_locations(cadata=leaf)
+    return context
+
+
+def first_certificate_pem(text: str) -> str | None:
+    begin, end = "-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----"
+    start = text.find(begin)
+    stop = text.find(end, start)
+    return text[start:stop + len(end)] + "\n" if start >= 0 and stop >= 0 else None
+
+
 def score_request(info: GatewayInfo, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
-    """POST to the scoring URL over HTTPS, trusting the gateway's CA; (status, text)."""
-    context = ssl.create_default_context(cafile=info.ca_cert or None)
+    """POST to the scoring URL over HTTPS, trusting the gateway (gateway_tls); (status, text)."""
+    context = gateway_tls(info)
     request = urllib.request.Request(url, data=body, method="POST", headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT_S, context=context) as response:

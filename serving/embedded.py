@@ -292,7 +292,8 @@ class EmbeddedGateway:
             self.state.write_gateway(GatewayInfo(
                 admin_url=f"http://{_local_name(opts.admin_host)}:{admin_port}",
                 admin_token=self.admin_token, scoring_url=scoring_url, ca_cert=ca_cert,
-                pid=os.getpid(), redirect_url=redirect_url))
+                pid=os.getpid(), redirect_url=redirect_url,
+                server_cert=str(Path(opts.tls_cert).resolve()) if opts.tls_cert else None))
             told = [f"admin {_listening_urls('http', admin_runner.addresses)}"]
             if redirect_runner is not None:
                 told.insert(0, f"HTTP redirect {_listening_urls('http', redirect_runner.addresses)}")

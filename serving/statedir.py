@@ -48,6 +48,9 @@ class GatewayInfo:
     pid: int
     # Added later, so with a default: files written before it still read.
     redirect_url: str | None = None  # the --http-redirect-port listener
+    # With the user's own certificate (no development CA to trust): its chain file, whose
+    # first certificate the CLI trusts for this gateway alone (serving.client.gateway_tls).
+    server_cert: str | None = None
 
 
 class StateDirBusy(Exception):

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import ssl
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ..client import AdminClient, CliError, api_path
+from ..client import AdminClient, CliError, api_path, gateway_tls
 
 TIMEOUT_S = 120.0
 
@@ -22,7 +21,7 @@ TIMEOUT_S = 120.0
 class BatchClient:
     def __init__(self, admin: AdminClient) -> None:
         self.admin = admin
-        self._context = ssl.create_default_context(cafile=admin.info.ca_cert or None)
+        self._context = gateway_tls(admin.info)
         self._keys: dict[str, str | None] = {}
 
     def _key(self, endpoint: str) -> str | None:

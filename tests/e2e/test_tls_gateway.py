@@ -112,6 +112,30 @@ def test_own_certificate_rotation_and_a_broken_file(make_gateway, echo_manifests
     assert "scoregate_tls_handshakes_total" in metrics
 
 
+def test_the_cli_reaches_a_gateway_serving_a_certificate_it_has_no_ca_or_name_for(make_gateway, echo_manifests,
+                                                                                 tmp_path):
+    """A certificate for the gateway's public name, from a CA the machine does not trust:
+    `endpoint invoke` (and the batch verbs) call https://127.0.0.1:PORT and used to fail
+    with CERTIFICATE_VERIFY_FAILED. The CLI now trusts exactly the certificate the gateway
+    serves (named in gateway.json), and no other."""
+    own = dev_cert(tmp_path / "own", "scoring.example.test")
+    gw = make_gateway([str(echo_manifests)], ["--tls-cert", own["cert"], "--tls-key", own["key"]])
+    gw.wait_ready("echo", ["one"])
+    request = tmp_path / "request.json"
+    request.write_text("{}")
+    done = gw.cli("endpoint", "invoke", "-n", "echo", "-r", str(request))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["label"] == "one"
+
+    # Another certificate in its place (another key, the same name and CA) is refused.
+    other = dev_cert(tmp_path / "other", "scoring.example.test")
+    info_file = gw.state.gateway_file
+    info = json.loads(info_file.read_text())
+    info_file.write_text(json.dumps({**info, "server_cert": other["cert"]}))
+    done = gw.cli("endpoint", "invoke", "-n", "echo", "-r", str(request))
+    assert done.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in done.stderr, (done.stdout, done.stderr)
+
+
 def test_a_bad_certificate_stops_the_start_with_the_file_named(tmp_path):
     first = dev_cert(tmp_path / "a", "localhost")
     other = dev_cert(tmp_path / "b", "localhost")
