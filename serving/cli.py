@@ -430,7 +430,7 @@ def _endpoint(args, client: AdminClient):
         case "get-credentials":
             return _credentials(client, base)
         case "regenerate-keys":
-            return client.post(f"{base}/regenerate-keys", {"key_type": args.key_type})
+            return _regenerate_keys(client, base, args.key_type)
         case "get-token":
             return client.post(f"{base}/token", {"lifetime_s": args.lifetime})
         case "invoke":
@@ -458,6 +458,24 @@ def _credentials(client: AdminClient, base: str):
         raise CliError(f"endpoint '{shown.get('name')}' uses auth_mode none: it takes no credentials; score it"
                        " without an Authorization header (set auth_mode: key or aml_token to require one)", 2)
     return client.get(f"{base}/keys")
+
+
+def _regenerate_keys(client: AdminClient, base: str, key_type: str):
+    """New keys for an endpoint that is opened by keys. Keys of an auth_mode none or
+    aml_token endpoint open nothing: printing new ones would suggest they protect it, so
+    the verb refuses (exit code 2), as get-credentials does for auth_mode none."""
+    try:
+        shown = client.get(base)
+    except GatewayNotRunning:
+        raise
+    except CliError:
+        shown = None  # a batch endpoint (keys only): the route answers for both kinds
+    mode = shown.get("auth_mode") if shown is not None else "key"
+    if mode in ("none", "aml_token"):
+        raise CliError(f"endpoint '{shown.get('name')}' uses auth_mode {mode}: keys do not open it, so there are"
+                       " none to regenerate" + (" (its tokens: scoregate endpoint get-token)"
+                                                if mode == "aml_token" else ""), 2)
+    return client.post(f"{base}/regenerate-keys", {"key_type": key_type})
 
 
 def _weights(text: str, option: str) -> dict[str, int]:

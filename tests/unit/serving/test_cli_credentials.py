@@ -13,7 +13,7 @@ from serving.cli import main
 from serving.statedir import GatewayInfo, StateDir
 
 KEYS = {"primaryKey": "p" * 43, "secondaryKey": "s" * 43}
-ENDPOINTS = {"keyed": "key", "open": "none"}
+ENDPOINTS = {"keyed": "key", "open": "none", "tokened": "aml_token"}
 
 
 class _Admin(BaseHTTPRequestHandler):
@@ -70,3 +70,13 @@ def test_an_endpoint_without_auth_has_no_credentials_to_give(state_dir, capsys):
     assert out == ""
     assert "auth_mode none" in err and "takes no credentials" in err and "without an Authorization header" in err
     assert ("GET", "/api/v1/endpoints/open/keys") not in _Admin.calls
+
+
+@pytest.mark.parametrize("name, mode", [("open", "none"), ("tokened", "aml_token")])
+def test_keys_that_open_nothing_are_not_regenerated(state_dir, capsys, name, mode):
+    """New keys of an endpoint that keys do not open would be printed as if they protected
+    it: refused (exit 2) before any change is asked for."""
+    assert main(["endpoint", "regenerate-keys", "--name", name, "--state-dir", str(state_dir)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and f"auth_mode {mode}" in err and "keys do not open it" in err
+    assert [call for call in _Admin.calls if call[0] != "GET"] == []
