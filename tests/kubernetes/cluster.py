@@ -19,6 +19,7 @@ import asyncio
 import copy
 import itertools
 import secrets
+from datetime import datetime
 from typing import Callable
 
 from tests.kubernetes.apiserver import ApiServerEmulator, now_rfc3339
@@ -142,7 +143,10 @@ def _rank(pod: dict) -> tuple:
     cost = int((meta.get("annotations") or {}).get("controller.kubernetes.io/pod-deletion-cost", "0"))
     ready = any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions") or [])
     phase = {"Pending": 0, "Unknown": 1, "Running": 2}.get(status.get("phase", "Pending"), 0)
-    return cost, bool(pod["spec"].get("nodeName")), phase, ready, meta["creationTimestamp"], meta["name"]
+    # The ReplicaSet controller's order: unscheduled, then by phase, not ready first; the
+    # deletion cost only among pods alike in those; then the newest first.
+    created = -datetime.fromisoformat(meta["creationTimestamp"].replace("Z", "+00:00")).timestamp()
+    return bool(pod["spec"].get("nodeName")), phase, ready, cost, created, meta["name"]
 
 
 class FakeCluster:

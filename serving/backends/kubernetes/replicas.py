@@ -6,8 +6,8 @@ planner must see exactly `target` live replicas per version, neither more nor le
 in the moments between a write and the watch events that follow it:
 
 - more active pods than the target: the ReplicaSet controller is about to remove some; the
-  ones it removes first (those marked for stopping, then unscheduled, pending, not ready,
-  newest — its own order) are reported STOPPING;
+  ones it removes first (unscheduled, pending, not ready; among pods alike in those, the
+  ones marked for stopping, then the newest — its own order) are reported STOPPING;
 - fewer: one STARTING placeholder per missing pod (replica id `NS/VERSION#pending-N`);
 - the rest: one view per pod, its state, stage and reason from podstatus.assess_pod.
 backend.py keeps the versions and calls replica_views() from observe().
@@ -90,7 +90,10 @@ def version_key_of_pod(pod: dict) -> tuple[str, str] | None:
 
 
 def removal_rank(version: Version, pod: dict) -> tuple:
-    """Ascending: the pod the ReplicaSet controller removes first comes first."""
+    """Ascending: the pod the ReplicaSet controller removes first comes first. Its order:
+    a pod on no node, then Pending before Unknown before Running, not ready before ready;
+    only among pods alike in those the deletion cost (a pod the planner stops has the
+    lowest), then the newest first."""
     meta, status = pod.get("metadata") or {}, pod.get("status") or {}
     try:
         cost = int((meta.get("annotations") or {}).get(names.ANNOTATION_DELETION_COST, "0"))
@@ -99,7 +102,7 @@ def removal_rank(version: Version, pod: dict) -> tuple:
     if meta.get("name") in version.draining:
         cost = min(cost, int(names.STOP_DELETION_COST))
     phase = {"Pending": 0, "Unknown": 1, "Running": 2}.get(status.get("phase", "Pending"), 0)
-    return (cost, bool((pod.get("spec") or {}).get("nodeName")), phase, pod_ready(pod),
+    return (bool((pod.get("spec") or {}).get("nodeName")), phase, pod_ready(pod), cost,
             -(parse_time(meta.get("creationTimestamp")) or 0.0))
 
 
