@@ -10,7 +10,6 @@ memory after the replica is gone.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from pathlib import Path
 

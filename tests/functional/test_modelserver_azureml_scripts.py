@@ -10,7 +10,6 @@ import asyncio
 import os
 import subprocess
 import textwrap
-import time
 from pathlib import Path
 
 import aiohttp
