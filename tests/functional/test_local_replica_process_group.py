@@ -67,16 +67,21 @@ async def backend(tmp_path):
     await backend.close()
 
 
-async def test_stopping_a_wrapped_replica_stops_the_server_it_started(backend):
-    deployment = _wrapped("stopped")
-    replica_id = await backend.start_replica(deployment, deployment.replica_spec_hash())
-    server = await _ready_server(backend, replica_id)
-    await backend.stop_replica(replica_id)
+async def _ended(server: int) -> None:
+    """Wait for the wrapper's server to end; killed here if it does not (never left behind)."""
     try:
         await until(lambda: not _alive(server), 10, f"the model server (pid {server}) to end")
     finally:
         if _alive(server):
             os.kill(server, 9)
+
+
+async def test_stopping_a_wrapped_replica_stops_the_server_it_started(backend):
+    deployment = _wrapped("stopped")
+    replica_id = await backend.start_replica(deployment, deployment.replica_spec_hash())
+    server = await _ready_server(backend, replica_id)
+    await backend.stop_replica(replica_id)
+    await _ended(server)
 
 
 async def test_closing_the_backend_stops_the_servers_of_wrapped_replicas(tmp_path):
@@ -88,11 +93,7 @@ async def test_closing_the_backend_stops_the_servers_of_wrapped_replicas(tmp_pat
         server = await _ready_server(backend, replica_id)
     finally:
         await backend.close()
-    try:
-        await until(lambda: not _alive(server), 10, f"the model server (pid {server}) to end")
-    finally:
-        if _alive(server):
-            os.kill(server, 9)
+    await _ended(server)
 
 
 async def test_a_wrapped_replica_killed_for_failed_liveness_probes_takes_its_server_along(backend):

@@ -13,7 +13,6 @@ import textwrap
 import time
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -133,12 +132,6 @@ def echo(echo_code: Path, tmp_path: Path):
     server = Server(server_command(echo_code, "echo_score.py"), tmp_path / "echo-stderr.log")
     yield server
     server.stop()
-
-
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-        yield session
 
 
 async def test_health_routes(blue, http):

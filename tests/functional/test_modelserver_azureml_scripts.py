@@ -12,7 +12,6 @@ import subprocess
 import textwrap
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from tests.functional.test_modelserver import READY_PREFIX, ROOT, START_TIMEOUT, Server, server_command
@@ -32,12 +31,6 @@ def contract(tmp_path_factory, signals: Path):
                     env=env)
     yield server
     server.stop()
-
-
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-        yield session
 
 
 async def test_run_gets_request_headers_as_azureml_passes_them(contract, http):
