@@ -7,10 +7,12 @@ dedicated thread pool; the event loop only moves bytes.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from concurrent.futures import Executor
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
+import orjson
 from aiohttp import web
 
 from serving.modelserver.loader import ScoringScript
@@ -49,11 +51,32 @@ def _request_headers(request: web.Request) -> dict[str, str]:
     return headers
 
 
-def _run_and_encode(script: ScoringScript, raw_data: str, request_id: str | None,
-                    headers: dict[str, str] | None) -> web.Response:
-    """Runs in a scoring thread: call run(), then encode its result."""
+def _named_arguments(script: ScoringScript, raw_data: str) -> dict[str, Any]:
+    """The keyword arguments of an @input_schema run(): the JSON body's fields it names,
+    or their defaults. ValueError says what the body lacks."""
     try:
-        result = script.run(raw_data) if headers is None else script.run(raw_data, request_headers=headers)
+        body = orjson.loads(raw_data)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"the body is not JSON ({exc}); run() takes a JSON object") from None
+    if not isinstance(body, dict):
+        raise ValueError("the body must be a JSON object: run() takes its fields by name "
+                         f"({', '.join(name for name, _ in script.named_inputs)})")
+    arguments = {}
+    for name, default in script.named_inputs:
+        value = body.get(name, default)
+        if value is inspect.Parameter.empty:
+            raise ValueError(f"the body has no {name!r}, which run() requires")
+        arguments[name] = value
+    return arguments
+
+
+def _run_and_encode(script: ScoringScript, data: str | dict[str, Any], request_id: str | None,
+                    headers: dict[str, str] | None) -> web.Response:
+    """Runs in a scoring thread: call run() (with the body, or with its fields by name for
+    an @input_schema run), then encode its result."""
+    extra = {} if headers is None else {"request_headers": headers}
+    try:
+        result = script.run(**data, **extra) if isinstance(data, dict) else script.run(data, **extra)
     except (Exception, SystemExit) as exc:
         log.error("run() raised (request id %s)", request_id, exc_info=True)
         return error_response(500, "ScoringScriptError", exception_message(exc), request_id)
@@ -83,6 +106,12 @@ async def score(request: web.Request) -> web.Response:
     loop = asyncio.get_running_loop()
     app = request.app
     script = app[_SCRIPT_KEY]
+    data: str | dict[str, Any] = raw_data
+    if script.named_inputs is not None:
+        try:
+            data = _named_arguments(script, raw_data)
+        except ValueError as exc:
+            return error_response(400, "InvalidRequestBody", str(exc), request_id)
     headers = _request_headers(request) if script.takes_headers else None
     # Requests wait for a scoring thread here, not in the executor's queue, so that one
     # whose client left meanwhile (the gateway's request_timeout_ms, a client that gave
@@ -94,7 +123,7 @@ async def score(request: web.Request) -> web.Response:
                         "run() not called", request_id)
             return error_response(503, "ClientGone", "the client went away before run() started", request_id)
         return await loop.run_in_executor(
-            app[_EXECUTOR_KEY], _run_and_encode, script, raw_data, request_id, headers
+            app[_EXECUTOR_KEY], _run_and_encode, script, data, request_id, headers
         )
 
 

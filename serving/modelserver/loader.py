@@ -29,6 +29,10 @@ class ScoringScript:
     run: Callable[[Any], Any]
     # run(raw_data, request_headers): Azure ML's server passes the request's headers too.
     takes_headers: bool = False
+    # run() decorated with @input_schema (inference-schema): it takes the fields of the
+    # JSON body by name, as Azure ML's server calls it. Each (name, default), the default
+    # inspect.Parameter.empty when the body must hold the field. None: run(raw_data).
+    named_inputs: tuple[tuple[str, Any], ...] | None = None
 
     @property
     def name(self) -> str:
@@ -90,6 +94,8 @@ def check_run_signature(script: ScoringScript) -> ScoringScript:
     as azureml-inference-server-http does.
     """
     name = script.path.name
+    if _schema_decorated(script.run):
+        return _named_inputs(script)
     if _rawhttp_requested():
         raise ScriptLoadError(
             f"run() in {name} is decorated with @rawhttp: scoregate's model server passes run() the request "
@@ -113,3 +119,33 @@ def check_run_signature(script: ScoringScript) -> ScoringScript:
             f"run() in {name} requires {', '.join(missing)}, which the model server cannot pass: it calls "
             f"run(raw_data) or run(raw_data, request_headers); give them defaults, {_AZMLINFSRV_HINT}")
     return ScoringScript(path=script.path, module=script.module, run=script.run, takes_headers=takes_headers)
+
+
+def _schema_decorated(run: Callable) -> bool:
+    """run() carries inference-schema's @input_schema (the module is loaded only when the
+    script imported it)."""
+    schema_util = sys.modules.get("inference_schema.schema_util")
+    check = getattr(schema_util, "is_schema_decorated", None)
+    try:
+        return bool(check(run)) if check is not None else False
+    except Exception:  # noqa: BLE001 - another version's internals: treat run() as undecorated
+        return False
+
+
+def _named_inputs(script: ScoringScript) -> ScoringScript:
+    """An @input_schema run(): called with the JSON body's fields as keyword arguments."""
+    name = script.path.name
+    if _rawhttp_requested():
+        raise ScriptLoadError(f"run() in {name} is decorated with both @rawhttp and @input_schema: keep one")
+    parameters = list(inspect.signature(script.run).parameters.values())
+    by_name = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    if any(p.kind not in by_name for p in parameters):
+        raise ScriptLoadError(f"run() in {name} is decorated with @input_schema, so it is called with the body's "
+                              "fields by name: it cannot take positional-only arguments, *args or **kwargs")
+    takes_headers = any(p.name == "request_headers" for p in parameters)
+    inputs = tuple((p.name, p.default) for p in parameters if p.name != "request_headers")
+    if not inputs:
+        raise ScriptLoadError(f"run() in {name} takes no argument for the input: it needs one besides "
+                              "request_headers")
+    return ScoringScript(path=script.path, module=script.module, run=script.run, takes_headers=takes_headers,
+                         named_inputs=inputs)
