@@ -179,6 +179,21 @@ async def test_unreadable_secret_content_never_stops_routing(apiserver, kubeconf
         await router.close()
 
 
+async def test_discovery_that_cannot_list_names_what_it_could_not_list(apiserver, kube_api):
+    """A RoleBinding missing in a team namespace: the router stops with an error naming the
+    kind and namespaces (it used to be a bare "TimeoutError:", the CLI's one line)."""
+    from serving.backends.kubernetes.discovery import ClusterDiscovery
+
+    apiserver.fail_next("GET", "endpointslices", 403, times=1000)
+    discovery = ClusterDiscovery(kube_api, namespaces=(NS,), sync_timeout_s=0.5)
+    try:
+        with pytest.raises(TimeoutError) as refused:
+            await discovery.start()
+    finally:
+        await discovery.close()
+    assert str(refused.value).startswith(f"could not list endpointslices in {NS} within 0.5 s"), refused.value
+
+
 async def test_traffic_waits_for_the_rollout_status(apiserver, kubeconfig, tmp_path, replicas, client):
     first, second = replicas
     put_endpoint(apiserver, "iris", {"blue": 100})
