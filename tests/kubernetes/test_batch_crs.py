@@ -129,6 +129,15 @@ async def test_batch_custom_resources_accept_and_run_jobs(apiserver, kube_api, r
     assert reason == ("BatchEndpoint team-a/iris-batch: Secret scoregate-keys-iris-batch must hold both "
                       "primaryKey and secondaryKey; the keys in use are unchanged"), reason
     assert await key_works(new_key)
+    # Nor one edited into bytes that are not text: that endpoint says so, every pass goes on.
+    garbled = await kube_api.get(SECRETS, NS, secret["metadata"]["name"])
+    garbled["data"]["secondaryKey"] = base64.b64encode(b"\xff\xfe not text").decode()
+    await kube_api.replace(SECRETS, NS, secret["metadata"]["name"], garbled)
+    reason = await eventually(lambda: "cannot be read as text" in (
+        reason := status(apiserver, "batchendpoints", "iris-batch").get("reason", "")) and reason, timeout_s=10)
+    assert reason.startswith("BatchEndpoint team-a/iris-batch: Secret scoregate-keys-iris-batch: its keys cannot be "
+                             "read as text") and reason.endswith("the keys in use are unchanged"), reason
+    assert await key_works(new_key)
 
     # Deleting the endpoint takes it (and its jobs) away.
     await kube_api.delete(BATCH_DEPLOYMENTS, NS, "iris-batch-classifier")

@@ -143,6 +143,57 @@ async def test_aml_tokens_are_checked_with_the_stores_signing_secret(apiserver, 
         await router.close()
 
 
+async def test_unreadable_secret_content_never_stops_routing(apiserver, kubeconfig, tmp_path, replicas, client):
+    """An operator's `kubectl create secret generic scoregate-secrets --from-file=aml_token=<(openssl rand 32)`
+    (bytes, not text) or a keys Secret edited by hand to hold bytes: the router still starts
+    and keeps following the cluster (a new replica is routed); an unreadable signing key
+    opens no token, and an endpoint whose keys became unreadable keeps its last readable
+    keys, as a refused edit keeps the last valid version."""
+    from serving.tokens import TokenIssuer
+
+    garbage = base64.b64encode(b"\xff\xfe\x00 not text \x80").decode()
+    apiserver.create(("", "v1", "secrets"), {
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": "scoregate-secrets", "namespace": NS}, "data": {"aml_token": garbage}})
+    put_endpoint(apiserver, "iris", {"blue": 100})
+    put_endpoint(apiserver, "tokens", {"blue": 100}, auth_mode="aml_token")
+    put_deployment(apiserver, "iris", "blue", limit=4)
+    put_deployment(apiserver, "tokens", "blue", limit=4)
+    put_replica(apiserver, "iris", "blue", "iris-blue-pod-1", replicas[0].port)
+    router = KubernetesRouter(router_settings(kubeconfig, "router-a", tmp_path, coordination=False))
+    await router.start()  # used to fail: UnicodeDecodeError
+    try:
+        assert (await score(client, router.port))[0] == 200
+        token = TokenIssuer("anything").issue("tokens")["accessToken"]
+        assert (await score(client, router.port, key=token, endpoint="tokens"))[0] == 401
+        apiserver.update(("", "v1", "secrets"), NS, "scoregate-keys-iris",
+                         lambda s: s["data"].__setitem__("primaryKey", garbage))
+        put_replica(apiserver, "iris", "blue", "iris-blue-pod-2", replicas[1].port)  # the cluster moves on
+        await eventually(lambda: len(replicas_in(router, "iris", "blue")) == 2, what="the new replica routed")
+        assert (await score(client, router.port))[0] == 200  # the last readable keys
+        apiserver.update(("", "v1", "secrets"), NS, "scoregate-secrets", lambda s: s.__setitem__(
+            "data", {"aml_token": base64.b64encode(b"signing-secret").decode()}))
+        token = TokenIssuer("signing-secret").issue("tokens")["accessToken"]
+        await eventually(lambda: router.discovery.verify_token("tokens", token.encode()), what="the fixed key")
+    finally:
+        await router.close()
+
+
+async def test_discovery_that_cannot_list_names_what_it_could_not_list(apiserver, kube_api):
+    """A RoleBinding missing in a team namespace: the router stops with an error naming the
+    kind and namespaces (it used to be a bare "TimeoutError:", the CLI's one line)."""
+    from serving.backends.kubernetes.discovery import ClusterDiscovery
+
+    apiserver.fail_next("GET", "endpointslices", 403, times=1000)
+    discovery = ClusterDiscovery(kube_api, namespaces=(NS,), sync_timeout_s=0.5)
+    try:
+        with pytest.raises(TimeoutError) as refused:
+            await discovery.start()
+    finally:
+        await discovery.close()
+    assert str(refused.value).startswith(f"could not list endpointslices in {NS} within 0.5 s"), refused.value
+
+
 async def test_traffic_waits_for_the_rollout_status(apiserver, kubeconfig, tmp_path, replicas, client):
     first, second = replicas
     put_endpoint(apiserver, "iris", {"blue": 100})

@@ -143,6 +143,25 @@ async def test_a_router_the_api_refuses_keeps_its_own_keys_and_serves(routers, a
     assert reused  # its own keys: resumption on this router, as before
 
 
+async def test_a_secret_fixed_after_the_router_started_is_installed(routers, apiserver):
+    """A router that found the Secret unusable at start (not 80 bytes here; RBAC or the API
+    server down alike) follows it, and installs it once an operator fixes it."""
+    apiserver.create(SECRETS, {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                               "metadata": {"name": TICKET_SECRET, "namespace": SYSTEM},
+                               "data": {"ticket.key": base64.b64encode(b"short").decode()}})
+    a, b = await routers("router-a", "router-b")
+    assert not a.ticket_keys.shared and not b.ticket_keys.shared
+    fixed = b"F" * 80
+    apiserver.update(SECRETS, SYSTEM, TICKET_SECRET,
+                     lambda s: s["data"].__setitem__("ticket.key", base64.b64encode(fixed).decode()))
+    await eventually(lambda: a.ticket_keys.keys == fixed and b.ticket_keys.keys == fixed,
+                     what="both routers installed the fixed keys")
+    ctx = client(routers.ca)
+    session, _ = await visit(a, ctx)
+    _, reused = await visit(b, ctx, session)
+    assert reused
+
+
 async def test_keys_that_cannot_be_installed_leave_the_contexts_own(kube_api, apiserver, caplog):
     keys = SharedTicketKeys(kube_api, object(), SYSTEM)  # not an SSLContext: tickets.py says False
     try:

@@ -171,7 +171,7 @@ class BatchResources:
 
         keyed: set[ObjectId] = set()
         for name, (endpoint, obj) in endpoints.items():
-            if self._keys.keys_of(obj["metadata"]["namespace"], name) is None:
+            if not self._has_keys_secret(obj["metadata"]["namespace"], name):
                 self._keys.ensure_keys_later(obj)  # with the endpoint, whatever its deployments say
             if await asyncio.to_thread(self._apply, endpoint, obj, deployments.get(name, []), problems):
                 keyed.add(_oid(obj))
@@ -179,6 +179,17 @@ class BatchResources:
         self.problems = problems
         await self._report(problems, keyed)
         self.passes += 1
+
+    def _keys_of(self, namespace: str, endpoint: str) -> tuple[str, str] | None:
+        """The keys in the endpoint's Secret; None when there is no Secret; ValueError when
+        they are not text (a bad Secret must fail its endpoint, not every pass)."""
+        return self._keys.keys_of(namespace, endpoint)
+
+    def _has_keys_secret(self, namespace: str, endpoint: str) -> bool:
+        try:
+            return self._keys_of(namespace, endpoint) is not None
+        except ValueError:
+            return True  # there, unreadable: never replaced by a new one
 
     async def _deployment(self, obj: dict, endpoints: dict) -> BatchDeployment:
         source = batch_deployment_from_custom_resource(obj)
@@ -223,7 +234,13 @@ class BatchResources:
         except BatchStoreError as exc:
             problems[_oid(obj)] = str(exc)
             return False
-        keys = self._keys.keys_of(obj["metadata"]["namespace"], endpoint.name)
+        try:
+            keys = self._keys_of(obj["metadata"]["namespace"], endpoint.name)
+        except ValueError as exc:  # edited by hand into bytes that are not text: not taken, and said
+            problems.setdefault(_oid(obj), (
+                f"{_named(obj)}: Secret {names.keys_secret_name(endpoint.name)}: its keys cannot be read as text "
+                f"({exc}); the keys in use are unchanged"))
+            return True
         record = self._service.store.get_endpoint(endpoint.name)
         if keys is not None and not all(keys):  # someone emptied a key: not taken, and said
             problems.setdefault(_oid(obj), (

@@ -129,12 +129,19 @@ class ClusterDiscovery:
         self._deployment_versions: LastValid[Deployment] = LastValid("deployment", Deployment.from_dict)
         self._tokens: TokenIssuer | None = None
         self._signing_encoded = ""
+        self._last_keys: dict[tuple[str, str], tuple[str, str]] = {}  # (namespace, endpoint) -> readable keys
+        self._unreadable_keys: set[tuple[str, str]] = set()
         self._scheduled = False
         self._started = False
 
     async def start(self) -> None:
         for cache in self._caches:
-            await cache.start(self._sync_timeout_s)
+            try:
+                await cache.start(self._sync_timeout_s)
+            except TimeoutError:  # else the operator reads a bare "TimeoutError" and nothing else
+                where = ", ".join(self._namespaces) if self._namespaces else "all namespaces"
+                raise TimeoutError(f"could not list {cache.kind.plural} in {where} within {self._sync_timeout_s:g} s "
+                                   f"(the warnings above say why: RBAC, a namespace, the API server)") from None
         self._started = True
         self.rebuild()
 
@@ -166,8 +173,11 @@ class ClusterDiscovery:
             accepted_endpoints[key_of(obj)] = version
         self._endpoint_versions.remember(accepted_endpoints)
         records = []
+        listed = {(namespace, name) for name, (_, namespace) in endpoints.items()}
+        for gone in [k for k in self._last_keys if k not in listed]:
+            del self._last_keys[gone]
         for name, (endpoint, namespace) in sorted(endpoints.items()):
-            keys = self._keys.keys_of(namespace, name)
+            keys = self._keys_of(namespace, name)
             if keys is not None:
                 created = _age(self._endpoints.get(namespace, name) or {})[0]
                 records.append(EndpointRecord(endpoint, keys[0], keys[1], created, created))
@@ -213,12 +223,41 @@ class ClusterDiscovery:
         self._tokens = self._signing_issuer()
         self.on_change()
 
+    def _keys_of(self, namespace: str, endpoint: str) -> tuple[str, str] | None:
+        """The endpoint's keys; content that is not text (a Secret edited by hand) is logged
+        and the last readable keys stay, so one bad Secret never stops the rebuild."""
+        where = (namespace, endpoint)
+        try:
+            keys = self._keys.keys_of(namespace, endpoint)
+        except ValueError as exc:  # binascii.Error, UnicodeDecodeError
+            if where not in self._unreadable_keys:
+                self._unreadable_keys.add(where)
+                log.error("Secret %s/%s: the keys of endpoint %s cannot be read (%s); %s", namespace,
+                          names.keys_secret_name(endpoint), endpoint, exc,
+                          "the last readable keys stay in use" if where in self._last_keys
+                          else "the endpoint is not served until they can")
+            return self._last_keys.get(where)
+        self._unreadable_keys.discard(where)
+        if keys is None:
+            self._last_keys.pop(where, None)
+        else:
+            self._last_keys[where] = keys
+        return keys
+
     def _signing_issuer(self) -> TokenIssuer | None:
         secret = self._signing.get(self._signing_namespace, NAMED_SECRETS)
         encoded = ((secret or {}).get("data") or {}).get(TOKEN_SIGNING_KEY)
         if not encoded:
+            self._signing_encoded = ""
             return None
-        if self._tokens is not None and self._signing_encoded == encoded:
+        if self._signing_encoded == encoded:
             return self._tokens
         self._signing_encoded = encoded
-        return TokenIssuer(base64.b64decode(encoded).decode())
+        try:
+            return TokenIssuer(base64.b64decode(encoded, validate=True).decode())
+        except ValueError as exc:  # binascii.Error, UnicodeDecodeError: e.g. --from-file of random bytes
+            log.error("Secret %s/%s: key %s is not text (%s); aml_token endpoints refuse every token until it "
+                      "is (e.g. kubectl create secret generic %s --from-literal=%s=$(openssl rand -hex 32))",
+                      self._signing_namespace, NAMED_SECRETS, TOKEN_SIGNING_KEY, exc, NAMED_SECRETS,
+                      TOKEN_SIGNING_KEY)
+            return None

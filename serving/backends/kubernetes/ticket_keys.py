@@ -79,6 +79,8 @@ class SharedTicketKeys:
                                   on_event=self._on_event)
         self.keys: bytes | None = None  # installed now
         self.installs: list[str] = []  # outcomes after start ("installed", "refused"), for tests and logs
+        self._watching = False  # events install content (not while keys the context refused are kept)
+        self._following: asyncio.Task | None = None
 
     @property
     def shared(self) -> bool:
@@ -94,12 +96,18 @@ class SharedTicketKeys:
             raise
         except Exception as exc:
             log.warning("TLS ticket keys Secret %s unusable, this router keeps its own ticket keys (a client "
-                        "resuming on another router gets a full handshake): %s", where, exc)
+                        "resuming on another router gets a full handshake) until it can use it: %s", where, exc)
+            # Follow the Secret anyway (in the background: start is not held up), so that a
+            # Secret fixed later (content, RBAC, an API server that was down) is installed.
+            self._watching = True
+            self._following = asyncio.get_running_loop().create_task(self._cache.start(None),
+                                                                     name="ticket keys watch")
             return False
         if not install_ticket_keys(self._context, keys):
             log.warning("TLS ticket keys from Secret %s not installed, this router keeps its own ticket keys", where)
             return False
         self.keys = keys  # from here on, events (the list's included) install newer content
+        self._watching = True
         try:
             await self._cache.start(timeout_s)
         except TimeoutError:  # the cache goes on trying in the background
@@ -108,6 +116,9 @@ class SharedTicketKeys:
         return True
 
     async def close(self) -> None:
+        if self._following is not None:
+            self._following.cancel()
+            await asyncio.gather(self._following, return_exceptions=True)
         await self._cache.close()
 
     async def _obtain(self) -> dict:
@@ -137,7 +148,7 @@ class SharedTicketKeys:
 
     def _on_event(self, kind: str, secret: dict) -> None:
         """Runs on the event loop, the thread handshakes run on: the keys change between handshakes."""
-        if self.keys is None:
+        if not self._watching:
             return
         if kind == "DELETED":
             log.warning("TLS ticket keys Secret %s/%s was deleted; keeping the keys in use", self.namespace, self.name)
@@ -151,6 +162,8 @@ class SharedTicketKeys:
         if keys == self.keys:
             return
         if install_ticket_keys(self._context, keys):
+            if self.keys is None:
+                log.info("TLS session ticket keys shared through Secret %s/%s from now on", self.namespace, self.name)
             self.keys = keys
             self.installs.append("installed")
             log.info("new TLS ticket keys from Secret %s/%s installed; tickets made under the previous keys "
