@@ -110,3 +110,20 @@ async def test_an_invalid_edit_keeps_the_last_valid_version_until_deleted_or_rec
                      and len(store.custom_objects(ONLINE_DEPLOYMENTS)) == 1)
     assert store.get_deployment("iris", "blue") is None and not store.snapshot.kept.get(("OnlineDeployment", NS,
                                                                                              "iris-blue"))
+
+
+async def test_a_keys_secret_edited_into_bytes_does_not_stop_the_store(apiserver, store):
+    """A keys Secret edited by hand to hold bytes that are not text made every rebuild of
+    the snapshot fail (UnicodeDecodeError): no edit of any endpoint was seen again. The
+    endpoint keeps the keys last read, and the store goes on following the cluster."""
+    import base64
+
+    await asyncio.to_thread(store.apply, [Endpoint(name="iris", traffic={"blue": 100})], [blue()])
+    [record] = await eventually(store.list_endpoints)
+    garbage = base64.b64encode(b"\xff\xfe not text \x80").decode()
+    apiserver.update(("", "v1", "secrets"), NS, "scoregate-keys-iris",
+                     lambda s: s["data"].__setitem__("primaryKey", garbage))
+    await asyncio.to_thread(store.apply, [Endpoint(name="iris", traffic={"blue": 100}, mirror_traffic={"green": 10})],
+                            [blue(), blue(name="green")])  # a later edit is still seen
+    await eventually(lambda: store.get_endpoint("iris").endpoint.mirror_traffic == {"green": 10})
+    assert store.get_endpoint("iris").primary_key == record.primary_key
