@@ -9,8 +9,11 @@ deployment (from its `request_settings`):
   requests. Full queue or wait over → 429, and the request never reaches a model;
 - no routable replica → 503, also for the requests already queued when the last replica
   (or the deployment) leaves the routing table: they are answered at once.
-A freed slot is handed straight to the oldest waiter (no barging by new arrivals). The
-bookkeeping is synchronous: nothing awaits while the counts are half updated.
+A freed slot is handed straight to the oldest waiter (no barging by new arrivals). A
+waiter that is a retry (its connection to a replica failed) is handed only a slot of a
+replica it has not tried, while the deployment has one; a slot it cannot take goes to the
+next waiter, and it keeps its place. The bookkeeping is synchronous: nothing awaits while
+the counts are half updated.
 
 It also integrates, per deployment, the number of requests in flight plus queued over
 time, so the autoscaler can read an average utilization for each polling interval.
@@ -62,11 +65,13 @@ class UtilizationWindow:
 
 
 class _DeploymentState:
-    __slots__ = ("waiters", "since", "busy", "level_integral", "last_change", "window_start", "queue_id")
+    __slots__ = ("waiters", "since", "tried", "busy", "level_integral", "last_change", "window_start",
+                 "queue_id")
 
     def __init__(self, now: float, queue_id: str) -> None:
         self.waiters: deque[asyncio.Future] = deque()
         self.since: dict[asyncio.Future, int] = {}  # waiter → when it started waiting (monotonic ns)
+        self.tried: dict[asyncio.Future, frozenset[str]] = {}  # retrying waiter → replicas it tried
         self.queue_id = queue_id  # the queue's name in shared counts (`--workers`)
         self.busy = 0
         self.level_integral = 0.0
@@ -182,6 +187,7 @@ class Admission:
             self._refuse_waiters(key, state, deployment)
             return
         shared = self._in_flight.shared
+        passed_over: list[asyncio.Future] = []  # retries with no slot among untried replicas
         while state.waiters:
             waiter = state.waiters.popleft()
             if waiter.done():  # timed out or cancelled meanwhile
@@ -190,12 +196,22 @@ class Admission:
             if shared and self._waiting_elsewhere(state, deployment, state.since.get(waiter)):
                 state.waiters.appendleft(waiter)  # another process's caller is older: its turn
                 break
-            replica = self._take(state, deployment, self.candidates(deployment))
-            if replica is None:
-                state.waiters.appendleft(waiter)  # still the oldest
-                break
+            tried = state.tried.get(waiter) if state.tried else None
+            if tried is None:
+                replica = self._take(state, deployment, self.candidates(deployment))
+                if replica is None:
+                    state.waiters.appendleft(waiter)  # still the oldest
+                    break
+            else:  # a retry: a replica it has not tried, or any once it tried them all
+                replica = self._take(state, deployment,
+                                     self.candidates(deployment, tried) or self.candidates(deployment))
+                if replica is None:
+                    passed_over.append(waiter)
+                    continue
             state.since.pop(waiter, None)
             waiter.set_result(replica)
+        if passed_over:
+            state.waiters.extendleft(reversed(passed_over))  # their places, ahead of the rest
         if shared:
             self._publish_oldest(state)
 
@@ -238,6 +254,8 @@ class Admission:
 
     # -- the async stage --------------------------------------------------------------------
     async def acquire(self, key: Key, deployment: DeploymentRoute, exclude: Iterable[str] = ()) -> Replica:
+        if exclude:
+            exclude = frozenset(exclude)  # read twice (candidates, a queued retry), and kept as it is now
         candidates = self.candidates(deployment, exclude)
         if not candidates:
             raise NoReadyReplica(f"deployment '{deployment.name}' has no ready replica"
@@ -256,6 +274,8 @@ class Admission:
         self._account(state)
         state.waiters.append(waiter)
         state.since[waiter] = time.monotonic_ns()
+        if exclude:
+            state.tried[waiter] = exclude
         if len(state.waiters) == 1:
             self._publish_oldest(state)
         self._watch_shared()
@@ -277,6 +297,8 @@ class Admission:
             if not waiter.done():
                 waiter.cancel()
             state.since.pop(waiter, None)
+            if exclude:
+                state.tried.pop(waiter, None)
             if waiter in state.waiters:
                 self._account(state)
                 state.waiters.remove(waiter)

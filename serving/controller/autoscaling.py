@@ -11,7 +11,11 @@ in `scoregate_autoscale_polls_total`. A source may answer None: no signal this i
 (nothing is decided, so a missing signal never scales anything). An explicit scale (a new
 `instance_count`, e.g. `deployment scale` or an edited custom resource) sets the count
 the autoscaler continues from; `initial` lets a restarted controller continue from the
-replicas that run instead of starting over from `instance_count`.
+replicas that run instead of starting over from `instance_count`. An edit of
+`scale_settings` holds from the pass that reads it: a count outside new
+min/max_instances is brought inside them at once, and the next poll is due one new
+`polling_interval` after the last one (at once if that has already passed), not when the
+old interval runs out.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ UtilizationSource = Callable[[str, str], object]
 class _Tracked:
     replicas: int
     state: AutoscaleState
-    next_due: float
+    last_poll: float  # when the current interval started; the next poll is due one interval on
     instance_count: int  # as last applied: a change is an explicit scale
     last_utilization: float = 0.0
 
@@ -79,6 +83,7 @@ class Autoscaling:
         """Track autoscaled deployments; called by the controller after each read."""
         wanted = {(d.endpoint_name, d.name): d for d in deployments
                   if d.scale_settings.type == "target_utilization"}
+        bounds_moved = False
         for key in [k for k in self._tracked if k not in wanted]:
             del self._tracked[key]
             # Its series go with it (a deleted deployment is not shown forever).
@@ -95,8 +100,7 @@ class Autoscaling:
             if tracked is None:
                 running = self._initial(deployment)
                 start = clamp(running if running else deployment.instance_count)
-                self._tracked[key] = _Tracked(start, AutoscaleState(), self._clock() + s.polling_interval,
-                                              deployment.instance_count)
+                self._tracked[key] = _Tracked(start, AutoscaleState(), self._clock(), deployment.instance_count)
                 self.desired.labels(*key).set(start)
             elif tracked.instance_count != deployment.instance_count:
                 tracked.instance_count = deployment.instance_count
@@ -104,7 +108,19 @@ class Autoscaling:
                 log.info("autoscale %s/%s: scaled explicitly to %d replicas; continuing from there",
                          key[0], key[1], tracked.replicas)
                 self.desired.labels(*key).set(tracked.replicas)
+            elif clamp(tracked.replicas) != tracked.replicas:
+                # min/max_instances edited: they hold from this pass, not from the next poll.
+                bounded = clamp(tracked.replicas)
+                direction = "up" if bounded > tracked.replicas else "down"
+                log.info("autoscale %s/%s %s: %d -> %d replicas (min/max_instances now %d..%d)", key[0], key[1],
+                         direction, tracked.replicas, bounded, s.min_instances, s.max_instances)
+                tracked.replicas, tracked.state = bounded, AutoscaleState()
+                self.decisions.labels(key[0], key[1], direction).inc()
+                self.desired.labels(*key).set(tracked.replicas)
+                bounds_moved = True
         self._deployments = wanted
+        if bounds_moved:
+            self._on_change()  # the caller plans with replicas_for already; others (status) follow
 
     def replicas_for(self, deployment: Deployment) -> int:
         """The replica count to run: the autoscaler's when it manages the deployment."""
@@ -140,10 +156,13 @@ class Autoscaling:
         changed = False
         for key, tracked in self._tracked.items():
             deployment = self._deployments.get(key)
-            if deployment is None or now < tracked.next_due:
+            if deployment is None:
                 continue
             s = deployment.scale_settings
-            tracked.next_due = now + s.polling_interval
+            # Due against the interval in force now: an edited polling_interval counts at once.
+            if now < tracked.last_poll + s.polling_interval:
+                continue
+            tracked.last_poll = now
             window = self._source(*key)
             if window is None:
                 self.polls.labels(*key).inc()

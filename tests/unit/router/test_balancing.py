@@ -1,6 +1,8 @@
 """Replica choice: in-flight counts and the least-outstanding policy, in one process."""
 
+import asyncio
 import random
+from dataclasses import replace
 
 from router.balancing import InFlightCounter
 from router.balancing.least_outstanding import LeastOutstandingPicker
@@ -79,3 +81,49 @@ def test_admission_leaves_out_ejected_replicas_until_readmitted_or_forgotten():
         await ejector.close()
 
     asyncio.run(scenario())
+
+
+async def test_a_queued_retry_is_handed_a_replica_it_has_not_tried():
+    """A request whose connection to r0 failed waits for a slot: a slot freed on r0 goes to
+    the caller behind it, and the retry gets the next one elsewhere; once every replica
+    left in the table is one it tried, it may go back to one."""
+    from router.admission import Admission
+    from router.balancing.ejection import OutlierEjector
+    from router.routing_table import (DeploymentRoute, EndpointRoute, RequestSettings, RoutingTable,
+                                      RoutingTableHolder)
+
+    settings = RequestSettings(max_concurrent_requests_per_instance=1, max_queue_wait_ms=5000)
+    two = DeploymentRoute("blue", replicas=tuple(REPLICAS[:2]), request_settings=settings)
+    holder = RoutingTableHolder(RoutingTable(1, {"ep": EndpointRoute("ep", deployments={"blue": two})}))
+    ejector = OutlierEjector(consecutive_failures=100)  # no ejection: only what was tried counts
+    admission = Admission(holder, InFlightCounter(), LeastOutstandingPicker(random.Random(7)), ejector)
+    key = ("ep", "blue")
+
+    async def queued(**kwargs) -> asyncio.Task:
+        before = admission.queued(key)
+        task = asyncio.ensure_future(admission.acquire(key, two, **kwargs))
+        for _ in range(100):  # queueing is synchronous once the task runs: a few turns at most
+            if task.done() or admission.queued(key) > before:
+                break
+            await asyncio.sleep(0)
+        assert not task.done() and admission.queued(key) == before + 1
+        return task
+
+    assert {admission.try_acquire(key, two).replica_id, admission.try_acquire(key, two).replica_id} == {"r0", "r1"}
+    retry = await queued(exclude=["r0"])  # its connection to r0 failed; both slots are busy
+    plain = await queued()
+    admission.release(key, "r0")
+    await asyncio.wait([retry, plain], timeout=5, return_when=asyncio.FIRST_COMPLETED)
+    assert not retry.done(), f"the retry was handed {retry.result().replica_id}, which it had tried"
+    assert plain.result().replica_id == "r0"  # the slot went to the caller behind it, not left idle
+    admission.release(key, "r1")
+    assert (await asyncio.wait_for(retry, 5)).replica_id == "r1"
+
+    # r1 leaves the table while a retry that tried r0 waits: r0 is all there is, so r0 it is.
+    again = await queued(exclude=["r0"])
+    one = replace(two, replicas=(REPLICAS[0],))
+    holder.swap(RoutingTable(2, {"ep": EndpointRoute("ep", deployments={"blue": one})}))
+    admission.release(key, "r1")
+    admission.release(key, "r0")
+    assert (await asyncio.wait_for(again, 5)).replica_id == "r0"
+    await ejector.close()

@@ -111,3 +111,37 @@ def test_a_new_leader_starts_from_what_runs_not_from_instance_count():
     nothing_runs = loop({}, clock, initial=lambda d: None)
     nothing_runs.update([SCALED])
     assert nothing_runs.replicas_for(SCALED) == 2
+
+
+def settings(**changes) -> Deployment:
+    """SCALED with its scale_settings edited (apply of a changed YAML, an edited CR)."""
+    return replace(SCALED, scale_settings=replace(SCALED.scale_settings, **changes))
+
+
+def test_edited_min_and_max_instances_hold_from_the_pass_that_reads_them():
+    clock, changes = Clock(), []
+    autoscaling = loop({}, clock, on_change=lambda: changes.append(1))  # no signal: no poll decides
+    autoscaling.update([SCALED])
+    assert autoscaling.replicas_for(SCALED) == 2
+    autoscaling.update([settings(min_instances=3)])  # no poll in between
+    assert autoscaling.replicas_for(SCALED) == 3 and changes == [1]
+    autoscaling.update([settings(max_instances=1)])
+    assert autoscaling.replicas_for(SCALED) == 1 and changes == [1, 1]
+    autoscaling.update([settings(max_instances=1)])  # inside the bounds already: nothing to announce
+    assert autoscaling.replicas_for(SCALED) == 1 and changes == [1, 1]
+
+
+def test_a_shorter_polling_interval_counts_from_the_edit_not_after_the_old_one():
+    clock, levels = Clock(), {("iris", "blue"): Window(2.5)}  # 2.5 busy + queued / 0.7 → 4
+    autoscaling = loop(levels, clock)
+    autoscaling.update([settings(polling_interval=60)])
+    clock.now += 2
+    assert autoscaling.poll() is False  # 60 s not over
+    autoscaling.update([settings(polling_interval=1)])
+    assert autoscaling.poll() is True and autoscaling.replicas_for(SCALED) == 4  # 2 s since the last: due
+    levels[("iris", "blue")] = Window(0.1)
+    clock.now += 0.5
+    assert autoscaling.poll() is False and autoscaling.status("iris", "blue")["low_intervals"] == 0
+    clock.now += 0.5  # one new interval on: the next poll (a low one)
+    autoscaling.poll()
+    assert autoscaling.status("iris", "blue")["low_intervals"] == 1
