@@ -180,14 +180,9 @@ class BatchResources:
         await self._report(problems, keyed)
         self.passes += 1
 
-    def _keys_of(self, namespace: str, endpoint: str) -> tuple[str, str] | None:
-        """The keys in the endpoint's Secret; None when there is no Secret; ValueError when
-        they are not text (a bad Secret must fail its endpoint, not every pass)."""
-        return self._keys.keys_of(namespace, endpoint)
-
     def _has_keys_secret(self, namespace: str, endpoint: str) -> bool:
         try:
-            return self._keys_of(namespace, endpoint) is not None
+            return self._keys.keys_of(namespace, endpoint) is not None
         except ValueError:
             return True  # there, unreadable: never replaced by a new one
 
@@ -235,8 +230,8 @@ class BatchResources:
             problems[_oid(obj)] = str(exc)
             return False
         try:
-            keys = self._keys_of(obj["metadata"]["namespace"], endpoint.name)
-        except ValueError as exc:  # edited by hand into bytes that are not text: not taken, and said
+            keys = self._keys.keys_of(obj["metadata"]["namespace"], endpoint.name)
+        except ValueError as exc:  # edited by hand into bytes that are not text: fails this endpoint alone
             problems.setdefault(_oid(obj), (
                 f"{_named(obj)}: Secret {names.keys_secret_name(endpoint.name)}: its keys cannot be read as text "
                 f"({exc}); the keys in use are unchanged"))
