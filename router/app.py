@@ -234,5 +234,9 @@ class RouterApp:
         return web.json_response({"status": "ok"})
 
     async def _readyz(self, _request: web.Request) -> web.Response:
-        ready = self.started and self.holder.current.version > 0
+        """Ready: listening, not draining, with a routing table. A drain answers 503 from its
+        first moment (not when it ends), so a load balancer's health check stops sending
+        new connections while the requests in flight finish."""
+        listener = self._listener
+        ready = listener is not None and not listener.draining and self.holder.current.version > 0
         return web.json_response({"ready": ready}, status=200 if ready else 503)

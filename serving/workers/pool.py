@@ -430,5 +430,8 @@ class WorkerPool:
              "listening": w.listening.is_set()} for w in self._workers]})
 
     async def _readyz(self, _request: web.Request) -> web.Response:
-        ready = any(w.listening.is_set() for w in self._workers) and self.holder.current.version > 0
+        """Not ready from the first moment of a drain, as one process's router says
+        (router/app.py), though the workers still answer their requests in flight."""
+        ready = (not self._stopping and any(w.listening.is_set() for w in self._workers)
+                 and self.holder.current.version > 0)
         return web.json_response({"ready": ready}, status=200 if ready else 503)

@@ -11,7 +11,8 @@ from aiohttp import web
 
 from router import RouterApp, RouterSettings, RoutingTableHolder
 from tests.fakes.recording_upstream import Script
-from tests.functional.router_harness import AUTH, deployment, table
+from tests.functional.router_harness import AUTH, deployment, post, table
+from tests.support.waiting import until
 from tls import server_context
 
 KEY = AUTH["Authorization"].encode()
@@ -383,3 +384,31 @@ async def test_a_broken_record_ends_only_its_connection(make_router, upstream, c
     assert (await read_answer(reader))[0] == 200
     writer.close()
     assert len(upstream.seen) == 2
+
+
+async def test_readyz_says_not_ready_from_the_start_of_a_drain(make_router, upstream, client):
+    """A draining gateway answered /readyz 200 until the drain ended (it only turned 503 once
+    the listener was gone), so health checks kept sending it new callers meanwhile."""
+    upstream.respond = Script(delay_s=1.0)
+    router = await make_router()
+    admin = web.Application()
+    admin.add_routes(router.admin_routes())
+    runner = web.AppRunner(admin)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    readyz = f"http://127.0.0.1:{runner.addresses[0][1]}/readyz"
+    try:
+        async with client.get(readyz) as answer:
+            assert answer.status == 200
+        slow = asyncio.ensure_future(post(client, router))
+        await until(lambda: upstream.in_flight == 1, 5, "the request to reach the replica")
+        draining = asyncio.ensure_future(router.drain(5))
+        await asyncio.sleep(0)
+        async with client.get(readyz) as answer:
+            assert answer.status == 503 and (await answer.json()) == {"ready": False}
+        assert not slow.done()  # still being answered while the drain is said
+        assert (await slow)[0] == 200
+        await draining
+    finally:
+        await runner.cleanup()
