@@ -136,12 +136,7 @@ class ClusterDiscovery:
 
     async def start(self) -> None:
         for cache in self._caches:
-            try:
-                await cache.start(self._sync_timeout_s)
-            except TimeoutError:  # else the operator reads a bare "TimeoutError" and nothing else
-                where = ", ".join(self._namespaces) if self._namespaces else "all namespaces"
-                raise TimeoutError(f"could not list {cache.kind.plural} in {where} within {self._sync_timeout_s:g} s "
-                                   f"(the warnings above say why: RBAC, a namespace, the API server)") from None
+            await cache.start(self._sync_timeout_s)  # TimeoutError names the kind and namespaces
         self._started = True
         self.rebuild()
 

@@ -74,7 +74,13 @@ class ObjectCache:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._run(i, scope), name=f"watch {self.kind.plural} {scope or '*'}")
                        for i, scope in enumerate(self._scopes)]
-        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in self._synced)), timeout_s)
+        try:
+            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in self._synced)), timeout_s)
+        except TimeoutError:  # else the operator reads a bare "TimeoutError" and nothing else
+            unlisted = [scope or "all namespaces" for scope, synced in zip(self._scopes, self._synced)
+                        if not synced.is_set()]
+            raise TimeoutError(f"could not list {self.kind.plural} in {', '.join(unlisted)} within {timeout_s:g} s "
+                               "(the warnings above say why: RBAC, a namespace, the API server)") from None
 
     async def close(self) -> None:
         for task in self._tasks:
