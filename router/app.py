@@ -155,10 +155,6 @@ class RouterApp:
             raise RuntimeError("router is not listening")
         return self._listener.port
 
-    @property
-    def started(self) -> bool:
-        return self._listener is not None
-
     async def start(self) -> None:
         # Callers, replica connections and files: leave room above max_connections.
         wanted = self.settings.limits.max_connections + 4096
