@@ -103,24 +103,20 @@ def gateway_tls(info: GatewayInfo) -> ssl.SSLContext:
     written before `server_cert` existed gets the system's CAs, as before."""
     if info.ca_cert or not info.server_cert:
         return ssl.create_default_context(cafile=info.ca_cert or None)
+    from cryptography.hazmat.primitives.serialization import Encoding  # imported here: only this case
+
+    from tls.errors import TLSConfigError
+    from tls.pem import load_certificates
+
     try:
-        leaf = first_certificate_pem(Path(info.server_cert).read_text(encoding="ascii", errors="replace"))
-    except OSError as exc:
-        raise CliError(f"cannot read the gateway's certificate {info.server_cert}: {exc.strerror}") from None
-    if leaf is None:
-        raise CliError(f"{info.server_cert} holds no PEM certificate: the gateway's certificate cannot be checked")
+        leaf = load_certificates(info.server_cert)[0].public_bytes(Encoding.PEM).decode("ascii")
+    except TLSConfigError as exc:  # the file moved or broke since the gateway loaded it
+        raise CliError(f"cannot check the gateway's certificate: {exc}") from None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False  # the exact certificate is checked instead of a name
     context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # a trusted certificate that is not a CA's
     context.load_verify_locations(cadata=leaf)
     return context
-
-
-def first_certificate_pem(text: str) -> str | None:
-    begin, end = "-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----"
-    start = text.find(begin)
-    stop = text.find(end, start)
-    return text[start:stop + len(end)] + "\n" if start >= 0 and stop >= 0 else None
 
 
 def score_request(info: GatewayInfo, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
