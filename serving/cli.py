@@ -16,6 +16,9 @@ import sys
 import time
 from pathlib import Path
 
+from .cli_types import budget as _budget, lifetime as _lifetime, line_count as _line_count
+from .cli_types import log_level as _log_level, port as _port, retention_days as _retention_days
+from .cli_types import seconds as _seconds, share as _share
 from .client import EXIT_STILL_RUNNING, AdminClient, CliError, GatewayNotRunning, api_path, score_request
 from .statedir import resolve_state_dir
 
@@ -229,65 +232,6 @@ _SERVE_SETTINGS = ("host", "port", "admin_host", "admin_port", "tls_cert", "tls_
                    "tls_reload_interval_s", "http_redirect_port", "replica_mtls", "domain",
                    "rollout_timeout_s", "data_roots", "job_retention_days", "access_log", "access_log_sample_rate", "otel_exporter", "workers",
                    "drain_timeout_s", "log_level")
-
-
-def _within(convert, low, high, what: str, bounds: str):
-    """An argparse type: `convert(text)` from `low` to `high`, anything else refused (a port
-    is not wrapped around, a share not clamped)."""
-    def parse(text: str):
-        try:
-            value = convert(text)
-        except ValueError:
-            value = None
-        if value is None or not low <= value <= high:  # NaN fails both comparisons
-            raise argparse.ArgumentTypeError(f"not {what}: {text!r} ({bounds})")
-        return value
-    return parse
-
-
-_port = _within(int, 0, 65535, "a port number", "0 to 65535")  # 0: any free port
-_seconds = _within(float, 0.0, sys.float_info.max, "a number of seconds", "0 or more")
-_share = _within(float, 0.0, 1.0, "a share", "from 0 to 1")
-_retention_days = _within(float, 0.0, 36500.0, "a number of days", "0 (keep every job) to 36500")
-_line_count = _within(int, 0, 10_000, "a number of lines", "0 to 10000")
-
-
-def _log_level(text: str) -> str:
-    from .settings_file import LOG_LEVELS
-
-    level = str(text).upper()
-    if level not in LOG_LEVELS:
-        raise argparse.ArgumentTypeError(f"not a log level: {text!r} ({', '.join(LOG_LEVELS[:-1])} or {LOG_LEVELS[-1]})")
-    return level
-
-
-def _budget(text: str) -> float:
-    """A duration of more than nothing: a budget of 0s fails every rollout at once."""
-    seconds = _duration(text)
-    if seconds <= 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0: {text!r}")
-    return seconds
-
-
-def _duration(text: str) -> float:
-    """"20m", "90s", "1h", "1h30m" or plain seconds → seconds (settings_file.parse_duration)."""
-    from .settings_file import parse_duration
-
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _lifetime(text: str) -> float:
-    """A token's lifetime in the flag's own syntax: the server's check (lifetime_s from 1 to
-    86400) stays, but speaks of a JSON field the user never wrote."""
-    from .tokens import MAX_LIFETIME_S
-
-    seconds = _duration(text)
-    if not 1 <= seconds <= MAX_LIFETIME_S:
-        raise argparse.ArgumentTypeError(f"must be from 1s to {MAX_LIFETIME_S // 3600}h, got {text!r}")
-    return seconds
 
 
 def _kubernetes_running(module: str = "running"):

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..cli_types import within
 from ..client import EXIT_STILL_RUNNING, AdminClient, CliError, api_path
 from .client import BatchClient
 
@@ -23,23 +24,10 @@ _TERMINAL = ("Completed", "Failed", "Canceled")
 DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT = 100, 1000  # as the job list route (serving.batch.http)
 
 
-def _seconds(text: str) -> float:
-    """A finite number: json.dumps writes nan and inf as NaN / Infinity, which is not JSON,
-    and the gateway's refusal then named no flag."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number of seconds, got {text!r}")
-    return value
-
-
-def _positive_seconds(text: str) -> float:
-    value = _seconds(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text!r}")
-    return value
+# json.dumps would write nan and inf as NaN / Infinity, which is not JSON, and the
+# gateway's refusal then named no flag: only finite numbers pass.
+_seconds = within(float, -sys.float_info.max, sys.float_info.max, "a number of seconds", "a finite number")
+_positive_seconds = within(float, math.ulp(0.0), sys.float_info.max, "a number of seconds", "more than 0")
 
 
 def _list_limit(text: str) -> int:
