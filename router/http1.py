@@ -167,7 +167,7 @@ class HttpConnection(asyncio.BufferedProtocol):
         self.remote = peer[0] if isinstance(peer, (tuple, list)) else peer
         context = self._owner.ssl_context
         if context is not None:
-            self._tls = TlsSession(context, transport.write)
+            self._tls = TlsSession(context, transport.write, self._owner.handshakes)
             self.scheme = "https"
         # TCP_NODELAY: uvloop and asyncio both set it on every accepted TCP socket.
         self._owner.connections.add(self)
@@ -232,6 +232,8 @@ class HttpConnection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         self._stopped = True
         self._owner.connections.discard(self)
+        if self._tls is not None:
+            self._tls.lost()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

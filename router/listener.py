@@ -31,6 +31,8 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from tls.metrics import handshake_counts
+
 from .aiohttp_hardening import app_runner
 from .http1 import HttpConnection, ReadBuffer
 
@@ -98,6 +100,7 @@ class Listener:
         self.draining = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self.ssl_context = ssl_context  # TLS is terminated by each connection (router.tls_termination)
+        self.handshakes = None  # where the connections count their handshakes (tls.metrics)
         self._host, self._port, self._backlog = host, port, backlog
         self._reuse_port = reuse_port  # `serve --workers`: several processes on one port
         self._on_refusal = on_refusal or (lambda reason: None)
@@ -142,6 +145,8 @@ class Listener:
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
+        if self.ssl_context is not None:
+            self.handshakes = handshake_counts(self.ssl_context)  # metrics are attached by now
         if self._extra_routes:
             app = web.Application(client_max_size=self._client_max_size)
             routes = list(self._extra_routes)

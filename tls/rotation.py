@@ -35,6 +35,7 @@ log = logging.getLogger("scoregate.tls")
 
 MIN_WATCH_INTERVAL_S = 0.05
 MAX_WATCH_INTERVAL_S = 3600.0
+MAX_REMEMBERED_NAMES = 256  # server names whose certificate choice is kept
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +82,7 @@ class ServerTLS:
         # What the files held when last loaded from them; the watcher compares to it.
         self._file_digest = {c.name: c.digest for c in certs}
         configured = {s.name: s.server_names for s in sources if s.server_names}
-        self._set = CertificateSet(certs, default, configured)
+        self._serve(CertificateSet(certs, default, configured))
         self.context = self._front_context(materials[self._set.default.name], ca)
         # Shared with the other processes serving this port (tls.tickets), or the context's own.
         self.shares_ticket_keys = ticket_keys is not None and install_ticket_keys(self.context, ticket_keys)
@@ -110,6 +111,7 @@ class ServerTLS:
         the listener's settings were built). Call it before the listener starts."""
         self._metrics = metrics
         self.context.sslobject_class = metrics.observing_sslobject_class(self.listener)
+        self._serve(self._set)  # choices made from now on are counted
         for cert in self._set:
             self._served(cert)
 
@@ -117,6 +119,14 @@ class ServerTLS:
     def certificates(self) -> CertificateSet:
         """The set new handshakes are served from right now."""
         return self._set
+
+    @property
+    def _set(self) -> CertificateSet:
+        return self._choices[0]
+
+    def _serve(self, certs: CertificateSet) -> None:
+        # One reference swap (atomic for handshakes): the set, and the choices made from it.
+        self._choices: tuple[CertificateSet, dict] = (certs, {})
 
     # -- the handshake side --------------------------------------------------------
     def _front_context(self, default: PemMaterial, ca: tuple[bytes, str] | None) -> ssl.SSLContext:
@@ -129,14 +139,30 @@ class ServerTLS:
         return ctx
 
     def _on_server_name(self, conn: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
+        # Runs in every handshake: a name seen before costs one dict look-up.
         try:
-            chosen = self._set.select(server_name)
-            conn.context = chosen.certificate.context
-            if self._metrics is not None:
-                self._metrics.count(self._metrics.selections, self.listener, chosen.certificate.name, chosen.match)
+            certs, choices = self._choices
+            choice = choices.get(server_name)
+            if choice is None:
+                choice = self._choose(certs, choices, server_name)
+            conn.context = choice[0]
+            if choice[1] is not None:
+                choice[1][0] += 1
         except Exception:  # an exception here would print a traceback per handshake
             log.exception("choosing a certificate for %r failed; serving the default", server_name)
         return None
+
+    def _choose(self, certs: CertificateSet, choices: dict, server_name: str | None) -> tuple:
+        """(context, selection count or None) for `server_name`, remembered for the first
+        MAX_REMEMBERED_NAMES names (clients choose the names: the memory stays bounded)."""
+        chosen = certs.select(server_name)
+        count = None
+        if self._metrics is not None:
+            count = self._metrics.handshakes(self.listener).selection(chosen.certificate.name, chosen.match)
+        choice = (chosen.certificate.context, count)
+        if len(choices) < MAX_REMEMBERED_NAMES:
+            choices[server_name] = choice
+        return choice
 
     # -- rotation ------------------------------------------------------------------
     def reload(self) -> list[ReloadResult]:
@@ -213,7 +239,7 @@ class ServerTLS:
         except TLSConfigError as exc:
             return self._refuse(name, str(exc), digest)
         old = self._set[name]
-        self._set = self._set.replace(cert)  # one reference swap: atomic for handshakes
+        self._serve(self._set.replace(cert))
         self._refused.pop(name, None)
         self._served(cert)
         if self._metrics is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import socket
 import ssl
 import subprocess
@@ -368,3 +369,72 @@ async def test_tls12_resumes_with_tickets_only(files: Files, tmp_path: Path, kin
     async with serving(kind, ServerTLS([files.source]).context) as port:
         assert await asyncio.to_thread(_tls12_reused, port, ca, True)
         assert not await asyncio.to_thread(_tls12_reused, port, ca, False)
+
+
+def _outcomes(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
+    return {(s.labels["version"], s.labels["outcome"]): s.value
+            for metric in registry.collect() for s in metric.samples
+            if s.name == "scoregate_tls_handshakes_total" and s.labels["listener"] == "https"}
+
+
+def _full_exchange(port: int, ctx: ssl.SSLContext, session=None):
+    """Handshake, one request, close; returns (session, reused) for the next one."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname="api.test", session=session) as tls:
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: api.test\r\n\r\n")
+            assert tls.recv(4096).startswith(b"HTTP/1.1 200")
+            return tls.session, tls.session_reused
+
+
+def _client_hello_then_close(port: int) -> None:
+    """A client that begins a handshake and leaves before it ends."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    hello = ssl.create_default_context().wrap_bio(incoming, outgoing, server_hostname="api.test")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        hello.do_handshake()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        raw.sendall(outgoing.read())
+        raw.recv(1)  # the server's first flight is on its way: the handshake has begun
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("kind", SERVERS)
+async def test_every_handshake_outcome_is_counted(files: Files, kind: str) -> None:
+    """What scoregate_tls_handshakes_total says on each server, the scoring port counting
+    its own handshakes and aiohttp's through the SSLObject class."""
+    registry = CollectorRegistry()
+    server = ServerTLS([files.source], metrics=TLSMetrics(registry), listener="https")
+    async with serving(kind, server.context) as port:
+        tls12 = files.client()
+        tls12.maximum_version = ssl.TLSVersion.TLSv1_2
+        session, reused = await asyncio.to_thread(_full_exchange, port, tls12)
+        assert not reused
+        _, reused = await asyncio.to_thread(_full_exchange, port, tls12, session)
+        assert reused
+        await asyncio.to_thread(_full_exchange, port, files.client())
+
+        old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        old.minimum_version = old.maximum_version = ssl.TLSVersion.TLSv1_1
+        old.set_ciphers("ALL:@SECLEVEL=0")
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            await asyncio.to_thread(_full_exchange, port, old)
+        assert b"HTTP/" not in await asyncio.to_thread(_plain_http, port, b"GET / HTTP/1.1\r\nHost: api.test\r\n\r\n")
+        await asyncio.to_thread(_client_hello_then_close, port)
+        await asyncio.to_thread(socket.create_connection(("127.0.0.1", port), timeout=5).close)  # a TCP check
+
+        expected = {("TLSv1.2", "ok"): 1, ("TLSv1.2", "resumed"): 1, ("TLSv1.3", "ok"): 1,
+                    ("unknown", "protocol_version"): 1, ("unknown", "not_tls"): 1, ("unknown", "abandoned"): 2}
+        for _ in range(100):  # the server sees the last close a moment later (bounded)
+            gc.collect()  # the loop's TLS counts an abandoned handshake when its object is freed
+            if _outcomes(registry) == expected:
+                break
+            await asyncio.sleep(0.02)
+        assert _outcomes(registry) == expected
+        assert registry.get_sample_value("scoregate_tls_handshakes_started_total", {"listener": "https"}) == 7
+        assert registry.get_sample_value("scoregate_tls_handshakes_created", {
+            "listener": "https", "version": "TLSv1.3", "outcome": "ok"}) is not None
+        chosen = registry.get_sample_value("scoregate_tls_certificate_selections_total",
+                                           {"listener": "https", "name": "api", "match": "exact"})
+        # The three exchanges and the client that left chose it; the TLS 1.1 client was
+        # refused before a certificate is chosen, plain HTTP and the TCP check sent no name.
+        assert chosen == 4
