@@ -3,8 +3,10 @@
 `serve` runs the gateway in this process; every other verb finds the running gateway
 through the state dir (`--state-dir`, `SCOREGATE_STATE_DIR`, default ./.scoregate) and
 talks to its admin API. Errors are one line on stderr and a non-zero exit code:
-1 the request failed, 2 bad arguments or input, 3 no gateway is running, 4 a `--wait`
-(`apply`, `batch invoke`) stopped waiting for work that goes on.
+1 failed (nothing of that name, a scoring call, rollout or job that failed, the gateway
+erred), 2 refused as asked: bad arguments or input, or a change the gateway's rules refuse
+(serving.client.exit_code_of), 3 no gateway is running, 4 a `--wait` (`apply`,
+`batch invoke`) stopped waiting for work that goes on. The table is in the README.
 """
 
 from __future__ import annotations

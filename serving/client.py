@@ -29,6 +29,19 @@ def api_path(*segments: str) -> str:
 # tell from a failure.
 EXIT_STILL_RUNNING = 4
 
+# The gateway's answers that refuse what was asked, as it was asked: invalid (400, 413,
+# 422) or against a rule given what is stored (409: a deployment that carries traffic
+# scaled to 0 or deleted, a finished job canceled). Nothing changed; the command must
+# change first. Exit 2, as a bad flag or YAML file is: `endpoint update` refused for a
+# traffic rule (a 400 of the apply it makes) and `deployment scale` refused for the same
+# rule (a 409) exit alike. Any other error (404: nothing of that name; 5xx) is a failure, 1.
+REFUSED_STATUSES = frozenset({400, 409, 413, 422})
+
+
+def exit_code_of(status: int) -> int:
+    """The CLI's exit code for an error answer of the gateway (admin or scoring port)."""
+    return 2 if status in REFUSED_STATUSES else 1
+
 
 class CliError(Exception):
     """A failed verb: `message` goes to stderr; `result`, when given, is still printed
@@ -73,7 +86,7 @@ class AdminClient:
                 message = json.loads(payload).get("message", payload.decode(errors="replace"))
             except ValueError:
                 message = payload.decode(errors="replace")
-            raise CliError(message, 2 if exc.code == 400 else 1) from None
+            raise CliError(message, exit_code_of(exc.code)) from None
         except urllib.error.URLError as exc:
             raise GatewayNotRunning(
                 f"the gateway at {self.info.admin_url} does not answer ({exc.reason})") from None

@@ -23,12 +23,13 @@ __all__ = ["SCENARIOS", "Context", "ScenarioError", "ScenarioReport", "add_scena
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    from ..cli import _positive, add_target_arguments
+    from ..cli import _number, _positive, add_target_arguments
+    from ..runner import MAX_WARMUP
 
     add_target_arguments(p)
     p.add_argument("--rate", type=_positive(float), help="requests/s (per-scenario default)")
     p.add_argument("--duration", type=_positive(float), help="seconds of load (per scenario)")
-    p.add_argument("--warmup", type=float, default=0.0,
+    p.add_argument("--warmup", type=_number(float, 0, MAX_WARMUP), default=0.0,
                    help="seconds of load at the starting rate first, not recorded (0)")
     p.add_argument("--smoke", action="store_true",
                    help="a few seconds at a low rate: checks the scenario works, measures little")
@@ -66,7 +67,9 @@ async def run_scenario(args: argparse.Namespace, progress=None) -> ScenarioRepor
 def scenario_command(args: argparse.Namespace) -> int:
     """Run, write scenario.json + summary.md + results.json + plots, print the verdict."""
     from ..admin import GatewayError
+    from ..cli import UsageError
     from ..generators.http import new_event_loop
+    from ..profiles import ProfileError
     from ..runner import WorkerError
 
     try:
@@ -75,6 +78,9 @@ def scenario_command(args: argparse.Namespace) -> int:
     except GatewayError as exc:
         print(f"loadtests: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except (UsageError, ProfileError) as exc:  # options that cannot make the run: 2, as argparse's
+        print(f"loadtests: error: {exc}", file=sys.stderr)
+        return 2
     except (ScenarioError, OSError, ValueError, WorkerError, TimeoutError) as exc:
         print(f"loadtests: error: {exc}", file=sys.stderr)
         return 1

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 
 from ..admin import main_deployment
+from ..cli import _positive
 from ..profiles import parse_profile
 from .base import Context, ScenarioReport, admin, facts_table, run_load, seconds_label
 from .deployments import snapshot
@@ -25,11 +26,11 @@ HELP = "ramp the rate until new replicas appear; when they did, or that none did
 
 def add_arguments(p) -> None:
     p.add_argument("--deployment", help="deployment to watch (the one with most traffic)")
-    p.add_argument("--start-rate", type=float, help="ramp start, req/s (10; smoke 5)")
-    p.add_argument("--max-rate", type=float, help="ramp end, req/s (500; smoke 40)")
-    p.add_argument("--ramp-seconds", type=float, help="ramp length (80%% of the duration), "
+    p.add_argument("--start-rate", type=_positive(float), help="ramp start, req/s (10; smoke 5)")
+    p.add_argument("--max-rate", type=_positive(float), help="ramp end, req/s (500; smoke 40)")
+    p.add_argument("--ramp-seconds", type=_positive(float), help="ramp length (80%% of the duration), "
                    "then held at --max-rate")
-    p.add_argument("--poll", type=float, default=0.5, help="seconds between replica counts (0.5)")
+    p.add_argument("--poll", type=_positive(float), default=0.5, help="seconds between replica counts (0.5)")
 
 
 def first(samples: list[dict], key: str, above: int) -> dict | None:

@@ -55,7 +55,9 @@ class Context:
     def gateway(self) -> tuple[Gateway, str]:
         """The gateway and endpoint of --endpoint NAME; scenarios that act need them."""
         if not self.args.endpoint:
-            raise ScenarioError(f"the {self.args.scenario} scenario acts on the gateway: "
+            from ..cli import UsageError
+
+            raise UsageError(f"the {self.args.scenario} scenario acts on the gateway: "
                                 "give --endpoint NAME (and --state-dir if needed)")
         return Gateway.from_state_dir(self.args.state_dir), self.args.endpoint
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+from ..cli import UsageError, _number, _positive
 from .base import Context, ScenarioReport, facts_table, run_load, seconds_label
 from .timeline import outcomes_text, window
 
@@ -21,9 +22,9 @@ RECOVERED_SLACK_MS = 5.0
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--peak", type=float, help="burst rate in req/s (10x --rate; smoke 5x)")
-    p.add_argument("--at", type=float, help="burst start, seconds into the run (10; smoke 1)")
-    p.add_argument("--length", type=float, help="burst length in seconds (2; smoke 0.5)")
+    p.add_argument("--peak", type=_positive(float), help="burst rate in req/s (10x --rate; smoke 5x)")
+    p.add_argument("--at", type=_number(float, 0), help="burst start, seconds into the run (10; smoke 1)")
+    p.add_argument("--length", type=_positive(float), help="burst length in seconds (2; smoke 0.5)")
 
 
 def normal_limit(baseline_p99: float) -> float:
@@ -47,7 +48,7 @@ async def run(ctx: Context) -> ScenarioReport:
     length = ctx.pick(ctx.args.length, 2.0, 0.5)
     duration = ctx.pick(ctx.args.duration, at + length + 15.0, at + length + 1.5)
     if at + length >= duration:
-        raise ValueError("the burst must end before --duration")
+        raise UsageError(f"the burst must end before --duration: --at {at:g} + --length {length:g} >= {duration:g} s")
     result, rec = await run_load(ctx, f"burst:{base:g},{peak:g}@{at:g}s+{length:g}s", duration)
     end = at + length
     before = window(rec, 0, at)

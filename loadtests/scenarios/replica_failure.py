@@ -14,6 +14,7 @@ import os
 import signal
 
 from ..admin import main_deployment, ready_replicas
+from ..cli import _number
 from .base import Context, ScenarioError, ScenarioReport, admin, facts_table, run_load, seconds_label
 from .deployments import is_descendant, snapshot
 from .timeline import Watch, outcomes_text
@@ -25,9 +26,9 @@ POLL_S = 0.1
 
 def add_arguments(p) -> None:
     p.add_argument("--deployment", help="deployment whose replica dies (the one with most traffic)")
-    p.add_argument("--at", type=float, help="kill at this many seconds into the run "
+    p.add_argument("--at", type=_number(float, 0), help="kill at this many seconds into the run "
                    "(30%% of the duration)")
-    p.add_argument("--which", type=int, default=0,
+    p.add_argument("--which", type=_number(int, 0), default=0,
                    help="index of the ready replica to kill, oldest first (0)")
 
 

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from ..admin import main_deployment
+from ..cli import _number
 from .base import Context, ScenarioError, ScenarioReport, admin, facts_table, run_load, seconds_label
 from .deployments import as_document, deployment_body, manifest_documents, snapshot
 from .timeline import Watch, outcomes_text, window
@@ -34,7 +35,7 @@ def _env(text: str) -> tuple[str, str]:
 
 def add_arguments(p) -> None:
     p.add_argument("--deployment", help="deployment to roll (the one with most traffic)")
-    p.add_argument("--at", type=float, help="apply at this many seconds into the run "
+    p.add_argument("--at", type=_number(float, 0), help="apply at this many seconds into the run "
                    "(30%% of the duration)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--set-env", type=_env, action="append", metavar="KEY=VALUE",

@@ -9,6 +9,7 @@ first second of each step is skipped to let the previous one drain).
 
 from __future__ import annotations
 
+from ..cli import _positive
 from .base import Context, ScenarioReport, facts_table, run_load
 from .timeline import window
 
@@ -29,7 +30,7 @@ def _rates(text: str) -> list[float]:
 def add_arguments(p) -> None:
     p.add_argument("--rates", type=_rates, help="comma-separated req/s per step "
                    "(100,200,400,800,1600; smoke 20,40)")
-    p.add_argument("--step-seconds", type=float, help="length of each step (10; smoke 1; "
+    p.add_argument("--step-seconds", type=_positive(float), help="length of each step (10; smoke 1; "
                    "or --duration / number of steps)")
 
 

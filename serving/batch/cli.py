@@ -2,8 +2,9 @@
 
 serving.cli calls register(verbs, common) while building its parser and, for these
 verbs, dispatch(args, client) → the JSON-able result it prints. Errors are CliError
-(exit 2 for bad input, 1 for a failed request), as for every other verb; `batch invoke
---wait` adds EXIT_STILL_RUNNING for a job it stopped waiting for.
+(exit 2 for bad input or a refusal — a finished job canceled —, 1 for a failed request or
+an unknown endpoint or job), as for every other verb; `batch invoke --wait` adds
+EXIT_STILL_RUNNING for a job it stopped waiting for.
 """
 
 from __future__ import annotations

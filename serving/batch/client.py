@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ..client import AdminClient, CliError, api_path, gateway_tls
+from ..client import AdminClient, CliError, api_path, exit_code_of, gateway_tls
 
 TIMEOUT_S = 120.0
 
@@ -48,7 +48,7 @@ class BatchClient:
                 message = json.loads(payload).get("message") or payload.decode(errors="replace")
             except (ValueError, AttributeError):
                 message = payload.decode(errors="replace")
-            raise CliError(f"HTTP {exc.code}: {message}", 2 if exc.code in (400, 413, 422) else 1) from None
+            raise CliError(f"HTTP {exc.code}: {message}", exit_code_of(exc.code)) from None
         except urllib.error.URLError as exc:
             raise CliError(f"cannot reach {url}: {exc.reason}") from None
 

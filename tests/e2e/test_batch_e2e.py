@@ -104,7 +104,8 @@ def test_batch_cli_verbs(gateway, data_root, tmp_path):
     missing = gateway.cli("deployment", "delete", "--name", "nope", "--endpoint-name", "iris-batch", "-y")
     assert missing.returncode == 1 and "no deployment 'nope' on batch endpoint 'iris-batch'" in missing.stderr
     default = gateway.cli("deployment", "delete", "--name", "classifier", "--endpoint-name", "iris-batch", "-y")
-    assert default.returncode == 1 and "default" in default.stderr, default.stderr  # 409: still the default
+    # 409, still the default: refused as a rule refuses (2), as for an online one with traffic
+    assert default.returncode == 2 and "default" in default.stderr, default.stderr
     for verb in (("deployment", "scale", "--name", "classifier", "--endpoint-name", "iris-batch",
                   "--instance-count", "2"),
                  ("endpoint", "invoke", "--name", "iris-batch", "--request-file", str(IRIS / "sample-request.json")),
@@ -123,7 +124,7 @@ def test_batch_cli_verbs(gateway, data_root, tmp_path):
     refused = gateway.cli("batch", "invoke", "--name", "iris-batch", "--input", "/etc")
     assert refused.returncode == 2 and "outside every data root" in refused.stderr
     cancel = gateway.cli("job", "cancel", "--name", "iris-batch", "--job-id", job["id"])
-    assert cancel.returncode == 1 and "already finished" in cancel.stderr
+    assert cancel.returncode == 2 and "already finished" in cancel.stderr, cancel.stderr  # 409: refused
 
 
 def test_endpoint_names_are_unique_across_online_and_batch(gateway, tmp_path):

@@ -76,3 +76,37 @@ def test_good_names_still_work(gateway):
     assert gateway.cli_json("deployment", "show", "-n", "e5", "-e", "ep1")["name"] == "e5"
     done = gateway.cli("endpoint", "show", "-n", "nope")
     assert done.returncode == 1 and "no endpoint 'nope'" in done.stderr
+
+
+# Every verb that names a thing the gateway does not have: exit 1, one line naming it.
+MISSING = [
+    (["endpoint", "show", "-n", "nope"], "no endpoint 'nope'"),
+    (["endpoint", "delete", "-n", "nope", "-y"], "no endpoint 'nope'"),
+    (["endpoint", "get-credentials", "-n", "nope"], "no endpoint 'nope'"),
+    (["endpoint", "get-token", "-n", "nope"], "no endpoint 'nope'"),
+    (["endpoint", "regenerate-keys", "-n", "nope"], "no endpoint 'nope'"),
+    (["endpoint", "update", "-n", "nope", "--traffic", "d1=100"], "no endpoint 'nope'"),
+    (["endpoint", "invoke", "-n", "nope", "-r", __file__], "no endpoint 'nope'"),
+    (["deployment", "list", "-e", "nope"], "no endpoint 'nope'"),
+    (["deployment", "show", "-n", "nope", "-e", "ep1"], "no deployment 'nope' on endpoint 'ep1'"),
+    (["deployment", "delete", "-n", "nope", "-e", "ep1", "-y"], "no deployment 'nope' on endpoint 'ep1'"),
+    (["deployment", "logs", "-n", "nope", "-e", "ep1"], "no deployment 'nope' on endpoint 'ep1'"),
+    (["deployment", "scale", "-n", "nope", "-e", "ep1", "--instance-count", "1"],
+     "no deployment 'nope' on endpoint 'ep1'"),
+    (["deployment", "show", "-n", "d1", "-e", "nope"], "no deployment 'd1' on endpoint 'nope'"),
+    (["batch", "show", "-n", "nope"], "no batch endpoint 'nope'"),
+    (["batch", "invoke", "-n", "nope", "-i", __file__], "no batch endpoint 'nope'"),
+    (["job", "list", "-n", "nope"], "no batch endpoint 'nope'"),
+    (["job", "show", "-n", "nope", "-j", "j1"], "no batch endpoint 'nope'"),
+    (["job", "cancel", "-n", "nope", "-j", "j1"], "no batch endpoint 'nope'"),
+    (["job", "download", "-n", "nope", "-j", "j1"], "no batch endpoint 'nope'"),
+    (["job", "logs", "-n", "nope", "-j", "j1"], "no batch endpoint 'nope'"),
+]
+
+
+@pytest.mark.parametrize(("argv", "said"), MISSING, ids=[" ".join(a[:2]) for a, _ in MISSING])
+def test_a_missing_thing_is_exit_1_for_every_verb(gateway, argv, said, capsys):
+    code = main([*argv, "--state-dir", str(gateway.state.root)])
+    out, err = capsys.readouterr()
+    assert (code, out) == (1, ""), (argv, code, out, err)
+    assert err.startswith("error: ") and err.count("\n") == 1 and said in err, (argv, err)

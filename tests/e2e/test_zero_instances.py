@@ -71,9 +71,19 @@ def test_yaml_apply_is_checked_too(gateway, tmp_path):
 
 
 def test_scaling_a_deployment_with_traffic_to_zero_is_refused(gateway):
+    """Refused as `endpoint update` to a deployment with no instances is: the same rule,
+    the same exit code (2: the gateway refused what was asked; nothing changed)."""
     done = gateway.cli("deployment", "scale", "-n", "d1", "-e", "ep1", "--instance-count", "0")
-    assert done.returncode == 1 and done.stdout == "", done.stderr
-    assert "traffic.d1=100" in done.stderr and "0 instances" in done.stderr, done.stderr
+    assert done.returncode == 2 and done.stdout == "", done.stderr
+    assert done.stderr.startswith("error: deployment 'd1' carries traffic.d1=100 of endpoint 'ep1'"), done.stderr
+    assert "0 instances" in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    assert gateway.deployment("ep1", "d1")["instance_count"] == 1
+
+
+def test_deleting_a_deployment_with_traffic_is_refused_alike(gateway):
+    done = gateway.cli("deployment", "delete", "-n", "d1", "-e", "ep1", "-y")
+    assert done.returncode == 2 and done.stdout == "", done.stderr
+    assert done.stderr.startswith("error: deployment 'd1' still receives 100% of the traffic"), done.stderr
     assert gateway.deployment("ep1", "d1")["instance_count"] == 1
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -97,8 +99,43 @@ def test_wrong_targets_are_refused(gateway, tmp_path, capsys):
     assert run_cli(["run", "--endpoint", "lt", "--state-dir", str(tmp_path), *base]) == 3
     assert "no running gateway" in capsys.readouterr().err
     assert run_cli(["scenario", "rollout", "--url", "http://127.0.0.1:9/", "--smoke",
-                    "--quiet"]) == 1
+                    "--quiet"]) == 2  # a usage error, as the unknown endpoint above
     assert "give --endpoint NAME" in capsys.readouterr().err
+
+
+# Scenario options that cannot make the run: usage errors, exit 2 as argparse's own, told
+# before any request (the URL is a closed port: nothing is sent, nothing is written).
+SCENARIO_USAGE = [
+    (["burst", "--at", "100", "--duration", "5"], "the burst must end before --duration: --at 100"),
+    (["burst", "--length", "-1", "--smoke"], "argument --length: must be > 0: '-1'"),
+    (["burst", "--peak", "5e6", "--smoke"], "rate must be between 0 and 1e+06"),
+    (["step", "--step-seconds", "0", "--smoke"], "argument --step-seconds: must be > 0: '0'"),
+    (["steady", "--warmup", "-1", "--smoke"], "argument --warmup: must be between 0 and 3600: '-1'"),
+    (["replica-failure", "--endpoint", "kill", "--at", "-1", "--smoke"], "argument --at: must be >= 0"),
+    (["autoscale", "--url", "http://127.0.0.1:9/", "--smoke"], "the autoscale scenario acts on the gateway"),
+]
+
+
+@pytest.mark.parametrize(("argv", "said"), SCENARIO_USAGE, ids=[" ".join(a[:2]) for a, _ in SCENARIO_USAGE])
+def test_scenario_usage_errors_exit_2(argv, said, tmp_path, capsys):
+    target = [] if {"--url", "--endpoint"} & set(argv) else ["--url", "http://127.0.0.1:9/"]
+    try:
+        code = run_cli(["scenario", *argv, *target, "--quiet", "--output", str(tmp_path / "o")])
+    except SystemExit as exc:  # argparse's own refusal
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and said in err and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_scoregate_loadtest_scenario_usage_error_exits_2(tmp_path):
+    """The same through the gateway's CLI, as a user runs it."""
+    done = subprocess.run([sys.executable, "-m", "serving.cli", "loadtest", "scenario", "burst", "--url",
+                           "http://127.0.0.1:9/", "--at", "9", "--duration", "3", "--quiet",
+                           "--output", str(tmp_path / "o")], capture_output=True, text=True, timeout=60,
+                          cwd=str(Path(__file__).resolve().parents[2]))
+    assert done.returncode == 2 and done.stdout == "", done.stderr
+    assert done.stderr == "loadtests: error: the burst must end before --duration: --at 9 + --length 2 >= 3 s\n"
 
 
 def test_steady(gateway, tmp_path, capsys):
