@@ -13,7 +13,6 @@ from aiohttp import web
 
 from serving.modelserver import jsoncodec
 
-REQUEST_ID_HEADER = "x-request-id"
 JSON = "application/json"
 OCTET_STREAM = "application/octet-stream"
 # What azureml-inference-server-http answers for a run() that returned None (AMLResponse).
