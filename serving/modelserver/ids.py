@@ -15,7 +15,7 @@ REQUEST_ID = "x-request-id"
 LEGACY_REQUEST_ID = "x-ms-request-id"
 CLIENT_REQUEST_ID = "x-ms-client-request-id"
 TRACE_ID = "TraceId"
-_KEY = "scoregate.request_id"
+_KEY = web.RequestKey("request_id", str)
 
 
 def request_id(request: web.Request) -> str:
