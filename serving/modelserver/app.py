@@ -1,4 +1,4 @@
-"""The aiohttp application: health, ``POST /score`` and ``GET /swagger.json``.
+"""The aiohttp application: health, ``POST``/``GET /score`` and ``GET /swagger.json``.
 
 ``run()`` is user code that may block for seconds, so it always runs in a
 dedicated thread pool; the event loop only moves bytes.
@@ -7,38 +7,32 @@ dedicated thread pool; the event loop only moves bytes.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 from concurrent.futures import Executor
 from typing import Any, Awaitable, Callable
 
-import orjson
 from aiohttp import web
 
+from serving.modelserver import ids
+from serving.modelserver.inputs import named_arguments, query_input
 from serving.modelserver.loader import ScoringScript
-from serving.modelserver.responses import (
-    JSON,
-    REQUEST_ID_HEADER,
-    encode_result,
-    error_response,
-    exception_message,
-)
+from serving.modelserver.responses import JSON, encode_result, error_response, exception_message
 
 log = logging.getLogger("scoregate.modelserver")
 
 MAX_BODY_BYTES = 100 * 1024 * 1024
+# The longest a request body may take to arrive: azmlinfsrv's WORKER_TIMEOUT, after which its
+# gunicorn kills a worker stuck in a request (without an answer); we answer 408 instead.
+BODY_TIMEOUT_S = 300.0
 HEALTHY = "Healthy"
 
 _SCRIPT_KEY = web.AppKey("script", ScoringScript)
 _EXECUTOR_KEY = web.AppKey("executor", Executor)
 _SWAGGER_KEY = web.AppKey("swagger", bytes)
 _SLOTS_KEY = web.AppKey("slots", asyncio.Semaphore)
+_BODY_TIMEOUT_KEY = web.AppKey("body_timeout_s", float)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _request_id(request: web.Request) -> str | None:
-    return request.headers.get(REQUEST_ID_HEADER)
 
 
 def _request_headers(request: web.Request) -> dict[str, str]:
@@ -49,25 +43,6 @@ def _request_headers(request: web.Request) -> dict[str, str]:
         key = name.title()
         headers[key] = f"{headers[key]}, {value}" if key in headers else value
     return headers
-
-
-def _named_arguments(script: ScoringScript, raw_data: str) -> dict[str, Any]:
-    """The keyword arguments of an @input_schema run(): the JSON body's fields it names,
-    or their defaults. ValueError says what the body lacks."""
-    try:
-        body = orjson.loads(raw_data)
-    except orjson.JSONDecodeError as exc:
-        raise ValueError(f"the body is not JSON ({exc}); run() takes a JSON object") from None
-    if not isinstance(body, dict):
-        raise ValueError("the body must be a JSON object: run() takes its fields by name "
-                         f"({', '.join(name for name, _ in script.named_inputs)})")
-    arguments = {}
-    for name, default in script.named_inputs:
-        value = body.get(name, default)
-        if value is inspect.Parameter.empty:
-            raise ValueError(f"the body has no {name!r}, which run() requires")
-        arguments[name] = value
-    return arguments
 
 
 def _run_and_encode(script: ScoringScript, data: str | dict[str, Any], request_id: str | None,
@@ -91,27 +66,58 @@ async def swagger(request: web.Request) -> web.Response:
     return web.Response(body=request.app[_SWAGGER_KEY], content_type=JSON)
 
 
-async def score(request: web.Request) -> web.Response:
-    request_id = _request_id(request)
-    body = await request.read()
+def _body_too_slow(request: web.Request, timeout_s: float) -> web.Response:
+    """408, then the connection is closed: what is left of the body is never read."""
+    received = request.content.total_bytes
+    expected = f" of {request.content_length}" if request.content_length is not None else ""
+    log.warning("request %s: the body did not arrive within %g s (%d%s bytes); 408",
+                ids.request_id(request), timeout_s, received, expected)
+    response = error_response(
+        408, "ClientRequestTimeout",
+        f"the request body did not arrive within {timeout_s:g} s ({received}{expected} bytes received)",
+        ids.request_id(request))
+    response.force_close()
+    return response
+
+
+async def _input(request: web.Request, script: ScoringScript) -> str | dict[str, Any] | web.Response:
+    """run()'s input for this request, or the error answer that replaces it."""
+    if request.method == "GET":
+        try:
+            return query_input(script, request.query)
+        except ValueError as exc:
+            return error_response(400, "InvalidRequestBody", str(exc), ids.request_id(request))
+    if request.content.is_eof():  # the usual case: the body came with the head
+        body = await request.read()
+    else:
+        timeout_s = request.app[_BODY_TIMEOUT_KEY]
+        try:
+            async with asyncio.timeout(timeout_s):
+                body = await request.read()
+        except TimeoutError:
+            return _body_too_slow(request, timeout_s)
     try:
         raw_data = body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return error_response(
-            400,
-            "InvalidRequestBody",
-            f"request body is not valid UTF-8 ({exc.reason} at byte {exc.start})",
-            request_id,
-        )
+        return error_response(400, "InvalidRequestBody",
+                              f"request body is not valid UTF-8 ({exc.reason} at byte {exc.start})",
+                              ids.request_id(request))
+    if script.named_inputs is None:
+        return raw_data
+    try:
+        return named_arguments(script, raw_data)
+    except ValueError as exc:
+        return error_response(400, "InvalidRequestBody", str(exc), ids.request_id(request))
+
+
+async def score(request: web.Request) -> web.Response:
     loop = asyncio.get_running_loop()
     app = request.app
     script = app[_SCRIPT_KEY]
-    data: str | dict[str, Any] = raw_data
-    if script.named_inputs is not None:
-        try:
-            data = _named_arguments(script, raw_data)
-        except ValueError as exc:
-            return error_response(400, "InvalidRequestBody", str(exc), request_id)
+    data = await _input(request, script)
+    if isinstance(data, web.Response):
+        return data
+    request_id = ids.request_id(request)
     headers = _request_headers(request) if script.takes_headers else None
     # Requests wait for a scoring thread here, not in the executor's queue, so that one
     # whose client left meanwhile (the gateway's request_timeout_ms, a client that gave
@@ -136,29 +142,30 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         if exc.status < 400:
             raise
         message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
-        response = error_response(exc.status, type(exc).__name__.removeprefix("HTTP"), message, _request_id(request))
+        response = error_response(exc.status, type(exc).__name__.removeprefix("HTTP"), message,
+                                  ids.request_id(request))
         if "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response
 
 
-async def _echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    request_id = _request_id(request)
-    if request_id is not None:
-        response.headers[REQUEST_ID_HEADER] = request_id
+async def _add_response_ids(request: web.Request, response: web.StreamResponse) -> None:
+    ids.add_response_ids(request, response)
 
 
 def make_app(script: ScoringScript, executor: Executor, swagger_document: bytes,
-             threads: int = 1) -> web.Application:
+             threads: int = 1, body_timeout_s: float = BODY_TIMEOUT_S) -> web.Application:
     """Build the application; the caller owns the executor (of ``threads`` threads)."""
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_errors])
     app[_SCRIPT_KEY] = script
     app[_EXECUTOR_KEY] = executor
     app[_SLOTS_KEY] = asyncio.Semaphore(threads)
     app[_SWAGGER_KEY] = swagger_document
-    app.on_response_prepare.append(_echo_request_id)
+    app[_BODY_TIMEOUT_KEY] = body_timeout_s
+    app.on_response_prepare.append(_add_response_ids)
     app.router.add_get("/", health)
     app.router.add_get("/ready", health)
     app.router.add_post("/score", score)
+    app.router.add_get("/score", score, allow_head=False)  # HEAD would run run() for nothing
     app.router.add_get("/swagger.json", swagger)
     return app

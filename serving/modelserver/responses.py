@@ -11,10 +11,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-REQUEST_ID_HEADER = "x-request-id"
+from serving.modelserver import jsoncodec
+
 JSON = "application/json"
 OCTET_STREAM = "application/octet-stream"
-_ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+# What azureml-inference-server-http answers for a run() that returned None (AMLResponse).
+EMPTY_OBJECT = b"{}"
 
 
 def error_response(status: int, code: str, message: str, request_id: str | None) -> web.Response:
@@ -32,16 +34,8 @@ def exception_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _default(obj: Any) -> Any:
-    # Array-likes (numpy without OPT_SERIALIZE_NUMPY coverage, pandas, torch) expose tolist().
-    tolist = getattr(obj, "tolist", None)
-    if callable(tolist):
-        return tolist()
-    raise TypeError(f"Type is not JSON serializable: {type(obj).__name__}")
-
-
 def encode_result(result: Any, request_id: str | None) -> web.Response:
-    """bytes as is, a ready ``web.Response`` untouched, anything else as JSON."""
+    """bytes as is, a ready ``web.Response`` untouched, None as ``{}``, anything else as JSON."""
     if isinstance(result, web.Response):
         if result.prepared:  # sending it again would leave the client waiting forever
             return error_response(
@@ -53,8 +47,10 @@ def encode_result(result: Any, request_id: str | None) -> web.Response:
         return result
     if isinstance(result, (bytes, bytearray, memoryview)):
         return web.Response(body=bytes(result), content_type=OCTET_STREAM)
+    if result is None:
+        return web.Response(body=EMPTY_OBJECT, content_type=JSON)
     try:
-        body = orjson.dumps(result, default=_default, option=_ORJSON_OPTIONS)
+        body = jsoncodec.dumps(result)
     except TypeError as exc:
         return error_response(
             500,

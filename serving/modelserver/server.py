@@ -24,7 +24,7 @@ from pathlib import Path
 from aiohttp import web
 
 from serving.modelserver import lifecycle
-from serving.modelserver.app import make_app
+from serving.modelserver.app import BODY_TIMEOUT_S, make_app
 from serving.modelserver.loader import (
     ScoringScript,
     ScriptLoadError,
@@ -52,6 +52,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError("must be a positive number of seconds")
+    return value
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -71,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", required=True, type=_port, help="port to bind; 0 picks a free one")
     parser.add_argument("--workers-threads", type=_positive_int, default=None,
                         help="threads that run run() concurrently (default: $WORKER_COUNT, as in Azure ML, else 1)")
+    parser.add_argument("--body-timeout", type=_seconds, default=None, metavar="SECONDS",
+                        help="longest a request body may take to arrive, then 408 "
+                             f"(default: $BODY_TIMEOUT_S, else {BODY_TIMEOUT_S:g})")
     parser.add_argument("--tls-cert", type=Path, help="serve HTTPS with this certificate (mTLS with the router)")
     parser.add_argument("--tls-key", type=Path, help="key of --tls-cert")
     parser.add_argument("--tls-client-ca", type=Path,
@@ -124,7 +134,8 @@ async def serve(args: argparse.Namespace, script: ScoringScript, parent_pid: int
             stop.set()
 
     lifecycle.install_stop_signals(loop, request_stop)
-    app = make_app(script, executor, load_swagger(args.code, script.name), args.workers_threads)
+    app = make_app(script, executor, load_swagger(args.code, script.name), args.workers_threads,
+                   args.body_timeout)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS)
     await runner.setup()
     try:
@@ -209,6 +220,11 @@ def main(argv: list[str] | None = None) -> int:
             args.workers_threads = _positive_int(os.environ.get("WORKER_COUNT") or "1")
         except (ValueError, argparse.ArgumentTypeError):
             parser.error(f"WORKER_COUNT must be a whole number of at least 1, got {os.environ['WORKER_COUNT']!r}")
+    if args.body_timeout is None:
+        try:
+            args.body_timeout = _seconds(os.environ.get("BODY_TIMEOUT_S") or str(BODY_TIMEOUT_S))
+        except (ValueError, argparse.ArgumentTypeError):
+            parser.error(f"BODY_TIMEOUT_S must be a positive number of seconds, got {os.environ['BODY_TIMEOUT_S']!r}")
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     script = _load(args)
