@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 
-_STARTED, _ENDED = "started", "ended"  # the handshake's steps
+_NEW, _STARTED, _ENDED = "new", "started", "ended"  # the handshake's steps
 
 class TlsSession:
     """One connection's TLS state. `write_raw` sends ciphertext (the TCP transport's write);
@@ -48,12 +48,8 @@ class TlsSession:
         self._io = context._wrap_bio(  # noqa: SLF001
             self._incoming, self._outgoing, server_side=True, server_hostname=None)
         self._write_raw = write_raw
-        # The handshake begins with the connection: one that ends before its first byte
-        # (a TCP health check) is counted as abandoned, as with the event loop's TLS.
         self._handshakes = handshakes
-        self._handshake = _STARTED
-        if handshakes is not None:
-            handshakes.started[0] += 1
+        self._handshake = _NEW  # begun with the client's first byte: a TCP check begins none
         self.established = False  # the handshake is done
         self.paused = False  # the reader paused: plaintext stays in the SSLObject until resumed
         self._closed = False  # close_notify sent
@@ -76,6 +72,10 @@ class TlsSession:
         io = self._io
         if not self.established:
             counts = self._handshakes
+            if self._handshake is _NEW:
+                self._handshake = _STARTED
+                if counts is not None:
+                    counts.started[0] += 1
             try:
                 io.do_handshake()
             except ssl.SSLWantReadError:

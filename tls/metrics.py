@@ -15,6 +15,9 @@ HandshakeCounts, found through `handshake_counts(context)`. What they can and ca
   our certificate without its alert reaching us); the scoring port records it when
   the connection ends, the event loop's TLS when the connection object is freed (a
   moment later);
+- a connection closed before its first byte (a TCP health check): the scoring port
+  counts no handshake for it (docs/tls.md); the event loop's TLS, which begins the
+  handshake as the connection is made, counts it as begun and abandoned;
 - not seen at all: connections refused by the kernel (backlog full).
 """
 
@@ -75,7 +78,8 @@ class HandshakeCounts:
         _count(self.ended, (version, outcome))[0] += 1
 
     def succeeded(self, version: str | None, resumed: bool) -> None:
-        self.end(version or "unknown", RESUMED if resumed else OK)
+        key = (version or "unknown", RESUMED if resumed else OK)
+        (self.ended.get(key) or _count(self.ended, key))[0] += 1  # one call per handshake
 
     def failed(self, exc: BaseException) -> None:
         self.end("unknown", failure_reason(exc))
