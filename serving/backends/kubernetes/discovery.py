@@ -37,7 +37,7 @@ from .keys import NAMED_SECRETS, TOKEN_SIGNING_KEY, SecretKeeper, UnreadableSecr
 from .last_valid import LastValid, Version, key_of
 from .podstatus import parse_time
 from .translation import deployment_from_custom_resource, endpoint_from_custom_resource, same_deployment
-from .watching import ObjectCache
+from .watching import ObjectCache, start_caches
 
 log = logging.getLogger("scoregate.kubernetes.discovery")
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
@@ -132,8 +132,8 @@ class ClusterDiscovery:
         self._started = False
 
     async def start(self) -> None:
-        for cache in self._caches:
-            await cache.start(self._sync_timeout_s)  # TimeoutError names the kind and namespaces
+        # all at once: one timeout for all, and the TimeoutError names every kind and namespace not listed
+        await start_caches(self._caches, self._sync_timeout_s)
         self._started = True
         self.rebuild()
 

@@ -43,7 +43,7 @@ from .translation import (DEFAULT_INSTANCE_TYPE, DEFAULT_INSTANCE_TYPE_NAME, Cus
                           endpoint_from_custom_resource, endpoint_to_custom_resource,
                           instance_type_from_custom_resource, instance_type_to_custom_resource,
                           object_name_taken, same_deployment)
-from .watching import ObjectCache
+from .watching import ObjectCache, start_caches
 from .workloads import Placement, owner_reference
 
 log = logging.getLogger("scoregate.store.kubernetes")
@@ -112,8 +112,7 @@ class KubernetesStore:
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        for cache in self._caches:
-            await cache.start(self._sync_timeout_s)
+        await start_caches(self._caches, self._sync_timeout_s)  # at once: one timeout for all
         self._started = True
         self._rebuild()
 

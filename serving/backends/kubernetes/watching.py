@@ -71,16 +71,18 @@ class ObjectCache:
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self, timeout_s: float | None = None) -> None:
         """Start watching; return once every scope has listed (or raise on timeout)."""
+        await start_caches([self], timeout_s)
+
+    def _launch(self) -> None:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._run(i, scope), name=f"watch {self.kind.plural} {scope or '*'}")
                        for i, scope in enumerate(self._scopes)]
-        try:
-            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in self._synced)), timeout_s)
-        except TimeoutError:  # else the operator reads a bare "TimeoutError" and nothing else
-            unlisted = [scope or "all namespaces" for scope, synced in zip(self._scopes, self._synced)
-                        if not synced.is_set()]
-            raise TimeoutError(f"could not list {self.kind.plural} in {', '.join(unlisted)} within {timeout_s:g} s "
-                               "(the warnings above say why: RBAC, a namespace, the API server)") from None
+
+    def _unlisted(self) -> str | None:
+        """"KIND in NS, NS" for the scopes that have not listed yet; None when all have."""
+        unlisted = [scope or "all namespaces" for scope, synced in zip(self._scopes, self._synced)
+                    if not synced.is_set()]
+        return f"{self.kind.plural} in {', '.join(unlisted)}" if unlisted else None
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -157,6 +159,22 @@ class ObjectCache:
             self._on_event(kind, obj)
         except Exception:  # a faulty listener must not stop the watch
             log.exception("listener of %s events failed", self.kind.plural)
+
+
+async def start_caches(caches: Iterable[ObjectCache], timeout_s: float | None) -> None:
+    """Start several caches at once and return when all have listed: a dead or slow API
+    server costs one `timeout_s`, not one per cache. On timeout, one TimeoutError names
+    every kind and namespace not listed (else the operator reads a bare "TimeoutError", or
+    fixes one RoleBinding, waits again, and learns of the next one)."""
+    caches = list(caches)
+    for cache in caches:
+        cache._launch()
+    try:
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for c in caches for e in c._synced)), timeout_s)
+    except TimeoutError:
+        unlisted = [what for what in (c._unlisted() for c in caches) if what]
+        raise TimeoutError(f"could not list {'; '.join(unlisted)} within {timeout_s:g} s "
+                           "(the warnings above say why: RBAC, a namespace, the API server)") from None
 
 
 async def run_on_wake(wake: asyncio.Event, debounce_s: float, once: Callable[[], Awaitable[None]],
