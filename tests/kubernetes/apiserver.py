@@ -169,6 +169,8 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
         self.compacted_rv = 0
         self.changed = asyncio.Condition()
         self.watch_epoch = 0
+        self.watch_gate = asyncio.Event()  # cleared by hold_watches(): open watches deliver nothing
+        self.watch_gate.set()
         self.faults: list[Fault] = []
         self.listeners: list[Callable[[Res, str, dict], None]] = []
         self.pod_logs: dict[tuple[str, str, str], str] = {}
@@ -252,8 +254,18 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
         self.compacted_rv = self.current_rv
         self.history.clear()
 
+    def hold_watches(self) -> None:
+        """Open watches deliver no event until `release_watches()`: a watch stream that lags
+        behind the answers to writes (a busy API server, a slow network), so a write's
+        answer reaches the client before events committed earlier."""
+        self.watch_gate.clear()
+
+    def release_watches(self) -> None:
+        self.watch_gate.set()
+
     async def drop_watches(self) -> None:
         """End every open watch, as an API server restart or a load balancer would."""
+        self.watch_gate.set()
         async with self.changed:
             self.watch_epoch += 1
             self.changed.notify_all()
@@ -514,6 +526,7 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
         else:
             position = int(since)
         while True:
+            await self.watch_gate.wait()
             top = self.current_rv
             pending = [event for rv, r, event in self.history if position < rv <= top and r == res]
             position = top

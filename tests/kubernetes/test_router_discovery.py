@@ -194,6 +194,26 @@ async def test_discovery_that_cannot_list_names_what_it_could_not_list(apiserver
     assert str(refused.value).startswith(f"could not list endpointslices in {NS} within 0.5 s"), refused.value
 
 
+
+async def test_discovery_lists_every_kind_at_once_and_names_all_it_could_not_list(apiserver, kube_api):
+    """Two RoleBindings missing (OnlineEndpoints and EndpointSlices refused): the watches
+    used to start one after another, each waiting its own timeout, and the error named the
+    first kind only (fix it, restart, wait again, learn of the next). They start together:
+    both kinds were asked for before the one timeout ran out, and the error names both."""
+    from serving.backends.kubernetes.discovery import ClusterDiscovery
+
+    endpoints = apiserver.fail_next("GET", "onlineendpoints", 403, times=1000)
+    slices = apiserver.fail_next("GET", "endpointslices", 403, times=1000)
+    discovery = ClusterDiscovery(kube_api, namespaces=(NS,), sync_timeout_s=0.5)
+    try:
+        with pytest.raises(TimeoutError) as refused:
+            await discovery.start()
+    finally:
+        await discovery.close()
+    assert endpoints.hits and slices.hits  # the later kind was not left waiting behind the first
+    assert str(refused.value).startswith(f"could not list onlineendpoints in {NS}; endpointslices in {NS} "
+                                         "within 0.5 s"), refused.value
+
 async def test_traffic_waits_for_the_rollout_status(apiserver, kubeconfig, tmp_path, replicas, client):
     first, second = replicas
     put_endpoint(apiserver, "iris", {"blue": 100})

@@ -127,3 +127,29 @@ async def test_a_keys_secret_edited_into_bytes_does_not_stop_the_store(apiserver
                             [blue(), blue(name="green")])  # a later edit is still seen
     await eventually(lambda: store.get_endpoint("iris").endpoint.mirror_traffic == {"green": 10})
     assert store.get_endpoint("iris").primary_key == record.primary_key
+
+
+async def test_a_named_secret_edited_into_bytes_is_an_error_naming_the_secret_and_key(apiserver, store, caplog):
+    """Secret scoregate-secrets edited by hand (e.g. --from-file of random bytes): reading
+    it raised a bare UnicodeDecodeError naming nothing. Now a StoreError (and a log line)
+    names the Secret and the key; the Secret is left as it is (the routers read the same
+    key), the other named secrets and the store go on working, and text put back is read."""
+    import base64
+    import logging
+
+    first = await asyncio.to_thread(store.secret, "aml_token")
+    other = await asyncio.to_thread(store.secret, "other")
+    garbage = base64.b64encode(b"\xff\xfe not text \x80").decode()
+    apiserver.update(("", "v1", "secrets"), NS, "scoregate-secrets",
+                     lambda s: s["data"].__setitem__("aml_token", garbage))
+    with caplog.at_level(logging.ERROR, logger="scoregate.store.kubernetes"), \
+            pytest.raises(StoreError, match=f"Secret {NS}/scoregate-secrets: key aml_token is not base64 of UTF-8 text"):
+        await asyncio.to_thread(store.secret, "aml_token")
+    assert f"Secret {NS}/scoregate-secrets: key aml_token" in caplog.text
+    assert apiserver.get(("", "v1", "secrets"), NS, "scoregate-secrets")["data"]["aml_token"] == garbage
+    assert await asyncio.to_thread(store.secret, "other") == other
+    await asyncio.to_thread(store.apply, [Endpoint(name="iris", traffic={})], [])
+    await eventually(store.list_endpoints)  # the store still follows the cluster
+    apiserver.update(("", "v1", "secrets"), NS, "scoregate-secrets",
+                     lambda s: s["data"].__setitem__("aml_token", base64.b64encode(first.encode()).decode()))
+    assert await asyncio.to_thread(store.secret, "aml_token") == first

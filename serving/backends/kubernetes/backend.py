@@ -36,7 +36,7 @@ from .api import DEPLOYMENTS, PODS, SERVICES, KubeApi
 from .foreign import ForeignObjects
 from .podstatus import INIT, MODEL_DOWNLOAD, RUNNING, assess_pod, parse_time
 from .replicas import PLACEHOLDER_MARK, ObservationMemory, Version, pod_uid, replica_views, version_key_of_pod
-from .watching import DELETED, ObjectCache
+from .watching import DELETED, ObjectCache, start_caches
 from .workloads import PlacementResolver, StaticPlacement, WorkloadSettings, render_deployment, render_service
 from .writing import VersionWriter
 
@@ -81,8 +81,13 @@ class KubernetesBackend:
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
-        for cache in (self._services, self._deployments, self._pods):
-            await cache.start(self._sync_timeout_s)
+        # all at once (one timeout for all); pods listed before their Deployment was adopted
+        # are looked at again for the logs of those that exited
+        await start_caches((self._services, self._deployments, self._pods), self._sync_timeout_s)
+        for pod in self._pods.values():
+            key = version_key_of_pod(pod)
+            if key in self._versions:
+                self._keep_logs_of_exited(self._versions[key], pod)
         self._writer.start()
         self.on_change()
 
@@ -260,13 +265,18 @@ class KubernetesBackend:
                 version.draining.discard(obj["metadata"]["name"])
                 if version.target == 0:
                     self._writer.mark_dirty(version.key)
-        elif version is not None and uid not in self._logged:
-            verdict = assess_pod(obj, instance_type=version.instance_type,
-                                 ever_ready=uid in self._memory.ever_ready)
-            if verdict.state == EXITED and verdict.stage in (MODEL_DOWNLOAD, INIT, RUNNING):
-                self._logged.add(uid)
-                self._spawn(self._keep_logs(version, obj, verdict.stage == MODEL_DOWNLOAD))
+        elif version is not None:
+            self._keep_logs_of_exited(version, obj)
         self.on_change()
+
+    def _keep_logs_of_exited(self, version: Version, pod: dict) -> None:
+        uid = pod_uid(pod)
+        if uid in self._logged:
+            return
+        verdict = assess_pod(pod, instance_type=version.instance_type, ever_ready=uid in self._memory.ever_ready)
+        if verdict.state == EXITED and verdict.stage in (MODEL_DOWNLOAD, INIT, RUNNING):
+            self._logged.add(uid)
+            self._spawn(self._keep_logs(version, pod, verdict.stage == MODEL_DOWNLOAD))
 
     def _on_service_event(self, kind: str, obj: dict) -> None:
         if kind == DELETED:

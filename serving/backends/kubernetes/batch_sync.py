@@ -44,7 +44,7 @@ from .downloading import FETCH_ERRORS, DownloadError, fetch
 from .keys import SecretKeeper
 from .podstatus import parse_time
 from .translation import CustomResourceError
-from .watching import ObjectCache, run_on_wake
+from .watching import ObjectCache, run_on_wake, start_caches
 
 log = logging.getLogger("scoregate.kubernetes.batch")
 ObjectId = tuple[str, str, str]  # kind, namespace, name
@@ -107,8 +107,7 @@ class BatchResources:
         self.passes = 0
 
     async def start(self, timeout_s: float = 60.0) -> None:
-        for cache in (self._secrets, self._online, self._endpoints, self._deployments):
-            await cache.start(timeout_s)
+        await start_caches((self._secrets, self._online, self._endpoints, self._deployments), timeout_s)
         await self.sync_once()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="batch resources")
 

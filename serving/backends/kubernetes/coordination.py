@@ -29,7 +29,7 @@ from .api import CONFIG_MAPS, LEASES, KubeApi, status_of
 from .leasing import LeaseElector
 from .routing import RouterTables
 from .shares import Allocator, Report, SharesDoc
-from .watching import ObjectCache, key_of
+from .watching import ObjectCache, key_of, start_caches
 
 log = logging.getLogger("scoregate.kubernetes.coordination")
 COORDINATOR_LEASE = "scoregate-router-coordinator"
@@ -111,8 +111,7 @@ class Coordination:
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self, timeout_s: float = 60.0) -> None:
-        await self._reports.start(timeout_s)
-        await self._shares.start(timeout_s)
+        await start_caches((self._reports, self._shares), timeout_s)
         self._on_shares("", {})
         await self._write_report(force=True)  # be counted before serving
         loop = asyncio.get_running_loop()

@@ -22,7 +22,6 @@ Events are coalesced: one rebuild per loop iteration, then `on_change()`.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
@@ -34,11 +33,11 @@ from ...tokens import TokenIssuer
 from .. import READY, ReplicaView
 from . import names
 from .api import ENDPOINT_SLICES, ONLINE_DEPLOYMENTS, ONLINE_ENDPOINTS, SECRETS, KubeApi
-from .keys import NAMED_SECRETS, TOKEN_SIGNING_KEY, SecretKeeper, signing_namespace
+from .keys import NAMED_SECRETS, TOKEN_SIGNING_KEY, SecretKeeper, UnreadableSecret, secret_text, signing_namespace
 from .last_valid import LastValid, Version, key_of
 from .podstatus import parse_time
 from .translation import deployment_from_custom_resource, endpoint_from_custom_resource, same_deployment
-from .watching import ObjectCache
+from .watching import ObjectCache, start_caches
 
 log = logging.getLogger("scoregate.kubernetes.discovery")
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
@@ -129,14 +128,12 @@ class ClusterDiscovery:
         self._deployment_versions: LastValid[Deployment] = LastValid("deployment", Deployment.from_dict)
         self._tokens: TokenIssuer | None = None
         self._signing_encoded = ""
-        self._last_keys: dict[tuple[str, str], tuple[str, str]] = {}  # (namespace, endpoint) -> readable keys
-        self._unreadable_keys: set[tuple[str, str]] = set()
         self._scheduled = False
         self._started = False
 
     async def start(self) -> None:
-        for cache in self._caches:
-            await cache.start(self._sync_timeout_s)  # TimeoutError names the kind and namespaces
+        # all at once: one timeout for all, and the TimeoutError names every kind and namespace not listed
+        await start_caches(self._caches, self._sync_timeout_s)
         self._started = True
         self.rebuild()
 
@@ -169,10 +166,11 @@ class ClusterDiscovery:
         self._endpoint_versions.remember(accepted_endpoints)
         records = []
         listed = {(namespace, name) for name, (_, namespace) in endpoints.items()}
-        for gone in [k for k in self._last_keys if k not in listed]:
-            del self._last_keys[gone]
+        self._keys.forget_keys_except(listed)
         for name, (endpoint, namespace) in sorted(endpoints.items()):
-            keys = self._keys_of(namespace, name)
+            # content that is not text (a Secret edited by hand) is logged by the keeper and
+            # the last readable keys stay, so one bad Secret never stops the rebuild
+            keys = self._keys.readable_keys(namespace, name)
             if keys is not None:
                 created = _age(self._endpoints.get(namespace, name) or {})[0]
                 records.append(EndpointRecord(endpoint, keys[0], keys[1], created, created))
@@ -218,27 +216,6 @@ class ClusterDiscovery:
         self._tokens = self._signing_issuer()
         self.on_change()
 
-    def _keys_of(self, namespace: str, endpoint: str) -> tuple[str, str] | None:
-        """The endpoint's keys; content that is not text (a Secret edited by hand) is logged
-        and the last readable keys stay, so one bad Secret never stops the rebuild."""
-        where = (namespace, endpoint)
-        try:
-            keys = self._keys.keys_of(namespace, endpoint)
-        except ValueError as exc:  # binascii.Error, UnicodeDecodeError
-            if where not in self._unreadable_keys:
-                self._unreadable_keys.add(where)
-                log.error("Secret %s/%s: the keys of endpoint %s cannot be read (%s); %s", namespace,
-                          names.keys_secret_name(endpoint), endpoint, exc,
-                          "the last readable keys stay in use" if where in self._last_keys
-                          else "the endpoint is not served until they can")
-            return self._last_keys.get(where)
-        self._unreadable_keys.discard(where)
-        if keys is None:
-            self._last_keys.pop(where, None)
-        else:
-            self._last_keys[where] = keys
-        return keys
-
     def _signing_issuer(self) -> TokenIssuer | None:
         secret = self._signing.get(self._signing_namespace, NAMED_SECRETS)
         encoded = ((secret or {}).get("data") or {}).get(TOKEN_SIGNING_KEY)
@@ -249,10 +226,8 @@ class ClusterDiscovery:
             return self._tokens
         self._signing_encoded = encoded
         try:
-            return TokenIssuer(base64.b64decode(encoded, validate=True).decode())
-        except ValueError as exc:  # binascii.Error, UnicodeDecodeError: e.g. --from-file of random bytes
-            log.error("Secret %s/%s: key %s is not text (%s); aml_token endpoints refuse every token until it "
-                      "is (e.g. kubectl create secret generic %s --from-literal=%s=$(openssl rand -hex 32))",
-                      self._signing_namespace, NAMED_SECRETS, TOKEN_SIGNING_KEY, exc, NAMED_SECRETS,
-                      TOKEN_SIGNING_KEY)
+            return TokenIssuer(secret_text(secret, TOKEN_SIGNING_KEY) or "")
+        except UnreadableSecret as exc:  # e.g. --from-file of random bytes
+            log.error("%s; aml_token endpoints refuse every token until it is text (e.g. kubectl create secret "
+                      "generic %s --from-literal=%s=$(openssl rand -hex 32))", exc, NAMED_SECRETS, TOKEN_SIGNING_KEY)
             return None

@@ -7,6 +7,12 @@ the store first sees an endpoint without them (once at a time per endpoint, retr
 the next change), regenerates one key at a time with a resourceVersion precondition (the
 other key keeps working), and keeps named secrets (e.g. the token signing key) in Secret
 `scoregate-secrets`. store.py owns the watch of these Secrets and reads keys_of().
+
+Reading is guarded in one place (`secret_text`): a Secret edited by hand into bytes that
+are not base64 of text (e.g. `--from-file` of random bytes) gives `UnreadableSecret`,
+naming the Secret and the key. `readable_keys()` turns that into "the last readable keys
+stay in use", logged once, for the store and the routers alike; `named_secret()` into a
+StoreError, without writing to the Secret (the same key is read by the routers).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import logging
 import secrets
 from typing import Callable
 
+from ...store import StoreError
 from . import names
 from .api import SECRETS, KubeApi, status_of
 from .watching import ObjectCache
@@ -41,6 +48,25 @@ def _encoded(value: str) -> str:
     return base64.b64encode(value.encode()).decode()
 
 
+class UnreadableSecret(ValueError):
+    """A Secret's value that is not base64 of UTF-8 text; the message names the Secret and key."""
+
+
+def secret_text(secret: dict, key: str) -> str | None:
+    """The text under `key` of a Secret's `data`, None when the key is absent. Strict base64,
+    as the API server writes it (a lenient decode would drop stray characters and read
+    another key than the routers do)."""
+    value = (secret.get("data") or {}).get(key)
+    if value is None:
+        return None
+    try:
+        return base64.b64decode(value, validate=True).decode()
+    except (ValueError, TypeError) as exc:  # binascii.Error, UnicodeDecodeError; TypeError: not a string
+        meta = secret.get("metadata") or {}
+        raise UnreadableSecret(f"Secret {meta.get('namespace') or '?'}/{meta.get('name') or '?'}: key {key} is not "
+                               f"base64 of UTF-8 text ({exc})") from None
+
+
 class SecretKeeper:
     def __init__(self, api: KubeApi, cache: ObjectCache, *, default_namespace: str,
                  on_change: Callable[[], None]) -> None:
@@ -49,6 +75,9 @@ class SecretKeeper:
         self._on_change = on_change
         self._creating: set[tuple[str, str]] = set()
         self._tasks: set[asyncio.Task] = set()
+        # readable_keys(): the keys last read per (namespace, endpoint), and those unreadable now
+        self._last_keys: dict[tuple[str, str], tuple[str, str]] = {}
+        self._unreadable: set[tuple[str, str]] = set()
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -56,11 +85,44 @@ class SecretKeeper:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def keys_of(self, namespace: str, endpoint: str) -> tuple[str, str] | None:
+        """The endpoint's keys ("" for a key missing), None without a Secret; raises
+        UnreadableSecret for content that is not base64 of text."""
         secret = self._cache.get(namespace, names.keys_secret_name(endpoint))
         if secret is None:
             return None
-        data = secret.get("data") or {}
-        return tuple(base64.b64decode(data.get(k, "")).decode() for k in ("primaryKey", "secondaryKey"))
+        return tuple(secret_text(secret, k) or "" for k in ("primaryKey", "secondaryKey"))
+
+    def readable_keys(self, namespace: str, endpoint: str) -> tuple[str, str] | None:
+        """keys_of() that never raises: a Secret that stops being readable (edited by hand)
+        is logged once, naming the Secret and key, and the keys last read stay in use
+        (None if there were none: `unreadable()` then tells that from "no Secret")."""
+        where = (namespace, endpoint)
+        try:
+            keys = self.keys_of(namespace, endpoint)
+        except UnreadableSecret as exc:
+            if where not in self._unreadable:
+                self._unreadable.add(where)
+                log.error("%s; %s", exc, f"the keys of endpoint {endpoint} last read stay in use"
+                          if where in self._last_keys else f"endpoint {endpoint} has no usable keys until it is fixed")
+            return self._last_keys.get(where)
+        if where in self._unreadable:
+            self._unreadable.discard(where)
+            log.info("the keys of endpoint %s can be read again", endpoint)
+        if keys is None:
+            self._last_keys.pop(where, None)
+        else:
+            self._last_keys[where] = keys
+        return keys
+
+    def unreadable(self, namespace: str, endpoint: str) -> bool:
+        return (namespace, endpoint) in self._unreadable
+
+    def forget_keys_except(self, listed: set[tuple[str, str]]) -> None:
+        """Drop the keys remembered for endpoints no longer listed (a deleted endpoint's
+        keys must not come back for a new endpoint of its name)."""
+        for gone in [k for k in self._last_keys if k not in listed]:
+            del self._last_keys[gone]
+        self._unreadable &= listed
 
     def ensure_keys_later(self, endpoint_obj: dict) -> None:
         key = (endpoint_obj["metadata"]["namespace"], endpoint_obj["metadata"]["name"])
@@ -118,7 +180,12 @@ class SecretKeeper:
                 secret = None
             data = (secret or {}).get("data") or {}
             if name in data:
-                return base64.b64decode(data[name]).decode()
+                try:
+                    return secret_text(secret, name) or ""
+                except UnreadableSecret as exc:  # never overwritten: the routers read the same key
+                    log.error("%s; the store cannot give secret %s until it is text (or removed: then a new one "
+                              "is made)", exc, name)
+                    raise StoreError(f"{exc}: put text there, or remove the key to have a new secret made") from None
             data = {**data, name: _encoded(new_key())}
             try:
                 if secret is None:

@@ -43,7 +43,7 @@ from .translation import (DEFAULT_INSTANCE_TYPE, DEFAULT_INSTANCE_TYPE_NAME, Cus
                           endpoint_from_custom_resource, endpoint_to_custom_resource,
                           instance_type_from_custom_resource, instance_type_to_custom_resource,
                           object_name_taken, same_deployment)
-from .watching import ObjectCache
+from .watching import ObjectCache, start_caches
 from .workloads import Placement, owner_reference
 
 log = logging.getLogger("scoregate.store.kubernetes")
@@ -98,10 +98,6 @@ class KubernetesStore:
         self._keys = SecretKeeper(api, self._secrets, default_namespace=self.default_namespace,
                                   on_change=lambda: self._rebuild())
         self._snapshot = StoreSnapshot()
-        # Keys last read per (namespace, endpoint): a keys Secret that stops being readable
-        # (edited by hand) keeps them, and the endpoint and its deployments stay reconciled.
-        self._last_keys: dict[tuple[str, str], tuple[str, str]] = {}
-        self._unreadable_keys: set[tuple[str, str]] = set()
         self._endpoint_versions: LastValid[Endpoint] = LastValid("endpoint", Endpoint.from_dict)
         self._deployment_versions: LastValid[Deployment] = LastValid("deployment", Deployment.from_dict)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -116,8 +112,7 @@ class KubernetesStore:
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        for cache in self._caches:
-            await cache.start(self._sync_timeout_s)
+        await start_caches(self._caches, self._sync_timeout_s)  # at once: one timeout for all
         self._started = True
         self._rebuild()
 
@@ -171,6 +166,7 @@ class KubernetesStore:
             endpoints[endpoint.name] = (endpoint, obj)
             accepted_endpoints[key_of(obj)] = found.version
         records = []
+        self._keys.forget_keys_except({(obj["metadata"]["namespace"], name) for name, (_, obj) in endpoints.items()})
         for name, (endpoint, obj) in sorted(endpoints.items()):
             record = self._record(endpoint, obj)
             if record is not None:
@@ -272,19 +268,11 @@ class KubernetesStore:
 
     def _record(self, endpoint: Endpoint, obj: dict) -> EndpointRecord | None:
         namespace = obj["metadata"]["namespace"]
-        try:
-            keys = self._keys.keys_of(namespace, endpoint.name)
-        except ValueError as exc:  # its Secret edited by hand into bytes that are not text
-            keys = self._last_keys.get((namespace, endpoint.name), ("", ""))
-            if (namespace, endpoint.name) not in self._unreadable_keys:
-                self._unreadable_keys.add((namespace, endpoint.name))
-                log.error("Secret %s/%s: the keys of endpoint %s cannot be read (%s); the endpoint is still "
-                          "reconciled, with the last keys that could be", namespace,
-                          names.keys_secret_name(endpoint.name), endpoint.name, exc)
-        else:
-            self._unreadable_keys.discard((namespace, endpoint.name))
-            if keys is not None:
-                self._last_keys[(namespace, endpoint.name)] = keys
+        # A keys Secret edited by hand into bytes that are not text: the keys last read (or
+        # none), logged by the keeper; the endpoint and its deployments stay reconciled.
+        keys = self._keys.readable_keys(namespace, endpoint.name)
+        if keys is None and self._keys.unreadable(namespace, endpoint.name):
+            keys = ("", "")  # there, unreadable: never replaced by a new one
         if keys is None:
             self._keys.ensure_keys_later(obj)
             return None

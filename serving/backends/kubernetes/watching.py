@@ -6,6 +6,15 @@ resourceVersion; every event updates the mirror and calls `on_event`. A watch th
 Gone — the server no longer has history that old — means events were missed, so the cache
 re-lists and reports the difference as events; any other error backs off (bounded,
 jittered) before trying again. The cache never writes; backend.py and store.py read it.
+
+Newer wins. A writer puts the object its write returned (`put`) before the watch brings
+its event, so an event queued before that write (an older version: someone else's change,
+or the deletion of an earlier object of the name) can arrive after it; taking it would
+show the older object until the write's own event comes. An event or a listed object is
+therefore not taken when it is older than the one held for its name. Kubernetes calls
+resourceVersions opaque; an API server's are etcd revisions, integers that grow with
+every write to a resource, and one cache holds one resource, so they are compared only
+when both parse as integers (never otherwise: then the newest to arrive wins, as before).
 """
 
 from __future__ import annotations
@@ -62,8 +71,10 @@ class ObjectCache:
 
     # -- write-through --------------------------------------------------------------------
     def put(self, obj: dict) -> None:
-        """Remember the object a write returned, before its watch event arrives."""
-        self._objects[key_of(obj)] = obj
+        """Remember the object a write returned, before its watch event arrives (unless
+        the watch brought a newer version meanwhile)."""
+        if not _older(obj, self._objects.get(key_of(obj))):
+            self._objects[key_of(obj)] = obj
 
     def discard(self, namespace: str | None, name: str) -> None:
         self._objects.pop((namespace or "", name), None)
@@ -71,16 +82,18 @@ class ObjectCache:
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self, timeout_s: float | None = None) -> None:
         """Start watching; return once every scope has listed (or raise on timeout)."""
+        await start_caches([self], timeout_s)
+
+    def _launch(self) -> None:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._run(i, scope), name=f"watch {self.kind.plural} {scope or '*'}")
                        for i, scope in enumerate(self._scopes)]
-        try:
-            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in self._synced)), timeout_s)
-        except TimeoutError:  # else the operator reads a bare "TimeoutError" and nothing else
-            unlisted = [scope or "all namespaces" for scope, synced in zip(self._scopes, self._synced)
-                        if not synced.is_set()]
-            raise TimeoutError(f"could not list {self.kind.plural} in {', '.join(unlisted)} within {timeout_s:g} s "
-                               "(the warnings above say why: RBAC, a namespace, the API server)") from None
+
+    def _unlisted(self) -> str | None:
+        """"KIND in NS, NS" for the scopes that have not listed yet; None when all have."""
+        unlisted = [scope or "all namespaces" for scope, synced in zip(self._scopes, self._synced)
+                    if not synced.is_set()]
+        return f"{self.kind.plural} in {', '.join(unlisted)}" if unlisted else None
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -120,12 +133,15 @@ class ObjectCache:
         items, resource_version = await self._api.list(self.kind, namespace, self._selector, self._field_selector)
         self.relists += 1
         fresh = {key_of(obj): obj for obj in items}
+        listed_at = {"metadata": {"resourceVersion": resource_version}}
         in_scope = [k for k in self._objects if namespace is None or k[0] == namespace]
         for key in in_scope:
-            if key not in fresh:
+            if key not in fresh and not _older(listed_at, self._objects[key]):  # else written after the list
                 self._emit(DELETED, self._objects.pop(key))
         for key, obj in fresh.items():
             old = self._objects.get(key)
+            if _older(obj, old):  # a write put after the list was made: its event follows
+                continue
             self._objects[key] = obj
             if old is None:
                 self._emit(ADDED, obj)
@@ -143,8 +159,8 @@ class ObjectCache:
                     raise WatchGone()
                 raise RuntimeError(f"watch error: {obj.get('code')} {obj.get('reason')}: {obj.get('message')}")
             resource_version = (obj.get("metadata") or {}).get("resourceVersion") or resource_version
-            if kind == "BOOKMARK":
-                continue
+            if kind == "BOOKMARK" or _older(obj, self._objects.get(key_of(obj))):
+                continue  # older than what a write put here: its own event is still to come
             if kind == DELETED:
                 self._objects.pop(key_of(obj), None)
             else:
@@ -157,6 +173,35 @@ class ObjectCache:
             self._on_event(kind, obj)
         except Exception:  # a faulty listener must not stop the watch
             log.exception("listener of %s events failed", self.kind.plural)
+
+
+def _resource_version(obj: dict | None) -> int | None:
+    try:
+        return int(((obj or {}).get("metadata") or {}).get("resourceVersion"))
+    except (TypeError, ValueError):
+        return None
+
+
+def _older(incoming: dict, held: dict | None) -> bool:
+    """True only when both resourceVersions are integers and `incoming`'s is the smaller."""
+    new, old = _resource_version(incoming), _resource_version(held)
+    return new is not None and old is not None and new < old
+
+
+async def start_caches(caches: Iterable[ObjectCache], timeout_s: float | None) -> None:
+    """Start several caches at once and return when all have listed: a dead or slow API
+    server costs one `timeout_s`, not one per cache. On timeout, one TimeoutError names
+    every kind and namespace not listed (else the operator reads a bare "TimeoutError", or
+    fixes one RoleBinding, waits again, and learns of the next one)."""
+    caches = list(caches)
+    for cache in caches:
+        cache._launch()
+    try:
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for c in caches for e in c._synced)), timeout_s)
+    except TimeoutError:
+        unlisted = [what for what in (c._unlisted() for c in caches) if what]
+        raise TimeoutError(f"could not list {'; '.join(unlisted)} within {timeout_s:g} s "
+                           "(the warnings above say why: RBAC, a namespace, the API server)") from None
 
 
 async def run_on_wake(wake: asyncio.Event, debounce_s: float, once: Callable[[], Awaitable[None]],
