@@ -7,8 +7,10 @@ import asyncio
 import base64
 import ssl
 
+import aiohttp
 import pytest
 from cryptography import x509
+from prometheus_client.parser import text_string_to_metric_families
 
 from serving.backends.kubernetes.router_running import KubernetesRouter
 from tests.kubernetes.conftest import eventually
@@ -61,6 +63,20 @@ async def test_certificate_rotates_with_the_secret(apiserver, kubeconfig, tmp_pa
         put_tls_secret(apiserver, second[0], first[1])  # the key does not match the certificate
         await eventually(lambda: router.certificate.reloads == ["reloaded", "refused"])
         assert await served_serial(router.port) == serial_of(second[0])  # the good one stays
+
+        # What an operator's alerts read on the router's /metrics: the served certificate's
+        # expiry, the refused reload, the handshakes.
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{router.admin_port}/metrics") as answer:
+                samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                           for family in text_string_to_metric_families(await answer.text())
+                           for s in family.samples}
+        not_after = x509.load_pem_x509_certificates(second[0])[0].not_valid_after_utc.timestamp()
+        assert samples[("scoregate_tls_certificate_expiry_timestamp_seconds", (("name", "default"),))] == not_after
+        assert samples[("scoregate_tls_certificate_reload_failing", (("name", "default"),))] == 1
+        handshakes = [v for (name, labels), v in samples.items() if name == "scoregate_tls_handshakes_total"
+                      and dict(labels)["outcome"] == "ok"]
+        assert sum(handshakes) == 3  # the three served_serial() connections
     finally:
         await router.close()
 

@@ -25,6 +25,7 @@ from aiohttp import web
 
 from router import RouterApp, RouterSettings, RoutingTableHolder
 from router.aiohttp_hardening import app_runner
+from tls import TLSMetrics
 
 from .api import KubeApi, load_api_client
 from .certificates import SecretCertificate, development_tls, parse_secret_ref
@@ -196,6 +197,8 @@ class KubernetesRouter:
         self.router = RouterApp(RouterSettings(host=s.host, port=s.port, ssl_context=self.server_tls.context,
                                                domain=s.domain, access_log=s.access_log),
                                 holder, token_verifier=self.discovery.verify_token)
+        # expiry, reloads and handshakes on /metrics, as `scoregate serve` reports them
+        self.server_tls.attach_metrics(TLSMetrics(self.router.recorder.registry))
         self.discovery.on_change = lambda: self.tables.update(view=self.discovery.view)
         await self.discovery.start()
         if s.coordination:
