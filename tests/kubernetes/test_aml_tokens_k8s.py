@@ -116,7 +116,8 @@ async def test_an_aml_token_endpoint_is_callable_with_a_minted_token(apiserver, 
     # tokens are for aml_token endpoints only, as the embedded gateway says
     await kube_api.patch(ONLINE_ENDPOINTS, NS, "other", {"spec": {"authMode": "key"}})
     code, refusal = await get_token(kubeconfig, "other")
-    assert code == 1 and "uses auth_mode key; tokens are for aml_token endpoints" in refusal, refusal
+    # 2, refused as asked: as get-token on a key endpoint of a local gateway (README's exit codes)
+    assert code == 2 and "uses auth_mode key; tokens are for aml_token endpoints" in refusal, refusal
 
 
 async def test_the_signing_key_is_made_once_and_never_overwritten(apiserver, kubeconfig, controller):

@@ -57,7 +57,8 @@ async def mint_token(endpoint: str, *, namespace: str | None = None, signing_nam
         auth_mode = (obj.get("spec") or {}).get("authMode", "key")
         if auth_mode != "aml_token":
             raise MintingError(f"endpoint '{endpoint}' uses auth_mode {auth_mode}; tokens are for aml_token "
-                               f"endpoints (its keys are in Secret {namespace}/{names.keys_secret_name(endpoint)})")
+                               f"endpoints (its keys are in Secret {namespace}/{names.keys_secret_name(endpoint)})",
+                               2)  # refused as asked, as `scoregate serve`'s get-token refuses it
         where = f"Secret {signing_namespace}/{NAMED_SECRETS}"
         try:
             secret = await api.get(SECRETS, signing_namespace, NAMED_SECRETS)
