@@ -177,14 +177,13 @@ class HttpConnection(asyncio.BufferedProtocol):
         return self._reads.view
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self._tls is None:
+        """`nbytes` arrived in the shared read buffer (0: go on with what TLS still holds)."""
+        tls = self._tls
+        if tls is None:
             self.data_received(self._reads.view[:nbytes])
-        else:
-            self._receive_tls(self._reads.view[:nbytes])
-
-    def _receive_tls(self, data) -> None:
-        try:
-            still_open = self._tls.receive(data, self._reads.plain, self.data_received)
+            return
+        try:  # decrypted into the other shared buffer and parsed at once
+            still_open = tls.receive(self._reads.view[:nbytes], self._reads.plain, self.data_received)
         except ssl.SSLError as exc:
             # A failed handshake (counted by tls.metrics) or a broken record: nothing to answer.
             log.debug("TLS with %s failed: %s", self.remote, exc)
@@ -198,7 +197,7 @@ class HttpConnection(asyncio.BufferedProtocol):
         """After a pause: what the TLS session still holds."""
         tls = self._tls
         if tls is not None and not tls.paused and self.transport is not None and not self.transport.is_closing():
-            self._receive_tls(b"")
+            self.buffer_updated(0)
 
     def data_received(self, data) -> None:
         """Parse what arrived (a view of the read buffer: nothing may keep it)."""
@@ -467,7 +466,8 @@ class HttpConnection(asyncio.BufferedProtocol):
             if not self._in_message:  # idle between requests: the next one gets a new parser
                 self._parser = None
             self._set_deadline(self._owner.keepalive_timeout_s)
-            self._wake_idle()
+            if self._idle_waiter is not None:  # a drain waits for this connection
+                self._wake_idle()
 
     # -- answers ---------------------------------------------------------------------------
 
