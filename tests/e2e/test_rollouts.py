@@ -222,10 +222,18 @@ def test_an_endpoint_yaml_without_traffic_keeps_the_split(gateway, tmp_path):
     gateway.cli_json("endpoint", "update", "-n", "keeps", "--traffic", "d1=100", "--mirror-traffic", "d2=10")
     bare = tmp_path / "bare"
     bare.mkdir()
+    (bare / "ep.yml").write_text("name: keeps\nauth_mode: key\ndescription: first\ntags: {team: a}\n"
+                                 "rate_limit: {requests_per_second: 50}\n")
+    apply(gateway, bare)
+    shown = gateway.cli_json("endpoint", "show", "-n", "keeps")
+    assert shown["traffic"] == {"d1": 100} and shown["mirror_traffic"] == {"d2": 10}
+    assert (shown["description"], shown["tags"], shown["rate_limit"]["requests_per_second"]) == ("first", {"team": "a"}, 50)
+    # What only the YAML sets is what it says (README): left out, none; the splits stay.
     (bare / "ep.yml").write_text("name: keeps\nauth_mode: key\n")
     apply(gateway, bare)
     shown = gateway.cli_json("endpoint", "show", "-n", "keeps")
     assert shown["traffic"] == {"d1": 100} and shown["mirror_traffic"] == {"d2": 10}
+    assert (shown["description"], shown["tags"], shown["rate_limit"]) == ("", {}, None)
     answer = gateway.cli_json("endpoint", "invoke", "-n", "keeps", "-r", str(write_request(tmp_path)))
     assert answer["label"] == "d1"
 
