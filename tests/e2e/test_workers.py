@@ -146,8 +146,10 @@ async def test_the_replica_limit_holds_across_both_workers(workers_gateway):
                          if 'endpoint="counted"' in labels and 'status="200"' in labels and f'worker="{w}"' in labels)
                   for w in "01"}
     # Fair across workers: a freed slot goes to whichever worker's caller waited longest
-    # (without that, the worker that first held both slots kept them while the other starved).
-    assert min(per_worker.values()) >= sum(per_worker.values()) // 5, f"both workers served: {per_worker}"
+    # (without that, the worker that first held both slots kept them while the other starved,
+    # 0-1 of ~20). The kernel picks each request's worker at random, so even a fair split of
+    # ~20 is 3/17 now and then (it failed once at a fifth); a tenth still tells starvation.
+    assert min(per_worker.values()) >= sum(per_worker.values()) // 10, f"both workers served: {per_worker}"
     assert sum(per_worker.values()) == statuses.count(200) == seen["served"]
     logs = gw.state.root / "logs"
 
