@@ -135,11 +135,17 @@ class BatchService:
                 "input": {**collected.description, "kind": collected.kind}}
         job_id = f"batchjob-{uuid.uuid4()}"
         job = await asyncio.to_thread(self.jobs.create, job_id, endpoint_name, deployment.name, spec,
-                                      collected.refs, collected.payloads, settings.mini_batch_size)
+                                      collected.refs, collected.payloads, settings.mini_batch_size,
+                                      collected.skipped)
         failpoints.hit("after_accept")
+        skipped = collected.skipped
+        note = ""
+        if skipped:
+            shown = ", ".join(f"{ref} ({why})" for ref, why in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+            note = f"; {len(skipped)} of them not scored, counted as failed: {shown}"
         await asyncio.to_thread(joblog.append, joblog.job_log_path(self._options.jobs_dir, job_id),
                                 f"accepted: {job.items} item(s) of a {request.input_type} input in"
-                                f" {job.mini_batches} mini-batch(es), deployment '{deployment.name}'")
+                                f" {job.mini_batches} mini-batch(es), deployment '{deployment.name}'{note}")
         self.scheduler.wake()
         return job
 
