@@ -418,3 +418,24 @@ async def test_a_folder_with_a_link_out_of_the_roots_is_scored_but_for_that_link
         assert str(outside) not in log
     finally:
         await batch.close()
+
+
+async def test_a_summary_only_job_shows_no_output_file(tmp_path):
+    """It showed output_file_name (and file_name "predictions.csv") though no file is written."""
+    root = write_batch_endpoint(tmp_path / "eps", settings={"output_action": "summary_only"})
+    batch = BatchService(tmp_path / "state", [])
+    batch.apply(*parse_batch_all(read_documents([root]), set(), set()))
+    await batch.start()
+    try:
+        job = await _ended(batch, (await batch.submit("scorer", JobRequest(
+            "inline", data=[1, 2], settings={"output_file_name": "named.csv"}))).id)
+        view = batch.view(job, "https://gw:1")
+        assert view["status"] == "Completed" and view["output"]["ready"]
+        assert view["output"]["action"] == "summary_only" and view["output"]["file_name"] is None
+        assert "output_file_name" not in view["settings"] and view["settings"]["output_action"] == "summary_only"
+        assert sorted(p.name for p in (tmp_path / "state" / "batch" / "jobs" / job.id).iterdir()) == ["logs"]
+        appended = await _ended(batch, (await batch.submit("scorer", JobRequest(
+            "inline", data=[1], settings={"output_action": "append_row"}))).id)
+        assert batch.view(appended, "https://gw:1")["output"]["file_name"] == "predictions.csv"
+    finally:
+        await batch.close()
