@@ -5,6 +5,13 @@ and must resolve — symlinks followed — inside one. `..` is refused outright,
 every URI scheme but file:// without a host: a job never makes a network request.
 Items are fixed when the job is accepted (stored with it), so a restart scores exactly
 the same list.
+
+A folder is refused only when the job cannot be run at all (the folder itself unreadable,
+outside the roots, or without one file that can be scored). One bad entry inside it — a
+symlink leading out of the roots or nowhere, a file or subfolder that cannot be read, a
+name that is not UTF-8 — is *skipped*: it is never read nor given to run(), and the job
+counts it as a failed item with the reason (error_threshold applies), as Azure ML reports
+the files it could not score rather than refusing the whole folder.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ class CollectedInput:
     refs: list[str]
     payloads: list[str]
     description: dict
+    # Entries of a folder that are not scored, (reference, why): failed items from the start.
+    skipped: tuple[tuple[str, str], ...] = ()
 
 
 class DataRoots:
@@ -102,12 +111,18 @@ def collect(request: JobRequest, roots: DataRoots, max_items: int) -> CollectedI
             raise invalid(f"input.path: {request.path} is not a folder (use type uri_file for a file)")
         refs: list[str] = []
         payloads: list[str] = []
-        _walk(real, "", roots, {real}, refs, payloads, max_items)
+        skipped: list[tuple[str, str]] = []
+        _walk(real, "", roots, {real}, refs, payloads, skipped, max_items)
         if not refs:
-            raise invalid(f"input.path: the folder {request.path} has no file to score", "InputEmpty")
-        return CollectedInput("files", refs, payloads, description)
+            why = "; ".join(f"{ref}: {reason}" for ref, reason in skipped[:5]) + ("; ..." if len(skipped) > 5 else "")
+            raise invalid(f"input.path: the folder {request.path} has no file to score"
+                          + (f" ({len(skipped)} entry(ies) that cannot be scored: {why})" if skipped else ""),
+                          "InputEmpty")
+        return CollectedInput("files", refs, payloads, description, tuple(skipped))
     if not real.is_file():
         raise invalid(f"input.path: {request.path} is not a file (use type uri_folder for a folder)")
+    if not os.access(real, os.R_OK):  # one file (or table): nothing else to score
+        raise invalid(f"input.path: {request.path} cannot be read (permission denied)")
     if request.input_type == "uri_file":
         return CollectedInput("files", [_utf8(real.name, "input.path")], [_utf8(str(real), "input.path")],
                               description)
@@ -122,31 +137,63 @@ def _utf8(text: str, where: str) -> str:
     return text
 
 
+def _shown(text: str) -> str:
+    """A file name as text that can be stored and shown: bytes that are not UTF-8 as \\xNN."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _walk(folder: Path, rel: str, roots: DataRoots, seen: set[Path], refs: list[str], payloads: list[str],
-          max_items: int) -> None:
+          skipped: list[tuple[str, str]], max_items: int) -> None:
+    """Files under `folder` into refs/payloads; entries that cannot be scored into skipped."""
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError as exc:
-        raise invalid(f"input.path: cannot read {rel or 'the folder'}: {exc.strerror}") from None
+        if not rel:  # the input folder itself: the job cannot run at all
+            raise invalid(f"input.path: cannot read the folder: {exc.strerror}") from None
+        skipped.append((_shown(rel) + "/", f"the folder cannot be read ({exc.strerror})"))
+        return
     for entry in entries:
+        _check_count(refs, skipped, max_items)
         child_ref = f"{rel}/{entry.name}" if rel else entry.name
+        if not _is_utf8(child_ref):
+            skipped.append((_shown(child_ref), "its name is not valid UTF-8"))
+            continue
         path = Path(entry.path)
         if entry.is_symlink():
             try:
                 path = path.resolve(strict=True)
             except (OSError, RuntimeError):
-                raise invalid(f"input.path: {child_ref} is a broken or looping symlink") from None
-            if not roots.contains(path):
-                raise invalid(f"input.path: {child_ref} leads outside every data root", "InputOutsideDataRoots")
+                skipped.append((child_ref, "a broken or looping symlink"))
+                continue
+            if not roots.contains(path):  # never read, never given to run()
+                skipped.append((child_ref, "a symlink leading outside every data root (not read)"))
+                continue
         if path.is_dir():
             if path not in seen:
                 seen.add(path)
-                _walk(path, child_ref, roots, seen, refs, payloads, max_items)
+                _walk(path, child_ref, roots, seen, refs, payloads, skipped, max_items)
         elif path.is_file():
-            refs.append(_utf8(child_ref, "input.path"))
-            payloads.append(_utf8(str(path), "input.path"))
-            if len(refs) > max_items:
-                raise invalid(f"input.path: more than {max_items} files; split the job", "TooManyItems")
+            if not _is_utf8(str(path)):  # a symlink inside the roots to a file whose real path is not UTF-8
+                skipped.append((child_ref, "its path is not valid UTF-8"))
+            elif not os.access(path, os.R_OK):
+                skipped.append((child_ref, "the file cannot be read (permission denied)"))
+            else:
+                refs.append(child_ref)
+                payloads.append(str(path))
+    _check_count(refs, skipped, max_items)
+
+
+def _check_count(refs: list[str], skipped: list, max_items: int) -> None:
+    if len(refs) + len(skipped) > max_items:
+        raise invalid(f"input.path: more than {max_items} files; split the job", "TooManyItems")
 
 
 # What a CSV cell must look like to be read as a number: plain ASCII decimals, as a

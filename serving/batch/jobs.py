@@ -8,9 +8,10 @@ after it, the results are durable and it is never scored again.
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import orjson
 
@@ -95,19 +96,38 @@ class JobStore:
 
     # -- submission -----------------------------------------------------------------------
     def create(self, job_id: str, endpoint_name: str, deployment_name: str, spec: dict,
-               refs: list[str], payloads: list[str], mini_batch_size: int) -> JobRecord:
-        """The job, every item and every mini-batch, in one committed transaction."""
+               refs: list[str], payloads: list[str], mini_batch_size: int,
+               skipped: Sequence[tuple[str, str]] = ()) -> JobRecord:
+        """The job, every item and every mini-batch, in one committed transaction.
+
+        `skipped` (reference, why) are entries of the input that are not scored (a file that
+        cannot be read, a symlink out of the data roots): items after the others, in
+        mini-batches that are failed from the start (0 attempts, never given to a worker),
+        grouped by reason, so they count as failed items under error_threshold."""
         now, count = time.time(), len(refs)
         bounds = [(i // mini_batch_size, i, min(i + mini_batch_size, count))
                   for i in range(0, count, mini_batch_size)]
+        failed: list[tuple[int, int, int, str]] = []
+        ordered = sorted(skipped, key=lambda s: s[1])  # stable: each reason's entries keep their order
+        start = count
+        for reason, group in itertools.groupby(ordered, key=lambda s: s[1]):
+            size = len(list(group))
+            for offset in range(0, size, mini_batch_size):
+                stop = start + min(mini_batch_size, size - offset)
+                failed.append((len(bounds) + len(failed), start, stop, f"not scored: {reason}"))
+                start = stop
         with self._db.transaction() as db:
             db.execute(f"INSERT INTO jobs ({_COLUMNS}) VALUES (?,?,?,?,?,0,NULL,?,?,?,NULL,NULL)",
                        (job_id, endpoint_name, deployment_name, orjson.dumps(spec).decode(), QUEUED,
-                        count, len(bounds), now))
+                        count + len(ordered), len(bounds) + len(failed), now))
             db.executemany("INSERT INTO items VALUES (?,?,?,?)",
                            ((job_id, i, ref, payload) for i, (ref, payload) in enumerate(zip(refs, payloads))))
+            db.executemany("INSERT INTO items VALUES (?,?,?,'')",  # no payload: never read
+                           ((job_id, count + i, ref) for i, (ref, _) in enumerate(ordered)))
             db.executemany("INSERT INTO minibatches (job_id, idx, start, stop, status) VALUES (?,?,?,?,'pending')",
                            ((job_id, *b) for b in bounds))
+            db.executemany("INSERT INTO minibatches (job_id, idx, start, stop, status, failures, error, finished_at)"
+                           " VALUES (?,?,?,?,'failed',0,?,?)", ((job_id, *f, now) for f in failed))
         job = self.get(job_id)
         assert job is not None
         return job
@@ -137,7 +157,7 @@ class JobStore:
         with self._db.reading() as db:
             rows = db.execute("SELECT status, count(*), sum(stop-start),"
                               " sum(CASE WHEN status='failed' THEN failures>1 ELSE failures>0 END),"
-                              " sum(CASE WHEN status='failed' THEN failures-1 ELSE failures END)"
+                              " sum(CASE WHEN status='failed' THEN max(failures-1, 0) ELSE failures END)"
                               " FROM minibatches WHERE job_id=? GROUP BY status", (job_id,)).fetchall()
         values: dict[str, int] = {}
         retried = retries = 0

@@ -24,13 +24,20 @@ from .inputs import DataRoots, collect
 from .jobs import JobRecord, JobStore
 from .requests import JobRequest, RequestError
 from .resources import BatchDeployment, BatchEndpoint
-from .runner import RunOptions, remove_outputs
+from .runner import RunOptions, redact_paths, remove_outputs
 from .scheduler import JOB_RETENTION_DAYS, Scheduler
 from .settings import SettingsError, apply_settings
 from .store import BatchStore, BatchStoreError
 from .views import deployment_view, endpoint_view, job_view
 
 __all__ = ["BatchService", "BatchStoreError", "RequestError"]
+
+
+def _public(text: str | None, folders: tuple[str, ...]) -> str | None:
+    """`text` without the server paths of `folders` (runner.redact_paths). The runner stores
+    errors already so; this also covers what was stored before it did, or by another path
+    (jobs of older versions kept `/srv/…/score.py`, `/data/…` in batch.db and job.log)."""
+    return redact_paths(text, folders) if text else text
 
 
 class BatchService:
@@ -135,11 +142,17 @@ class BatchService:
                 "input": {**collected.description, "kind": collected.kind}}
         job_id = f"batchjob-{uuid.uuid4()}"
         job = await asyncio.to_thread(self.jobs.create, job_id, endpoint_name, deployment.name, spec,
-                                      collected.refs, collected.payloads, settings.mini_batch_size)
+                                      collected.refs, collected.payloads, settings.mini_batch_size,
+                                      collected.skipped)
         failpoints.hit("after_accept")
+        skipped = collected.skipped
+        note = ""
+        if skipped:
+            shown = ", ".join(f"{ref} ({why})" for ref, why in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+            note = f"; {len(skipped)} of them not scored, counted as failed: {shown}"
         await asyncio.to_thread(joblog.append, joblog.job_log_path(self._options.jobs_dir, job_id),
                                 f"accepted: {job.items} item(s) of a {request.input_type} input in"
-                                f" {job.mini_batches} mini-batch(es), deployment '{deployment.name}'")
+                                f" {job.mini_batches} mini-batch(es), deployment '{deployment.name}'{note}")
         self.scheduler.wake()
         return job
 
@@ -165,13 +178,29 @@ class BatchService:
         return await self.scheduler.cancel(job_id)
 
     def view(self, job: JobRecord, scoring_url: str | None = None) -> dict:
-        return job_view(job, self.jobs.counts(job.id), self.jobs.failed_minibatches(job.id),
+        """The job as key holders see it: its errors without server paths (_public)."""
+        view = job_view(job, self.jobs.counts(job.id), self.jobs.failed_minibatches(job.id),
                         self.scoring_url if scoring_url is None else scoring_url)
+        if view["error"] is not None:
+            folders = self._server_folders(job)
+            view["error"]["message"] = _public(view["error"]["message"], folders)
+            for failed in view["error"]["failed_mini_batches"]:
+                failed["error"] = _public(failed["error"], folders)
+        return view
 
     def job_logs(self, job: JobRecord, *, workers: bool) -> str:
         """The job's log (serving.batch.joblog); with workers, the scoring script's output too
-        (worker logs: tracebacks name server paths, so only the admin port asks for them)."""
-        return joblog.read(self._options.jobs_dir, job.id, workers=workers)
+        (worker logs: tracebacks name server paths, so only the admin port asks for them).
+        Without workers (the scoring port's route) server paths are taken out (_public)."""
+        text = joblog.read(self._options.jobs_dir, job.id, workers=workers)
+        return text if workers else _public(text, self._server_folders(job))
+
+    def _server_folders(self, job: JobRecord) -> tuple[str, ...]:
+        """Folders whose paths a job's errors may name: the data roots, the code folder and
+        model of the job's deployment snapshot, and the state dir."""
+        deployment = job.spec.get("deployment")
+        own = [deployment.get(k) for k in ("code", "model_path")] if isinstance(deployment, dict) else []
+        return (*self._options.data_roots, *(p for p in own if isinstance(p, str) and p), str(self.state_dir))
 
     def output_file(self, job: JobRecord) -> Path:
         from .runner import output_path

@@ -60,6 +60,9 @@ def job_view(job: JobRecord, counts: Counts, failed: list[dict], scoring_url: st
         error = {"message": job.error or f"{counts.failed_items} item(s) failed (within error_threshold"
                  f" {settings.get('error_threshold')})", "failed_items": counts.failed_items,
                  "failed_mini_batches": failed}
+    summary_only = settings.get("output_action") == "summary_only"
+    if summary_only:  # no file is written: output_file_name names nothing, so the view does not show it
+        settings = {k: v for k, v in settings.items() if k != "output_file_name"}
     given = job.spec.get("input")
     description = {k: v for k, v in given.items() if k != "kind"} if isinstance(given, dict) else {}
     return {
@@ -80,7 +83,8 @@ def job_view(job: JobRecord, counts: Counts, failed: list[dict], scoring_url: st
         "items": {"total": job.items, "succeeded": counts.succeeded_items, "failed": counts.failed_items,
                   "pending": counts.pending_items},
         "error": error,
-        "output": {"action": settings.get("output_action"), "file_name": settings.get("output_file_name"),
+        "output": {"action": settings.get("output_action"),
+                   "file_name": None if summary_only else settings.get("output_file_name"),
                    "url": f"{url}/output", "ready": job.finalized and job.status in TERMINAL},
         "url": url,
     }

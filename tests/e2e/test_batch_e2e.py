@@ -79,6 +79,15 @@ async def test_online_traffic_is_served_during_a_batch_job(gateway):
         async with session.get(f"{jobs_url}/{job['id']}/output", headers=headers) as r:
             assert r.status == 200
             rows = list(csv.reader(io.StringIO(await r.text())))
+        # Without a credential: an unknown endpoint is 404 on both paths (the name is looked up
+        # before the credential, docs/batch.md), a known one 401 on both.
+        base = f"{gateway.scoring_url}/api/v1"
+        for url, status, code in ((f"{base}/endpoint/nosuch/score", 404, "EndpointNotFound"),
+                                  (f"{base}/batch/nosuch/jobs", 404, "EndpointNotFound"),
+                                  (score_url, 401, None), (jobs_url, 401, None)):
+            async with session.post(url, json={"input": {"type": "inline", "data": [1]}}) as r:
+                refusal = await r.json()
+                assert r.status == status and (code is None or refusal["code"] == code), (url, refusal)
     assert statuses == {200: len(latencies)}
     assert during >= 5, "the online requests overlapped the batch job"
     latencies.sort()

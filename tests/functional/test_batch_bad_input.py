@@ -24,7 +24,7 @@ def service(tmp_path_factory):
     (data / "ragged.csv").write_text("a,b,c\n1,2,3\n4,5\n")
     (data / "long.csv").write_text("a,b\n1,2\n\n3,4,5\n")
     os.symlink(outside, data / "escape")
-    write_files(data / "leaky", 2)
+    (data / "leaky").mkdir()  # only a link out: nothing to score (with other files, the link is a failed item)
     os.symlink(outside / "f00001.txt", data / "leaky" / "leak.txt")
     process = StandaloneProcess(base / "state", [data], [root],
                                 ["--max-request-bytes", "20000", "--max-items", "1000"]).start()
@@ -55,7 +55,7 @@ BAD = [
     (folder("imgs/../../outside"), 422, "InputOutsideDataRoots", "'..'"),
     (folder("/etc"), 422, "InputOutsideDataRoots", "outside every data root"),
     (folder("escape"), 422, "InputOutsideDataRoots", "leads outside"),
-    (folder("leaky"), 422, "InputOutsideDataRoots", "leak.txt leads outside"),
+    (folder("leaky"), 422, "InputEmpty", "leak.txt: a symlink leading outside every data root (not read)"),
     (folder("http://127.0.0.1:9/data"), 422, "UriNotAllowed", "http://"),
     (folder("https://example.com/data"), 422, "UriNotAllowed", "https://"),
     (folder("azureml://datastores/workspaceblobstore/paths/x"), 422, "UriNotAllowed", "azureml://"),

@@ -96,9 +96,35 @@ def test_paths_leading_out_are_refused(roots, tmp_path):
     refused(lambda: collect(job(path="/nonexistent/x"), data_roots, 10), 422, "InputOutsideDataRoots", "outside")
     os.symlink(outside, root / "link-out")
     refused(lambda: collect(job(path="link-out"), data_roots, 10), 422, "InputOutsideDataRoots", "leads outside")
+    os.symlink(outside, root / "imgs" / "sub" / "escape")  # a folder out: the same
     os.symlink(outside / "secret.txt", root / "imgs" / "sneaky.txt")
-    error = refused(lambda: collect(job(path="imgs"), data_roots, 10), 422, "InputOutsideDataRoots", "sneaky.txt")
-    assert "input.path" in error.message
+    collected = collect(job(path="imgs"), data_roots, 10)  # the rest is scored; the links never read
+    assert collected.refs == ["a.txt", "b.txt", "sub/c.txt"]
+    assert not any(str(outside) in p for p in collected.payloads)
+    assert collected.skipped == (("sneaky.txt", "a symlink leading outside every data root (not read)"),
+                                 ("sub/escape", "a symlink leading outside every data root (not read)"))
+
+
+def test_bad_entries_of_a_folder_are_skipped_and_reported_not_the_whole_folder_refused(roots):
+    """One broken link, a name that is not UTF-8 or a link out of the roots refused the
+    whole folder; Azure ML scores the files it can and reports the others as failed."""
+    data_roots, root, outside = roots
+    mixed = root / "mixed"
+    mixed.mkdir()
+    (mixed / "good.txt").write_text("g")
+    os.symlink(mixed / "gone.txt", mixed / "broken.txt")
+    os.symlink(outside / "secret.txt", mixed / "leak.txt")
+    with open(os.path.join(os.fsencode(mixed), b"bad-\xff.txt"), "w") as handle:
+        handle.write("x")
+    collected = collect(job(path="mixed"), data_roots, 10)
+    assert (collected.refs, collected.payloads) == (["good.txt"], [str(mixed / "good.txt")])
+    assert collected.skipped == (("bad-\\xff.txt", "its name is not valid UTF-8"),
+                                 ("broken.txt", "a broken or looping symlink"),
+                                 ("leak.txt", "a symlink leading outside every data root (not read)"))
+    refused(lambda: collect(job(path="mixed"), data_roots, 3), 422, "TooManyItems", "more than 3")  # all count
+    (mixed / "good.txt").unlink()  # nothing left that can be scored: the job is impossible, refused
+    error = refused(lambda: collect(job(path="mixed"), data_roots, 10), 422, "InputEmpty", "no file to score")
+    assert "leak.txt: a symlink leading outside" in error.message and str(outside) not in error.message
 
 
 def test_symlinks_inside_the_roots_are_followed_once(roots):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 
 import pytest
@@ -13,7 +14,7 @@ from serving.batch.requests import JobRequest, RequestError
 from serving.batch.service import BatchService
 from serving.batch.store import BatchStoreError
 from serving.manifests import read_documents
-from tests.unit.batch.batch_support import write_batch_endpoint, write_files
+from tests.unit.batch.batch_support import scored_lines, write_batch_endpoint, write_files
 
 
 @pytest.fixture
@@ -370,5 +371,71 @@ async def test_a_job_error_names_the_code_folders_files_without_the_server_path(
         assert errors and all("'labels.txt'" in e for e in errors), errors
         shown = " ".join(errors) + batch.job_logs(ended, workers=False)
         assert str(tmp_path) not in shown
+    finally:
+        await batch.close()
+
+
+async def _ended(batch: BatchService, job_id: str):
+    for _ in range(200):
+        job = batch.jobs.get(job_id)
+        if job.status in TERMINAL and job.finalized:
+            return job
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not end: {batch.jobs.get(job_id)}")
+
+
+async def test_a_folder_with_a_link_out_of_the_roots_is_scored_but_for_that_link(tmp_path):
+    """The whole folder used to be refused for one such entry; now the link is a failed item
+    (never read: its target's text would be in the scored log) under error_threshold."""
+    root = write_batch_endpoint(tmp_path / "eps")
+    data, outside = tmp_path / "data", tmp_path / "outside"
+    write_files(data / "in", 3)
+    outside.mkdir()
+    (outside / "secret.txt").write_text("secret")
+    os.symlink(outside / "secret.txt", data / "in" / "leak.txt")
+    batch = BatchService(tmp_path / "state", [data])
+    batch.apply(*parse_batch_all(read_documents([root]), set(), set()))
+    await batch.start()
+    try:
+        strict = await batch.submit("scorer", JobRequest("uri_folder", path="in", settings={"error_threshold": 0}))
+        job = await batch.submit("scorer", JobRequest("uri_folder", path="in"))
+        strict, job = await _ended(batch, strict.id), await _ended(batch, job.id)
+        failed = {"mini_batch": 1, "items": 1, "inputs": ["leak.txt"], "attempts": 0,
+                  "error": "not scored: a symlink leading outside every data root (not read)"}
+        view = batch.view(job, "https://gw:1")
+        assert view["status"] == "Completed" and view["error"]["failed_mini_batches"] == [failed]
+        assert view["items"] == {"total": 4, "succeeded": 3, "failed": 1, "pending": 0}
+        assert view["mini_batches"] == {"total": 2, "succeeded": 1, "failed": 1, "pending": 0, "retried": 0,
+                                        "retries": 0}
+        assert batch.output_file(job).read_text().splitlines() == [
+            f"f0000{i}.txt,scored:item-0000{i}" for i in range(3)]
+        shown = batch.view(strict, "https://gw:1")  # over the threshold before anything ran: no worker
+        assert shown["status"] == "Failed" and shown["items"]["pending"] == 3
+        assert shown["error"]["message"].startswith("1 item(s) failed, more than error_threshold 0")
+        assert "secret" not in " ".join(scored_lines(root))
+        log = batch.job_logs(job, workers=False)
+        assert "1 of them not scored, counted as failed: leak.txt (a symlink leading outside" in log
+        assert str(outside) not in log
+    finally:
+        await batch.close()
+
+
+async def test_a_summary_only_job_shows_no_output_file(tmp_path):
+    """It showed output_file_name (and file_name "predictions.csv") though no file is written."""
+    root = write_batch_endpoint(tmp_path / "eps", settings={"output_action": "summary_only"})
+    batch = BatchService(tmp_path / "state", [])
+    batch.apply(*parse_batch_all(read_documents([root]), set(), set()))
+    await batch.start()
+    try:
+        job = await _ended(batch, (await batch.submit("scorer", JobRequest(
+            "inline", data=[1, 2], settings={"output_file_name": "named.csv"}))).id)
+        view = batch.view(job, "https://gw:1")
+        assert view["status"] == "Completed" and view["output"]["ready"]
+        assert view["output"]["action"] == "summary_only" and view["output"]["file_name"] is None
+        assert "output_file_name" not in view["settings"] and view["settings"]["output_action"] == "summary_only"
+        assert sorted(p.name for p in (tmp_path / "state" / "batch" / "jobs" / job.id).iterdir()) == ["logs"]
+        appended = await _ended(batch, (await batch.submit("scorer", JobRequest(
+            "inline", data=[1], settings={"output_action": "append_row"}))).id)
+        assert batch.view(appended, "https://gw:1")["output"]["file_name"] == "predictions.csv"
     finally:
         await batch.close()
