@@ -7,7 +7,8 @@ COPY router ./router
 COPY serving ./serving
 COPY tls ./tls
 COPY loadtests ./loadtests
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# The kubernetes extra too: deploy/*.yaml run this image as controller, router and batch runner.
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[kubernetes]"
 
 FROM python:3.11-slim
 RUN useradd --uid 10001 --user-group --create-home --home-dir /home/scoregate scoregate

@@ -39,3 +39,14 @@ def test_the_wheel_holds_every_file_of_the_packages(tmp_path):
     assert not missing, f"not in the wheel: {missing}"
     entry_points = next(name for name in inside if name.endswith(".dist-info/entry_points.txt"))
     assert "scoregate = serving.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def test_the_image_installs_what_the_cluster_manifests_run():
+    """deploy/*.yaml run the image as `controller|router|batch-runner --backend kubernetes`,
+    which stop at once without the kubernetes extra: the Dockerfile must build it in."""
+    commands = {line.split("[", 1)[1].split(",", 1)[0].strip()
+                for path in (REPO / "deploy").glob("*.yaml")
+                for line in path.read_text().splitlines() if line.strip().startswith("args: [")}
+    assert {"controller", "router", "batch-runner"} <= commands, commands
+    builds = [line for line in (REPO / "Dockerfile").read_text().splitlines() if line.startswith("RUN pip wheel")]
+    assert len(builds) == 1 and ".[kubernetes]" in builds[0], builds
