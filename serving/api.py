@@ -36,6 +36,7 @@ from .batch.admin import deployment_deleted, deployment_shown
 from .batch.store import BatchStoreError
 from .manifests import Document, ManifestError
 from .online_rules import MAX_INSTANCE_COUNT
+from .resources import with_instance_type
 from .store import Store, StoreError
 from .views import deployment_view, endpoint_view
 
@@ -185,7 +186,7 @@ class AdminApi:
             refused = self._traffic_to_failed(applied.online) or await self._traffic_to_nothing(applied.online)
             if refused:
                 return _error(400, "ValidationError", refused)
-            retry = self._failed(applied.online)
+            retry = await self._failed(applied.online)
             try:
                 await asyncio.to_thread(write, applied, self._store, self._batch, retry)
             except BatchStoreError as exc:
@@ -193,14 +194,21 @@ class AdminApi:
         self._controller.notify()
         return web.json_response({"applied": await self._with_attempts(applied.summary(), retry)})
 
-    def _failed(self, applied) -> set[tuple[str, str]]:
-        """The applied deployments whose rollout has failed: this apply is a new attempt
-        of each (as every PUT of Azure ML's is a new provisioning attempt), also of an
-        unchanged version — the cause may have been outside the YAML. The others' apply,
-        unchanged, stays a no-op."""
-        keys = {(d.endpoint_name, d.name) for d in applied.deployments}
-        return {key for key in keys if (rollout := self._controller.rollouts.rollout(key)) is not None
-                and rollout.state == FAILED}
+    async def _failed(self, applied) -> set[tuple[str, str]]:
+        """The applied deployments whose failed version is applied again, unchanged: this
+        apply is a new attempt of each (as every PUT of Azure ML's is a new provisioning
+        attempt; the cause may have been outside the YAML). A changed version is an update
+        with a rollout of its own, and the others' unchanged apply stays a no-op."""
+        candidates = [(d, rollout.spec_hash) for d in applied.deployments
+                      if (rollout := self._controller.rollouts.rollout((d.endpoint_name, d.name))) is not None
+                      and rollout.state == FAILED]
+        if not candidates:
+            return set()
+        # The version hashes the instance type's content: as the store will read it after this apply.
+        types = {t.name: t for t in await asyncio.to_thread(self._store.list_instance_types)}
+        types.update((t.name, t) for t in applied.instance_types)
+        return {(d.endpoint_name, d.name) for d, spec_hash in candidates
+                if with_instance_type(d, types.values()).replica_spec_hash() == spec_hash}
 
     async def _with_attempts(self, summary: list[dict], retry: set[tuple[str, str]]) -> list[dict]:
         """Tell the user which deployments get a new attempt, and its number (the `attempt`

@@ -456,6 +456,10 @@ def test_apply_wait_reports_each_deployment_and_fails_with_them(gateway, tmp_pat
     assert code == 0, stderr
     assert outcomes["bad"]["provisioning_state"] == "Succeeded" and outcomes["bad"]["ready_replicas"] == 1
     assert outcomes["bad"]["version"] == gateway.deployment("waiter", "bad")["version"]
+    # A changed version is an update, not a new attempt of the failed one (that is only the
+    # same YAML applied again: test_an_unchanged_apply_tries_a_failed_deployment_again).
+    [fixed] = [a for a in shown["applied"] if a["name"] == "bad"]
+    assert "new_attempt" not in fixed and "message" not in fixed, fixed
 
     # A failed update: rolled back, and the command says so.
     write_deployment(tmp_path, "waiter", "good", env={"INIT_FAIL": "1"})
