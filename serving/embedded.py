@@ -11,6 +11,7 @@ SIGHUP re-reads the TLS certificate files at once (they are also watched).
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
 import os
@@ -355,7 +356,9 @@ def run_serve(options: ServeOptions) -> int:
             log.error("%s", exc)
             return 2
         except (StateDirBusy, StateDirUnusable, OSError) as exc:
-            log.error("cannot start: %s", exc)
+            hint = ("; --port and --admin-port choose others (0: any free port)"
+                    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE else "")
+            log.error("cannot start: %s%s", exc, hint)
             return 1
         finally:
             freezing.cancel()

@@ -374,6 +374,6 @@ def test_a_second_gateway_on_the_port_of_one_with_workers_refuses_to_start(make_
                               capture_output=True, text=True, cwd=str(REPO), timeout=60)
         assert done.returncode == 1, done.stderr
         assert f"cannot start: [Errno 98] error while attempting to bind on address ('127.0.0.1', {port}): " \
-               "address already in use" in done.stderr
+               "address already in use; --port and --admin-port choose others (0: any free port)" in done.stderr
     assert first.process.poll() is None
     assert first.stop() == 0
