@@ -722,16 +722,13 @@ class HttpConnection(asyncio.BufferedProtocol):
     def _take_back(self, handover: _HandedOver) -> None:
         """After a kept-alive hand-over: aiohttp lets go of the connection, which goes on
         with the next request (parsed here), or waits for one."""
-        if handover is not self._handover:
-            return  # the connection was lost meanwhile
+        if handover is not self._handover or self.transport is None or self.transport.is_closing():
+            return  # closing: aiohttp's protocol hears of the end with the connection's (connection_lost)
         delegate = self._delegate
         self._handover = self._delegate = None
         handover.detached = True  # aiohttp writes, reads and closes nothing any more
         delegate.connection_lost(None)
         self._active = None
-        if self.transport is None or self.transport.is_closing():
-            self._wake_idle()
-            return
         if self._owner.draining:
             self._stopped = True
             self.close()
