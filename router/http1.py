@@ -772,7 +772,7 @@ class _HandedOver(asyncio.Transport):
                 self._conn._answered_by_aiohttp(self)
 
     def write(self, data) -> None:
-        if self.detached:
+        if self.detached or self.answered:  # nothing after the one answer (the request was the only one)
             return
         self._inner.write(data)
         if self._parser is not None:
