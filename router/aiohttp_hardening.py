@@ -12,7 +12,11 @@ them — and answered a text/plain 400 without a request id. `app_runner(app)` i
 - a handler failure no middleware caught: a JSON 500 and the traceback at ERROR (a
   defect of ours, with the id the caller sees);
 - no `Server` header: aiohttp's named Python's and aiohttp's versions (a gift to anyone
-  matching known vulnerabilities); the scoring port's own answers send none either.
+  matching known vulnerabilities); the scoring port's own answers send none either;
+- that 400 says `HTTP/1.1` (with `Connection: close`), as the scoring port's own
+  refusals do: aiohttp answers a request it could not read as if it were HTTP/1.0 (the
+  placeholder request it makes for the error, web_protocol.ERROR), which looked like
+  another server's answer on the scoring port's batch routes.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import logging
 import orjson
 from aiohttp import __version__ as aiohttp_version
 from aiohttp import web
+from aiohttp.http import HttpVersion11
 
 from .context import request_id_from
 
@@ -108,6 +113,25 @@ class _AppRunner(web.AppRunner):
         # differ keeps its own error answers rather than failing to serve.
         if type(server) is web.Server and hasattr(server, "_kwargs") and hasattr(server, "_loop"):
             server.__class__ = _Server
+            server.request_factory = _unread_request_as_http11(server.request_factory)
         else:
             log.warning("aiohttp %s: malformed requests keep aiohttp's own answers", aiohttp_version)
         return server
+
+
+def _unread_request_as_http11(factory):
+    """`factory` (web.Server's request_factory), with the placeholder message aiohttp gives
+    a request it could not read made HTTP/1.1: the refusal's status line then says
+    HTTP/1.1 and it carries `Connection: close`. Without that placeholder (another aiohttp),
+    nothing changes."""
+    from aiohttp import web_protocol
+
+    unread = getattr(web_protocol, "ERROR", None)
+    if unread is None or not hasattr(unread, "_replace") or getattr(unread, "version", None) == HttpVersion11:
+        return factory
+    as_http11 = unread._replace(version=HttpVersion11)
+
+    def make_request(message, *args, **kwargs):
+        return factory(as_http11 if message is unread else message, *args, **kwargs)
+
+    return make_request

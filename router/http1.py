@@ -28,8 +28,12 @@ the upstream call stops and the replica slot is freed at once.
 
 Paths the gateway serves with aiohttp (the control plane's `extra_routes`, e.g. batch
 jobs) are handed to an aiohttp connection handler: it gets the request re-serialized
-(the same method, target, headers and body, with `Connection: close`) and answers it
-on this transport; the connection then ends with that answer.
+(the same method, target, headers and body) and answers it on this transport. The
+connection stays the caller's (keep-alive) when the caller and aiohttp's answer allow it:
+the answer is read as it is written (_HandedOver), and once it is whole and the request's
+body read, aiohttp lets go of the connection (as if its caller had left) and the next
+request on it is parsed here, as any other. Otherwise (`Connection: close` either way,
+a HEAD, a limit or a drain) the connection ends with aiohttp's answer.
 """
 
 from __future__ import annotations
@@ -118,7 +122,7 @@ class HttpConnection(asyncio.BufferedProtocol):
                  "_url", "_headers", "_index", "_forward", "_head_bytes", "_parsing", "_active", "_queue", "_task",
                  "_heads", "_served", "_deadline", "_timer", "_stopped", "_body_paused", "_queue_paused",
                  "_write_paused", "_drain_waiter", "_delegate", "_idle_waiter", "_lingering", "_in_message",
-                 "_held", "_unread")
+                 "_held", "_unread", "_handover")
 
     def __init__(self, owner) -> None:
         self._owner = owner
@@ -154,6 +158,7 @@ class HttpConnection(asyncio.BufferedProtocol):
         self._write_paused = False
         self._drain_waiter: asyncio.Future | None = None
         self._delegate = None  # the aiohttp protocol this connection was handed to
+        self._handover: _HandedOver | None = None  # the transport it was given
         self._idle_waiter: asyncio.Future | None = None
         self._lingering = False
         self._held = False  # the next request waits until the caller reads its answers
@@ -369,7 +374,7 @@ class HttpConnection(asyncio.BufferedProtocol):
             return
         if request.handed_over and request is self._active:
             self._delegate.data_received(b"%x\r\n%b\r\n" % (len(body), body) if request.chunked else body)
-        elif self._delegate is None:
+        elif self._delegate is None or not self._stopped:  # (a request after a kept-alive hand-over)
             request.body.feed(body)
 
     def on_message_complete(self) -> None:
@@ -382,6 +387,8 @@ class HttpConnection(asyncio.BufferedProtocol):
         if request.handed_over and request is self._active:
             if request.chunked:
                 self._delegate.data_received(b"0\r\n\r\n")
+            if self._handover is not None and self._handover.answered:
+                self.loop.call_soon(self._take_back, self._handover)
         else:
             request.body.feed_eof()
         if self._lingering:
@@ -676,15 +683,21 @@ class HttpConnection(asyncio.BufferedProtocol):
 
     def _hand_over(self, request: Request) -> None:
         """Give the connection to an aiohttp protocol for this request (and its answer)."""
-        self._stopped = True  # nothing after this request is read by us
+        # A HEAD's answer has no body its head announces: it is not followed, it closes.
+        keep_alive = request.keep_alive and request.method != "HEAD"
+        if not keep_alive:
+            self._stopped = True  # nothing after this request is read by us
         self._deadline = None
         handler = self._owner.aiohttp_protocol()
         self._delegate = handler
-        handler.connection_made(self.transport if self._tls is None else
-                                TlsTransport(self, self._tls, self.transport, self._owner.ssl_context))
+        self._handover = _HandedOver(self, self.transport if self._tls is None else
+                                     TlsTransport(self, self._tls, self.transport, self._owner.ssl_context),
+                                     keep_alive)
+        handler.connection_made(self._handover)
         lines = [b"%s %s HTTP/%s\r\n" % (request.method.encode(), request.target, request.version.encode())]
         lines.extend(b"%s: %s\r\n" % (n, v) for n, v in request.raw_headers if n.lower() not in _DROP_ON_HANDOVER)
-        lines.append(b"Connection: close\r\n\r\n")
+        lines.append(b"Connection: close\r\n\r\n" if not keep_alive else
+                     b"\r\n" if request.version == "1.1" else b"Connection: keep-alive\r\n\r\n")
         handler.data_received(b"".join(lines))
         early = request.body.take()
         if early:
@@ -694,6 +707,119 @@ class HttpConnection(asyncio.BufferedProtocol):
         self._resume_reading_for_handover()
 
     def _resume_reading_for_handover(self) -> None:
-        self._body_paused = self._queue_paused = False
-        if self._parsing is not None and self.transport is not None and not self.transport.is_closing():
-            self.resume_reading()  # the rest of the handed-over body
+        self._body_paused = False
+        if self._stopped:
+            self._queue_paused = False
+        if self._parsing is not None:
+            self._resume_reading()  # the rest of the handed-over body
+
+    def _answered_by_aiohttp(self, handover: _HandedOver) -> None:
+        """aiohttp's answer is whole and keeps the connection (_HandedOver)."""
+        request = self._active
+        if handover is self._handover and request is not None and request is not self._parsing:
+            self.loop.call_soon(self._take_back, handover)  # else when the body is in (on_message_complete)
+
+    def _take_back(self, handover: _HandedOver) -> None:
+        """After a kept-alive hand-over: aiohttp lets go of the connection, which goes on
+        with the next request (parsed here), or waits for one."""
+        if handover is not self._handover or self.transport is None or self.transport.is_closing():
+            return  # closing: aiohttp's protocol hears of the end with the connection's (connection_lost)
+        delegate = self._delegate
+        self._handover = self._delegate = None
+        handover.detached = True  # aiohttp writes, reads and closes nothing any more
+        delegate.connection_lost(None)
+        self._active = None
+        if self._owner.draining:
+            self._stopped = True
+            self.close()
+            self._wake_idle()
+            return
+        self._resume_reading()  # if aiohttp had paused it
+        if self._write_paused:  # the caller does not read: as _finish
+            self._held = True
+            self._unread = self.transport.get_write_buffer_size()
+            self.pause_reading()
+            self._set_deadline(self._owner.keepalive_timeout_s)
+            self._wake_idle()
+            return
+        self._next()
+
+
+class _HandedOver(asyncio.Transport):
+    """The connection as the aiohttp protocol of a handed-over request sees it: `inner`
+    (the socket's transport, or the connection's TLS as one). When the connection may
+    stay open, what aiohttp writes is read as a response (httptools) to see its end: a
+    final answer that is whole and keeps the connection (its framing says where it ends)
+    sets `answered`. After that (`detached`), nothing aiohttp does reaches the connection."""
+
+    def __init__(self, conn: HttpConnection, inner: asyncio.Transport, keep_alive: bool) -> None:
+        super().__init__()
+        self._conn, self._inner = conn, inner
+        self._parser = httptools.HttpResponseParser(self) if keep_alive else None
+        self._final = False
+        self.answered = False
+        self.detached = False
+
+    # httptools callbacks: the answer aiohttp writes
+    def on_headers_complete(self) -> None:
+        self._final = self._parser.get_status_code() >= 200  # not a 100 Continue
+
+    def on_message_complete(self) -> None:
+        if self._final:
+            parser, self._parser = self._parser, None
+            if parser.should_keep_alive():
+                self.answered = True
+                self._conn._answered_by_aiohttp(self)
+
+    def write(self, data) -> None:
+        if self.detached or self.answered:  # nothing after the one answer (the request was the only one)
+            return
+        self._inner.write(data)
+        if self._parser is not None:
+            try:
+                self._parser.feed_data(data)
+            except httptools.HttpParserError:  # not an answer we can follow: it ends the connection
+                self._parser = None
+
+    def writelines(self, list_of_data) -> None:
+        self.write(b"".join(list_of_data))
+
+    def close(self) -> None:
+        if not self.detached:
+            self._inner.close()
+
+    def abort(self) -> None:
+        if not self.detached:
+            self._inner.abort()
+
+    def pause_reading(self) -> None:
+        if not self.detached:
+            self._inner.pause_reading()
+
+    def resume_reading(self) -> None:
+        if not self.detached:
+            self._inner.resume_reading()
+
+    def is_closing(self) -> bool:
+        return self.detached or self._inner.is_closing()
+
+    def get_extra_info(self, name, default=None):
+        return self._inner.get_extra_info(name, default)
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def is_reading(self) -> bool:
+        return self._inner.is_reading()
+
+    def set_write_buffer_limits(self, high=None, low=None) -> None:
+        self._inner.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_size(self) -> int:
+        return self._inner.get_write_buffer_size()
+
+    def get_write_buffer_limits(self):
+        return self._inner.get_write_buffer_limits()
+
+    def set_protocol(self, protocol) -> None:
+        pass  # the connection stays the transport's protocol and passes on what arrives

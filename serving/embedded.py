@@ -25,7 +25,7 @@ from aiohttp import web
 from router import AuthThrottle, RouterApp, RouterSettings, RoutingTableHolder
 from router.aiohttp_hardening import app_runner
 from tls import CertificateSource, ServerTLS, TLSConfigError, TLSMetrics, ensure_dev_certificates, new_ticket_keys
-from tls.redirect import redirect_app
+from tls.redirect import certificate_names, redirect_app
 
 from .admin_errors import install as install_request_ids
 from .api import AdminApi
@@ -276,7 +276,8 @@ class EmbeddedGateway:
                 await replica_tls.start()
             if opts.http_redirect_port is not None:
                 redirect_runner = app_runner(
-                    redirect_app(router.port, default_host=_local_name(opts.host)),
+                    redirect_app(router.port, default_host=_local_name(opts.host),
+                                 host_names=certificate_names(server_tls)),
                     access_log=None, handle_signals=False)
                 await redirect_runner.setup()
                 await web.TCPSite(redirect_runner, opts.host, opts.http_redirect_port,

@@ -87,7 +87,7 @@ def test_a_malformed_request_is_a_json_400_without_a_traceback(gateway, port_nam
 def test_no_answer_names_the_server_version(gateway):
     answers = {
         "admin": raw(admin_port(gateway), b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"),
-        "redirect": raw(gateway.redirect_port, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"),
+        "redirect": raw(gateway.redirect_port, b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"),
         "batch route": raw(urlsplit(gateway.scoring_url).port,
                            b"GET /api/v1/batch/x/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
                            tls_ca=gateway.info.ca_cert),
@@ -109,6 +109,19 @@ def test_the_redirect_port_answers_308_to_every_well_formed_request(gateway, tar
     location = headers["location"]
     assert location.startswith("https://localhost:") and "\r" not in location and "\n" not in location
     assert location.endswith(target if target.startswith("/") else "/")
+
+
+def test_the_redirect_goes_only_to_the_gateway_s_own_names(gateway):
+    """The certificate's names (here the development one's: localhost, 127.0.0.1, ::1)
+    are kept; another Host is refused, never reflected into a Location (open redirect)."""
+    https_port = urlsplit(gateway.scoring_url).port
+    for host, location in ((b"127.0.0.1:80", f"https://127.0.0.1:{https_port}/x?y=1"),
+                           (b"[::1]", f"https://[::1]:{https_port}/x?y=1")):
+        status, headers, _ = raw(gateway.redirect_port, b"GET /x?y=1 HTTP/1.1\r\nHost: %s\r\n\r\n" % host)
+        assert (status, headers["location"]) == (308, location)
+    status, headers, body = raw(gateway.redirect_port, b"GET /x HTTP/1.1\r\nHost: evil.test\r\n\r\n")
+    assert status == 400 and "location" not in headers
+    assert json.loads(body)["code"] == "BadRequest" and json.loads(body)["request_id"] == headers["x-request-id"]
 
 
 def test_the_admin_bind_address_is_told_and_an_exposed_one_warned_about(gateway):

@@ -234,9 +234,19 @@ async def _extra_routes(router, upstream, certs):
     await asyncio.sleep(0.05)
     writer.write(b"3\r\ndef\r\n0\r\n\r\n")
     status, headers, body = await read_answer(reader)
-    assert status == 200 and headers["connection"] == "close"
+    assert status == 200 and "connection" not in headers  # kept alive: no new TCP + TLS for the next call
     assert __import__("json").loads(body) == {"endpoint": "bep", "got": "abcdef", "scheme": "https",
                                               "remote": "127.0.0.1"}
+    # The next requests on that connection — scoring, aiohttp's, scoring, pipelined — are
+    # each answered whole and in order; a `Connection: close` one ends it.
+    batch = b"POST /api/v1/batch/b2/jobs HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\n\r\nx"
+    writer.write(SCORE + b"Content-Length: 2\r\n\r\n{}" + batch + SCORE + b"Content-Length: 2\r\n\r\n{}")
+    answers = [await read_answer(reader) for _ in range(3)]
+    assert [(a[0], "connection" in a[1]) for a in answers] == [(200, False)] * 3
+    assert b'"got": "x"' in answers[1][2] and len(upstream.seen) == 3
+    writer.write(batch.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+    status, headers, _ = await read_answer(reader)
+    assert status == 200 and headers["connection"] == "close"
     assert await closed_by_server(reader)
     writer.close()
     # An unknown path under the handed-over prefix is the gateway's JSON 404.
@@ -245,7 +255,52 @@ async def _extra_routes(router, upstream, certs):
     status, _, body = await read_answer(reader)
     writer.close()
     assert status == 404 and b'"code":"NotFound"' in body
-    assert len(upstream.seen) == 1
+    assert len(upstream.seen) == 3
+
+
+async def test_a_handed_over_connection_follows_each_kind_of_aiohttp_answer(make_router, upstream, certs):
+    """Kept alive after a streamed (chunked) answer and after an answer sent before the
+    body was read; closed after a HEAD and after aiohttp's own 400, which is HTTP/1.1 and
+    JSON like every refusal of the gateway."""
+    async def stream(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for part in (b"0\r\n\r\n", b"ab"):  # a chunk that looks like the end of a chunked body
+            await response.write(part)
+        await response.write_eof()
+        return response
+
+    async def early(request: web.Request) -> web.Response:
+        return web.Response(text="early")  # the body is not read
+
+    router = await make_router(app={"extra_routes": [web.get("/api/v1/batch/stream", stream),
+                                                     web.post("/api/v1/batch/early", early),
+                                                     web.get("/api/v1/batch/plain", early)]})
+    reader, writer = await connect(certs, router)
+    writer.write(b"GET /api/v1/batch/stream HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    status, headers, body = await read_answer(reader)
+    assert (status, headers.get("transfer-encoding"), body) == (200, "chunked", b"0\r\n\r\nab")
+    writer.write(b"POST /api/v1/batch/early HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\n\r\n")
+    status, headers, body = await read_answer(reader)
+    assert (status, "connection" in headers, body) == (200, False, b"early")
+    writer.write(b"body" + SCORE + b"Content-Length: 2\r\n\r\n{}")
+    assert (await read_answer(reader))[0] == 200 and len(upstream.seen) == 1
+    writer.write(b"HEAD /api/v1/batch/plain HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    status, headers, _ = await read_answer(reader, head_only=True)
+    assert status == 200 and headers["connection"] == "close"
+    assert await closed_by_server(reader)
+    writer.close()
+
+    reader, writer = await connect(certs, router)
+    writer.write(b"GET /api/v1/batch/stream HTTP/1.1\r\nHost: localhost\r\nContent-Type: a\r\nContent-Type: b\r\n\r\n")
+    async with asyncio.timeout(10):
+        answer = await reader.read()  # the whole answer: the connection ends with it
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n") and b"\r\nConnection: close" in head, head
+    error = __import__("json").loads(body)
+    assert error["code"] == "BadRequest" and error["message"].startswith("malformed request: ")
+    assert f"x-request-id: {error['request_id']}".encode() in head
 
 
 async def test_a_caller_that_leaves_mid_body_frees_everything(make_router, upstream, certs):

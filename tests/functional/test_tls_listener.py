@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from router.listener import ConnectionLimits, Listener
 from tls import CertificateSource, ServerTLS, TLSMetrics
-from tls.redirect import redirect_app
+from tls.redirect import certificate_names, redirect_app
 
 try:
     import uvloop
@@ -253,7 +253,7 @@ async def test_client_certificates(files: Files, tmp_path: Path, kind: str) -> N
 async def test_redirect_listener(files: Files) -> None:
     server = ServerTLS([files.source])
     async with running(_app(), server.context) as https_port, \
-            running(redirect_app(https_port), None) as http_port:
+            running(redirect_app(https_port, host_names=certificate_names(server)), None) as http_port:
         base = f"http://127.0.0.1:{http_port}"
         async with aiohttp.ClientSession() as session:
             for method in ("GET", "POST", "DELETE"):
@@ -263,11 +263,23 @@ async def test_redirect_listener(files: Files) -> None:
                     assert response.headers["Location"] == (
                         f"https://127.0.0.1:{https_port}/api/v1/endpoint/e/score?x=1&y=%20"
                     )
-            cases = {"api.test:80": "https://api.test:", "[::1]:8080": "https://[::1]:", "API.test": "https://API.test:"}
+            cases = {"api.test:80": "https://api.test:", "API.test": "https://API.test:"}
             for host, prefix in cases.items():
                 async with session.get(f"{base}/p", headers={"Host": host}, allow_redirects=False) as response:
                     assert response.headers["Location"] == f"{prefix}{https_port}/p"
-            async with session.get(f"{base}/p", headers={"Host": "evil.test/x@y"}, allow_redirects=False) as response:
+            # A Host that is not one of the certificate's names is not sent anywhere (no open
+            # redirect, nothing for a shared cache to keep): a JSON 400.
+            for host in ("evil.test", "api.test.evil.test:80", "10.9.8.7", "[::1]:8080", "evil.test/x@y"):
+                async with session.get(f"{base}/p", headers={"Host": host}, allow_redirects=False) as response:
+                    assert response.status == 400 and "Location" not in response.headers, host
+                    error = await response.json()
+                    assert error["code"] == "BadRequest" and error["request_id"] == response.headers["x-request-id"]
+            # The names are the certificates' of the moment: a rotated one's count at once.
+            files.issue("api.test", "*.gw.test", "127.0.0.1")
+            assert [r.outcome for r in server.reload()] == ["reloaded"]
+            async with session.get(f"{base}/p", headers={"Host": "ep.gw.test"}, allow_redirects=False) as response:
+                assert response.headers["Location"] == f"https://ep.gw.test:{https_port}/p"
+            async with session.get(f"{base}/p", headers={"Host": "a.ep.gw.test"}, allow_redirects=False) as response:
                 assert response.status == 400
             # Following the redirect ends at the HTTPS listener.
             async with session.get(f"{base}/", ssl=files.client()) as response:
@@ -287,7 +299,7 @@ async def test_redirect_listener(files: Files) -> None:
 async def test_the_redirect_answers_308_whatever_the_target(target: str) -> None:
     """308 for every well-formed request, as documented: a decoded path with a CR or LF,
     or `*`, matched no route of the redirect app and got aiohttp's text 404."""
-    async with running(redirect_app(8443), None) as port:
+    async with running(redirect_app(8443, host_names=["gateway.test"]), None) as port:
         reply = await asyncio.to_thread(_plain_http, port, b"OPTIONS %s HTTP/1.1\r\nHost: gateway.test\r\n\r\n"
                                         % target.encode())
     assert reply.startswith(b"HTTP/1.1 308"), reply
