@@ -23,19 +23,27 @@ def test_interpreter_lacks_it():
 '''
 
 
-def run(tmp_path, selection: str, guard: bool) -> subprocess.CompletedProcess:
+def run(tmp_path, selection: str, guard: bool, *options: str) -> subprocess.CompletedProcess:
     (tmp_path / "test_sample.py").write_text(TESTS)
     env = {k: v for k, v in os.environ.items() if k != "SCOREGATE_NO_SKIPS"}
     if guard:
         env["SCOREGATE_NO_SKIPS"] = "1"
     env["PYTHONPATH"] = str(REPO)
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest", "-p", "no:cacheprovider",
-                           "--rootdir", str(tmp_path), "-c", os.devnull, "-k", selection, str(tmp_path)],
+                           "--rootdir", str(tmp_path), "-c", os.devnull, "-k", selection, *options, str(tmp_path)],
                           capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
 
 
 def test_a_skip_fails_the_run_under_the_guard(tmp_path):
     done = run(tmp_path, "runs or tool_missing", guard=True)
+    assert done.returncode == 1, done.stdout
+    assert "test_sample.py::test_tool_missing: Skipped: no such tool here" in done.stdout
+
+
+def test_a_skip_on_a_worker_process_fails_the_run_too(tmp_path):
+    """The suite runs on two processes (pyproject's addopts: pytest-xdist); their skips
+    reach the main process, which fails the run."""
+    done = run(tmp_path, "runs or tool_missing", True, "-n", "2")
     assert done.returncode == 1, done.stdout
     assert "test_sample.py::test_tool_missing: Skipped: no such tool here" in done.stdout
 
