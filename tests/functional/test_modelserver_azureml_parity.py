@@ -219,3 +219,21 @@ async def test_a_plain_run_takes_any_content_type_and_keeps_a_form_body(plain, h
     async with http.post(plain.url + "/score", data=b"{}", headers={"Content-Type": "text/csv"}) as response:
         assert response.status == 200 and await response.json() == {"raw": "{}"}
 
+
+async def test_the_generated_swagger_describes_get_score_too(plain, schema, http):
+    """swagger.json described POST /score only, though GET /score is scored too; an @input_schema
+    run()'s fields were not described at all."""
+    async with http.get(plain.url + "/swagger.json") as response:
+        paths = (await response.json())["paths"]
+    assert set(paths["/score"]) == {"get", "post"} and paths["/score"]["get"]["parameters"] == []
+    assert "/swagger.json" in paths
+
+    async with http.get(schema.url + "/swagger.json") as response:
+        score = (await response.json())["paths"]["/score"]
+    query = {parameter["name"]: parameter for parameter in score["get"]["parameters"]}
+    assert set(query) == {"n", "tag"} and query["n"]["in"] == "query"
+    assert query["n"]["required"] is True and query["tag"]["required"] is False
+    body = score["post"]["parameters"][0]["schema"]
+    assert body["required"] == ["n"]
+    assert body["properties"] == {"n": {"type": "integer", "format": "int64"}, "tag": {"type": "string"}}
+    assert "415" in score["post"]["responses"]
