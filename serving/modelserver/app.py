@@ -1,4 +1,4 @@
-"""The aiohttp application: health, ``POST``/``GET /score`` and ``GET /swagger.json``.
+"""The aiohttp application: health, ``POST``/``GET``/``OPTIONS /score`` and ``GET /swagger.json``.
 
 ``run()`` is user code that may block for seconds, so it always runs in a
 dedicated thread pool; the event loop only moves bytes.
@@ -66,6 +66,23 @@ async def swagger(request: web.Request) -> web.Response:
     return web.Response(body=request.app[_SWAGGER_KEY], content_type=JSON)
 
 
+SCORE_METHODS = "GET, POST, OPTIONS"
+
+
+async def score_options(request: web.Request) -> web.Response:
+    """``OPTIONS /score``: an empty 200, as azmlinfsrv answers it (a CORS preflight finds the
+    route), with the methods the route takes; run() is not called."""
+    return web.Response(headers={"Allow": SCORE_METHODS})
+
+
+def _is_json(content_type: str | None) -> bool:
+    """Flask's ``request.is_json``, which azmlinfsrv asks of an @input_schema POST:
+    ``application/json`` or ``application/*+json``, any case, whatever its parameters."""
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or (media_type.startswith("application/")
+                                                  and media_type.endswith("+json"))
+
+
 def _body_too_slow(request: web.Request, timeout_s: float) -> web.Response:
     """408, then the connection is closed: what is left of the body is never read."""
     received = request.content.total_bytes
@@ -87,6 +104,15 @@ async def _input(request: web.Request, script: ScoringScript) -> str | dict[str,
             return query_input(script, request.query)
         except ValueError as exc:
             return error_response(400, "InvalidRequestBody", str(exc), ids.request_id(request))
+    if script.named_inputs is not None and not _is_json(request.headers.get("Content-Type")):
+        # Before the body is read, as azmlinfsrv refuses it; aiohttp reads what is left (for
+        # at most 10 s) so that the connection stays usable.
+        sent = request.headers.get("Content-Type")
+        return error_response(
+            415, "UnsupportedMediaType",
+            "run() is decorated with @input_schema: send the body as JSON with Content-Type: application/json "
+            f"({'got ' + repr(sent) if sent else 'no Content-Type was sent'})",
+            ids.request_id(request))
     if request.content.is_eof():  # the usual case: the body came with the head
         body = await request.read()
     else:
@@ -167,5 +193,6 @@ def make_app(script: ScoringScript, executor: Executor, swagger_document: bytes,
     app.router.add_get("/ready", health)
     app.router.add_post("/score", score)
     app.router.add_get("/score", score, allow_head=False)  # HEAD would run run() for nothing
+    app.router.add_route("OPTIONS", "/score", score_options)
     app.router.add_get("/swagger.json", swagger)
     return app

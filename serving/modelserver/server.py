@@ -134,7 +134,7 @@ async def serve(args: argparse.Namespace, script: ScoringScript, parent_pid: int
             stop.set()
 
     lifecycle.install_stop_signals(loop, request_stop)
-    app = make_app(script, executor, load_swagger(args.code, script.name), args.workers_threads,
+    app = make_app(script, executor, load_swagger(args.code, script.name, script), args.workers_threads,
                    args.body_timeout)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS)
     await runner.setup()

@@ -144,7 +144,7 @@ async def test_an_input_schema_run_gets_the_body_fields_by_name(schema, http):
     (b"not json", "the body is not JSON"),
 ])
 async def test_an_input_schema_run_refuses_a_body_without_its_fields(schema, http, body, says):
-    async with http.post(schema.url + "/score", data=body) as response:
+    async with http.post(schema.url + "/score", data=body, headers={"Content-Type": "application/json"}) as response:
         assert response.status == 400
         answer = await response.json()
     assert answer["code"] == "InvalidRequestBody" and says in answer["message"], answer

@@ -1,6 +1,7 @@
 """Model server building blocks that are cheaper to check without a process."""
 
 import asyncio
+import inspect
 import os
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 from aiohttp import web
 
 from serving.modelserver import lifecycle
-from serving.modelserver.loader import ScriptLoadError, call_init, load_script
+from serving.modelserver.loader import ScoringScript, ScriptLoadError, call_init, load_script
 from serving.modelserver.responses import encode_result, error_response
 from serving.modelserver.swagger import load_swagger
 
@@ -47,6 +48,20 @@ def test_swagger_prefers_the_code_folder_file(tmp_path: Path):
     assert "post" in generated["paths"]["/score"]
     (tmp_path / "swagger.json").write_text('{"swagger": "2.0", "info": {"title": "mine"}}')
     assert orjson.loads(load_swagger(tmp_path, "score"))["info"]["title"] == "mine"
+
+
+def test_swagger_of_fields_inference_schema_cannot_describe_names_them(tmp_path: Path):
+    """A run() taking fields by name that inference-schema has no description of (or whose
+    example JSON cannot hold) is still described: its field names, and which are required."""
+    def run(a, b=1, request_headers=None):
+        return a
+
+    script = ScoringScript(path=tmp_path / "score.py", module=None, run=run,  # type: ignore[arg-type]
+                           takes_headers=True, named_inputs=(("a", inspect.Parameter.empty), ("b", 1)))
+    score = orjson.loads(load_swagger(tmp_path, "score", script))["paths"]["/score"]
+    assert score["post"]["parameters"][0]["schema"] == {
+        "type": "object", "properties": {"a": {}, "b": {}}, "required": ["a"]}
+    assert [(q["name"], q["required"]) for q in score["get"]["parameters"]] == [("a", True), ("b", False)]
 
 
 def test_loader_requires_run(tmp_path: Path):
