@@ -219,7 +219,7 @@ class HttpConnection(asyncio.BufferedProtocol):
         except httptools.HttpParserUpgrade:
             self._refuse(Refusal(400, "BadRequest", "protocol upgrades are not supported"))
         except httptools.HttpParserError as exc:
-            if not self._stopped:
+            if not self._stopped or self._handed_over_body():
                 self._refuse(Refusal(400, "BadRequest", f"malformed request: {exc}"))
         else:
             if self._parsing is None and (self._head_bytes or self._url):
@@ -551,6 +551,9 @@ class HttpConnection(asyncio.BufferedProtocol):
 
     def _refuse(self, refusal: Refusal) -> None:
         """Stop reading; answer the refusal in turn, then close."""
+        if self._handed_over_body():
+            self._refuse_handed_over(refusal)
+            return
         if self._stopped:
             return
         self._stopped = True
@@ -574,6 +577,37 @@ class HttpConnection(asyncio.BufferedProtocol):
             self._send_refusal(refusal)
         else:
             self._enqueue(refusal)
+
+    def _handed_over_body(self) -> bool:
+        """The body being parsed is the one of the request aiohttp is answering."""
+        parsing = self._parsing
+        return parsing is not None and parsing.handed_over and parsing is self._active
+
+    def _refuse_handed_over(self, refusal: Refusal) -> None:
+        """The body of the request aiohttp answers turned out malformed (or over a limit):
+        aiohttp lets go of the connection at once (nothing it writes after this reaches
+        the caller) and the connection ends. The refusal is the answer only if nothing of
+        aiohttp's went out yet; else its answer stays the only one: closed after it if it
+        was whole, cut if not (never a 400 after it, or inside it)."""
+        self._stopped = True
+        self._owner.refused(refusal.reason)
+        log.debug("refused a request from %s: %s", self.remote, refusal.message)
+        self._parsing.body.fail(ConnectionResetError("the request was malformed"))
+        self._parsing = self._active = None
+        handover, delegate = self._handover, self._delegate
+        self._handover = self._delegate = None
+        if handover is not None:
+            handover.detached = True
+        if delegate is not None:
+            delegate.connection_lost(ConnectionResetError("the request was malformed"))
+        self.pause_reading()
+        if handover is None or not handover.started:
+            self._send_refusal(refusal)
+        elif handover.answered:
+            self.close()
+        else:
+            self.abort()
+        self._wake_idle()
 
     def _enqueue(self, item: Request | Refusal) -> None:
         if self._queue is None:
@@ -757,6 +791,7 @@ class _HandedOver(asyncio.Transport):
         self._conn, self._inner = conn, inner
         self._parser = httptools.HttpResponseParser(self) if keep_alive else None
         self._final = False
+        self.started = False  # aiohttp wrote some of its answer (a 100 Continue aside)
         self.answered = False
         self.detached = False
 
@@ -775,6 +810,8 @@ class _HandedOver(asyncio.Transport):
         if self.detached or self.answered:  # nothing after the one answer (the request was the only one)
             return
         self._inner.write(data)
+        if not self.started and data != _CONTINUE:
+            self.started = True
         if self._parser is not None:
             try:
                 self._parser.feed_data(data)
