@@ -373,6 +373,7 @@ class HttpConnection(asyncio.BufferedProtocol):
         if request is None:
             return
         if request.handed_over and request is self._active:
+            self._deadline = self.loop.time() + self._owner.keepalive_timeout_s  # (the timer re-arms itself)
             self._delegate.data_received(b"%x\r\n%b\r\n" % (len(body), body) if request.chunked else body)
         elif self._delegate is None or not self._stopped:  # (a request after a kept-alive hand-over)
             request.body.feed(body)
@@ -385,6 +386,7 @@ class HttpConnection(asyncio.BufferedProtocol):
         if request is None:
             return
         if request.handed_over and request is self._active:
+            self._deadline = None  # the body is in: aiohttp's answer takes the time it takes
             if request.chunked:
                 self._delegate.data_received(b"0\r\n\r\n")
             if self._handover is not None and self._handover.answered:
@@ -651,6 +653,9 @@ class HttpConnection(asyncio.BufferedProtocol):
             self._stopped = True
             self._owner.refused("tls_handshake_timeout")
             self.abort()  # no request can be answered before the handshake
+        elif self._handed_over_body():
+            self._refuse_handed_over(Refusal(408, "ClientRequestTimeout", "the request body did not arrive in time",
+                                             reason="body_timeout"))
         elif self._heads == 0:
             self._stopped = True
             self._owner.refused("header_timeout")
@@ -738,6 +743,8 @@ class HttpConnection(asyncio.BufferedProtocol):
             handler.data_received(b"%x\r\n%b\r\n" % (len(early), early) if request.chunked else early)
         if request.body.done and request.chunked:
             handler.data_received(b"0\r\n\r\n")
+        if self._parsing is request:  # its body must keep arriving (renewed by on_body)
+            self._set_deadline(self._owner.keepalive_timeout_s)
         self._resume_reading_for_handover()
 
     def _resume_reading_for_handover(self) -> None:

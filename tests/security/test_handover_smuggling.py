@@ -93,3 +93,91 @@ async def test_a_malformed_body_before_aiohttp_answers_is_refused_with_400(make_
     head, _, body = received.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n") and b"\r\nConnection: close" in head
     assert json.loads(body)["code"] == "BadRequest"
+
+
+# -- a pipelined mix, each request answered once and in order ------------------------------
+
+BATCH = b"/api/v1/batch/echo"
+PIPELINE = [  # (request bytes, expected status, expected body or None for a scoring answer)
+    (SCORE + b"Content-Length: 7\r\n\r\n{\"a\":1}", 200, None),
+    (b"POST " + BATCH + b" HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
+     b"3;ext=1\r\nab\n\r\n4\r\n\r\n\r\n\r\n0\r\nX-Trailer: POST /smuggled HTTP/1.1\r\n\r\n", 200, b"echo:ab\n\r\n\r\n"),
+    (SCORE + b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n", 200, None),
+    (b"POST " + BATCH + b" HTTP/1.0\r\nHost: localhost\r\nConnection: keep-alive\r\nContent-Length: 20\r\n\r\n"
+     b"0\r\n\r\nGET /x HTTP/1.1", 200, b"echo:0\r\n\r\nGET /x HTTP/1.1"),
+    (b"OPTIONS " + BATCH + b" HTTP/1.1\r\nHost: localhost\r\n\r\n", 200, b"echo:"),
+    (b"PUT " + BATCH + b" HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok", 200,
+     b"echo:ok"),
+    (b"GET " + BATCH + b" HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n", 200, b"echo:"),
+    (SCORE + b"Connection: close\r\nContent-Length: 2\r\n\r\n{}", 200, None),
+]
+
+
+async def _answers(reader: asyncio.StreamReader, count: int) -> list[tuple[int, dict, bytes]]:
+    from tests.functional.test_http1_server import read_answer
+
+    answers = []
+    while len(answers) < count:
+        answer = await read_answer(reader)
+        if answer[0] != 100:  # the interim answer to the Expect request
+            answers.append(answer)
+    return answers
+
+
+@pytest.mark.parametrize("piece", [0, 1, 5, 64], ids=["whole", "byte-by-byte", "5-bytes", "64-bytes"])
+async def test_pipelined_scoring_and_handed_over_requests_each_get_their_own_answer(
+        make_router, upstream, raw, piece):
+    """Scoring and batch requests with bodies (chunked with an extension and a trailer that
+    looks like a request, a body that looks like a chunked end and a request line, HTTP/1.0
+    kept alive, OPTIONS, Expect: 100-continue), sent in one write or cut into pieces (each
+    its own TLS record): every request is answered once, in order, with its own body."""
+    router = await make_router(app={"extra_routes": ROUTES})
+    reader, writer = await raw(router).open()
+    data = b"".join(request for request, _, _ in PIPELINE)
+    if piece == 0:
+        writer.write(data)
+    else:
+        for start in range(0, len(data), piece):
+            writer.write(data[start:start + piece])
+            await writer.drain()
+    answers = await _answers(reader, len(PIPELINE))
+    rest, closed = await _received(reader)
+    writer.close()
+    assert [a[0] for a in answers] == [status for _, status, _ in PIPELINE]
+    for (_, _, body), (_, headers, got) in zip(PIPELINE, answers):
+        if body is not None:
+            assert got == body
+        else:
+            assert got == b'{"ok": true}' and "azureml-model-deployment" in headers
+    assert answers[-1][1]["connection"] == "close" and closed and rest == b""
+    assert [s.body for s in upstream.seen] == [b'{"a":1}', b"{}", b"{}"]
+    assert not any("smuggled" in s.path_qs for s in upstream.seen)
+
+
+# -- a handed-over body that stops arriving --------------------------------------------------
+
+@pytest.mark.parametrize("framing", [b"Content-Length: 10\r\n\r\nabc", b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"],
+                         ids=["content-length", "chunked"])
+async def test_a_handed_over_body_that_stops_arriving_is_408_and_closed(make_router, upstream, raw, framing):
+    """As a scoring request's body: the caller cannot hold the connection (and aiohttp's
+    handler) for ever by sending part of a batch request's body. Nothing received for the
+    keep-alive timeout: 408 (nothing of aiohttp's answer went out) and the connection closed."""
+    router = await make_router(keepalive_timeout_s=0.2, app={"extra_routes": ROUTES})
+    received, closed = await raw(router).exchange(
+        b"POST " + BATCH + b" HTTP/1.1\r\nHost: localhost\r\n" + framing, timeout_s=1.5)
+    assert closed, received
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 Request Timeout\r\n") and b"\r\nConnection: close" in head
+    assert json.loads(body)["code"] == "ClientRequestTimeout"
+
+
+async def test_a_handed_over_body_that_keeps_arriving_is_not_cut(make_router, upstream, raw):
+    router = await make_router(keepalive_timeout_s=0.3, app={"extra_routes": ROUTES})
+    reader, writer = await raw(router).open()
+    writer.write(b"POST " + BATCH + b" HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\n\r\n")
+    for part in (b"a", b"b", b"c", b"d"):
+        await asyncio.sleep(0.1)  # each part within the timeout, all of them over it
+        writer.write(part)
+    answers = await _answers(reader, 1)
+    writer.close()
+    assert answers[0][0] == 200 and answers[0][2] == b"echo:abcd"
