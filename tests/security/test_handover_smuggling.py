@@ -15,6 +15,7 @@ import ssl
 import pytest
 from aiohttp import web
 
+from router.listener import ConnectionLimits
 from tests.functional.router_harness import AUTH
 
 KEY = AUTH["Authorization"].encode()
@@ -40,7 +41,7 @@ async def _echo(request: web.Request) -> web.Response:
 
 
 ROUTES = [web.post("/api/v1/batch/early", _early), web.post("/api/v1/batch/streamed", _streamed),
-          web.route("*", "/api/v1/batch/echo", _echo)]
+          web.route("*", "/api/v1/batch/echo", _echo), web.route("*", "/api/v1/batch/t/{tail:.*}", _echo)]
 
 
 async def _received(reader: asyncio.StreamReader, timeout_s: float = 2.0) -> tuple[bytes, bool]:
@@ -181,3 +182,104 @@ async def test_a_handed_over_body_that_keeps_arriving_is_not_cut(make_router, up
     answers = await _answers(reader, 1)
     writer.close()
     assert answers[0][0] == 200 and answers[0][2] == b"echo:abcd"
+
+
+# -- framing attacks on a handed-over path, and limits ---------------------------------------
+
+_BATCH_HEAD = b"POST " + BATCH + b" HTTP/1.1\r\nHost: localhost\r\n"
+_SMUGGLED = b"POST /api/v1/batch/echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 8\r\n\r\nsmuggled"
+BATCH_ATTACKS = {
+    "content-length and transfer-encoding": _BATCH_HEAD + b"Content-Length: 81\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                            b"0\r\n\r\n" + _SMUGGLED,
+    "transfer-encoding then content-length": _BATCH_HEAD + b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n"
+                                             b"0\r\n\r\n" + _SMUGGLED,
+    "duplicate content-length": _BATCH_HEAD + b"Content-Length: 0\r\nContent-Length: 81\r\n\r\n" + _SMUGGLED,
+    "two transfer-encodings": _BATCH_HEAD + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n"
+                              b"0\r\n\r\n" + _SMUGGLED,
+    "obfuscated transfer-encoding": _BATCH_HEAD + b"Transfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n" + _SMUGGLED,
+    "transfer-encoding in HTTP/1.0": _BATCH_HEAD.replace(b"1.1", b"1.0") + b"Transfer-Encoding: chunked\r\n\r\n"
+                                     b"0\r\n\r\n" + _SMUGGLED,
+    "bad chunk size": _BATCH_HEAD + b"Transfer-Encoding: chunked\r\n\r\n-1\r\n\r\n" + _SMUGGLED,
+    "chunk size with a space": _BATCH_HEAD + b"Transfer-Encoding: chunked\r\n\r\n0 \r\n\r\n" + _SMUGGLED,
+    "bare LF after the chunk size": _BATCH_HEAD + b"Transfer-Encoding: chunked\r\n\r\n0\n\r\n" + _SMUGGLED,
+    "space before the colon": _BATCH_HEAD + b"Content-Length : 81\r\n\r\n" + _SMUGGLED,
+}
+
+
+@pytest.mark.parametrize("payload", BATCH_ATTACKS.values(), ids=BATCH_ATTACKS.keys())
+async def test_ambiguous_framing_on_a_handed_over_path_is_refused_before_aiohttp(make_router, upstream, raw, payload):
+    """Our parser decides for aiohttp's routes too: an ambiguous request is the gateway's
+    JSON 400 with the connection closed; aiohttp's handler never runs (no echo)."""
+    router = await make_router(app={"extra_routes": ROUTES})
+    received, closed = await raw(router).exchange(payload, timeout_s=2)
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n") and closed, received[:300]
+    assert json.loads(body)["code"] == "BadRequest" and b"echo:" not in received
+
+
+async def test_max_requests_reached_on_a_handed_over_request_closes_after_its_answer(make_router, upstream, raw):
+    router = await make_router(limits=ConnectionLimits(max_requests_per_connection=2), app={"extra_routes": ROUTES})
+    reader, writer = await raw(router).open()
+    writer.write(SCORE + b"Content-Length: 2\r\n\r\n{}" + _BATCH_HEAD + b"Content-Length: 1\r\n\r\nx"
+                 + SCORE + b"Content-Length: 2\r\n\r\n{}")
+    answers = await _answers(reader, 2)
+    rest, closed = await _received(reader)
+    writer.close()
+    assert [a[0] for a in answers] == [200, 200] and answers[1][2] == b"echo:x"
+    assert answers[1][1]["connection"] == "close" and closed and rest == b""
+    assert len(upstream.seen) == 1  # the third request was never read
+
+
+@pytest.mark.parametrize("method", [b"HEAD", b"OPTIONS"])
+async def test_head_and_options_on_a_handed_over_path(make_router, upstream, raw, method):
+    """HEAD: its answer's framing cannot be followed, so the connection ends with it (a
+    pipelined request after it is not read). OPTIONS: followed, the next request served."""
+    router = await make_router(app={"extra_routes": ROUTES})
+    reader, writer = await raw(router).open()
+    writer.write(method + b" " + BATCH + b" HTTP/1.1\r\nHost: localhost\r\n\r\n" + SCORE + b"Content-Length: 2\r\n\r\n{}")
+    from tests.functional.test_http1_server import read_answer
+
+    first = await read_answer(reader, head_only=method == b"HEAD")
+    if method == b"HEAD":
+        rest, closed = await _received(reader)
+        assert first[0] == 200 and first[1]["connection"] == "close" and closed and rest == b""
+        assert upstream.seen == []
+    else:
+        second = await read_answer(reader)
+        assert (first[0], first[2], second[0], len(upstream.seen)) == (200, b"echo:", 200, 1)
+    writer.close()
+
+
+# -- the hand-over decision: batch paths never reach a model, scoring paths never aiohttp ----
+
+ROUTING = {  # path: (who answers, status): "aiohttp" (the echo route, or its not-found) or "gateway"
+    "/api/v1/batch/echo": ("aiohttp", 200),
+    "/api/v1/%62atch/%65cho": ("aiohttp", 200),  # decoded by both alike
+    "/api/v1/batch%2Fecho": ("gateway", 404),  # an encoded '/' is not a separator
+    "//api/v1/batch/echo": ("gateway", 404),
+    "/API/v1/batch/echo": ("gateway", 404),
+    "/api/v1/batch/./echo": ("gateway", 404),  # not the route's path as written
+    "/api/v1/batch/../endpoint/ep/score": ("gateway", 404),
+    "/api/v1/batch/t/x": ("aiohttp", 200),  # under a route's prefix
+    "/api/v1/batch/t/../../endpoint/ep/score": ("aiohttp", 200),  # dots not resolved: the batch route's
+    "/api/v1/batch/t/%2e%2e/%2e%2e/endpoint/ep/score": ("aiohttp", 200),
+    "/api/v1/endpoint/ep/../../batch/echo": ("gateway", 400),  # dot segments under an endpoint
+    "/api/v1/endpoint/%2e%2e/batch/echo": ("gateway", 404),
+    "/api/v1/endpoint/ep/score#/api/v1/batch/echo": ("gateway", 401),  # scoring: needs its key
+    "/api/v1/batch/echo#/../../endpoint/ep/score": ("aiohttp", 200),
+}
+
+
+@pytest.mark.parametrize("path", ROUTING, ids=ROUTING)
+async def test_the_hand_over_decision_cannot_cross_routes(make_router, upstream, raw, path):
+    """Percent-encoding, `//`, dot segments, case and fragments: a path goes to aiohttp
+    only if it is under the batch prefix as aiohttp's router reads it; nothing without a
+    credential reaches a model; scoring paths are never served by aiohttp."""
+    router = await make_router(app={"extra_routes": ROUTES})
+    answer = await raw(router).response(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: localhost\r\n"
+                                        b"Content-Length: 2\r\n\r\n{}")
+    who, status = ROUTING[path]
+    assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:200]
+    assert (b"echo:" in answer) == (who == "aiohttp" and status == 200)
+    assert router._listener.hands_over(path.split("#")[0]) == (who == "aiohttp")  # noqa: SLF001
+    assert upstream.seen == []
