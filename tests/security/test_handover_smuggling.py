@@ -283,3 +283,33 @@ async def test_the_hand_over_decision_cannot_cross_routes(make_router, upstream,
     assert (b"echo:" in answer) == (who == "aiohttp" and status == 200)
     assert router._listener.hands_over(path.split("#")[0]) == (who == "aiohttp")  # noqa: SLF001
     assert upstream.seen == []
+
+
+async def test_plain_http_hand_over_keeps_the_same_order_and_refuses_a_malformed_body(upstream):
+    """The same over plain TCP (the hand-over's transport is then the socket's own)."""
+    from router import RouterApp, RouterSettings, RoutingTableHolder
+    from tests.functional.router_harness import deployment, table
+
+    router = RouterApp(RouterSettings(port=0, ssl_context=None),
+                       RoutingTableHolder(table(deployment("blue", [upstream.port]))), extra_routes=ROUTES)
+    await router.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
+        writer.write(b"".join(request for request, _, _ in PIPELINE))
+        answers = await _answers(reader, len(PIPELINE))
+        rest, closed = await _received(reader)
+        writer.close()
+        assert [a[0] for a in answers] == [status for _, status, _ in PIPELINE] and closed and rest == b""
+        assert [s.body for s in upstream.seen] == [b'{"a":1}', b"{}", b"{}"]
+        reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
+        writer.write(b"POST /api/v1/batch/early HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"3\r\nabc\r\n")
+        async with asyncio.timeout(2):
+            await reader.readuntil(b"early")
+        writer.write(b"zz\r\n" + SCORE + b"Content-Length: 2\r\n\r\n{}")
+        rest, closed = await _received(reader)
+        writer.close()
+        assert closed and rest == b"" and len(upstream.seen) == 3
+    finally:
+        await router.drain(1)
+        await router.close()
