@@ -219,7 +219,7 @@ class HttpConnection(asyncio.BufferedProtocol):
         except httptools.HttpParserUpgrade:
             self._refuse(Refusal(400, "BadRequest", "protocol upgrades are not supported"))
         except httptools.HttpParserError as exc:
-            if not self._stopped:
+            if not self._stopped or self._handed_over_body():
                 self._refuse(Refusal(400, "BadRequest", f"malformed request: {exc}"))
         else:
             if self._parsing is None and (self._head_bytes or self._url):
@@ -373,6 +373,7 @@ class HttpConnection(asyncio.BufferedProtocol):
         if request is None:
             return
         if request.handed_over and request is self._active:
+            self._deadline = self.loop.time() + self._owner.keepalive_timeout_s  # (the timer re-arms itself)
             self._delegate.data_received(b"%x\r\n%b\r\n" % (len(body), body) if request.chunked else body)
         elif self._delegate is None or not self._stopped:  # (a request after a kept-alive hand-over)
             request.body.feed(body)
@@ -385,6 +386,7 @@ class HttpConnection(asyncio.BufferedProtocol):
         if request is None:
             return
         if request.handed_over and request is self._active:
+            self._deadline = None  # the body is in: aiohttp's answer takes the time it takes
             if request.chunked:
                 self._delegate.data_received(b"0\r\n\r\n")
             if self._handover is not None and self._handover.answered:
@@ -551,6 +553,9 @@ class HttpConnection(asyncio.BufferedProtocol):
 
     def _refuse(self, refusal: Refusal) -> None:
         """Stop reading; answer the refusal in turn, then close."""
+        if self._handed_over_body():
+            self._refuse_handed_over(refusal)
+            return
         if self._stopped:
             return
         self._stopped = True
@@ -574,6 +579,37 @@ class HttpConnection(asyncio.BufferedProtocol):
             self._send_refusal(refusal)
         else:
             self._enqueue(refusal)
+
+    def _handed_over_body(self) -> bool:
+        """The body being parsed is the one of the request aiohttp is answering."""
+        parsing = self._parsing
+        return parsing is not None and parsing.handed_over and parsing is self._active
+
+    def _refuse_handed_over(self, refusal: Refusal) -> None:
+        """The body of the request aiohttp answers turned out malformed (or over a limit):
+        aiohttp lets go of the connection at once (nothing it writes after this reaches
+        the caller) and the connection ends. The refusal is the answer only if nothing of
+        aiohttp's went out yet; else its answer stays the only one: closed after it if it
+        was whole, cut if not (never a 400 after it, or inside it)."""
+        self._stopped = True
+        self._owner.refused(refusal.reason)
+        log.debug("refused a request from %s: %s", self.remote, refusal.message)
+        self._parsing.body.fail(ConnectionResetError("the request was malformed"))
+        self._parsing = self._active = None
+        handover, delegate = self._handover, self._delegate
+        self._handover = self._delegate = None
+        if handover is not None:
+            handover.detached = True
+        if delegate is not None:
+            delegate.connection_lost(ConnectionResetError("the request was malformed"))
+        self.pause_reading()
+        if handover is None or not handover.started:
+            self._send_refusal(refusal)
+        elif handover.answered:
+            self.close()
+        else:
+            self.abort()
+        self._wake_idle()
 
     def _enqueue(self, item: Request | Refusal) -> None:
         if self._queue is None:
@@ -617,6 +653,9 @@ class HttpConnection(asyncio.BufferedProtocol):
             self._stopped = True
             self._owner.refused("tls_handshake_timeout")
             self.abort()  # no request can be answered before the handshake
+        elif self._handed_over_body():
+            self._refuse_handed_over(Refusal(408, "ClientRequestTimeout", "the request body did not arrive in time",
+                                             reason="body_timeout"))
         elif self._heads == 0:
             self._stopped = True
             self._owner.refused("header_timeout")
@@ -704,6 +743,8 @@ class HttpConnection(asyncio.BufferedProtocol):
             handler.data_received(b"%x\r\n%b\r\n" % (len(early), early) if request.chunked else early)
         if request.body.done and request.chunked:
             handler.data_received(b"0\r\n\r\n")
+        if self._parsing is request:  # its body must keep arriving (renewed by on_body)
+            self._set_deadline(self._owner.keepalive_timeout_s)
         self._resume_reading_for_handover()
 
     def _resume_reading_for_handover(self) -> None:
@@ -757,6 +798,7 @@ class _HandedOver(asyncio.Transport):
         self._conn, self._inner = conn, inner
         self._parser = httptools.HttpResponseParser(self) if keep_alive else None
         self._final = False
+        self.started = False  # aiohttp wrote some of its answer (a 100 Continue aside)
         self.answered = False
         self.detached = False
 
@@ -775,6 +817,8 @@ class _HandedOver(asyncio.Transport):
         if self.detached or self.answered:  # nothing after the one answer (the request was the only one)
             return
         self._inner.write(data)
+        if not self.started and data != _CONTINUE:
+            self.started = True
         if self._parser is not None:
             try:
                 self._parser.feed_data(data)
