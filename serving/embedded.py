@@ -263,6 +263,7 @@ class EmbeddedGateway:
         redirect_runner: web.AppRunner | None = None
         redirect_url: str | None = None
 
+        served = False
         await backend.start()
         try:
             await batch.start()
@@ -300,6 +301,7 @@ class EmbeddedGateway:
             if redirect_runner is not None:
                 told.insert(0, f"HTTP redirect {_listening_urls('http', redirect_runner.addresses)}")
             log.info("scoregate serving on %s (%s, state %s)", scoring_url, ", ".join(told), self.state.root)
+            served = True
             _warn_if_admin_exposed(admin_runner.addresses)
             if ready is not None:
                 ready.set()
@@ -320,7 +322,8 @@ class EmbeddedGateway:
                 await redirect_runner.cleanup()
             await admin_runner.cleanup()
             self.state.remove_gateway(os.getpid())
-            log.info("stopped")
+            if served:  # a start that failed says why (run_serve), not "stopped" before it
+                log.info("stopped")
 
     async def _drain(self, router, timeout_s: float) -> None:
         """router.drain(timeout_s), cut short by a second signal: then what is still being

@@ -375,5 +375,6 @@ def test_a_second_gateway_on_the_port_of_one_with_workers_refuses_to_start(make_
         assert done.returncode == 1, done.stderr
         assert f"cannot start: [Errno 98] error while attempting to bind on address ('127.0.0.1', {port}): " \
                "address already in use; --port and --admin-port choose others (0: any free port)" in done.stderr
+        assert "INFO scoregate: stopped" not in done.stderr  # it never served: the error says why
     assert first.process.poll() is None
     assert first.stop() == 0
