@@ -157,11 +157,18 @@ class ServingCertificate:
 
     def dns_names(self) -> tuple[str, ...]:
         """The DNS names of the subjectAltName (what SNI is matched against by default)."""
+        return tuple(self._alt_names(x509.DNSName))
+
+    def ip_addresses(self) -> tuple[str, ...]:
+        """The IP addresses of the subjectAltName, as text."""
+        return tuple(str(address) for address in self._alt_names(x509.IPAddress))
+
+    def _alt_names(self, kind) -> list:
         try:
             san = self.leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
         except x509.ExtensionNotFound:
-            return ()
-        return tuple(san.value.get_values_for_type(x509.DNSName))
+            return []
+        return san.value.get_values_for_type(kind)
 
 
 def build_certificate(

@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterable
 
 import orjson
 from aiohttp import web
-from cryptography import x509
 
 _HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?\Z")
 _IPV6 = re.compile(r"^\[[0-9A-Fa-f:.]+\]\Z")
@@ -68,22 +67,14 @@ def certificate_names(server_tls) -> Callable[[], HostNames]:
     def names() -> HostNames:
         certs = server_tls.certificates
         if cache[0] is not certs:
-            found: list[str] = []
-            for cert in certs:
-                try:
-                    san = cert.leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-                except x509.ExtensionNotFound:
-                    continue
-                found += san.get_values_for_type(x509.DNSName)
-                found += [str(a) for a in san.get_values_for_type(x509.IPAddress)]
-            cache[:] = [certs, HostNames(found)]
+            cache[:] = [certs, HostNames(name for cert in certs for name in (*cert.dns_names(), *cert.ip_addresses()))]
         return cache[1]
 
     return names
 
 
 def redirect_app(https_port: int, *, default_host: str | None = None,
-                 host_names: Iterable[str] | Callable[[], Iterable[str]] | None = None) -> web.Application:
+                 host_names: Iterable[str] | Callable[[], HostNames] | None = None) -> web.Application:
     """An aiohttp app answering 308 to `https://<host>:<https_port><path>?<query>`.
 
     `<host>` is the request's Host header without its port, when it is `default_host` or
@@ -97,15 +88,12 @@ def redirect_app(https_port: int, *, default_host: str | None = None,
     configured = HostNames([default_host.strip("[]")] if default_host else [])
     if callable(host_names):
         names_now = host_names
-
-        def known(host: str) -> bool:
-            names = names_now()
-            return host in configured or host in (names if isinstance(names, HostNames) else HostNames(names))
     else:
         fixed = HostNames(host_names or ())
+        names_now = lambda: fixed  # noqa: E731
 
-        def known(host: str) -> bool:
-            return host in configured or host in fixed
+    def known(host: str) -> bool:
+        return host in configured or host in names_now()
 
     @web.middleware
     async def redirect(request: web.Request, handler) -> web.Response:
