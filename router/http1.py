@@ -30,7 +30,7 @@ Paths the gateway serves with aiohttp (the control plane's `extra_routes`, e.g. 
 jobs) are handed to an aiohttp connection handler: it gets the request re-serialized
 (the same method, target, headers and body) and answers it on this transport. The
 connection stays the caller's (keep-alive) when the caller and aiohttp's answer allow it:
-the answer is read as it is written (_HandedOver), and once it is whole and the request's
+the answer is read as it is written (router.handover), and once it is whole and the request's
 body read, aiohttp lets go of the connection (as if its caller had left) and the next
 request on it is parsed here, as any other. Otherwise (`Connection: close` either way,
 a HEAD, a limit or a drain) the connection ends with aiohttp's answer.
@@ -50,6 +50,7 @@ import httptools
 import orjson
 
 from .context import request_id_from
+from .handover import CONTINUE, HandedOverTransport
 from .http1_request import Request
 from .tls_termination import TlsSession, TlsTransport
 from .upstream.headers import DROP_UPSTREAM_RAW
@@ -63,7 +64,6 @@ LINGER_S = 2.0  # after an early answer, read (and drop) the rest of the body th
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 _METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH")}
 _TASK_NAME = "scoregate-request"  # every request's task (asyncio debug output, task dumps)
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _DROP_ON_HANDOVER = frozenset((b"connection", b"keep-alive"))
 
 
@@ -158,7 +158,7 @@ class HttpConnection(asyncio.BufferedProtocol):
         self._write_paused = False
         self._drain_waiter: asyncio.Future | None = None
         self._delegate = None  # the aiohttp protocol this connection was handed to
-        self._handover: _HandedOver | None = None  # the transport it was given
+        self._handover: HandedOverTransport | None = None  # the transport it was given
         self._idle_waiter: asyncio.Future | None = None
         self._lingering = False
         self._held = False  # the next request waits until the caller reads its answers
@@ -544,7 +544,7 @@ class HttpConnection(asyncio.BufferedProtocol):
     def send_continue(self) -> None:
         active = self._active
         if active is not None and not active.responded:
-            self.write(_CONTINUE)
+            self.write(CONTINUE)
 
     def _send_json(self, request: Request, status: int, code: str, message: str) -> None:
         request_id = request_id_from(None)
@@ -729,9 +729,10 @@ class HttpConnection(asyncio.BufferedProtocol):
         self._deadline = None
         handler = self._owner.aiohttp_protocol()
         self._delegate = handler
-        self._handover = _HandedOver(self, self.transport if self._tls is None else
-                                     TlsTransport(self, self._tls, self.transport, self._owner.ssl_context),
-                                     keep_alive)
+        self._handover = HandedOverTransport(
+            self.transport if self._tls is None else
+            TlsTransport(self, self._tls, self.transport, self._owner.ssl_context),
+            keep_alive, self._answered_by_aiohttp)
         handler.connection_made(self._handover)
         lines = [b"%s %s HTTP/%s\r\n" % (request.method.encode(), request.target, request.version.encode())]
         lines.extend(b"%s: %s\r\n" % (n, v) for n, v in request.raw_headers if n.lower() not in _DROP_ON_HANDOVER)
@@ -754,13 +755,13 @@ class HttpConnection(asyncio.BufferedProtocol):
         if self._parsing is not None:
             self._resume_reading()  # the rest of the handed-over body
 
-    def _answered_by_aiohttp(self, handover: _HandedOver) -> None:
-        """aiohttp's answer is whole and keeps the connection (_HandedOver)."""
+    def _answered_by_aiohttp(self, handover: HandedOverTransport) -> None:
+        """aiohttp's answer is whole and keeps the connection (HandedOverTransport)."""
         request = self._active
         if handover is self._handover and request is not None and request is not self._parsing:
             self.loop.call_soon(self._take_back, handover)  # else when the body is in (on_message_complete)
 
-    def _take_back(self, handover: _HandedOver) -> None:
+    def _take_back(self, handover: HandedOverTransport) -> None:
         """After a kept-alive hand-over: aiohttp lets go of the connection, which goes on
         with the next request (parsed here), or waits for one."""
         if handover is not self._handover or self.transport is None or self.transport.is_closing():
@@ -784,86 +785,3 @@ class HttpConnection(asyncio.BufferedProtocol):
             self._wake_idle()
             return
         self._next()
-
-
-class _HandedOver(asyncio.Transport):
-    """The connection as the aiohttp protocol of a handed-over request sees it: `inner`
-    (the socket's transport, or the connection's TLS as one). When the connection may
-    stay open, what aiohttp writes is read as a response (httptools) to see its end: a
-    final answer that is whole and keeps the connection (its framing says where it ends)
-    sets `answered`. After that (`detached`), nothing aiohttp does reaches the connection."""
-
-    def __init__(self, conn: HttpConnection, inner: asyncio.Transport, keep_alive: bool) -> None:
-        super().__init__()
-        self._conn, self._inner = conn, inner
-        self._parser = httptools.HttpResponseParser(self) if keep_alive else None
-        self._final = False
-        self.started = False  # aiohttp wrote some of its answer (a 100 Continue aside)
-        self.answered = False
-        self.detached = False
-
-    # httptools callbacks: the answer aiohttp writes
-    def on_headers_complete(self) -> None:
-        self._final = self._parser.get_status_code() >= 200  # not a 100 Continue
-
-    def on_message_complete(self) -> None:
-        if self._final:
-            parser, self._parser = self._parser, None
-            if parser.should_keep_alive():
-                self.answered = True
-                self._conn._answered_by_aiohttp(self)
-
-    def write(self, data) -> None:
-        if self.detached or self.answered:  # nothing after the one answer (the request was the only one)
-            return
-        self._inner.write(data)
-        if not self.started and data != _CONTINUE:
-            self.started = True
-        if self._parser is not None:
-            try:
-                self._parser.feed_data(data)
-            except httptools.HttpParserError:  # not an answer we can follow: it ends the connection
-                self._parser = None
-
-    def writelines(self, list_of_data) -> None:
-        self.write(b"".join(list_of_data))
-
-    def close(self) -> None:
-        if not self.detached:
-            self._inner.close()
-
-    def abort(self) -> None:
-        if not self.detached:
-            self._inner.abort()
-
-    def pause_reading(self) -> None:
-        if not self.detached:
-            self._inner.pause_reading()
-
-    def resume_reading(self) -> None:
-        if not self.detached:
-            self._inner.resume_reading()
-
-    def is_closing(self) -> bool:
-        return self.detached or self._inner.is_closing()
-
-    def get_extra_info(self, name, default=None):
-        return self._inner.get_extra_info(name, default)
-
-    def can_write_eof(self) -> bool:
-        return False
-
-    def is_reading(self) -> bool:
-        return self._inner.is_reading()
-
-    def set_write_buffer_limits(self, high=None, low=None) -> None:
-        self._inner.set_write_buffer_limits(high, low)
-
-    def get_write_buffer_size(self) -> int:
-        return self._inner.get_write_buffer_size()
-
-    def get_write_buffer_limits(self):
-        return self._inner.get_write_buffer_limits()
-
-    def set_protocol(self, protocol) -> None:
-        pass  # the connection stays the transport's protocol and passes on what arrives

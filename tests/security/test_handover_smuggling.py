@@ -1,6 +1,6 @@
 """Request smuggling and desync on a connection the scoring port hands to aiohttp (the
 batch job routes, `extra_routes`) and, since the hand-over keeps the connection, takes
-back for the next request (router/http1.py: _hand_over, _HandedOver, _take_back).
+back for the next request (router/http1.py: _hand_over, _take_back; router/handover.py).
 
 Each test sends raw bytes and asserts what the caller sees on its connection: one answer
 per request, in order, never a second answer to one request or one inside another, and
